@@ -1,0 +1,3 @@
+from fgrpo.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""Pure tensor functions of Flash-GRPO (see docs/flash-grpo.md): schedule, SDE step,
+timestep choice, gradient rectification, advantages and the PPO loss."""
+
+from fgrpo.algorithm.advantages import STD_MODES, group_advantages
+from fgrpo.algorithm.loss import PolicyLoss, TotalLoss, policy_loss, ppo_clip_loss
+from fgrpo.algorithm.rectification import global_mean, lambda_t, rectification_weights
+from fgrpo.algorithm.schedule import (
+    NOISE_SCHEDULES,
+    SDEStep,
+    kl_to_reference,
+    noise_scale,
+    ode_step,
+    sde_log_prob,
+    sde_step,
+    wan_sigmas,
+)
+from fgrpo.algorithm.timesteps import sample_step_indices
+
+__all__ = [
+    "NOISE_SCHEDULES",
+    "STD_MODES",
+    "PolicyLoss",
+    "SDEStep",
+    "TotalLoss",
+    "global_mean",
+    "group_advantages",
+    "kl_to_reference",
+    "lambda_t",
+    "noise_scale",
+    "ode_step",
+    "policy_loss",
+    "ppo_clip_loss",
+    "rectification_weights",
+    "sample_step_indices",
+    "sde_log_prob",
+    "sde_step",
+    "wan_sigmas",
+]

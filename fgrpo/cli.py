@@ -1,0 +1,155 @@
+"""`fgrpo`: launch, show and train Flash-GRPO recipes.
+
+  fgrpo launch RECIPE.py [--backend local] [--dry-run] [--section.field VALUE ...]
+  fgrpo show   RECIPE.py [--section.field VALUE ...]     print the resolved recipe
+  fgrpo train  --run-dir runs/NAME                       in-job entry point (backends start it)
+  fgrpo make-tiny PATH                                   save the tiny model as a diffusers folder
+
+`fgrpo launch RECIPE.py --help` lists every field with its value in that recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from fgrpo.recipe.config import Recipe
+from fgrpo.recipe.io import RecipeError, load_recipe_file, load_recipe_json, run_name, save_recipe_json, to_dict
+from fgrpo.recipe.validate import recipe_problems
+
+
+@dataclass
+class LaunchArgs:
+    recipe: Annotated[Recipe, tyro.conf.arg(name="")]
+    backend: Literal["local"] = "local"
+    """Where to run: `local` starts the processes on this machine."""
+    dry_run: bool = False
+    """Print what would run and the resolved recipe; start and write nothing."""
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"fgrpo: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _parse(command: str, argv: list[str]) -> tuple[Recipe, Recipe, LaunchArgs]:
+    if not argv or argv[0].startswith("-"):
+        if argv and argv[0] in ("-h", "--help"):
+            print(__doc__)
+            raise SystemExit(0)
+        raise RecipeError(f"usage: fgrpo {command} RECIPE.py [--section.field VALUE ...]")
+    base = load_recipe_file(argv[0])
+    args = tyro.cli(
+        LaunchArgs, default=LaunchArgs(recipe=base), args=argv[1:], prog=f"fgrpo {command} {argv[0]}",
+        description=f"Recipe {argv[0]} ({base.name}); every field can be overridden.",
+    )
+    return base, args.recipe, args
+
+
+def resolve_run_dir(base: Recipe, recipe: Recipe) -> Path:
+    return Path(recipe.logging.runs_dir) / run_name(base, recipe)
+
+
+def cmd_show(argv: list[str]) -> int:
+    base, recipe, _ = _parse("show", argv)
+    from rich.console import Console
+    from rich.syntax import Syntax
+
+    Console().print(Syntax(json.dumps(to_dict(recipe), indent=2), "json"))
+    problems = recipe_problems(recipe)
+    print(f"run folder: {resolve_run_dir(base, recipe)}")
+    if problems:
+        return _fail("invalid recipe:\n  " + "\n  ".join(problems))
+    return 0
+
+
+def _check_existing_run(run_dir: Path, recipe: Recipe) -> None:
+    saved = run_dir / "recipe.json"
+    if saved.exists():
+        old = to_dict(load_recipe_json(saved))
+        new = to_dict(recipe)
+        diff = [k for k in new if k not in ("launch",) and old.get(k) != new.get(k)]
+        if diff:
+            raise RecipeError(
+                f"{run_dir} already holds a run with a different recipe (sections {diff} differ); "
+                "pass --logging.run-name NEW_NAME or remove the folder"
+            )
+
+
+def cmd_launch(argv: list[str]) -> int:
+    from launchers import LaunchJob, get_backend
+
+    base, recipe, args = _parse("launch", argv)
+    problems = recipe_problems(recipe)
+    if problems:
+        return _fail("invalid recipe:\n  " + "\n  ".join(problems))
+    run_dir = resolve_run_dir(base, recipe)
+    _check_existing_run(run_dir, recipe)
+    backend = get_backend(args.backend)
+    job = LaunchJob(run_dir=run_dir, nodes=recipe.launch.nodes, procs_per_node=recipe.launch.procs_per_node)
+    if args.dry_run:
+        print(json.dumps(to_dict(recipe), indent=2))
+        print(f"run folder: {run_dir}")
+        print(backend.describe(job))
+        return 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_recipe_json(recipe, run_dir / "recipe.json")
+    print(f"run folder: {run_dir}", flush=True)
+    return backend.launch(job)
+
+
+def cmd_train(argv: list[str]) -> int:
+    import os
+
+    from fgrpo.trainer.signals import StopFlag
+
+    stop = StopFlag()  # installed first: a signal during model loading is not lost
+    run_dir = Path(tyro.cli(_TrainArgs, args=argv, prog="fgrpo train").run_dir)
+    recipe = load_recipe_json(run_dir / "recipe.json")
+    problems = recipe_problems(recipe, int(os.environ.get("WORLD_SIZE", "1")))
+    if problems:
+        return _fail("invalid recipe:\n  " + "\n  ".join(problems))
+    from fgrpo.trainer.trainer import NonFiniteError, Trainer
+
+    try:
+        return Trainer(recipe, run_dir, stop).run()
+    except NonFiniteError as e:
+        return _fail(str(e), code=1)
+
+
+@dataclass
+class _TrainArgs:
+    run_dir: str
+    """Run folder holding recipe.json (written by `fgrpo launch`)."""
+
+
+def cmd_make_tiny(argv: list[str]) -> int:
+    from fgrpo.models.wan.tiny import save_tiny_model
+
+    if len(argv) != 1 or argv[0].startswith("-"):
+        return _fail("usage: fgrpo make-tiny PATH")
+    print(save_tiny_model(argv[0]))
+    return 0
+
+
+COMMANDS = {"launch": cmd_launch, "show": cmd_show, "train": cmd_train, "make-tiny": cmd_make_tiny}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__)
+        return 0 if (not argv or argv[0] in ("-h", "--help")) else _fail(f"unknown command {argv[0]!r}")
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except (RecipeError, ValueError, FileNotFoundError) as e:
+        return _fail(str(e))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Prompt files and the resumable prompt sampler."""

@@ -1,0 +1,87 @@
+"""Prompt files: one prompt per line, or JSONL with a `prompt` field (other fields are kept).
+
+The last `heldout` prompts of a file are the held-out evaluation set; the rest are trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUNDLED_PROMPTS = REPO_ROOT / "prompts" / "tiny.txt"
+
+
+def resolve_prompt_file(file: str) -> Path:
+    """A relative path is looked up in the current directory, then in the fgrpo checkout."""
+    path = Path(file).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return REPO_ROOT / path
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Read prompts; raises ValueError naming the file and line for malformed JSONL."""
+    path = Path(path)
+    prompts: list[str] = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                prompts.append(str(json.loads(line)["prompt"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{lineno}: expected a JSON object with a 'prompt' field ({e})") from e
+        else:
+            prompts.append(line)
+    return prompts
+
+
+def split_prompts(prompts: list[str], heldout: int) -> tuple[list[str], list[str]]:
+    """(train, heldout): the last `heldout` prompts are held out."""
+    if heldout <= 0:
+        return prompts, []
+    return prompts[:-heldout], prompts[-heldout:]
+
+
+def bundled_prompt_corpus() -> list[str]:
+    return read_prompts(BUNDLED_PROMPTS)
+
+
+@dataclass
+class PromptSampler:
+    """Draws prompts in epochs of seeded permutations; its position is part of a checkpoint.
+
+    Every rank holds the same sampler and draws the same global batch, so no communication is
+    needed to agree on prompts; each rank then takes its own slice of the rollouts.
+    """
+
+    prompts: list[str]
+    seed: int
+    epoch: int = 0
+    index: int = 0
+
+    def _order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(len(self.prompts), generator=g).tolist()
+
+    def next(self, n: int) -> list[str]:
+        out: list[str] = []
+        order = self._order()
+        while len(out) < n:
+            if self.index >= len(order):
+                self.epoch, self.index = self.epoch + 1, 0
+                order = self._order()
+            out.append(self.prompts[order[self.index]])
+            self.index += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])

@@ -1,0 +1,1 @@
+"""Model families. Each keeps its loading (and, with the distributed trainer, parallelisation) together."""

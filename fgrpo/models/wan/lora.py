@@ -1,0 +1,24 @@
+"""LoRA adapters on the Wan transformer through peft (diffusers' PEFT integration)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, target_modules: tuple[str, ...]) -> None:
+    """Attach a LoRA adapter and freeze everything else; only adapter weights train."""
+    from peft import LoraConfig
+
+    transformer.requires_grad_(False)
+    transformer.add_adapter(
+        LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), init_lora_weights=True)
+    )
+    # peft creates adapter weights in float32; keep them so (small, and optimizer-friendly).
+    for name, p in transformer.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(True)
+            p.data = p.data.float()
+
+
+def trainable_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in module.named_parameters() if p.requires_grad}

@@ -1,0 +1,246 @@
+"""The recipe: typed dataclasses whose docstrings become `fgrpo ... --help`.
+
+Defaults follow the paper's Wan2.1-T2V-1.3B settings (`docs/flash-grpo.md` in shared docs); a
+recipe file states only what differs. Every field can be overridden on the command line as
+`--section.field value` (hyphens or underscores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+ModelPreset = Literal["tiny", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b"]
+Mode = Literal["flash", "full-trajectory", "fast"]
+NoiseSchedule = Literal["wan", "flow-grpo", "dance-grpo"]
+Backend = Literal["local", "slurm", "k8s"]
+
+
+@dataclass
+class ModelConfig:
+    """Which Wan2.1 text-to-video model to align."""
+
+    preset: ModelPreset = "wan2.1-t2v-1.3b"
+    """Architecture preset. `tiny` is a small random Wan-architecture model built locally (CPU smoke tests)."""
+    path: str | None = None
+    """Local diffusers-format folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/).
+    Required for the Wan presets; for `tiny`, None builds (and caches) the tiny model folder."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    """Compute dtype of the transformer. Text encoder and VAE run without gradients in this dtype too."""
+    max_text_tokens: int = 512
+    """Text-encoder sequence length (UMT5, zero-padded), 512 for Wan."""
+    seed: int = 0
+    """Seed for building the tiny preset's random weights."""
+
+
+@dataclass
+class ParallelismConfig:
+    """Device mesh: dp_replicate x dp_shard x tp must equal the world size."""
+
+    dp_replicate: int = 1
+    """Data-parallel replicas (HSDP outer dimension)."""
+    dp_shard: int = -1
+    """FSDP2 shard degree; -1 infers world_size / (dp_replicate * tp)."""
+    tp: int = 1
+    """Tensor-parallel degree; must divide the transformer's head count."""
+
+
+@dataclass
+class RolloutConfig:
+    """How videos are sampled for training."""
+
+    steps: int = 20
+    """Denoising steps per rollout (N)."""
+    flow_shift: float = 3.0
+    """Flow-matching shift s of the sigma grid (3 for 480p)."""
+    cfg_scale: float = 4.5
+    """Classifier-free guidance scale (negative prompt "")."""
+    height: int = 480
+    """Video height in pixels (multiple of 16)."""
+    width: int = 832
+    """Video width in pixels (multiple of 16)."""
+    frames: int = 81
+    """Frames per video; (frames - 1) % 4 == 0."""
+    group_size: int = 8
+    """G: videos per prompt (the GRPO group)."""
+    prompts_per_step: int = 24
+    """Prompts per optimizer step over the whole job (global batch = prompts_per_step x G videos)."""
+    micro_batch: int = 4
+    """Videos per forward pass (per rank) during rollout and training."""
+    noise_schedule: NoiseSchedule = "wan"
+    """SDE noise scale s_t: `wan` s_t = sigma_1*sigma; `flow-grpo` a*sqrt(sigma/(1-sigma)); `dance-grpo` constant eta."""
+    noise_constant: float = 0.7
+    """The constant a (flow-grpo) or eta (dance-grpo); unused by `wan`."""
+
+
+@dataclass
+class TimestepConfig:
+    """Distribution of the SDE step index (0 = noisiest)."""
+
+    window: tuple[int, int] = (0, 10)
+    """[start, end) of step indices the SDE step is drawn from."""
+    weights: tuple[float, ...] = ()
+    """One weight per index of the window; empty = uniform."""
+
+
+@dataclass
+class AlgorithmConfig:
+    """The GRPO variant and its loss."""
+
+    mode: Mode = "flash"
+    """`flash`: one SDE step per rollout (Flash-GRPO); `fast`: one SDE step drawn per rollout with
+    neither iso-temporal grouping nor rectification (Flow-GRPO-Fast); `full-trajectory`: SDE at every
+    step, loss over all steps (Flow-GRPO)."""
+    iso_temporal: bool = True
+    """flash mode: all G rollouts of a prompt share its SDE step index."""
+    rectification: bool = True
+    """flash mode: scale each sample's loss by 1/lambda(t), normalised to mean 1 over the global batch."""
+    clip_range: float = 1e-3
+    """PPO ratio clip epsilon."""
+    adv_clip: float = 5.0
+    """Advantages are clipped to +-adv_clip."""
+    adv_std: Literal["global", "group"] = "global"
+    """Advantage denominator: std of all rewards in the batch, or of the prompt's group."""
+    kl_beta: float = 0.0
+    """KL weight to the reference (LoRA disabled) policy; 0 disables it."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and gradient clipping."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    """Max global gradient norm."""
+    warmup_steps: int = 0
+    """Linear LR warm-up (optimizer steps)."""
+    max_steps: int = 1000
+    """Optimizer steps to train for."""
+    max_nonfinite_steps: int = 5
+    """Stop after this many consecutive steps with a NaN/inf loss or gradient."""
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft); disabled means full fine-tuning."""
+
+    enabled: bool = True
+    rank: int = 16
+    alpha: float = 32.0
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    """Module name suffixes that get adapters (attention projections by default)."""
+
+
+@dataclass
+class EmaConfig:
+    """Exponential moving average of the trained weights (used for evaluation and samples)."""
+
+    enabled: bool = True
+    decay: float = 0.9
+    interval: int = 8
+    """Update the EMA every this many optimizer steps."""
+
+
+@dataclass
+class RewardSpec:
+    """One reward term: total reward = sum of weight x score."""
+
+    name: str = "colour"
+    """Registered reward name, or an import path `package.module:function`."""
+    weight: float = 1.0
+    args: dict[str, str | float | int | bool] = field(default_factory=dict)
+    """Keyword arguments passed to the reward function."""
+    frame_aggregation: str = "mean"
+    """For per-frame rewards: mean, min, max or topk:P (mean of the top P fraction, paper: topk:0.3)."""
+
+
+@dataclass
+class PromptsConfig:
+    """Training and held-out prompts."""
+
+    file: str = "prompts/tiny.txt"
+    """Prompt file: one prompt per line, or JSONL with a `prompt` field. Relative paths resolve
+    against the current directory, then the fgrpo checkout."""
+    heldout: int = 8
+    """The last `heldout` prompts of the file are held out for evaluation, never trained on."""
+    seed: int = 0
+    """Seed for the prompt order and all sampling."""
+
+
+@dataclass
+class EvalConfig:
+    """Deterministic (ODE) evaluation on held-out prompts."""
+
+    interval: int = 50
+    """Evaluate and save sample videos every this many optimizer steps (and before/after training)."""
+    steps: int = 50
+    """ODE steps for evaluation sampling."""
+    videos_per_prompt: int = 1
+    """Fixed seeds per held-out prompt."""
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 50
+    """Save every this many optimizer steps (and at the end)."""
+    keep_last: int = 3
+    """Keep the newest k complete checkpoints."""
+
+
+@dataclass
+class LoggingConfig:
+    runs_dir: str = "runs"
+    """Where run folders live (use a shared filesystem on clusters)."""
+    run_name: str | None = None
+    """Run folder name; None derives it from the recipe name and what differs from the recipe file."""
+    console_interval: int = 1
+    """Print a metrics line every this many optimizer steps."""
+
+
+@dataclass
+class LaunchConfig:
+    """Backend defaults; `--backend` picks the backend."""
+
+    nodes: int = 1
+    procs_per_node: int = 1
+    """Training processes per node (one per GPU)."""
+    gpus_per_node: int = 0
+    time_limit: str = "24:00:00"
+    """Wall-clock limit, HH:MM:SS."""
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+
+
+@dataclass
+class Recipe:
+    """A Flash-GRPO training recipe."""
+
+    name: str = "recipe"
+    """Recipe name, the stem of run folder names."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    rewards: tuple[RewardSpec, ...] = (RewardSpec(),)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    @property
+    def world_size(self) -> int:
+        return self.launch.nodes * self.launch.procs_per_node
+
+
+def replace(obj, **changes):
+    """dataclasses.replace, re-exported so recipe files need one import."""
+    return dataclasses.replace(obj, **changes)

@@ -1,0 +1,118 @@
+"""Recipe files, command-line overrides, JSON round-trip and run names."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import runpy
+import types
+import typing
+from pathlib import Path
+
+from .config import Recipe
+
+
+class RecipeError(ValueError):
+    """A recipe problem; the message names the field or file."""
+
+
+def load_recipe_file(path: str | Path) -> Recipe:
+    """Run a recipe file and return its module-level `recipe` (a `Recipe`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist")
+    try:
+        namespace = runpy.run_path(str(path))
+    except Exception as e:  # the user's file: show what broke, where
+        raise RecipeError(f"recipe file {path} failed to load: {type(e).__name__}: {e}") from e
+    recipe = namespace.get("recipe")
+    if not isinstance(recipe, Recipe):
+        raise RecipeError(f"recipe file {path} must define `recipe = Recipe(...)` (found {type(recipe).__name__})")
+    return recipe
+
+
+def to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def _build(tp, value):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        unknown = set(value) - {f.name for f in dataclasses.fields(tp)}
+        if unknown:
+            raise RecipeError(f"unknown field(s) {sorted(unknown)} for {tp.__name__}")
+        return tp(**{k: _build(hints[k], v) for k, v in value.items()})
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_build(args[0], v) for v in value)
+        return tuple(_build(a, v) for a, v in zip(args, value))
+    if origin in (typing.Union, types.UnionType) and value is not None:
+        non_none = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _build(non_none[0], value) if len(non_none) == 1 else value
+    return value
+
+
+def from_dict(data: dict) -> Recipe:
+    """Inverse of `to_dict` (nested dataclasses and tuples restored)."""
+    return _build(Recipe, data)
+
+
+def save_recipe_json(recipe: Recipe, path: Path) -> None:
+    path.write_text(json.dumps(to_dict(recipe), indent=2, sort_keys=True) + "\n")
+
+
+def load_recipe_json(path: Path) -> Recipe:
+    return from_dict(json.loads(Path(path).read_text()))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and k != "args":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# Fields that do not change what is trained, so they never change a run's name.
+_NAME_NEUTRAL = ("launch.", "logging.", "checkpoint.", "eval.", "name")
+
+
+def changed_fields(base: Recipe, resolved: Recipe) -> dict[str, object]:
+    """{dotted.field: new value} for every field where `resolved` differs from `base`."""
+    a, b = _flatten(to_dict(base)), _flatten(to_dict(resolved))
+    return {k: b[k] for k in sorted(b) if a.get(k) != b[k] and not k.startswith(_NAME_NEUTRAL)}
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(_fmt(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def run_name(base: Recipe, resolved: Recipe) -> str:
+    """A pure function of (recipe, overrides): `<name>` or `<name>__<field>=<value>...`.
+
+    Never a job id, so a requeued or resubmitted job finds the same folder. Long names are
+    shortened with a hash of the full override set.
+    """
+    if resolved.logging.run_name:
+        return resolved.logging.run_name
+    changes = changed_fields(base, resolved)
+    if not changes:
+        return resolved.name
+    parts = [f"{k.split('.')[-1]}={_fmt(v)}" for k, v in changes.items()]
+    name = resolved.name + "__" + "_".join(parts)
+    name = re.sub(r"[^A-Za-z0-9_.=,+-]", "-", name)
+    if len(name) > 96:
+        digest = hashlib.sha1(json.dumps({k: _fmt(v) for k, v in changes.items()}).encode()).hexdigest()[:10]
+        name = name[:80] + "__" + digest
+    return name

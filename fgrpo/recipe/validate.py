@@ -1,0 +1,130 @@
+"""Recipe consistency checks, run before anything is launched, loaded or written."""
+
+from __future__ import annotations
+
+from .config import Recipe
+from .io import RecipeError
+
+
+def dp_degree(recipe: Recipe, world_size: int) -> int:
+    """Data-parallel degree dp_replicate x dp_shard (dp_shard = -1 is inferred)."""
+    p = recipe.parallelism
+    shard = p.dp_shard if p.dp_shard != -1 else world_size // max(1, p.dp_replicate * p.tp)
+    return p.dp_replicate * shard
+
+
+def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
+    """Every problem found, each starting with the dotted field name it concerns."""
+    from fgrpo.algorithm import NOISE_SCHEDULES
+    from fgrpo.data.prompts import read_prompts, resolve_prompt_file
+    from fgrpo.models.wan import PRESETS, check_model_folder
+    from fgrpo.rewards import validate_reward_spec
+
+    errs: list[str] = []
+    ro, ts, par = recipe.rollout, recipe.timesteps, recipe.parallelism
+    world = world_size if world_size is not None else recipe.world_size
+
+    if (ro.frames - 1) % 4 != 0 or ro.frames < 1:
+        errs.append(f"rollout.frames: (frames - 1) must be a multiple of 4 (Wan VAE), got {ro.frames}")
+    for name in ("height", "width"):
+        v = getattr(ro, name)
+        if v <= 0 or v % 16:
+            errs.append(f"rollout.{name}: must be a positive multiple of 16, got {v}")
+    if ro.steps < 1:
+        errs.append(f"rollout.steps: must be >= 1, got {ro.steps}")
+    if ro.group_size < 2:
+        errs.append(f"rollout.group_size: GRPO needs at least 2 videos per prompt, got {ro.group_size}")
+    if ro.prompts_per_step < 1:
+        errs.append(f"rollout.prompts_per_step: must be >= 1, got {ro.prompts_per_step}")
+    if ro.micro_batch < 1:
+        errs.append(f"rollout.micro_batch: must be >= 1, got {ro.micro_batch}")
+    if ro.noise_schedule not in NOISE_SCHEDULES:
+        errs.append(f"rollout.noise_schedule: one of {NOISE_SCHEDULES}, got {ro.noise_schedule!r}")
+
+    start, end = ts.window
+    if not (0 <= start < end <= ro.steps):
+        errs.append(f"timesteps.window: [start, end) must lie within the {ro.steps} rollout steps, got {ts.window}")
+    if ts.weights and len(ts.weights) != end - start:
+        errs.append(f"timesteps.weights: need {end - start} weights for window {ts.window}, got {len(ts.weights)}")
+    if ts.weights and (min(ts.weights) < 0 or sum(ts.weights) <= 0):
+        errs.append("timesteps.weights: must be non-negative with a positive sum")
+
+    for name in ("dp_replicate", "tp"):
+        if getattr(par, name) < 1:
+            errs.append(f"parallelism.{name}: must be >= 1, got {getattr(par, name)}")
+    if par.dp_shard == 0 or par.dp_shard < -1:
+        errs.append(f"parallelism.dp_shard: must be >= 1 or -1 (infer), got {par.dp_shard}")
+    preset = PRESETS.get(recipe.model.preset)
+    if preset and par.tp >= 1 and preset.num_heads % par.tp:
+        errs.append(
+            f"parallelism.tp: {par.tp} does not divide the {preset.num_heads} attention heads of {recipe.model.preset}"
+        )
+    if not errs:
+        shard = par.dp_shard if par.dp_shard != -1 else world // (par.dp_replicate * par.tp)
+        if par.dp_replicate * max(shard, 0) * par.tp != world or shard < 1:
+            errs.append(
+                f"parallelism: dp_replicate x dp_shard x tp = {par.dp_replicate} x {par.dp_shard} x {par.tp} "
+                f"does not match the world size {world} (launch.nodes x launch.procs_per_node)"
+            )
+        else:
+            dp = dp_degree(recipe, world)
+            videos = ro.prompts_per_step * ro.group_size
+            if videos % dp:
+                errs.append(
+                    f"rollout.group_size: the global batch of {ro.prompts_per_step} prompts x {ro.group_size} "
+                    f"videos = {videos} cannot be split evenly over {dp} data-parallel ranks"
+                )
+
+    if recipe.model.path is not None:
+        errs += [f"model.path: {p}" for p in check_model_folder(recipe.model.path)]
+    elif recipe.model.preset != "tiny":
+        errs.append(f"model.path: preset {recipe.model.preset} needs a local diffusers-format folder (no downloads)")
+
+    a = recipe.algorithm
+    if a.clip_range <= 0:
+        errs.append(f"algorithm.clip_range: must be > 0, got {a.clip_range}")
+    if a.adv_clip <= 0:
+        errs.append(f"algorithm.adv_clip: must be > 0, got {a.adv_clip}")
+    if a.kl_beta < 0:
+        errs.append(f"algorithm.kl_beta: must be >= 0, got {a.kl_beta}")
+    if a.kl_beta > 0 and not recipe.lora.enabled:
+        errs.append("algorithm.kl_beta: the reference policy is the model with LoRA disabled; enable lora")
+    if recipe.lora.enabled and recipe.lora.rank < 1:
+        errs.append(f"lora.rank: must be >= 1, got {recipe.lora.rank}")
+    if recipe.ema.enabled and not (0.0 <= recipe.ema.decay < 1.0):
+        errs.append(f"ema.decay: must be in [0, 1), got {recipe.ema.decay}")
+    for name in ("ema.interval", "checkpoint.interval", "checkpoint.keep_last", "eval.interval", "eval.steps"):
+        section, field = name.split(".")
+        if getattr(getattr(recipe, section), field) < 1:
+            errs.append(f"{name}: must be >= 1")
+    if recipe.optim.lr <= 0:
+        errs.append(f"optim.lr: must be > 0, got {recipe.optim.lr}")
+    if recipe.optim.max_steps < 0:
+        errs.append(f"optim.max_steps: must be >= 0, got {recipe.optim.max_steps}")
+
+    if not recipe.rewards:
+        errs.append("rewards: at least one reward is needed")
+    for i, spec in enumerate(recipe.rewards):
+        try:
+            validate_reward_spec(spec)
+        except ValueError as e:
+            errs.append(f"rewards.{i}: {e}")
+
+    prompt_file = resolve_prompt_file(recipe.prompts.file)
+    if not prompt_file.is_file():
+        errs.append(f"prompts.file: {recipe.prompts.file} does not exist")
+    else:
+        try:
+            n = len(read_prompts(prompt_file))
+            if n - recipe.prompts.heldout < 1:
+                errs.append(f"prompts.heldout: {recipe.prompts.heldout} held out of {n} prompts leaves none to train on")
+        except ValueError as e:
+            errs.append(f"prompts.file: {e}")
+    return errs
+
+
+def validate(recipe: Recipe, world_size: int | None = None) -> Recipe:
+    problems = recipe_problems(recipe, world_size)
+    if problems:
+        raise RecipeError("invalid recipe:\n  " + "\n  ".join(problems))
+    return recipe

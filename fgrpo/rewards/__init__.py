@@ -1,0 +1,39 @@
+"""Reward functions for Flash-GRPO: interface, registry and built-in rewards.
+
+Importing this package registers the programmatic rewards ``colour``,
+``brightness`` and ``contrast``.
+"""
+
+from fgrpo.rewards.base import (
+    RewardFn,
+    RewardInfo,
+    WeightedRewards,
+    aggregate_frames,
+    build_rewards,
+    get_reward,
+    get_reward_info,
+    list_rewards,
+    parse_aggregation,
+    register_reward,
+    validate_reward_spec,
+)
+from fgrpo.rewards import programmatic  # noqa: F401  (registers built-in rewards)
+from fgrpo.rewards.programmatic import DEFAULT_COLOURS, find_colour, luminance
+
+__all__ = [
+    "DEFAULT_COLOURS",
+    "RewardFn",
+    "RewardInfo",
+    "WeightedRewards",
+    "aggregate_frames",
+    "build_rewards",
+    "find_colour",
+    "get_reward",
+    "get_reward_info",
+    "list_rewards",
+    "luminance",
+    "parse_aggregation",
+    "programmatic",
+    "register_reward",
+    "validate_reward_spec",
+]

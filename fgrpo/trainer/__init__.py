@@ -1,0 +1,1 @@
+"""The Flash-GRPO trainer: rollout, step, loop, checkpoints, evaluation."""

@@ -1,0 +1,129 @@
+"""Rollouts: ODE sampling with SDE steps where a mask says so, recording what training needs.
+
+Flash-GRPO: one SDE step per video (shared by its group); Fast: one per video, drawn per video;
+full trajectory: every step. One code path serves all three; only the SDE mask differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fgrpo.algorithm import noise_scale, ode_step, sde_step
+
+
+def velocity(transformer, x, sigma, context, neg_context=None, cfg_scale: float = 1.0) -> torch.Tensor:
+    """v = v_u + cfg·(v_c − v_u), with the conditional and unconditional passes in one batch.
+
+    Wan's timestep input is σ·1000. Returns float32.
+    """
+    dtype = next(transformer.parameters()).dtype
+    t = (sigma * 1000.0).to(dtype)
+    if neg_context is None or cfg_scale == 1.0:
+        return transformer(x.to(dtype), t, context, return_dict=False)[0].float()
+    out = transformer(
+        torch.cat([x, x]).to(dtype), torch.cat([t, t]), torch.cat([context, neg_context]), return_dict=False
+    )[0].float()
+    v_cond, v_uncond = out.chunk(2)
+    return v_uncond + cfg_scale * (v_cond - v_uncond)
+
+
+@dataclass
+class NoiseConfig:
+    kind: str
+    constant: float
+
+
+@dataclass
+class Transitions:
+    """SDE transitions of a rollout: (x_i, x_{i+1}, log π_old) at step i of video `video`."""
+
+    video: torch.Tensor  # [T] local video index
+    step: torch.Tensor  # [T] step index i
+    x: torch.Tensor  # [T, C, F, H, W]
+    x_next: torch.Tensor
+    log_prob: torch.Tensor  # [T]
+
+    def __len__(self) -> int:
+        return int(self.video.numel())
+
+    def select(self, idx: torch.Tensor) -> "Transitions":
+        return Transitions(self.video[idx], self.step[idx], self.x[idx], self.x_next[idx], self.log_prob[idx])
+
+
+def step_noise_std_scale(sigmas: torch.Tensor, step: torch.Tensor, noise: NoiseConfig) -> torch.Tensor:
+    """s_t for each step index (σ_max of the `wan` schedule is the grid's second sigma)."""
+    return noise_scale(noise.kind, sigmas[step], float(sigmas[1]), noise.constant).float()
+
+
+def video_generators(seeds: list[int]) -> list[torch.Generator]:
+    """One generator per video: a video's noise does not depend on how videos are batched or placed."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def initial_latents(shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.Tensor:
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])
+
+
+@torch.no_grad()
+def sample(
+    transformer,
+    latents: torch.Tensor,
+    context: torch.Tensor,
+    neg_context: torch.Tensor | None,
+    sigmas: torch.Tensor,
+    sde_mask: torch.Tensor,
+    noise: NoiseConfig,
+    cfg_scale: float,
+    generators: list[torch.Generator],
+    micro_batch: int,
+) -> tuple[torch.Tensor, Transitions]:
+    """Integrate every video from σ_0 to 0; SDE at (video, step) where `sde_mask` is True.
+
+    latents [B, C, F, H, W] float32; context [B, L, D]; sde_mask [B, N] bool; one generator per
+    video supplies its SDE noise. Returns the final latents and the recorded SDE transitions.
+    """
+    device = latents.device
+    sig = sigmas.to(device=device, dtype=torch.float32)
+    n_steps = sig.numel() - 1
+    finals, records = [], []
+    for start in range(0, latents.shape[0], micro_batch):
+        sl = slice(start, start + micro_batch)
+        x, ctx, mask = latents[sl].float(), context[sl], sde_mask[sl]
+        neg = None if neg_context is None else neg_context[sl]
+        for i in range(n_steps):
+            s, s_next = sig[i].expand(x.shape[0]), sig[i + 1].expand(x.shape[0])
+            v = velocity(transformer, x, s, ctx, neg, cfg_scale)
+            x_ode = ode_step(x, v, s, s_next)
+            rows = mask[:, i].nonzero().flatten().tolist()
+            if rows:
+                eps = torch.stack([torch.randn(x.shape[1:], generator=generators[start + r]) for r in rows]).to(device)
+                step = torch.full((len(rows),), i, dtype=torch.long)
+                s_t = step_noise_std_scale(sig.cpu(), step, noise).to(device)
+                out = sde_step(x[rows], v[rows], s[rows], s_next[rows], s_t, noise=eps)
+                records.append(
+                    Transitions(torch.tensor(rows) + start, step, x[rows].clone(), out.prev_sample.float(), out.log_prob)
+                )
+                x_ode[rows] = out.prev_sample.float()
+            x = x_ode
+        finals.append(x)
+    if records:
+        trans = Transitions(*(torch.cat([getattr(r, f) for r in records]) for f in ("video", "step", "x", "x_next", "log_prob")))
+    else:
+        empty = latents.new_zeros((0, *latents.shape[1:]))
+        trans = Transitions(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), empty, empty, latents.new_zeros(0))
+    return torch.cat(finals), trans
+
+
+def transition_log_prob(
+    transformer, trans: Transitions, context, neg_context, sigmas: torch.Tensor, noise: NoiseConfig, cfg_scale: float
+):
+    """Recompute log π_θ(x_{i+1} | x_i) for recorded transitions (with gradients); returns the SDEStep."""
+    device = trans.x.device
+    sig = sigmas.to(device=device, dtype=torch.float32)
+    s, s_next = sig[trans.step], sig[trans.step + 1]
+    neg = None if neg_context is None else neg_context[trans.video]
+    v = velocity(transformer, trans.x, s, context[trans.video], neg, cfg_scale)
+    s_t = step_noise_std_scale(sigmas.cpu(), trans.step.cpu(), noise).to(device)
+    return sde_step(trans.x, v, s, s_next, s_t, prev_sample=trans.x_next)

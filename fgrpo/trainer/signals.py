@@ -1,0 +1,25 @@
+"""Graceful stop: SIGTERM, SIGUSR2 or SIGINT set a flag that the training loop checks often."""
+
+from __future__ import annotations
+
+import signal
+
+# Exit code that launchers read as "stopped cleanly at a checkpoint: requeue me" (EX_TEMPFAIL).
+EXIT_REQUEUE = 75
+
+
+class StopFlag:
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)):
+        self.signum: int | None = None
+        for s in signals:
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        # Only record it: the loop drops the unfinished step and saves at a safe point. A second
+        # signal during the save changes nothing (the save is atomic and not interrupted).
+        if self.signum is None:
+            self.signum = signum
+
+    @property
+    def raised(self) -> bool:
+        return self.signum is not None

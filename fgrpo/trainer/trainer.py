@@ -1,0 +1,222 @@
+"""The training loop: set-up, resume, steps, EMA, evaluation, checkpoints, graceful stop."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+
+from fgrpo.algorithm import wan_sigmas
+from fgrpo.data.prompts import PromptSampler, read_prompts, resolve_prompt_file, split_prompts
+from fgrpo.models.wan import latent_shape, load_wan
+from fgrpo.models.wan.lora import add_lora, trainable_parameters
+from fgrpo.recipe.config import Recipe
+from fgrpo.rewards import WeightedRewards
+
+from . import checkpoint, dist
+from .ema import EMA
+from .evaluate import evaluate_heldout
+from .flash_grpo import StopRequested, flash_grpo_step
+from .metrics import MetricsLog, console_line
+from .rollout import NoiseConfig
+from .signals import EXIT_REQUEUE, StopFlag
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, run_dir: Path, stop: StopFlag | None = None):
+        self.recipe, self.run_dir = recipe, Path(run_dir)
+        self.stop = stop or StopFlag()
+        self.device = dist.init_distributed()
+        if recipe.parallelism.tp > 1:
+            raise NotImplementedError("parallelism.tp > 1 needs the distributed trainer (FSDP2 + TP), not built yet")
+        self.is_main = dist.rank() == 0
+        model_path = recipe.model.path
+        if model_path is None:  # tiny preset: build once (rank 0), everyone loads the same folder
+            from fgrpo.models.wan.tiny import tiny_model_path
+
+            if self.is_main:
+                model_path = tiny_model_path(recipe.model.seed)
+            dist.barrier()
+            model_path = tiny_model_path(recipe.model.seed)
+        self.model = load_wan(model_path, recipe.model.dtype, recipe.model.max_text_tokens, str(self.device))
+        if recipe.lora.enabled:
+            add_lora(self.model.transformer, recipe.lora.rank, recipe.lora.alpha, recipe.lora.target_modules)
+        else:
+            self.model.transformer.requires_grad_(True)
+        self.params = trainable_parameters(self.model.transformer)
+        o = recipe.optim
+        self.optimizer = torch.optim.AdamW(self.params.values(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        warm = max(1, o.warmup_steps)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
+        self.ema = EMA(self.params, recipe.ema.decay) if recipe.ema.enabled else None
+        self.rewards = WeightedRewards(recipe.rewards)
+        prompts = read_prompts(resolve_prompt_file(recipe.prompts.file))
+        self.train_prompts, self.heldout_prompts = split_prompts(prompts, recipe.prompts.heldout)
+        self.sampler = PromptSampler(self.train_prompts, recipe.prompts.seed)
+        ro = recipe.rollout
+        self.sigmas = wan_sigmas(ro.steps, ro.flow_shift)
+        self.noise = NoiseConfig(ro.noise_schedule, ro.noise_constant)
+        self.latent_shape = latent_shape(ro.frames, ro.height, ro.width)
+        self.neg_context = self.model.encode_prompts([""])
+        self.step = 0
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.is_main)
+
+    # ----- pieces used by flash_grpo_step
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Encode each distinct prompt once, then index (a group's G videos share one encoding)."""
+        unique = list(dict.fromkeys(prompts))
+        emb = self.model.encode_prompts(unique)
+        return emb[torch.tensor([unique.index(p) for p in prompts])]
+
+    @contextmanager
+    def reference_policy(self):
+        self.model.transformer.disable_adapters()
+        try:
+            yield
+        finally:
+            self.model.transformer.enable_adapters()
+
+    def reduce_and_clip_gradients(self) -> torch.Tensor:
+        """Average gradients over data-parallel ranks, then clip the global norm."""
+        world = dist.world_size()
+        grads = [p.grad for p in self.params.values() if p.grad is not None]
+        if world > 1:
+            for g in grads:
+                g.copy_(dist.all_reduce_sum(g) / world)
+        return torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.recipe.optim.grad_clip)
+
+    # ----- checkpoint state
+    def state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        model_sd, optim_sd = get_state_dict(
+            self.model.transformer, self.optimizer, options=StateDictOptions(ignore_frozen_params=True)
+        )
+        state = {
+            "model": model_sd,
+            "optim": optim_sd,
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "trainer": {"step": self.step, "nonfinite_total": self.nonfinite_total, "sampler": self.sampler.state_dict()},
+        }
+        if self.ema:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def save(self) -> None:
+        checkpoint.save(self.state(), self.ckpt_dir, self.step, self.recipe.checkpoint.keep_last)
+
+    def resume(self) -> bool:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        latest = checkpoint.latest_checkpoint(self.ckpt_dir)
+        if latest is None:
+            return False
+        state = checkpoint.load(self.state(), latest[1])
+        set_state_dict(
+            self.model.transformer, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+            options=StateDictOptions(ignore_frozen_params=True),
+        )
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+        self.step = int(state["trainer"]["step"])
+        self.nonfinite_total = int(state["trainer"]["nonfinite_total"])
+        self.sampler.load_state_dict(state["trainer"]["sampler"])
+        return True
+
+    # ----- loop
+    def _check_stop(self) -> None:
+        if dist.any_rank(self.stop.raised):
+            raise StopRequested
+
+    def evaluate(self, tag: str) -> dict:
+        ctx = self.ema.swapped_in() if self.ema else nullcontext()
+        with ctx:
+            result = evaluate_heldout(self, tag)
+        self.metrics.write({"kind": "eval", "step": self.step, **result})
+        if self.is_main:
+            self.console.print(f"[bold]eval[/] step {self.step}: held-out reward {result['eval_reward']:+.4f}")
+        return result
+
+    def run(self) -> int:
+        """Train to optim.max_steps. Returns 0 when done, EXIT_REQUEUE after a graceful stop."""
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        r = self.recipe
+        self.console = Console(quiet=not self.is_main)
+        resumed = self.resume()
+        if resumed:
+            self.console.print(f"resumed from {self.ckpt_dir}/step-{self.step}")
+        elif self.heldout_prompts:
+            self.evaluate("before")
+        progress = Progress(
+            TextColumn("[bold blue]flash-grpo"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=self.console, disable=not self.is_main,
+        )
+        last_saved = self.step if resumed else None
+        try:
+            with progress:
+                task = progress.add_task("train", total=r.optim.max_steps, completed=self.step)
+                while self.step < r.optim.max_steps:
+                    self._check_stop()
+                    self._sampler_before_step = self.sampler.state_dict()
+                    prompts = self.sampler.next(r.rollout.prompts_per_step)
+                    result = flash_grpo_step(self, prompts, self._check_stop)
+                    self._sampler_before_step = None
+                    self._after_step(result)
+                    progress.update(task, completed=self.step)
+                    if self.step % r.checkpoint.interval == 0 and last_saved != self.step:
+                        self.save()
+                        last_saved = self.step
+                    if self.heldout_prompts and self.step % r.eval.interval == 0 and self.step < r.optim.max_steps:
+                        self.evaluate(f"step-{self.step:06d}")
+        except StopRequested:
+            # The unfinished step is dropped: the sampler position is rolled back with it.
+            self._rewind_sampler()
+            if last_saved != self.step:
+                self.save()
+            self.console.print(f"stopped by signal {self.stop.signum}; checkpoint at step {self.step}; exit {EXIT_REQUEUE}")
+            return EXIT_REQUEUE
+        if last_saved != self.step:
+            self.save()
+        if self.heldout_prompts:
+            self.evaluate("final")
+        return 0
+
+    def _rewind_sampler(self) -> None:
+        """Put the prompt sampler back to where the last completed step left it."""
+        if self._sampler_before_step is not None:
+            self.sampler.load_state_dict(self._sampler_before_step)
+
+    _sampler_before_step: dict | None = None
+
+    def _after_step(self, result) -> None:
+        m = result.metrics
+        if result.applied:
+            self.step += 1
+            self.nonfinite_in_a_row = 0
+            if self.ema and self.step % self.recipe.ema.interval == 0:
+                self.ema.update()
+        else:
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+            m["skipped_nonfinite"] = True
+            if self.nonfinite_in_a_row >= self.recipe.optim.max_nonfinite_steps:
+                raise NonFiniteError(
+                    f"{self.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient; stopping. "
+                    f"The last good checkpoint is {checkpoint.latest_checkpoint(self.ckpt_dir)}"
+                )
+        m.update({"kind": "train", "time": time.time(), "nonfinite_total": self.nonfinite_total})
+        self.metrics.write(m)
+        if self.is_main and self.step % self.recipe.logging.console_interval == 0:
+            self.console.print(console_line(m))

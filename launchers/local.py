@@ -1,0 +1,81 @@
+"""Local backend: the recipe's processes on this machine, torchrun-style environment, gloo/NCCL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from .base import Backend, LaunchJob
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def environments(self, job: LaunchJob, port: int) -> list[dict[str, str]]:
+        world = job.world_size
+        base = {
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world))),
+        }
+        return [{**base, "RANK": str(r), "LOCAL_RANK": str(r)} for r in range(world)]
+
+    def describe(self, job: LaunchJob) -> str:
+        if job.nodes != 1:
+            return "the local backend runs on one node; set --launch.nodes 1"
+        cmd = " ".join(job.train_command())
+        return f"{job.world_size} local process(es): RANK=0..{job.world_size - 1} WORLD_SIZE={job.world_size} {cmd}"
+
+    def launch(self, job: LaunchJob) -> int:
+        if job.nodes != 1:
+            raise ValueError("launch.nodes: the local backend runs on one node; set --launch.nodes 1")
+        logs = job.run_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        procs: list[subprocess.Popen] = []
+        for env in self.environments(job, port):
+            rank = int(env["RANK"])
+            # Rank 0 owns the console (progress bar, metrics line); the others log to files.
+            out = None if rank == 0 else open(logs / f"rank-{rank}.log", "a")
+            procs.append(subprocess.Popen(job.train_command(), env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT if out else None))
+        (job.run_dir / "launch.json").write_text(json.dumps(
+            {"backend": self.name, "started": time.time(), "pids": [p.pid for p in procs], "world_size": job.world_size}, indent=2))
+
+        def forward(signum, frame):  # Ctrl-C / SIGTERM: the trainers stop gracefully and save
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signum)
+
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
+        try:
+            codes = self._wait(procs)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return next((c for c in codes if c != 0), 0)
+
+    @staticmethod
+    def _wait(procs: list[subprocess.Popen]) -> list[int]:
+        """Wait for all; if one fails, give the others a grace period, then stop them."""
+        while True:
+            codes = [p.poll() for p in procs]
+            if all(c is not None for c in codes):
+                return codes
+            if any(c not in (None, 0) for c in codes):
+                deadline = time.time() + 60
+                while time.time() < deadline and any(p.poll() is None for p in procs):
+                    time.sleep(0.2)
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                return [p.wait() for p in procs]
+            time.sleep(0.2)

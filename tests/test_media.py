@@ -1,0 +1,106 @@
+"""GIF writing: round-trip, grid tiling, upscaling and atomic replacement."""
+
+import pytest
+import torch
+from PIL import Image, ImageSequence
+
+from fgrpo import media
+from fgrpo.media import make_video_grid, save_video, save_video_grid
+
+
+def distinct_video(f=5, h=16, w=12):
+    """[f, 3, h, w] video whose frames are all different solid greys."""
+    levels = torch.linspace(0.0, 1.0, f).view(f, 1, 1, 1)
+    return levels.expand(f, 3, h, w).clone()
+
+
+def read_gif(path):
+    with Image.open(path) as im:
+        frames = [fr.convert("RGB").copy() for fr in ImageSequence.Iterator(im)]
+        return frames, im.info.get("loop"), im.n_frames
+
+
+def test_save_video_round_trip(tmp_path):
+    path = save_video(distinct_video(), tmp_path / "sub" / "v.gif", fps=10)
+    assert path == tmp_path / "sub" / "v.gif" and path.exists()
+    frames, loop, n = read_gif(path)
+    assert n == 5 and len(frames) == 5
+    assert all(fr.size == (12, 16) for fr in frames)  # PIL size is (W, H)
+    assert loop == 0
+    assert frames[0].getpixel((0, 0)) == (0, 0, 0)
+    assert frames[-1].getpixel((3, 3)) == (255, 255, 255)
+
+
+def test_colours_survive(tmp_path):
+    video = torch.zeros(2, 3, 4, 4)
+    video[0, 0] = 1.0  # red
+    video[1, 2] = 1.0  # blue
+    frames, _, _ = read_gif(save_video(video, tmp_path / "c.gif"))
+    assert frames[0].getpixel((1, 1)) == (255, 0, 0)
+    assert frames[1].getpixel((1, 1)) == (0, 0, 255)
+
+
+def test_grey_channel_and_clamping(tmp_path):
+    video = torch.tensor([-1.0, 2.0]).view(2, 1, 1, 1).expand(2, 1, 3, 3)
+    frames, _, _ = read_gif(save_video(video, tmp_path / "g.gif"))
+    assert frames[0].getpixel((0, 0)) == (0, 0, 0)
+    assert frames[1].getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_grid_size_and_layout(tmp_path):
+    b, f, h, w = 5, 4, 8, 6
+    videos = torch.zeros(b, f, 3, h, w)
+    for i in range(b):
+        videos[i, :, 0] = (i + 1) / b  # video i has red level (i+1)/5
+    videos[:, :, 1] = torch.linspace(0, 1, f).view(1, f, 1, 1)  # frames differ
+    path = save_video_grid(videos, tmp_path / "grid.gif", nrow=3, upscale=2)
+    frames, loop, n = read_gif(path)
+    assert n == f and loop == 0
+    assert frames[0].size == (3 * w * 2, 2 * h * 2)
+    # video 4 sits at row 1, col 1; the empty cell (row 1, col 2) is black
+    cell_h, cell_w = 2 * h, 2 * w
+    assert frames[0].getpixel((cell_w + 1, cell_h + 1))[0] == round(255 * 5 / 5)
+    assert frames[0].getpixel((2 * cell_w + 1, cell_h + 1)) == (0, 0, 0)
+
+
+def test_grid_tensor_nearest_upscale_and_default_nrow():
+    videos = torch.rand(4, 2, 3, 2, 3)
+    grid = make_video_grid(videos, upscale=3)
+    assert grid.shape == (2, 3, 2 * 2 * 3, 2 * 3 * 3)  # default nrow = ceil(sqrt(4)) = 2
+    # video 3 (row 1, col 1), source pixel (1, 2) fills a 3x3 block
+    block = grid[:, :, 6 + 3 : 6 + 6, 9 + 6 : 9 + 9]
+    torch.testing.assert_close(block, videos[3, :, :, 1, 2, None, None].expand(2, 3, 3, 3))
+    padded = make_video_grid(videos, nrow=4, padding=1)
+    assert padded.shape == (2, 3, 2 + 2, 4 * (3 + 1) + 1)
+
+
+def test_overwrite_is_atomic_and_leaves_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "v.gif"
+    save_video(distinct_video(f=3), path)
+    save_video(distinct_video(f=4), path)
+    assert read_gif(path)[2] == 4
+    before = path.read_bytes()
+
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(Image.Image, "save", boom)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        save_video(distinct_video(f=6), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.gif"]
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 4), (2, 2, 4, 4), (0, 3, 4, 4)])
+def test_bad_video_shapes(tmp_path, shape):
+    with pytest.raises(ValueError):
+        save_video(torch.zeros(shape), tmp_path / "bad.gif")
+
+
+def test_bad_grid_args(tmp_path):
+    with pytest.raises(ValueError):
+        save_video_grid(torch.zeros(2, 3, 4, 4), tmp_path / "g.gif")
+    with pytest.raises(ValueError):
+        save_video_grid(torch.zeros(2, 2, 3, 4, 4), tmp_path / "g.gif", upscale=0)
+    with pytest.raises(ValueError):
+        media.save_video(torch.zeros(2, 3, 4, 4), tmp_path / "g.gif", fps=0)
