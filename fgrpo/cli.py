@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 import tyro
 
 from fgrpo.recipe.config import Recipe
-from fgrpo.recipe.io import RecipeError, load_recipe_file, load_recipe_json, run_name, save_recipe_json, to_dict
+from fgrpo.recipe.io import RecipeError, changed_fields, load_recipe_file, load_recipe_json, run_name, save_recipe_json, to_dict
 from fgrpo.recipe.validate import recipe_problems
 
 
@@ -69,14 +69,14 @@ def cmd_show(argv: list[str]) -> int:
 
 
 def _check_existing_run(run_dir: Path, recipe: Recipe) -> None:
+    """A run folder belongs to one recipe; only run-neutral fields (launch, logging, eval,
+    checkpointing, optim.max_steps: train longer) may change when it is resumed."""
     saved = run_dir / "recipe.json"
     if saved.exists():
-        old = to_dict(load_recipe_json(saved))
-        new = to_dict(recipe)
-        diff = [k for k in new if k not in ("launch",) and old.get(k) != new.get(k)]
+        diff = changed_fields(load_recipe_json(saved), recipe)
         if diff:
             raise RecipeError(
-                f"{run_dir} already holds a run with a different recipe (sections {diff} differ); "
+                f"{run_dir} already holds a run with a different recipe ({', '.join(diff)} differ); "
                 "pass --logging.run-name NEW_NAME or remove the folder"
             )
 

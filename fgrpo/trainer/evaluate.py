@@ -36,5 +36,6 @@ def evaluate_heldout(t, tag: str) -> dict:
     return {
         "tag": tag,
         "eval_reward": float(total.mean()),
+        "eval_rewards": [round(float(x), 6) for x in total],  # per video, fixed seeds: paired comparisons
         **{f"eval/{k}": float(v.mean()) for k, v in components.items()},
     }

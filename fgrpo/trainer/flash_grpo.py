@@ -124,7 +124,7 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
                             weights=w[idx].to(t.device), kl=kl, beta=alg.kl_beta)
         frac = len(idx) / n_trans  # each micro-batch's share of this rank's mean
         (total.loss * frac).backward()
-        sums["loss"] += float(total.loss) * frac
+        sums["loss"] += float(total.loss.detach()) * frac
         sums["clip"] += float(total.ppo.clip_fraction) * frac
         sums["ratio_dev"] += float((total.ppo.ratio - 1).abs().mean()) * frac
         sums["kl"] += float(kl.mean()) * frac if kl is not None else 0.0

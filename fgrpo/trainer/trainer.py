@@ -45,6 +45,8 @@ class Trainer:
             dist.barrier()
             model_path = tiny_model_path(recipe.model.seed)
         self.model = load_wan(model_path, recipe.model.dtype, recipe.model.max_text_tokens, str(self.device))
+        # Seeded: every rank (and every restart) must create identical adapter weights.
+        torch.manual_seed(recipe.prompts.seed)
         if recipe.lora.enabled:
             add_lora(self.model.transformer, recipe.lora.rank, recipe.lora.alpha, recipe.lora.target_modules)
         else:
@@ -121,9 +123,13 @@ class Trainer:
         if latest is None:
             return False
         state = checkpoint.load(self.state(), latest[1])
+        missing = set(self.params) - set(state["model"])
+        if missing:
+            raise RuntimeError(f"{latest[1]} lacks trained weights {sorted(missing)[:5]}...: a checkpoint of another recipe?")
+        # strict=False because frozen weights are not in the checkpoint (they come from model.path).
         set_state_dict(
             self.model.transformer, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-            options=StateDictOptions(ignore_frozen_params=True),
+            options=StateDictOptions(ignore_frozen_params=True, strict=False),
         )
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         if self.ema:

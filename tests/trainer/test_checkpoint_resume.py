@@ -1,0 +1,101 @@
+"""Checkpoints: exact continuation in-process, graceful stop by signal, incomplete folders ignored."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fgrpo.recipe.io import load_recipe_file
+from fgrpo.trainer import checkpoint
+from tests.conftest import REPO
+
+
+def small_recipe(tiny_model_dir, **optim):
+    r = load_recipe_file(REPO / "recipes" / "tiny.py")
+    R = dataclasses.replace
+    return R(
+        r,
+        model=R(r.model, path=str(tiny_model_dir)),
+        rollout=R(r.rollout, prompts_per_step=2, group_size=4, steps=4),
+        timesteps=R(r.timesteps, window=(0, 3)),
+        lora=R(r.lora, enabled=True, rank=4, alpha=4.0),  # the LoRA path, as real Wan runs use
+        optim=R(r.optim, **optim),
+        ema=R(r.ema, interval=2),
+        eval=R(r.eval, interval=100, steps=2, videos_per_prompt=1),
+        prompts=R(r.prompts, heldout=2),
+        checkpoint=R(r.checkpoint, interval=2, keep_last=2),
+    )
+
+
+def trained_state(trainer):
+    return {k: v.detach().clone() for k, v in trainer.params.items()}, {k: v.clone() for k, v in trainer.ema.shadow.items()}
+
+
+def test_resume_continues_bitwise(tiny_model_dir, tmp_path):
+    from fgrpo.trainer.trainer import Trainer
+
+    straight = Trainer(small_recipe(tiny_model_dir, max_steps=4), tmp_path / "a")
+    assert straight.run() == 0
+    first = Trainer(small_recipe(tiny_model_dir, max_steps=2), tmp_path / "b")
+    assert first.run() == 0
+    resumed = Trainer(small_recipe(tiny_model_dir, max_steps=4), tmp_path / "b")
+    assert resumed.run() == 0
+    assert resumed.step == 4
+    (pa, ea), (pb, eb) = trained_state(straight), trained_state(resumed)
+    assert pa.keys() == pb.keys() and any("lora" in k for k in pa)
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k
+        assert torch.equal(ea[k], eb[k]), k
+    # keep_last=2: only the two newest complete checkpoints stay
+    assert [s for s, _ in checkpoint.complete_checkpoints(tmp_path / "b" / "checkpoints")] == [2, 4]
+
+
+def test_incomplete_checkpoint_folders_are_ignored(tmp_path):
+    ck = tmp_path / "checkpoints"
+    (ck / "step-3").mkdir(parents=True)
+    (ck / "step-3" / ".metadata").write_text("")
+    (ck / "step-5").mkdir()  # no .metadata: a save that never finished
+    (ck / ".step-6.partial").mkdir()
+    assert checkpoint.latest_checkpoint(ck) == (3, ck / "step-3")
+
+
+def _train_lines(path):
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if '"kind": "train"' in x]
+
+
+def test_sigterm_stops_at_a_step_boundary_and_resume_finishes(tiny_model_dir, tmp_path):
+    runs = tmp_path / "runs"
+    args = [sys.executable, "-m", "fgrpo", "launch", str(REPO / "recipes" / "tiny.py"), "--model.path",
+            str(tiny_model_dir), "--logging.runs-dir", str(runs), "--optim.max-steps", "400",
+            "--checkpoint.interval", "1000", "--eval.interval", "1000"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir = None
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        found = list(runs.glob("*/metrics.jsonl"))
+        if found and len(_train_lines(found[0])) >= 2:
+            run_dir = found[0].parent
+            break
+        time.sleep(0.2)
+    assert run_dir is not None, "training never reached step 2"
+    proc.send_signal(signal.SIGTERM)  # as Slurm or Kubernetes would
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out  # "stopped cleanly, requeue me"
+    done = _train_lines(run_dir / "metrics.jsonl")[-1]["step"]
+    latest = checkpoint.latest_checkpoint(run_dir / "checkpoints")
+    assert latest is not None and latest[0] == done  # nothing completed was lost
+    # Resume: same command, fewer total steps so it ends soon; it continues from the checkpoint.
+    args[args.index("400")] = str(done + 2)
+    res = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"resumed from" in res.stdout
+    steps = [m["step"] for m in _train_lines(run_dir / "metrics.jsonl")]
+    assert steps[-2:] == [done + 1, done + 2]
