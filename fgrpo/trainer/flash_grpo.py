@@ -126,7 +126,7 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
         (total.loss * frac).backward()
         sums["loss"] += float(total.loss.detach()) * frac
         sums["clip"] += float(total.ppo.clip_fraction) * frac
-        sums["ratio_dev"] += float((total.ppo.ratio - 1).abs().mean()) * frac
+        sums["ratio_dev"] += float((total.ppo.ratio.detach() - 1).abs().mean()) * frac
         sums["kl"] += float(kl.mean()) * frac if kl is not None else 0.0
     check_stop()
     grad_norm = t.reduce_and_clip_gradients()
