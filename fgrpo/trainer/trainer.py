@@ -225,4 +225,4 @@ class Trainer:
         m.update({"kind": "train", "time": time.time(), "nonfinite_total": self.nonfinite_total})
         self.metrics.write(m)
         if self.is_main and self.step % self.recipe.logging.console_interval == 0:
-            self.console.print(console_line(m))
+            self.console.print(console_line(m), soft_wrap=True)
