@@ -5,6 +5,7 @@ from fgrpo.recipe.config import *  # noqa: F403
 recipe = Recipe(
     name="tiny",
     model=ModelConfig(preset="tiny", dtype="float32", max_text_tokens=16),
+    parallelism=ParallelismConfig(activation_checkpointing=False),
     # A uniform grid (shift 1) and a larger constant SDE noise give the single SDE step enough
     # influence on a 5-frame 32x32 video for the group baseline to see it.
     rollout=RolloutConfig(steps=8, flow_shift=1.0, height=32, width=32, frames=5, group_size=8,

@@ -59,6 +59,8 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
         errs.append(
             f"parallelism.tp: {par.tp} does not divide the {preset.num_heads} attention heads of {recipe.model.preset}"
         )
+    elif preset and par.tp >= 1 and preset.ffn_dim % par.tp:
+        errs.append(f"parallelism.tp: {par.tp} does not divide the FFN width {preset.ffn_dim} of {recipe.model.preset}")
     if not errs:
         shard = par.dp_shard if par.dp_shard != -1 else world // (par.dp_replicate * par.tp)
         if par.dp_replicate * max(shard, 0) * par.tp != world or shard < 1:

@@ -62,3 +62,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Average scalar metrics over all ranks (TP replicas hold equal values, so the mean is unchanged)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor([values[k] for k in values], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(values, t.tolist())}

@@ -22,7 +22,8 @@ from fgrpo.algorithm import (
 )
 from fgrpo.algorithm.rectification import global_mean
 
-from . import dist
+from .dist import mean_over_ranks
+from .sharded import local_state_bytes
 from .rollout import Transitions, initial_latents, sample, step_noise_std_scale, transition_log_prob, video_generators
 
 
@@ -54,7 +55,7 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
     r, ro, alg = t.recipe, t.recipe.rollout, t.recipe.algorithm
     P, G = ro.prompts_per_step, ro.group_size
     n_global = P * G
-    dp_rank, dp_size = dist.rank(), dist.world_size()
+    dp_rank, dp_size = t.dims.dp_rank, t.dims.dp
     n_local = n_global // dp_size
     local = slice(dp_rank * n_local, (dp_rank + 1) * n_local)
     times = {}
@@ -91,7 +92,7 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
     t0 = time.perf_counter()
     frames = torch.cat([t.model.decode(f) for f in finals])
     local_rewards, components = t.rewards(frames, video_prompts)
-    rewards = dist.all_gather_cat(local_rewards.to(t.device)).cpu()
+    rewards = t.dims.gather_dp(local_rewards.to(t.device)).cpu()
     advantages = group_advantages(rewards, G, alg.adv_std, alg.adv_clip)
     adv_local = advantages[local]
     times["reward"] = time.perf_counter() - t0
@@ -129,11 +130,13 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
         sums["ratio_dev"] += float((total.ppo.ratio.detach() - 1).abs().mean()) * frac
         sums["kl"] += float(kl.mean()) * frac if kl is not None else 0.0
     check_stop()
+    sums = mean_over_ranks(sums)  # report the global batch, not rank 0's share
     grad_norm = t.reduce_and_clip_gradients()
     finite = bool(torch.isfinite(torch.tensor(sums["loss"])) and torch.isfinite(grad_norm))
     if finite:
         t.optimizer.step()
         t.lr_schedule.step()
+        t.state_bytes = local_state_bytes(t.params, t.optimizer)
     t.optimizer.zero_grad(set_to_none=True)
     times["train"] = time.perf_counter() - t0
 
@@ -153,6 +156,7 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
         "time_rollout": times["rollout"],
         "time_reward": times["reward"],
         "time_train": times["train"],
-        **{f"reward/{k}": float(dist.all_gather_cat(v.to(t.device)).mean()) for k, v in components.items()},
+        **{f"reward/{k}": float(t.dims.gather_dp(v.to(t.device)).mean()) for k, v in components.items()},
+        "state_bytes_per_rank": t.state_bytes,
     }
     return StepResult(metrics, finite)

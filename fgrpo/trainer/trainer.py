@@ -12,11 +12,14 @@ from fgrpo.algorithm import wan_sigmas
 from fgrpo.data.prompts import PromptSampler, read_prompts, resolve_prompt_file, split_prompts
 from fgrpo.models.wan import latent_shape, load_wan
 from fgrpo.models.wan.lora import add_lora, trainable_parameters
+from fgrpo.models.wan.parallelize import parallelize_wan
 from fgrpo.recipe.config import Recipe
 from fgrpo.rewards import WeightedRewards
 
 from . import checkpoint, dist
 from .ema import EMA
+from .parallel_dims import ParallelDims
+from .sharded import clip_grad_norm
 from .evaluate import evaluate_heldout
 from .flash_grpo import StopRequested, flash_grpo_step
 from .metrics import MetricsLog, console_line
@@ -33,8 +36,9 @@ class Trainer:
         self.recipe, self.run_dir = recipe, Path(run_dir)
         self.stop = stop or StopFlag()
         self.device = dist.init_distributed()
-        if recipe.parallelism.tp > 1:
-            raise NotImplementedError("parallelism.tp > 1 needs the distributed trainer (FSDP2 + TP), not built yet")
+        par = recipe.parallelism
+        self.dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, dist.world_size())
+        self.dims.build_mesh(self.device.type)
         self.is_main = dist.rank() == 0
         model_path = recipe.model.path
         if model_path is None:  # tiny preset: build once (rank 0), everyone loads the same folder
@@ -51,6 +55,8 @@ class Trainer:
             add_lora(self.model.transformer, recipe.lora.rank, recipe.lora.alpha, recipe.lora.target_modules)
         else:
             self.model.transformer.requires_grad_(True)
+        parallelize_wan(self.model.transformer, self.dims, self.device.type, par.activation_checkpointing,
+                        self.model.dtype)
         self.params = trainable_parameters(self.model.transformer)
         o = recipe.optim
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
@@ -67,6 +73,7 @@ class Trainer:
         self.latent_shape = latent_shape(ro.frames, ro.height, ro.width)
         self.neg_context = self.model.encode_prompts([""])
         self.step = 0
+        self.state_bytes = 0
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -88,13 +95,8 @@ class Trainer:
             self.model.transformer.enable_adapters()
 
     def reduce_and_clip_gradients(self) -> torch.Tensor:
-        """Average gradients over data-parallel ranks, then clip the global norm."""
-        world = dist.world_size()
-        grads = [p.grad for p in self.params.values() if p.grad is not None]
-        if world > 1:
-            for g in grads:
-                g.copy_(dist.all_reduce_sum(g) / world)
-        return torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.recipe.optim.grad_clip)
+        """Clip the global gradient norm (FSDP2 has already averaged gradients over the dp ranks)."""
+        return clip_grad_norm(list(self.params.values()), self.recipe.optim.grad_clip)
 
     # ----- checkpoint state
     def state(self) -> dict:

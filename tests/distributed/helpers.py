@@ -1,0 +1,42 @@
+"""Shared helpers for multi-process tests: launch the tiny recipe, read trained weights back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+
+from fgrpo.trainer.checkpoint import latest_checkpoint
+from tests.conftest import REPO, run_fgrpo
+
+# Small and quick, identical for every layout; checkpoint every step.
+BASE_ARGS = ["--rollout.prompts-per-step", "2", "--rollout.group-size", "4", "--rollout.micro-batch", "4",
+             "--eval.interval", "1000", "--checkpoint.interval", "1", "--checkpoint.keep-last", "10",
+             "--prompts.heldout", "2", "--eval.steps", "2", "--eval.videos-per-prompt", "1"]
+
+
+def launch_tiny(tiny_model_dir: Path, runs: Path, procs: int, steps: int, *extra: str, name: str = "run"):
+    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir),
+                    "--logging.runs-dir", str(runs), "--logging.run-name", name,
+                    "--launch.procs-per-node", str(procs), "--optim.max-steps", str(steps), *BASE_ARGS, *extra,
+                    cwd=runs.parent, timeout=500)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    return runs / name
+
+
+def trained_weights(run_dir: Path, tiny_model_dir: Path, step: int | None = None) -> dict[str, torch.Tensor]:
+    """The full (unsharded) trained weights of a checkpoint, read in this one process."""
+    from fgrpo.models.wan import load_wan
+
+    template = {n: p.detach().clone() for n, p in load_wan(tiny_model_dir, "float32", 16).transformer.named_parameters()}
+    path = run_dir / "checkpoints" / f"step-{step}" if step is not None else latest_checkpoint(run_dir / "checkpoints")[1]
+    state = {"model": template}
+    dcp.load(state, checkpoint_id=str(path))
+    return state["model"]
+
+
+def train_metrics(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
