@@ -3,6 +3,9 @@
   fgrpo launch RECIPE.py [--backend local] [--dry-run] [--section.field VALUE ...]
   fgrpo show   RECIPE.py [--section.field VALUE ...]     print the resolved recipe
   fgrpo train  --run-dir runs/NAME                       in-job entry point (backends start it)
+  fgrpo export RUN_DIR OUT_DIR [--step N] [--weights ema|model]
+                                                         trained transformer (LoRA merged) as a
+                                                         diffusers folder + the LoRA safetensors
   fgrpo make-tiny PATH                                   save the tiny model as a diffusers folder
 
 `fgrpo launch RECIPE.py --help` lists every field with its value in that recipe.
@@ -91,7 +94,7 @@ def cmd_launch(argv: list[str]) -> int:
     run_dir = resolve_run_dir(base, recipe)
     _check_existing_run(run_dir, recipe)
     backend = get_backend(args.backend)
-    job = LaunchJob(run_dir=run_dir, nodes=recipe.launch.nodes, procs_per_node=recipe.launch.procs_per_node)
+    job = LaunchJob(run_dir=run_dir, nodes=recipe.launch.nodes, procs_per_node=recipe.procs_per_node)
     if args.dry_run:
         print(json.dumps(to_dict(recipe), indent=2))
         print(f"run folder: {run_dir}")
@@ -137,7 +140,27 @@ def cmd_make_tiny(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"launch": cmd_launch, "show": cmd_show, "train": cmd_train, "make-tiny": cmd_make_tiny}
+@dataclass
+class _ExportArgs:
+    run_dir: tyro.conf.Positional[str]
+    """Run folder (holds recipe.json and checkpoints/)."""
+    out_dir: tyro.conf.Positional[str]
+    """Where to write transformer/, lora/ and export.json."""
+    step: int | None = None
+    """Checkpoint step; None = the newest complete one."""
+    weights: Literal["ema", "model"] = "ema"
+    """Export the EMA weights (what evaluation uses) or the raw trained weights."""
+
+
+def cmd_export(argv: list[str]) -> int:
+    from fgrpo.export import export_run
+
+    a = tyro.cli(_ExportArgs, args=argv, prog="fgrpo export")
+    print(export_run(Path(a.run_dir), Path(a.out_dir), a.step, a.weights))
+    return 0
+
+
+COMMANDS = {"launch": cmd_launch, "show": cmd_show, "train": cmd_train, "make-tiny": cmd_make_tiny, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if (not argv or argv[0] in ("-h", "--help")) else _fail(f"unknown command {argv[0]!r}")
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (RecipeError, ValueError, FileNotFoundError) as e:
+    except (RecipeError, ValueError, FileNotFoundError, FileExistsError) as e:
         return _fail(str(e))
 
 

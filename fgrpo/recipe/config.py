@@ -207,8 +207,9 @@ class LaunchConfig:
     """Backend defaults; `--backend` picks the backend."""
 
     nodes: int = 1
-    procs_per_node: int = 1
-    """Training processes per node (one per GPU)."""
+    procs_per_node: int | None = None
+    """Training processes per node (one per GPU). None: dp_replicate x dp_shard x tp / nodes when
+    dp_shard is set, else gpus_per_node (1 without GPUs)."""
     gpus_per_node: int = 0
     time_limit: str = "24:00:00"
     """Wall-clock limit, HH:MM:SS."""
@@ -240,7 +241,16 @@ class Recipe:
 
     @property
     def world_size(self) -> int:
-        return self.launch.nodes * self.launch.procs_per_node
+        if self.launch.procs_per_node is not None:
+            return self.launch.nodes * self.launch.procs_per_node
+        p = self.parallelism
+        if p.dp_shard != -1:
+            return p.dp_replicate * p.dp_shard * p.tp
+        return self.launch.nodes * max(1, self.launch.gpus_per_node)
+
+    @property
+    def procs_per_node(self) -> int:
+        return self.world_size // max(1, self.launch.nodes)
 
 
 def replace(obj, **changes):

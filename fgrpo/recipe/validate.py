@@ -6,13 +6,6 @@ from .config import Recipe
 from .io import RecipeError
 
 
-def dp_degree(recipe: Recipe, world_size: int) -> int:
-    """Data-parallel degree dp_replicate x dp_shard (dp_shard = -1 is inferred)."""
-    p = recipe.parallelism
-    shard = p.dp_shard if p.dp_shard != -1 else world_size // max(1, p.dp_replicate * p.tp)
-    return p.dp_replicate * shard
-
-
 def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     """Every problem found, each starting with the dotted field name it concerns."""
     from fgrpo.algorithm import NOISE_SCHEDULES
@@ -49,6 +42,8 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     if ts.weights and (min(ts.weights) < 0 or sum(ts.weights) <= 0):
         errs.append("timesteps.weights: must be non-negative with a positive sum")
 
+    if world % max(1, recipe.launch.nodes):
+        errs.append(f"launch.nodes: the world size {world} does not divide over {recipe.launch.nodes} nodes")
     for name in ("dp_replicate", "tp"):
         if getattr(par, name) < 1:
             errs.append(f"parallelism.{name}: must be >= 1, got {getattr(par, name)}")
@@ -62,19 +57,18 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     elif preset and par.tp >= 1 and preset.ffn_dim % par.tp:
         errs.append(f"parallelism.tp: {par.tp} does not divide the FFN width {preset.ffn_dim} of {recipe.model.preset}")
     if not errs:
-        shard = par.dp_shard if par.dp_shard != -1 else world // (par.dp_replicate * par.tp)
-        if par.dp_replicate * max(shard, 0) * par.tp != world or shard < 1:
-            errs.append(
-                f"parallelism: dp_replicate x dp_shard x tp = {par.dp_replicate} x {par.dp_shard} x {par.tp} "
-                f"does not match the world size {world} (launch.nodes x launch.procs_per_node)"
-            )
+        from fgrpo.trainer.parallel_dims import ParallelDims
+
+        try:
+            dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, world)
+        except ValueError as e:
+            errs.append(f"{e} (launch.nodes x launch.procs_per_node)")
         else:
-            dp = dp_degree(recipe, world)
             videos = ro.prompts_per_step * ro.group_size
-            if videos % dp:
+            if videos % dims.dp:
                 errs.append(
                     f"rollout.group_size: the global batch of {ro.prompts_per_step} prompts x {ro.group_size} "
-                    f"videos = {videos} cannot be split evenly over {dp} data-parallel ranks"
+                    f"videos = {videos} cannot be split evenly over {dims.dp} data-parallel ranks"
                 )
 
     if recipe.model.path is not None:

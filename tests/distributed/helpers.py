@@ -6,9 +6,6 @@ import json
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
-
-from fgrpo.trainer.checkpoint import latest_checkpoint
 from tests.conftest import REPO, run_fgrpo
 
 # Small and quick, identical for every layout; checkpoint every step.
@@ -18,6 +15,7 @@ BASE_ARGS = ["--rollout.prompts-per-step", "2", "--rollout.group-size", "4", "--
 
 
 def launch_tiny(tiny_model_dir: Path, runs: Path, procs: int, steps: int, *extra: str, name: str = "run"):
+    runs.mkdir(parents=True, exist_ok=True)
     res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir),
                     "--logging.runs-dir", str(runs), "--logging.run-name", name,
                     "--launch.procs-per-node", str(procs), "--optim.max-steps", str(steps), *BASE_ARGS, *extra,
@@ -26,15 +24,13 @@ def launch_tiny(tiny_model_dir: Path, runs: Path, procs: int, steps: int, *extra
     return runs / name
 
 
-def trained_weights(run_dir: Path, tiny_model_dir: Path, step: int | None = None) -> dict[str, torch.Tensor]:
-    """The full (unsharded) trained weights of a checkpoint, read in this one process."""
-    from fgrpo.models.wan import load_wan
+def trained_weights(run_dir: Path, step: int | None = None) -> dict[str, torch.Tensor]:
+    """The full (unsharded) trained weights of a checkpoint, read back in this one process."""
+    from fgrpo.export import load_trained_transformer
 
-    template = {n: p.detach().clone() for n, p in load_wan(tiny_model_dir, "float32", 16).transformer.named_parameters()}
-    path = run_dir / "checkpoints" / f"step-{step}" if step is not None else latest_checkpoint(run_dir / "checkpoints")[1]
-    state = {"model": template}
-    dcp.load(state, checkpoint_id=str(path))
-    return state["model"]
+    transformer = load_trained_transformer(run_dir, step, weights="model")[0]
+    # requires_grad marks what the recipe trains (the adapters with LoRA, everything without)
+    return {n: p.detach().clone() for n, p in transformer.named_parameters() if p.requires_grad}
 
 
 def train_metrics(run_dir: Path) -> list[dict]:

@@ -22,7 +22,7 @@ LAYOUTS = {
 def reference(tiny_model_dir, tmp_path_factory):
     runs = tmp_path_factory.mktemp("ref") / "runs"
     run = launch_tiny(tiny_model_dir, runs, 1, 2)
-    return train_metrics(run), trained_weights(run, tiny_model_dir)
+    return train_metrics(run), trained_weights(run)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -34,7 +34,39 @@ def test_layout_matches_single_process(tiny_model_dir, tmp_path, reference, layo
         assert a["timestep_indices"] == b["timestep_indices"]
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-6)  # ~0: on-policy ratio 1, zero-mean advantages
         assert b["reward_mean"] == pytest.approx(a["reward_mean"], abs=1e-5)
-    weights = trained_weights(run, tiny_model_dir)
+    weights = trained_weights(run)
     for name, w in ref_weights.items():
         torch.testing.assert_close(weights[name], w, rtol=1e-5, atol=1e-5, msg=f"{layout}: {name}")
     assert len(weights) == len(ref_weights)
+    if layout == "dp_shard=4":  # parameters + gradients + optimizer state, local shards only
+        assert metrics[-1]["state_bytes_per_rank"] <= 0.3 * ref_metrics[-1]["state_bytes_per_rank"]
+
+
+def test_lora_under_fsdp_and_tp(tiny_model_dir, tmp_path):
+    """LoRA adapters train the same at dp_shard=2 x tp=2 as on one process; only they train."""
+    lora = ["--lora.enabled", "--lora.rank", "4", "--lora.alpha", "8"]
+    ref = launch_tiny(tiny_model_dir, tmp_path / "ref" / "runs", 1, 2, *lora)
+    run = launch_tiny(tiny_model_dir, tmp_path / "tp" / "runs", 4, 2, "--parallelism.dp-shard", "2",
+                      "--parallelism.tp", "2", *lora)
+    a, b = trained_weights(ref), trained_weights(run)
+    assert a.keys() == b.keys() and all("lora_" in k for k in a) and len(a) > 0
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-5, msg=name)
+    # the optimizer holds only the adapters: far less state than full fine-tuning
+    full = train_metrics(launch_tiny(tiny_model_dir, tmp_path / "full" / "runs", 1, 1))[-1]["state_bytes_per_rank"]
+    assert train_metrics(ref)[-1]["state_bytes_per_rank"] < 0.5 * full
+
+
+def test_issue_command_runs_four_local_processes(tiny_model_dir, tmp_path):
+    """`fgrpo launch recipes/tiny.py --parallelism.dp-shard 2 --parallelism.tp 2`: 4 processes inferred."""
+    import json
+
+    from tests.conftest import REPO, run_fgrpo
+
+    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--parallelism.dp-shard", "2", "--parallelism.tp", "2",
+                    "--model.path", str(tiny_model_dir), "--logging.runs-dir", str(tmp_path), "--optim.max-steps", "2",
+                    "--eval.steps", "2", cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (run,) = [p for p in tmp_path.iterdir() if (p / "launch.json").exists()]
+    assert json.loads((run / "launch.json").read_text())["world_size"] == 4
+    assert len(train_metrics(run)) == 2 and (run / "samples" / "final.gif").exists()

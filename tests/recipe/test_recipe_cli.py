@@ -51,7 +51,7 @@ def test_show_applies_overrides():
         (["--timesteps.window", "0", "12"], "timesteps.window"),
         (["--rollout.group-size", "3", "--rollout.prompts-per-step", "3", "--launch.procs-per-node", "2"], "rollout.group_size"),
         (["--parallelism.tp", "3", "--launch.procs-per-node", "3"], "parallelism.tp"),
-        (["--parallelism.dp-shard", "2"], "parallelism"),
+        (["--parallelism.dp-shard", "2", "--launch.procs-per-node", "3"], "parallelism"),
         (["--model.path", "/nonexistent/wan"], "model.path"),
         (["--rewards.0.name", "no_such_reward"], "rewards.0"),
         (["--prompts.file", "missing.txt"], "prompts.file"),

@@ -38,8 +38,11 @@ def parallelize_wan(transformer, dims: ParallelDims, device_type: str, activatio
         mp = mixed_precision(device_type, dtype)
         # Modules Wan keeps in fp32 (time embedder, norms) get their own fp32 FSDP group.
         fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
-        for name in ("condition_embedder.time_embedder",):
-            module = transformer.get_submodule(name)
+        # (`scale_shift_table`, a bare parameter of each block, is cast with its block; Wan adds it to
+        # the fp32 time embedding, so only its storage is rounded.)
+        fp32_modules = [transformer.condition_embedder.time_embedder]
+        fp32_modules += [block.norm2 for block in transformer.blocks]
+        for module in fp32_modules:
             if any(True for _ in module.parameters()):
                 fully_shard(module, mesh=mesh, mp_policy=fp32)
         for block in transformer.blocks:

@@ -1,0 +1,351 @@
+#!/usr/bin/env bash
+# A real Slurm cluster on this one machine, for tests and CI (see /work/shared/docs/slurm-local.md).
+#
+#   scripts/slurm-local.sh start    install if needed, start munge + accounting + slurmctld + one slurmd
+#                                   per node, wait until every node is up. Idempotent: a running,
+#                                   healthy cluster with an unchanged config returns at once.
+#   scripts/slurm-local.sh stop     stop what `start` started (by pidfile), munged/MariaDB only if
+#                                   `start` started them. Idempotent. Job state is kept on disk.
+#   scripts/slurm-local.sh status   print sinfo/squeue; exit 0 if the cluster is up, 1 if not.
+#
+# Needs root for start/stop (apt-get, daemons, /etc/slurm). No systemd: daemons are started by hand
+# and outlive this shell, so CI should run `stop` when it ends.
+#
+# Cluster: nodes node1..nodeN (N = $FGRPO_SLURM_NODES, default 2), all 127.0.0.1 with their own slurmd
+# port, $FGRPO_SLURM_CPUS CPUs each (default 2; may exceed the real cores: config_overrides).
+# Partitions: `debug` (default, PriorityTier=1, jobs there are preempted by REQUEUE with GraceTime)
+# and `urgent` (PriorityTier=10, never preempted). A preempted job gets its `--signal` (e.g.
+# `--signal=B:USR2@60`) at preemption (preempt_send_user_signal), SIGTERM, then SIGKILL after GraceTime.
+#
+# Accounting: `sacct -j ID` (what submitit and `fgrpo status` call) needs accounting storage:
+# with AccountingStorageType=none it just says "Slurm accounting storage is disabled". The lighter
+# JobCompType=jobcomp/filetxt only serves `sacct -c` (--completion), only lists jobs once they
+# have ended (no PENDING/RUNNING/REQUEUED history, no steps), and submitit never passes -c, so its
+# job.state stays UNKNOWN. Hence slurmdbd + MariaDB (about 6 s more on start). jobcomp/filetxt is
+# enabled too (free). FGRPO_SLURM_ACCOUNTING=0 skips slurmdbd/MariaDB (then only `sacct -c` works).
+set -euo pipefail
+
+NODES=${FGRPO_SLURM_NODES:-2}
+CPUS=${FGRPO_SLURM_CPUS:-2}
+ACCOUNTING=${FGRPO_SLURM_ACCOUNTING:-1}
+CLUSTER=fgrpo
+RUN=/run/fgrpo-slurm          # our pidfiles and "we started it" markers
+LOGDIR=/var/log/slurm
+CONF=/etc/slurm/slurm.conf
+DBDCONF=/etc/slurm/slurmdbd.conf
+MYSQL_SOCK=/run/mysqld/mysqld.sock
+MYSQL_PID=/run/mysqld/mysqld.pid   # mariadbd writes it after dropping to the mysql user
+NODE_PORT0=17000                   # node i listens on NODE_PORT0+i
+WAIT_S=${FGRPO_SLURM_WAIT_S:-60}
+
+log() { echo "slurm-local: $*"; }
+die() { echo "slurm-local: ERROR: $*" >&2; exit 1; }
+
+node_names() { local i; for ((i = 1; i <= NODES; i++)); do echo "node$i"; done; }
+node_list() { if ((NODES == 1)); then echo node1; else echo "node[1-$NODES]"; fi; }
+
+# pid_alive PIDFILE NAME: the pidfile names a live process whose command is NAME.
+pid_alive() {
+  local f=$1 name=$2 pid
+  [[ -s $f ]] || return 1
+  pid=$(tr -dc 0-9 <"$f")
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
+  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]]
+}
+
+# kill_pidfile PIDFILE NAME: SIGTERM, wait up to 15 s, then SIGKILL. Quiet if not running.
+kill_pidfile() {
+  local f=$1 name=$2 pid i
+  if ! pid_alive "$f" "$name"; then rm -f "$f"; return 0; fi
+  pid=$(tr -dc 0-9 <"$f")
+  log "stopping $name (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then log "$name did not stop in 15 s: SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; fi
+  rm -f "$f"
+}
+
+log_tails() {
+  local f
+  for f in "$LOGDIR"/slurmctld.log "$LOGDIR"/slurmd-*.log "$LOGDIR"/slurmdbd.log "$LOGDIR"/mariadb.log /var/log/munge/munged.log; do
+    [[ -f $f ]] || continue
+    echo "----- tail $f" >&2
+    tail -n 15 "$f" >&2
+  done
+}
+
+# ---------------------------------------------------------------- health
+ctld_up() { scontrol ping 2>/dev/null | grep -q 'is UP'; }
+
+# All nodes registered and usable (idle/mixed/allocated/completing, no "*" = not responding).
+nodes_up() {
+  local states
+  states=$(sinfo -h -N -o '%N %t' 2>/dev/null | sort -u) || return 1
+  [[ -n $states ]] || return 1
+  [[ $(wc -l <<<"$states") -ge $NODES ]] || return 1
+  ! grep -qvE ' (idle|mix|alloc|comp)$' <<<"$states"
+}
+
+daemons_alive() {
+  local n
+  pid_alive "$RUN/slurmctld.pid" slurmctld || return 1
+  for n in $(node_names); do pid_alive "$RUN/slurmd-$n.pid" slurmd || return 1; done
+  if [[ $ACCOUNTING == 1 ]]; then pid_alive "$RUN/slurmdbd.pid" slurmdbd || return 1; fi
+  return 0
+}
+
+# ---------------------------------------------------------------- install
+install_packages() {
+  local pkgs=(slurmctld slurmd slurm-client munge) need=() p
+  [[ $ACCOUNTING == 1 ]] && pkgs+=(slurmdbd mariadb-server)
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
+  done
+  ((${#need[@]} == 0)) && return 0
+  log "installing ${need[*]} (apt-get)"
+  apt-get update -qq
+  # postinst says "policy-rc.d denied execution of start": expected, we start daemons ourselves.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+
+# ---------------------------------------------------------------- config
+write_slurm_conf() {
+  local host n i
+  host=$(hostname -s)
+  {
+    cat <<EOF
+# Written by scripts/slurm-local.sh: a test cluster on one machine. Edits are overwritten.
+ClusterName=$CLUSTER
+SlurmctldHost=$host(127.0.0.1)
+SlurmUser=slurm
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+# A requeued job may only start again after cred_expire seconds (default 120, minimum 5).
+AuthInfo=cred_expire=10
+SlurmctldPort=6817
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd/%n
+SlurmctldPidFile=$RUN/slurmctld.pid
+SlurmdPidFile=$RUN/slurmd-%n.pid
+SlurmctldLogFile=$LOGDIR/slurmctld.log
+SlurmdLogFile=$LOGDIR/slurmd-%n.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+MailProg=/bin/true
+# Several slurmd on one host may declare more CPUs than the machine has.
+SlurmdParameters=config_overrides
+SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=1,sched_interval=2
+# Finished jobs leave squeue/scontrol soon; their history is in sacct.
+MinJobAge=10
+KillWait=10
+InactiveLimit=0
+Waittime=0
+JobRequeue=1
+# Preemption: a job in a higher PriorityTier partition requeues jobs of lower tiers.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+# The preempted job first gets its --signal (e.g. --signal=B:USR2@60) -- 22.05 has no PreemptParameters.
+SlurmctldParameters=preempt_send_user_signal
+JobCompType=jobcomp/filetxt
+JobCompLoc=$LOGDIR/jobcomp.log
+JobAcctGatherType=jobacct_gather/none
+EOF
+    if [[ $ACCOUNTING == 1 ]]; then
+      cat <<EOF
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStoragePort=6819
+EOF
+    else
+      echo "AccountingStorageType=accounting_storage/none"
+    fi
+    for ((i = 1; i <= NODES; i++)); do
+      echo "NodeName=node$i NodeAddr=127.0.0.1 NodeHostname=node$i Port=$((NODE_PORT0 + i)) CPUs=$CPUS RealMemory=1024 State=UNKNOWN"
+    done
+    cat <<EOF
+PartitionName=debug Nodes=$(node_list) Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=20
+PartitionName=urgent Nodes=$(node_list) MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
+EOF
+  } >"$1"
+}
+
+write_slurmdbd_conf() {
+  cat >"$1" <<EOF
+# Written by scripts/slurm-local.sh. MariaDB login by unix socket as OS user slurm (no password).
+AuthType=auth/munge
+DbdHost=localhost
+DbdPort=6819
+SlurmUser=slurm
+LogFile=$LOGDIR/slurmdbd.log
+PidFile=$RUN/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageLoc=slurm_acct_db
+StorageUser=slurm
+EOF
+}
+
+# ---------------------------------------------------------------- daemons
+start_munge() {
+  if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return 0; fi
+  [[ -s /etc/munge/munge.key ]] || { log "creating munge key"; mungekey --create --keyfile=/etc/munge/munge.key; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
+  install -d -o munge -g munge -m 755 /run/munge
+  install -d -o munge -g munge -m 700 /var/log/munge /var/lib/munge
+  log "starting munged"
+  runuser -u munge -- /usr/sbin/munged --force
+  touch "$RUN/munged.ours"
+  local i
+  for ((i = 0; i < 50; i++)); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return 0; sleep 0.1; done
+  log_tails; die "munge -n | unmunge does not succeed"
+}
+
+mysql_up() { mariadb-admin --socket="$MYSQL_SOCK" ping >/dev/null 2>&1; }
+
+start_mariadb() {
+  if ! mysql_up; then
+    install -d -o mysql -g mysql -m 755 /run/mysqld
+    touch "$LOGDIR/mariadb.log"; chown mysql:mysql "$LOGDIR/mariadb.log"
+    log "starting MariaDB"
+    setsid /usr/sbin/mariadbd --user=mysql --datadir=/var/lib/mysql --socket="$MYSQL_SOCK" \
+      --pid-file="$MYSQL_PID" --bind-address=127.0.0.1 --log-error="$LOGDIR/mariadb.log" \
+      --innodb-buffer-pool-size=256M --innodb-lock-wait-timeout=900 </dev/null >/dev/null 2>&1 &
+    touch "$RUN/mariadb.ours"
+    local i
+    for ((i = 0; i < 300; i++)); do mysql_up && break; sleep 0.1; done
+    mysql_up || { log_tails; die "MariaDB did not come up in 30 s"; }
+  fi
+  mariadb --socket="$MYSQL_SOCK" -u root <<'EOF'
+CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED VIA unix_socket;
+GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
+EOF
+}
+
+start_slurmdbd() {
+  pid_alive "$RUN/slurmdbd.pid" slurmdbd && return 0
+  log "starting slurmdbd"
+  slurmdbd
+  local i
+  for ((i = 0; i < 300; i++)); do sacctmgr -n -P list cluster >/dev/null 2>&1 && break; sleep 0.1; done
+  sacctmgr -n -P list cluster >/dev/null 2>&1 || { log_tails; die "slurmdbd did not answer in 30 s"; }
+  if ! sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER"; then
+    sacctmgr -i add cluster "$CLUSTER" >/dev/null
+  fi
+}
+
+start_slurmctld() {
+  pid_alive "$RUN/slurmctld.pid" slurmctld && return 0
+  log "starting slurmctld"
+  slurmctld
+}
+
+start_slurmds() {
+  local n
+  for n in $(node_names); do
+    pid_alive "$RUN/slurmd-$n.pid" slurmd && continue
+    log "starting slurmd -N $n"
+    slurmd -N "$n"
+  done
+}
+
+wait_nodes() {
+  local t0=$SECONDS resumed=0 bad
+  while ((SECONDS - t0 < WAIT_S)); do
+    if ctld_up && nodes_up; then return 0; fi
+    # A node left down/drained by an earlier run (e.g. "Kill task failed") while its slurmd is up: resume it.
+    if ((resumed == 0 && SECONDS - t0 >= 3)) && ctld_up; then
+      bad=$(sinfo -h -N -o '%N %t' 2>/dev/null | awk '$2 ~ /^(down|drain|drng|fail)$/ {print $1}' | sort -u | paste -sd, -)
+      if [[ -n $bad ]]; then log "resuming $bad"; scontrol update nodename="$bad" state=resume || true; resumed=1; fi
+    fi
+    sleep 0.2
+  done
+  sinfo -N >&2 || true
+  log_tails
+  die "nodes not up after ${WAIT_S} s (see logs above)"
+}
+
+stop_slurm_daemons() {
+  local f
+  for f in "$RUN"/slurmd-*.pid; do [[ -e $f ]] && kill_pidfile "$f" slurmd; done
+  kill_pidfile "$RUN/slurmctld.pid" slurmctld
+  kill_pidfile "$RUN/slurmdbd.pid" slurmdbd
+}
+
+# ---------------------------------------------------------------- subcommands
+cmd_start() {
+  [[ $(id -u) == 0 ]] || die "start needs root"
+  local t0=$SECONDS
+  install_packages
+  install -d -m 755 "$RUN"; chown slurm:slurm "$RUN"
+  exec 9>"$RUN/.lock"; flock 9   # two concurrent `start`s: the second waits, then finds it running
+
+  local tmp changed=0
+  tmp=$(mktemp)
+  write_slurm_conf "$tmp"
+  cmp -s "$tmp" "$CONF" || changed=1
+  if ((changed == 0)) && daemons_alive && ctld_up && nodes_up; then
+    rm -f "$tmp"
+    log "already running ($(node_list), partitions debug urgent)"
+    return 0
+  fi
+  if ((changed == 1)) && [[ -e $RUN/slurmctld.pid ]]; then
+    log "slurm.conf changed: restarting the Slurm daemons"
+    stop_slurm_daemons
+  fi
+  install -d -m 755 /etc/slurm
+  install -m 644 "$tmp" "$CONF"; rm -f "$tmp"
+
+  # Node names resolve to 127.0.0.1, so the first node name works as a rendezvous address.
+  local n
+  for n in $(node_names); do
+    grep -qE "^[^#]*[[:space:]]$n([[:space:]]|\$)" /etc/hosts || echo "127.0.0.1 $n  # fgrpo slurm-local" >>/etc/hosts
+  done
+  install -d -o slurm -g slurm -m 755 /var/spool/slurmctld "$LOGDIR"
+  for n in $(node_names); do install -d -m 755 "/var/spool/slurmd/$n"; done
+  touch "$LOGDIR/jobcomp.log"; chown slurm:slurm "$LOGDIR/jobcomp.log"
+
+  start_munge
+  if [[ $ACCOUNTING == 1 ]]; then
+    tmp=$(mktemp); write_slurmdbd_conf "$tmp"
+    cmp -s "$tmp" "$DBDCONF" || { install -o slurm -g slurm -m 600 "$tmp" "$DBDCONF"; kill_pidfile "$RUN/slurmdbd.pid" slurmdbd; }
+    rm -f "$tmp"
+    start_mariadb
+    start_slurmdbd
+  fi
+  start_slurmctld
+  start_slurmds
+  wait_nodes
+  log "up in $((SECONDS - t0)) s: $(node_list) x $CPUS CPUs, partitions debug (default) urgent"
+}
+
+cmd_stop() {
+  [[ $(id -u) == 0 ]] || die "stop needs root"
+  [[ -d $RUN ]] || { log "not running"; return 0; }
+  stop_slurm_daemons
+  if [[ -e $RUN/mariadb.ours ]]; then kill_pidfile "$MYSQL_PID" mariadbd; rm -f "$RUN/mariadb.ours"; fi
+  if [[ -e $RUN/munged.ours ]]; then kill_pidfile /run/munge/munged.pid munged; rm -f "$RUN/munged.ours"; fi
+  log "stopped"
+}
+
+cmd_status() {
+  if ! command -v sinfo >/dev/null; then echo "slurm-local: not installed"; return 1; fi
+  if ! ctld_up; then echo "slurm-local: slurmctld not answering"; return 1; fi
+  sinfo
+  squeue
+  if nodes_up; then return 0; fi
+  echo "slurm-local: not all nodes are up"
+  return 1
+}
+
+case ${1:-} in
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac
