@@ -1,6 +1,9 @@
 """`fgrpo`: launch, show and train Flash-GRPO recipes.
 
-  fgrpo launch RECIPE.py [--backend local] [--dry-run] [--section.field VALUE ...]
+  fgrpo launch RECIPE.py [--backend local|slurm] [--dry-run] [--section.field VALUE ...]
+  fgrpo sweep  RECIPE.py --grid FIELD=V1,V2 [--random N --range FIELD=LO:HI[:log]] [--backend slurm]
+  fgrpo status [RUN | SWEEP | RUNS_DIR]                  scheduler state + step, reward, checkpoint
+  fgrpo logs RUN [-f] [--rank N]  |  fgrpo cancel RUN  |  fgrpo resume RUN
   fgrpo show   RECIPE.py [--section.field VALUE ...]     print the resolved recipe
   fgrpo train  --run-dir runs/NAME                       in-job entry point (backends start it)
   fgrpo export RUN_DIR OUT_DIR [--step N] [--weights ema|model]
@@ -29,8 +32,9 @@ from fgrpo.recipe.validate import recipe_problems
 @dataclass
 class LaunchArgs:
     recipe: Annotated[Recipe, tyro.conf.arg(name="")]
-    backend: Literal["local"] = "local"
-    """Where to run: `local` starts the processes on this machine."""
+    backend: Literal["local", "slurm"] = "local"
+    """Where to run: `local` starts the processes on this machine; `slurm` submits through submitit
+    and returns at once."""
     dry_run: bool = False
     """Print what would run and the resolved recipe; start and write nothing."""
 
@@ -55,7 +59,7 @@ def _parse(command: str, argv: list[str]) -> tuple[Recipe, Recipe, LaunchArgs]:
 
 
 def resolve_run_dir(base: Recipe, recipe: Recipe) -> Path:
-    return Path(recipe.logging.runs_dir) / run_name(base, recipe)
+    return (Path(recipe.logging.runs_dir) / run_name(base, recipe)).absolute()
 
 
 def cmd_show(argv: list[str]) -> int:
@@ -94,7 +98,7 @@ def cmd_launch(argv: list[str]) -> int:
     run_dir = resolve_run_dir(base, recipe)
     _check_existing_run(run_dir, recipe)
     backend = get_backend(args.backend)
-    job = LaunchJob(run_dir=run_dir, nodes=recipe.launch.nodes, procs_per_node=recipe.procs_per_node)
+    job = LaunchJob(run_dir=run_dir, recipe=recipe)
     if args.dry_run:
         print(json.dumps(to_dict(recipe), indent=2))
         print(f"run folder: {run_dir}")
@@ -107,22 +111,11 @@ def cmd_launch(argv: list[str]) -> int:
 
 
 def cmd_train(argv: list[str]) -> int:
-    import os
-
+    from fgrpo.trainer.entry import train_run
     from fgrpo.trainer.signals import StopFlag
 
-    stop = StopFlag()  # installed first: a signal during model loading is not lost
-    run_dir = Path(tyro.cli(_TrainArgs, args=argv, prog="fgrpo train").run_dir)
-    recipe = load_recipe_json(run_dir / "recipe.json")
-    problems = recipe_problems(recipe, int(os.environ.get("WORLD_SIZE", "1")))
-    if problems:
-        return _fail("invalid recipe:\n  " + "\n  ".join(problems))
-    from fgrpo.trainer.trainer import NonFiniteError, Trainer
-
-    try:
-        return Trainer(recipe, run_dir, stop).run()
-    except NonFiniteError as e:
-        return _fail(str(e), code=1)
+    stop = StopFlag()  # before parsing: a signal during start-up is not lost
+    return train_run(Path(tyro.cli(_TrainArgs, args=argv, prog="fgrpo train").run_dir), stop)
 
 
 @dataclass
@@ -160,7 +153,19 @@ def cmd_export(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"launch": cmd_launch, "show": cmd_show, "train": cmd_train, "make-tiny": cmd_make_tiny, "export": cmd_export}
+def _lazy(module: str, name: str):
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(argv)
+
+    return run
+
+
+COMMANDS = {"launch": cmd_launch, "show": cmd_show, "train": cmd_train, "make-tiny": cmd_make_tiny, "export": cmd_export,
+            "sweep": _lazy("fgrpo.sweep", "cmd_sweep"), "status": _lazy("fgrpo.cli_runs", "cmd_status"),
+            "logs": _lazy("fgrpo.cli_runs", "cmd_logs"), "cancel": _lazy("fgrpo.cli_runs", "cmd_cancel"),
+            "resume": _lazy("fgrpo.cli_runs", "cmd_resume")}
 
 
 def main(argv: list[str] | None = None) -> int:

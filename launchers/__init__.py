@@ -8,7 +8,11 @@ def get_backend(name: str) -> Backend:
         from .local import LocalBackend
 
         return LocalBackend()
-    raise ValueError(f"--backend: unknown backend {name!r} (available: local)")
+    if name == "slurm":
+        from .slurm import SlurmBackend
+
+        return SlurmBackend()
+    raise ValueError(f"--backend: unknown backend {name!r} (available: local, slurm)")
 
 
 __all__ = ["Backend", "LaunchJob", "get_backend"]

@@ -7,19 +7,29 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fgrpo.recipe.config import Recipe
+
 
 @dataclass
 class LaunchJob:
-    """What every backend needs: where the run lives and how many processes it wants.
+    """What every backend needs: the run folder and its resolved recipe.
 
-    The resolved recipe is already in `run_dir/recipe.json`; processes start
-    `python -m fgrpo train --run-dir RUN_DIR`, so a requeued or restarted process finds the recipe
+    The recipe is already in `run_dir/recipe.json`; processes start `fgrpo train --run-dir
+    RUN_DIR` (or its in-process equivalent), so a requeued or restarted process finds the recipe
     and the newest checkpoint from the run folder alone.
     """
 
     run_dir: Path
-    nodes: int
-    procs_per_node: int
+    recipe: Recipe
+    kind: str = "launch"  # launch | resume | sweep
+
+    @property
+    def nodes(self) -> int:
+        return self.recipe.launch.nodes
+
+    @property
+    def procs_per_node(self) -> int:
+        return self.recipe.procs_per_node
 
     @property
     def world_size(self) -> int:
@@ -34,8 +44,24 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def describe(self, job: LaunchJob) -> str:
-        """What `launch` would do, for --dry-run (nothing is started)."""
+        """What `launch` would do, for --dry-run (nothing is started or written)."""
 
     @abc.abstractmethod
     def launch(self, job: LaunchJob) -> int:
         """Start the job. Returns an exit code (blocking backends) or 0 once submitted."""
+
+    @abc.abstractmethod
+    def state(self, job_id: str) -> str:
+        """The scheduler's state of a job (RUNNING, PENDING, COMPLETED, CANCELLED, ...)."""
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str) -> None:
+        """Stop the job and everything it started."""
+
+    @abc.abstractmethod
+    def log_paths(self, run_dir: Path, job_id: str, rank: int) -> list[Path]:
+        """Files that hold a rank's console output (the first existing one is shown)."""
+
+    def submit_array(self, runs: list[LaunchJob]) -> list[str]:
+        """Submit several runs that share one resource spec (a job array where supported)."""
+        raise NotImplementedError(f"the {self.name} backend does not run sweeps")

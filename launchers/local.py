@@ -10,6 +10,7 @@ import subprocess
 import time
 
 from .base import Backend, LaunchJob
+from .records import record_job
 
 
 def free_port() -> int:
@@ -49,6 +50,7 @@ class LocalBackend(Backend):
             procs.append(subprocess.Popen(job.train_command(), env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT if out else None))
         (job.run_dir / "launch.json").write_text(json.dumps(
             {"backend": self.name, "started": time.time(), "pids": [p.pid for p in procs], "world_size": job.world_size}, indent=2))
+        record_job(job.run_dir, self.name, str(os.getpid()), job.kind)
 
         def forward(signum, frame):  # Ctrl-C / SIGTERM: the trainers stop gracefully and save
             for p in procs:
@@ -79,3 +81,28 @@ class LocalBackend(Backend):
                         p.kill()
                 return [p.wait() for p in procs]
             time.sleep(0.2)
+
+    # A local job's id is the launcher's pid.
+    def state(self, job_id: str) -> str:
+        try:
+            os.kill(int(job_id), 0)
+        except (ProcessLookupError, ValueError):
+            return "EXITED"
+        except PermissionError:
+            pass
+        return "RUNNING"
+
+    def cancel(self, job_id: str) -> None:
+        try:
+            os.kill(int(job_id), signal.SIGTERM)  # the launcher forwards it: graceful stop and save
+        except ProcessLookupError:
+            pass
+
+    def log_paths(self, run_dir, job_id: str, rank: int):
+        return [run_dir / "logs" / f"rank-{rank}.log"]
+
+    def submit_array(self, runs):
+        """Locally, sweep points run one after another."""
+        for job in runs:
+            self.launch(job)
+        return [str(os.getpid())] * len(runs)

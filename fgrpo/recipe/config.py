@@ -195,7 +195,7 @@ class CheckpointConfig:
 @dataclass
 class LoggingConfig:
     runs_dir: str = "runs"
-    """Where run folders live (use a shared filesystem on clusters)."""
+    """Where run folders live; on clusters a folder on the shared filesystem (every node reads it)."""
     run_name: str | None = None
     """Run folder name; None derives it from the recipe name and what differs from the recipe file."""
     console_interval: int = 1
@@ -204,18 +204,32 @@ class LoggingConfig:
 
 @dataclass
 class LaunchConfig:
-    """Backend defaults; `--backend` picks the backend."""
+    """Where and how the job runs; `--backend` picks the backend."""
 
     nodes: int = 1
     procs_per_node: int | None = None
     """Training processes per node (one per GPU). None: dp_replicate x dp_shard x tp / nodes when
     dp_shard is set, else gpus_per_node (1 without GPUs)."""
     gpus_per_node: int = 0
+    cpus_per_task: int = 0
+    """CPU cores per process (0: the cluster's default)."""
+    mem_gb: float = 0.0
+    """Memory per node in GB (0: the cluster's default)."""
     time_limit: str = "24:00:00"
-    """Wall-clock limit, HH:MM:SS."""
+    """Wall-clock limit per job, [D-]HH:MM:SS; a longer run is requeued and resumes."""
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
+    sbatch: dict[str, str] = field(default_factory=dict)
+    """Any other sbatch option, e.g. --launch.sbatch constraint h100 exclusive ''."""
+    setup: tuple[str, ...] = ()
+    """Shell lines run before training in the job (module load, conda activate, export VAR=...)."""
+    signal_delay_s: int = 180
+    """Slurm sends USR2 this long before the time limit, for a checkpoint and requeue."""
+    max_failures: int = 3
+    """Requeue a job that failed for real (not a preemption) at most this many times."""
+    array_parallelism: int = 16
+    """Sweeps: at most this many points of one job array run at once."""
 
 
 @dataclass

@@ -6,6 +6,16 @@ from .config import Recipe
 from .io import RecipeError
 
 
+def time_limit_minutes(text: str) -> int:
+    """'[D-]HH:MM:SS' or 'HH:MM' -> whole minutes (at least 1)."""
+    days, _, clock = text.rpartition("-")
+    parts = clock.split(":")
+    if not (2 <= len(parts) <= 3) or not all(p.isdigit() for p in parts) or (days and not days.isdigit()):
+        raise ValueError(f"expected [D-]HH:MM:SS, got {text!r}")
+    h, m, sec = (int(p) for p in (parts + ["0"])[:3])
+    return max(1, (int(days or 0) * 24 + h) * 60 + m + (1 if sec else 0))
+
+
 def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     """Every problem found, each starting with the dotted field name it concerns."""
     from fgrpo.algorithm import NOISE_SCHEDULES
@@ -98,6 +108,10 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     if recipe.optim.max_steps < 0:
         errs.append(f"optim.max_steps: must be >= 0, got {recipe.optim.max_steps}")
 
+    try:
+        time_limit_minutes(recipe.launch.time_limit)
+    except ValueError as e:
+        errs.append(f"launch.time_limit: {e}")
     if not recipe.rewards:
         errs.append("rewards: at least one reward is needed")
     for i, spec in enumerate(recipe.rewards):
