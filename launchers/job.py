@@ -38,6 +38,13 @@ class TrainJob(submitit.helpers.Checkpointable):
         stop = StopFlag()
         env = submitit.JobEnvironment()
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        # One thread per CPU Slurm gave the task (torchrun's default is 1 too): oversubscribed
+        # cores slow everything down, and a fixed count keeps results reproducible.
+        torch_threads = int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         run_dir = Path(self.run_dir)
         try:
             code = train_run(run_dir, stop)

@@ -5,7 +5,8 @@
 #                                   per node, wait until every node is up. Idempotent: a running,
 #                                   healthy cluster with an unchanged config returns at once.
 #   scripts/slurm-local.sh stop     stop what `start` started (by pidfile), munged/MariaDB only if
-#                                   `start` started them. Idempotent. Job state is kept on disk.
+#                                   `start` started them. Idempotent. Job state is kept on disk;
+#                                   running jobs are not cancelled (scancel them first if needed).
 #   scripts/slurm-local.sh status   print sinfo/squeue; exit 0 if the cluster is up, 1 if not.
 #
 # Needs root for start/stop (apt-get, daemons, /etc/slurm). No systemd: daemons are started by hand
@@ -13,16 +14,27 @@
 #
 # Cluster: nodes node1..nodeN (N = $FGRPO_SLURM_NODES, default 2), all 127.0.0.1 with their own slurmd
 # port, $FGRPO_SLURM_CPUS CPUs each (default 2; may exceed the real cores: config_overrides).
-# Partitions: `debug` (default, PriorityTier=1, jobs there are preempted by REQUEUE with GraceTime)
-# and `urgent` (PriorityTier=10, never preempted). A preempted job gets its `--signal` (e.g.
-# `--signal=B:USR2@60`) at preemption (preempt_send_user_signal), SIGTERM, then SIGKILL after GraceTime.
+# Partitions: `debug` (default, PriorityTier=1, preempted with PreemptMode=REQUEUE, GraceTime=20)
+# and `urgent` (PriorityTier=10, never preempted). Observed on a `debug` job preempted by `urgent`:
+#   t=0   the job's --signal (e.g. --signal=B:USR2@60; B: = batch shell only) plus SIGCONT, within
+#         a second of the urgent submit (preempt_send_user_signal; no --signal, no early signal);
+#   t=20  (GraceTime) SIGCONT + SIGTERM; t=30 (KillWait) SIGKILL. The job is then PREEMPTED in
+#         sacct, requeued, and runs again ~10 s later (cred_expire) with SLURM_RESTART_COUNT+1.
+#   Careful: a job that *exits* during the grace time (on USR2) ends COMPLETED/FAILED and is NOT
+#   requeued. To free the nodes at once and still come back: checkpoint, then
+#   `scontrol requeue $SLURM_JOB_ID` and exit (REQUEUED, restarts ~11 s later), as submitit does.
+#   Or checkpoint and keep running until the SIGTERM, then exit (PREEMPTED, requeued).
+#   USR2 and SIGCONT arrive together: a bash `trap` missed the USR2 once in 7 runs (Python: 3 of 3).
+# `scontrol requeue ID` on a running job: SIGCONT + SIGTERM at once (no USR2), SIGKILL after
+# KillWait, runs again ~21 s later (REQUEUED in sacct; `sacct -D` shows every run).
 #
 # Accounting: `sacct -j ID` (what submitit and `fgrpo status` call) needs accounting storage:
-# with AccountingStorageType=none it just says "Slurm accounting storage is disabled". The lighter
-# JobCompType=jobcomp/filetxt only serves `sacct -c` (--completion), only lists jobs once they
-# have ended (no PENDING/RUNNING/REQUEUED history, no steps), and submitit never passes -c, so its
-# job.state stays UNKNOWN. Hence slurmdbd + MariaDB (about 6 s more on start). jobcomp/filetxt is
-# enabled too (free). FGRPO_SLURM_ACCOUNTING=0 skips slurmdbd/MariaDB (then only `sacct -c` works).
+# with AccountingStorageType=none it just says "Slurm accounting storage is disabled" (rc 1). The
+# lighter JobCompType=jobcomp/filetxt only serves `sacct -c` (--completion): one record per ended
+# run (a requeue shows as PREEMPTED or PENDING), nothing for pending/running jobs, no steps; and
+# submitit never passes -c, so its job.state stays UNKNOWN. Hence slurmdbd + MariaDB (about 1 s
+# more on start once installed). jobcomp/filetxt is enabled as well (free).
+# FGRPO_SLURM_ACCOUNTING=0 skips slurmdbd/MariaDB (then only `sacct -c` works).
 set -euo pipefail
 
 NODES=${FGRPO_SLURM_NODES:-2}
@@ -44,25 +56,42 @@ die() { echo "slurm-local: ERROR: $*" >&2; exit 1; }
 node_names() { local i; for ((i = 1; i <= NODES; i++)); do echo "node$i"; done; }
 node_list() { if ((NODES == 1)); then echo node1; else echo "node[1-$NODES]"; fi; }
 
-# pid_alive PIDFILE NAME: the pidfile names a live process whose command is NAME.
+# pid_alive PIDFILE NAME: the pidfile names a live process whose command is NAME. Zombies count
+# as dead: PID 1 here may not reap, so a killed daemon can linger as a zombie that kill -0 accepts.
 pid_alive() {
-  local f=$1 name=$2 pid
+  local f=$1 name=$2 pid stat
   [[ -s $f ]] || return 1
   pid=$(tr -dc 0-9 <"$f")
   [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
-  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]]
+  stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+  [[ $stat == "$pid ($name) "* && $stat != "$pid ($name) Z"* && $stat != "$pid ($name) X"* ]]
 }
 
-# kill_pidfile PIDFILE NAME: SIGTERM, wait up to 15 s, then SIGKILL. Quiet if not running.
-kill_pidfile() {
-  local f=$1 name=$2 pid i
-  if ! pid_alive "$f" "$name"; then rm -f "$f"; return 0; fi
-  pid=$(tr -dc 0-9 <"$f")
-  log "stopping $name (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then log "$name did not stop in 15 s: SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; fi
-  rm -f "$f"
+# running PID: exists and is not a zombie.
+running() { [[ -r /proc/$1/stat ]] && ! grep -qE '^[0-9]+ \(.*\) [ZX] ' "/proc/$1/stat" 2>/dev/null; }
+
+# kill_pidfiles PIDFILE NAME [PIDFILE NAME ...]: SIGTERM to all at once, wait up to 15 s for all,
+# then SIGKILL what is left. Quiet for those not running.
+kill_pidfiles() {
+  local pids=() pid i alive
+  while (($# >= 2)); do
+    if pid_alive "$1" "$2"; then
+      pid=$(tr -dc 0-9 <"$1"); pids+=("$pid")
+      log "stopping $2 (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+    rm -f "$1"; shift 2
+  done
+  ((${#pids[@]})) || return 0
+  for ((i = 0; i < 150; i++)); do
+    alive=0; for pid in "${pids[@]}"; do running "$pid" && alive=1; done
+    ((alive)) || return 0
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do
+    running "$pid" && { log "pid $pid did not stop in 15 s: SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; }
+  done
+  return 0
 }
 
 log_tails() {
@@ -198,7 +227,7 @@ start_munge() {
   install -d -o munge -g munge -m 755 /run/munge
   install -d -o munge -g munge -m 700 /var/log/munge /var/lib/munge
   log "starting munged"
-  runuser -u munge -- /usr/sbin/munged --force
+  runuser -u munge -- /usr/sbin/munged --force 9>&-
   touch "$RUN/munged.ours"
   local i
   for ((i = 0; i < 50; i++)); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return 0; sleep 0.1; done
@@ -214,7 +243,7 @@ start_mariadb() {
     log "starting MariaDB"
     setsid /usr/sbin/mariadbd --user=mysql --datadir=/var/lib/mysql --socket="$MYSQL_SOCK" \
       --pid-file="$MYSQL_PID" --bind-address=127.0.0.1 --log-error="$LOGDIR/mariadb.log" \
-      --innodb-buffer-pool-size=256M --innodb-lock-wait-timeout=900 </dev/null >/dev/null 2>&1 &
+      --innodb-buffer-pool-size=1G --innodb-lock-wait-timeout=900 </dev/null >/dev/null 2>&1 9>&- &
     touch "$RUN/mariadb.ours"
     local i
     for ((i = 0; i < 300; i++)); do mysql_up && break; sleep 0.1; done
@@ -230,7 +259,7 @@ EOF
 start_slurmdbd() {
   pid_alive "$RUN/slurmdbd.pid" slurmdbd && return 0
   log "starting slurmdbd"
-  slurmdbd
+  slurmdbd 9>&-
   local i
   for ((i = 0; i < 300; i++)); do sacctmgr -n -P list cluster >/dev/null 2>&1 && break; sleep 0.1; done
   sacctmgr -n -P list cluster >/dev/null 2>&1 || { log_tails; die "slurmdbd did not answer in 30 s"; }
@@ -242,7 +271,7 @@ start_slurmdbd() {
 start_slurmctld() {
   pid_alive "$RUN/slurmctld.pid" slurmctld && return 0
   log "starting slurmctld"
-  slurmctld
+  slurmctld 9>&-
 }
 
 start_slurmds() {
@@ -250,7 +279,7 @@ start_slurmds() {
   for n in $(node_names); do
     pid_alive "$RUN/slurmd-$n.pid" slurmd && continue
     log "starting slurmd -N $n"
-    slurmd -N "$n"
+    slurmd -N "$n" 9>&-
   done
 }
 
@@ -271,19 +300,22 @@ wait_nodes() {
 }
 
 stop_slurm_daemons() {
-  local f
-  for f in "$RUN"/slurmd-*.pid; do [[ -e $f ]] && kill_pidfile "$f" slurmd; done
-  kill_pidfile "$RUN/slurmctld.pid" slurmctld
-  kill_pidfile "$RUN/slurmdbd.pid" slurmdbd
+  local f args=()
+  for f in "$RUN"/slurmd-*.pid; do [[ -e $f ]] && args+=("$f" slurmd); done
+  kill_pidfiles "${args[@]}" "$RUN/slurmctld.pid" slurmctld
+  kill_pidfiles "$RUN/slurmdbd.pid" slurmdbd   # after slurmctld, which sends it its last records
 }
 
 # ---------------------------------------------------------------- subcommands
 cmd_start() {
   [[ $(id -u) == 0 ]] || die "start needs root"
   local t0=$SECONDS
+  install -d -m 755 "$RUN"
+  # Two concurrent `start`s: the second waits here, then finds the cluster running. Daemons are
+  # started with 9>&- so that they do not inherit (and hold) the lock.
+  exec 9>"$RUN/.lock"; flock 9
   install_packages
-  install -d -m 755 "$RUN"; chown slurm:slurm "$RUN"
-  exec 9>"$RUN/.lock"; flock 9   # two concurrent `start`s: the second waits, then finds it running
+  chown slurm:slurm "$RUN"   # slurmctld/slurmdbd write their pidfiles here as user slurm
 
   local tmp changed=0
   tmp=$(mktemp)
@@ -294,8 +326,8 @@ cmd_start() {
     log "already running ($(node_list), partitions debug urgent)"
     return 0
   fi
-  if ((changed == 1)) && [[ -e $RUN/slurmctld.pid ]]; then
-    log "slurm.conf changed: restarting the Slurm daemons"
+  if ((changed == 1)); then   # daemons started with another config: restart them (jobs survive)
+    compgen -G "$RUN/slurm*.pid" >/dev/null && log "slurm.conf changed: restarting the Slurm daemons"
     stop_slurm_daemons
   fi
   install -d -m 755 /etc/slurm
@@ -313,7 +345,7 @@ cmd_start() {
   start_munge
   if [[ $ACCOUNTING == 1 ]]; then
     tmp=$(mktemp); write_slurmdbd_conf "$tmp"
-    cmp -s "$tmp" "$DBDCONF" || { install -o slurm -g slurm -m 600 "$tmp" "$DBDCONF"; kill_pidfile "$RUN/slurmdbd.pid" slurmdbd; }
+    cmp -s "$tmp" "$DBDCONF" || { install -o slurm -g slurm -m 600 "$tmp" "$DBDCONF"; kill_pidfiles "$RUN/slurmdbd.pid" slurmdbd; }
     rm -f "$tmp"
     start_mariadb
     start_slurmdbd
@@ -328,8 +360,11 @@ cmd_stop() {
   [[ $(id -u) == 0 ]] || die "stop needs root"
   [[ -d $RUN ]] || { log "not running"; return 0; }
   stop_slurm_daemons
-  if [[ -e $RUN/mariadb.ours ]]; then kill_pidfile "$MYSQL_PID" mariadbd; rm -f "$RUN/mariadb.ours"; fi
-  if [[ -e $RUN/munged.ours ]]; then kill_pidfile /run/munge/munged.pid munged; rm -f "$RUN/munged.ours"; fi
+  local args=()   # MariaDB and munged only if `start` started them
+  [[ -e $RUN/mariadb.ours ]] && args+=("$MYSQL_PID" mariadbd)
+  [[ -e $RUN/munged.ours ]] && args+=(/run/munge/munged.pid munged)
+  kill_pidfiles "${args[@]}"
+  rm -f "$RUN/mariadb.ours" "$RUN/munged.ours"
   log "stopped"
 }
 
@@ -338,6 +373,13 @@ cmd_status() {
   if ! ctld_up; then echo "slurm-local: slurmctld not answering"; return 1; fi
   sinfo
   squeue
+  local f dead=()   # daemons whose pidfile `start` left but that died (slurmctld notices only after SlurmdTimeout)
+  for f in "$RUN"/slurmctld.pid "$RUN"/slurmdbd.pid "$RUN"/slurmd-*.pid; do
+    [[ -e $f ]] || continue
+    local name; name=$(basename "$f" .pid); name=${name%%-*}
+    pid_alive "$f" "$name" || dead+=("$(basename "$f" .pid)")
+  done
+  if ((${#dead[@]})); then echo "slurm-local: not running: ${dead[*]} (run start again)"; return 1; fi
   if nodes_up; then return 0; fi
   echo "slurm-local: not all nodes are up"
   return 1

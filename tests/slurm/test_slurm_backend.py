@@ -1,0 +1,124 @@
+"""The Slurm backend against a real Slurm cluster on this machine (scripts/slurm-local.sh)."""
+
+import json
+import subprocess
+import time
+
+import pytest
+import torch
+
+from tests.conftest import REPO, run_fgrpo
+from tests.distributed.helpers import BASE_ARGS, launch_tiny, train_metrics, trained_weights
+
+SLURM = ["--backend", "slurm", "--launch.nodes", "2", "--launch.procs-per-node", "2", "--launch.time-limit",
+         "00:30:00", "--launch.signal-delay-s", "30"]
+
+
+def submit(tiny_model_dir, runs, steps, *extra, name="run"):
+    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir),
+                    "--logging.runs-dir", str(runs), "--logging.run-name", name, "--optim.max-steps", str(steps),
+                    *BASE_ARGS, *SLURM, *extra, cwd=runs.parent, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return runs / name, json.loads((runs / name / "jobs.jsonl").read_text().splitlines()[-1])["job_id"]
+
+
+def status(target) -> list[dict]:
+    res = run_fgrpo("status", str(target), "--json", timeout=60)
+    assert res.returncode == 0, res.stderr
+    return [json.loads(x) for x in res.stdout.splitlines()]
+
+
+def wait_state(target, states, timeout=400):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = status(target)
+        if rows and all(r["state"] in states for r in rows):
+            return rows
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {states}: {status(target)}")
+
+
+def wait_steps(run_dir, n, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run_dir / "metrics.jsonl").exists() and len(train_metrics(run_dir)) >= n:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{run_dir} never reached step {n}")
+
+
+def test_two_nodes_two_tasks_complete(slurm_cluster, tiny_model_dir, tmp_path):
+    run, job = submit(tiny_model_dir, tmp_path / "runs", 3)
+    rows = wait_state(run, {"COMPLETED"})
+    assert rows[0]["step"] == 3 and rows[0]["checkpoint"] == 3 and rows[0]["run_state"] == "completed"
+    assert json.loads((run / "recipe.json").read_text())["launch"]["nodes"] == 2
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, tmp_path_factory):
+    """The same 4 processes (dp_shard=4) run straight through, locally."""
+    return trained_weights(launch_tiny(tiny_model_dir, tmp_path_factory.mktemp("ref") / "runs", 4, 8,
+                                       "--checkpoint.interval", "1000"))
+
+
+def _usr2(job):
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+
+
+def _requeue(job):
+    subprocess.run(["scontrol", "requeue", job], check=True)
+
+
+def _preempt(job):
+    # A job in the higher-priority partition that needs both nodes: Slurm preempts (requeues) ours.
+    subprocess.run(["sbatch", "-p", "urgent", "-N", "2", "--ntasks-per-node", "1", "-o", "/dev/null",
+                    "--wrap", "sleep 3"], check=True)
+
+
+@pytest.mark.parametrize("interrupt", [_usr2, _requeue, _preempt], ids=["usr2", "scontrol-requeue", "preemption"])
+def test_interruption_requeues_and_resumes_bitwise(slurm_cluster, tiny_model_dir, tmp_path, uninterrupted, interrupt):
+    # No periodic checkpoints: whatever survives comes from the graceful stop.
+    run, job = submit(tiny_model_dir, tmp_path / "runs", 8, "--checkpoint.interval", "1000")
+    wait_steps(run, 2)
+    interrupt(job)
+    wait_state(run, {"COMPLETED"}, timeout=600)
+    steps = [m["step"] for m in train_metrics(run)]
+    assert steps == list(range(1, 9)), steps  # no optimizer step lost or repeated
+    assert (run / "submitit").exists() and len(list((run / "submitit").glob("*_0_log.out"))) >= 1
+    final = trained_weights(run)
+    assert all(torch.equal(final[k], uninterrupted[k]) for k in final), "resumed run differs from uninterrupted"
+
+
+def test_sweep_is_one_array_and_idempotent(slurm_cluster, tiny_model_dir, tmp_path):
+    runs = tmp_path / "runs"
+    args = ["sweep", str(REPO / "recipes" / "tiny.py"), "--grid", "optim.lr=1e-3,2e-3", "--grid",
+            "rollout.group-size=2,4", "--backend", "slurm", "--model.path", str(tiny_model_dir),
+            "--logging.runs-dir", str(runs), "--optim.max-steps", "2", *BASE_ARGS, "--launch.procs-per-node", "1",
+            "--launch.array-parallelism", "4"]
+    res = run_fgrpo(*args, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (sweep,) = runs.glob("tiny-sweep-*")
+    run_dirs = json.loads((sweep / "sweep.json").read_text())["runs"]
+    assert len(run_dirs) == 4 and len(set(run_dirs)) == 4
+    job_ids = [json.loads(open(f"{d}/jobs.jsonl").read().splitlines()[-1])["job_id"] for d in run_dirs]
+    assert len({j.split("_")[0] for j in job_ids}) == 1 and sorted(j.split("_")[1] for j in job_ids) == list("0123")
+    rows = wait_state(sweep, {"COMPLETED"}, timeout=600)
+    assert len(rows) == 4 and all(r["run_state"] == "completed" for r in rows)
+    again = run_fgrpo(*args, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0 and "submitted" not in again.stdout and again.stdout.count("done") == 4
+
+
+def test_cancel_then_resume(slurm_cluster, tiny_model_dir, tmp_path):
+    run, job = submit(tiny_model_dir, tmp_path / "runs", 200, "--checkpoint.interval", "2")
+    wait_steps(run, 3)
+    res = run_fgrpo("cancel", str(run), timeout=60)
+    assert res.returncode == 0, res.stderr
+    rows = wait_state(run, {"CANCELLED", "CANCELLED+"}, timeout=120)
+    assert rows[0]["run_state"] == "cancelled"
+    stopped = rows[0]["checkpoint"]
+    assert stopped >= 2
+    res = run_fgrpo("resume", str(run), timeout=60)
+    assert res.returncode == 0, res.stderr
+    wait_steps(run, stopped + 2)
+    assert json.loads((run / "jobs.jsonl").read_text().splitlines()[-1])["kind"] == "resume"
+    run_fgrpo("cancel", str(run), timeout=60)
