@@ -125,7 +125,10 @@ def cmd_cancel(argv: list[str]) -> int:
     from fgrpo.trainer.entry import write_status
 
     run_dir = Path(tyro.cli(RunArg, args=argv, prog="fgrpo cancel").run).absolute()
+    from launchers.records import request_cancel
+
     backend, job = _backend_of(run_dir)
+    request_cancel(run_dir, job["job_id"])
     backend.cancel(job["job_id"])
     write_status(run_dir, "cancelled", f"fgrpo cancel of job {job['job_id']}")
     print(f"cancelled {backend.name} job {job['job_id']} of {run_dir.name}")
@@ -142,4 +145,7 @@ def cmd_resume(argv: list[str]) -> int:
     if backend.state(job["job_id"]) in ("RUNNING", "PENDING", "REQUEUED"):
         raise ValueError(f"{run_dir.name}: job {job['job_id']} is still {backend.state(job['job_id'])}; "
                          "cancel it first")
+    from launchers.records import clear_cancel
+
+    clear_cancel(run_dir)
     return backend.launch(LaunchJob(run_dir, load_recipe_json(run_dir / "recipe.json"), kind="resume"))

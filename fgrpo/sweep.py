@@ -108,7 +108,7 @@ def cmd_sweep(argv: list[str]) -> int:
     from fgrpo.recipe.io import RecipeError, save_recipe_json
     from fgrpo.recipe.validate import recipe_problems
     from launchers import LaunchJob, get_backend
-    from launchers.records import latest_job, progress
+    from launchers.records import clear_cancel, latest_job, progress
 
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -140,6 +140,7 @@ def cmd_sweep(argv: list[str]) -> int:
             print(f"active   {run_dir.name} (job {job['job_id']})")
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
+        clear_cancel(run_dir)  # rerunning a sweep continues points that were cancelled
         save_recipe_json(recipe, run_dir / "recipe.json")
         key = json.dumps([recipe.procs_per_node, {k: v for k, v in vars(recipe.launch).items()}], sort_keys=True,
                          default=str)

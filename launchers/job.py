@@ -21,6 +21,8 @@ import submitit
 from fgrpo.trainer.entry import EXIT_DONE, EXIT_FAILED, train_run, write_status
 from fgrpo.trainer.signals import EXIT_REQUEUE, StopFlag
 
+from .records import cancel_requested
+
 
 def _count_failure(run_dir: Path) -> int:
     path = run_dir / "failures.json"
@@ -46,6 +48,8 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         run_dir = Path(self.run_dir)
+        if cancel_requested(run_dir):  # a requeue that raced `fgrpo cancel`: do nothing
+            return "cancelled"
         try:
             code = train_run(run_dir, stop)
         except Exception as e:
@@ -54,6 +58,9 @@ class TrainJob(submitit.helpers.Checkpointable):
             reason = "see fgrpo logs"
         if code == EXIT_DONE:
             return "completed"
+        if code == EXIT_REQUEUE and cancel_requested(run_dir):
+            write_status(run_dir, "cancelled", "fgrpo cancel; checkpoint saved")
+            return "cancelled"
         if code == EXIT_REQUEUE:
             if env.global_rank == 0 and callable(submitit_handler):
                 try:

@@ -42,3 +42,19 @@ def progress(run_dir: Path) -> dict:
         "checkpoint": ckpt[0] if ckpt else None,
         "status": read_status(run_dir),
     }
+
+
+CANCEL_MARKER = "CANCEL_REQUESTED"
+
+
+def request_cancel(run_dir: Path, job_id: str) -> None:
+    """Recorded before the scheduler is asked: a job stopped by `fgrpo cancel` must not requeue."""
+    (Path(run_dir) / CANCEL_MARKER).write_text(json.dumps({"job_id": job_id, "time": time.time()}))
+
+
+def cancel_requested(run_dir: Path) -> bool:
+    return (Path(run_dir) / CANCEL_MARKER).exists()
+
+
+def clear_cancel(run_dir: Path) -> None:
+    (Path(run_dir) / CANCEL_MARKER).unlink(missing_ok=True)
