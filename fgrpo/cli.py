@@ -32,9 +32,9 @@ from fgrpo.recipe.validate import recipe_problems
 @dataclass
 class LaunchArgs:
     recipe: Annotated[Recipe, tyro.conf.arg(name="")]
-    backend: Literal["local", "slurm"] = "local"
+    backend: Literal["local", "slurm", "k8s"] = "local"
     """Where to run: `local` starts the processes on this machine; `slurm` submits through submitit
-    and returns at once."""
+    and `k8s` creates a JobSet (or Indexed Job); both return at once."""
     dry_run: bool = False
     """Print what would run and the resolved recipe; start and write nothing."""
 
@@ -115,13 +115,33 @@ def cmd_train(argv: list[str]) -> int:
     from fgrpo.trainer.signals import StopFlag
 
     stop = StopFlag()  # before parsing: a signal during start-up is not lost
-    return train_run(Path(tyro.cli(_TrainArgs, args=argv, prog="fgrpo train").run_dir), stop)
+    a = tyro.cli(_TrainArgs, args=argv, prog="fgrpo train")
+    run_dir = Path(a.run_dir)
+    recipe = adopt_recipe_file(run_dir, Path(a.recipe_file)) if a.recipe_file else None
+    return train_run(run_dir, stop, recipe)
+
+
+def adopt_recipe_file(run_dir: Path, recipe_file: Path) -> Recipe:
+    """Kubernetes pods get the recipe from a ConfigMap. Every rank trains with that file (so all
+    agree, e.g. on a raised optim.max_steps); it must match the run folder's recipe up to
+    run-neutral fields, and rank 0 records it in the run folder."""
+    import os
+
+    recipe = load_recipe_json(recipe_file)
+    _check_existing_run(run_dir, recipe)
+    if int(os.environ.get("RANK", "0")) == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe_json(recipe, run_dir / ".recipe.json.tmp")
+        os.replace(run_dir / ".recipe.json.tmp", run_dir / "recipe.json")
+    return recipe
 
 
 @dataclass
 class _TrainArgs:
     run_dir: str
     """Run folder holding recipe.json (written by `fgrpo launch`)."""
+    recipe_file: str | None = None
+    """A resolved recipe.json to start the run folder from (Kubernetes mounts it from a ConfigMap)."""
 
 
 def cmd_make_tiny(argv: list[str]) -> int:

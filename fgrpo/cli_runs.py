@@ -11,6 +11,8 @@ from pathlib import Path
 
 import tyro
 
+from launchers.base import is_active
+
 
 def _backend_of(run_dir: Path):
     from launchers import get_backend
@@ -99,6 +101,13 @@ def cmd_logs(argv: list[str]) -> int:
     a = tyro.cli(LogsArgs, args=argv, prog="fgrpo logs")
     run_dir = Path(a.run).absolute()
     backend, job = _backend_of(run_dir)
+    if hasattr(backend, "stream_logs"):  # Kubernetes: the API streams the log of the rank's pod
+        from fgrpo.recipe.io import load_recipe_json
+
+        pod = a.rank // load_recipe_json(run_dir / "recipe.json").procs_per_node
+        for line in backend.stream_logs(job["job_id"], pod, a.follow):
+            print(line, end="" if line.endswith("\n") else "\n", flush=True)
+        return 0
     paths = [p for p in backend.log_paths(run_dir, job["job_id"], a.rank) if p.exists()]
     if not paths:
         print(f"no output yet for rank {a.rank} of job {job['job_id']}", file=sys.stderr)
@@ -111,7 +120,7 @@ def cmd_logs(argv: list[str]) -> int:
                 sys.stdout.write(f.read())
                 offsets[p] = f.tell()
         sys.stdout.flush()
-        if not a.follow or backend.state(job["job_id"]) not in ("RUNNING", "PENDING", "REQUEUED", "COMPLETING"):
+        if not a.follow or not is_active(backend.state(job["job_id"])):
             return 0
         time.sleep(1.0)
 
@@ -142,7 +151,7 @@ def cmd_resume(argv: list[str]) -> int:
 
     run_dir = Path(tyro.cli(RunArg, args=argv, prog="fgrpo resume").run).absolute()
     backend, job = _backend_of(run_dir)
-    if backend.state(job["job_id"]) in ("RUNNING", "PENDING", "REQUEUED"):
+    if is_active(backend.state(job["job_id"])):
         raise ValueError(f"{run_dir.name}: job {job['job_id']} is still {backend.state(job['job_id'])}; "
                          "cancel it first")
     from launchers.records import clear_cancel

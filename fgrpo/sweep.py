@@ -19,9 +19,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD", "PREEMPTED"}
-
-
 @dataclass
 class SweepSpec:
     recipe_path: str
@@ -108,6 +105,7 @@ def cmd_sweep(argv: list[str]) -> int:
     from fgrpo.recipe.io import RecipeError, save_recipe_json
     from fgrpo.recipe.validate import recipe_problems
     from launchers import LaunchJob, get_backend
+    from launchers.base import is_active
     from launchers.records import clear_cancel, latest_job, progress
 
     if argv and argv[0] in ("-h", "--help"):
@@ -136,7 +134,7 @@ def cmd_sweep(argv: list[str]) -> int:
         if p and p["status"].get("state") == "completed" and p["step"] >= recipe.optim.max_steps:
             print(f"done     {run_dir.name}")
             continue
-        if job and get_backend(job["backend"]).state(job["job_id"]) in ACTIVE:
+        if job and is_active(get_backend(job["backend"]).state(job["job_id"])):
             print(f"active   {run_dir.name} (job {job['job_id']})")
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -149,6 +147,6 @@ def cmd_sweep(argv: list[str]) -> int:
     (folder / "sweep.json").write_text(json.dumps({"argv": argv, "runs": [str(r[2]) for r in resolved]}, indent=2))
     for jobs in groups.values():
         ids = backend.submit_array(jobs)
-        print(f"submitted {len(jobs)} point(s) as {ids[0].split('_')[0] if ids else '-'}: "
-              + ", ".join(j.run_dir.name for j in jobs))
+        print(f"submitted {len(ids)} of {len(jobs)} point(s) as {ids[0].split('_')[0] if ids else '-'}: "
+              + ", ".join(j.run_dir.name for j in jobs[: len(ids)]))
     return cmd_status([str(folder)])

@@ -12,7 +12,11 @@ def get_backend(name: str) -> Backend:
         from .slurm import SlurmBackend
 
         return SlurmBackend()
-    raise ValueError(f"--backend: unknown backend {name!r} (available: local, slurm)")
+    if name == "k8s":
+        from .k8s.backend import KubernetesBackend
+
+        return KubernetesBackend()
+    raise ValueError(f"--backend: unknown backend {name!r} (available: local, slurm, k8s)")
 
 
 __all__ = ["Backend", "LaunchJob", "get_backend"]

@@ -39,6 +39,16 @@ class LaunchJob:
         return [sys.executable, "-m", "fgrpo", "train", "--run-dir", str(self.run_dir)]
 
 
+# Scheduler states in which a job may still run: nothing new is submitted for its run.
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD",
+                 "REQUEUE_FED", "PREEMPTED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
+
+
+def is_active(state: str) -> bool:
+    """True for Slurm's and Kubernetes' live states (Kubernetes reports RESTARTING(n))."""
+    return state in ACTIVE_STATES or state.startswith("RESTARTING")
+
+
 class Backend(abc.ABC):
     name: str
 

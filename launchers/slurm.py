@@ -18,10 +18,6 @@ from .base import Backend, LaunchJob
 from .job import TrainJob
 from .records import record_job
 
-# sacct/squeue states that mean the job may still run (nothing new should be submitted for it).
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING",
-                 "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "STOPPED", "SIGNALING", "STAGE_OUT"}
-
 
 def executor_parameters(recipe: Recipe, name: str) -> dict:
     """submitit parameters for a recipe's launch section (every sbatch option reachable)."""

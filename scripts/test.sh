@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the whole test suite.
+# Set up (if needed), start a local Slurm cluster (if we can), run the whole test suite, stop the
+# cluster again if this script started it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export FGRPO_CACHE="${FGRPO_CACHE:-$PWD/.cache/fgrpo}"
+started_slurm=0
+if ! bash scripts/slurm-local.sh status >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    bash scripts/slurm-local.sh start
+    started_slurm=1
+  else
+    echo "not root: no local Slurm cluster, the Slurm tests will be skipped" >&2
+  fi
+fi
+stop_slurm() { if [ "$started_slurm" = 1 ]; then bash scripts/slurm-local.sh stop || true; fi; }
+trap stop_slurm EXIT
 .venv/bin/python -m pytest -q "$@"

@@ -203,6 +203,41 @@ class LoggingConfig:
 
 
 @dataclass
+class KubernetesConfig:
+    """Kubernetes placement (`--backend k8s`); see docs/kubernetes.md and k8s/."""
+
+    image: str = ""
+    """Container image with fgrpo installed (required for --backend k8s)."""
+    namespace: str = "fgrpo"
+    api: Literal["jobset", "indexed-job"] = "jobset"
+    """`jobset` (jobset.x-k8s.io/v1alpha2), or an Indexed Job plus a headless Service for clusters without JobSet."""
+    runs_pvc: str = "fgrpo-runs"
+    """PersistentVolumeClaim holding run folders; each run uses the sub-path of its run name."""
+    model_pvc: str | None = None
+    """Optional PersistentVolumeClaim with model weights, mounted read-only at /models."""
+    cpu: str = "8"
+    """CPU request and limit per pod."""
+    memory: str = "64Gi"
+    """Memory request and limit per pod."""
+    shm_size: str = "16Gi"
+    """Size of the memory-backed /dev/shm."""
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[str, ...] = ()
+    """Each `key=value:Effect` or `key:Effect` (operator Exists)."""
+    priority_class: str | None = None
+    kueue_queue: str | None = None
+    """Kueue LocalQueue name (adds the kueue.x-k8s.io/queue-name label; Kueue admits and preempts)."""
+    secret_env: dict[str, str] = field(default_factory=dict)
+    """Environment variables from Secrets: NAME -> secret-name/key (never inline values)."""
+    service_account: str = "fgrpo"
+    termination_grace_period_s: int = 300
+    """Time between SIGTERM and SIGKILL; must cover a checkpoint save."""
+    max_restarts: int = 3
+    """Restarts of the whole group after real failures (evictions and preemptions do not count)."""
+    run_as_user: int = 1000
+
+
+@dataclass
 class LaunchConfig:
     """Where and how the job runs; `--backend` picks the backend."""
 
@@ -230,6 +265,7 @@ class LaunchConfig:
     """Requeue a job that failed for real (not a preemption) at most this many times."""
     array_parallelism: int = 16
     """Sweeps: at most this many points of one job array run at once."""
+    k8s: KubernetesConfig = field(default_factory=KubernetesConfig)
 
 
 @dataclass

@@ -29,14 +29,14 @@ def read_status(run_dir: Path) -> dict:
         return {}
 
 
-def train_run(run_dir: Path, stop: StopFlag | None = None) -> int:
+def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
     """Train the run in `run_dir` from its newest checkpoint. 0 done, 75 stopped (requeue me),
     1 failed, 2 bad recipe."""
     stop = stop or StopFlag()  # installed first: a signal during model loading is not lost
     from fgrpo.recipe.io import load_recipe_json
     from fgrpo.recipe.validate import recipe_problems
 
-    recipe = load_recipe_json(run_dir / "recipe.json")
+    recipe = recipe or load_recipe_json(run_dir / "recipe.json")
     problems = recipe_problems(recipe, int(os.environ.get("WORLD_SIZE", "1")))
     if problems:
         print("fgrpo: error: invalid recipe:\n  " + "\n  ".join(problems), file=sys.stderr)
