@@ -1,7 +1,7 @@
 """`fgrpo`: launch, show and train Flash-GRPO recipes.
 
-  fgrpo launch RECIPE.py [--backend local|slurm] [--dry-run] [--section.field VALUE ...]
-  fgrpo sweep  RECIPE.py --grid FIELD=V1,V2 [--random N --range FIELD=LO:HI[:log]] [--backend slurm]
+  fgrpo launch RECIPE.py [--backend local|slurm|k8s] [--dry-run] [--section.field VALUE ...]
+  fgrpo sweep  RECIPE.py --grid FIELD=V1,V2 [--random N --range FIELD=LO:HI[:log]] [--backend slurm|k8s]
   fgrpo status [RUN | SWEEP | RUNS_DIR]                  scheduler state + step, reward, checkpoint
   fgrpo logs RUN [-f] [--rank N]  |  fgrpo cancel RUN  |  fgrpo resume RUN
   fgrpo show   RECIPE.py [--section.field VALUE ...]     print the resolved recipe

@@ -10,6 +10,8 @@ if ! bash scripts/slurm-local.sh status >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     bash scripts/slurm-local.sh start
     started_slurm=1
+    # Our private test cluster: jobs left from an earlier session would hold its nodes.
+    squeue -h -o %i | xargs -r scancel || true
   else
     echo "not root: no local Slurm cluster, the Slurm tests will be skipped" >&2
   fi
