@@ -118,10 +118,11 @@ class Trainer:
     def save(self) -> None:
         checkpoint.save(self.state(), self.ckpt_dir, self.step, self.recipe.checkpoint.keep_last)
 
-    def resume(self) -> bool:
+    def resume(self, path: Path | None = None) -> bool:
+        """Load the newest complete checkpoint (or `path`); False when there is none."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        latest = checkpoint.latest_checkpoint(self.ckpt_dir)
+        latest = checkpoint.latest_checkpoint(self.ckpt_dir) if path is None else (None, path)
         if latest is None:
             return False
         state = checkpoint.load(self.state(), latest[1])

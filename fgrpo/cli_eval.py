@@ -1,0 +1,80 @@
+"""`fgrpo eval RUN_OR_CHECKPOINT`: deterministic held-out evaluation of a trained run.
+
+Samples the held-out prompts (or `--prompts FILE`) with the EMA weights (or `--weights model`),
+deterministic ODE with `--steps` steps and fixed seeds, scores them with every reward of the
+recipe, and writes `eval.json` and a grid of the videos to `RUN/eval/<name>/`. The trainer runs
+the same evaluation every `eval.interval` steps (metrics.jsonl, samples/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+
+@dataclass
+class EvalArgs:
+    target: tyro.conf.Positional[str]
+    """A run folder, or one of its checkpoints/step-N folders."""
+    prompts: str | None = None
+    """Prompt file (one per line, or JSONL with a `prompt` field); default: the run's held-out prompts."""
+    steps: int = 50
+    """Deterministic ODE steps."""
+    videos_per_prompt: int | None = None
+    """Fixed seeds per prompt; default: the recipe's eval.videos_per_prompt."""
+    weights: Literal["ema", "model"] = "ema"
+    """Evaluate the EMA weights (what the paper reports) or the raw trained weights."""
+    name: str | None = None
+    """Output folder name under RUN/eval/ (default: step-N)."""
+
+
+def resolve_target(target: Path) -> tuple[Path, int | None]:
+    """(run folder, checkpoint step or None for the newest)."""
+    if target.name.startswith("step-") and target.parent.name == "checkpoints":
+        return target.parent.parent, int(target.name.split("-")[1])
+    if (target / "recipe.json").exists():
+        return target, None
+    raise FileNotFoundError(f"{target} is neither a run folder (with recipe.json) nor a checkpoints/step-N folder")
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from fgrpo.data.prompts import read_prompts
+    from fgrpo.recipe.io import load_recipe_json
+    from fgrpo.trainer import checkpoint
+    from fgrpo.trainer.evaluate import evaluate_heldout
+    from fgrpo.trainer.trainer import Trainer
+
+    a = tyro.cli(EvalArgs, args=argv, prog="fgrpo eval", description=__doc__)
+    run_dir, step = resolve_target(Path(a.target).absolute())
+    recipe = load_recipe_json(run_dir / "recipe.json")
+    ev = dataclasses.replace(recipe.eval, steps=a.steps,
+                             videos_per_prompt=a.videos_per_prompt or recipe.eval.videos_per_prompt)
+    recipe = dataclasses.replace(recipe, eval=ev)
+    found = dict(checkpoint.complete_checkpoints(run_dir / "checkpoints"))
+    if not found or (step is not None and step not in found):
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint{'' if step is None else f' for step {step}'}")
+    step = step if step is not None else max(found)
+    out = run_dir / "eval" / (a.name or f"step-{step}")
+    out.mkdir(parents=True, exist_ok=True)
+    t = Trainer(recipe, out)  # one process; its model, EMA, rewards and sampler are what is used
+    t.resume(found[step])
+    if a.prompts:
+        t.heldout_prompts = read_prompts(Path(a.prompts))
+    if not t.heldout_prompts:
+        raise ValueError("no prompts to evaluate: the recipe holds none out (prompts.heldout) and --prompts is unset")
+    use_ema = a.weights == "ema" and t.ema is not None
+    with t.ema.swapped_in() if use_ema else nullcontext():
+        result = evaluate_heldout(t, "videos")
+    summary = {"run": str(run_dir), "step": step, "weights": "ema" if use_ema else "model", "steps": a.steps,
+               "prompts": t.heldout_prompts, "videos_per_prompt": ev.videos_per_prompt, **result}
+    (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("eval_rewards", "prompts")}, indent=2))
+    print(f"wrote {out / 'eval.json'} and {out / 'samples' / 'videos.gif'}")
+    return 0
+

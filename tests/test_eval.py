@@ -1,0 +1,33 @@
+"""`fgrpo eval`: deterministic held-out evaluation of a run or one of its checkpoints."""
+
+import json
+
+from tests.conftest import run_fgrpo
+from tests.distributed.helpers import launch_tiny
+
+
+def test_eval_run_and_checkpoint(tiny_model_dir, tmp_path):
+    run = launch_tiny(tiny_model_dir, tmp_path / "runs", 1, 2)  # checkpoints at steps 1 and 2
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a red car at night", "id": 1}\n{"prompt": "a bright yellow kite"}\n')
+    res = run_fgrpo("eval", str(run), "--steps", "3", "--prompts", str(prompts), cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads((run / "eval" / "step-2" / "eval.json").read_text())
+    assert summary["step"] == 2 and summary["weights"] == "ema" and summary["steps"] == 3
+    assert summary["prompts"] == ["a red car at night", "a bright yellow kite"]
+    assert len(summary["eval_rewards"]) == 2 and (run / "eval" / "step-2" / "samples" / "videos.gif").exists()
+    # deterministic: the same evaluation again gives the same rewards
+    again = run_fgrpo("eval", str(run), "--steps", "3", "--prompts", str(prompts), "--name", "again", cwd=tmp_path)
+    assert again.returncode == 0
+    assert json.loads((run / "eval" / "again" / "eval.json").read_text())["eval_rewards"] == summary["eval_rewards"]
+    # an older checkpoint gives other weights, hence other rewards
+    old = run_fgrpo("eval", str(run / "checkpoints" / "step-1"), "--steps", "3", "--prompts", str(prompts),
+                    "--weights", "model", cwd=tmp_path)
+    assert old.returncode == 0, old.stderr
+    first = json.loads((run / "eval" / "step-1" / "eval.json").read_text())
+    assert first["step"] == 1 and first["eval_rewards"] != summary["eval_rewards"]
+
+
+def test_eval_of_a_missing_run_names_the_folder(tmp_path):
+    res = run_fgrpo("eval", str(tmp_path / "nothing"), cwd=tmp_path)
+    assert res.returncode != 0 and "nothing" in res.stderr
