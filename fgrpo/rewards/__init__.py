@@ -17,7 +17,7 @@ from fgrpo.rewards.base import (
     register_reward,
     validate_reward_spec,
 )
-from fgrpo.rewards import programmatic  # noqa: F401  (registers built-in rewards)
+from fgrpo.rewards import clip, programmatic  # noqa: F401  (register the built-in rewards)
 from fgrpo.rewards.programmatic import DEFAULT_COLOURS, find_colour, luminance
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "WeightedRewards",
     "aggregate_frames",
     "build_rewards",
+    "clip",
     "find_colour",
     "get_reward",
     "get_reward_info",
