@@ -34,13 +34,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate equal-shaped tensors from every rank in rank order."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
 
 
 def any_rank(flag: bool) -> bool:
@@ -52,16 +45,8 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        t = t.clone()
-        dist.all_reduce(t)
-    return t
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
