@@ -40,25 +40,6 @@ def _find_checkpoint(run_dir: Path, step: int | None) -> tuple[int, Path]:
     return step, found[step]
 
 
-def _load_base_transformer(recipe) -> torch.nn.Module:
-    """Only the transformer (as `load_wan` loads it): the text encoder and VAE are not needed here."""
-    from diffusers import WanTransformer3DModel
-
-    from fgrpo.models.wan.loading import DTYPES, check_model_folder
-
-    path = recipe.model.path
-    if path is None:
-        from fgrpo.models.wan.tiny import tiny_model_path
-
-        path = tiny_model_path(recipe.model.seed)
-    problems = check_model_folder(path)
-    if problems:
-        raise FileNotFoundError("model.path: " + "; ".join(problems))
-    return WanTransformer3DModel.from_pretrained(
-        path, subfolder="transformer", torch_dtype=DTYPES[recipe.model.dtype], local_files_only=True
-    )
-
-
 def load_trained_transformer(run_dir: Path, step: int | None = None, weights: Weights = "ema"):
     """The run's transformer with its trained weights loaded (LoRA still attached, unmerged).
 
@@ -67,6 +48,7 @@ def load_trained_transformer(run_dir: Path, step: int | None = None, weights: We
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader
 
+    from fgrpo.models.wan.loading import load_transformer, model_folder
     from fgrpo.models.wan.lora import add_lora
     from fgrpo.recipe.io import load_recipe_json
 
@@ -82,7 +64,7 @@ def load_trained_transformer(run_dir: Path, step: int | None = None, weights: We
         warnings.warn(f"{ckpt} has no EMA weights (ema disabled in the recipe?); exporting the model weights instead")
         weights = "model"
 
-    transformer = _load_base_transformer(recipe)
+    transformer = load_transformer(model_folder(recipe.model), recipe.model.dtype)
     torch.manual_seed(recipe.prompts.seed)  # as the trainer does (the weights are overwritten anyway)
     if recipe.lora.enabled:
         add_lora(transformer, recipe.lora.rank, recipe.lora.alpha, recipe.lora.target_modules)

@@ -11,6 +11,7 @@ import torch
 from fgrpo.algorithm import wan_sigmas
 from fgrpo.data.prompts import PromptSampler, read_prompts, resolve_prompt_file, split_prompts
 from fgrpo.models.wan import latent_shape, load_wan
+from fgrpo.models.wan.loading import model_folder
 from fgrpo.models.wan.lora import add_lora, trainable_parameters
 from fgrpo.models.wan.parallelize import parallelize_wan
 from fgrpo.recipe.config import Recipe
@@ -40,15 +41,10 @@ class Trainer:
         self.dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, dist.world_size())
         self.dims.build_mesh(self.device.type)
         self.is_main = dist.rank() == 0
-        model_path = recipe.model.path
-        if model_path is None:  # tiny preset: build once (rank 0), everyone loads the same folder
-            from fgrpo.models.wan.tiny import tiny_model_path
-
-            if self.is_main:
-                model_path = tiny_model_path(recipe.model.seed)
-            dist.barrier()
-            model_path = tiny_model_path(recipe.model.seed)
-        self.model = load_wan(model_path, recipe.model.dtype, recipe.model.max_text_tokens, str(self.device))
+        if recipe.model.path is None and self.is_main:
+            model_folder(recipe.model)  # the tiny preset is built once, by rank 0
+        dist.barrier()
+        self.model = load_wan(model_folder(recipe.model), recipe.model.dtype, recipe.model.max_text_tokens, str(self.device))
         # Seeded: every rank (and every restart) must create identical adapter weights.
         torch.manual_seed(recipe.prompts.seed)
         if recipe.lora.enabled:

@@ -58,17 +58,39 @@ class WanComponents:
         return (video.float().clamp(-1, 1) * 0.5 + 0.5).permute(0, 2, 1, 3, 4).contiguous()
 
 
-def load_wan(path: str | Path, dtype: str = "bfloat16", max_text_tokens: int = 512, device: str = "cpu") -> WanComponents:
-    """`from_pretrained` each component from a local folder; never touches the network."""
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from transformers import AutoTokenizer, UMT5EncoderModel
+def model_folder(model) -> Path:
+    """The recipe's `model` section -> its diffusers folder (the tiny preset's cached build)."""
+    if model.path is not None:
+        return Path(model.path)
+    from .tiny import tiny_model_path
 
+    return tiny_model_path(model.seed)
+
+
+def _checked(path: str | Path) -> None:
     problems = check_model_folder(path)
     if problems:
         raise FileNotFoundError("model.path: " + "; ".join(problems))
+
+
+def load_transformer(path: str | Path, dtype: str = "bfloat16"):
+    """Only the Wan transformer, from a local diffusers folder (what export needs)."""
+    from diffusers import WanTransformer3DModel
+
+    _checked(path)
+    return WanTransformer3DModel.from_pretrained(path, subfolder="transformer", torch_dtype=DTYPES[dtype],
+                                                 local_files_only=True)
+
+
+def load_wan(path: str | Path, dtype: str = "bfloat16", max_text_tokens: int = 512, device: str = "cpu") -> WanComponents:
+    """`from_pretrained` each component from a local folder; never touches the network."""
+    from diffusers import AutoencoderKLWan
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    _checked(path)
     torch_dtype = DTYPES[dtype]
     kw = dict(local_files_only=True)
-    transformer = WanTransformer3DModel.from_pretrained(path, subfolder="transformer", torch_dtype=torch_dtype, **kw)
+    transformer = load_transformer(path, dtype)
     # The Wan VAE is numerically sensitive; diffusers' own examples keep it in float32.
     vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32, **kw)
     text_encoder = UMT5EncoderModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=torch_dtype, **kw)
