@@ -11,8 +11,8 @@
                                                          diffusers folder + the LoRA safetensors
   fgrpo eval RUN_OR_CHECKPOINT [--prompts FILE] [--steps 50]
                                                          held-out rewards (EMA weights) + sample grid
-  fgrpo reward-server --reward NAME [--arg NAME KEY VALUE] [--port 8000]
-                                                         serve rewards over HTTP (own GPUs or nodes)
+  fgrpo reward-server --reward NAME [--model-path DIR] [--arg NAME KEY VALUE] [--port 8000]
+  fgrpo reward-server --run-dir RUN                      serve rewards over HTTP (own GPUs or nodes)
   fgrpo make-tiny PATH                                   save the tiny model as a diffusers folder
 
 `fgrpo launch RECIPE.py --help` lists every field with its value in that recipe.
@@ -190,7 +190,7 @@ COMMANDS = {"launch": cmd_launch, "show": cmd_show, "train": cmd_train, "make-ti
             "sweep": _lazy("fgrpo.sweep", "cmd_sweep"), "status": _lazy("fgrpo.cli_runs", "cmd_status"),
             "logs": _lazy("fgrpo.cli_runs", "cmd_logs"), "cancel": _lazy("fgrpo.cli_runs", "cmd_cancel"),
             "resume": _lazy("fgrpo.cli_runs", "cmd_resume"), "eval": _lazy("fgrpo.cli_eval", "cmd_eval"),
-            "reward-server": _lazy("fgrpo.rewards.server", "main")}
+            "reward-server": _lazy("fgrpo.rewards.serve", "main")}
 
 
 def main(argv: list[str] | None = None) -> int:

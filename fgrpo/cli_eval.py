@@ -32,6 +32,8 @@ class EvalArgs:
     """Evaluate the EMA weights (what the paper reports) or the raw trained weights."""
     name: str | None = None
     """Output folder name under RUN/eval/ (default: step-N)."""
+    reward_url: str | None = None
+    """Score with a running reward server (fgrpo reward-server) instead of in this process."""
 
 
 def resolve_target(target: Path) -> tuple[Path, int | None]:
@@ -55,7 +57,9 @@ def cmd_eval(argv: list[str]) -> int:
     recipe = load_recipe_json(run_dir / "recipe.json")
     ev = dataclasses.replace(recipe.eval, steps=a.steps,
                              videos_per_prompt=a.videos_per_prompt or recipe.eval.videos_per_prompt)
-    recipe = dataclasses.replace(recipe, eval=ev)
+    # A server the run launched has stopped with it: score in-process unless told of a server.
+    rs = dataclasses.replace(recipe.reward_server, url=a.reward_url, launch=False)
+    recipe = dataclasses.replace(recipe, eval=ev, reward_server=rs)
     found = dict(checkpoint.complete_checkpoints(run_dir / "checkpoints"))
     if not found or (step is not None and step not in found):
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint{'' if step is None else f' for step {step}'}")
@@ -70,6 +74,7 @@ def cmd_eval(argv: list[str]) -> int:
         raise ValueError("no prompts to evaluate: the recipe holds none out (prompts.heldout) and --prompts is unset")
     use_ema = a.weights == "ema" and t.ema is not None
     with t.ema.swapped_in() if use_ema else nullcontext():
+        t.connect_rewards()
         result = evaluate_heldout(t, "videos")
     summary = {"run": str(run_dir), "step": step, "weights": "ema" if use_ema else "model", "steps": a.steps,
                "prompts": t.heldout_prompts, "videos_per_prompt": ev.videos_per_prompt, **result}

@@ -134,13 +134,17 @@ def cmd_cancel(argv: list[str]) -> int:
     from fgrpo.trainer.entry import write_status
 
     run_dir = Path(tyro.cli(RunArg, args=argv, prog="fgrpo cancel").run).absolute()
-    from launchers.records import request_cancel
+    from launchers.records import request_cancel, server_jobs
 
     backend, job = _backend_of(run_dir)
     request_cancel(run_dir, job["job_id"])
     backend.cancel(job["job_id"])
     write_status(run_dir, "cancelled", f"fgrpo cancel of job {job['job_id']}")
     print(f"cancelled {backend.name} job {job['job_id']} of {run_dir.name}")
+    for server in server_jobs(run_dir):  # a reward server started beside it goes too
+        if server["backend"] == backend.name and is_active(backend.state(server["job_id"])):
+            backend.cancel(server["job_id"])
+            print(f"cancelled its reward server, {backend.name} job {server['job_id']}")
     return 0
 
 

@@ -81,3 +81,21 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir))
+
+
+class RewardServerJob(submitit.helpers.Checkpointable):
+    """A Slurm job serving the run's rewards; it exits when the run ends and is requeued when preempted."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = str(run_dir)
+
+    def __call__(self) -> int:
+        from fgrpo.rewards.serve import main
+
+        if cancel_requested(Path(self.run_dir)):
+            return 0
+        # Any free port: the node may be shared; the address file tells the trainers which one.
+        return main(["--run-dir", self.run_dir, "--host", "0.0.0.0", "--port", "0"])
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(RewardServerJob(self.run_dir))

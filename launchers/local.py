@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 from .base import Backend, LaunchJob
@@ -34,7 +35,10 @@ class LocalBackend(Backend):
         if job.nodes != 1:
             return "the local backend runs on one node; set --launch.nodes 1"
         cmd = " ".join(job.train_command())
-        return f"{job.world_size} local process(es): RANK=0..{job.world_size - 1} WORLD_SIZE={job.world_size} {cmd}"
+        text = f"{job.world_size} local process(es): RANK=0..{job.world_size - 1} WORLD_SIZE={job.world_size} {cmd}"
+        if job.recipe.reward_server.launch:
+            text += f"\nreward server beside them: {sys.executable} -m fgrpo reward-server --run-dir {job.run_dir} --port 0"
+        return text
 
     def launch(self, job: LaunchJob) -> int:
         if job.nodes != 1:
@@ -42,6 +46,7 @@ class LocalBackend(Backend):
         logs = job.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         port = free_port()
+        server = self._start_reward_server(job) if job.recipe.reward_server.launch else None
         procs: list[subprocess.Popen] = []
         for env in self.environments(job, port):
             rank = int(env["RANK"])
@@ -63,7 +68,22 @@ class LocalBackend(Backend):
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=60)
         return next((c for c in codes if c != 0), 0)
+
+    @staticmethod
+    def _start_reward_server(job: LaunchJob) -> subprocess.Popen:
+        """`fgrpo reward-server --run-dir RUN` on a free port; the trainers find it in RUN/reward-server.json."""
+        from fgrpo.rewards.serve import ADDRESS_FILE
+
+        (job.run_dir / ADDRESS_FILE).unlink(missing_ok=True)  # an old address is not this server's
+        log = open(job.run_dir / "logs" / "reward-server.log", "a")
+        cmd = [sys.executable, "-m", "fgrpo", "reward-server", "--run-dir", str(job.run_dir), "--port", "0",
+               "--watch-pid", str(os.getpid())]
+        # Its own session: Ctrl-C reaches the trainers, which still need the server to finish the step.
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     @staticmethod
     def _wait(procs: list[subprocess.Popen]) -> list[int]:

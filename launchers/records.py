@@ -24,9 +24,18 @@ def jobs(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+SERVER_KIND = "reward-server"  # a reward server the backend started beside the training job
+
+
 def latest_job(run_dir: Path) -> dict | None:
-    found = jobs(run_dir)
+    """The newest training job (what `status`, `logs`, `cancel` and `resume` act on)."""
+    found = [j for j in jobs(run_dir) if j["kind"] != SERVER_KIND]
     return found[-1] if found else None
+
+
+def server_jobs(run_dir: Path) -> list[dict]:
+    """Reward-server jobs started for the run, oldest first."""
+    return [j for j in jobs(run_dir) if j["kind"] == SERVER_KIND]
 
 
 def progress(run_dir: Path) -> dict:

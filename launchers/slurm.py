@@ -14,9 +14,9 @@ from pathlib import Path
 from fgrpo.recipe.config import Recipe
 from fgrpo.recipe.validate import time_limit_minutes
 
-from .base import Backend, LaunchJob
-from .job import TrainJob
-from .records import record_job
+from .base import Backend, LaunchJob, is_active
+from .job import RewardServerJob, TrainJob
+from .records import SERVER_KIND, record_job, server_jobs
 
 
 def executor_parameters(recipe: Recipe, name: str) -> dict:
@@ -45,19 +45,37 @@ def executor_parameters(recipe: Recipe, name: str) -> dict:
     return params
 
 
-def make_executor(folder: Path, recipe: Recipe, name: str):
+def server_parameters(recipe: Recipe, name: str) -> dict:
+    """A reward server's job: one task on a node of its own resources, where the training runs."""
+    la, rs = recipe.launch, recipe.reward_server
+    params = dict(name=name, nodes=1, tasks_per_node=1, cpus_per_task=rs.cpus,
+                  timeout_min=time_limit_minutes(la.time_limit), slurm_signal_delay_s=la.signal_delay_s,
+                  slurm_additional_parameters={"requeue": True})
+    if rs.gpus:
+        params["gpus_per_node"] = rs.gpus
+    if rs.mem_gb:
+        params["mem_gb"] = rs.mem_gb
+    for key in ("partition", "account", "qos"):
+        if getattr(la, key):
+            params[f"slurm_{key}"] = getattr(la, key)
+    if la.setup:
+        params["slurm_setup"] = list(la.setup)
+    return params
+
+
+def make_executor(folder: Path, recipe: Recipe, name: str, server: bool = False):
     import submitit
 
     # Preemptions requeue without limit; submitit counts only timeouts, and a long run that hits
     # its time limit many times must still finish, so that count is effectively unbounded too.
     ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=10_000)
-    ex.update_parameters(**executor_parameters(recipe, name))
+    ex.update_parameters(**(server_parameters(recipe, name) if server else executor_parameters(recipe, name)))
     return ex
 
 
-def sbatch_script(folder: Path, recipe: Recipe, name: str) -> str:
+def sbatch_script(folder: Path, recipe: Recipe, name: str, server: bool = False) -> str:
     """The exact sbatch script submitit would submit (uses submitit's own script writer)."""
-    ex = make_executor(folder, recipe, name)
+    ex = make_executor(folder, recipe, name, server)
     return ex._executor._make_submission_file_text(ex._executor._submitit_command_str, uid="DRYRUN")
 
 
@@ -65,9 +83,15 @@ class SlurmBackend(Backend):
     name = "slurm"
 
     def describe(self, job: LaunchJob) -> str:
-        return sbatch_script(job.run_dir / "submitit", job.recipe, job.run_dir.name)
+        text = sbatch_script(job.run_dir / "submitit", job.recipe, job.run_dir.name)
+        if job.recipe.reward_server.launch:
+            text += "\n# and, beside it, the reward server's job:\n" + sbatch_script(
+                job.run_dir / "submitit", job.recipe, f"{job.run_dir.name}-reward", server=True)
+        return text
 
     def launch(self, job: LaunchJob) -> int:
+        if job.recipe.reward_server.launch:
+            self._launch_reward_server(job)
         ex = make_executor(job.run_dir / "submitit", job.recipe, job.run_dir.name)
         submitted = ex.submit(TrainJob(str(job.run_dir.resolve())))
         record_job(job.run_dir, self.name, submitted.job_id, job.kind)
@@ -75,9 +99,27 @@ class SlurmBackend(Backend):
               f"  follow: fgrpo status {job.run_dir} | fgrpo logs {job.run_dir} -f | fgrpo cancel {job.run_dir}")
         return 0
 
+    def _launch_reward_server(self, job: LaunchJob) -> None:
+        """A job of its own (own GPUs, own node), not a heterogeneous job: submitit cannot submit those,
+        and a separate job is requeued on its own. The trainers wait for its address file."""
+        from fgrpo.rewards.serve import ADDRESS_FILE
+
+        for old in server_jobs(job.run_dir):
+            if is_active(self.state(old["job_id"])):
+                print(f"reward server job {old['job_id']} of this run is still {self.state(old['job_id'])}: reusing it")
+                return
+        (job.run_dir / ADDRESS_FILE).unlink(missing_ok=True)  # an old address is not the new server's
+        ex = make_executor(job.run_dir / "submitit", job.recipe, f"{job.run_dir.name}-reward", server=True)
+        submitted = ex.submit(RewardServerJob(str(job.run_dir.resolve())))
+        record_job(job.run_dir, self.name, submitted.job_id, SERVER_KIND)
+        print(f"submitted the reward server as Slurm job {submitted.job_id}")
+
     def submit_array(self, runs: list[LaunchJob]) -> list[str]:
         """One Slurm job array for runs that share one resource spec."""
         first = runs[0]
+        if first.recipe.reward_server.launch:
+            raise ValueError("reward_server.launch: a sweep's points share one reward server; start it once "
+                             "(fgrpo reward-server ...) and pass --reward-server.url http://HOST:PORT")
         ex = make_executor(first.run_dir.parent / ".submitit-arrays", first.recipe, first.run_dir.parent.name)
         with ex.batch():
             submitted = [ex.submit(TrainJob(str(r.run_dir.resolve()))) for r in runs]

@@ -160,6 +160,30 @@ class RewardSpec:
 
 
 @dataclass
+class RewardServerConfig:
+    """Score the rewards in a reward server (`fgrpo reward-server`) instead of in the training
+    processes, e.g. to give a 7B reward model GPUs of its own. The trainer sends each micro-batch
+    of decoded videos as soon as it is rolled out, so scoring overlaps the next rollouts."""
+
+    url: str | None = None
+    """Use a server that is already running, e.g. http://host:8000."""
+    launch: bool = False
+    """Let the backend start a server with the recipe's rewards beside the job: a process on the
+    same machine (local), a Slurm job of its own (slurm) or a replicated job in the JobSet (k8s)."""
+    gpus: int = 0
+    """GPUs for a launched server (its own node on Slurm and Kubernetes)."""
+    cpus: int = 4
+    mem_gb: float = 32.0
+    port: int = 8000
+    """Port of a launched server (the local backend picks a free one)."""
+    timeout_s: float = 600.0
+    """Per-request timeout; connection errors, timeouts and 5xx are retried `retries` times."""
+    retries: int = 3
+    startup_timeout_s: float = 1800.0
+    """How long the trainer waits for a launched server to answer /health (model loading)."""
+
+
+@dataclass
 class PromptsConfig:
     """Training and held-out prompts."""
 
@@ -283,6 +307,7 @@ class Recipe:
     lora: LoraConfig = field(default_factory=LoraConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     rewards: tuple[RewardSpec, ...] = (RewardSpec(),)
+    reward_server: RewardServerConfig = field(default_factory=RewardServerConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

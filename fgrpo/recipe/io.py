@@ -81,7 +81,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
 
 
 # Fields that do not change what is trained, so they never change a run's name.
-_NAME_NEUTRAL = ("launch.", "logging.", "checkpoint.", "eval.", "name", "optim.max_steps")
+_NAME_NEUTRAL = ("launch.", "logging.", "checkpoint.", "eval.", "reward_server.", "name", "optim.max_steps")
 
 
 def changed_fields(base: Recipe, resolved: Recipe) -> dict[str, object]:

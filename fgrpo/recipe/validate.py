@@ -120,6 +120,8 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
         except ValueError as e:
             errs.append(f"rewards.{i}: {e}")
 
+    errs += _reward_server_problems(recipe.reward_server)
+
     prompt_file = resolve_prompt_file(recipe.prompts.file)
     if not prompt_file.is_file():
         errs.append(f"prompts.file: {recipe.prompts.file} does not exist")
@@ -130,6 +132,23 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
                 errs.append(f"prompts.heldout: {recipe.prompts.heldout} held out of {n} prompts leaves none to train on")
         except ValueError as e:
             errs.append(f"prompts.file: {e}")
+    return errs
+
+
+def _reward_server_problems(rs) -> list[str]:
+    errs = []
+    if rs.url is not None and rs.launch:
+        errs.append("reward_server.url: give either a running server's url or reward_server.launch, not both")
+    if rs.url is not None and not rs.url.startswith(("http://", "https://")):
+        errs.append(f"reward_server.url: must start with http:// or https://, got {rs.url!r}")
+    if not 0 < rs.port < 65536:
+        errs.append(f"reward_server.port: must be in 1..65535, got {rs.port}")
+    for name in ("timeout_s", "startup_timeout_s"):
+        if getattr(rs, name) <= 0:
+            errs.append(f"reward_server.{name}: must be > 0, got {getattr(rs, name)}")
+    if rs.retries < 0 or rs.gpus < 0 or rs.cpus < 1:
+        errs.append("reward_server: retries and gpus must be >= 0 and cpus >= 1, got "
+                    f"retries={rs.retries} gpus={rs.gpus} cpus={rs.cpus}")
     return errs
 
 

@@ -190,12 +190,10 @@ class WeightedRewards:
         if not specs:
             raise ValueError("at least one reward spec is required")
         self.entries: list[tuple[str, RewardInfo, float, dict, str]] = []
-        seen: dict[str, int] = {}
         for spec in specs:
             validate_reward_spec(spec)
+        for key, spec in zip(self.keys(specs), specs):
             name = _field(spec, "name", None)
-            seen[name] = seen.get(name, 0) + 1
-            key = name if seen[name] == 1 else f"{name}#{seen[name]}"
             self.entries.append((
                 key,
                 get_reward_info(name),
@@ -203,6 +201,17 @@ class WeightedRewards:
                 dict(_field(spec, "args", None) or {}),
                 _field(spec, "frame_aggregation", "mean"),
             ))
+
+    @staticmethod
+    def keys(specs: Any) -> list[str]:
+        """Component keys of ``specs``: the reward names, ``name#2``... for repeats."""
+        seen: dict[str, int] = {}
+        keys = []
+        for spec in specs:
+            name = _field(spec, "name", None)
+            seen[name] = seen.get(name, 0) + 1
+            keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+        return keys
 
     @property
     def names(self) -> list[str]:

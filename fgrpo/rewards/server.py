@@ -23,7 +23,6 @@ Malformed requests get 400, an exception inside a reward 500, both with
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import json
@@ -40,7 +39,7 @@ import torch
 
 from fgrpo.rewards.base import WeightedRewards
 
-__all__ = ["RewardClient", "RewardServer", "dequantize", "main", "quantize"]
+__all__ = ["RewardClient", "RewardServer", "dequantize", "quantize"]
 
 MAX_BODY_BYTES = 1 << 30
 
@@ -137,6 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             with srv.lock:  # type: ignore[attr-defined]  # rewards may hold a GPU model: one batch at a time
                 total, comps = srv.rewards(frames, prompts)  # type: ignore[attr-defined]
+                srv.scored_batches += 1  # type: ignore[attr-defined]
+                srv.scored_videos += len(prompts)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - report any reward failure and keep serving
             self._send(500, {"error": f"reward failed: {type(exc).__name__}: {exc}"})
             return
@@ -153,7 +154,13 @@ class RewardServer:
         self._httpd.rewards = self.rewards  # type: ignore[attr-defined]
         self._httpd.lock = threading.Lock()  # type: ignore[attr-defined]
         self._httpd.verbose = verbose  # type: ignore[attr-defined]
+        self._httpd.scored_batches = self._httpd.scored_videos = 0  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
+
+    @property
+    def scored(self) -> tuple[int, int]:
+        """(batches, videos) scored so far."""
+        return self._httpd.scored_batches, self._httpd.scored_videos  # type: ignore[attr-defined]
 
     @property
     def url(self) -> str:
@@ -255,48 +262,3 @@ class RewardClient:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
-
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)  # 0.5 -> float, true -> bool, {"red": [1,0,0]} -> dict
-    except json.JSONDecodeError:
-        return text
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``fgrpo reward-server --reward NAME [--reward NAME ...] [--arg NAME KEY VALUE] [--host H] [--port P]``."""
-    from fgrpo.recipe.config import RewardSpec
-
-    p = argparse.ArgumentParser(prog="fgrpo reward-server", description="Serve rewards over HTTP.")
-    p.add_argument("--reward", action="append", required=True, metavar="NAME",
-                   help="registered reward name or module.path:function (repeatable)")
-    p.add_argument("--weight", nargs=2, action="append", default=[], metavar=("NAME", "W"))
-    p.add_argument("--arg", nargs=3, action="append", default=[], metavar=("NAME", "KEY", "VALUE"),
-                   help="keyword argument for reward NAME (VALUE parsed as JSON, else a string)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--verbose", action="store_true", help="log every request")
-    a = p.parse_args(argv)
-    for opt, items in (("--weight", a.weight), ("--arg", a.arg)):
-        for item in items:
-            if item[0] not in a.reward:
-                p.error(f"{opt} names reward {item[0]!r}, which is not given with --reward")
-    try:
-        weights = {n: float(w) for n, w in a.weight}
-    except ValueError as exc:
-        p.error(f"--weight: {exc}")
-    specs = [RewardSpec(name=n, weight=weights.get(n, 1.0), args={k: _value(v) for m, k, v in a.arg if m == n})
-             for n in a.reward]
-    try:
-        server = RewardServer(specs, host=a.host, port=a.port, verbose=a.verbose)
-    except ValueError as exc:
-        p.error(str(exc))
-    print(f"reward server at {server.url} serving {', '.join(server.rewards.names)}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-    return 0

@@ -12,8 +12,9 @@ import torch.distributed as dist
 def init_distributed() -> torch.device:
     """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, if any."""
     if "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        # Small control collectives (stop flags, metrics) use CPU tensors: gloo carries those on GPU too.
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
     if torch.cuda.is_available():
@@ -34,8 +35,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-
-
 def any_rank(flag: bool) -> bool:
     """True on every rank if `flag` is True on any rank (the ranks decide together)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
@@ -45,8 +44,9 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
-
-
+def all_ranks(flag: bool) -> bool:
+    """True on every rank if `flag` is True on every rank."""
+    return not any_rank(not flag)
 
 
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:

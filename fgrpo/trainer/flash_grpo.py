@@ -76,23 +76,26 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
     gens = video_generators(seeds)
     t.model.transformer.eval()
     latents = initial_latents(t.latent_shape, gens).to(t.device)
-    finals, trans = [], []
+    pending, trans = [], []
     for s in range(0, n_local, ro.micro_batch):  # micro-batches, with a stop check between them
         check_stop()
         sl = slice(s, s + ro.micro_batch)
         f, tr = sample(t.model.transformer, latents[sl], context[sl], neg[sl], t.sigmas, mask[sl],
                        t.noise, ro.cfg_scale, gens[sl], ro.micro_batch)
         tr.video += s
-        finals.append(f)
         trans.append(tr)
+        # Sent now: a reward server scores this micro-batch while the next one is rolled out.
+        pending.append(t.rewards.submit(t.model.decode(f), video_prompts[sl]))
     trans = Transitions(*(torch.cat([getattr(x, k) for x in trans]) for k in ("video", "step", "x", "x_next", "log_prob")))
     times["rollout"] = time.perf_counter() - t0
 
-    # --- rewards on decoded frames, gathered to the global batch
+    # --- rewards, gathered to the global batch
     t0 = time.perf_counter()
-    frames = torch.cat([t.model.decode(f) for f in finals])
-    local_rewards, components = t.rewards(frames, video_prompts)
-    rewards = t.dims.gather_dp(local_rewards.to(t.device)).cpu()
+    scored = [p.result() for p in pending]
+    times["reward_wait"] = time.perf_counter() - t0
+    local_rewards = torch.cat([total.to(t.device) for total, _ in scored])
+    components = {k: torch.cat([c[k].to(t.device) for _, c in scored]) for k in scored[0][1]}
+    rewards = t.dims.gather_dp(local_rewards).cpu()
     advantages = group_advantages(rewards, G, alg.adv_std, alg.adv_clip)
     adv_local = advantages[local]
     times["reward"] = time.perf_counter() - t0
@@ -155,6 +158,8 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
         "timestep_indices": indices[::G].tolist() if iso else indices.tolist(),
         "time_rollout": times["rollout"],
         "time_reward": times["reward"],
+        "time_reward_wait": times["reward_wait"],  # blocked on scores; the rest of scoring overlapped rollouts
+        "time_scoring": sum(p.seconds for p in pending),
         "time_train": times["train"],
         **{f"reward/{k}": float(t.dims.gather_dp(v.to(t.device)).mean()) for k, v in components.items()},
         "state_bytes_per_rank": t.state_bytes,

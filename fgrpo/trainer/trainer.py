@@ -7,6 +7,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+from rich.console import Console
 
 from fgrpo.algorithm import wan_sigmas
 from fgrpo.data.prompts import PromptSampler, read_prompts, resolve_prompt_file, split_prompts
@@ -15,7 +16,6 @@ from fgrpo.models.wan.loading import model_folder
 from fgrpo.models.wan.lora import add_lora, trainable_parameters
 from fgrpo.models.wan.parallelize import parallelize_wan
 from fgrpo.recipe.config import Recipe
-from fgrpo.rewards import WeightedRewards
 
 from . import checkpoint, dist
 from .ema import EMA
@@ -24,6 +24,7 @@ from .sharded import clip_grad_norm
 from .evaluate import evaluate_heldout
 from .flash_grpo import StopRequested, flash_grpo_step
 from .metrics import MetricsLog, console_line
+from .reward_scoring import connect_rewards
 from .rollout import NoiseConfig
 from .signals import EXIT_REQUEUE, StopFlag
 
@@ -59,7 +60,9 @@ class Trainer:
         warm = max(1, o.warmup_steps)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
         self.ema = EMA(self.params, recipe.ema.decay) if recipe.ema.enabled else None
-        self.rewards = WeightedRewards(recipe.rewards)
+        rs = recipe.reward_server
+        # A reward server may still be loading its models: run() waits for it (connect_rewards).
+        self.rewards = None if rs.url or rs.launch else connect_rewards(recipe, self.run_dir)
         prompts = read_prompts(resolve_prompt_file(recipe.prompts.file))
         self.train_prompts, self.heldout_prompts = split_prompts(prompts, recipe.prompts.heldout)
         self.sampler = PromptSampler(self.train_prompts, recipe.prompts.seed)
@@ -74,6 +77,7 @@ class Trainer:
         self.nonfinite_total = 0
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.is_main)
+        self.console = Console(quiet=not self.is_main)
 
     # ----- pieces used by flash_grpo_step
     def encode(self, prompts: list[str]) -> torch.Tensor:
@@ -143,7 +147,14 @@ class Trainer:
         if dist.any_rank(self.stop.raised):
             raise StopRequested
 
+    def connect_rewards(self) -> None:
+        if self.rewards is None:
+            self.rewards = connect_rewards(self.recipe, self.run_dir, self._check_stop, dist.all_ranks)
+            if self.is_main and self.rewards.where == "server":
+                self.console.print(f"rewards scored by the reward server at {self.rewards.url}")
+
     def evaluate(self, tag: str) -> dict:
+        self.connect_rewards()
         ctx = self.ema.swapped_in() if self.ema else nullcontext()
         with ctx:
             result = evaluate_heldout(self, tag)
@@ -154,11 +165,20 @@ class Trainer:
 
     def run(self) -> int:
         """Train to optim.max_steps. Returns 0 when done, EXIT_REQUEUE after a graceful stop."""
-        from rich.console import Console
+        try:
+            self.connect_rewards()
+        except StopRequested:
+            self.console.print(f"stopped by signal {self.stop.signum} while waiting for the reward server; exit {EXIT_REQUEUE}")
+            return EXIT_REQUEUE
+        try:
+            return self._train()
+        finally:
+            self.rewards.close()
+
+    def _train(self) -> int:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         r = self.recipe
-        self.console = Console(quiet=not self.is_main)
         resumed = self.resume()
         if resumed:
             self.console.print(f"resumed from {self.ckpt_dir}/step-{self.step}")

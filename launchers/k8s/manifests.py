@@ -22,6 +22,7 @@ RUN_ANNOTATION = "fgrpo.dev/run-name"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 REPLICATED_JOB = "workers"
+REWARD_JOB = "reward"  # the reward server's replicated job (reward_server.launch)
 RUNS_MOUNT = "/runs"
 RECIPE_DIR = "/etc/fgrpo"
 RECIPE_FILE = f"{RECIPE_DIR}/recipe.json"
@@ -67,6 +68,11 @@ def master_addr(recipe: Recipe, name: str) -> str:
         # headless Service JobSet creates (network.subdomain, set to the JobSet name below).
         return f"{name}-{REPLICATED_JOB}-0-0.{name}"
     return f"{name}-0.{name}"  # Indexed Job: `<job>-<index>`, subdomain = our Service
+
+
+def reward_url(recipe: Recipe, name: str) -> str:
+    """The reward server pod's stable DNS name in the JobSet's headless service."""
+    return f"http://{name}-{REWARD_JOB}-0-0.{name}:{recipe.reward_server.port}"
 
 
 def parse_toleration(text: str) -> dict:
@@ -129,6 +135,9 @@ def _check(recipe: Recipe, run_name: str, recipe_json: str) -> None:
     for key, value in k.node_selector.items():
         if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value) or len(value) > 63:
             raise ValueError(f"launch.k8s.node_selector: bad label {key!r}: {value!r}")
+    if recipe.reward_server.launch and k.api != "jobset":
+        raise ValueError("reward_server.launch: on Kubernetes the reward server runs as a replicated job of the "
+                         "JobSet; set --launch.k8s.api jobset, or start a server and pass --reward-server.url")
     if len(recipe_json.encode()) > 1_000_000:
         raise ValueError("recipe JSON exceeds the 1 MB ConfigMap limit")
 
@@ -147,6 +156,8 @@ def _env(recipe: Recipe, name: str, run_name: str) -> list[dict]:
         {"name": "OMP_NUM_THREADS", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    if recipe.reward_server.launch:
+        env.append({"name": "FGRPO_REWARD_URL", "value": reward_url(recipe, name)})
     reserved = {e["name"] for e in env}
     for var, ref in sorted(k.secret_env.items()):
         if var in reserved:
@@ -230,6 +241,29 @@ def _pod_template(recipe: Recipe, name: str, run_name: str, subdomain: str | Non
     return {"metadata": {"labels": {RUN_LABEL: name}, "annotations": {RUN_ANNOTATION: run_name}}, "spec": spec}
 
 
+def _reward_pod_template(recipe: Recipe, name: str, run_name: str) -> dict:
+    """The trainer's pod (volumes, security, placement) running `fgrpo reward-server` on its own resources."""
+    rs = recipe.reward_server
+    template = _pod_template(recipe, name, run_name, subdomain=None)
+    container = template["spec"]["containers"][0]
+    limits = {"cpu": str(rs.cpus), "memory": f"{rs.mem_gb:g}Gi"}
+    if rs.gpus:
+        limits["nvidia.com/gpu"] = str(rs.gpus)
+    host = reward_url(recipe, name).split("//")[1].rsplit(":", 1)[0]
+    container.update({
+        "name": "reward-server",
+        "command": ["python"],
+        "args": ["-m", "fgrpo", "reward-server", "--run-dir", "$(FGRPO_RUN_DIR)", "--host", "0.0.0.0",
+                 "--port", str(rs.port), "--advertise-host", host],
+        "ports": [{"name": "reward", "containerPort": rs.port, "protocol": "TCP"}],
+        "resources": {"requests": dict(limits), "limits": limits},
+        # Ready once the reward models are loaded and it answers; the trainers wait for that too.
+        "readinessProbe": {"httpGet": {"path": "/health", "port": rs.port}, "periodSeconds": 10},
+    })
+    container["env"] = [e for e in container["env"] if e["name"] != "FGRPO_REWARD_URL"]
+    return template
+
+
 def _metadata(recipe: Recipe, name: str, run_name: str, queue: bool = False) -> dict:
     labels = {RUN_LABEL: name, "app.kubernetes.io/name": "fgrpo", "app.kubernetes.io/managed-by": "fgrpo"}
     if queue and recipe.launch.k8s.kueue_queue:
@@ -271,17 +305,25 @@ def _jobset(recipe: Recipe, name: str, run_name: str) -> dict:
         "podFailurePolicy": {"rules": [{"action": "FailJob", "onPodConditions": [dict(_DISRUPTED)]}]},
         "template": _pod_template(recipe, name, run_name, subdomain=None),  # JobSet sets subdomain
     }
+    replicated = [{
+        "name": REPLICATED_JOB,
+        "replicas": 1,
+        "template": {"metadata": {"labels": {RUN_LABEL: name}}, "spec": job_spec},
+    }]
+    if recipe.reward_server.launch:
+        # Beside the workers, on its own node and GPUs. Not in the success policy: the set succeeds
+        # when training does; the server then sees the run's final status and exits by itself.
+        server_spec = {**job_spec, "parallelism": 1, "completions": 1,
+                       "template": _reward_pod_template(recipe, name, run_name)}
+        replicated.append({"name": REWARD_JOB, "replicas": 1,
+                           "template": {"metadata": {"labels": {RUN_LABEL: name}}, "spec": server_spec}})
     return {
         "apiVersion": "jobset.x-k8s.io/v1alpha2",
         "kind": "JobSet",
         "metadata": _metadata(recipe, name, run_name, queue=True),
         "spec": {
             "network": {"enableDNSHostnames": True, "subdomain": name, "publishNotReadyAddresses": True},
-            "replicatedJobs": [{
-                "name": REPLICATED_JOB,
-                "replicas": 1,
-                "template": {"metadata": {"labels": {RUN_LABEL: name}}, "spec": job_spec},
-            }],
+            "replicatedJobs": replicated,
             "successPolicy": {"operator": "All", "targetReplicatedJobs": [REPLICATED_JOB]},
             "failurePolicy": {
                 "maxRestarts": k.max_restarts,

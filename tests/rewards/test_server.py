@@ -12,7 +12,8 @@ import torch
 
 from fgrpo.recipe.config import RewardSpec
 from fgrpo.rewards import WeightedRewards, register_reward
-from fgrpo.rewards.server import RewardClient, RewardServer, dequantize, main, quantize
+from fgrpo.rewards.serve import main
+from fgrpo.rewards.server import RewardClient, RewardServer, dequantize, quantize
 
 SPECS = [RewardSpec(name="brightness", weight=1.0, frame_aggregation="mean"),
          RewardSpec(name="colour", weight=0.5, frame_aggregation="mean")]

@@ -1,0 +1,107 @@
+"""Where the trainer's rewards are scored: in the training process, or by a reward server.
+
+Both scorers have one interface: calling one scores at once and returns ``(total [B], components)``;
+``submit`` returns a pending score whose ``result()`` gives the same. The step submits each
+micro-batch of videos as soon as it is decoded and collects the results after the last rollout, so
+a server scores while the trainer rolls out the next micro-batch. In-process scoring is deferred to
+``result()``: it would take the training GPU from the rollouts anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from fgrpo.rewards import WeightedRewards
+from fgrpo.rewards.serve import ADDRESS_FILE, read_address, wait_for_server
+from fgrpo.rewards.server import RewardClient
+
+Scores = tuple[torch.Tensor, dict[str, torch.Tensor]]
+REWARD_URL_ENV = "FGRPO_REWARD_URL"  # set by backends that know the server's address up front (k8s)
+
+
+class PendingScore:
+    """A submitted batch: ``result()`` blocks until scored; ``seconds`` is how long scoring took."""
+
+    def __init__(self, compute: Callable[[], Scores] | None = None, future=None) -> None:
+        self._compute, self._future, self._result = compute, future, None
+        self.submitted, self.finished = time.perf_counter(), None
+        if future is not None:
+            future.add_done_callback(lambda _: setattr(self, "finished", time.perf_counter()))
+
+    def result(self) -> Scores:
+        if self._result is None:
+            if self._future is not None:
+                self._result = self._future.result()
+            else:
+                start = time.perf_counter()
+                self._result = self._compute()
+                self.submitted, self.finished = start, time.perf_counter()
+        return self._result
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.perf_counter()) - self.submitted
+
+
+class InProcessRewards:
+    """The recipe's rewards, scored in this process on the frames' device."""
+
+    where = "in-process"
+
+    def __init__(self, specs) -> None:
+        self.rewards = WeightedRewards(specs)
+        self.names = self.rewards.names
+
+    def __call__(self, frames: torch.Tensor, prompts: list[str]) -> Scores:
+        return self.rewards(frames, prompts)
+
+    def submit(self, frames: torch.Tensor, prompts: list[str]) -> PendingScore:
+        return PendingScore(compute=lambda: self(frames, prompts))
+
+    def close(self) -> None:
+        pass
+
+
+class RemoteRewards:
+    """The recipe's rewards, scored by a reward server; frames travel as uint8."""
+
+    where = "server"
+
+    def __init__(self, url: str, names: list[str], timeout_s: float, retries: int) -> None:
+        self.client = RewardClient(url, timeout_s=timeout_s, retries=retries)
+        served = self.client.health().get("rewards", [])
+        if served != names:
+            raise ValueError(f"reward server {url} serves rewards {served}, but the recipe's rewards are {names}; "
+                             "start it with the recipe's rewards (fgrpo reward-server --recipe-file RECIPE)")
+        self.names, self.url = names, url
+
+    def __call__(self, frames: torch.Tensor, prompts: list[str]) -> Scores:
+        return self.client.score(frames, prompts)
+
+    def submit(self, frames: torch.Tensor, prompts: list[str]) -> PendingScore:
+        return PendingScore(future=self.client.submit(frames, prompts))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def connect_rewards(recipe, run_dir: Path, check_stop: Callable[[], None] = lambda: None,
+                    all_agree: Callable[[bool], bool] = lambda ok: ok):
+    """In-process rewards, or a client of the configured server once it answers (waiting while a
+    launched server loads its models; ``check_stop`` may abandon the wait)."""
+    rs = recipe.reward_server
+    if not rs.url and not rs.launch:
+        return InProcessRewards(recipe.rewards)
+    if rs.url:
+        def find_url():
+            return rs.url
+    else:
+        def find_url():
+            return os.environ.get(REWARD_URL_ENV) or read_address(Path(run_dir) / ADDRESS_FILE)
+    url = wait_for_server(find_url, rs.startup_timeout_s, check_stop, all_agree=all_agree)
+    return RemoteRewards(url, WeightedRewards.keys(recipe.rewards), rs.timeout_s, rs.retries)
