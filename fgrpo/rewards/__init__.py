@@ -1,7 +1,8 @@
 """Reward functions for Flash-GRPO: interface, registry and built-in rewards.
 
 Importing this package registers the programmatic rewards ``colour``,
-``brightness`` and ``contrast``.
+``brightness`` and ``contrast`` and the learned rewards ``clip`` (CLIP score,
+PickScore) and ``hpsv2``; their models load on first use.
 """
 
 from fgrpo.rewards.base import (
@@ -17,7 +18,7 @@ from fgrpo.rewards.base import (
     register_reward,
     validate_reward_spec,
 )
-from fgrpo.rewards import clip, programmatic  # noqa: F401  (register the built-in rewards)
+from fgrpo.rewards import clip, hpsv2, programmatic  # noqa: F401  (register the built-in rewards)
 from fgrpo.rewards.programmatic import DEFAULT_COLOURS, find_colour, luminance
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "build_rewards",
     "clip",
     "find_colour",
+    "hpsv2",
     "get_reward",
     "get_reward_info",
     "list_rewards",

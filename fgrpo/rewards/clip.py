@@ -9,6 +9,10 @@ Image preprocessing is done in torch and mirrors the checkpoint's own
 ``CLIPImageProcessor`` (bicubic antialiased resize of the shortest side,
 center crop, mean/std normalisation), so frames never go through PIL.
 
+:meth:`ClipScorer.from_model` wraps a model built in memory; the HPSv2 reward
+(:mod:`fgrpo.rewards.hpsv2`) uses it with converted open_clip weights and
+scores plain cosine similarity (no logit scale).
+
 Importing this module registers the per-frame reward ``"clip"``.
 """
 
@@ -47,7 +51,11 @@ def _get(cfg: Any, key: str) -> Any:
 
 
 class ClipScorer:
-    """Scores frames against prompts with a CLIPModel checkpoint."""
+    """Scores frames against prompts with a CLIPModel checkpoint.
+
+    ``ClipScorer(path)`` loads a saved checkpoint; :meth:`from_model` wraps an
+    already-built model (e.g. weights converted from another format).
+    """
 
     def __init__(self, model_path: str, dtype: str | torch.dtype = "float32", device: str = "cpu") -> None:
         from transformers import CLIPModel, CLIPProcessor
@@ -55,15 +63,33 @@ class ClipScorer:
         if not os.path.isdir(model_path):
             raise FileNotFoundError(f"CLIP reward: model folder {model_path!r} does not exist")
         try:
-            self.model = CLIPModel.from_pretrained(model_path, local_files_only=True, dtype=_dtype(dtype))
-            self.processor = CLIPProcessor.from_pretrained(model_path, local_files_only=True)
+            model = CLIPModel.from_pretrained(model_path, local_files_only=True, dtype=_dtype(dtype))
+            processor = CLIPProcessor.from_pretrained(model_path, local_files_only=True)
         except OSError as exc:
             raise FileNotFoundError(f"CLIP reward: cannot load CLIPModel/CLIPProcessor from {model_path!r}: {exc}") from exc
+        self._setup(model, processor, dtype, device, use_logit_scale=True)
+
+    @classmethod
+    def from_model(
+        cls, model: Any, processor: Any, dtype: str | torch.dtype = "float32", device: str = "cpu",
+        use_logit_scale: bool = True,
+    ) -> ClipScorer:
+        """Scorer around a built ``CLIPModel`` + ``CLIPProcessor``; casts the model to ``dtype``.
+
+        ``use_logit_scale=False`` scores plain cosine similarity (HPSv2's formula).
+        """
+        scorer = cls.__new__(cls)
+        scorer._setup(model, processor, dtype, device, use_logit_scale)
+        return scorer
+
+    def _setup(self, model: Any, processor: Any, dtype: str | torch.dtype, device: str, use_logit_scale: bool) -> None:
         self.device = torch.device(device)
         self.dtype = _dtype(dtype)
-        self.model.to(self.device).eval().requires_grad_(False)
-        self.tokenizer = self.processor.tokenizer
-        ip = self.processor.image_processor
+        self.use_logit_scale = use_logit_scale
+        self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        ip = processor.image_processor
         self.shortest_edge = _get(ip.size, "shortest_edge")
         self.resize_hw = (_get(ip.size, "height"), _get(ip.size, "width"))
         self.do_resize = getattr(ip, "do_resize", True)
@@ -135,8 +161,10 @@ class ClipScorer:
             raise ValueError(f"got {len(prompts)} prompts for {b} videos")
         text = self.embed_text(prompts)  # [B, D]
         img = self.embed_images(frames.reshape(b * f, *frames.shape[2:]), batch_size).view(b, f, -1)
-        scale = self.model.logit_scale.float().exp()
-        return (scale * torch.einsum("bfd,bd->bf", img, text)).to(frames.device)
+        cos = torch.einsum("bfd,bd->bf", img, text)
+        if self.use_logit_scale:
+            cos = self.model.logit_scale.float().exp() * cos
+        return cos.to(frames.device)
 
 
 _SCORERS: dict[tuple[str, str, str], ClipScorer] = {}

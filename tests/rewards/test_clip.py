@@ -8,38 +8,16 @@ import torch
 
 from fgrpo.rewards import WeightedRewards, aggregate_frames
 from fgrpo.rewards import clip as clip_mod
+from tests.rewards.tiny_clip_tokenizer import tiny_clip_tokenizer
 
 WORDS = ["a", "red", "blue", "cat", "dog", "on", "the", "grass", "sky", "car", "runs", "in"]
-
-
-def _tokenizer():
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in "abcdefghijklmnopqrstuvwxyz":
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    for w in WORDS:
-        vocab.setdefault(w + "</w>", len(vocab))
-    # Merges that build every word of WORDS out of its characters.
-    merges, seen = [], set()
-    for w in WORDS:
-        pieces = list(w[:-1]) + [w[-1] + "</w>"]
-        while len(pieces) > 1:
-            pair = (pieces[-2], pieces[-1])
-            if pair not in seen:
-                seen.add(pair)
-                merges.append(pair)
-                vocab.setdefault(pair[0] + pair[1], len(vocab))
-            pieces = pieces[:-2] + [pair[0] + pair[1]]
-    return CLIPTokenizer(vocab=vocab, merges=merges)
 
 
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    tok = _tokenizer()
+    tok = tiny_clip_tokenizer(WORDS)
     cfg = CLIPConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=32,

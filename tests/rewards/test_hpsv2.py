@@ -1,0 +1,258 @@
+"""HPSv2 reward: open_clip weights converted to transformers, checked against open_clip itself.
+
+The reference is open_clip's own architecture (open_clip_torch, installed with
+``--no-deps`` by scripts/setup.sh) on a tiny random model; no hub access.
+"""
+
+import importlib
+import importlib.util
+import json
+import re
+import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fgrpo.rewards import WeightedRewards, aggregate_frames
+from fgrpo.rewards import hpsv2 as hpsv2_mod
+from fgrpo.rewards.clip import ClipScorer
+from tests.rewards.tiny_clip_tokenizer import tiny_clip_tokenizer
+
+WORDS = ["a", "red", "blue", "cat", "dog", "on", "the", "grass", "sky", "car", "runs", "in"]
+PROMPTS = ["a red cat on the grass", "a blue dog", "the car runs in the sky"]
+CTX = 16  # text context length of the tiny model (ViT-H-14: 77)
+HEADS = {"vision_heads": 2, "text_heads": 2}  # the tiny model's head width is 32, not open_clip's 64/80
+
+
+@pytest.fixture(scope="module")
+def oc():
+    """open_clip's ``model`` and ``constants`` modules, without running ``open_clip/__init__``.
+
+    The package ``__init__`` imports torchvision (transforms), and the only
+    torchvision builds available are CUDA builds that do not load with CPU torch.
+    ``open_clip.utils`` (imported by ``open_clip.model``) also imports
+    ``torchvision.ops.misc.FrozenBatchNorm2d``, used only to freeze ResNet towers,
+    so a stub stands in for it during the import and is removed afterwards.
+    """
+    spec = importlib.util.find_spec("open_clip")  # locates the package without importing it
+    if spec is None:
+        pytest.skip("open_clip_torch is not installed (scripts/setup.sh installs it with --no-deps)")
+    # open_clip.hf_model imports these; import them before the stub exists so no transformers
+    # module (nor its cached torchvision availability check) ever sees the stub.
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig  # noqa: F401
+    from transformers.modeling_outputs import BaseModelOutput  # noqa: F401
+
+    pkg = types.ModuleType("open_clip")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    stubs = {n: types.ModuleType(n) for n in ("torchvision", "torchvision.ops", "torchvision.ops.misc")}
+    stubs["torchvision.ops.misc"].FrozenBatchNorm2d = type("FrozenBatchNorm2d", (), {})
+    assert not any(n in sys.modules for n in stubs)
+    sys.modules["open_clip"] = pkg
+    sys.modules.update(stubs)
+    try:
+        model = importlib.import_module("open_clip.model")
+        constants = importlib.import_module("open_clip.constants")
+    finally:
+        for n in stubs:
+            del sys.modules[n]
+    # timm is optional in open_clip (only for timm vision towers) and must stay unimported.
+    assert "timm" not in sys.modules and sys.modules["open_clip.timm_model"].timm is None
+    yield SimpleNamespace(model=model, constants=constants, folder=Path(pkg.__path__[0]))
+    for n in [n for n in sys.modules if n == "open_clip" or n.startswith("open_clip.")]:
+        del sys.modules[n]  # leave no half-initialised open_clip package behind
+
+
+def _randomize(model: torch.nn.Module) -> None:
+    """Non-trivial layer norms and biases (open_clip inits them to 1 / 0), so a wrong mapping shows."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+            elif ".ln_" in name or name.startswith("ln_"):
+                p.normal_(1.0, 0.1)
+
+
+@pytest.fixture(scope="module")
+def tiny(oc, tmp_path_factory):
+    # BOS/EOS get the two highest ids, as in real CLIP vocabularies (49406, 49407): open_clip
+    # pools text at argmax(token id), which is the EOT token only under that layout.
+    tok = tiny_clip_tokenizer(WORDS, specials_last=True)
+    assert tok.eos_token_id == len(tok) - 1
+    torch.manual_seed(0)
+    model = oc.model.CLIP(
+        embed_dim=16,
+        vision_cfg=oc.model.CLIPVisionCfg(width=64, layers=2, patch_size=8, image_size=32, head_width=32),
+        text_cfg=oc.model.CLIPTextCfg(context_length=CTX, vocab_size=len(tok), width=64, heads=2, layers=2),
+    ).eval()
+    _randomize(model)
+    root = tmp_path_factory.mktemp("hpsv2")
+    torch.save({"state_dict": model.state_dict()}, root / "HPS_tiny.pt")  # HPSv2's wrapping
+    tok.save_pretrained(root / "tokenizer")
+    return SimpleNamespace(model=model, tok=tok, ckpt=str(root / "HPS_tiny.pt"), tok_dir=str(root / "tokenizer"),
+                           sd=model.state_dict(), root=root)
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny):
+    return hpsv2_mod.get_scorer(tiny.ckpt, tiny.tok_dir, **HEADS)
+
+
+def _open_clip_tokens(tok, prompts):
+    """open_clip's layout: BOS ... EOS, zero-padded to the context length."""
+    rows = [tok(p)["input_ids"] for p in prompts]
+    return torch.tensor([r + [0] * (CTX - len(r)) for r in rows])
+
+
+def _frames(b=3, f=4, h=40, w=56, seed=1):
+    return torch.rand(b, f, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _pooled(out):
+    return getattr(out, "pooler_output", out)  # transformers may return a model output
+
+
+def test_embeddings_match_open_clip(tiny, scorer):
+    pix = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    tokens = _open_clip_tokens(tiny.tok, PROMPTS)
+    # open_clip's argmax pooling lands on the EOT token, where transformers' CLIP pools.
+    assert torch.equal(tokens.argmax(-1), (tokens == tiny.tok.eos_token_id).int().argmax(-1))
+    hf = tiny.tok(PROMPTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        img_ref, txt_ref = tiny.model.encode_image(pix), tiny.model.encode_text(tokens)
+        img = _pooled(scorer.model.get_image_features(pixel_values=pix))
+        txt = _pooled(scorer.model.get_text_features(input_ids=hf["input_ids"], attention_mask=hf["attention_mask"]))
+    torch.testing.assert_close(img, img_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(txt, txt_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scorer.embed_text(PROMPTS), F.normalize(txt_ref, dim=-1), atol=1e-5, rtol=1e-5)
+
+
+def test_score_is_hpsv2_formula(tiny, scorer):
+    frames = _frames(b=2, f=3)
+    pix = scorer.preprocess(frames.flatten(0, 1))
+    with torch.no_grad():
+        img = tiny.model.encode_image(pix, normalize=True).view(2, 3, -1)
+        txt = tiny.model.encode_text(_open_clip_tokens(tiny.tok, PROMPTS[:2]), normalize=True)
+    # HPSv2: diag(image_features @ text_features.T) of normalised features, no logit scale.
+    want = torch.einsum("bfd,bd->bf", img, txt)
+    got = hpsv2_mod.hpsv2(frames, PROMPTS[:2], checkpoint=tiny.ckpt, tokenizer_path=tiny.tok_dir, **HEADS)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert got.abs().max() <= 1.0
+
+
+def test_shape_deterministic_and_batching(scorer):
+    frames = _frames()
+    s1, s2 = scorer.score_frames(frames, PROMPTS), scorer.score_frames(frames, PROMPTS)
+    assert s1.shape == (3, 4) and s1.dtype == torch.float32
+    assert torch.isfinite(s1).all() and torch.equal(s1, s2) and s1.std() > 0
+    batched = scorer.score_frames(frames, PROMPTS, batch_size=5)  # chunks cross video boundaries
+    single = torch.cat([scorer.score_frames(frames[i:i + 1], PROMPTS[i:i + 1], batch_size=1) for i in range(3)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+def test_preprocessing_is_open_clip_val_transform(oc, scorer):
+    """open_clip's val transform is torchvision code that cannot run here; its constants
+    (from ViT-H-14's config and open_clip.constants) configure transformers' CLIPImageProcessor,
+    which resizes with PIL bicubic as torchvision does on PIL images, as the reference."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+    from transformers.image_utils import PILImageResampling
+
+    size = json.loads((oc.folder / "model_configs" / "ViT-H-14.json").read_text())["vision_cfg"]["image_size"]
+    mean, std = list(oc.constants.OPENAI_DATASET_MEAN), list(oc.constants.OPENAI_DATASET_STD)
+    ref_proc = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                  resample=PILImageResampling.BICUBIC, image_mean=mean, image_std=std)
+    ip = hpsv2_mod.open_clip_val_processor(scorer.tokenizer, size).image_processor
+    assert (ip.size["shortest_edge"], ip.crop_size["height"], ip.crop_size["width"]) == (size, size, size)
+    assert ip.resample == PILImageResampling.BICUBIC
+    assert np.allclose(ip.image_mean, mean) and np.allclose(ip.image_std, std)
+    # The tiny scorer uses the same transform at its own 32 px.
+    assert scorer.processor.image_processor.crop_size["height"] == 32 and scorer.shortest_edge == 32
+
+    frames = torch.randint(0, 256, (3, 3, 240, 320), generator=torch.Generator().manual_seed(2)) / 255.0
+    frames = F.avg_pool2d(frames, 3, stride=1, padding=1)  # smoother, like real video
+    frames = (frames * 255).round() / 255  # uint8-exact, so both paths start from identical pixels
+    s224 = ClipScorer.from_model(scorer.model, hpsv2_mod.open_clip_val_processor(scorer.tokenizer, size),
+                                 use_logit_scale=False)
+    mine = s224.preprocess(frames)
+    pil = [Image.fromarray((f.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for f in frames]
+    ref = ref_proc(images=pil, return_tensors="pt")["pixel_values"]
+    assert mine.shape == ref.shape == (3, 3, size, size)
+    assert (mine - ref).abs().max() < 2e-2
+
+
+def test_bf16_close_to_fp32(tiny, scorer):
+    frames = _frames(b=2, f=3)
+    bf = hpsv2_mod.get_scorer(tiny.ckpt, tiny.tok_dir, dtype="bfloat16", **HEADS)
+    assert bf is not scorer and next(bf.model.parameters()).dtype == torch.bfloat16
+    got = bf.score_frames(frames, PROMPTS[:2])
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got, scorer.score_frames(frames, PROMPTS[:2]), atol=3e-2, rtol=0)
+
+
+def test_checkpoint_formats(tiny):
+    from safetensors.torch import save_file
+
+    path = tiny.root / "ddp.safetensors"  # DistributedDataParallel keys, safetensors file
+    save_file({f"module.{k}": v.contiguous() for k, v in tiny.sd.items()}, str(path))
+    loaded = hpsv2_mod.load_open_clip_state_dict(str(path))
+    assert loaded.keys() == tiny.sd.keys() and all(torch.equal(loaded[k], tiny.sd[k]) for k in loaded)
+
+
+def test_errors_name_the_culprit(tiny):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        hpsv2_mod.get_scorer(str(tiny.root / "nope.pt"), tiny.tok_dir)
+    with pytest.raises(FileNotFoundError, match="no_tokenizer"):
+        hpsv2_mod.get_scorer(tiny.ckpt, str(tiny.root / "no_tokenizer"))
+    (tiny.root / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.pt"):
+        hpsv2_mod.get_scorer(str(tiny.root / "garbage.pt"), tiny.tok_dir)
+    for bad, key in (("missing", "visual.ln_post.weight"), ("extra", "visual.transformer.resblocks.0.ls_1.gamma")):
+        sd = dict(tiny.sd)
+        if bad == "missing":
+            del sd[key]
+        else:
+            sd[key] = torch.ones(64)  # layer scale: an architecture the converter does not support
+        torch.save(sd, tiny.root / f"{bad}.pt")
+        with pytest.raises(ValueError, match=re.escape(f"{bad}.pt") + ".*" + re.escape(key)):
+            hpsv2_mod.get_scorer(str(tiny.root / f"{bad}.pt"), tiny.tok_dir, **HEADS)
+    spec = {"name": "hpsv2", "args": {"tokenizer_path": tiny.tok_dir}}
+    with pytest.raises(ValueError, match="checkpoint"):
+        WeightedRewards([spec])(_frames(b=1, f=1), ["a cat"])
+
+
+def test_registry_topk(tiny, scorer):
+    frames = _frames(f=10)
+    args = {"checkpoint": tiny.ckpt, "tokenizer_path": tiny.tok_dir, **HEADS}
+    total, comps = WeightedRewards([{"name": "hpsv2", "args": args, "frame_aggregation": "topk:0.3"}])(frames, PROMPTS)
+    per_frame = scorer.score_frames(frames, PROMPTS)
+    assert total.shape == (3,)
+    torch.testing.assert_close(total, per_frame.topk(3, dim=1).values.mean(dim=1))
+    torch.testing.assert_close(comps["hpsv2"], aggregate_frames(per_frame, "topk:0.3"))
+    assert hpsv2_mod.get_scorer(tiny.ckpt, tiny.tok_dir, **HEADS) is scorer  # loaded once
+
+
+def test_vit_h_14_geometry(oc):
+    """HPSv2's real architecture, built on the meta device (no memory), converts to ViT-H-14's CLIPConfig."""
+    from transformers import CLIPModel
+
+    cfg = json.loads((oc.folder / "model_configs" / "ViT-H-14.json").read_text())
+    with torch.device("meta"):
+        sd = oc.model.CLIP(**cfg).state_dict()
+    config = hpsv2_mod.infer_config(sd)
+    v, t = config.vision_config, config.text_config
+    assert (v.hidden_size, v.num_hidden_layers, v.num_attention_heads, v.patch_size, v.image_size,
+            v.intermediate_size) == (1280, 32, 16, 14, 224, 5120)
+    assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.max_position_embeddings,
+            t.vocab_size, t.intermediate_size) == (1024, 24, 16, 77, 49408, 4096)
+    assert config.projection_dim == 1024 and v.hidden_act == t.hidden_act == "gelu"  # no quick_gelu in ViT-H-14
+    assert (t.bos_token_id, t.eos_token_id) == (49406, 49407)
+    with torch.device("meta"):
+        want = CLIPModel(config).state_dict()
+    got = hpsv2_mod.convert_state_dict(sd)
+    assert got.keys() == want.keys()
+    assert all(got[k].shape == want[k].shape for k in got)

@@ -1,0 +1,64 @@
+"""--reward-server.launch on Slurm: the server runs as a job of its own beside the training job, the
+trainers find it through the run folder, and it ends with the run (or with `fgrpo cancel`)."""
+
+import json
+import subprocess
+import time
+
+from fgrpo.rewards.serve import ADDRESS_FILE
+from launchers.records import server_jobs
+from tests.conftest import run_fgrpo
+from tests.slurm.test_slurm_backend import status, submit, wait_state, wait_steps
+
+# Training on one node (2 tasks = its 2 CPUs); the server gets a CPU of the other node.
+SERVED = ["--launch.nodes", "1", "--launch.procs-per-node", "2", "--reward-server.launch",
+          "--reward-server.cpus", "1", "--reward-server.mem-gb", "0"]
+
+
+def slurm_state(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"], capture_output=True, text=True)
+    return (out.stdout.split() or ["UNKNOWN"])[0]
+
+
+def wait_job(job_id: str, states: set[str], timeout=180) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = slurm_state(job_id)
+        if state in states:
+            return state
+        time.sleep(2)
+    raise AssertionError(f"job {job_id} is {slurm_state(job_id)}, not one of {states}")
+
+
+def server_log(run) -> str:
+    (server,) = server_jobs(run)
+    return "".join(p.read_text() for p in (run / "submitit").glob(f"{server['job_id']}_0_log.*"))
+
+
+def test_reward_server_job_beside_training(slurm_cluster, tiny_model_dir, tmp_path):
+    run, job = submit(tiny_model_dir, tmp_path / "runs", 3, *SERVED)
+    (server,) = server_jobs(run)
+    assert server["backend"] == "slurm" and server["job_id"] != job
+    rows = wait_state(run, {"COMPLETED"})
+    assert rows[0]["step"] == 3 and rows[0]["run_state"] == "completed"
+    # The server was on the other node, and the trainers used it.
+    host = json.loads((run / ADDRESS_FILE).read_text())["url"]
+    assert host.startswith("http://")
+    out = "".join(p.read_text() for p in (run / "submitit").glob(f"{job}_0_log.out"))
+    assert f"rewards scored by the reward server at {host}" in out
+    # It notices the run's end and exits by itself.
+    assert wait_job(server["job_id"], {"COMPLETED"}) == "COMPLETED"
+    assert "run " in server_log(run) and "has ended; stopping the reward server" in server_log(run)
+    assert "reward server stopped after scoring" in server_log(run)
+
+
+def test_cancel_stops_the_reward_server_too(slurm_cluster, tiny_model_dir, tmp_path):
+    run, job = submit(tiny_model_dir, tmp_path / "runs", 200, *SERVED)
+    (server,) = server_jobs(run)
+    wait_steps(run, 2)
+    res = run_fgrpo("cancel", str(run), timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert f"cancelled its reward server, slurm job {server['job_id']}" in res.stdout
+    wait_state(run, {"CANCELLED", "CANCELLED+"}, timeout=120)
+    assert wait_job(server["job_id"], {"CANCELLED", "CANCELLED+"}).startswith("CANCELLED")
+    assert status(run)[0]["run_state"] == "cancelled"
