@@ -159,7 +159,6 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
         "time_rollout": times["rollout"],
         "time_reward": times["reward"],
         "time_reward_wait": times["reward_wait"],  # blocked on scores; the rest of scoring overlapped rollouts
-        "time_scoring": sum(p.seconds for p in pending),
         "time_train": times["train"],
         **{f"reward/{k}": float(t.dims.gather_dp(v.to(t.device)).mean()) for k, v in components.items()},
         "state_bytes_per_rank": t.state_bytes,

@@ -10,7 +10,6 @@ a server scores while the trainer rolls out the next micro-batch. In-process sco
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,27 +24,15 @@ REWARD_URL_ENV = "FGRPO_REWARD_URL"  # set by backends that know the server's ad
 
 
 class PendingScore:
-    """A submitted batch: ``result()`` blocks until scored; ``seconds`` is how long scoring took."""
+    """A submitted batch: ``result()`` blocks until it is scored (in-process: scores it then)."""
 
     def __init__(self, compute: Callable[[], Scores] | None = None, future=None) -> None:
         self._compute, self._future, self._result = compute, future, None
-        self.submitted, self.finished = time.perf_counter(), None
-        if future is not None:
-            future.add_done_callback(lambda _: setattr(self, "finished", time.perf_counter()))
 
     def result(self) -> Scores:
         if self._result is None:
-            if self._future is not None:
-                self._result = self._future.result()
-            else:
-                start = time.perf_counter()
-                self._result = self._compute()
-                self.submitted, self.finished = start, time.perf_counter()
+            self._result = self._future.result() if self._future is not None else self._compute()
         return self._result
-
-    @property
-    def seconds(self) -> float:
-        return (self.finished or time.perf_counter()) - self.submitted
 
 
 class InProcessRewards:

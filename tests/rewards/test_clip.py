@@ -8,31 +8,14 @@ import torch
 
 from fgrpo.rewards import WeightedRewards, aggregate_frames
 from fgrpo.rewards import clip as clip_mod
-from tests.rewards.tiny_clip_tokenizer import tiny_clip_tokenizer
+from tests.rewards.tiny_clip_tokenizer import save_tiny_clip
 
 WORDS = ["a", "red", "blue", "cat", "dog", "on", "the", "grass", "sky", "car", "runs", "in"]
 
 
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    tok = tiny_clip_tokenizer(WORDS)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=32,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
-                           num_hidden_layers=2, num_attention_heads=4),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    model = CLIPModel(cfg).eval()
-    ip = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    path = tmp_path_factory.mktemp("models") / "tiny-clip"
-    model.save_pretrained(path)
-    CLIPProcessor(image_processor=ip, tokenizer=tok).save_pretrained(path)
-    return str(path)
+    return save_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip", WORDS)
 
 
 @pytest.fixture(scope="session")

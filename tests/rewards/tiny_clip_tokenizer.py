@@ -1,4 +1,4 @@
-"""A tiny CLIP BPE tokenizer built in memory (no hub access) for reward tests."""
+"""A tiny CLIP BPE tokenizer and CLIPModel built in memory (no hub access), for reward tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -36,3 +36,25 @@ def tiny_clip_tokenizer(words: Sequence[str], specials_last: bool = False):
         vocab[BOS] = len(vocab)
         vocab[EOS] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+def save_tiny_clip(path, words: Sequence[str], seed: int = 0) -> str:
+    """A random tiny CLIPModel + CLIPProcessor (32 px images) saved as a transformers folder."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tok = tiny_clip_tokenizer(words)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=32,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
+                           num_hidden_layers=2, num_attention_heads=4),
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(cfg).eval()
+    ip = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    model.save_pretrained(path)
+    CLIPProcessor(image_processor=ip, tokenizer=tok).save_pretrained(path)
+    return str(path)

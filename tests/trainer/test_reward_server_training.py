@@ -44,7 +44,7 @@ def test_step_through_server_equals_in_process(tiny_model_dir, tmp_path):
     # brightness of uint8-quantised frames: at most half a grey level (0.002) from float frames
     assert got["reward_mean"] == pytest.approx(want["reward_mean"], abs=2e-3)
     assert got["reward_std"] == pytest.approx(want["reward_std"], abs=2e-3)
-    assert got["time_scoring"] > 0 and got["time_reward_wait"] >= 0
+    assert got["time_reward_wait"] >= 0
 
 
 def test_scoring_overlaps_the_next_rollouts(tiny_model_dir, tmp_path, monkeypatch):
