@@ -31,6 +31,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -203,12 +204,28 @@ class RewardClient:
     """
 
     def __init__(self, url: str, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 0.5,
-                 max_workers: int = 2) -> None:
+                 max_workers: int = 2, reconnect: Callable[[], str] | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout_s, self.retries, self.backoff_s = timeout_s, max(0, int(retries)), backoff_s
+        self.reconnect = reconnect
         self._max_workers, self._pool, self._pool_lock = max_workers, None, threading.Lock()
+        self._url_lock = threading.Lock()
 
     def _request(self, path: str, body: bytes | None = None) -> Any:
+        """One request with retries; an unreachable server is looked for again once with
+        ``reconnect`` (a requeued server announces a new address), if given."""
+        tried = self.url
+        try:
+            return self._request_once(path, body)
+        except ConnectionError:
+            if self.reconnect is None:
+                raise
+            with self._url_lock:  # concurrent requests wait for one reconnection
+                if self.url == tried:  # nobody has found the server again meanwhile
+                    self.url = self.reconnect().rstrip("/")
+            return self._request_once(path, body)
+
+    def _request_once(self, path: str, body: bytes | None) -> Any:
         url = self.url + path
         last, server_error = "", False
         for attempt in range(self.retries + 1):

@@ -59,8 +59,9 @@ class RemoteRewards:
 
     where = "server"
 
-    def __init__(self, url: str, names: list[str], timeout_s: float, retries: int) -> None:
-        self.client = RewardClient(url, timeout_s=timeout_s, retries=retries)
+    def __init__(self, url: str, names: list[str], timeout_s: float, retries: int,
+                 reconnect: Callable[[], str] | None = None) -> None:
+        self.client = RewardClient(url, timeout_s=timeout_s, retries=retries, reconnect=reconnect)
         served = self.client.health().get("rewards", [])
         if served != names:
             raise ValueError(f"reward server {url} serves rewards {served}, but the recipe's rewards are {names}; "
@@ -78,9 +79,11 @@ class RemoteRewards:
 
 
 def connect_rewards(recipe, run_dir: Path, check_stop: Callable[[], None] = lambda: None,
-                    all_agree: Callable[[bool], bool] = lambda ok: ok):
+                    all_agree: Callable[[bool], bool] = lambda ok: ok,
+                    local_stop: Callable[[], None] = lambda: None):
     """In-process rewards, or a client of the configured server once it answers (waiting while a
-    launched server loads its models; ``check_stop`` may abandon the wait)."""
+    launched server loads its models; ``check_stop`` may abandon the wait). If the server becomes
+    unreachable later, the client waits for it to come back (``local_stop`` may abandon that)."""
     rs = recipe.reward_server
     if not rs.url and not rs.launch:
         return InProcessRewards(recipe.rewards)
@@ -91,4 +94,10 @@ def connect_rewards(recipe, run_dir: Path, check_stop: Callable[[], None] = lamb
         def find_url():
             return os.environ.get(REWARD_URL_ENV) or read_address(Path(run_dir) / ADDRESS_FILE)
     url = wait_for_server(find_url, rs.startup_timeout_s, check_stop, all_agree=all_agree)
-    return RemoteRewards(url, WeightedRewards.keys(recipe.rewards), rs.timeout_s, rs.retries)
+
+    def reconnect() -> str:
+        # Mid-step, so each rank on its own (no collectives): a launched server that was requeued
+        # announces a new address; a fixed URL may come back after a restart.
+        return wait_for_server(find_url, rs.startup_timeout_s, local_stop)
+
+    return RemoteRewards(url, WeightedRewards.keys(recipe.rewards), rs.timeout_s, rs.retries, reconnect)

@@ -143,13 +143,19 @@ class Trainer:
         return True
 
     # ----- loop
+    def _check_local_stop(self) -> None:
+        """This rank's own flag (no collective): for waits that ranks do not enter together."""
+        if self.stop.raised:
+            raise StopRequested
+
     def _check_stop(self) -> None:
         if dist.any_rank(self.stop.raised):
             raise StopRequested
 
     def connect_rewards(self) -> None:
         if self.rewards is None:
-            self.rewards = connect_rewards(self.recipe, self.run_dir, self._check_stop, dist.all_ranks)
+            self.rewards = connect_rewards(self.recipe, self.run_dir, self._check_stop, dist.all_ranks,
+                                           self._check_local_stop)
             if self.is_main and self.rewards.where == "server":
                 self.console.print(f"rewards scored by the reward server at {self.rewards.url}")
 

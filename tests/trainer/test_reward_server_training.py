@@ -130,3 +130,28 @@ def test_launch_with_reward_server_end_to_end(tiny_model_dir, tmp_path):
     assert f"reward server stopped after scoring {videos} videos in {batches} batches" in log, log
     assert json.loads((run / ADDRESS_FILE).read_text())["url"].startswith("http://127.0.0.1:")
     assert torch.isfinite(torch.tensor([m["reward_mean"] for m in train])).all()
+
+
+def test_a_restarted_server_is_found_again(tiny_model_dir, tmp_path):
+    """The launched server goes away mid-run (preempted, requeued) and comes back on another port:
+    the next step waits for its new address and goes on."""
+    run = tmp_path / "run"
+    run.mkdir()
+    r = served_recipe(tiny_model_dir, launch=True, startup_timeout_s=60, retries=0)
+    servers = [RewardServer(r.rewards)]
+    write_address(run / ADDRESS_FILE, servers[0].start())
+    t = Trainer(r, run)
+    t.connect_rewards()
+    flash_grpo_step(t, t.sampler.next(2), lambda: None)
+    servers[0].stop()
+    second = RewardServer(r.rewards)
+    timer = threading.Timer(1.0, lambda: write_address(run / ADDRESS_FILE, second.start()))
+    timer.start()
+    try:
+        metrics = flash_grpo_step(t, t.sampler.next(2), lambda: None).metrics
+    finally:
+        timer.join()
+        second.stop()
+    assert servers[0].scored == (4, 8) and second.scored == (4, 8)
+    assert t.rewards.client.url == second.url
+    assert torch.isfinite(torch.tensor(metrics["reward_mean"]))
