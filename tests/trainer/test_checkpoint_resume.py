@@ -71,12 +71,15 @@ def _train_lines(path):
     return [json.loads(x) for x in path.read_text().splitlines() if '"kind": "train"' in x]
 
 
-def test_sigterm_stops_at_a_step_boundary_and_resume_finishes(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_signal_stops_at_a_step_boundary_and_resume_finishes(tiny_model_dir, tmp_path, how):
     runs = tmp_path / "runs"
     args = [sys.executable, "-m", "fgrpo", "launch", str(REPO / "recipes" / "tiny.py"), "--model.path",
             str(tiny_model_dir), "--logging.runs-dir", str(runs), "--optim.max-steps", "400",
             "--checkpoint.interval", "1000", "--eval.interval", "1000"]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Own session: Ctrl-C in a terminal sends SIGINT to the whole foreground process group.
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     run_dir = None
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -86,7 +89,10 @@ def test_sigterm_stops_at_a_step_boundary_and_resume_finishes(tiny_model_dir, tm
             break
         time.sleep(0.2)
     assert run_dir is not None, "training never reached step 2"
-    proc.send_signal(signal.SIGTERM)  # as Slurm or Kubernetes would
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)  # to the launcher, as Slurm or Kubernetes would
+    else:
+        os.killpg(proc.pid, signal.SIGINT)  # launcher and trainer both get it, as from a terminal
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 75, out  # "stopped cleanly, requeue me"
     done = _train_lines(run_dir / "metrics.jsonl")[-1]["step"]
