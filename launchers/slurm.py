@@ -37,9 +37,13 @@ def executor_parameters(recipe: Recipe, name: str) -> dict:
         params["cpus_per_task"] = la.cpus_per_task
     if la.mem_gb:
         params["mem_gb"] = la.mem_gb
-    for key in ("partition", "account", "qos"):
-        if getattr(la, key):
-            params[f"slurm_{key}"] = getattr(la, key)
+    return {**params, **_placement(recipe)}
+
+
+def _placement(recipe: Recipe) -> dict:
+    """Partition, account, QOS and setup lines: the same for the training and reward-server jobs."""
+    la = recipe.launch
+    params = {f"slurm_{key}": getattr(la, key) for key in ("partition", "account", "qos") if getattr(la, key)}
     if la.setup:
         params["slurm_setup"] = list(la.setup)
     return params
@@ -55,12 +59,7 @@ def server_parameters(recipe: Recipe, name: str) -> dict:
         params["gpus_per_node"] = rs.gpus
     if rs.mem_gb:
         params["mem_gb"] = rs.mem_gb
-    for key in ("partition", "account", "qos"):
-        if getattr(la, key):
-            params[f"slurm_{key}"] = getattr(la, key)
-    if la.setup:
-        params["slurm_setup"] = list(la.setup)
-    return params
+    return {**params, **_placement(recipe)}
 
 
 def make_executor(folder: Path, recipe: Recipe, name: str, server: bool = False):

@@ -62,3 +62,21 @@ def test_cancel_stops_the_reward_server_too(slurm_cluster, tiny_model_dir, tmp_p
     wait_state(run, {"CANCELLED", "CANCELLED+"}, timeout=120)
     assert wait_job(server["job_id"], {"CANCELLED", "CANCELLED+"}).startswith("CANCELLED")
     assert status(run)[0]["run_state"] == "cancelled"
+
+
+def test_dry_run_shows_both_jobs(tmp_path):
+    """No cluster needed: submitit's own script writer renders both sbatch scripts."""
+    from tests.conftest import REPO
+
+    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--backend", "slurm", "--dry-run",
+                    "--launch.nodes", "2", "--launch.gpus-per-node", "8", "--launch.partition", "gpu",
+                    "--reward-server.launch", "--reward-server.gpus", "2", "--reward-server.cpus", "16",
+                    "--reward-server.mem-gb", "200", "--logging.runs-dir", str(tmp_path / "runs"))
+    assert res.returncode == 0, res.stderr
+    train, server = res.stdout.split("# and, beside it, the reward server's job:")
+    for line in ("--nodes=2", "--gpus-per-node=8", "--ntasks-per-node=8", "--partition=gpu", "--job-name=tiny\n"):
+        assert f"#SBATCH {line}" in train
+    for line in ("--nodes=1", "--gpus-per-node=2", "--cpus-per-task=16", "--mem=200GB", "--partition=gpu",
+                 "--job-name=tiny-reward", "--requeue"):
+        assert f"#SBATCH {line}" in server
+    assert not (tmp_path / "runs").exists()
