@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .config import Recipe
 from .io import RecipeError
 
@@ -14,6 +16,10 @@ def time_limit_minutes(text: str) -> int:
         raise ValueError(f"expected [D-]HH:MM:SS, got {text!r}")
     h, m, sec = (int(p) for p in (parts + ["0"])[:3])
     return max(1, (int(days or 0) * 24 + h) * 60 + m + (1 if sec else 0))
+
+
+# Reward arguments that name local files or folders (reward model weights, tokenizers).
+REWARD_PATH_ARGS = ("model_path", "checkpoint", "tokenizer_path")
 
 
 def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
@@ -119,6 +125,11 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
             validate_reward_spec(spec)
         except ValueError as e:
             errs.append(f"rewards.{i}: {e}")
+        if recipe.reward_server.url is None:  # a running server has the files, not this machine
+            for key in REWARD_PATH_ARGS:
+                path = spec.args.get(key)
+                if isinstance(path, str) and not Path(path).exists():
+                    errs.append(f"rewards.{i}.args.{key}: {path} does not exist")
 
     errs += _reward_server_problems(recipe.reward_server)
 

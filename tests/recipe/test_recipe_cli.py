@@ -55,6 +55,11 @@ def test_show_applies_overrides():
         (["--model.path", "/nonexistent/wan"], "model.path"),
         (["--rewards.0.name", "no_such_reward"], "rewards.0"),
         (["--prompts.file", "missing.txt"], "prompts.file"),
+        (["--rewards.0.name", "clip", "--rewards.0.args", "model_path", "/nonexistent/pickscore"],
+         "rewards.0.args.model_path: /nonexistent/pickscore does not exist"),
+        (["--reward-server.url", "host:8000"], "reward_server.url: must start with http://"),
+        (["--reward-server.url", "http://h:1", "--reward-server.launch"], "reward_server.url: give either"),
+        (["--reward-server.port", "70000"], "reward_server.port"),
     ],
 )
 def test_inconsistent_recipe_names_the_field_and_writes_nothing(tmp_path, override, field):
@@ -103,3 +108,15 @@ def test_run_name_is_a_function_of_recipe_and_overrides():
     assert run_name(base, a) != run_name(base, replace(base, optim=replace(base.optim, lr=2e-3)))
     # launch settings do not change what is trained, so not the folder either
     assert run_name(base, replace(base, launch=replace(base.launch, time_limit="1:00:00"))) == "tiny"
+
+
+def test_reward_paths_are_not_checked_when_a_running_server_scores():
+    recipe = load_recipe_file(REPO / "recipes" / "tiny.py")
+    import dataclasses
+
+    spec = dataclasses.replace(recipe.rewards[0], name="clip", args={"model_path": "/on/the/server/only"})
+    served = dataclasses.replace(recipe, rewards=(spec,),
+                                 reward_server=dataclasses.replace(recipe.reward_server, url="http://rewards:8000"))
+    assert recipe_problems(served) == []
+    local = dataclasses.replace(served, reward_server=recipe.reward_server)
+    assert recipe_problems(local) == ["rewards.0.args.model_path: /on/the/server/only does not exist"]
