@@ -122,3 +122,22 @@ def test_cancel_then_resume(slurm_cluster, tiny_model_dir, tmp_path):
     wait_steps(run, stopped + 2)
     assert json.loads((run / "jobs.jsonl").read_text().splitlines()[-1])["kind"] == "resume"
     run_fgrpo("cancel", str(run), timeout=60)
+
+
+def test_real_failures_are_requeued_a_bounded_number_of_times(slurm_cluster, tiny_model_dir, tmp_path):
+    """A run that fails for real (here: a reward model folder that exists but holds no model) is
+    requeued `launch.max_failures` times, then marked failed with the reason in `fgrpo status`."""
+    empty = tmp_path / "empty-clip"
+    empty.mkdir()
+    run, job = submit(tiny_model_dir, tmp_path / "runs", 3, "--launch.nodes", "1", "--launch.procs-per-node", "1",
+                      "--launch.max-failures", "1", "--rewards.0.name", "clip",
+                      "--rewards.0.args", "model_path", str(empty))
+    deadline = time.time() + 300
+    while time.time() < deadline and status(run)[0]["run_state"] != "failed":
+        time.sleep(2)
+    row = status(run)[0]
+    assert row["run_state"] == "failed", row
+    assert row["reason"].startswith("gave up after 1 requeues; last: FileNotFoundError"), row["reason"]
+    assert json.loads((run / "failures.json").read_text())["count"] == 2
+    rows = wait_state(run, {"FAILED"}, timeout=120)
+    assert rows[0]["step"] == 0
