@@ -2,7 +2,8 @@
 
 Importing this package registers the programmatic rewards ``colour``,
 ``brightness`` and ``contrast`` and the learned rewards ``clip`` (CLIP score,
-PickScore) and ``hpsv2``; their models load on first use.
+PickScore), ``hpsv2``, ``hpsv3`` (per frame) and ``videoalign`` (per video);
+their models load on first use.
 """
 
 from fgrpo.rewards.base import (
@@ -18,7 +19,7 @@ from fgrpo.rewards.base import (
     register_reward,
     validate_reward_spec,
 )
-from fgrpo.rewards import clip, hpsv2, programmatic  # noqa: F401  (register the built-in rewards)
+from fgrpo.rewards import clip, hpsv2, hpsv3, programmatic, videoalign  # noqa: F401  (register the built-in rewards)
 from fgrpo.rewards.programmatic import DEFAULT_COLOURS, find_colour, luminance
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "clip",
     "find_colour",
     "hpsv2",
+    "hpsv3",
     "get_reward",
     "get_reward_info",
     "list_rewards",
@@ -39,4 +41,5 @@ __all__ = [
     "programmatic",
     "register_reward",
     "validate_reward_spec",
+    "videoalign",
 ]

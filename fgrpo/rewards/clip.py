@@ -26,20 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from fgrpo.rewards.base import register_reward
+from fgrpo.rewards.scorers import cached_scorer, resolve_dtype
 
 __all__ = ["ClipScorer", "clip", "get_scorer"]
-
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def _dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
-    return _DTYPES[dtype]
-
 
 def _get(cfg: Any, key: str) -> Any:
     """Read ``key`` from a size dict or a SizeDict-like object (None if absent)."""
@@ -57,13 +46,14 @@ class ClipScorer:
     already-built model (e.g. weights converted from another format).
     """
 
-    def __init__(self, model_path: str, dtype: str | torch.dtype = "float32", device: str = "cpu") -> None:
+    def __init__(self, model_path: str, dtype: str | torch.dtype = "auto", device: str = "cpu") -> None:
         from transformers import CLIPModel, CLIPProcessor
 
         if not os.path.isdir(model_path):
             raise FileNotFoundError(f"CLIP reward: model folder {model_path!r} does not exist")
         try:
-            model = CLIPModel.from_pretrained(model_path, local_files_only=True, dtype=_dtype(dtype))
+            model = CLIPModel.from_pretrained(model_path, local_files_only=True,
+                                              dtype=resolve_dtype(dtype, device))
             processor = CLIPProcessor.from_pretrained(model_path, local_files_only=True)
         except OSError as exc:
             raise FileNotFoundError(f"CLIP reward: cannot load CLIPModel/CLIPProcessor from {model_path!r}: {exc}") from exc
@@ -71,7 +61,7 @@ class ClipScorer:
 
     @classmethod
     def from_model(
-        cls, model: Any, processor: Any, dtype: str | torch.dtype = "float32", device: str = "cpu",
+        cls, model: Any, processor: Any, dtype: str | torch.dtype = "auto", device: str = "cpu",
         use_logit_scale: bool = True,
     ) -> ClipScorer:
         """Scorer around a built ``CLIPModel`` + ``CLIPProcessor``; casts the model to ``dtype``.
@@ -84,7 +74,7 @@ class ClipScorer:
 
     def _setup(self, model: Any, processor: Any, dtype: str | torch.dtype, device: str, use_logit_scale: bool) -> None:
         self.device = torch.device(device)
-        self.dtype = _dtype(dtype)
+        self.dtype = resolve_dtype(dtype, device)
         self.use_logit_scale = use_logit_scale
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.processor = processor
@@ -167,15 +157,11 @@ class ClipScorer:
         return cos.to(frames.device)
 
 
-_SCORERS: dict[tuple[str, str, str], ClipScorer] = {}
-
-
-def get_scorer(model_path: str, dtype: str = "float32", device: str = "cpu") -> ClipScorer:
+def get_scorer(model_path: str, dtype: str = "auto", device: str = "cpu") -> ClipScorer:
     """Cached :class:`ClipScorer` per ``(path, dtype, device)``."""
-    key = (os.path.abspath(os.fspath(model_path)), str(dtype), str(torch.device(device)))
-    if key not in _SCORERS:
-        _SCORERS[key] = ClipScorer(key[0], dtype=dtype, device=device)
-    return _SCORERS[key]
+    path, dt = os.path.abspath(os.fspath(model_path)), resolve_dtype(dtype, device)
+    return cached_scorer("clip", (path, str(dt), str(torch.device(device))),
+                         lambda: ClipScorer(path, dtype=dt, device=device))
 
 
 @register_reward("clip", per_frame=True)
@@ -183,10 +169,10 @@ def clip(
     frames: torch.Tensor,
     prompts: Sequence[str],
     model_path: str | None = None,
-    dtype: str = "float32",
+    dtype: str = "auto",
     batch_size: int = 32,
 ) -> torch.Tensor:
-    """Per-frame CLIP/PickScore reward ``[B, F]``; runs on the frames' device."""
+    """Per-frame CLIP/PickScore reward ``[B, F]``; runs on the frames' device (bf16 on GPU by default)."""
     if not model_path:
         raise ValueError("reward 'clip' needs args.model_path (a local CLIPModel checkpoint folder)")
     scorer = get_scorer(model_path, dtype=dtype, device=str(frames.device))

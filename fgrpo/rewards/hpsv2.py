@@ -33,7 +33,8 @@ from typing import Any
 import torch
 
 from fgrpo.rewards.base import register_reward
-from fgrpo.rewards.clip import ClipScorer, _dtype
+from fgrpo.rewards.clip import ClipScorer
+from fgrpo.rewards.scorers import cached_scorer, resolve_dtype
 
 __all__ = [
     "convert_state_dict", "get_scorer", "hpsv2", "infer_config", "load_open_clip_state_dict",
@@ -206,7 +207,7 @@ def open_clip_val_processor(tokenizer: Any, image_size: int) -> Any:
 
 
 def _build_scorer(
-    checkpoint: str, tokenizer_path: str, dtype: str, device: str,
+    checkpoint: str, tokenizer_path: str, dtype: torch.dtype, device: str,
     vision_heads: int | None, text_heads: int | None,
 ) -> ClipScorer:
     from transformers import AutoTokenizer
@@ -228,20 +229,15 @@ def _build_scorer(
     return ClipScorer.from_model(model, processor, dtype=dtype, device=device, use_logit_scale=False)
 
 
-_SCORERS: dict[tuple, ClipScorer] = {}
-
-
 def get_scorer(
-    checkpoint: str, tokenizer_path: str, dtype: str = "float32", device: str = "cpu",
+    checkpoint: str, tokenizer_path: str, dtype: str = "auto", device: str = "cpu",
     vision_heads: int | None = None, text_heads: int | None = None,
 ) -> ClipScorer:
     """Cached HPSv2 :class:`ClipScorer` per ``(checkpoint, tokenizer, dtype, device, heads)``."""
-    _dtype(dtype)  # reject an unknown dtype before reading gigabytes of weights
-    key = (os.path.abspath(checkpoint), os.path.abspath(tokenizer_path), str(dtype),
-           str(torch.device(device)), vision_heads, text_heads)
-    if key not in _SCORERS:
-        _SCORERS[key] = _build_scorer(key[0], key[1], dtype, device, vision_heads, text_heads)
-    return _SCORERS[key]
+    dt = resolve_dtype(dtype, device)  # an unknown dtype fails before gigabytes of weights are read
+    ckpt, tok = os.path.abspath(checkpoint), os.path.abspath(tokenizer_path)
+    return cached_scorer("hpsv2", (ckpt, tok, str(dt), str(torch.device(device)), vision_heads, text_heads),
+                         lambda: _build_scorer(ckpt, tok, dt, device, vision_heads, text_heads))
 
 
 @register_reward("hpsv2", per_frame=True)
@@ -250,7 +246,7 @@ def hpsv2(
     prompts: Sequence[str],
     checkpoint: str | None = None,
     tokenizer_path: str | None = None,
-    dtype: str = "float32",
+    dtype: str = "auto",
     batch_size: int = 32,
     vision_heads: int | None = None,
     text_heads: int | None = None,
