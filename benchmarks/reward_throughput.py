@@ -1,19 +1,21 @@
 """Reward throughput in-process vs through a reward server, and how much scoring the asynchronous
 client hides behind rollouts.
 
-    python benchmarks/reward_throughput.py [--reward clip|brightness|simulated] [--videos 64] [--steps 3]
+    python benchmarks/reward_throughput.py [--reward hpsv3|clip|brightness|simulated] [--videos 64] [--steps 3]
 
-Tiny models only (no downloads): the tiny Wan recipe, and a tiny random CLIP saved locally as the
-reward (per frame, top 30 % of frames, as the paper aggregates HPSv3), or `brightness`. Tiny
-rewards cost far less than real ones; `simulated` stands for a large reward model on accelerators
-of its own: it sleeps `--ms-per-video` per video (using no CPU), then scores brightness.
+Tiny models only (no downloads): the tiny Wan recipe, and a tiny random HPSv3 (Qwen2-VL; 56x56
+frames) or CLIP saved locally as the reward (per frame, mean of the top 30 % of frames, as the
+paper aggregates HPSv3), or `brightness`. Tiny rewards cost far less than real ones; `simulated`
+stands for a large reward model on accelerators of its own: it sleeps `--ms-per-video` per video
+(using no CPU), then scores brightness.
 Part 1 scores the same videos in this process and through `fgrpo reward-server` started as a
 separate process on localhost (videos per second; the server also pays for uint8 transfer).
 Part 2 trains flash steps both ways: with the server, each micro-batch is sent as soon as it is
 rolled out. `hidden` = 1 - (time the trainer waited for the server's scores) / (time the same
 rewards take in-process): the share of scoring that overlapped rollouts.
-A benchmark, not a test: numbers depend on the machine. Here the server shares the trainer's CPU
-cores; on a cluster it has GPUs of its own.
+`--server-cores N` gives the server the last N CPU cores and the trainer the others (both ways of
+scoring then train on the same cores), as a reward server on GPUs of its own would be; without it
+the server shares the trainer's cores. A benchmark, not a test: numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -41,6 +44,7 @@ from fgrpo.rewards.server import RewardClient  # noqa: E402
 from fgrpo.trainer.flash_grpo import flash_grpo_step  # noqa: E402
 from fgrpo.trainer.trainer import Trainer  # noqa: E402
 from tests.rewards.tiny_clip_tokenizer import save_tiny_clip  # noqa: E402
+from tests.rewards.tiny_qwen2vl import save_tiny_hpsv3  # noqa: E402
 
 R = dataclasses.replace
 
@@ -51,11 +55,13 @@ def simulated(frames: torch.Tensor, prompts: list[str], ms_per_video: float = 20
     return frames.mean(dim=(1, 2, 3, 4))
 
 
-def start_server(recipe, tmp: Path) -> tuple[subprocess.Popen, str]:
+def start_server(recipe, tmp: Path, cores: list[int] | None) -> tuple[subprocess.Popen, str]:
     save_recipe_json(recipe, tmp / "recipe.json")
     address = tmp / "address.json"
+    env = {**os.environ, "OMP_NUM_THREADS": str(len(cores))} if cores else None
     proc = subprocess.Popen([sys.executable, "-m", "fgrpo", "reward-server", "--recipe-file", str(tmp / "recipe.json"),
-                             "--port", "0", "--address-file", str(address)], cwd=REPO,
+                             "--port", "0", "--address-file", str(address)], cwd=REPO, env=env,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     return proc, wait_for_server(lambda: read_address(address), timeout_s=120, poll_s=0.2)
 
@@ -88,17 +94,30 @@ def train_steps(recipe, tmp: Path, steps: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reward", choices=("clip", "brightness", "simulated"), default="clip")
+    ap.add_argument("--reward", choices=("hpsv3", "clip", "brightness", "simulated"), default="hpsv3")
     ap.add_argument("--ms-per-video", type=float, default=20.0, help="cost of the simulated reward")
     ap.add_argument("--videos", type=int, default=64)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--server-cores", type=int, default=0, help="pin the server to the last N cores (0: share)")
     args = ap.parse_args()
+    server_cores = None
+    if args.server_cores:
+        cores = sorted(os.sched_getaffinity(0))
+        if args.server_cores >= len(cores):
+            ap.error(f"--server-cores {args.server_cores}: only {len(cores)} cores, the trainer needs one")
+        server_cores = cores[-args.server_cores:]
+        os.sched_setaffinity(0, cores[:-args.server_cores])
+        torch.set_num_threads(len(cores) - args.server_cores)
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         base = load_recipe_file(REPO / "recipes" / "tiny.py")
         prompts_all = [p.strip() for p in (REPO / "prompts" / "tiny.txt").read_text().splitlines() if p.strip()]
-        if args.reward == "clip":
+        if args.reward == "hpsv3":
+            base_dir, ckpt = save_tiny_hpsv3(tmp / "tiny-hpsv3")[:2]
+            spec = RewardSpec(name="hpsv3", args={"model_path": base_dir, "checkpoint": ckpt, "min_pixels": 56 * 56,
+                                                  "max_pixels": 56 * 56}, frame_aggregation="topk:0.3")
+        elif args.reward == "clip":
             words = sorted({w for p in prompts_all for w in p.lower().split() if w.isalpha()})
             spec = RewardSpec(name="clip", args={"model_path": save_tiny_clip(tmp / "tiny-clip", words)},
                               frame_aggregation="topk:0.3")
@@ -112,9 +131,9 @@ def main() -> None:
         frames = torch.rand(n, ro.frames, 3, ro.height, ro.width, generator=torch.Generator().manual_seed(0))
         prompts = [prompts_all[i % len(prompts_all)] for i in range(n)]
         print(f"reward {spec.name} ({spec.frame_aggregation}); videos of {ro.frames} frames at {ro.height}x{ro.width}; "
-              f"torch threads {torch.get_num_threads()}")
+              f"trainer threads {torch.get_num_threads()}; server cores {server_cores or 'shared'}")
 
-        proc, url = start_server(recipe, tmp)
+        proc, url = start_server(recipe, tmp, server_cores)
         try:
             local = WeightedRewards(recipe.rewards)
             client = RewardClient(url)

@@ -9,7 +9,7 @@ from fgrpo.rewards import WeightedRewards, aggregate_frames
 from fgrpo.rewards import hpsv3 as hps
 from fgrpo.rewards.qwen2vl import chat_text
 
-from tiny_qwen2vl import PROMPTS, image_processor, legacy_state_dict, make_reward_model, reward_at_tokens, save_base
+from tests.rewards.tiny_qwen2vl import PROMPTS, image_processor, reward_at_tokens, save_tiny_hpsv3
 
 PIX = 56 * 84  # tiny stand-in for HPSv3's 256*28*28 budget: 40x60 frames become 56x84 (4x6 patches)
 KW = dict(min_pixels=PIX, max_pixels=PIX)
@@ -18,15 +18,7 @@ KW = dict(min_pixels=PIX, max_pixels=PIX)
 @pytest.fixture(scope="session")
 def hps_files(tmp_path_factory):
     """(base folder, HPSv3.safetensors, reference transformers model, reference head, tokenizer)."""
-    from safetensors.torch import save_file
-
-    root = tmp_path_factory.mktemp("hpsv3")
-    base = save_base(root / "Qwen2-VL-7B-Instruct")
-    head = nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Dropout(0.05), nn.Linear(1024, 16), nn.ReLU(),
-                         nn.Linear(16, 2))
-    model, head, tok = make_reward_model(base, (hps.REWARD_TOKEN,), head)
-    save_file(legacy_state_dict(model, head), root / "HPSv3.safetensors")
-    return str(root / "Qwen2-VL-7B-Instruct"), str(root / "HPSv3.safetensors"), model, head, tok
+    return save_tiny_hpsv3(tmp_path_factory.mktemp("hpsv3"))
 
 
 @pytest.fixture(scope="session")

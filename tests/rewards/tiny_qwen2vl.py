@@ -141,3 +141,20 @@ def reward_at_tokens(model, head, ids, mask, reward_ids, sequential: bool = True
         logits = head(hidden.float())
     hit = torch.isin(ids, torch.tensor(reward_ids))
     return logits[hit].view(ids.shape[0], len(reward_ids), -1)
+
+
+def save_tiny_hpsv3(root: Path):
+    """A tiny HPSv3 release: the base folder and ``HPSv3.safetensors`` (whole reward model, 4.x keys).
+
+    Returns (base folder, checkpoint, reference transformers model, reference head, tokenizer).
+    """
+    from safetensors.torch import save_file
+
+    from fgrpo.rewards.hpsv3 import REWARD_TOKEN
+
+    base = save_base(Path(root) / "Qwen2-VL-7B-Instruct")
+    head = torch.nn.Sequential(torch.nn.Linear(64, 1024), torch.nn.ReLU(), torch.nn.Dropout(0.05),
+                               torch.nn.Linear(1024, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    model, head, tok = make_reward_model(base, (REWARD_TOKEN,), head)
+    save_file(legacy_state_dict(model, head), Path(root) / "HPSv3.safetensors")
+    return str(Path(root) / "Qwen2-VL-7B-Instruct"), str(Path(root) / "HPSv3.safetensors"), model, head, tok
