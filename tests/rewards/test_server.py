@@ -171,3 +171,59 @@ def test_main_rejects_unknown_reward(capsys):
     assert "no_such_reward_xyz" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--reward", "colour", "--arg", "brightness", "k", "1", "--port", "0"])
+
+
+def test_cli_serves_a_recipes_rewards_and_stops_on_sigterm(tmp_path):
+    """`fgrpo reward-server --recipe-file R --address-file A`: announces itself, scores like
+    in-process, and on SIGTERM says how much it scored and exits 0."""
+    import dataclasses
+    import signal
+    import subprocess
+    import sys
+
+    from fgrpo.recipe.io import load_recipe_file, save_recipe_json
+    from fgrpo.rewards.serve import read_address, wait_for_server
+    from tests.conftest import REPO
+
+    recipe = load_recipe_file(REPO / "recipes" / "tiny.py")
+    specs = (RewardSpec(name="brightness", weight=2.0), RewardSpec(name="contrast"))
+    save_recipe_json(dataclasses.replace(recipe, rewards=specs), tmp_path / "recipe.json")
+    proc = subprocess.Popen([sys.executable, "-m", "fgrpo", "reward-server", "--recipe-file", str(tmp_path / "recipe.json"),
+                             "--port", "0", "--address-file", str(tmp_path / "addr.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = wait_for_server(lambda: read_address(tmp_path / "addr.json"), timeout_s=60, poll_s=0.1)
+        total, comps = RewardClient(url).score(_frames(), PROMPTS)
+        want_total, want = WeightedRewards(specs)(dequantize(quantize(_frames())), PROMPTS)
+        torch.testing.assert_close(total, want_total, atol=1e-6, rtol=0)
+        assert list(comps) == ["brightness", "contrast"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert f"reward server at {url} serving brightness, contrast" in out
+    assert f"reward server stopped after scoring {len(PROMPTS)} videos in 1 batches" in out
+
+
+def test_cli_argument_errors(tmp_path, capsys):
+    for argv, message in (
+        ([], "name at least one --reward"),
+        (["--run-dir", str(tmp_path)], f"recipe file {tmp_path}/recipe.json does not exist"),
+        (["--reward", "colour", "--recipe-file", str(tmp_path / "r.json")], "not both"),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv + ["--port", "0"])
+        assert message in capsys.readouterr().err
+
+
+def test_model_path_fills_every_reward_without_one():
+    import argparse
+
+    from fgrpo.rewards.serve import _specs_from_args
+
+    a = argparse.Namespace(recipe_file=None, run_dir=None, reward=["clip", "hpsv3"], weight=[],
+                           arg=[["hpsv3", "checkpoint", "/m/HPSv3.safetensors"], ["clip", "model_path", "/m/pick"]],
+                           model_path="/m/qwen")
+    clip_spec, hps_spec = _specs_from_args(argparse.ArgumentParser(), a)
+    assert clip_spec.args == {"model_path": "/m/pick"}
+    assert hps_spec.args == {"checkpoint": "/m/HPSv3.safetensors", "model_path": "/m/qwen"}
