@@ -87,18 +87,19 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
         # Sent now: a reward server scores this micro-batch while the next one is rolled out.
         pending.append(t.rewards.submit(t.model.decode(f), video_prompts[sl]))
     trans = Transitions(*(torch.cat([getattr(x, k) for x in trans]) for k in ("video", "step", "x", "x_next", "log_prob")))
-    times["rollout"] = time.perf_counter() - t0
+    inline = sum(p.inline_s for p in pending)  # in-process scoring happened inside the loop above
+    times["rollout"] = time.perf_counter() - t0 - inline
 
     # --- rewards, gathered to the global batch
     t0 = time.perf_counter()
     scored = [p.result() for p in pending]
-    times["reward_wait"] = time.perf_counter() - t0
+    times["reward_wait"] = time.perf_counter() - t0 + inline
     local_rewards = torch.cat([total.to(t.device) for total, _ in scored])
     components = {k: torch.cat([c[k].to(t.device) for _, c in scored]) for k in scored[0][1]}
     rewards = t.dims.gather_dp(local_rewards).cpu()
     advantages = group_advantages(rewards, G, alg.adv_std, alg.adv_clip)
     adv_local = advantages[local]
-    times["reward"] = time.perf_counter() - t0
+    times["reward"] = time.perf_counter() - t0 + inline
 
     # --- policy update at the recorded SDE step(s)
     t0 = time.perf_counter()

@@ -155,3 +155,22 @@ def test_a_restarted_server_is_found_again(tiny_model_dir, tmp_path):
     assert servers[0].scored == (4, 8) and second.scored == (4, 8)
     assert t.rewards.client.url == second.url
     assert torch.isfinite(torch.tensor(metrics["reward_mean"]))
+
+
+def test_in_process_rewards_score_each_micro_batch_before_the_next_rollout(tiny_model_dir, tmp_path, monkeypatch):
+    """Frames of a micro-batch are scored (and can be freed) before the next one is rolled out."""
+    rollouts_begun, seen = [], []
+
+    @register_reward("test_records_rollouts_begun")
+    def record(frames, prompts):
+        seen.append((len(rollouts_begun), len(prompts)))
+        return frames.mean(dim=(1, 2, 3, 4))
+
+    real_sample = flash_mod.sample
+    monkeypatch.setattr(flash_mod, "sample", lambda *a, **k: rollouts_begun.append(1) or real_sample(*a, **k))
+    spec = RewardSpec(name="test_records_rollouts_begun")
+    r = served_recipe(tiny_model_dir)
+    t = Trainer(R(r, rewards=(spec,)), tmp_path)
+    metrics = flash_grpo_step(t, t.sampler.next(2), lambda: None).metrics
+    assert seen == [(1, 2), (2, 2), (3, 2), (4, 2)]
+    assert metrics["time_reward_wait"] > 0 and metrics["time_reward"] >= metrics["time_reward_wait"]
