@@ -8,6 +8,7 @@ import torch
 
 from fgrpo.rewards import WeightedRewards, aggregate_frames
 from fgrpo.rewards import clip as clip_mod
+from tests.rewards.served import assert_served_equals_in_process
 from tests.rewards.tiny_clip_tokenizer import save_tiny_clip
 
 WORDS = ["a", "red", "blue", "cat", "dog", "on", "the", "grass", "sky", "car", "runs", "in"]
@@ -97,3 +98,8 @@ def test_missing_model_path():
 def test_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         clip_mod.ClipScorer(str(tmp_path / "nope"))
+
+
+def test_served_equals_in_process(clip_dir):
+    assert_served_equals_in_process({"name": "clip", "args": {"model_path": clip_dir}, "frame_aggregation": "topk:0.3"},
+                                    _frames(), PROMPTS)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from fgrpo.rewards import WeightedRewards, aggregate_frames
 from fgrpo.rewards import hpsv2 as hpsv2_mod
 from fgrpo.rewards.clip import ClipScorer
+from tests.rewards.served import assert_served_equals_in_process
 from tests.rewards.tiny_clip_tokenizer import tiny_clip_tokenizer
 
 WORDS = ["a", "red", "blue", "cat", "dog", "on", "the", "grass", "sky", "car", "runs", "in"]
@@ -256,3 +257,9 @@ def test_vit_h_14_geometry(oc):
     got = hpsv2_mod.convert_state_dict(sd)
     assert got.keys() == want.keys()
     assert all(got[k].shape == want[k].shape for k in got)
+
+
+def test_served_equals_in_process(tiny):
+    args = {"checkpoint": tiny.ckpt, "tokenizer_path": tiny.tok_dir, **HEADS}
+    assert_served_equals_in_process({"name": "hpsv2", "args": args, "frame_aggregation": "topk:0.3"},
+                                    _frames(), PROMPTS)

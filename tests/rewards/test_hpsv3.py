@@ -9,6 +9,7 @@ from fgrpo.rewards import WeightedRewards, aggregate_frames
 from fgrpo.rewards import hpsv3 as hps
 from fgrpo.rewards.qwen2vl import chat_text
 
+from tests.rewards.served import assert_served_equals_in_process
 from tests.rewards.tiny_qwen2vl import PROMPTS, image_processor, reward_at_tokens, save_tiny_hpsv3
 
 PIX = 56 * 84  # tiny stand-in for HPSv3's 256*28*28 budget: 40x60 frames become 56x84 (4x6 patches)
@@ -148,3 +149,9 @@ def test_errors(hps_files, tmp_path):
         hps.HPSv3Scorer(hps_files[0], str(tmp_path / "missing.safetensors"))
     with pytest.raises(ValueError, match=r"lacks weights \[.rm_head"):  # the base folder alone has no head
         hps.HPSv3Scorer(hps_files[0], None, dtype="float32")
+
+
+def test_served_equals_in_process(hps_files):
+    args = {"model_path": hps_files[0], "checkpoint": hps_files[1], "dtype": "float32", **KW}
+    assert_served_equals_in_process({"name": "hpsv3", "args": args, "frame_aggregation": "topk:0.3"},
+                                    _frames(f=4), PROMPTS)

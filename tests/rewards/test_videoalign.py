@@ -11,6 +11,7 @@ from fgrpo.rewards import WeightedRewards
 from fgrpo.rewards import videoalign as va
 from fgrpo.rewards.qwen2vl import chat_text, patchify
 
+from tests.rewards.served import assert_served_equals_in_process
 from tests.rewards.tiny_qwen2vl import PROMPTS, legacy_state_dict, make_reward_model, reward_at_tokens, save_base
 
 KW = dict(min_pixels=56 * 56)  # tiny stand-in for 128*28*28; model_config caps frames at 56*84 pixels
@@ -178,3 +179,8 @@ def test_errors(va_files, tmp_path):
     (other / "model_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="detailed_special"):
         va.VideoAlignScorer(base, str(other))
+
+
+def test_served_equals_in_process(va_files):
+    args = {"model_path": va_files[0], "checkpoint": va_files[1], "dtype": "float32", **KW}
+    assert_served_equals_in_process({"name": "videoalign", "args": args}, _frames(), PROMPTS)
