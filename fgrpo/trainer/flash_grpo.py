@@ -24,6 +24,7 @@ from fgrpo.algorithm.rectification import global_mean
 
 from .dist import mean_over_ranks
 from .sharded import local_state_bytes
+from .reward_scoring import not_scored
 from .rollout import Transitions, initial_latents, sample, step_noise_std_scale, transition_log_prob, video_generators
 
 
@@ -85,7 +86,9 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
         tr.video += s
         trans.append(tr)
         # Sent now: a reward server scores this micro-batch while the next one is rolled out.
-        pending.append(t.rewards.submit(t.model.decode(f), video_prompts[sl]))
+        # TP replicas hold the same videos: TP rank 0 scores them (gather_dp keeps its scores).
+        pending.append(t.rewards.submit(t.model.decode(f), video_prompts[sl]) if t.dims.tp_rank == 0
+                       else not_scored(len(video_prompts[sl]), t.rewards.names))
     trans = Transitions(*(torch.cat([getattr(x, k) for x in trans]) for k in ("video", "step", "x", "x_next", "log_prob")))
     inline = sum(p.inline_s for p in pending)  # in-process scoring happened inside the loop above
     times["rollout"] = time.perf_counter() - t0 - inline

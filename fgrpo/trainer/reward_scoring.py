@@ -38,6 +38,13 @@ class PendingScore:
         return self._result
 
 
+def not_scored(n: int, names: list[str]) -> PendingScore:
+    """Zeros for a rank whose videos another rank scores (tensor-parallel replicas hold the same
+    videos; only TP rank 0's scores are gathered)."""
+    zeros = torch.zeros(n)
+    return PendingScore(scores=(zeros, {k: zeros for k in names}))
+
+
 class InProcessRewards:
     """The recipe's rewards, scored in this process on the frames' device."""
 

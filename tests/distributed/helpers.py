@@ -33,6 +33,6 @@ def trained_weights(run_dir: Path, step: int | None = None) -> dict[str, torch.T
     return {n: p.detach().clone() for n, p in transformer.named_parameters() if p.requires_grad}
 
 
-def train_metrics(run_dir: Path) -> list[dict]:
+def train_metrics(run_dir: Path, kind: str = "train") -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]

@@ -22,12 +22,12 @@ LAYOUTS = {
 def reference(tiny_model_dir, tmp_path_factory):
     runs = tmp_path_factory.mktemp("ref") / "runs"
     run = launch_tiny(tiny_model_dir, runs, 1, 2)
-    return train_metrics(run), trained_weights(run)
+    return train_metrics(run), trained_weights(run), train_metrics(run, "eval")
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_layout_matches_single_process(tiny_model_dir, tmp_path, reference, layout):
-    ref_metrics, ref_weights = reference
+    ref_metrics, ref_weights, ref_evals = reference
     run = launch_tiny(tiny_model_dir, tmp_path / "runs", 4, 2, *LAYOUTS[layout])
     metrics = train_metrics(run)
     for a, b in zip(ref_metrics, metrics):
@@ -38,6 +38,13 @@ def test_layout_matches_single_process(tiny_model_dir, tmp_path, reference, layo
     for name, w in ref_weights.items():
         torch.testing.assert_close(weights[name], w, rtol=1e-5, atol=1e-5, msg=f"{layout}: {name}")
     assert len(weights) == len(ref_weights)
+    # Held-out evaluation is split over the data-parallel ranks (2 videos over 4 ranks: padded),
+    # scored by TP rank 0 of each slice and gathered: the same per-video rewards as one process.
+    evals = train_metrics(run, "eval")
+    assert [e["tag"] for e in evals] == [e["tag"] for e in ref_evals] == ["before", "final"]
+    for a, b in zip(ref_evals, evals):
+        assert b["eval_rewards"] == pytest.approx(a["eval_rewards"], abs=1e-5)
+    assert (run / "samples" / "final.gif").exists()
     if layout == "dp_shard=4":  # parameters + gradients + optimizer state, local shards only
         assert metrics[-1]["state_bytes_per_rank"] <= 0.3 * ref_metrics[-1]["state_bytes_per_rank"]
 
