@@ -116,9 +116,9 @@ class SlurmBackend(Backend):
     def submit_array(self, runs: list[LaunchJob]) -> list[str]:
         """One Slurm job array for runs that share one resource spec."""
         first = runs[0]
-        if first.recipe.reward_server.launch:
-            raise ValueError("reward_server.launch: a sweep's points share one reward server; start it once "
-                             "(fgrpo reward-server ...) and pass --reward-server.url http://HOST:PORT")
+        for r in runs:  # each point its own server (to share one: --reward-server.url)
+            if r.recipe.reward_server.launch:
+                self._launch_reward_server(r)
         ex = make_executor(first.run_dir.parent / ".submitit-arrays", first.recipe, first.run_dir.parent.name)
         with ex.batch():
             submitted = [ex.submit(TrainJob(str(r.run_dir.resolve()))) for r in runs]
