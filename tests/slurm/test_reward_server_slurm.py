@@ -80,3 +80,43 @@ def test_dry_run_shows_both_jobs(tmp_path):
                  "--job-name=tiny-reward", "--requeue"):
         assert f"#SBATCH {line}" in server
     assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_points_each_get_a_server_job(tmp_path, monkeypatch):
+    """Without a cluster: the submissions submitit would make, recorded by a stand-in executor."""
+    import contextlib
+    import dataclasses
+    from types import SimpleNamespace
+
+    from fgrpo.recipe.io import load_recipe_file
+    from launchers import slurm
+    from launchers.base import LaunchJob
+    from launchers.job import RewardServerJob, TrainJob
+    from tests.conftest import REPO
+
+    submitted = []
+
+    class Executor:
+        def __init__(self, folder, recipe, name, server=False):
+            self.server = server
+
+        def submit(self, fn):
+            submitted.append((type(fn).__name__, fn.run_dir, self.server))
+            return SimpleNamespace(job_id=str(100 + len(submitted)))
+
+        def batch(self):
+            return contextlib.nullcontext()
+
+    monkeypatch.setattr(slurm, "make_executor", Executor)
+    r = load_recipe_file(REPO / "recipes" / "tiny.py")
+    r = dataclasses.replace(r, reward_server=dataclasses.replace(r.reward_server, launch=True))
+    runs = [LaunchJob(tmp_path / f"p{i}", r, kind="sweep") for i in range(2)]
+    for job in runs:
+        job.run_dir.mkdir()
+    ids = slurm.SlurmBackend().submit_array(runs)
+    kinds = [(k, s) for k, _, s in submitted]
+    assert kinds == [(RewardServerJob.__name__, True)] * 2 + [(TrainJob.__name__, False)] * 2
+    assert [d for _, d, _ in submitted] == [str(j.run_dir.resolve()) for j in runs] * 2
+    assert ids == ["103", "104"]
+    for job, server_id in zip(runs, ["101", "102"]):
+        assert [s["job_id"] for s in server_jobs(job.run_dir)] == [server_id]
