@@ -75,6 +75,10 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
         key = f"{prefix}{k}"
         if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and k != "args":
             out.update(_flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, dict) for x in v):  # rewards
+            for i, item in enumerate(v):
+                out.update(_flatten(item, f"{key}.{i}."))
+            out[f"{key}.count"] = len(v)
         else:
             out[key] = v
     return out
@@ -87,15 +91,23 @@ _NAME_NEUTRAL = ("launch.", "logging.", "checkpoint.", "eval.", "reward_server."
 def changed_fields(base: Recipe, resolved: Recipe) -> dict[str, object]:
     """{dotted.field: new value} for every field where `resolved` differs from `base`."""
     a, b = _flatten(to_dict(base)), _flatten(to_dict(resolved))
-    return {k: b[k] for k in sorted(b) if a.get(k) != b[k] and not k.startswith(_NAME_NEUTRAL)}
+    return {k: b.get(k) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(_NAME_NEUTRAL)}
 
 
 def _fmt(v: object) -> str:
     if isinstance(v, (list, tuple)):
         return ",".join(_fmt(x) for x in v)
+    if isinstance(v, dict):
+        return ",".join(f"{k}:{_fmt(x)}" for k, x in v.items())
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)
+
+
+def _label(key: str) -> str:
+    """A field's name in a run name: `lr` for optim.lr, `rewards.0.name` inside a list."""
+    parts = key.split(".")
+    return key if any(p.isdigit() for p in parts) else parts[-1]
 
 
 def run_name(base: Recipe, resolved: Recipe) -> str:
@@ -109,7 +121,7 @@ def run_name(base: Recipe, resolved: Recipe) -> str:
     changes = changed_fields(base, resolved)
     if not changes:
         return resolved.name
-    parts = [f"{k.split('.')[-1]}={_fmt(v)}" for k, v in changes.items()]
+    parts = [f"{_label(k)}={_fmt(v)}" for k, v in changes.items() if not k.endswith(".count")]
     name = resolved.name + "__" + "_".join(parts)
     name = re.sub(r"[^A-Za-z0-9_.=,+-]", "-", name)
     if len(name) > 96:

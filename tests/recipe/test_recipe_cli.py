@@ -120,3 +120,19 @@ def test_reward_paths_are_not_checked_when_a_running_server_scores():
     assert recipe_problems(served) == []
     local = dataclasses.replace(served, reward_server=recipe.reward_server)
     assert recipe_problems(local) == ["rewards.0.args.model_path: /on/the/server/only does not exist"]
+
+
+def test_run_name_and_changes_inside_the_rewards_list():
+    from dataclasses import replace
+
+    from fgrpo.recipe.config import RewardSpec
+    from fgrpo.recipe.io import changed_fields
+
+    base = load_recipe_file(REPO / "recipes" / "tiny.py")
+    two = replace(base, rewards=(base.rewards[0], RewardSpec(name="contrast", weight=0.5)))
+    name = run_name(base, two)  # long: shortened with a hash of the whole change
+    assert name.startswith("tiny__rewards.1.args=_rewards.1.frame_aggregation=mean_rewards.1.name=con") and len(name) <= 96
+    # Dropping a reward is a change too (a run folder must not silently change its rewards).
+    assert "rewards.1.name" in changed_fields(two, base)
+    clip = replace(base, rewards=(replace(base.rewards[0], name="clip", args={"model_path": "/m/pick"}),))
+    assert run_name(base, clip) == "tiny__rewards.0.args=model_path--m-pick_rewards.0.name=clip"
