@@ -153,7 +153,7 @@ class RewardSpec:
     name: str = "colour"
     """Registered reward name, or an import path `package.module:function`."""
     weight: float = 1.0
-    args: dict[str, str | float | int | bool] = field(default_factory=dict)
+    args: dict[str, int | float | bool | str] = field(default_factory=dict)
     """Keyword arguments passed to the reward function."""
     frame_aggregation: str = "mean"
     """For per-frame rewards: mean, min, max or topk:P (mean of the top P fraction, paper: topk:0.3)."""

@@ -136,3 +136,11 @@ def test_run_name_and_changes_inside_the_rewards_list():
     assert "rewards.1.name" in changed_fields(two, base)
     clip = replace(base, rewards=(replace(base.rewards[0], name="clip", args={"model_path": "/m/pick"}),))
     assert run_name(base, clip) == "tiny__rewards.0.args=model_path--m-pick_rewards.0.name=clip"
+
+
+def test_reward_args_from_the_command_line_keep_their_types():
+    res = run_fgrpo("show", "recipes/tiny.py", "--rewards.0.args", "model_path", "/m", "min_pixels", "3136",
+                    "scale", "0.5", "use_norm", "False")
+    assert res.returncode == 0 or "does not exist" in res.stderr, res.stderr
+    args = json.loads(res.stdout[: res.stdout.index("run folder:")])["rewards"][0]["args"]
+    assert args == {"model_path": "/m", "min_pixels": 3136, "scale": 0.5, "use_norm": False}

@@ -174,3 +174,25 @@ def test_in_process_rewards_score_each_micro_batch_before_the_next_rollout(tiny_
     metrics = flash_grpo_step(t, t.sampler.next(2), lambda: None).metrics
     assert seen == [(1, 2), (2, 2), (3, 2), (4, 2)]
     assert metrics["time_reward_wait"] > 0 and metrics["time_reward"] >= metrics["time_reward_wait"]
+
+
+def test_paper_reward_through_a_launched_server(tiny_model_dir, tmp_path):
+    """The paper's setting in miniature: HPSv3 per frame, mean of the top 30 % of frames, scored by
+    the reward server the local backend starts (tiny Qwen2-VL reward model saved locally)."""
+    from tests.rewards.tiny_qwen2vl import save_tiny_hpsv3
+
+    base, ckpt = save_tiny_hpsv3(tmp_path / "hpsv3")[:2]
+    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir),
+                    "--logging.runs-dir", str(tmp_path / "runs"), "--logging.run-name", "hps",
+                    "--optim.max-steps", "1", "--eval.interval", "100", "--prompts.heldout", "2",
+                    "--rewards.0.name", "hpsv3", "--rewards.0.args", "model_path", base, "checkpoint", ckpt,
+                    "min_pixels", "3136", "max_pixels", "3136", "--rewards.0.frame-aggregation", "topk:0.3",
+                    "--reward-server.launch", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    run = tmp_path / "runs" / "hps"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in records if m["kind"] == "train"]
+    assert len(train) == 1 and train[0]["reward_std"] > 0 and "reward/hpsv3" in train[0]
+    evals = [m for m in records if m["kind"] == "eval"]
+    assert [len(e["eval_rewards"]) for e in evals] == [2 * 4, 2 * 4]  # 2 held-out prompts x 4 videos each
+    assert "serving hpsv3" in (run / "logs" / "reward-server.log").read_text()
