@@ -168,14 +168,15 @@ class RewardServerConfig:
     url: str | None = None
     """Use a server that is already running, e.g. http://host:8000."""
     launch: bool = False
-    """Let the backend start a server with the recipe's rewards beside the job: a process on the
-    same machine (local), a Slurm job of its own (slurm) or a replicated job in the JobSet (k8s)."""
+    """Let the backend start a server with the recipe's rewards beside the job: a local process, a Slurm job of its own, or a replicated job in the JobSet."""
     gpus: int = 0
     """GPUs for a launched server (its own node on Slurm and Kubernetes)."""
     cpus: int = 4
+    """CPU cores for a launched server (Slurm and Kubernetes)."""
     mem_gb: float = 32.0
+    """Memory in GB for a launched server (Slurm and Kubernetes; 0 on Slurm: the cluster's default)."""
     port: int = 8000
-    """Port of a launched server (the local backend picks a free one)."""
+    """Port of a launched server on Kubernetes (locally and on Slurm it takes any free port)."""
     timeout_s: float = 600.0
     """Per-request timeout; connection errors, timeouts and 5xx are retried `retries` times."""
     retries: int = 3

@@ -135,6 +135,8 @@ def _check(recipe: Recipe, run_name: str, recipe_json: str) -> None:
     for key, value in k.node_selector.items():
         if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value) or len(value) > 63:
             raise ValueError(f"launch.k8s.node_selector: bad label {key!r}: {value!r}")
+    if recipe.reward_server.launch and recipe.reward_server.mem_gb <= 0:
+        raise ValueError("reward_server.mem_gb: the reward server's pod needs a memory limit (> 0 GB)")
     if recipe.reward_server.launch and k.api != "jobset":
         raise ValueError("reward_server.launch: on Kubernetes the reward server runs as a replicated job of the "
                          "JobSet; set --launch.k8s.api jobset, or start a server and pass --reward-server.url")

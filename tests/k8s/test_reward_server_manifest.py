@@ -16,7 +16,8 @@ from tests.k8s.test_manifests import RUN, by_kind, make_recipe, schema_validator
 
 def build_with_server(api="jobset", **server):
     recipe = make_recipe(api=api)
-    rs = dataclasses.replace(recipe.reward_server, launch=True, gpus=1, cpus=6, mem_gb=48, port=8123, **server)
+    server = {"gpus": 1, "cpus": 6, "mem_gb": 48, "port": 8123, **server}
+    rs = dataclasses.replace(recipe.reward_server, launch=True, **server)
     recipe = dataclasses.replace(recipe, reward_server=rs)
     return recipe, render(recipe, RUN, json.dumps(to_dict(recipe), sort_keys=True))
 
@@ -73,3 +74,8 @@ def test_without_launch_there_is_no_server():
 def test_indexed_job_api_cannot_launch_a_server():
     with pytest.raises(ValueError, match="reward_server.launch.*jobset"):
         build_with_server(api="indexed-job")
+
+
+def test_server_pod_needs_memory():
+    with pytest.raises(ValueError, match="reward_server.mem_gb"):
+        build_with_server(mem_gb=0)
