@@ -45,8 +45,23 @@ def resolve_target(target: Path) -> tuple[Path, int | None]:
     raise FileNotFoundError(f"{target} is neither a run folder (with recipe.json) nor a checkpoints/step-N folder")
 
 
+def per_video(records: list[dict], videos_per_prompt: int, rewards: list[float]) -> dict:
+    """``videos``: one row per video (its prompt's fields, the video's index and reward), in grid
+    order; ``by_category``: the mean reward per value of a ``category`` field, if prompts have one."""
+    rows = [{**rec, "video": j, "reward": rewards[i * videos_per_prompt + j]}
+            for i, rec in enumerate(records) for j in range(videos_per_prompt)]
+    out: dict = {"videos": rows}
+    groups: dict[str, list[float]] = {}
+    for row in rows:
+        if "category" in row:
+            groups.setdefault(str(row["category"]), []).append(row["reward"])
+    if groups:
+        out["by_category"] = {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+    return out
+
+
 def cmd_eval(argv: list[str]) -> int:
-    from fgrpo.data.prompts import read_prompts
+    from fgrpo.data.prompts import read_prompt_records, resolve_prompt_file, split_prompts
     from fgrpo.recipe.io import load_recipe_json
     from fgrpo.trainer import checkpoint
     from fgrpo.trainer.evaluate import evaluate_heldout
@@ -69,7 +84,10 @@ def cmd_eval(argv: list[str]) -> int:
     t = Trainer(recipe, out)  # one process; its model, EMA, rewards and sampler are what is used
     t.resume(found[step])
     if a.prompts:
-        t.heldout_prompts = read_prompts(Path(a.prompts))
+        records = read_prompt_records(Path(a.prompts))
+    else:
+        records = split_prompts(read_prompt_records(resolve_prompt_file(recipe.prompts.file)), recipe.prompts.heldout)[1]
+    t.heldout_prompts = [r["prompt"] for r in records]
     if not t.heldout_prompts:
         raise ValueError("no prompts to evaluate: the recipe holds none out (prompts.heldout) and --prompts is unset")
     use_ema = a.weights == "ema" and t.ema is not None
@@ -77,9 +95,10 @@ def cmd_eval(argv: list[str]) -> int:
         t.connect_rewards()
         result = evaluate_heldout(t, "videos")
     summary = {"run": str(run_dir), "step": step, "weights": "ema" if use_ema else "model", "steps": a.steps,
-               "prompts": t.heldout_prompts, "videos_per_prompt": ev.videos_per_prompt, **result}
+               "prompts": t.heldout_prompts, "videos_per_prompt": ev.videos_per_prompt, **result,
+               **per_video(records, ev.videos_per_prompt, result["eval_rewards"])}
     (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("eval_rewards", "prompts")}, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("eval_rewards", "prompts", "videos")}, indent=2))
     print(f"wrote {out / 'eval.json'} and {out / 'samples' / 'videos.gif'}")
     return 0
 

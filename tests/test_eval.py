@@ -9,13 +9,19 @@ from tests.distributed.helpers import launch_tiny
 def test_eval_run_and_checkpoint(tiny_model_dir, tmp_path):
     run = launch_tiny(tiny_model_dir, tmp_path / "runs", 1, 2)  # checkpoints at steps 1 and 2
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text('{"prompt": "a red car at night", "id": 1}\n{"prompt": "a bright yellow kite"}\n')
+    prompts.write_text('{"prompt": "a red car at night", "id": 1, "category": "dark"}\n'
+                       '{"prompt": "a bright yellow kite", "id": 2, "category": "bright"}\n')
     res = run_fgrpo("eval", str(run), "--steps", "3", "--prompts", str(prompts), cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads((run / "eval" / "step-2" / "eval.json").read_text())
     assert summary["step"] == 2 and summary["weights"] == "ema" and summary["steps"] == 3
     assert summary["prompts"] == ["a red car at night", "a bright yellow kite"]
     assert len(summary["eval_rewards"]) == 2 and (run / "eval" / "step-2" / "samples" / "videos.gif").exists()
+    # JSONL fields other than the prompt come back with each video's reward, and by category.
+    rows = summary["videos"]
+    assert [(r["id"], r["category"], r["video"]) for r in rows] == [(1, "dark", 0), (2, "bright", 0)]
+    assert [r["reward"] for r in rows] == summary["eval_rewards"]
+    assert summary["by_category"] == {"bright": rows[1]["reward"], "dark": rows[0]["reward"]}
     # deterministic: the same evaluation again gives the same rewards
     again = run_fgrpo("eval", str(run), "--steps", "3", "--prompts", str(prompts), "--name", "again", cwd=tmp_path)
     assert again.returncode == 0

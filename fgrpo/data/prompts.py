@@ -1,6 +1,8 @@
-"""Prompt files: one prompt per line, or JSONL with a `prompt` field (other fields are kept).
+"""Prompt files: one prompt per line, or JSONL with a `prompt` field.
 
-The last `heldout` prompts of a file are the held-out evaluation set; the rest are trained on.
+Other JSONL fields (an id, a category, ...) are ignored by training and carried into the per-video
+results of `fgrpo eval`. The last `heldout` prompts of a file are the held-out evaluation set; the
+rest are trained on.
 """
 
 from __future__ import annotations
@@ -23,22 +25,29 @@ def resolve_prompt_file(file: str) -> Path:
     return REPO_ROOT / path
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Read prompts; raises ValueError naming the file and line for malformed JSONL."""
+def read_prompt_records(path: str | Path) -> list[dict]:
+    """One dict per prompt, ``{"prompt": ..., **other JSONL fields}``; raises ValueError naming the
+    file and line for malformed JSONL."""
     path = Path(path)
-    prompts: list[str] = []
+    records: list[dict] = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
         if path.suffix == ".jsonl":
             try:
-                prompts.append(str(json.loads(line)["prompt"]))
+                record = json.loads(line)
+                records.append({**record, "prompt": str(record["prompt"])})
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{lineno}: expected a JSON object with a 'prompt' field ({e})") from e
         else:
-            prompts.append(line)
-    return prompts
+            records.append({"prompt": line})
+    return records
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """The prompts of a prompt file (see :func:`read_prompt_records`)."""
+    return [r["prompt"] for r in read_prompt_records(path)]
 
 
 def split_prompts(prompts: list[str], heldout: int) -> tuple[list[str], list[str]]:
