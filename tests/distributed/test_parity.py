@@ -34,6 +34,7 @@ def test_layout_matches_single_process(tiny_model_dir, tmp_path, reference, layo
         assert a["timestep_indices"] == b["timestep_indices"]
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-6)  # ~0: on-policy ratio 1, zero-mean advantages
         assert b["reward_mean"] == pytest.approx(a["reward_mean"], abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)  # one norm over all shards
     weights = trained_weights(run)
     for name, w in ref_weights.items():
         torch.testing.assert_close(weights[name], w, rtol=1e-5, atol=1e-5, msg=f"{layout}: {name}")
