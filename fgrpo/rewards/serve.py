@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="keyword argument for reward NAME (VALUE parsed as JSON, else a string)")
     p.add_argument("--model-path", help="local model folder: sets model_path for every --reward that has none")
     p.add_argument("--recipe-file", help="serve the rewards of this recipe JSON")
-    p.add_argument("--run-dir", help=f"serve RUN/recipe.json's rewards, announce the address in RUN/{ADDRESS_FILE} "
-                                     "and exit when the run has ended")
+    p.add_argument("--run-dir", help=f"serve RUN/recipe.json's rewards (or --recipe-file's), announce the address "
+                                     f"in RUN/{ADDRESS_FILE} and exit when the run has ended")
     p.add_argument("--address-file", help="write {'url': ...} here once listening (default with --run-dir)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all interfaces)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     address_file = a.address_file or (Path(a.run_dir) / ADDRESS_FILE if a.run_dir else None)
     if address_file:
+        Path(address_file).parent.mkdir(parents=True, exist_ok=True)  # the trainers may not have made it yet
         write_address(Path(address_file), url)
     print(f"reward server at {url} serving {', '.join(server.rewards.names)}", flush=True)
 

@@ -255,8 +255,9 @@ def _reward_pod_template(recipe: Recipe, name: str, run_name: str) -> dict:
     container.update({
         "name": "reward-server",
         "command": ["python"],
-        "args": ["-m", "fgrpo", "reward-server", "--run-dir", "$(FGRPO_RUN_DIR)", "--host", "0.0.0.0",
-                 "--port", str(rs.port), "--advertise-host", host],
+        # The recipe from the ConfigMap: the run folder's copy may not exist yet (rank 0 writes it).
+        "args": ["-m", "fgrpo", "reward-server", "--recipe-file", "$(FGRPO_RECIPE_FILE)", "--run-dir",
+                 "$(FGRPO_RUN_DIR)", "--host", "0.0.0.0", "--port", str(rs.port), "--advertise-host", host],
         "ports": [{"name": "reward", "containerPort": rs.port, "protocol": "TCP"}],
         "resources": {"requests": dict(limits), "limits": limits},
         # Ready once the reward models are loaded and it answers; the trainers wait for that too.

@@ -73,9 +73,18 @@ def pod_processes(tiny_model_dir, tmp_path, steps, port, reward_port: int | None
         return subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
+    server = None
+    if len(jobs) > 1:  # the reward pod first: a test that hangs waiting for it would say nothing
+        from fgrpo.rewards.serve import wait_for_server
+
+        server = start(jobs[1]["template"]["spec"]["containers"][0], 0)
+
+        def server_alive():
+            assert server.poll() is None, server.communicate()[0][-3000:]
+
+        wait_for_server(lambda: f"http://127.0.0.1:{reward_port}", 120, server_alive, poll_s=0.2)
     workers = jobs[0]
     procs = [start(workers["template"]["spec"]["containers"][0], i) for i in range(workers["completions"])]
-    server = start(jobs[1]["template"]["spec"]["containers"][0], 0) if len(jobs) > 1 else None
     return procs, tmp_path / "runs" / "tiny-k8s", server
 
 
@@ -101,7 +110,9 @@ def test_two_pods_train_stop_and_restart(tiny_model_dir, tmp_path):
 def test_pods_train_through_the_reward_pod(tiny_model_dir, tmp_path):
     """--reward-server.launch: the reward pod's command serves, the workers find it through
     FGRPO_REWARD_URL, and every reward of the run is scored there."""
-    procs, run, server = pod_processes(tiny_model_dir, tmp_path, 2, free_port(), reward_port=free_port())
+    master_port = free_port()
+    reward_port = next(p for p in iter(free_port, None) if p != master_port)
+    procs, run, server = pod_processes(tiny_model_dir, tmp_path, 2, master_port, reward_port=reward_port)
     try:
         outs = [p.communicate(timeout=300)[0] for p in procs]
         assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
