@@ -37,23 +37,27 @@ def run_dirs(target: Path) -> list[Path]:
 
 def run_row(run_dir: Path) -> dict:
     from fgrpo.recipe.io import load_recipe_json
-    from launchers.records import latest_job, progress
+    from launchers.records import latest_job, progress, server_jobs
 
     p = progress(run_dir)
     job = latest_job(run_dir)
-    state = "-"
-    if job:
-        try:
-            from launchers import get_backend
-
-            state = get_backend(job["backend"]).state(job["job_id"])
-        except (OSError, ValueError):
-            state = "UNKNOWN"
+    state = _state(job) if job else "-"
+    servers = server_jobs(run_dir)  # a reward server the backend started beside the training job
+    server = f"job {servers[-1]['job_id']} {_state(servers[-1])}" if servers else None
     max_steps = load_recipe_json(run_dir / "recipe.json").optim.max_steps
     return {"run": run_dir.name, "backend": job["backend"] if job else "-", "job": job["job_id"] if job else "-",
             "state": state, "run_state": p["status"].get("state", "-"), "step": p["step"], "max_steps": max_steps,
             "reward": p["reward"], "heldout": p["heldout"], "checkpoint": p["checkpoint"],
-            "reason": p["status"].get("reason", "")}
+            "reason": p["status"].get("reason", ""), "reward_server": server}
+
+
+def _state(job: dict) -> str:
+    try:
+        from launchers import get_backend
+
+        return get_backend(job["backend"]).state(job["job_id"])
+    except (OSError, ValueError):
+        return "UNKNOWN"
 
 
 @dataclass
@@ -81,8 +85,9 @@ def cmd_status(argv: list[str]) -> int:
         table.add_column(col)
     fmt = lambda v: "-" if v is None else f"{v:+.4f}"  # noqa: E731
     for r in rows:
+        note = "; ".join(x for x in (r["reason"], r["reward_server"] and f"reward server {r['reward_server']}") if x)
         table.add_row(r["run"], r["backend"], r["job"], r["state"], r["run_state"], f"{r['step']}/{r['max_steps']}",
-                      fmt(r["reward"]), fmt(r["heldout"]), str(r["checkpoint"] or "-"), r["reason"])
+                      fmt(r["reward"]), fmt(r["heldout"]), str(r["checkpoint"] or "-"), note)
     Console(width=200).print(table)
     return 0
 

@@ -48,6 +48,7 @@ def test_reward_server_job_beside_training(slurm_cluster, tiny_model_dir, tmp_pa
     assert f"rewards scored by the reward server at {host}" in out
     # It notices the run's end and exits by itself.
     assert wait_job(server["job_id"], {"COMPLETED"}) == "COMPLETED"
+    assert status(run)[0]["reward_server"] == f"job {server['job_id']} COMPLETED"
     assert "run " in server_log(run) and "has ended; stopping the reward server" in server_log(run)
     assert "reward server stopped after scoring" in server_log(run)
 
