@@ -37,7 +37,7 @@ class LocalBackend(Backend):
         cmd = " ".join(job.train_command())
         text = f"{job.world_size} local process(es): RANK=0..{job.world_size - 1} WORLD_SIZE={job.world_size} {cmd}"
         if job.recipe.reward_server.launch:
-            text += f"\nreward server beside them: {sys.executable} -m fgrpo reward-server --run-dir {job.run_dir} --port 0"
+            text += "\nreward server beside them: " + " ".join(self._reward_server_command(job))
         return text
 
     def launch(self, job: LaunchJob) -> int:
@@ -76,14 +76,18 @@ class LocalBackend(Backend):
     @staticmethod
     def _start_reward_server(job: LaunchJob) -> subprocess.Popen:
         """`fgrpo reward-server --run-dir RUN` on a free port; the trainers find it in RUN/reward-server.json."""
-        from fgrpo.rewards.serve import ADDRESS_FILE
+        from fgrpo.rewards.serve import clear_address
 
-        (job.run_dir / ADDRESS_FILE).unlink(missing_ok=True)  # an old address is not this server's
+        clear_address(job.run_dir)
         log = open(job.run_dir / "logs" / "reward-server.log", "a")
-        cmd = [sys.executable, "-m", "fgrpo", "reward-server", "--run-dir", str(job.run_dir), "--port", "0",
-               "--watch-pid", str(os.getpid())]
         # Its own session: Ctrl-C reaches the trainers, which still need the server to finish the step.
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(LocalBackend._reward_server_command(job), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    @staticmethod
+    def _reward_server_command(job: LaunchJob) -> list[str]:
+        return [sys.executable, "-m", "fgrpo", "reward-server", "--run-dir", str(job.run_dir), "--port", "0",
+                "--watch-pid", str(os.getpid())]
 
     @staticmethod
     def _wait(procs: list[subprocess.Popen]) -> list[int]:
@@ -104,13 +108,9 @@ class LocalBackend(Backend):
 
     # A local job's id is the launcher's pid.
     def state(self, job_id: str) -> str:
-        try:
-            os.kill(int(job_id), 0)
-        except (ProcessLookupError, ValueError):
-            return "EXITED"
-        except PermissionError:
-            pass
-        return "RUNNING"
+        from fgrpo.rewards.serve import process_alive
+
+        return "RUNNING" if job_id.isdigit() and process_alive(int(job_id)) else "EXITED"
 
     def cancel(self, job_id: str) -> None:
         try:

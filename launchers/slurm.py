@@ -101,13 +101,14 @@ class SlurmBackend(Backend):
     def _launch_reward_server(self, job: LaunchJob) -> None:
         """A job of its own (own GPUs, own node), not a heterogeneous job: submitit cannot submit those,
         and a separate job is requeued on its own. The trainers wait for its address file."""
-        from fgrpo.rewards.serve import ADDRESS_FILE
+        from fgrpo.rewards.serve import clear_address
 
         for old in server_jobs(job.run_dir):
-            if is_active(self.state(old["job_id"])):
-                print(f"reward server job {old['job_id']} of this run is still {self.state(old['job_id'])}: reusing it")
+            state = self.state(old["job_id"])
+            if is_active(state):
+                print(f"reward server job {old['job_id']} of this run is still {state}: reusing it")
                 return
-        (job.run_dir / ADDRESS_FILE).unlink(missing_ok=True)  # an old address is not the new server's
+        clear_address(job.run_dir)
         ex = make_executor(job.run_dir / "submitit", job.recipe, f"{job.run_dir.name}-reward", server=True)
         submitted = ex.submit(RewardServerJob(str(job.run_dir.resolve())))
         record_job(job.run_dir, self.name, submitted.job_id, SERVER_KIND)

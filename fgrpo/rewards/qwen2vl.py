@@ -48,8 +48,6 @@ __all__ = [
     "reward_model_class", "smart_resize",
 ]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -227,7 +225,9 @@ class Qwen2VLRewardScorer:
             model_path, checkpoint, reward_tokens, head, output_dim, dtype, str(self.device))
         vc = self.model.config.vision_config
         self.patch, self.merge, self.temporal = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
-        mean, std = CLIP_MEAN, CLIP_STD
+        from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # Qwen2-VL's defaults when the folder has none
         pre = os.path.join(model_path, "preprocessor_config.json")
         if os.path.isfile(pre):
             with open(pre) as f:

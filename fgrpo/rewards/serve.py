@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ADDRESS_FILE", "main", "read_address", "wait_for_server", "write_address"]
+__all__ = ["ADDRESS_FILE", "clear_address", "main", "process_alive", "read_address", "wait_for_server",
+           "write_address"]
 
 ADDRESS_FILE = "reward-server.json"
 FINAL_STATES = ("completed", "failed", "cancelled")
@@ -31,6 +32,11 @@ def write_address(path: Path, url: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}))
     os.replace(tmp, path)
+
+
+def clear_address(run_dir: Path) -> None:
+    """Forget a previous server's address before a new one starts for the run."""
+    (Path(run_dir) / ADDRESS_FILE).unlink(missing_ok=True)
 
 
 def read_address(path: Path) -> str | None:
@@ -81,7 +87,7 @@ def _run_ended(run_dir: Path) -> bool:
     return read_status(run_dir).get("state") in FINAL_STATES
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ended_since = None
     try:
         while not done.wait(2.0):
-            if a.watch_pid and not _alive(a.watch_pid):
+            if a.watch_pid and not process_alive(a.watch_pid):
                 print(f"process {a.watch_pid} has gone; stopping the reward server", flush=True)
                 break
             if a.run_dir:

@@ -78,7 +78,12 @@ class RemoteRewards:
         if served != names:
             raise ValueError(f"reward server {url} serves rewards {served}, but the recipe's rewards are {names}; "
                              "start it with the recipe's rewards (fgrpo reward-server --recipe-file RECIPE)")
-        self.names, self.url = names, url
+        self.names = names
+
+    @property
+    def url(self) -> str:
+        """Where the server is now (it may have moved since connecting)."""
+        return self.client.url
 
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> Scores:
         return self.client.score(frames, prompts)
