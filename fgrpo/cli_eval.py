@@ -81,13 +81,15 @@ def cmd_eval(argv: list[str]) -> int:
     step = step if step is not None else max(found)
     out = run_dir / "eval" / (a.name or f"step-{step}")
     out.mkdir(parents=True, exist_ok=True)
-    t = Trainer(recipe, out)  # one process; its model, EMA, rewards and sampler are what is used
-    t.resume(found[step])
     if a.prompts:
         records = read_prompt_records(Path(a.prompts))
     else:
         records = split_prompts(read_prompt_records(resolve_prompt_file(recipe.prompts.file)), recipe.prompts.heldout)[1]
-    t.heldout_prompts = [r["prompt"] for r in records]
+    prompts = [r["prompt"] for r in records]
+    # one process; its model, EMA, rewards and sampler are what is used
+    t = Trainer(recipe, out, extra_prompts=tuple(prompts), text_cache_root=run_dir.parent)
+    t.resume(found[step])
+    t.heldout_prompts = prompts
     if not t.heldout_prompts:
         raise ValueError("no prompts to evaluate: the recipe holds none out (prompts.heldout) and --prompts is unset")
     use_ema = a.weights == "ema" and t.ema is not None

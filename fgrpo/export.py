@@ -48,6 +48,7 @@ def load_trained_transformer(run_dir: Path, step: int | None = None, weights: We
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader
 
+    from fgrpo.distributed.precision import PrecisionPolicy
     from fgrpo.models.wan.loading import load_transformer, model_folder
     from fgrpo.models.wan.lora import add_lora
     from fgrpo.recipe.io import load_recipe_json
@@ -65,10 +66,11 @@ def load_trained_transformer(run_dir: Path, step: int | None = None, weights: We
         weights = "model"
 
     transformer = load_transformer(model_folder(recipe.model), recipe.model.dtype)
-    torch.manual_seed(recipe.prompts.seed)  # as the trainer does (the weights are overwritten anyway)
     if recipe.lora.enabled:
         add_lora(transformer, recipe.lora.rank, recipe.lora.alpha, recipe.lora.target_modules)
         params = {n: p for n, p in transformer.named_parameters() if "lora_" in n}
+        # Adapters in fp32, as trained (the merge into the base weights then rounds once).
+        PrecisionPolicy.from_name(recipe.model.dtype).apply_storage(transformer)
     else:
         params = dict(transformer.named_parameters())
     missing = [n for n in params if f"{weights}.{n}" not in saved]

@@ -1,10 +1,18 @@
-"""Wan2.1-T2V-1.3B with the paper's main settings (the Recipe defaults); point model.path at the weights."""
+"""Wan2.1-T2V-1.3B with the paper's main settings (the Recipe defaults) and its reward: HPSv3 per
+frame, mean of the top 30 % of frames. Set the paths, which have no defaults (launch refuses a
+missing one and names it):
+
+    fgrpo launch recipes/wan1_3b.py --model.path /data/Wan2.1-T2V-1.3B-Diffusers \\
+        --rewards.0.args model_path /models/Qwen2-VL-7B-Instruct checkpoint /models/HPSv3.safetensors
+"""
 
 from fgrpo.recipe.config import *  # noqa: F403
 
 recipe = Recipe(
     name="wan1_3b",
-    model=ModelConfig(preset="wan2.1-t2v-1.3b", path=None),  # --model.path /data/Wan2.1-T2V-1.3B-Diffusers
-    rewards=(RewardSpec(name="colour", frame_aggregation="topk:0.3"),),  # paper: HPSv3 per frame, top 30 %
+    model=ModelConfig(preset="wan2.1-t2v-1.3b", path=None),  # --model.path: the diffusers folder
+    # The paper's reward. args.model_path (Qwen2-VL-7B-Instruct folder) and args.checkpoint
+    # (HPSv3.safetensors) are yours to set: --rewards.0.args model_path DIR checkpoint FILE
+    rewards=(RewardSpec(name="hpsv3", frame_aggregation="topk:0.3"),),
     launch=LaunchConfig(nodes=1, procs_per_node=8, gpus_per_node=8),
 )

@@ -106,6 +106,12 @@ class AlgorithmConfig:
     """Advantage denominator: std of all rewards in the batch, or of the prompt's group."""
     kl_beta: float = 0.0
     """KL weight to the reference (LoRA disabled) policy; 0 disables it."""
+    recompute_old_log_prob: bool = True
+    """Recompute log pi_old with the training pass's own batches (no grad) before the update, so the
+    on-policy ratio is exactly 1: the rollout batches its forwards differently (all videos at one
+    step; TP all-reduces sum rows in a position-dependent order; GPU kernels depend on shapes), and
+    in bf16 that alone moves the ratio by ~1e-4, a tenth of clip_range. Costs one forward per
+    trained transition (about 4 % of a flash step)."""
 
 
 @dataclass

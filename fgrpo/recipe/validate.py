@@ -27,7 +27,7 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     from fgrpo.algorithm import NOISE_SCHEDULES
     from fgrpo.data.prompts import read_prompts, resolve_prompt_file
     from fgrpo.models.wan import PRESETS, check_model_folder
-    from fgrpo.rewards import validate_reward_spec
+    from fgrpo.rewards import missing_reward_args, validate_reward_spec
 
     errs: list[str] = []
     ro, ts, par = recipe.rollout, recipe.timesteps, recipe.parallelism
@@ -73,7 +73,7 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     elif preset and par.tp >= 1 and preset.ffn_dim % par.tp:
         errs.append(f"parallelism.tp: {par.tp} does not divide the FFN width {preset.ffn_dim} of {recipe.model.preset}")
     if not errs:
-        from fgrpo.trainer.parallel_dims import ParallelDims
+        from fgrpo.distributed.parallel_dims import ParallelDims
 
         try:
             dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, world)
@@ -123,9 +123,13 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     for i, spec in enumerate(recipe.rewards):
         try:
             validate_reward_spec(spec)
+            missing = missing_reward_args(spec)  # each reward declares the args it cannot run without
         except ValueError as e:
             errs.append(f"rewards.{i}: {e}")
-        if recipe.reward_server.url is None:  # a running server has the files, not this machine
+            missing = {}
+        if recipe.reward_server.url is None:  # a running server has the files (and its args), not this machine
+            for key, what in missing.items():
+                errs.append(f"rewards.{i}.args.{key}: required by the {spec.name} reward ({what})")
             for key in REWARD_PATH_ARGS:
                 path = spec.args.get(key)
                 if isinstance(path, str) and not Path(path).exists():

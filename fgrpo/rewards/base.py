@@ -9,6 +9,12 @@ which :func:`aggregate_frames` reduces to ``[B]``.
 Rewards are looked up by registered name (``"colour"``) or by import path
 (``"mypkg.rewards:score"``). A user callable found by import path is treated
 as per-frame when it has a truthy ``per_frame`` attribute.
+
+A reward declares the arguments it cannot run without (``required_args``: name ->
+what to pass, e.g. ``{"model_path": "a local CLIPModel folder"}``), and
+:func:`missing_reward_args` reports those a spec leaves unset, so a recipe is
+refused before launch rather than failing when the first videos are scored. A
+user callable may declare them as a ``required_args`` attribute.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 
 __all__ = [
     "RewardFn", "RewardInfo", "WeightedRewards", "aggregate_frames", "build_rewards",
-    "get_reward", "get_reward_info", "list_rewards", "parse_aggregation",
+    "get_reward", "get_reward_info", "list_rewards", "missing_reward_args", "parse_aggregation",
     "register_reward", "validate_reward_spec",
 ]
 
@@ -32,11 +38,13 @@ RewardFn = Callable[..., torch.Tensor]
 
 @dataclass(frozen=True)
 class RewardInfo:
-    """A resolved reward: its spec string, the callable and its output kind."""
+    """A resolved reward: its spec string, the callable, its output kind and the
+    ``(arg, description)`` pairs of the arguments it requires."""
 
     name: str
     fn: RewardFn
     per_frame: bool
+    required_args: tuple[tuple[str, str], ...] = ()
 
 
 _REGISTRY: dict[str, RewardInfo] = {}
@@ -46,14 +54,30 @@ def _ident(fn: Any) -> tuple[Any, Any]:
     return getattr(fn, "__module__", None), getattr(fn, "__qualname__", id(fn))
 
 
-def register_reward(name: str, per_frame: bool = False) -> Callable[[RewardFn], RewardFn]:
-    """Decorator registering ``fn`` under ``name``; sets ``fn.per_frame``.
+def _required(name: str, required_args: Any) -> tuple[tuple[str, str], ...]:
+    if required_args is None:
+        return ()
+    if not isinstance(required_args, Mapping) or not all(
+        isinstance(k, str) and k and isinstance(v, str) for k, v in required_args.items()
+    ):
+        raise ValueError(f"reward {name!r}: required_args must map argument names to descriptions, "
+                         f"got {required_args!r}")
+    return tuple(required_args.items())
 
+
+def register_reward(
+    name: str, per_frame: bool = False, required_args: Mapping[str, str] | None = None,
+) -> Callable[[RewardFn], RewardFn]:
+    """Decorator registering ``fn`` under ``name``; sets ``fn.per_frame`` and ``fn.required_args``.
+
+    ``required_args`` maps each argument the reward cannot run without to a short
+    description of what to pass (shown when a recipe leaves it unset).
     Re-registering the same function (e.g. on module reload) is allowed;
     registering a different function under a taken name raises ValueError.
     """
     if not isinstance(name, str) or not name or ":" in name:
         raise ValueError(f"reward name must be a non-empty string without ':', got {name!r}")
+    required = _required(name, required_args)
 
     def deco(fn: RewardFn) -> RewardFn:
         if not callable(fn):
@@ -63,9 +87,10 @@ def register_reward(name: str, per_frame: bool = False) -> Callable[[RewardFn], 
             raise ValueError(f"reward {name!r} is already registered ({old.fn!r})")
         try:
             fn.per_frame = bool(per_frame)  # type: ignore[attr-defined]
+            fn.required_args = dict(required)  # type: ignore[attr-defined]
         except (AttributeError, TypeError):
             pass
-        _REGISTRY[name] = RewardInfo(name, fn, bool(per_frame))
+        _REGISTRY[name] = RewardInfo(name, fn, bool(per_frame), required)
         return fn
 
     return deco
@@ -101,7 +126,8 @@ def get_reward_info(spec: str) -> RewardInfo:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ValueError(f"reward {spec!r}: {attr!r} is not callable (got {type(obj).__name__})")
-    return RewardInfo(spec, obj, bool(getattr(obj, "per_frame", False)))
+    return RewardInfo(spec, obj, bool(getattr(obj, "per_frame", False)),
+                      _required(spec, getattr(obj, "required_args", None)))
 
 
 def get_reward(name_or_import_path: str) -> RewardFn:
@@ -175,6 +201,14 @@ def validate_reward_spec(spec: Any) -> None:
         parse_aggregation(_field(spec, "frame_aggregation", "mean"))
     except ValueError as exc:
         raise ValueError(f"reward {name!r}: {exc}") from exc
+
+
+def missing_reward_args(spec: Any) -> dict[str, str]:
+    """``{arg: description}`` of the arguments the spec's reward requires that its ``args``
+    leave unset (absent, None or ""), in the reward's order. The spec's name must resolve."""
+    info = get_reward_info(_field(spec, "name", None))
+    args = _field(spec, "args", None) or {}
+    return {key: what for key, what in info.required_args if args.get(key) in (None, "")}
 
 
 class WeightedRewards:

@@ -164,7 +164,9 @@ def get_scorer(model_path: str, dtype: str = "auto", device: str = "cpu") -> Cli
                          lambda: ClipScorer(path, dtype=dt, device=device))
 
 
-@register_reward("clip", per_frame=True)
+@register_reward("clip", per_frame=True, required_args={
+    "model_path": "a local CLIPModel folder, e.g. PickScore",
+})
 def clip(
     frames: torch.Tensor,
     prompts: Sequence[str],

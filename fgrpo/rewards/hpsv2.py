@@ -240,7 +240,10 @@ def get_scorer(
                          lambda: _build_scorer(ckpt, tok, dt, device, vision_heads, text_heads))
 
 
-@register_reward("hpsv2", per_frame=True)
+@register_reward("hpsv2", per_frame=True, required_args={
+    "checkpoint": "the open_clip HPS_v2*.pt state dict",
+    "tokenizer_path": "a local CLIP tokenizer folder",
+})
 def hpsv2(
     frames: torch.Tensor,
     prompts: Sequence[str],

@@ -125,7 +125,10 @@ def get_scorer(model_path: str, checkpoint: str | None = None, dtype: str = "aut
     return cached_qwen_scorer(HPSv3Scorer, model_path, checkpoint, dtype, device)
 
 
-@register_reward("hpsv3", per_frame=True)
+@register_reward("hpsv3", per_frame=True, required_args={
+    "model_path": "a local Qwen2-VL-7B-Instruct folder",
+    "checkpoint": "the HPSv3.safetensors file",
+})
 def hpsv3(
     frames: torch.Tensor,
     prompts: Sequence[str],

@@ -251,7 +251,9 @@ def get_scorer(model_path: str, checkpoint: str | None = None, dtype: str = "aut
     return cached_qwen_scorer(VideoAlignScorer, model_path, checkpoint, dtype, device)
 
 
-@register_reward("videoalign")
+@register_reward("videoalign", required_args={
+    "model_path": "a local Qwen2-VL-2B-Instruct folder, with args.checkpoint the VideoReward folder",
+})
 def videoalign(
     frames: torch.Tensor,
     prompts: Sequence[str],

@@ -10,13 +10,17 @@ import torch.distributed as dist
 
 
 def init_distributed() -> torch.device:
-    """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, if any."""
-    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
+    """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; without them,
+    a one-process group (in-memory store), so that one process runs the same FSDP2 code path."""
+    if not dist.is_initialized():
         # Small control collectives (stop flags, metrics) use CPU tensors: gloo carries those on GPU too.
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        if "WORLD_SIZE" in os.environ:
+            dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        else:
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -56,3 +60,12 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     t = torch.tensor([values[k] for k in values], dtype=torch.float64)
     dist.all_reduce(t)
     return {k: float(v) / dist.get_world_size() for k, v in zip(values, t.tolist())}
+
+
+def max_over_ranks(value: float) -> float:
+    """The largest of one scalar over all ranks."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())

@@ -52,7 +52,7 @@ def evaluate_heldout(t, tag: str) -> dict:
     no_sde = torch.zeros(len(local_prompts), r.eval.steps, dtype=torch.bool)
     t.model.transformer.eval()
     finals, _ = sample(t.model.transformer, latents, context, neg, sigmas, no_sde, t.noise,
-                       r.rollout.cfg_scale, gens, r.rollout.micro_batch)
+                       r.rollout.cfg_scale, gens, r.rollout.micro_batch, t.policy.compute)
     frames = torch.cat([t.model.decode(finals[i:i + r.rollout.micro_batch])
                         for i in range(0, len(local_prompts), r.rollout.micro_batch)])
     scored = t.rewards(frames, local_prompts) if t.dims.tp_rank == 0 else not_scored(

@@ -22,7 +22,7 @@ from fgrpo.algorithm import (
 )
 from fgrpo.algorithm.rectification import global_mean
 
-from .dist import mean_over_ranks
+from .dist import max_over_ranks, mean_over_ranks
 from .sharded import local_state_bytes
 from .reward_scoring import not_scored
 from .rollout import Transitions, initial_latents, sample, step_noise_std_scale, transition_log_prob, video_generators
@@ -49,6 +49,31 @@ def step_seed(seed: int, step: int, salt: int = 0) -> int:
 class StepResult:
     metrics: dict
     applied: bool  # False when the step was skipped (non-finite loss or gradient)
+
+
+def _training_micro_batches(t, trans: Transitions, check_stop):
+    """The training pass's micro-batches (indices, transitions on the device), in its order."""
+    n, size = len(trans), t.recipe.rollout.micro_batch
+    for s in range(0, n, size):
+        check_stop()
+        idx = torch.arange(s, min(s + size, n))
+        mb = trans.select(idx)
+        yield idx, Transitions(mb.video, mb.step, mb.x.to(t.device), mb.x_next.to(t.device), mb.log_prob.to(t.device))
+
+
+@torch.no_grad()
+def with_recomputed_old_log_prob(t, trans: Transitions, context, neg, check_stop) -> tuple[Transitions, float]:
+    """log pi_old recomputed by the training pass's forward on the same micro-batches (same shapes,
+    same row positions, same kernels), so an on-policy ratio is exactly 1 (verl's "recompute old
+    log-prob"). Returns the transitions with it, and max |log pi_rollout - log pi_recomputed|."""
+    ro = t.recipe.rollout
+    old = torch.empty_like(trans.log_prob)
+    for idx, mb in _training_micro_batches(t, trans, check_stop):
+        out = transition_log_prob(t.model.transformer, mb, context, neg, t.sigmas, t.noise, ro.cfg_scale,
+                                  t.policy.compute)
+        old[idx] = out.log_prob.to(old)
+    drift = float((old - trans.log_prob).abs().max()) if len(trans) else 0.0
+    return Transitions(trans.video, trans.step, trans.x, trans.x_next, old), drift
 
 
 def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
@@ -82,7 +107,7 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
         check_stop()
         sl = slice(s, s + ro.micro_batch)
         f, tr = sample(t.model.transformer, latents[sl], context[sl], neg[sl], t.sigmas, mask[sl],
-                       t.noise, ro.cfg_scale, gens[sl], ro.micro_batch)
+                       t.noise, ro.cfg_scale, gens[sl], ro.micro_batch, t.policy.compute)
         tr.video += s
         trans.append(tr)
         # Sent now: a reward server scores this micro-batch while the next one is rolled out.
@@ -116,17 +141,19 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
         w = torch.ones(len(trans))
     t.optimizer.zero_grad(set_to_none=True)
     n_trans = len(trans)
+    drift = 0.0
+    if alg.recompute_old_log_prob:
+        trans, drift = with_recomputed_old_log_prob(t, trans, context, neg, check_stop)
     sums = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "ratio_dev": 0.0}
-    for s in range(0, n_trans, ro.micro_batch):
-        check_stop()
-        idx = torch.arange(s, min(s + ro.micro_batch, n_trans))
-        mb = trans.select(idx)
-        mb = Transitions(mb.video, mb.step, mb.x.to(t.device), mb.x_next.to(t.device), mb.log_prob.to(t.device))
-        out = transition_log_prob(t.model.transformer, mb, context, neg, t.sigmas, t.noise, ro.cfg_scale)
+    ratio_dev_max = 0.0  # on-policy (first use of a rollout) it must stay far below clip_range
+    for idx, mb in _training_micro_batches(t, trans, check_stop):
+        out = transition_log_prob(t.model.transformer, mb, context, neg, t.sigmas, t.noise, ro.cfg_scale,
+                                  t.policy.compute)
         kl = None
         if alg.kl_beta > 0:
             with torch.no_grad(), t.reference_policy():
-                ref = transition_log_prob(t.model.transformer, mb, context, neg, t.sigmas, t.noise, ro.cfg_scale)
+                ref = transition_log_prob(t.model.transformer, mb, context, neg, t.sigmas, t.noise, ro.cfg_scale,
+                                          t.policy.compute)
             kl = kl_to_reference(out.mean, ref.mean, out.std)
         total = policy_loss(out.log_prob, mb.log_prob, adv_local[mb.video].to(t.device), alg.clip_range,
                             weights=w[idx].to(t.device), kl=kl, beta=alg.kl_beta)
@@ -135,9 +162,12 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
         sums["loss"] += float(total.loss.detach()) * frac
         sums["clip"] += float(total.ppo.clip_fraction) * frac
         sums["ratio_dev"] += float((total.ppo.ratio.detach() - 1).abs().mean()) * frac
+        ratio_dev_max = max(ratio_dev_max, float((total.ppo.ratio.detach() - 1).abs().max()))
         sums["kl"] += float(kl.mean()) * frac if kl is not None else 0.0
     check_stop()
     sums = mean_over_ranks(sums)  # report the global batch, not rank 0's share
+    ratio_dev_max = max_over_ranks(ratio_dev_max)
+    drift = max_over_ranks(drift)
     grad_norm = t.reduce_and_clip_gradients()
     finite = bool(torch.isfinite(torch.tensor(sums["loss"])) and torch.isfinite(grad_norm))
     if finite:
@@ -156,6 +186,9 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
         "loss": sums["loss"],
         "clip_frac": sums["clip"],
         "ratio_dev": sums["ratio_dev"],
+        "ratio_dev_max": ratio_dev_max,
+        # how far the rollout's own log-probs were from the training pass's (0 unless recomputed)
+        "old_log_prob_drift": drift,
         "kl": sums["kl"],
         "grad_norm": float(grad_norm),
         "lr": t.lr_schedule.get_last_lr()[0],

@@ -13,17 +13,18 @@ import torch
 from fgrpo.algorithm import noise_scale, ode_step, sde_step
 
 
-def velocity(transformer, x, sigma, context, neg_context=None, cfg_scale: float = 1.0) -> torch.Tensor:
+def velocity(transformer, x, sigma, context, neg_context=None, cfg_scale: float = 1.0,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """v = v_u + cfg·(v_c − v_u), with the conditional and unconditional passes in one batch.
 
-    Wan's timestep input is σ·1000. Returns float32.
+    Latents and text context enter in the compute `dtype` (the precision policy's); Wan's timestep
+    input σ·1000 stays float32, as diffusers' pipeline feeds it. Returns float32.
     """
-    dtype = next(transformer.parameters()).dtype
-    t = (sigma * 1000.0).to(dtype)
+    t = (sigma * 1000.0).float()
     if neg_context is None or cfg_scale == 1.0:
-        return transformer(x.to(dtype), t, context, return_dict=False)[0].float()
+        return transformer(x.to(dtype), t, context.to(dtype), return_dict=False)[0].float()
     out = transformer(
-        torch.cat([x, x]).to(dtype), torch.cat([t, t]), torch.cat([context, neg_context]), return_dict=False
+        torch.cat([x, x]).to(dtype), torch.cat([t, t]), torch.cat([context, neg_context]).to(dtype), return_dict=False
     )[0].float()
     v_cond, v_uncond = out.chunk(2)
     return v_uncond + cfg_scale * (v_cond - v_uncond)
@@ -78,6 +79,7 @@ def sample(
     cfg_scale: float,
     generators: list[torch.Generator],
     micro_batch: int,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, Transitions]:
     """Integrate every video from σ_0 to 0; SDE at (video, step) where `sde_mask` is True.
 
@@ -94,7 +96,7 @@ def sample(
         neg = None if neg_context is None else neg_context[sl]
         for i in range(n_steps):
             s, s_next = sig[i].expand(x.shape[0]), sig[i + 1].expand(x.shape[0])
-            v = velocity(transformer, x, s, ctx, neg, cfg_scale)
+            v = velocity(transformer, x, s, ctx, neg, cfg_scale, dtype)
             x_ode = ode_step(x, v, s, s_next)
             rows = mask[:, i].nonzero().flatten().tolist()
             if rows:
@@ -117,13 +119,14 @@ def sample(
 
 
 def transition_log_prob(
-    transformer, trans: Transitions, context, neg_context, sigmas: torch.Tensor, noise: NoiseConfig, cfg_scale: float
+    transformer, trans: Transitions, context, neg_context, sigmas: torch.Tensor, noise: NoiseConfig, cfg_scale: float,
+    dtype: torch.dtype = torch.float32,
 ):
     """Recompute log π_θ(x_{i+1} | x_i) for recorded transitions (with gradients); returns the SDEStep."""
     device = trans.x.device
     sig = sigmas.to(device=device, dtype=torch.float32)
     s, s_next = sig[trans.step], sig[trans.step + 1]
     neg = None if neg_context is None else neg_context[trans.video]
-    v = velocity(transformer, trans.x, s, context[trans.video], neg, cfg_scale)
+    v = velocity(transformer, trans.x, s, context[trans.video], neg, cfg_scale, dtype)
     s_t = step_noise_std_scale(sigmas.cpu(), trans.step.cpu(), noise).to(device)
     return sde_step(trans.x, v, s, s_next, s_t, prev_sample=trans.x_next)

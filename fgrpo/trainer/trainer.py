@@ -15,11 +15,14 @@ from fgrpo.models.wan import latent_shape, load_wan
 from fgrpo.models.wan.loading import model_folder
 from fgrpo.models.wan.lora import add_lora, trainable_parameters
 from fgrpo.models.wan.parallelize import parallelize_wan
+from fgrpo.models.wan.sharded_loading import build_on_meta, materialize
+from fgrpo.models.wan.text_cache import LazyTextEncoder, TextEmbeddingCache, cache_key, default_cache_folder
+from fgrpo.distributed.precision import PrecisionPolicy
 from fgrpo.recipe.config import Recipe
 
 from . import checkpoint, dist
 from .ema import EMA
-from .parallel_dims import ParallelDims
+from fgrpo.distributed.parallel_dims import ParallelDims
 from .sharded import clip_grad_norm
 from .evaluate import evaluate_heldout
 from .flash_grpo import StopRequested, flash_grpo_step
@@ -34,7 +37,10 @@ class NonFiniteError(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, run_dir: Path, stop: StopFlag | None = None):
+    def __init__(self, recipe: Recipe, run_dir: Path, stop: StopFlag | None = None,
+                 extra_prompts: tuple[str, ...] = (), text_cache_root: Path | None = None):
+        """`extra_prompts` are encoded with the prompt file's (fgrpo eval --prompts); text encodings
+        are cached under `text_cache_root` (default: the runs folder, shared by its runs)."""
         self.recipe, self.run_dir = recipe, Path(run_dir)
         self.stop = stop or StopFlag()
         self.device = dist.init_distributed()
@@ -42,18 +48,29 @@ class Trainer:
         self.dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, dist.world_size())
         self.dims.build_mesh(self.device.type)
         self.is_main = dist.rank() == 0
+        self.console = Console(quiet=not self.is_main)
         if recipe.model.path is None and self.is_main:
             model_folder(recipe.model)  # the tiny preset is built once, by rank 0
         dist.barrier()
-        self.model = load_wan(model_folder(recipe.model), recipe.model.dtype, recipe.model.max_text_tokens, str(self.device))
-        # Seeded: every rank (and every restart) must create identical adapter weights.
-        torch.manual_seed(recipe.prompts.seed)
+        self.policy = PrecisionPolicy.from_name(recipe.model.dtype)
+        folder = model_folder(recipe.model)
+        self.model = load_wan(folder, recipe.model.dtype, recipe.model.max_text_tokens, str(self.device),
+                              with_transformer=False, with_text_encoder=False)
+        prompts = read_prompts(resolve_prompt_file(recipe.prompts.file))
+        # Every prompt is encoded once (1/world of them per rank) before the transformer and the
+        # optimizer allocate; the encoder is never loaded again for this prompt set.
+        self.text = self._encode_all(folder, [*prompts, *extra_prompts], text_cache_root or self.run_dir.parent)
+        # Built on the meta device and parallelised there; each rank then reads only its shards.
+        transformer = build_on_meta(folder)
         if recipe.lora.enabled:
-            add_lora(self.model.transformer, recipe.lora.rank, recipe.lora.alpha, recipe.lora.target_modules)
+            add_lora(transformer, recipe.lora.rank, recipe.lora.alpha, recipe.lora.target_modules)
         else:
-            self.model.transformer.requires_grad_(True)
-        parallelize_wan(self.model.transformer, self.dims, self.device.type, par.activation_checkpointing,
-                        self.model.dtype)
+            transformer.requires_grad_(True)
+        self.policy.apply_storage(transformer)
+        parallelize_wan(transformer, self.dims, self.policy, par.activation_checkpointing)
+        # Seeded: every rank, layout and restart creates identical adapter weights.
+        materialize(transformer, folder, self.device, lora_seed=recipe.prompts.seed)
+        self.model.transformer = transformer
         self.params = trainable_parameters(self.model.transformer)
         o = recipe.optim
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
@@ -63,28 +80,36 @@ class Trainer:
         rs = recipe.reward_server
         # A reward server may still be loading its models: run() waits for it (connect_rewards).
         self.rewards = None if rs.url or rs.launch else connect_rewards(recipe, self.run_dir)
-        prompts = read_prompts(resolve_prompt_file(recipe.prompts.file))
         self.train_prompts, self.heldout_prompts = split_prompts(prompts, recipe.prompts.heldout)
         self.sampler = PromptSampler(self.train_prompts, recipe.prompts.seed)
         ro = recipe.rollout
         self.sigmas = wan_sigmas(ro.steps, ro.flow_shift)
         self.noise = NoiseConfig(ro.noise_schedule, ro.noise_constant)
         self.latent_shape = latent_shape(ro.frames, ro.height, ro.width)
-        self.neg_context = self.model.encode_prompts([""])
+        self.neg_context = self.text.lookup([""], self.device)
         self.step = 0
         self.state_bytes = 0
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.is_main)
-        self.console = Console(quiet=not self.is_main)
+
+    def _encode_all(self, folder: Path, prompts: list[str], cache_root: Path) -> TextEmbeddingCache:
+        m = self.recipe.model
+        key = cache_key(folder, prompts, m.max_text_tokens, self.model.dtype)
+        encoder = LazyTextEncoder(folder, self.model.dtype, m.max_text_tokens, self.device)
+        try:
+            return TextEmbeddingCache.build(encoder, prompts, default_cache_folder(cache_root, key), key=key)
+        finally:
+            freed = encoder.free()
+            if freed and self.is_main:
+                self.console.print(f"text encoder freed after encoding {len(set(prompts))} prompts "
+                                   f"({freed / 2**30:.2f} GiB per GPU)")
 
     # ----- pieces used by flash_grpo_step
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Encode each distinct prompt once, then index (a group's G videos share one encoding)."""
-        unique = list(dict.fromkeys(prompts))
-        emb = self.model.encode_prompts(unique)
-        return emb[torch.tensor([unique.index(p) for p in prompts])]
+        """Text encodings [B, L, D] from the cache (a group's G videos share one prompt)."""
+        return self.text.lookup(prompts, self.device)
 
     @contextmanager
     def reference_policy(self):

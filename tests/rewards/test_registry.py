@@ -34,6 +34,9 @@ def user_module(tmp_path, monkeypatch):
         "def bad_shape(frames, prompts):\n"
         "    return frames.mean(dim=(2, 3, 4))\n"
         "NOT_CALLABLE = 3\n"
+        "def needs_model(frames, prompts, model_path=None):\n"
+        "    return frames.mean(dim=(1, 2, 3, 4))\n"
+        "needs_model.required_args = {'model_path': 'my model folder'}\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     return name
@@ -129,6 +132,41 @@ def test_validate_reward_spec_names_the_reward():
     # build validates eagerly, before any frames exist
     with pytest.raises(ValueError, match="topk"):
         R.build_rewards([spec("colour"), spec("contrast", agg="topk:2")])
+
+
+def test_learned_rewards_declare_their_required_args():
+    required = {n: dict(R.get_reward_info(n).required_args) for n in R.list_rewards()}
+    assert list(required["hpsv3"]) == ["model_path", "checkpoint"]
+    assert list(required["videoalign"]) == ["model_path"]  # a VideoReward folder of its own needs no checkpoint
+    assert list(required["hpsv2"]) == ["checkpoint", "tokenizer_path"]
+    assert list(required["clip"]) == ["model_path"]
+    assert required["colour"] == required["brightness"] == required["contrast"] == {}
+    assert "Qwen2-VL-7B-Instruct" in required["hpsv3"]["model_path"]
+    assert R.hpsv3.hpsv3.required_args == required["hpsv3"]
+
+
+def test_missing_reward_args(clean_registry, user_module):
+    assert R.missing_reward_args(spec("hpsv3")) == {
+        "model_path": "a local Qwen2-VL-7B-Instruct folder", "checkpoint": "the HPSv3.safetensors file"}
+    # None and "" are unset too; any other value counts as given (existence is the recipe's check)
+    assert list(R.missing_reward_args(spec("hpsv3", args={"model_path": "/m", "checkpoint": ""}))) == ["checkpoint"]
+    assert list(R.missing_reward_args({"name": "hpsv2", "args": {"checkpoint": None}})) == ["checkpoint", "tokenizer_path"]
+    assert R.missing_reward_args(spec("clip", args={"model_path": "/m/pick"})) == {}
+    assert R.missing_reward_args(spec("colour")) == {}
+    # a user callable declares them as an attribute, a registered one with register_reward
+    assert R.missing_reward_args(spec(f"{user_module}:needs_model")) == {"model_path": "my model folder"}
+    assert R.missing_reward_args(spec(f"{user_module}:score")) == {}
+
+    @R.register_reward("needs_two", required_args={"a": "the a file", "b": "the b folder"})
+    def needs_two(frames, prompts, a=None, b=None):
+        return frames.mean(dim=(1, 2, 3, 4))
+
+    assert needs_two.required_args == {"a": "the a file", "b": "the b folder"}
+    assert R.missing_reward_args(spec("needs_two", args={"b": "x"})) == {"a": "the a file"}
+    with pytest.raises(ValueError, match="required_args"):
+        R.register_reward("bad_required", required_args=["model_path"])
+    with pytest.raises(ValueError, match="no_such_reward"):
+        R.missing_reward_args(spec("no_such_reward"))
 
 
 def test_weighted_sum_equals_manual_sum():

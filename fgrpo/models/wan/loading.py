@@ -23,29 +23,19 @@ def check_model_folder(path: str | Path) -> list[str]:
 class WanComponents:
     """The pieces of a Wan T2V pipeline that training uses (we run our own sampler)."""
 
-    transformer: torch.nn.Module
+    transformer: torch.nn.Module | None
     vae: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
+    text_encoder: torch.nn.Module | None
+    tokenizer: object | None
     dtype: torch.dtype
     max_text_tokens: int
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """UMT5 embeddings [B, L, D], zero past each prompt's length (as diffusers' WanPipeline)."""
-        device = next(self.text_encoder.parameters()).device
-        tokens = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.max_text_tokens,
-            truncation=True,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
-        hidden = self.text_encoder(ids, mask).last_hidden_state
-        return (hidden * mask.unsqueeze(-1).to(hidden.dtype)).to(self.dtype)
+        from .text_cache import encode_with_lengths
+
+        return encode_with_lengths(self.tokenizer, self.text_encoder, prompts, self.max_text_tokens, self.dtype)[0]
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -82,22 +72,28 @@ def load_transformer(path: str | Path, dtype: str = "bfloat16"):
                                                  local_files_only=True)
 
 
-def load_wan(path: str | Path, dtype: str = "bfloat16", max_text_tokens: int = 512, device: str = "cpu") -> WanComponents:
-    """`from_pretrained` each component from a local folder; never touches the network."""
+def load_wan(path: str | Path, dtype: str = "bfloat16", max_text_tokens: int = 512, device: str = "cpu",
+             with_transformer: bool = True, with_text_encoder: bool = True) -> WanComponents:
+    """`from_pretrained` each component from a local folder; never touches the network.
+
+    `with_transformer=False` leaves `transformer` None: the trainer builds it on the meta device and
+    reads each rank's shards itself (fgrpo.models.wan.sharded_loading). `with_text_encoder=False`
+    leaves the encoder and tokenizer None: the trainer encodes its prompts once through a
+    `LazyTextEncoder` and the text-embedding cache (fgrpo.models.wan.text_cache)."""
     from diffusers import AutoencoderKLWan
-    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from .text_cache import LazyTextEncoder
 
     _checked(path)
     torch_dtype = DTYPES[dtype]
-    kw = dict(local_files_only=True)
-    transformer = load_transformer(path, dtype)
+    transformer = load_transformer(path, dtype) if with_transformer else None
     # The Wan VAE is numerically sensitive; diffusers' own examples keep it in float32.
-    vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32, **kw)
-    text_encoder = UMT5EncoderModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=torch_dtype, **kw)
-    tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer", **kw)
-    for frozen in (vae, text_encoder):
-        frozen.requires_grad_(False).eval()
-    transformer.to(device)
+    vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32, local_files_only=True)
+    vae.requires_grad_(False).eval()
+    text = LazyTextEncoder(path, torch_dtype, max_text_tokens, device)
+    if with_text_encoder:
+        text.load()
+    if transformer is not None:
+        transformer.to(device)
     vae.to(device)
-    text_encoder.to(device)
-    return WanComponents(transformer, vae, text_encoder, tokenizer, torch_dtype, max_text_tokens)
+    return WanComponents(transformer, vae, text.text_encoder, text.tokenizer, torch_dtype, max_text_tokens)

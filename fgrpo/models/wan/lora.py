@@ -6,18 +6,17 @@ import torch
 
 
 def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, target_modules: tuple[str, ...]) -> None:
-    """Attach a LoRA adapter and freeze everything else; only adapter weights train."""
+    """Attach a LoRA adapter and freeze everything else; only adapter weights train. (Their fp32
+    storage is the precision policy's business: fgrpo.distributed.precision.)"""
     from peft import LoraConfig
 
     transformer.requires_grad_(False)
     transformer.add_adapter(
         LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), init_lora_weights=True)
     )
-    # peft creates adapter weights in float32; keep them so (small, and optimizer-friendly).
     for name, p in transformer.named_parameters():
         if "lora_" in name:
             p.requires_grad_(True)
-            p.data = p.data.float()
 
 
 def trainable_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

