@@ -26,8 +26,11 @@ class ModelConfig:
     path: str | None = None
     """Local diffusers-format folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/).
     Required for the Wan presets; for `tiny`, None builds (and caches) the tiny model folder."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    """Compute dtype of the transformer. Text encoder and VAE run without gradients in this dtype too."""
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    """Compute dtype (the precision policy, docs/design.md): frozen weights are stored and every
+    matmul runs in it, on CPU as on GPU; trained weights, optimizer state, gradient reductions,
+    Wan's fp32 modules and log-probs stay fp32. The text encoder runs in it too; the VAE in fp32.
+    (float16 would need loss scaling, which fgrpo does not implement.)"""
     max_text_tokens: int = 512
     """Text-encoder sequence length (UMT5, zero-padded), 512 for Wan."""
     seed: int = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -30,6 +31,10 @@ from .metrics import MetricsLog, console_line
 from .reward_scoring import connect_rewards
 from .rollout import NoiseConfig
 from .signals import EXIT_REQUEUE, StopFlag
+
+
+# FSDP2 warns that Wan's output is a view; nothing here modifies it in place (velocity() casts it).
+warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
 
 
 class NonFiniteError(RuntimeError):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from fgrpo.distributed.precision import DTYPES
+
 REQUIRED_SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
 
 
