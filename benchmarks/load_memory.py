@@ -2,6 +2,7 @@
 
     python benchmarks/load_memory.py [--worlds 1 4] [--preset wan2.1-t2v-1.3b] [--lora | --full]
                                      [--model-path DIR] [--order brief|trainer] [--json OUT.json]
+                                     [--no-breakdown] [--safetensors-backend mmap|pread]
 
 Spawns, per world size, that many worker processes in the local launcher's torchrun-style
 environment (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK, OMP_NUM_THREADS = cores / world;
@@ -25,10 +26,16 @@ numbers to rank 0 (all_gather_object), which writes them for the parent to print
 Default model: `random_model_path(preset)`, the preset's real transformer architecture with random
 weights (built and cached on first use, ~2.9 GB for 1.3B; $FGRPO_CACHE). Its text encoder (a
 1-layer UMT5 of the preset's width) and VAE (the tiny preset's) are small stand-ins, so their rows
-measure the loading path, not UMT5-XXL's 11 GB or the real VAE. Prints one row per rank, a
-per-sub-step breakdown of the transformer phase (max over ranks), and the goal: the largest
-transformer peak of a rank at the largest world size over the 1-process one, PASS at <= --goal
-(0.35). A benchmark, not a test: numbers depend on the machine and the allocator.
+measure the loading path, not UMT5-XXL's 11 GB or the real VAE. Prints one row per rank (GiB:
+baseline RSS after imports and process-group set-up; each phase's peak increase; the mapped-file
+part of the RSS at the transformer's peak, shared libraries included; the RSS after each phase;
+the bytes of parameters the rank holds), a per-sub-step breakdown of the transformer phase (max
+over ranks; `--no-breakdown` leaves materialize's callees unwrapped), and the goal: the largest
+transformer peak increase of a rank at the largest world size over the 1-process one, PASS at
+<= --goal (0.35); the ratio of absolute RSS (baseline included) is printed beside it.
+`--safetensors-backend pread` is a what-if (not what the trainer does): DCP's reader reads with
+pread(2) instead of memory-mapping, which removes the mapped-file part. A benchmark, not a test:
+numbers depend on the machine, the kernel's page cache and the allocator.
 """
 
 from __future__ import annotations
@@ -164,6 +171,18 @@ def instrument_materialize(monitor: RssMonitor, transformer) -> list:
     return undo
 
 
+def use_safetensors_backend(backend: str) -> None:
+    """What-if, not what the trainer does: DCP's HuggingFaceStorageReader opens every file with
+    `safe_open(..., backend=backend)` (safetensors >= 0.8; "pread" reads each slice with pread(2)
+    instead of faulting in memory-mapped pages). It imports `safe_open` at call time, so patching
+    the module attribute reaches it."""
+    import functools
+
+    import safetensors
+
+    safetensors.safe_open = functools.partial(safetensors.safe_open, backend=backend)
+
+
 # ----------------------------------------------------------------------------- one rank
 
 
@@ -186,7 +205,7 @@ def worker(args) -> None:
     from fgrpo.models.wan.lora import add_lora
     from fgrpo.models.wan.parallelize import parallelize_wan
     from fgrpo.models.wan.sharded_loading import build_on_meta, materialize
-    from fgrpo.models.wan.text_cache import LazyTextEncoder
+    from fgrpo.models.wan.text_encoder import LazyTextEncoder
     from fgrpo.recipe.config import Recipe
     from fgrpo.trainer import dist
 
@@ -195,6 +214,8 @@ def worker(args) -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    if args.safetensors_backend != "mmap":
+        use_safetensors_backend(args.safetensors_backend)
     recipe = Recipe()  # the paper's defaults: LoRA r16/a32 on to_q,to_k,to_v,to_out.0, bf16
     device = dist.init_distributed()
     dims = ParallelDims.from_config(1, -1, 1, dist.world_size())  # dp_shard = world
@@ -325,7 +346,8 @@ def run_world(args, world: int, out: Path) -> list[dict]:
 def worker_args(args) -> list[str]:
     a = ["--model-path", args.model_path, "--dtype", args.dtype, "--max-text-tokens", str(args.max_text_tokens),
          "--lora-rank", str(args.lora_rank), "--lora-alpha", str(args.lora_alpha), "--order", args.order,
-         "--interval-ms", str(args.interval_ms), "--target-modules", *args.target_modules]
+         "--interval-ms", str(args.interval_ms), "--safetensors-backend", args.safetensors_backend,
+         "--target-modules", *args.target_modules]
     a += ["--full"] if args.full else []
     a += [] if args.breakdown else ["--no-breakdown"]
     return a
@@ -364,18 +386,20 @@ def print_report(results: dict[int, list[dict]], summary: dict, args) -> None:
     if not console.is_terminal:
         console = Console(width=170)
     mode = "full fine-tune (fp32 masters)" if args.full else f"LoRA r{args.lora_rank} on {','.join(args.target_modules)}"
-    console.print(f"model {args.model_path} ({args.preset}), {args.dtype}, {mode}, phase order: {args.order}")
+    what_if = "" if args.safetensors_backend == "mmap" else f", WHAT-IF safetensors backend {args.safetensors_backend}"
+    console.print(f"model {args.model_path} ({args.preset}), {args.dtype}, {mode}, phase order: {args.order}{what_if}")
     t = Table(title="peak host RSS per rank (GiB): peak = max increase over the phase's start; after = RSS at its end")
     for col in ("world", "rank", "baseline", "transformer\npeak", "mapped file\nat peak", "transformer\nafter",
-                "local\nparams", "VAE\npeak", "VAE\nafter", "text enc\npeak", "text enc\nafter free"):
+                "local\nparams", "VAE\nparams", "VAE\npeak", "VAE\nafter", "text enc\nparams", "text enc\npeak",
+                "text enc\nafter free"):
         t.add_column(col, justify="right")
     for world in sorted(results):
         for r in results[world]:
             ph = r["phases"]
             tr, vae, te = ph["transformer"], ph["vae"], ph["text_encoder"]
             t.add_row(str(world), str(r["rank"]), gib(r["baseline"]), "+" + gib(tr["peak"] - tr["start"]),
-                      gib(tr["peak_file"]), gib(tr["after"]), gib(tr["local_param_bytes"]),
-                      "+" + gib(vae["peak"] - vae["start"]), gib(vae["after"]),
+                      gib(tr["peak_file"]), gib(tr["after"]), gib(tr["local_param_bytes"]), gib(vae["param_bytes"]),
+                      "+" + gib(vae["peak"] - vae["start"]), gib(vae["after"]), gib(te["param_bytes"]),
                       "+" + gib(te["peak"] - te["start"]), gib(te["after"]))
     console.print(t)
     if args.breakdown:
@@ -421,6 +445,8 @@ def parse(argv=None):
     ap.add_argument("--interval-ms", type=float, default=5.0, help="RSS sampling period")
     ap.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                     help="do not mark materialize's sub-steps")
+    ap.add_argument("--safetensors-backend", default="mmap", choices=("mmap", "pread"),
+                    help="what-if: the backend DCP's reader opens the safetensors with (default mmap, as the trainer)")
     ap.add_argument("--goal", type=float, default=0.35)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per world size")
     ap.add_argument("--json", default=None, help="also write every rank's numbers and the summary here")

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from torch.distributed.tensor import DTensor
 
 from fgrpo.export import export_run, load_trained_transformer
 from fgrpo.recipe.io import save_recipe_json
@@ -139,4 +140,5 @@ def test_full_finetune_export(tiny_model_dir, tmp_path):
     merged = load_exported(out)
     assert_close(forward(merged), forward(trainer.model.transformer.eval()))
     for n, p in trainer.model.transformer.named_parameters():  # DTensors: FSDP2 on one rank too
-        assert torch.equal(merged.state_dict()[n], p.detach().full_tensor()), n
+        full = p.detach().full_tensor() if isinstance(p, DTensor) else p.detach()  # (unsharded after a forward)
+        assert torch.equal(merged.state_dict()[n], full), n

@@ -14,8 +14,9 @@ import torch
 from fgrpo.data.prompts import bundled_prompt_corpus
 from fgrpo.models.wan import load_wan
 from fgrpo.models.wan import text_cache as tc
-from fgrpo.models.wan.text_cache import (
-    TextEmbeddingCache, cache_key, components_encode_fn, encode_with_lengths, free_module, free_text_encoder,
+from fgrpo.models.wan.text_cache import TextEmbeddingCache, cache_key
+from fgrpo.models.wan.text_encoder import (
+    LazyTextEncoder, components_encode_fn, encode_with_lengths, free_module, free_text_encoder,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,7 +206,8 @@ WORKER = r"""
 import json, sys, torch, torch.distributed as dist
 from fgrpo.data.prompts import bundled_prompt_corpus
 from fgrpo.models.wan import load_wan
-from fgrpo.models.wan.text_cache import TextEmbeddingCache, components_encode_fn
+from fgrpo.models.wan.text_cache import TextEmbeddingCache
+from fgrpo.models.wan.text_encoder import components_encode_fn
 model, folder, store, out, rank = sys.argv[1:6]
 dist.init_process_group("gloo", init_method="file://" + store, rank=int(rank), world_size=2)
 m = load_wan(model, "bfloat16", max_text_tokens=int(sys.argv[6]))
@@ -239,13 +241,13 @@ def test_two_process_build_splits_the_work_and_matches_one_process(models, tiny_
 
 
 def test_lazy_encoder_loads_only_when_something_is_encoded(models, tiny_model_dir, tmp_path):
-    lazy = tc.LazyTextEncoder(tiny_model_dir, "bfloat16", L)
+    lazy = LazyTextEncoder(tiny_model_dir, "bfloat16", L)
     assert not lazy.loaded
     cache = TextEmbeddingCache.build(lazy, PROMPTS, tmp_path / "c", batch_size=32)
     assert lazy.loaded and torch.equal(cache.lookup(PROMPTS), models["bfloat16"].encode_prompts(PROMPTS))
     params = sum(p.numel() for p in lazy.text_encoder.parameters())
     assert lazy.free() == params * 2 and not lazy.loaded
-    again = tc.LazyTextEncoder(tiny_model_dir, torch.bfloat16, L)
+    again = LazyTextEncoder(tiny_model_dir, torch.bfloat16, L)
     TextEmbeddingCache.build(again, PROMPTS, tmp_path / "c")
     assert not again.loaded and again.free() == 0  # complete cache: the encoder is never loaded
 

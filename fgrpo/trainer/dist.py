@@ -26,6 +26,14 @@ def init_distributed() -> torch.device:
     return torch.device("cpu")
 
 
+def shutdown() -> None:
+    """Leave the process group. Every process that joined one must: a gloo group left to the
+    interpreter's exit can abort the process ("terminate called without an active exception"),
+    which Slurm then reports as a failed job after a completed run."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

@@ -44,6 +44,8 @@ def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
         return EXIT_BAD_RECIPE
     from fgrpo.trainer.trainer import NonFiniteError, Trainer
 
+    from fgrpo.trainer import dist
+
     write_status(run_dir, "running")
     try:
         code = Trainer(recipe, run_dir, stop).run()
@@ -51,6 +53,8 @@ def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
         print(f"fgrpo: error: {e}", file=sys.stderr)
         write_status(run_dir, "failed", str(e))
         return EXIT_FAILED
+    finally:
+        dist.shutdown()
     if code == EXIT_REQUEUE:
         write_status(run_dir, "stopped", f"signal {stop.signum}: checkpoint saved, waiting to be resumed")
     else:

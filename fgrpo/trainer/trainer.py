@@ -17,7 +17,8 @@ from fgrpo.models.wan.loading import model_folder
 from fgrpo.models.wan.lora import add_lora, trainable_parameters
 from fgrpo.models.wan.parallelize import parallelize_wan
 from fgrpo.models.wan.sharded_loading import build_on_meta, materialize
-from fgrpo.models.wan.text_cache import LazyTextEncoder, TextEmbeddingCache, cache_key, default_cache_folder
+from fgrpo.models.wan.text_cache import TextEmbeddingCache, cache_key, default_cache_folder
+from fgrpo.models.wan.text_encoder import LazyTextEncoder
 from fgrpo.distributed.precision import PrecisionPolicy
 from fgrpo.recipe.config import Recipe
 

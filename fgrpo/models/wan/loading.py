@@ -34,7 +34,7 @@ class WanComponents:
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """UMT5 embeddings [B, L, D], zero past each prompt's length (as diffusers' WanPipeline)."""
-        from .text_cache import encode_with_lengths
+        from .text_encoder import encode_with_lengths
 
         return encode_with_lengths(self.tokenizer, self.text_encoder, prompts, self.max_text_tokens, self.dtype)[0]
 
@@ -83,7 +83,7 @@ def load_wan(path: str | Path, dtype: str = "bfloat16", max_text_tokens: int = 5
     `LazyTextEncoder` and the text-embedding cache (fgrpo.models.wan.text_cache)."""
     from diffusers import AutoencoderKLWan
 
-    from .text_cache import LazyTextEncoder
+    from .text_encoder import LazyTextEncoder
 
     _checked(path)
     torch_dtype = DTYPES[dtype]
