@@ -207,7 +207,7 @@ def worker(args) -> None:
     from fgrpo.models.wan.sharded_loading import build_on_meta, materialize
     from fgrpo.models.wan.text_encoder import LazyTextEncoder
     from fgrpo.recipe.config import Recipe
-    from fgrpo.trainer import dist
+    from fgrpo.distributed import process_group as dist
 
     import diffusers
     import transformers

@@ -39,12 +39,13 @@ import torch  # noqa: E402
 from fgrpo.recipe.config import RewardSpec  # noqa: E402
 from fgrpo.recipe.io import load_recipe_file, save_recipe_json  # noqa: E402
 from fgrpo.rewards import WeightedRewards  # noqa: E402
-from fgrpo.rewards.serve import read_address, wait_for_server  # noqa: E402
+from fgrpo.rewards.serve import wait_for_server  # noqa: E402
 from fgrpo.rewards.server import RewardClient  # noqa: E402
+from fgrpo.run_folder import RunFolder  # noqa: E402
 from fgrpo.trainer.flash_grpo import flash_grpo_step  # noqa: E402
 from fgrpo.trainer.trainer import Trainer  # noqa: E402
-from tests.rewards.tiny_clip_tokenizer import save_tiny_clip  # noqa: E402
-from tests.rewards.tiny_qwen2vl import save_tiny_hpsv3  # noqa: E402
+from tests.helpers.tiny_clip_tokenizer import save_tiny_clip  # noqa: E402
+from tests.helpers.tiny_qwen2vl import save_tiny_hpsv3  # noqa: E402
 
 R = dataclasses.replace
 
@@ -63,7 +64,7 @@ def start_server(recipe, tmp: Path, cores: list[int] | None) -> tuple[subprocess
                              "--port", "0", "--address-file", str(address)], cwd=REPO, env=env,
                             preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    return proc, wait_for_server(lambda: read_address(address), timeout_s=120, poll_s=0.2)
+    return proc, wait_for_server(lambda: RunFolder(tmp).read_server_address(address), timeout_s=120, poll_s=0.2)
 
 
 def throughput(score, frames: torch.Tensor, prompts: list[str], batch: int, repeats: int = 3) -> float:

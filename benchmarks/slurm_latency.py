@@ -19,11 +19,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fgrpo.trainer.metrics import read_metrics  # noqa: E402
+from fgrpo.run_folder import RunFolder  # noqa: E402
 
 
 def train_records(run: Path) -> list[dict]:
-    return [r for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "train"]
+    return RunFolder(run).read_metrics("train")
 
 
 def wait(pred, timeout=600):

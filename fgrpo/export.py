@@ -22,15 +22,16 @@ from typing import Literal
 
 import torch
 
+from fgrpo.run_folder import RunFolder
+
 Weights = Literal["ema", "model"]
 
 
-def _find_checkpoint(run_dir: Path, step: int | None) -> tuple[int, Path]:
-    from fgrpo.trainer.checkpoint import complete_checkpoints
-
-    found = dict(complete_checkpoints(run_dir / "checkpoints"))
+def _find_checkpoint(folder: RunFolder, step: int | None) -> tuple[int, Path]:
+    run_dir = folder.path
+    found = dict(folder.complete_checkpoints())
     if not found:
-        raise FileNotFoundError(f"run folder {run_dir} has no complete checkpoint under {run_dir / 'checkpoints'}")
+        raise FileNotFoundError(f"run folder {run_dir} has no complete checkpoint under {folder.checkpoints}")
     if step is None:
         step = max(found)
     elif step not in found:
@@ -51,15 +52,12 @@ def load_trained_transformer(run_dir: Path, step: int | None = None, weights: We
     from fgrpo.distributed.precision import PrecisionPolicy
     from fgrpo.models.wan.loading import load_transformer, model_folder
     from fgrpo.models.wan.lora import add_lora
-    from fgrpo.recipe.io import load_recipe_json
 
-    run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', not {weights!r}")
-    if not (run_dir / "recipe.json").is_file():
-        raise FileNotFoundError(f"run folder {run_dir} has no recipe.json")
-    recipe = load_recipe_json(run_dir / "recipe.json")
-    step, ckpt = _find_checkpoint(run_dir, step)
+    recipe = folder.read_recipe()  # FileNotFoundError when the folder has no recipe.json
+    step, ckpt = _find_checkpoint(folder, step)
     saved = FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
     if weights == "ema" and not any(k.startswith("ema.") for k in saved):
         warnings.warn(f"{ckpt} has no EMA weights (ema disabled in the recipe?); exporting the model weights instead")
@@ -125,7 +123,7 @@ def export_run(run_dir: Path, out_dir: Path, step: int | None = None, weights: W
             "lora": {"rank": lora.rank, "alpha": lora.alpha, "target_modules": list(lora.target_modules)}
             if lora.enabled else None,
         }
-        (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+        (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")  # tmp is renamed into place whole
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)

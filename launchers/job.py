@@ -10,7 +10,6 @@ time) and requeues the job through submitit, with its timeout countdown intact.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,17 +17,9 @@ from pathlib import Path
 
 import submitit
 
-from fgrpo.trainer.entry import EXIT_DONE, EXIT_FAILED, train_run, write_status
+from fgrpo.run_folder import RunFolder
+from fgrpo.trainer.entry import EXIT_DONE, EXIT_FAILED, train_run
 from fgrpo.trainer.signals import EXIT_REQUEUE, StopFlag
-
-from .records import cancel_requested
-
-
-def _count_failure(run_dir: Path) -> int:
-    path = run_dir / "failures.json"
-    n = json.loads(path.read_text())["count"] + 1 if path.exists() else 1
-    path.write_text(json.dumps({"count": n}))
-    return n
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -48,7 +39,8 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         run_dir = Path(self.run_dir)
-        if cancel_requested(run_dir):  # a requeue that raced `fgrpo cancel`: do nothing
+        folder = RunFolder(run_dir)
+        if folder.cancel_requested():  # a requeue that raced `fgrpo cancel`: do nothing
             return "cancelled"
         try:
             code = train_run(run_dir, stop)
@@ -58,8 +50,8 @@ class TrainJob(submitit.helpers.Checkpointable):
             reason = "see fgrpo logs"
         if code == EXIT_DONE:
             return "completed"
-        if code == EXIT_REQUEUE and cancel_requested(run_dir):
-            write_status(run_dir, "cancelled", "fgrpo cancel; checkpoint saved")
+        if code == EXIT_REQUEUE and folder.cancel_requested():
+            folder.write_status("cancelled", "fgrpo cancel; checkpoint saved")
             return "cancelled"
         if code == EXIT_REQUEUE:
             if env.global_rank == 0 and callable(submitit_handler):
@@ -70,13 +62,13 @@ class TrainJob(submitit.helpers.Checkpointable):
             return "stopped"
         # A real failure: requeue a bounded number of times, then give up with the reason.
         if env.global_rank == 0:
-            recipe = json.loads((run_dir / "recipe.json").read_text())
-            n, limit = _count_failure(run_dir), recipe["launch"]["max_failures"]
+            limit = folder.read_recipe().launch.max_failures
+            n = folder.count_failure()
             if n <= limit:
-                write_status(run_dir, "requeued", f"failure {n}/{limit}: {reason}")
+                folder.write_status("requeued", f"failure {n}/{limit}: {reason}")
                 subprocess.run(["scontrol", "requeue", str(env.job_id)], check=False, timeout=60)
             else:
-                write_status(run_dir, "failed", f"gave up after {n - 1} requeues; last: {reason}")
+                folder.write_status("failed", f"gave up after {n - 1} requeues; last: {reason}")
         raise RuntimeError(f"training failed (exit {code}): {reason}")
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
@@ -84,18 +76,22 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 
 class RewardServerJob(submitit.helpers.Checkpointable):
-    """A Slurm job serving the run's rewards; it exits when the run ends and is requeued when preempted."""
+    """A Slurm job serving the run's rewards (what `fgrpo reward-server --run-dir RUN --host 0.0.0.0
+    --port 0` does: SlurmBackend.reward_server_args shows it); it announces its address in the run
+    folder, exits when the run ends and is requeued when preempted."""
 
-    def __init__(self, run_dir: str):
-        self.run_dir = str(run_dir)
+    def __init__(self, run_dir: str, host: str = "0.0.0.0", port: int = 0):
+        self.run_dir, self.host, self.port = str(run_dir), host, port
 
     def __call__(self) -> int:
-        from fgrpo.rewards.serve import main
+        from fgrpo.rewards.serve import serve_until_done
+        from fgrpo.rewards.server import RewardServer
 
-        if cancel_requested(Path(self.run_dir)):
+        folder = RunFolder(self.run_dir)
+        if folder.cancel_requested():
             return 0
-        # Any free port: the node may be shared; the address file tells the trainers which one.
-        return main(["--run-dir", self.run_dir, "--host", "0.0.0.0", "--port", "0"])
+        server = RewardServer(list(folder.read_recipe().rewards), host=self.host, port=self.port)
+        return serve_until_done(server, self.host, run_dir=folder.path)
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
-        return submitit.helpers.DelayedSubmission(RewardServerJob(self.run_dir))
+        return submitit.helpers.DelayedSubmission(RewardServerJob(self.run_dir, self.host, self.port))

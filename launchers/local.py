@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from fgrpo.run_folder import RunFolder
 
 from .base import Backend, LaunchJob
-from .records import record_job
 
 
 def free_port() -> int:
@@ -37,25 +38,25 @@ class LocalBackend(Backend):
         cmd = " ".join(job.train_command())
         text = f"{job.world_size} local process(es): RANK=0..{job.world_size - 1} WORLD_SIZE={job.world_size} {cmd}"
         if job.recipe.reward_server.launch:
-            text += "\nreward server beside them: " + " ".join(self._reward_server_command(job))
+            text += "\nreward server beside them: " + " ".join(self.reward_server_command(job))
         return text
 
     def launch(self, job: LaunchJob) -> int:
         if job.nodes != 1:
             raise ValueError("launch.nodes: the local backend runs on one node; set --launch.nodes 1")
-        logs = job.run_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        folder = RunFolder(job.run_dir)
+        folder.logs.mkdir(parents=True, exist_ok=True)
         port = free_port()
         server = self._start_reward_server(job) if job.recipe.reward_server.launch else None
         procs: list[subprocess.Popen] = []
         for env in self.environments(job, port):
             rank = int(env["RANK"])
             # Rank 0 owns the console (progress bar, metrics line); the others log to files.
-            out = None if rank == 0 else open(logs / f"rank-{rank}.log", "a")
+            out = None if rank == 0 else open(folder.rank_log(rank), "a")
             procs.append(subprocess.Popen(job.train_command(), env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT if out else None))
-        (job.run_dir / "launch.json").write_text(json.dumps(
-            {"backend": self.name, "started": time.time(), "pids": [p.pid for p in procs], "world_size": job.world_size}, indent=2))
-        record_job(job.run_dir, self.name, str(os.getpid()), job.kind)
+        folder.write_launch({"backend": self.name, "started": time.time(), "pids": [p.pid for p in procs],
+                             "world_size": job.world_size})
+        folder.record_job(self.name, str(os.getpid()), job.kind)
 
         def forward(signum, frame):  # Ctrl-C / SIGTERM: the trainers stop gracefully and save
             for p in procs:
@@ -73,21 +74,18 @@ class LocalBackend(Backend):
                 server.wait(timeout=60)
         return next((c for c in codes if c != 0), 0)
 
-    @staticmethod
-    def _start_reward_server(job: LaunchJob) -> subprocess.Popen:
+    def _start_reward_server(self, job: LaunchJob) -> subprocess.Popen:
         """`fgrpo reward-server --run-dir RUN` on a free port; the trainers find it in RUN/reward-server.json."""
-        from fgrpo.rewards.serve import clear_address
-
-        clear_address(job.run_dir)
-        log = open(job.run_dir / "logs" / "reward-server.log", "a")
+        folder = RunFolder(job.run_dir)
+        folder.clear_server_address()
+        log = open(folder.server_log, "a")
         # Its own session: Ctrl-C reaches the trainers, which still need the server to finish the step.
-        return subprocess.Popen(LocalBackend._reward_server_command(job), stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen(self.reward_server_command(job), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
-    @staticmethod
-    def _reward_server_command(job: LaunchJob) -> list[str]:
-        return [sys.executable, "-m", "fgrpo", "reward-server", "--run-dir", str(job.run_dir), "--port", "0",
-                "--watch-pid", str(os.getpid())]
+    def reward_server_args(self, job: LaunchJob) -> list[str]:
+        """Any free port on this machine; it exits with the launcher (or when the run has ended)."""
+        return ["--run-dir", str(job.run_dir), "--port", "0", "--watch-pid", str(os.getpid())]
 
     @staticmethod
     def _wait(procs: list[subprocess.Popen]) -> list[int]:
@@ -118,8 +116,9 @@ class LocalBackend(Backend):
         except ProcessLookupError:
             pass
 
-    def log_paths(self, run_dir, job_id: str, rank: int):
-        return [run_dir / "logs" / f"rank-{rank}.log"]
+    def stream_logs(self, run_dir: Path, job_id: str, rank: int, follow: bool) -> Iterator[str]:
+        """Ranks other than 0 write logs/rank-R.log; rank 0 owns the launcher's console."""
+        return self.tail_logs([RunFolder(run_dir).rank_log(rank)], job_id, rank, follow)
 
     def submit_array(self, runs):
         """Locally, sweep points run one after another."""

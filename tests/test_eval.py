@@ -3,7 +3,7 @@
 import json
 
 from tests.conftest import run_fgrpo
-from tests.distributed.helpers import launch_tiny
+from tests.helpers.runs import launch_tiny
 
 
 def test_eval_run_and_checkpoint(tiny_model_dir, tmp_path):

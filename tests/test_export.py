@@ -9,7 +9,7 @@ from torch.distributed.tensor import DTensor
 
 from fgrpo.export import export_run, load_trained_transformer
 from fgrpo.recipe.io import save_recipe_json
-from tests.trainer.test_checkpoint_resume import small_recipe
+from tests.helpers.recipes import small_recipe
 
 R = dataclasses.replace
 
@@ -68,7 +68,7 @@ def test_lora_export_matches_trained_model(lora_run, tiny_model_dir, tmp_path, w
     merged = load_exported(out)
     assert not any("lora" in n for n, _ in merged.named_parameters())
     # (a) the merged transformer computes what the trained LoRA model computes
-    trained = trainer.model.transformer.eval()
+    trained = trainer.policy.transformer.eval()
     if weights == "ema":
         with trainer.ema.swapped_in():
             expected = forward(trained)
@@ -138,7 +138,7 @@ def test_full_finetune_export(tiny_model_dir, tmp_path):
     assert info["weights"] == "model" and info["lora"] is None
     assert not (out / "lora").exists()
     merged = load_exported(out)
-    assert_close(forward(merged), forward(trainer.model.transformer.eval()))
-    for n, p in trainer.model.transformer.named_parameters():  # DTensors: FSDP2 on one rank too
+    assert_close(forward(merged), forward(trainer.policy.transformer.eval()))
+    for n, p in trainer.policy.transformer.named_parameters():  # DTensors: FSDP2 on one rank too
         full = p.detach().full_tensor() if isinstance(p, DTensor) else p.detach()  # (unsharded after a forward)
         assert torch.equal(merged.state_dict()[n], full), n

@@ -3,7 +3,7 @@ timestep choice, gradient rectification, advantages and the PPO loss."""
 
 from fgrpo.algorithm.advantages import STD_MODES, group_advantages
 from fgrpo.algorithm.loss import PolicyLoss, TotalLoss, policy_loss, ppo_clip_loss
-from fgrpo.algorithm.rectification import global_mean, lambda_t, rectification_weights
+from fgrpo.algorithm.rectification import lambda_t, rectification_weights
 from fgrpo.algorithm.schedule import (
     NOISE_SCHEDULES,
     SDEStep,
@@ -22,7 +22,6 @@ __all__ = [
     "PolicyLoss",
     "SDEStep",
     "TotalLoss",
-    "global_mean",
     "group_advantages",
     "kl_to_reference",
     "lambda_t",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 Scalar = float | Tensor
@@ -28,28 +27,12 @@ def lambda_t(sigma: Scalar, sigma_next: Scalar, noise_std_scale: Scalar) -> Tens
     return root_dt / s_t + s_t * root_dt * (1.0 - sig) / (2.0 * sig)
 
 
-def global_mean(t: Tensor) -> Tensor:
-    """Mean of `t` over all ranks: all-reduce of (sum, count), so ranks may hold unequal counts.
-
-    Falls back to t.mean() when torch.distributed is not initialised or world size is 1.
-    Every rank must call it (collective). The result is detached (all_reduce has no autograd).
-    """
-    t = t.detach()
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return t.mean()
-    # float64 so the sum over a large global batch loses nothing; one collective for both.
-    count = torch.tensor(float(t.numel()), dtype=torch.float64, device=t.device)
-    buf = torch.stack([t.sum().to(torch.float64), count])
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-    return (buf[0] / buf[1]).to(t.dtype)
-
-
 def rectification_weights(inv_lambda_local: Tensor, global_mean: Tensor | None = None) -> Tensor:
     """Per-sample loss weights w_k = (1 / lambda(t_k)) / mean over the GLOBAL batch of 1 / lambda.
 
     Multiplying sample k's loss by 1/lambda(t_k) cancels the timestep-dependent gradient scale,
     so every timestep contributes gradients of the same magnitude. Dividing by the global mean
-    (pass `global_mean(inv_lambda_local)` when running on several ranks) makes the weights
+    (pass the mean over all ranks, `fgrpo.distributed.process_group.global_mean`, when running on several) makes the weights
     average 1 over the whole batch, so the learning rate keeps its meaning. With
     global_mean=None the local mean is used (single process). Weights are detached constants.
     """

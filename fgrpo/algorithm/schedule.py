@@ -40,7 +40,7 @@ def wan_sigmas(num_steps: int, shift: float, sigma_max: float = 0.999) -> Tensor
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-def _per_sample(t: Scalar, like: Tensor) -> Scalar:
+def per_sample(t: Scalar, like: Tensor) -> Scalar:
     """Reshape a per-sample [B] tensor to [B, 1, 1, ...] so it broadcasts over `like` [B, ...].
 
     Python numbers and 0-dim tensors are returned unchanged (they broadcast already); tensors
@@ -63,7 +63,7 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 def _as_tensor(t: Scalar, like: Tensor) -> Tensor:
     """Per-sample-broadcastable tensor in like's dtype/device."""
-    t = _per_sample(t, like)
+    t = per_sample(t, like)
     return torch.as_tensor(t, dtype=like.dtype, device=like.device)
 
 
@@ -72,7 +72,7 @@ def ode_step(x: Tensor, v: Tensor, sigma: Scalar, sigma_next: Scalar) -> Tensor:
 
     sigma / sigma_next may be python floats, 0-dim tensors or per-sample [B] tensors.
     """
-    dt = _per_sample(sigma_next, x) - _per_sample(sigma, x)
+    dt = per_sample(sigma_next, x) - per_sample(sigma, x)
     if isinstance(dt, Tensor):
         dt = dt.to(x.dtype)
     return x + dt * v

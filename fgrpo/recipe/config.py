@@ -1,6 +1,6 @@
 """The recipe: typed dataclasses whose docstrings become `fgrpo ... --help`.
 
-Defaults follow the paper's Wan2.1-T2V-1.3B settings (`docs/flash-grpo.md` in shared docs); a
+Defaults follow the paper's Wan2.1-T2V-1.3B settings (`docs/flash-grpo.md`, section 4); a
 recipe file states only what differs. Every field can be overridden on the command line as
 `--section.field value` (hyphens or underscores).
 """
@@ -238,7 +238,7 @@ class LoggingConfig:
 
 @dataclass
 class KubernetesConfig:
-    """Kubernetes placement (`--backend k8s`); see docs/kubernetes.md and k8s/."""
+    """Kubernetes placement (`--backend k8s`); see k8s/README.md."""
 
     image: str = ""
     """Container image with fgrpo installed (required for --backend k8s)."""

@@ -62,7 +62,10 @@ def from_dict(data: dict) -> Recipe:
 
 
 def save_recipe_json(recipe: Recipe, path: Path) -> None:
-    path.write_text(json.dumps(to_dict(recipe), indent=2, sort_keys=True) + "\n")
+    """Atomically (a reader never sees half a recipe)."""
+    from fgrpo.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(to_dict(recipe), indent=2, sort_keys=True) + "\n")
 
 
 def load_recipe_json(path: Path) -> Recipe:

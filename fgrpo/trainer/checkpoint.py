@@ -2,44 +2,27 @@
 
 `checkpoints/step-N/` appears only once every rank has finished writing (a rename after a
 barrier), so a kill -9 mid-save leaves the previous checkpoint as the newest. DCP reshards on
-load, so a run may resume on a different number of processes.
+load, so a run may resume on a different number of processes. Finding checkpoints (newest,
+complete) is the run folder's: `RunFolder(run_dir).latest_checkpoint()` / `complete_checkpoints()`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
 import torch.distributed.checkpoint as dcp
 
-from . import dist
-
-STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def complete_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    """(step, path) of complete checkpoints, oldest first."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = []
-    for p in ckpt_dir.iterdir():
-        m = STEP_DIR.match(p.name)
-        if m and (p / ".metadata").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path] | None:
-    found = complete_checkpoints(ckpt_dir)
-    return found[-1] if found else None
+from fgrpo.distributed import process_group as dist
+from fgrpo.run_folder import checkpoint_path, complete_checkpoints, partial_checkpoint_path
 
 
 def save(state: dict, ckpt_dir: Path, step: int, keep_last: int) -> Path:
-    """Collective: every rank calls it with its own state; returns the final folder."""
-    final = ckpt_dir / f"step-{step}"
-    partial = ckpt_dir / f".step-{step}.partial"
+    """Collective: every rank calls it with its own state; returns the final folder. `ckpt_dir` is
+    the run's RunFolder.checkpoints; the folder names and what counts as complete are fgrpo.run_folder's."""
+    ckpt_dir = Path(ckpt_dir)
+    final, partial = checkpoint_path(ckpt_dir, step), partial_checkpoint_path(ckpt_dir, step)
     if dist.rank() == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)

@@ -8,13 +8,17 @@ scores it, and rank 0 gathers the scores and a thumbnail of every video for the 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from fgrpo.algorithm import wan_sigmas
+from fgrpo.distributed import process_group as dist
 from fgrpo.media import save_video_grid
+from fgrpo.recipe.config import Recipe
 
+from .policy import Policy
 from .reward_scoring import not_scored
 from .rollout import initial_latents, sample, video_generators
 
@@ -33,39 +37,85 @@ def thumbnails(frames: torch.Tensor, longest: int = THUMBNAIL_PX) -> torch.Tenso
 
 
 @torch.no_grad()
-def evaluate_heldout(t, tag: str) -> dict:
-    """Mean reward of the held-out prompts (ODE, `eval.steps` steps); rank 0 writes samples/<tag>.gif."""
-    r = t.recipe
+def evaluate_heldout(policy: Policy, rewards, recipe: Recipe, prompts: list[str], samples: Path, tag: str) -> dict:
+    """Mean reward of the held-out `prompts` (ODE, `eval.steps` steps); rank 0 writes samples/<tag>.gif."""
+    r, dims = recipe, policy.dims
     n = r.eval.videos_per_prompt
-    prompts = [p for p in t.heldout_prompts for _ in range(n)]
+    prompts = [p for p in prompts for _ in range(n)]
     total_videos = len(prompts)
-    per_rank = math.ceil(total_videos / t.dims.dp)
-    start = t.dims.dp_rank * per_rank
+    per_rank = math.ceil(total_videos / dims.dp)
+    start = dims.dp_rank * per_rank
     # Padding repeats the last video: every rank runs as many forwards; padded results are dropped.
     mine = [min(i, total_videos - 1) for i in range(start, start + per_rank)]
     local_prompts = [prompts[i] for i in mine]
     sigmas = wan_sigmas(r.eval.steps, r.rollout.flow_shift)
     gens = video_generators([EVAL_SEED_BASE + i for i in mine])  # seeds by global index: placement-free
-    latents = initial_latents(t.latent_shape, gens).to(t.device)
-    context = t.encode(local_prompts)
-    neg = t.neg_context.expand(len(local_prompts), -1, -1)
+    latents = initial_latents(policy.latent_shape, gens).to(policy.device)
+    context, neg = policy.encode(local_prompts), policy.negative_context(len(local_prompts))
     no_sde = torch.zeros(len(local_prompts), r.eval.steps, dtype=torch.bool)
-    t.model.transformer.eval()
-    finals, _ = sample(t.model.transformer, latents, context, neg, sigmas, no_sde, t.noise,
-                       r.rollout.cfg_scale, gens, r.rollout.micro_batch, t.policy.compute)
-    frames = torch.cat([t.model.decode(finals[i:i + r.rollout.micro_batch])
-                        for i in range(0, len(local_prompts), r.rollout.micro_batch)])
-    scored = t.rewards(frames, local_prompts) if t.dims.tp_rank == 0 else not_scored(
-        len(local_prompts), t.rewards.names).result()
-    total = t.dims.gather_dp(scored[0].to(t.device).float()).cpu()[:total_videos]
-    components = {k: t.dims.gather_dp(v.to(t.device).float()).cpu()[:total_videos] for k, v in scored[1].items()}
-    grid = t.dims.gather_dp(thumbnails(frames).to(t.device)).cpu()[:total_videos]
-    if t.is_main:
+    policy.transformer.eval()
+    finals, _ = sample(policy.transformer, latents, context, neg, sigmas, no_sde, policy.noise,
+                       policy.cfg_scale, gens, r.rollout.micro_batch, policy.compute_dtype)
+    mb = r.rollout.micro_batch
+    frames = torch.cat([policy.decode(finals[i:i + mb]) for i in range(0, len(local_prompts), mb)])
+    scored = rewards(frames, local_prompts) if dims.tp_rank == 0 else not_scored(
+        len(local_prompts), rewards.names).result()
+    total = dims.gather_dp(scored[0].to(policy.device).float()).cpu()[:total_videos]
+    components = {k: dims.gather_dp(v.to(policy.device).float()).cpu()[:total_videos] for k, v in scored[1].items()}
+    grid = dims.gather_dp(thumbnails(frames).to(policy.device)).cpu()[:total_videos]
+    if dist.rank() == 0:
         upscale = max(1, THUMBNAIL_PX // max(grid.shape[-2:]))
-        save_video_grid(grid.float() / 255, t.run_dir / "samples" / f"{tag}.gif", upscale=upscale)
+        save_video_grid(grid.float() / 255, Path(samples) / f"{tag}.gif", upscale=upscale)
     return {
         "tag": tag,
         "eval_reward": float(total.mean()),
         "eval_rewards": [round(float(x), 6) for x in total],  # per video, fixed seeds: paired comparisons
         **{f"eval/{k}": float(v.mean()) for k, v in components.items()},
     }
+
+
+def load_trained_weights(policy: Policy, checkpoint_path: Path, weights: str = "ema") -> str:
+    """Load a checkpoint's EMA (or model) weights into the policy's trained parameters, in place
+    (DCP reshards whatever layout saved them). Returns which weights were loaded: "model" when
+    the checkpoint has no EMA."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from fgrpo.models.wan.lora import trainable_parameters
+
+    saved = FileSystemReader(str(checkpoint_path)).read_metadata().state_dict_metadata
+    if weights == "ema" and not any(k.startswith("ema.") for k in saved):
+        warnings.warn(f"{checkpoint_path} has no EMA weights (ema disabled in the recipe?); using the model weights")
+        weights = "model"
+    params = trainable_parameters(policy.transformer)
+    missing = [n for n in params if f"{weights}.{n}" not in saved]
+    if missing:
+        raise RuntimeError(f"{checkpoint_path} lacks {weights} weights {missing[:5]}...: a checkpoint of another recipe?")
+    with torch.no_grad():
+        dcp.load({weights: params}, checkpoint_id=str(checkpoint_path))
+    return weights
+
+
+def evaluate_checkpoint(recipe: Recipe, run_dir: Path, checkpoint_path: Path, prompts: list[str], samples: Path,
+                        weights: str = "ema", tag: str = "videos") -> dict:
+    """Held-out evaluation of one checkpoint: the policy and the rewards, no optimizer. Text
+    encodings come from (or go into) the runs folder's cache. Returns evaluate_heldout's result
+    plus "weights" (which were used)."""
+    from fgrpo.distributed.parallel_dims import ParallelDims
+
+    from .policy import build_policy
+    from .reward_scoring import connect_rewards
+
+    device = dist.init_distributed()
+    par = recipe.parallelism
+    dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, dist.world_size())
+    dims.build_mesh(device.type)
+    policy = build_policy(recipe, dims, device, prompts, Path(run_dir).parent)
+    used = load_trained_weights(policy, checkpoint_path, weights)
+    rewards = connect_rewards(recipe, Path(run_dir))
+    try:
+        return {**evaluate_heldout(policy, rewards, recipe, prompts, samples, tag), "weights": used}
+    finally:
+        rewards.close()

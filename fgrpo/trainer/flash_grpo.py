@@ -20,12 +20,14 @@ from fgrpo.algorithm import (
     rectification_weights,
     sample_step_indices,
 )
-from fgrpo.algorithm.rectification import global_mean
 
-from .dist import max_over_ranks, mean_over_ranks
-from .sharded import local_state_bytes
+from fgrpo.distributed.process_group import global_mean, max_over_ranks, mean_over_ranks
+from fgrpo.recipe.config import Recipe
+
+from .policy import Policy
 from .reward_scoring import not_scored
 from .rollout import Transitions, initial_latents, sample, step_noise_std_scale, transition_log_prob, video_generators
+from .update import PolicyUpdate
 
 
 class StopRequested(Exception):
@@ -51,70 +53,68 @@ class StepResult:
     applied: bool  # False when the step was skipped (non-finite loss or gradient)
 
 
-def _training_micro_batches(t, trans: Transitions, check_stop):
+def _training_micro_batches(policy: Policy, trans: Transitions, size: int, check_stop):
     """The training pass's micro-batches (indices, transitions on the device), in its order."""
-    n, size = len(trans), t.recipe.rollout.micro_batch
+    n = len(trans)
     for s in range(0, n, size):
         check_stop()
         idx = torch.arange(s, min(s + size, n))
-        mb = trans.select(idx)
-        yield idx, Transitions(mb.video, mb.step, mb.x.to(t.device), mb.x_next.to(t.device), mb.log_prob.to(t.device))
+        yield idx, trans.select(idx).to(policy.device)
+
+
+def _log_prob(policy: Policy, mb: Transitions, context, neg):
+    return transition_log_prob(policy.transformer, mb, context, neg, policy.sigmas, policy.noise, policy.cfg_scale,
+                               policy.compute_dtype)
 
 
 @torch.no_grad()
-def with_recomputed_old_log_prob(t, trans: Transitions, context, neg, check_stop) -> tuple[Transitions, float]:
+def with_recomputed_old_log_prob(policy: Policy, trans: Transitions, context, neg, size: int,
+                                 check_stop) -> tuple[Transitions, float]:
     """log pi_old recomputed by the training pass's forward on the same micro-batches (same shapes,
     same row positions, same kernels), so an on-policy ratio is exactly 1 (verl's "recompute old
     log-prob"). Returns the transitions with it, and max |log pi_rollout - log pi_recomputed|."""
-    ro = t.recipe.rollout
     old = torch.empty_like(trans.log_prob)
-    for idx, mb in _training_micro_batches(t, trans, check_stop):
-        out = transition_log_prob(t.model.transformer, mb, context, neg, t.sigmas, t.noise, ro.cfg_scale,
-                                  t.policy.compute)
-        old[idx] = out.log_prob.to(old)
+    for idx, mb in _training_micro_batches(policy, trans, size, check_stop):
+        old[idx] = _log_prob(policy, mb, context, neg).log_prob.to(old)
     drift = float((old - trans.log_prob).abs().max()) if len(trans) else 0.0
     return Transitions(trans.video, trans.step, trans.x, trans.x_next, old), drift
 
 
-def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
-    """Run one optimizer step for trainer `t` (see trainer.Trainer for the attributes used)."""
-    r, ro, alg = t.recipe, t.recipe.rollout, t.recipe.algorithm
+def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recipe, step: int, prompts: list[str],
+                    check_stop) -> StepResult:
+    """One optimizer step (`step` = optimizer steps done so far) on the global batch `prompts`."""
+    r, ro, alg, dims = recipe, recipe.rollout, recipe.algorithm, policy.dims
     P, G = ro.prompts_per_step, ro.group_size
-    n_global = P * G
-    dp_rank, dp_size = t.dims.dp_rank, t.dims.dp
-    n_local = n_global // dp_size
-    local = slice(dp_rank * n_local, (dp_rank + 1) * n_local)
+    n_local = P * G // dims.dp
+    local = slice(dims.dp_rank * n_local, (dims.dp_rank + 1) * n_local)
     times = {}
 
     # --- timestep indices: identical on every rank (same seed), one per prompt when iso-temporal
-    gen = torch.Generator().manual_seed(step_seed(r.prompts.seed, t.step, salt=1))
+    gen = torch.Generator().manual_seed(step_seed(r.prompts.seed, step, salt=1))
     iso = alg.iso_temporal if alg.mode == "flash" else False
-    weights = list(r.timesteps.weights) or None
-    indices = sample_step_indices(P, G, r.timesteps.window, weights, iso, gen)
+    indices = sample_step_indices(P, G, r.timesteps.window, list(r.timesteps.weights) or None, iso, gen)
     mask = sde_mask(alg.mode, indices, ro.steps)[local]
 
     # --- rollouts (no grad)
     t0 = time.perf_counter()
     video_prompts = [p for p in prompts for _ in range(G)][local]
-    context = t.encode(video_prompts)
-    neg = t.neg_context.expand(len(video_prompts), -1, -1)
-    seeds = [step_seed(r.prompts.seed, t.step, salt=1000 + v) for v in range(local.start, local.stop)]
-    gens = video_generators(seeds)
-    t.model.transformer.eval()
-    latents = initial_latents(t.latent_shape, gens).to(t.device)
-    pending, trans = [], []
+    context, neg = policy.encode(video_prompts), policy.negative_context(len(video_prompts))
+    gens = video_generators([step_seed(r.prompts.seed, step, salt=1000 + v) for v in range(local.start, local.stop)])
+    policy.transformer.eval()
+    latents = initial_latents(policy.latent_shape, gens).to(policy.device)
+    pending, parts = [], []
     for s in range(0, n_local, ro.micro_batch):  # micro-batches, with a stop check between them
         check_stop()
         sl = slice(s, s + ro.micro_batch)
-        f, tr = sample(t.model.transformer, latents[sl], context[sl], neg[sl], t.sigmas, mask[sl],
-                       t.noise, ro.cfg_scale, gens[sl], ro.micro_batch, t.policy.compute)
+        f, tr = sample(policy.transformer, latents[sl], context[sl], neg[sl], policy.sigmas, mask[sl],
+                       policy.noise, policy.cfg_scale, gens[sl], ro.micro_batch, policy.compute_dtype)
         tr.video += s
-        trans.append(tr)
+        parts.append(tr)
         # Sent now: a reward server scores this micro-batch while the next one is rolled out.
         # TP replicas hold the same videos: TP rank 0 scores them (gather_dp keeps its scores).
-        pending.append(t.rewards.submit(t.model.decode(f), video_prompts[sl]) if t.dims.tp_rank == 0
-                       else not_scored(len(video_prompts[sl]), t.rewards.names))
-    trans = Transitions(*(torch.cat([getattr(x, k) for x in trans]) for k in ("video", "step", "x", "x_next", "log_prob")))
+        pending.append(rewards.submit(policy.decode(f), video_prompts[sl]) if dims.tp_rank == 0
+                       else not_scored(len(video_prompts[sl]), rewards.names))
+    trans = Transitions.cat(parts)
     inline = sum(p.inline_s for p in pending)  # in-process scoring happened inside the loop above
     times["rollout"] = time.perf_counter() - t0 - inline
 
@@ -122,65 +122,63 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
     t0 = time.perf_counter()
     scored = [p.result() for p in pending]
     times["reward_wait"] = time.perf_counter() - t0 + inline
-    local_rewards = torch.cat([total.to(t.device) for total, _ in scored])
-    components = {k: torch.cat([c[k].to(t.device) for _, c in scored]) for k in scored[0][1]}
-    rewards = t.dims.gather_dp(local_rewards).cpu()
-    advantages = group_advantages(rewards, G, alg.adv_std, alg.adv_clip)
+    local_rewards = torch.cat([total.to(policy.device) for total, _ in scored])
+    components = {k: torch.cat([c[k].to(policy.device) for _, c in scored]) for k in scored[0][1]}
+    all_rewards = dims.gather_dp(local_rewards).cpu()
+    advantages = group_advantages(all_rewards, G, alg.adv_std, alg.adv_clip)
     adv_local = advantages[local]
     times["reward"] = time.perf_counter() - t0 + inline
 
     # --- policy update at the recorded SDE step(s)
     t0 = time.perf_counter()
     check_stop()
-    t.model.transformer.train()
-    s_t = step_noise_std_scale(t.sigmas, trans.step, t.noise)
+    policy.transformer.train()
+    sig = policy.sigmas
     if alg.mode == "flash" and alg.rectification:
-        inv_lam = 1.0 / lambda_t(t.sigmas[trans.step].float(), t.sigmas[trans.step + 1].float(), s_t)
+        s_t = step_noise_std_scale(sig, trans.step, policy.noise)
+        inv_lam = 1.0 / lambda_t(sig[trans.step].float(), sig[trans.step + 1].float(), s_t)
         w = rectification_weights(inv_lam, global_mean(inv_lam))
     else:
         w = torch.ones(len(trans))
-    t.optimizer.zero_grad(set_to_none=True)
+    update.zero_grad()
     n_trans = len(trans)
     drift = 0.0
     if alg.recompute_old_log_prob:
-        trans, drift = with_recomputed_old_log_prob(t, trans, context, neg, check_stop)
+        trans, drift = with_recomputed_old_log_prob(policy, trans, context, neg, ro.micro_batch, check_stop)
     sums = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "ratio_dev": 0.0}
     ratio_dev_max = 0.0  # on-policy (first use of a rollout) it must stay far below clip_range
-    for idx, mb in _training_micro_batches(t, trans, check_stop):
-        out = transition_log_prob(t.model.transformer, mb, context, neg, t.sigmas, t.noise, ro.cfg_scale,
-                                  t.policy.compute)
+    for idx, mb in _training_micro_batches(policy, trans, ro.micro_batch, check_stop):
+        out = _log_prob(policy, mb, context, neg)
         kl = None
         if alg.kl_beta > 0:
-            with torch.no_grad(), t.reference_policy():
-                ref = transition_log_prob(t.model.transformer, mb, context, neg, t.sigmas, t.noise, ro.cfg_scale,
-                                          t.policy.compute)
+            with torch.no_grad(), policy.reference():
+                ref = _log_prob(policy, mb, context, neg)
             kl = kl_to_reference(out.mean, ref.mean, out.std)
-        total = policy_loss(out.log_prob, mb.log_prob, adv_local[mb.video].to(t.device), alg.clip_range,
-                            weights=w[idx].to(t.device), kl=kl, beta=alg.kl_beta)
+        total = policy_loss(out.log_prob, mb.log_prob, adv_local[mb.video].to(policy.device), alg.clip_range,
+                            weights=w[idx].to(policy.device), kl=kl, beta=alg.kl_beta)
         frac = len(idx) / n_trans  # each micro-batch's share of this rank's mean
         (total.loss * frac).backward()
+        dev = (total.ppo.ratio.detach() - 1).abs()
         sums["loss"] += float(total.loss.detach()) * frac
         sums["clip"] += float(total.ppo.clip_fraction) * frac
-        sums["ratio_dev"] += float((total.ppo.ratio.detach() - 1).abs().mean()) * frac
-        ratio_dev_max = max(ratio_dev_max, float((total.ppo.ratio.detach() - 1).abs().max()))
+        sums["ratio_dev"] += float(dev.mean()) * frac
+        ratio_dev_max = max(ratio_dev_max, float(dev.max()))
         sums["kl"] += float(kl.mean()) * frac if kl is not None else 0.0
     check_stop()
     sums = mean_over_ranks(sums)  # report the global batch, not rank 0's share
-    ratio_dev_max = max_over_ranks(ratio_dev_max)
-    drift = max_over_ranks(drift)
-    grad_norm = t.reduce_and_clip_gradients()
+    ratio_dev_max, drift = max_over_ranks(ratio_dev_max), max_over_ranks(drift)
+    grad_norm = update.clip()
     finite = bool(torch.isfinite(torch.tensor(sums["loss"])) and torch.isfinite(grad_norm))
     if finite:
-        t.optimizer.step()
-        t.lr_schedule.step()
-        t.state_bytes = local_state_bytes(t.params, t.optimizer)
-    t.optimizer.zero_grad(set_to_none=True)
+        update.step()
+    state_bytes = update.state_bytes()
+    update.zero_grad()
     times["train"] = time.perf_counter() - t0
 
     metrics = {
-        "step": t.step + 1 if finite else t.step,
-        "reward_mean": float(rewards.mean()),
-        "reward_std": float(rewards.std(correction=0)),
+        "step": step + 1 if finite else step,
+        "reward_mean": float(all_rewards.mean()),
+        "reward_std": float(all_rewards.std(correction=0)),
         "adv_std": float(advantages.std(correction=0)),
         "adv_abs_mean": float(advantages.abs().mean()),
         "loss": sums["loss"],
@@ -191,13 +189,13 @@ def flash_grpo_step(t, prompts: list[str], check_stop) -> StepResult:
         "old_log_prob_drift": drift,
         "kl": sums["kl"],
         "grad_norm": float(grad_norm),
-        "lr": t.lr_schedule.get_last_lr()[0],
+        "lr": update.lr,
         "timestep_indices": indices[::G].tolist() if iso else indices.tolist(),
         "time_rollout": times["rollout"],
         "time_reward": times["reward"],
         "time_reward_wait": times["reward_wait"],  # blocked on scores; the rest of scoring overlapped rollouts
         "time_train": times["train"],
-        **{f"reward/{k}": float(t.dims.gather_dp(v.to(t.device)).mean()) for k, v in components.items()},
-        "state_bytes_per_rank": t.state_bytes,
+        **{f"reward/{k}": float(dims.gather_dp(v.to(policy.device)).mean()) for k, v in components.items()},
+        "state_bytes_per_rank": state_bytes,
     }
     return StepResult(metrics, finite)

@@ -1,10 +1,14 @@
-"""metrics.jsonl (append-only, one JSON object per step) and the live console line."""
+"""metrics.jsonl (append-only, one JSON object per step) and the live console line.
+
+Reading it back is the run folder's: `RunFolder(run_dir).read_metrics(kind)`.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from fgrpo.fileio import append_jsonl
 
 
 class MetricsLog:
@@ -12,35 +16,11 @@ class MetricsLog:
         self.path, self.enabled = path, enabled
 
     def write(self, record: dict) -> None:
+        """One line, fsynced (a crash loses at most the line being written; readers skip a torn one)."""
         if not self.enabled:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(clean) + "\n")
-            f.flush()
-            os_fsync(f)
-
-
-def os_fsync(f) -> None:
-    import os
-
-    try:
-        os.fsync(f.fileno())
-    except OSError:  # some network filesystems refuse fsync; the line is still written
-        pass
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Records of a metrics.jsonl; a torn last line (crash mid-write) is ignored."""
-    out = []
-    if not Path(path).exists():
-        return out
-    for line in Path(path).read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+        append_jsonl(self.path, clean, fsync=True)
 
 
 def console_line(m: dict) -> str:

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from fgrpo.rewards import WeightedRewards
-from fgrpo.rewards.serve import ADDRESS_FILE, read_address, wait_for_server
+from fgrpo.rewards.serve import wait_for_server
 from fgrpo.rewards.server import RewardClient
+from fgrpo.run_folder import RunFolder
 
 Scores = tuple[torch.Tensor, dict[str, torch.Tensor]]
 REWARD_URL_ENV = "FGRPO_REWARD_URL"  # set by backends that know the server's address up front (k8s)
@@ -108,8 +109,10 @@ def connect_rewards(recipe, run_dir: Path, check_stop: Callable[[], None] = lamb
         def find_url():
             return rs.url
     else:
+        folder = RunFolder(run_dir)
+
         def find_url():
-            return os.environ.get(REWARD_URL_ENV) or read_address(Path(run_dir) / ADDRESS_FILE)
+            return os.environ.get(REWARD_URL_ENV) or folder.read_server_address()
     url = wait_for_server(find_url, rs.startup_timeout_s, check_stop, all_agree=all_agree)
 
     def reconnect() -> str:

@@ -52,6 +52,15 @@ class Transitions:
     def select(self, idx: torch.Tensor) -> "Transitions":
         return Transitions(self.video[idx], self.step[idx], self.x[idx], self.x_next[idx], self.log_prob[idx])
 
+    def to(self, device) -> "Transitions":
+        """States and log-probs on `device` (indices stay on the CPU, where they index)."""
+        return Transitions(self.video, self.step, self.x.to(device), self.x_next.to(device), self.log_prob.to(device))
+
+    @classmethod
+    def cat(cls, parts: list["Transitions"]) -> "Transitions":
+        fields = ("video", "step", "x", "x_next", "log_prob")
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
+
 
 def step_noise_std_scale(sigmas: torch.Tensor, step: torch.Tensor, noise: NoiseConfig) -> torch.Tensor:
     """s_t for each step index (σ_max of the `wan` schedule is the grid's second sigma)."""
@@ -111,7 +120,7 @@ def sample(
             x = x_ode
         finals.append(x)
     if records:
-        trans = Transitions(*(torch.cat([getattr(r, f) for r in records]) for f in ("video", "step", "x", "x_next", "log_prob")))
+        trans = Transitions.cat(records)
     else:
         empty = latents.new_zeros((0, *latents.shape[1:]))
         trans = Transitions(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), empty, empty, latents.new_zeros(0))

@@ -4,33 +4,27 @@ from __future__ import annotations
 
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
-from fgrpo.algorithm import wan_sigmas
 from fgrpo.data.prompts import PromptSampler, read_prompts, resolve_prompt_file, split_prompts
-from fgrpo.models.wan import latent_shape, load_wan
-from fgrpo.models.wan.loading import model_folder
-from fgrpo.models.wan.lora import add_lora, trainable_parameters
-from fgrpo.models.wan.parallelize import parallelize_wan
-from fgrpo.models.wan.sharded_loading import build_on_meta, materialize
-from fgrpo.models.wan.text_cache import TextEmbeddingCache, cache_key, default_cache_folder
-from fgrpo.models.wan.text_encoder import LazyTextEncoder
-from fgrpo.distributed.precision import PrecisionPolicy
-from fgrpo.recipe.config import Recipe
-
-from . import checkpoint, dist
-from .ema import EMA
+from fgrpo.distributed import process_group as dist
 from fgrpo.distributed.parallel_dims import ParallelDims
-from .sharded import clip_grad_norm
+from fgrpo.models.wan.loading import model_folder
+from fgrpo.models.wan.lora import trainable_parameters
+from fgrpo.recipe.config import Recipe
+from fgrpo.run_folder import RunFolder
+
+from . import checkpoint
+from .ema import EMA
 from .evaluate import evaluate_heldout
 from .flash_grpo import StopRequested, flash_grpo_step
 from .metrics import MetricsLog, console_line
+from .policy import build_policy
 from .reward_scoring import connect_rewards
-from .rollout import NoiseConfig
+from .update import PolicyUpdate
 from .signals import EXIT_REQUEUE, StopFlag
 
 
@@ -43,11 +37,9 @@ class NonFiniteError(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, run_dir: Path, stop: StopFlag | None = None,
-                 extra_prompts: tuple[str, ...] = (), text_cache_root: Path | None = None):
-        """`extra_prompts` are encoded with the prompt file's (fgrpo eval --prompts); text encodings
-        are cached under `text_cache_root` (default: the runs folder, shared by its runs)."""
+    def __init__(self, recipe: Recipe, run_dir: Path, stop: StopFlag | None = None):
         self.recipe, self.run_dir = recipe, Path(run_dir)
+        self.folder = RunFolder(self.run_dir)
         self.stop = stop or StopFlag()
         self.device = dist.init_distributed()
         par = recipe.parallelism
@@ -58,88 +50,39 @@ class Trainer:
         if recipe.model.path is None and self.is_main:
             model_folder(recipe.model)  # the tiny preset is built once, by rank 0
         dist.barrier()
-        self.policy = PrecisionPolicy.from_name(recipe.model.dtype)
-        folder = model_folder(recipe.model)
-        self.model = load_wan(folder, recipe.model.dtype, recipe.model.max_text_tokens, str(self.device),
-                              with_transformer=False, with_text_encoder=False)
         prompts = read_prompts(resolve_prompt_file(recipe.prompts.file))
-        # Every prompt is encoded once (1/world of them per rank) before the transformer and the
-        # optimizer allocate; the encoder is never loaded again for this prompt set.
-        self.text = self._encode_all(folder, [*prompts, *extra_prompts], text_cache_root or self.run_dir.parent)
-        # Built on the meta device and parallelised there; each rank then reads only its shards.
-        transformer = build_on_meta(folder)
-        if recipe.lora.enabled:
-            add_lora(transformer, recipe.lora.rank, recipe.lora.alpha, recipe.lora.target_modules)
-        else:
-            transformer.requires_grad_(True)
-        self.policy.apply_storage(transformer)
-        parallelize_wan(transformer, self.dims, self.policy, par.activation_checkpointing)
-        # Seeded: every rank, layout and restart creates identical adapter weights.
-        materialize(transformer, folder, self.device, lora_seed=recipe.prompts.seed)
-        self.model.transformer = transformer
-        self.params = trainable_parameters(self.model.transformer)
-        o = recipe.optim
-        self.optimizer = torch.optim.AdamW(self.params.values(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-        warm = max(1, o.warmup_steps)
-        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
+        # Text encodings are cached in the runs folder, shared by its runs and sweep points.
+        self.policy = build_policy(recipe, self.dims, self.device, prompts, self.run_dir.parent)
+        self.update = PolicyUpdate.adamw(trainable_parameters(self.policy.transformer), recipe.optim)
+        self.params = self.update.params
         self.ema = EMA(self.params, recipe.ema.decay) if recipe.ema.enabled else None
         rs = recipe.reward_server
         # A reward server may still be loading its models: run() waits for it (connect_rewards).
         self.rewards = None if rs.url or rs.launch else connect_rewards(recipe, self.run_dir)
         self.train_prompts, self.heldout_prompts = split_prompts(prompts, recipe.prompts.heldout)
         self.sampler = PromptSampler(self.train_prompts, recipe.prompts.seed)
-        ro = recipe.rollout
-        self.sigmas = wan_sigmas(ro.steps, ro.flow_shift)
-        self.noise = NoiseConfig(ro.noise_schedule, ro.noise_constant)
-        self.latent_shape = latent_shape(ro.frames, ro.height, ro.width)
-        self.neg_context = self.text.lookup([""], self.device)
         self.step = 0
-        self.state_bytes = 0
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.is_main)
+        self.ckpt_dir = self.folder.checkpoints
+        self.metrics = MetricsLog(self.folder.metrics_file, self.is_main)
 
-    def _encode_all(self, folder: Path, prompts: list[str], cache_root: Path) -> TextEmbeddingCache:
-        m = self.recipe.model
-        key = cache_key(folder, prompts, m.max_text_tokens, self.model.dtype)
-        encoder = LazyTextEncoder(folder, self.model.dtype, m.max_text_tokens, self.device)
-        try:
-            return TextEmbeddingCache.build(encoder, prompts, default_cache_folder(cache_root, key), key=key)
-        finally:
-            freed = encoder.free()
-            if freed and self.is_main:
-                self.console.print(f"text encoder freed after encoding {len(set(prompts))} prompts "
-                                   f"({freed / 2**30:.2f} GiB per GPU)")
-
-    # ----- pieces used by flash_grpo_step
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Text encodings [B, L, D] from the cache (a group's G videos share one prompt)."""
-        return self.text.lookup(prompts, self.device)
-
-    @contextmanager
-    def reference_policy(self):
-        self.model.transformer.disable_adapters()
-        try:
-            yield
-        finally:
-            self.model.transformer.enable_adapters()
-
-    def reduce_and_clip_gradients(self) -> torch.Tensor:
-        """Clip the global gradient norm (FSDP2 has already averaged gradients over the dp ranks)."""
-        return clip_grad_norm(list(self.params.values()), self.recipe.optim.grad_clip)
+    def run_step(self, prompts: list[str], check_stop=None):
+        """One Flash-GRPO optimizer step on `prompts` (the loop's; tests call it directly)."""
+        return flash_grpo_step(self.policy, self.update, self.rewards, self.recipe, self.step, prompts,
+                               check_stop or self._check_stop)
 
     # ----- checkpoint state
     def state(self) -> dict:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
         model_sd, optim_sd = get_state_dict(
-            self.model.transformer, self.optimizer, options=StateDictOptions(ignore_frozen_params=True)
+            self.policy.transformer, self.update.optimizer, options=StateDictOptions(ignore_frozen_params=True)
         )
         state = {
             "model": model_sd,
             "optim": optim_sd,
-            "lr_schedule": self.lr_schedule.state_dict(),
+            "lr_schedule": self.update.lr_schedule.state_dict(),
             "trainer": {"step": self.step, "nonfinite_total": self.nonfinite_total, "sampler": self.sampler.state_dict()},
         }
         if self.ema:
@@ -153,7 +96,7 @@ class Trainer:
         """Load the newest complete checkpoint (or `path`); False when there is none."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        latest = checkpoint.latest_checkpoint(self.ckpt_dir) if path is None else (None, path)
+        latest = self.folder.latest_checkpoint() if path is None else (None, path)
         if latest is None:
             return False
         state = checkpoint.load(self.state(), latest[1])
@@ -162,10 +105,10 @@ class Trainer:
             raise RuntimeError(f"{latest[1]} lacks trained weights {sorted(missing)[:5]}...: a checkpoint of another recipe?")
         # strict=False because frozen weights are not in the checkpoint (they come from model.path).
         set_state_dict(
-            self.model.transformer, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+            self.policy.transformer, self.update.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
             options=StateDictOptions(ignore_frozen_params=True, strict=False),
         )
-        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.update.lr_schedule.load_state_dict(state["lr_schedule"])
         if self.ema:
             self.ema.load_state_dict(state["ema"])
         self.step = int(state["trainer"]["step"])
@@ -194,7 +137,8 @@ class Trainer:
         self.connect_rewards()
         ctx = self.ema.swapped_in() if self.ema else nullcontext()
         with ctx:
-            result = evaluate_heldout(self, tag)
+            result = evaluate_heldout(self.policy, self.rewards, self.recipe, self.heldout_prompts,
+                                      self.folder.samples, tag)
         self.metrics.write({"kind": "eval", "step": self.step, **result})
         if self.is_main:
             self.console.print(f"[bold]eval[/] step {self.step}: held-out reward {result['eval_reward']:+.4f}")
@@ -233,7 +177,7 @@ class Trainer:
                     self._check_stop()
                     self._sampler_before_step = self.sampler.state_dict()
                     prompts = self.sampler.next(r.rollout.prompts_per_step)
-                    result = flash_grpo_step(self, prompts, self._check_stop)
+                    result = self.run_step(prompts)
                     self._sampler_before_step = None
                     self._after_step(result)
                     progress.update(task, completed=self.step)
@@ -276,7 +220,7 @@ class Trainer:
             if self.nonfinite_in_a_row >= self.recipe.optim.max_nonfinite_steps:
                 raise NonFiniteError(
                     f"{self.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient; stopping. "
-                    f"The last good checkpoint is {checkpoint.latest_checkpoint(self.ckpt_dir)}"
+                    f"The last good checkpoint is {self.folder.latest_checkpoint()}"
                 )
         m.update({"kind": "train", "time": time.time(), "nonfinite_total": self.nonfinite_total})
         self.metrics.write(m)

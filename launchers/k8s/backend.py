@@ -1,7 +1,8 @@
 """Kubernetes backend: one JobSet (or Indexed Job + headless Service) per run, created over the API.
 
 Job ids are `KIND/NAMESPACE/NAME`, KIND `jobset` or `job`. The run folder lives on the runs PVC;
-the local `runs/<name>/` keeps recipe.json and jobs.jsonl for `fgrpo status/logs/cancel/resume`.
+the local `runs/<name>/` keeps recipe.json and jobs.jsonl (through `fgrpo.run_folder.RunFolder`) for
+`fgrpo status/logs/cancel/resume`.
 JobSets and Jobs go through `CustomObjectsApi` (a Job is `batch/v1 jobs`): the typed `BatchV1Api`
 validates bodies with pydantic and rejects valid manifests (`nvidia.com/gpu: 8` as an integer).
 """
@@ -14,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from fgrpo.run_folder import RunFolder
+
 from ..base import Backend, LaunchJob, is_active  # noqa: F401  (is_active re-exported)
-from ..records import record_job
 
 RUN_LABEL = "fgrpo.dev/run"
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
@@ -221,7 +223,7 @@ class KubernetesBackend(Backend):
                 created.append(obj)
         except Exception as e:
             raise self._create_error(e, obj, job, self._rollback(created)) from e
-        record_job(job.run_dir, self.name, job_id, job.kind)
+        RunFolder(job.run_dir).record_job(self.name, job_id, job.kind)
         return job_id
 
     def _rollback(self, created: list[dict]) -> str:
@@ -315,11 +317,20 @@ class KubernetesBackend(Backend):
             for item in items:
                 self._delete(kind_, ns, item["metadata"]["name"])
 
-    def log_paths(self, run_dir: Path, job_id: str, rank: int) -> list[Path]:
-        return []  # pod logs are read from the API: see stream_logs
+    def reward_server_args(self, job: LaunchJob) -> list[str]:
+        """The reward pod's arguments (a replicated job of the JobSet; see manifests.reward_server_args)."""
+        from .manifests import object_name, reward_server_args
 
-    def stream_logs(self, job_id: str, rank: int, follow: bool) -> Iterator[str]:
-        """Console lines (with their newline) of the pod with completion index `rank` (its node rank);
+        return reward_server_args(job.recipe, object_name(job.run_dir.name))
+
+    def stream_logs(self, run_dir: Path, job_id: str, rank: int, follow: bool) -> Iterator[str]:
+        """Console lines of global rank `rank`: the pod of its node (pod index = rank // procs_per_node,
+        from the run folder's recipe) shows its torchrun's output."""
+        pod = rank // RunFolder(run_dir).read_recipe().procs_per_node
+        return self._pod_log(job_id, pod, follow)
+
+    def _pod_log(self, job_id: str, index: int, follow: bool) -> Iterator[str]:
+        """Console lines (with their newline) of the pod with completion index `index` (its node rank);
         with `follow`, new lines until the container ends. Errors are raised here, not when iterating."""
         from kubernetes.client.exceptions import ApiException
 
@@ -328,10 +339,10 @@ class KubernetesBackend(Backend):
         pods = _body(self._call(f"listing the pods of {job_id}", core.list_namespaced_pod, ns,
                                 label_selector=f"{BY_ID_KIND[kind][2]}={name}", _preload_content=False))
         mine = [p for p in pods.get("items") or []
-                if str(rank) in ((p["metadata"].get("labels") or {}).get(INDEX_KEY),
-                                 (p["metadata"].get("annotations") or {}).get(INDEX_KEY))]
+                if str(index) in ((p["metadata"].get("labels") or {}).get(INDEX_KEY),
+                                  (p["metadata"].get("annotations") or {}).get(INDEX_KEY))]
         if not mine:
-            raise KubernetesError(f"no pod for rank {rank} of {job_id} (job state: {self.state(job_id)})")
+            raise KubernetesError(f"no pod for node rank {index} of {job_id} (job state: {self.state(job_id)})")
         pod = max(mine, key=lambda p: p["metadata"].get("creationTimestamp") or "")  # newest attempt
         pod_name = pod["metadata"]["name"]
         try:
@@ -340,6 +351,6 @@ class KubernetesBackend(Backend):
                               _preload_content=False, _request_timeout=None if follow else (10, 300))
         except ApiException as e:
             phase = (pod.get("status") or {}).get("phase", "?")
-            raise KubernetesError(f"pod {ns}/{pod_name} (rank {rank}, {phase}) has no log yet: "
+            raise KubernetesError(f"pod {ns}/{pod_name} (node rank {index}, {phase}) has no log yet: "
                                   f"{e.status} {_message(e)}") from e
         return _lines(resp)

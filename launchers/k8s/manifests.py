@@ -75,6 +75,14 @@ def reward_url(recipe: Recipe, name: str) -> str:
     return f"http://{name}-{REWARD_JOB}-0-0.{name}:{recipe.reward_server.port}"
 
 
+def reward_server_args(recipe: Recipe, name: str) -> list[str]:
+    """`fgrpo reward-server` arguments of the reward pod: the recipe from the ConfigMap (the run
+    folder's copy may not exist yet: rank 0 writes it), the recipe's port, the stable DNS name."""
+    host = reward_url(recipe, name).split("//")[1].rsplit(":", 1)[0]
+    return ["--recipe-file", "$(FGRPO_RECIPE_FILE)", "--run-dir", "$(FGRPO_RUN_DIR)", "--host", "0.0.0.0",
+            "--port", str(recipe.reward_server.port), "--advertise-host", host]
+
+
 def parse_toleration(text: str) -> dict:
     """`key=value:Effect` (operator Equal) or `key:Effect` (operator Exists)."""
     where = f"launch.k8s.tolerations: bad toleration {text!r}"
@@ -251,13 +259,10 @@ def _reward_pod_template(recipe: Recipe, name: str, run_name: str) -> dict:
     limits = {"cpu": str(rs.cpus), "memory": f"{rs.mem_gb:g}Gi"}
     if rs.gpus:
         limits["nvidia.com/gpu"] = str(rs.gpus)
-    host = reward_url(recipe, name).split("//")[1].rsplit(":", 1)[0]
     container.update({
         "name": "reward-server",
         "command": ["python"],
-        # The recipe from the ConfigMap: the run folder's copy may not exist yet (rank 0 writes it).
-        "args": ["-m", "fgrpo", "reward-server", "--recipe-file", "$(FGRPO_RECIPE_FILE)", "--run-dir",
-                 "$(FGRPO_RUN_DIR)", "--host", "0.0.0.0", "--port", str(rs.port), "--advertise-host", host],
+        "args": ["-m", "fgrpo", "reward-server", *reward_server_args(recipe, name)],
         "ports": [{"name": "reward", "containerPort": rs.port, "protocol": "TCP"}],
         "resources": {"requests": dict(limits), "limits": limits},
         # Ready once the reward models are loaded and it answers; the trainers wait for that too.

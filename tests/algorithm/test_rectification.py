@@ -6,13 +6,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fgrpo.algorithm import (
-    global_mean,
     lambda_t,
     noise_scale,
     rectification_weights,
     sde_step,
     wan_sigmas,
 )
+
+from fgrpo.distributed.process_group import global_mean
 
 SIG = wan_sigmas(20, 3.0)
 SIGMA_MAX = float(SIG[1])

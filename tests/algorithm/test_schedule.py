@@ -12,7 +12,7 @@ from fgrpo.algorithm import (
     sde_step,
     wan_sigmas,
 )
-from fgrpo.algorithm.schedule import _per_sample
+from fgrpo.algorithm.schedule import per_sample
 
 SHAPE = (3, 4, 2, 5, 6)  # [B, C, F, H, W]
 
@@ -39,10 +39,10 @@ def test_wan_sigmas_shift_one_is_linear_and_validation():
 def test_per_sample_reshape():
     like = torch.zeros(SHAPE)
     t = torch.arange(3.0)
-    assert _per_sample(t, like).shape == (3, 1, 1, 1, 1)
-    assert _per_sample(0.5, like) == 0.5
+    assert per_sample(t, like).shape == (3, 1, 1, 1, 1)
+    assert per_sample(0.5, like) == 0.5
     with pytest.raises(ValueError):
-        _per_sample(torch.arange(2.0), like)
+        per_sample(torch.arange(2.0), like)
 
 
 def test_ode_step_scalar_and_per_sample():

@@ -4,7 +4,7 @@
 tests/distributed/test_precision_matrix.py.)
 """
 
-from tests.distributed.helpers import train_metrics
+from tests.helpers.runs import train_metrics
 
 
 def test_issue_command_runs_four_local_processes(tiny_model_dir, tmp_path):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.distributed.helpers import launch_tiny, train_metrics
+from tests.helpers.runs import launch_tiny, train_metrics
 
 LAYOUTS = {
     "1": (1, []),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, run_fgrpo
-from tests.distributed.helpers import train_metrics
+from tests.helpers.runs import train_metrics
 
 PRESET = "wan2.1-t2v-1.3b"
 # The paper recipe with a tiny video, one prompt group, 2 sampling steps and a programmatic reward

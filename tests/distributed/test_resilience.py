@@ -9,9 +9,9 @@ import time
 
 import torch
 
-from fgrpo.trainer.checkpoint import complete_checkpoints, latest_checkpoint
+from fgrpo.run_folder import RunFolder, complete_checkpoints
 from tests.conftest import REPO
-from tests.distributed.helpers import BASE_ARGS, launch_tiny, train_metrics, trained_weights
+from tests.helpers.runs import BASE_ARGS, launch_tiny, train_metrics, trained_weights
 
 
 def start_tiny(tiny_model_dir, runs, procs, steps, name="run", *extra):
@@ -52,7 +52,7 @@ def test_sigterm_to_one_rank_then_resume_is_bitwise_identical(tiny_model_dir, tm
     assert proc.returncode == 75, out
     stopped_at = steps_done(run)
     assert stopped_at < 6, "the run finished before the signal: nothing was tested"
-    assert latest_checkpoint(run / "checkpoints")[0] == stopped_at
+    assert RunFolder(run).latest_checkpoint()[0] == stopped_at
     resumed = launch_tiny(tiny_model_dir, runs, 2, 6)
     assert [m["step"] for m in train_metrics(resumed)] == list(range(1, 7))
     a, b = trained_weights(straight), trained_weights(resumed)
@@ -85,7 +85,7 @@ def test_kill9_during_checkpoint_save_keeps_the_previous_one(tiny_model_dir, tmp
     os.killpg(proc.pid, signal.SIGKILL)  # launcher and every rank, mid-save
     proc.wait(timeout=30)
     n = int(partial.name.split("-")[1].split(".")[0])
-    latest = latest_checkpoint(ckpts)
+    latest = RunFolder(runs / "run").latest_checkpoint()
     assert latest[0] in (n - 1, n)  # n only if the rename beat the kill
     # every folder that looks complete is complete: it loads
     for step, _ in complete_checkpoints(ckpts):

@@ -17,7 +17,7 @@ import yaml
 from fgrpo.recipe.io import load_recipe_file
 from launchers.base import LaunchJob
 from launchers.k8s.backend import KubernetesBackend, KubernetesError, workload_state
-from launchers.records import jobs
+from fgrpo.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "fgrpo"
@@ -199,7 +199,7 @@ def test_launch_creates_objects_in_order(kube, tmp_path, capsys, api, paths):
     assert [r["body"] for r in posts] == objects(api)  # unchanged: e.g. the integer GPU limit
     assert {r["auth"] for r in kube.requests} == {"Bearer test-token"}
     kind = "jobset" if api == "jobset" else "job"
-    assert [(j["backend"], j["job_id"], j["kind"]) for j in jobs(job.run_dir)] == [("k8s", f"{kind}/{NS}/{RUN}", "launch")]
+    assert [(j["backend"], j["job_id"], j["kind"]) for j in RunFolder(job.run_dir).jobs()] == [("k8s", f"{kind}/{NS}/{RUN}", "launch")]
     out = capsys.readouterr().out
     assert f"{NS}/{RUN}" in out and f"fgrpo logs {job.run_dir} -f" in out and f"fgrpo cancel {job.run_dir}" in out
 
@@ -266,13 +266,23 @@ def pod(name: str, index: int, created: str, label: str = "jobset.sigs.k8s.io/jo
             "spec": {"containers": [{"name": "trainer", "image": "x"}]}, "status": {"phase": "Running"}}
 
 
-def test_stream_logs_follows_chunked_output(kube):
+def run_with_recipe(tmp_path: Path, procs_per_node: int) -> Path:
+    """A local run folder as `fgrpo launch` leaves it: the recipe says how many ranks share a pod."""
+    job = make_job(tmp_path)
+    r = job.recipe
+    RunFolder(job.run_dir).write_recipe(dataclasses.replace(
+        r, launch=dataclasses.replace(r.launch, nodes=2, procs_per_node=procs_per_node)))
+    return job.run_dir
+
+
+def test_stream_logs_follows_chunked_output(kube, tmp_path):
     kube.put(PODS, pod("p0", 0, "2026-01-01T00:00:00Z"))
     kube.put(PODS, pod("p1-old", 1, "2026-01-01T00:00:00Z"))
     kube.put(PODS, pod("p1-new", 1, "2026-01-02T00:00:00Z"))
     kube.logs["p1-new"] = [b"step 1 loss", b" 0.5\nstep 2", b" loss 0.4\n", b"done"]
     kube.log_gate.clear()  # the last chunk waits: lines must arrive while the stream is open
-    lines = backend().stream_logs(f"jobset/{NS}/{RUN}", rank=1, follow=True)
+    # Global rank 5 with 4 processes per pod: node rank 1, the pod with completion index 1.
+    lines = backend().stream_logs(run_with_recipe(tmp_path, 4), f"jobset/{NS}/{RUN}", rank=5, follow=True)
     assert next(lines) == "step 1 loss 0.5\n"
     assert next(lines) == "step 2 loss 0.4\n"
     kube.log_gate.set()
@@ -282,12 +292,13 @@ def test_stream_logs_follows_chunked_output(kube):
     assert log["path"] == f"{PODS}/p1-new/log" and log["query"] == {"container": ["trainer"], "follow": ["true"]}
 
 
-def test_stream_logs_of_indexed_job_and_missing_rank(kube):
+def test_stream_logs_of_indexed_job_and_missing_rank(kube, tmp_path):
     kube.put(PODS, pod("j0", 0, "2026-01-01T00:00:00Z", label="job-name"))
     kube.logs["j0"] = [b"hello\n"]
-    assert list(backend().stream_logs(f"job/{NS}/{RUN}", 0, follow=False)) == ["hello\n"]
-    with pytest.raises(KubernetesError, match="no pod for rank 3"):
-        backend().stream_logs(f"job/{NS}/{RUN}", 3, follow=False)
+    run_dir = run_with_recipe(tmp_path, 1)
+    assert list(backend().stream_logs(run_dir, f"job/{NS}/{RUN}", 0, follow=False)) == ["hello\n"]
+    with pytest.raises(KubernetesError, match="no pod for node rank 3"):
+        backend().stream_logs(run_dir, f"job/{NS}/{RUN}", 3, follow=False)
 
 
 @pytest.mark.parametrize("api", ["jobset", "indexed-job"])
@@ -314,7 +325,7 @@ def test_conflict_names_the_run_and_rolls_back(kube, tmp_path):
     assert f"deleted ConfigMap {NS}/{RUN}-recipe" in msg
     assert kube.sent("DELETE") == [("DELETE", f"{CONFIGMAPS}/{RUN}-recipe")]  # only what this call created
     assert list(kube.objects) == [(JOBSETS, RUN)] and kube.objects[(JOBSETS, RUN)] is existing
-    assert jobs(job.run_dir) == []
+    assert RunFolder(job.run_dir).jobs() == []
 
 
 def test_conflict_on_first_object_deletes_nothing(kube, tmp_path):

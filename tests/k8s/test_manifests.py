@@ -12,39 +12,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fgrpo.recipe.io import from_dict, load_recipe_file, to_dict
+from fgrpo.recipe.io import from_dict, to_dict
 from launchers.k8s import manifests
 from launchers.k8s.manifests import object_name, parse_toleration, render
+from tests.helpers.k8s import OLDEST, RUN, by_kind, make_recipe, schema_validator
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA = REPO / "launchers" / "k8s" / "jobset_schema.json"
 # 1.31: the oldest release where everything emitted is GA (podFailurePolicy and the
 # DisruptionTarget pod condition went GA in 1.31); plus the newest schema kubernetes-validate ships.
-OLDEST = "1.31"
-IMAGE = "registry.example.com/fgrpo:1.0"
-RUN = "tiny__lr=0.001_seed=3"
-
 
 def _versions() -> list[str]:
     kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
     return [OLDEST, kv.latest_version()]
 
 
-def make_recipe(**k8s_changes):
-    r = load_recipe_file(REPO / "recipes" / "tiny.py")
-    k8s = dataclasses.replace(r.launch.k8s, image=IMAGE, secret_env={"WANDB_API_KEY": "wandb/api-key"},
-                              tolerations=("nvidia.com/gpu:NoSchedule",), kueue_queue="team-a")
-    k8s = dataclasses.replace(k8s, **k8s_changes)
-    return dataclasses.replace(r, launch=dataclasses.replace(r.launch, nodes=2, procs_per_node=2, gpus_per_node=8, k8s=k8s))
-
-
 def build(api="jobset", run=RUN, **k8s_changes):
     recipe = make_recipe(api=api, **k8s_changes)
     return recipe, render(recipe, run, json.dumps(to_dict(recipe), sort_keys=True))
-
-
-def by_kind(objs) -> dict:
-    return {o["kind"]: o for o in objs}
 
 
 def jobset_as_job(jobset: dict) -> dict:
@@ -64,13 +48,6 @@ def pod_spec(objs) -> dict:
 def container(objs) -> dict:
     (c,) = pod_spec(objs)["containers"]
     return c
-
-
-def schema_validator():
-    jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads(SCHEMA.read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
 
 
 # --- schema validation --------------------------------------------------------------------------

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from fgrpo.recipe.io import load_recipe_file, to_dict
-from fgrpo.trainer.checkpoint import latest_checkpoint
+from fgrpo.run_folder import RunFolder
 from tests.conftest import REPO
-from tests.distributed.helpers import train_metrics
+from tests.helpers.runs import train_metrics
 
 
 def free_port() -> int:
@@ -98,7 +98,7 @@ def test_two_pods_train_stop_and_restart(tiny_model_dir, tmp_path):
     outs = [p.communicate(timeout=180)[0] for p in procs]
     done = len(train_metrics(run))
     assert 2 <= done < 30, outs[0][-3000:]
-    ckpt = latest_checkpoint(run / "checkpoints")
+    ckpt = RunFolder(run).latest_checkpoint()
     assert ckpt is not None and ckpt[0] == done, outs[0][-3000:] + outs[1][-3000:]  # the graceful save
     # The group restarts (both pods), resumes from the PVC and finishes.
     procs, run, _ = pod_processes(tiny_model_dir, tmp_path, done + 2, free_port())

@@ -11,7 +11,7 @@ import pytest
 from fgrpo.recipe.io import to_dict
 from launchers.k8s import manifests
 from launchers.k8s.manifests import render
-from tests.k8s.test_manifests import RUN, by_kind, make_recipe, schema_validator
+from tests.helpers.k8s import RUN, by_kind, make_recipe, schema_validator
 
 
 def build_with_server(api="jobset", **server):

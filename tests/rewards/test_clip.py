@@ -8,8 +8,8 @@ import torch
 
 from fgrpo.rewards import WeightedRewards, aggregate_frames
 from fgrpo.rewards import clip as clip_mod
-from tests.rewards.served import assert_served_equals_in_process
-from tests.rewards.tiny_clip_tokenizer import save_tiny_clip
+from tests.helpers.served import assert_served_equals_in_process
+from tests.helpers.tiny_clip_tokenizer import save_tiny_clip
 
 WORDS = ["a", "red", "blue", "cat", "dog", "on", "the", "grass", "sky", "car", "runs", "in"]
 

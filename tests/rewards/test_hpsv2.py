@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from fgrpo.rewards import WeightedRewards, aggregate_frames
 from fgrpo.rewards import hpsv2 as hpsv2_mod
 from fgrpo.rewards.clip import ClipScorer
-from tests.rewards.served import assert_served_equals_in_process
-from tests.rewards.tiny_clip_tokenizer import tiny_clip_tokenizer
+from tests.helpers.served import assert_served_equals_in_process
+from tests.helpers.tiny_clip_tokenizer import tiny_clip_tokenizer
 
 WORDS = ["a", "red", "blue", "cat", "dog", "on", "the", "grass", "sky", "car", "runs", "in"]
 PROMPTS = ["a red cat on the grass", "a blue dog", "the car runs in the sky"]

@@ -9,8 +9,8 @@ from fgrpo.rewards import WeightedRewards, aggregate_frames
 from fgrpo.rewards import hpsv3 as hps
 from fgrpo.rewards.qwen2vl import chat_text
 
-from tests.rewards.served import assert_served_equals_in_process
-from tests.rewards.tiny_qwen2vl import PROMPTS, image_processor, reward_at_tokens, save_tiny_hpsv3
+from tests.helpers.served import assert_served_equals_in_process
+from tests.helpers.tiny_qwen2vl import PROMPTS, image_processor, reward_at_tokens, save_tiny_hpsv3
 
 PIX = 56 * 84  # tiny stand-in for HPSv3's 256*28*28 budget: 40x60 frames become 56x84 (4x6 patches)
 KW = dict(min_pixels=PIX, max_pixels=PIX)

@@ -12,7 +12,7 @@ import torch
 
 from fgrpo.recipe.config import RewardSpec
 from fgrpo.rewards import WeightedRewards, register_reward
-from fgrpo.rewards.serve import main
+from fgrpo.cli.reward_server import RewardServerArgs, cmd_reward_server, parse_args, reward_specs
 from fgrpo.rewards.server import RewardClient, RewardServer, dequantize, quantize
 
 SPECS = [RewardSpec(name="brightness", weight=1.0, frame_aggregation="mean"),
@@ -165,12 +165,13 @@ def test_reward_error_is_500_then_retried():
         assert RewardClient(srv.url).health()["ok"] is True
 
 
-def test_main_rejects_unknown_reward(capsys):
+def test_cli_rejects_unknown_reward(capsys):
     with pytest.raises(SystemExit):
-        main(["--reward", "no_such_reward_xyz", "--port", "0"])
+        cmd_reward_server(["--reward", "no_such_reward_xyz", "--port", "0"])
     assert "no_such_reward_xyz" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--reward", "colour", "--arg", "brightness", "k", "1", "--port", "0"])
+        cmd_reward_server(["--reward", "colour", "--arg", "brightness", "k", "1", "--port", "0"])
+    assert "--arg names reward 'brightness'" in capsys.readouterr().err
 
 
 def test_cli_serves_a_recipes_rewards_and_stops_on_sigterm(tmp_path):
@@ -182,7 +183,8 @@ def test_cli_serves_a_recipes_rewards_and_stops_on_sigterm(tmp_path):
     import sys
 
     from fgrpo.recipe.io import load_recipe_file, save_recipe_json
-    from fgrpo.rewards.serve import read_address, wait_for_server
+    from fgrpo.rewards.serve import wait_for_server
+    from fgrpo.run_folder import RunFolder
     from tests.conftest import REPO
 
     recipe = load_recipe_file(REPO / "recipes" / "tiny.py")
@@ -192,7 +194,7 @@ def test_cli_serves_a_recipes_rewards_and_stops_on_sigterm(tmp_path):
                              "--port", "0", "--address-file", str(tmp_path / "addr.json")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url = wait_for_server(lambda: read_address(tmp_path / "addr.json"), timeout_s=60, poll_s=0.1)
+        url = wait_for_server(lambda: RunFolder(tmp_path).read_server_address(tmp_path / "addr.json"), timeout_s=60, poll_s=0.1)
         total, comps = RewardClient(url).score(_frames(), PROMPTS)
         want_total, want = WeightedRewards(specs)(dequantize(quantize(_frames())), PROMPTS)
         torch.testing.assert_close(total, want_total, atol=1e-6, rtol=0)
@@ -212,18 +214,25 @@ def test_cli_argument_errors(tmp_path, capsys):
         (["--reward", "colour", "--recipe-file", str(tmp_path / "r.json")], "not both"),
     ):
         with pytest.raises(SystemExit):
-            main(argv + ["--port", "0"])
+            cmd_reward_server(argv + ["--port", "0"])
         assert message in capsys.readouterr().err
 
 
 def test_model_path_fills_every_reward_without_one():
-    import argparse
-
-    from fgrpo.rewards.serve import _specs_from_args
-
-    a = argparse.Namespace(recipe_file=None, run_dir=None, reward=["clip", "hpsv3"], weight=[],
-                           arg=[["hpsv3", "checkpoint", "/m/HPSv3.safetensors"], ["clip", "model_path", "/m/pick"]],
-                           model_path="/m/qwen")
-    clip_spec, hps_spec = _specs_from_args(argparse.ArgumentParser(), a)
+    a = RewardServerArgs(reward=("clip", "hpsv3"),
+                         arg=(("hpsv3", "checkpoint", "/m/HPSv3.safetensors"), ("clip", "model_path", "/m/pick")),
+                         model_path="/m/qwen")
+    clip_spec, hps_spec = reward_specs(a)
     assert clip_spec.args == {"model_path": "/m/pick"}
     assert hps_spec.args == {"checkpoint": "/m/HPSv3.safetensors", "model_path": "/m/qwen"}
+
+
+def test_repeated_flags_and_typed_values():
+    """`--reward`, `--weight NAME W` and `--arg NAME KEY VALUE` repeat; VALUE is JSON when it parses."""
+    a = parse_args(["--reward", "clip", "--reward", "colour", "--weight", "colour", "0.5",
+                    "--arg", "colour", "target", "[1, 0, 0]", "--arg", "colour", "gamma", "2.2",
+                    "--arg", "clip", "model_path", "/m/pick", "--port", "0"])
+    clip_spec, colour_spec = reward_specs(a)
+    assert (clip_spec.name, clip_spec.weight, clip_spec.args) == ("clip", 1.0, {"model_path": "/m/pick"})
+    assert (colour_spec.weight, colour_spec.args) == (0.5, {"target": [1, 0, 0], "gamma": 2.2})
+    assert a.port == 0 and a.host == "127.0.0.1"

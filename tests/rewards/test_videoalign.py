@@ -11,8 +11,8 @@ from fgrpo.rewards import WeightedRewards
 from fgrpo.rewards import videoalign as va
 from fgrpo.rewards.qwen2vl import chat_text, patchify
 
-from tests.rewards.served import assert_served_equals_in_process
-from tests.rewards.tiny_qwen2vl import PROMPTS, legacy_state_dict, make_reward_model, reward_at_tokens, save_base
+from tests.helpers.served import assert_served_equals_in_process
+from tests.helpers.tiny_qwen2vl import PROMPTS, legacy_state_dict, make_reward_model, reward_at_tokens, save_base
 
 KW = dict(min_pixels=56 * 56)  # tiny stand-in for 128*28*28; model_config caps frames at 56*84 pixels
 NORM = {"VQ_mean": 0.1, "VQ_std": 2.0, "MQ_mean": -0.2, "MQ_std": 0.5, "TA_mean": 0.3, "TA_std": 1.5}

@@ -1,14 +1,12 @@
 """--reward-server.launch on Slurm: the server runs as a job of its own beside the training job, the
 trainers find it through the run folder, and it ends with the run (or with `fgrpo cancel`)."""
 
-import json
 import subprocess
 import time
 
-from fgrpo.rewards.serve import ADDRESS_FILE
-from launchers.records import server_jobs
+from fgrpo.run_folder import RunFolder
 from tests.conftest import run_fgrpo
-from tests.slurm.test_slurm_backend import status, submit, wait_state, wait_steps
+from tests.helpers.slurm import status, submit, wait_state, wait_steps
 
 # Training on one node (2 tasks = its 2 CPUs); the server gets a CPU of the other node.
 SERVED = ["--launch.nodes", "1", "--launch.procs-per-node", "2", "--reward-server.launch",
@@ -31,18 +29,18 @@ def wait_job(job_id: str, states: set[str], timeout=180) -> str:
 
 
 def server_log(run) -> str:
-    (server,) = server_jobs(run)
+    (server,) = RunFolder(run).server_jobs()
     return "".join(p.read_text() for p in (run / "submitit").glob(f"{server['job_id']}_0_log.*"))
 
 
 def test_reward_server_job_beside_training(slurm_cluster, tiny_model_dir, tmp_path):
     run, job = submit(tiny_model_dir, tmp_path / "runs", 3, *SERVED)
-    (server,) = server_jobs(run)
+    (server,) = RunFolder(run).server_jobs()
     assert server["backend"] == "slurm" and server["job_id"] != job
     rows = wait_state(run, {"COMPLETED"})
     assert rows[0]["step"] == 3 and rows[0]["run_state"] == "completed"
     # The server was on the other node, and the trainers used it.
-    host = json.loads((run / ADDRESS_FILE).read_text())["url"]
+    host = RunFolder(run).read_server_address()
     assert host.startswith("http://")
     out = "".join(p.read_text() for p in (run / "submitit").glob(f"{job}_0_log.out"))
     assert f"rewards scored by the reward server at {host}" in out
@@ -55,7 +53,7 @@ def test_reward_server_job_beside_training(slurm_cluster, tiny_model_dir, tmp_pa
 
 def test_cancel_stops_the_reward_server_too(slurm_cluster, tiny_model_dir, tmp_path):
     run, job = submit(tiny_model_dir, tmp_path / "runs", 200, *SERVED)
-    (server,) = server_jobs(run)
+    (server,) = RunFolder(run).server_jobs()
     wait_steps(run, 2)
     res = run_fgrpo("cancel", str(run), timeout=60)
     assert res.returncode == 0, res.stderr
@@ -120,4 +118,4 @@ def test_sweep_points_each_get_a_server_job(tmp_path, monkeypatch):
     assert [d for _, d, _ in submitted] == [str(j.run_dir.resolve()) for j in runs] * 2
     assert ids == ["103", "104"]
     for job, server_id in zip(runs, ["101", "102"]):
-        assert [s["job_id"] for s in server_jobs(job.run_dir)] == [server_id]
+        assert [s["job_id"] for s in RunFolder(job.run_dir).server_jobs()] == [server_id]

@@ -1,6 +1,5 @@
 """Checkpoints: exact continuation in-process, graceful stop by signal, incomplete folders ignored."""
 
-import dataclasses
 import json
 import os
 import signal
@@ -11,26 +10,9 @@ import time
 import pytest
 import torch
 
-from fgrpo.recipe.io import load_recipe_file
-from fgrpo.trainer import checkpoint
+from fgrpo.run_folder import RunFolder
 from tests.conftest import REPO
-
-
-def small_recipe(tiny_model_dir, **optim):
-    r = load_recipe_file(REPO / "recipes" / "tiny.py")
-    R = dataclasses.replace
-    return R(
-        r,
-        model=R(r.model, path=str(tiny_model_dir)),
-        rollout=R(r.rollout, prompts_per_step=2, group_size=4, steps=4),
-        timesteps=R(r.timesteps, window=(0, 3)),
-        lora=R(r.lora, enabled=True, rank=4, alpha=4.0),  # the LoRA path, as real Wan runs use
-        optim=R(r.optim, **optim),
-        ema=R(r.ema, interval=2),
-        eval=R(r.eval, interval=100, steps=2, videos_per_prompt=1),
-        prompts=R(r.prompts, heldout=2),
-        checkpoint=R(r.checkpoint, interval=2, keep_last=2),
-    )
+from tests.helpers.recipes import small_recipe
 
 
 def trained_state(trainer):
@@ -53,7 +35,7 @@ def test_resume_continues_bitwise(tiny_model_dir, tmp_path):
         assert torch.equal(pa[k], pb[k]), k
         assert torch.equal(ea[k], eb[k]), k
     # keep_last=2: only the two newest complete checkpoints stay
-    assert [s for s, _ in checkpoint.complete_checkpoints(tmp_path / "b" / "checkpoints")] == [2, 4]
+    assert [s for s, _ in RunFolder(tmp_path / "b").complete_checkpoints()] == [2, 4]
 
 
 def test_incomplete_checkpoint_folders_are_ignored(tmp_path):
@@ -62,7 +44,7 @@ def test_incomplete_checkpoint_folders_are_ignored(tmp_path):
     (ck / "step-3" / ".metadata").write_text("")
     (ck / "step-5").mkdir()  # no .metadata: a save that never finished
     (ck / ".step-6.partial").mkdir()
-    assert checkpoint.latest_checkpoint(ck) == (3, ck / "step-3")
+    assert RunFolder(tmp_path).latest_checkpoint() == (3, ck / "step-3")
 
 
 def _train_lines(path):
@@ -96,7 +78,7 @@ def test_signal_stops_at_a_step_boundary_and_resume_finishes(tiny_model_dir, tmp
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 75, out  # "stopped cleanly, requeue me"
     done = _train_lines(run_dir / "metrics.jsonl")[-1]["step"]
-    latest = checkpoint.latest_checkpoint(run_dir / "checkpoints")
+    latest = RunFolder(run_dir).latest_checkpoint()
     assert latest is not None and latest[0] == done  # nothing completed was lost
     # Resume: same command, fewer total steps so it ends soon; it continues from the checkpoint.
     args[args.index("400")] = str(done + 2)

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from fgrpo.trainer import rollout as rollout_mod
-from fgrpo.trainer.flash_grpo import flash_grpo_step
 from fgrpo.trainer.trainer import Trainer
-from tests.trainer.test_checkpoint_resume import small_recipe
+from tests.helpers.recipes import small_recipe
 
 
 @pytest.mark.parametrize("mode", ["flash", "fast", "full-trajectory"])
@@ -26,7 +25,7 @@ def test_one_step_per_mode(tiny_model_dir, tmp_path, monkeypatch, mode):
 
     monkeypatch.setattr("fgrpo.trainer.flash_grpo.sample", spy)
     before = {k: v.detach().clone() for k, v in t.params.items()}
-    res = flash_grpo_step(t, t.sampler.next(r.rollout.prompts_per_step), lambda: None)
+    res = t.run_step(t.sampler.next(r.rollout.prompts_per_step), lambda: None)
     assert res.applied
     G, P, N = r.rollout.group_size, r.rollout.prompts_per_step, r.rollout.steps
     steps = torch.cat([tr.step for tr in recorded])

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from fgrpo.trainer import checkpoint, flash_grpo
+from fgrpo.run_folder import RunFolder
+from fgrpo.trainer import flash_grpo
 from fgrpo.trainer.trainer import NonFiniteError, Trainer
-from tests.trainer.test_checkpoint_resume import small_recipe
+from tests.helpers.recipes import small_recipe
 
 
 def test_nan_steps_are_skipped_then_the_run_stops(tiny_model_dir, tmp_path, monkeypatch):
@@ -28,7 +29,7 @@ def test_nan_steps_are_skipped_then_the_run_stops(tiny_model_dir, tmp_path, monk
     with pytest.raises(NonFiniteError, match="3 steps in a row"):
         t.run()
     assert t.step == 2 and t.nonfinite_total == 3
-    assert checkpoint.latest_checkpoint(tmp_path / "checkpoints")[0] == 2
+    assert RunFolder(tmp_path).latest_checkpoint()[0] == 2
     good = {k: v.detach().clone() for k, v in t.params.items()}
     resumed = Trainer(r, tmp_path)
     assert resumed.resume() and resumed.step == 2

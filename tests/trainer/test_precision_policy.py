@@ -10,7 +10,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from fgrpo.trainer.rollout import velocity
-from tests.trainer.test_checkpoint_resume import small_recipe
+from tests.helpers.recipes import small_recipe
 
 R = dataclasses.replace
 
@@ -30,7 +30,7 @@ def local(p):
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 def test_storage_compute_and_gradient_dtypes(tiny_model_dir, tmp_path, lora):
     t = bf16_trainer(tiny_model_dir, tmp_path, lora)
-    tr = t.model.transformer
+    tr = t.policy.transformer
     for name, p in tr.named_parameters():
         kept = any(k in name.split(".") for k in ("time_embedder", "scale_shift_table", "norm2"))
         expected = torch.float32 if p.requires_grad or kept else torch.bfloat16
@@ -53,10 +53,10 @@ def test_storage_compute_and_gradient_dtypes(tiny_model_dir, tmp_path, lora):
                "blocks.0.ffn": tr.blocks[0].ffn.net[0].proj}
     for name, module in watched.items():
         module.register_forward_pre_hook(record(name), with_kwargs=True)
-    x = torch.randn(2, *t.latent_shape)
-    ctx = t.encode(t.train_prompts[:2])
+    x = torch.randn(2, *t.policy.latent_shape)
+    ctx = t.policy.encode(t.train_prompts[:2])
     tr.train()
-    v = velocity(tr, x, torch.tensor([0.9, 0.5]), ctx, t.neg_context.expand(2, -1, -1), 2.0, t.policy.compute)
+    v = velocity(tr, x, torch.tensor([0.9, 0.5]), ctx, t.policy.negative_context(2), 2.0, t.policy.compute_dtype)
     assert v.dtype == torch.float32 and torch.isfinite(v).all()
 
     assert seen["patch_embedding"][0] == [torch.bfloat16]  # latents enter in the compute dtype
@@ -77,7 +77,7 @@ def test_sigma_reaches_the_model_in_fp32(tiny_model_dir, tmp_path):
     """σ·1000 = 982.6 would be 984 in bf16: the timestep input stays fp32."""
     t = bf16_trainer(tiny_model_dir, tmp_path, lora=True)
     got = []
-    t.model.transformer.condition_embedder.timesteps_proj.register_forward_pre_hook(lambda m, a: got.append(a[0]))
-    x, ctx = torch.randn(1, *t.latent_shape), t.encode(t.train_prompts[:1])
-    velocity(t.model.transformer, x, torch.tensor([0.9826]), ctx, None, 1.0, t.policy.compute)
+    t.policy.transformer.condition_embedder.timesteps_proj.register_forward_pre_hook(lambda m, a: got.append(a[0]))
+    x, ctx = torch.randn(1, *t.policy.latent_shape), t.policy.encode(t.train_prompts[:1])
+    velocity(t.policy.transformer, x, torch.tensor([0.9826]), ctx, None, 1.0, t.policy.compute_dtype)
     assert got[0].dtype == torch.float32 and float(got[0][0]) == pytest.approx(982.6, abs=1e-3)

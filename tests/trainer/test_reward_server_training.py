@@ -12,15 +12,15 @@ import torch
 
 from fgrpo.recipe.config import RewardSpec
 from fgrpo.rewards import register_reward
-from fgrpo.rewards.serve import ADDRESS_FILE, wait_for_server, write_address
+from fgrpo.rewards.serve import wait_for_server
 from fgrpo.rewards.server import RewardServer
+from fgrpo.run_folder import RunFolder
 from fgrpo.trainer import flash_grpo as flash_mod
-from fgrpo.trainer.flash_grpo import flash_grpo_step
 from fgrpo.trainer.reward_scoring import RemoteRewards
 from fgrpo.trainer.signals import EXIT_REQUEUE, StopFlag
 from fgrpo.trainer.trainer import Trainer
 from tests.conftest import REPO, run_fgrpo
-from tests.trainer.test_checkpoint_resume import small_recipe
+from tests.helpers.recipes import small_recipe
 
 R = dataclasses.replace
 
@@ -34,12 +34,12 @@ def served_recipe(tiny_model_dir, **server):
 def test_step_through_server_equals_in_process(tiny_model_dir, tmp_path):
     local = Trainer(served_recipe(tiny_model_dir), tmp_path / "local")
     prompts = local.sampler.next(local.recipe.rollout.prompts_per_step)
-    want = flash_grpo_step(local, prompts, lambda: None).metrics
+    want = local.run_step(prompts, lambda: None).metrics
     with RewardServer(local.recipe.rewards) as srv:
         remote = Trainer(served_recipe(tiny_model_dir, url=srv.url), tmp_path / "remote")
         remote.connect_rewards()
         assert isinstance(remote.rewards, RemoteRewards)
-        got = flash_grpo_step(remote, prompts, lambda: None).metrics
+        got = remote.run_step(prompts, lambda: None).metrics
         assert srv.scored == (4, 8)  # one request per micro-batch
     # brightness of uint8-quantised frames: at most half a grey level (0.002) from float frames
     assert got["reward_mean"] == pytest.approx(want["reward_mean"], abs=2e-3)
@@ -72,20 +72,20 @@ def test_scoring_overlaps_the_next_rollouts(tiny_model_dir, tmp_path, monkeypatc
         r = served_recipe(tiny_model_dir, url=srv.url)
         t = Trainer(R(r, rewards=(spec,)), tmp_path)
         t.connect_rewards()
-        flash_grpo_step(t, t.sampler.next(2), lambda: None)
+        t.run_step(t.sampler.next(2), lambda: None)
     assert len(calls) == 4 and scored_while_rolling_out and all(scored_while_rolling_out)
 
 
 def test_wait_for_server_follows_the_address_file(tmp_path):
-    address = tmp_path / ADDRESS_FILE
-    write_address(address, "http://127.0.0.1:9")  # a stale address: nothing listens there
+    folder = RunFolder(tmp_path)
+    folder.write_server_address("http://127.0.0.1:9")  # a stale address: nothing listens there
     polls = []
 
     def find():
         polls.append(1)
         if len(polls) == 3:  # the requeued server announces itself
-            write_address(address, srv.url)
-        return json.loads(address.read_text())["url"]
+            folder.write_server_address(srv.url)
+        return folder.read_server_address()
 
     with RewardServer([RewardSpec(name="brightness")]) as srv:
         assert wait_for_server(find, timeout_s=30, poll_s=0.01) == srv.url
@@ -128,7 +128,7 @@ def test_launch_with_reward_server_end_to_end(tiny_model_dir, tmp_path):
     # 2 steps in micro-batches of 16, plus held-out evaluation before and after (one batch each).
     videos, batches = 2 * per_step + 2 * per_eval, 2 * (per_step // 16) + 2
     assert f"reward server stopped after scoring {videos} videos in {batches} batches" in log, log
-    assert json.loads((run / ADDRESS_FILE).read_text())["url"].startswith("http://127.0.0.1:")
+    assert RunFolder(run).read_server_address().startswith("http://127.0.0.1:")
     assert torch.isfinite(torch.tensor([m["reward_mean"] for m in train])).all()
 
 
@@ -139,16 +139,16 @@ def test_a_restarted_server_is_found_again(tiny_model_dir, tmp_path):
     run.mkdir()
     r = served_recipe(tiny_model_dir, launch=True, startup_timeout_s=60, retries=0)
     servers = [RewardServer(r.rewards)]
-    write_address(run / ADDRESS_FILE, servers[0].start())
+    RunFolder(run).write_server_address(servers[0].start())
     t = Trainer(r, run)
     t.connect_rewards()
-    flash_grpo_step(t, t.sampler.next(2), lambda: None)
+    t.run_step(t.sampler.next(2), lambda: None)
     servers[0].stop()
     second = RewardServer(r.rewards)
-    timer = threading.Timer(1.0, lambda: write_address(run / ADDRESS_FILE, second.start()))
+    timer = threading.Timer(1.0, lambda: RunFolder(run).write_server_address(second.start()))
     timer.start()
     try:
-        metrics = flash_grpo_step(t, t.sampler.next(2), lambda: None).metrics
+        metrics = t.run_step(t.sampler.next(2), lambda: None).metrics
     finally:
         timer.join()
         second.stop()
@@ -171,7 +171,7 @@ def test_in_process_rewards_score_each_micro_batch_before_the_next_rollout(tiny_
     spec = RewardSpec(name="test_records_rollouts_begun")
     r = served_recipe(tiny_model_dir)
     t = Trainer(R(r, rewards=(spec,)), tmp_path)
-    metrics = flash_grpo_step(t, t.sampler.next(2), lambda: None).metrics
+    metrics = t.run_step(t.sampler.next(2), lambda: None).metrics
     assert seen == [(1, 2), (2, 2), (3, 2), (4, 2)]
     assert metrics["time_reward_wait"] > 0 and metrics["time_reward"] >= metrics["time_reward_wait"]
 
@@ -179,7 +179,7 @@ def test_in_process_rewards_score_each_micro_batch_before_the_next_rollout(tiny_
 def test_paper_reward_through_a_launched_server(tiny_model_dir, tmp_path):
     """The paper's setting in miniature: HPSv3 per frame, mean of the top 30 % of frames, scored by
     the reward server the local backend starts (tiny Qwen2-VL reward model saved locally)."""
-    from tests.rewards.tiny_qwen2vl import save_tiny_hpsv3
+    from tests.helpers.tiny_qwen2vl import save_tiny_hpsv3
 
     base, ckpt = save_tiny_hpsv3(tmp_path / "hpsv3")[:2]
     res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir),

@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 import torch.distributed as tdist
 
+from fgrpo.fileio import atomic_write_text
+
 from .text_encoder import EncodeFn
 
 FORMAT_VERSION = 1
@@ -164,15 +166,6 @@ def _all_ok(ok: bool, world_size: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- the cache
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _file_mode() -> int:
@@ -402,7 +395,7 @@ def _write_rank_parts(encode_fn: EncodeFn, unique: list[str], partial: Path, ran
         if buffered >= part_bytes:
             flush()
     flush()
-    _atomic_write_text(partial / f"rank-{rank:05d}.json", json.dumps({**shape, "prompts": manifest}))
+    atomic_write_text(partial / f"rank-{rank:05d}.json", json.dumps({**shape, "prompts": manifest}))
     return encoded
 
 
@@ -418,7 +411,7 @@ def _finish(partial: Path, folder: Path, unique: list[str], world_size: int, key
     if lacking or not shape:
         raise RuntimeError(f"{partial}: the ranks' parts lack {len(lacking)} prompt(s), e.g. {lacking[:3]}")
     index = {"format": FORMAT_VERSION, "key": key, **shape, "prompts": {p: entries[p] for p in unique}}
-    _atomic_write_text(partial / INDEX, json.dumps(index, ensure_ascii=False))
+    atomic_write_text(partial / INDEX, json.dumps(index, ensure_ascii=False))
     for r in range(world_size):
         (partial / f"rank-{r:05d}.json").unlink()
     try:

@@ -1,26 +1,34 @@
-"""`fgrpo eval RUN_OR_CHECKPOINT`: deterministic held-out evaluation of a trained run.
+"""`fgrpo eval` and `fgrpo export`: what a trained run's checkpoints are worth, and taking them out.
 
-Samples the held-out prompts (or `--prompts FILE`) with the EMA weights (or `--weights model`),
-deterministic ODE with `--steps` steps and fixed seeds, scores them with every reward of the
-recipe, and writes `eval.json` and a grid of the videos to `RUN/eval/<name>/`. The trainer runs
-the same evaluation every `eval.interval` steps (metrics.jsonl, samples/).
+  fgrpo eval RUN_OR_CHECKPOINT [--prompts FILE] [--steps 50] [--weights ema|model] [--reward-url URL]
+  fgrpo export RUN_DIR OUT_DIR [--step N] [--weights ema|model]
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
+
+from fgrpo.fileio import atomic_write_json
+from fgrpo.run_folder import RunFolder
 
 
 @dataclass
 class EvalArgs:
-    target: tyro.conf.Positional[str]
+    """Deterministic held-out evaluation of a trained run.
+
+    Samples the held-out prompts (or `--prompts FILE`) with the EMA weights (or `--weights model`),
+    deterministic ODE with `--steps` steps and fixed seeds, scores them with every reward of the
+    recipe, and writes `eval.json` and a grid of the videos to `RUN/eval/<name>/`. The trainer runs
+    the same evaluation every `eval.interval` steps (metrics.jsonl, samples/).
+    """
+
+    target: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_OR_CHECKPOINT")]
     """A run folder, or one of its checkpoints/step-N folders."""
     prompts: str | None = None
     """Prompt file (one per line, or JSONL with a `prompt` field); default: the run's held-out prompts."""
@@ -36,12 +44,12 @@ class EvalArgs:
     """Score with a running reward server (fgrpo reward-server) instead of in this process."""
 
 
-def resolve_target(target: Path) -> tuple[Path, int | None]:
+def resolve_target(target: Path) -> tuple[RunFolder, int | None]:
     """(run folder, checkpoint step or None for the newest)."""
     if target.name.startswith("step-") and target.parent.name == "checkpoints":
-        return target.parent.parent, int(target.name.split("-")[1])
-    if (target / "recipe.json").exists():
-        return target, None
+        return RunFolder(target.parent.parent), int(target.name.split("-")[1])
+    if RunFolder(target).is_run():
+        return RunFolder(target), None
     raise FileNotFoundError(f"{target} is neither a run folder (with recipe.json) nor a checkpoints/step-N folder")
 
 
@@ -62,45 +70,65 @@ def per_video(records: list[dict], videos_per_prompt: int, rewards: list[float])
 
 def cmd_eval(argv: list[str]) -> int:
     from fgrpo.data.prompts import read_prompt_records, resolve_prompt_file, split_prompts
-    from fgrpo.recipe.io import load_recipe_json
-    from fgrpo.trainer import checkpoint
-    from fgrpo.trainer.evaluate import evaluate_heldout
-    from fgrpo.trainer.trainer import Trainer
+    from fgrpo.trainer.evaluate import evaluate_checkpoint
 
-    a = tyro.cli(EvalArgs, args=argv, prog="fgrpo eval", description=__doc__)
-    run_dir, step = resolve_target(Path(a.target).absolute())
-    recipe = load_recipe_json(run_dir / "recipe.json")
+    a = tyro.cli(EvalArgs, args=argv, prog="fgrpo eval")
+    folder, step = resolve_target(Path(a.target).absolute())
+    run_dir = folder.path
+    recipe = folder.read_recipe()
     ev = dataclasses.replace(recipe.eval, steps=a.steps,
                              videos_per_prompt=a.videos_per_prompt or recipe.eval.videos_per_prompt)
     # A server the run launched has stopped with it: score in-process unless told of a server.
     rs = dataclasses.replace(recipe.reward_server, url=a.reward_url, launch=False)
     recipe = dataclasses.replace(recipe, eval=ev, reward_server=rs)
-    found = dict(checkpoint.complete_checkpoints(run_dir / "checkpoints"))
+    found = dict(folder.complete_checkpoints())
     if not found or (step is not None and step not in found):
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint{'' if step is None else f' for step {step}'}")
     step = step if step is not None else max(found)
-    out = run_dir / "eval" / (a.name or f"step-{step}")
+    out = folder.eval_dir(a.name or f"step-{step}")
     out.mkdir(parents=True, exist_ok=True)
     if a.prompts:
         records = read_prompt_records(Path(a.prompts))
     else:
-        records = split_prompts(read_prompt_records(resolve_prompt_file(recipe.prompts.file)), recipe.prompts.heldout)[1]
+        everything = read_prompt_records(resolve_prompt_file(recipe.prompts.file))
+        records = split_prompts(everything, recipe.prompts.heldout)[1]
     prompts = [r["prompt"] for r in records]
-    # one process; its model, EMA, rewards and sampler are what is used
-    t = Trainer(recipe, out, extra_prompts=tuple(prompts), text_cache_root=run_dir.parent)
-    t.resume(found[step])
-    t.heldout_prompts = prompts
-    if not t.heldout_prompts:
+    if not prompts:
         raise ValueError("no prompts to evaluate: the recipe holds none out (prompts.heldout) and --prompts is unset")
-    use_ema = a.weights == "ema" and t.ema is not None
-    with t.ema.swapped_in() if use_ema else nullcontext():
-        t.connect_rewards()
-        result = evaluate_heldout(t, "videos")
-    summary = {"run": str(run_dir), "step": step, "weights": "ema" if use_ema else "model", "steps": a.steps,
-               "prompts": t.heldout_prompts, "videos_per_prompt": ev.videos_per_prompt, **result,
+    # The policy and the rewards only: no optimizer (fgrpo.trainer.evaluate.evaluate_checkpoint).
+    result = evaluate_checkpoint(recipe, run_dir, found[step], prompts, out / "samples", a.weights)
+    used = result.pop("weights")
+    summary = {"run": str(run_dir), "step": step, "weights": used, "steps": a.steps,
+               "prompts": prompts, "videos_per_prompt": ev.videos_per_prompt, **result,
                **per_video(records, ev.videos_per_prompt, result["eval_rewards"])}
-    (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / "eval.json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("eval_rewards", "prompts", "videos")}, indent=2))
     print(f"wrote {out / 'eval.json'} and {out / 'samples' / 'videos.gif'}")
     return 0
 
+
+@dataclass
+class ExportArgs:
+    """Export a trained run from one checkpoint: the transformer with the LoRA merged as a
+    diffusers folder (OUT_DIR/transformer, for `WanTransformer3DModel.from_pretrained`), the LoRA
+    alone as a diffusers LoRA file (OUT_DIR/lora, LoRA runs only) and OUT_DIR/export.json."""
+
+    run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+    """Run folder (holds recipe.json and checkpoints/)."""
+    out_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="OUT_DIR")]
+    """Where to write transformer/, lora/ and export.json."""
+    step: int | None = None
+    """Checkpoint step; None = the newest complete one."""
+    weights: Literal["ema", "model"] = "ema"
+    """Export the EMA weights (what evaluation uses) or the raw trained weights."""
+
+
+def cmd_export(argv: list[str]) -> int:
+    from fgrpo.export import export_run
+
+    a = tyro.cli(ExportArgs, args=argv, prog="fgrpo export")
+    print(export_run(Path(a.run_dir), Path(a.out_dir), a.step, a.weights))
+    return 0
+
+
+__all__ = ["EvalArgs", "ExportArgs", "cmd_eval", "cmd_export", "per_video", "resolve_target"]

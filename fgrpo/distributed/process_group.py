@@ -1,4 +1,5 @@
-"""torch.distributed set-up from a torchrun-style environment (gloo on CPU, NCCL on GPU)."""
+"""The process group: set-up from a torchrun-style environment (gloo on CPU, NCCL on GPU), rank
+and world size, and the small collectives the trainer agrees through (flags, metrics, means)."""
 
 from __future__ import annotations
 
@@ -77,3 +78,19 @@ def max_over_ranks(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
+
+
+def global_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of `t` over all ranks: all-reduce of (sum, count), so ranks may hold unequal counts.
+
+    Falls back to t.mean() when torch.distributed is not initialised or world size is 1.
+    Every rank must call it (collective). The result is detached (all_reduce has no autograd).
+    """
+    t = t.detach()
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return t.mean()
+    # float64 so the sum over a large global batch loses nothing; one collective for both.
+    count = torch.tensor(float(t.numel()), dtype=torch.float64, device=t.device)
+    buf = torch.stack([t.sum().to(torch.float64), count])
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return (buf[0] / buf[1]).to(t.dtype)

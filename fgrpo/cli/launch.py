@@ -1,0 +1,180 @@
+"""`fgrpo launch`, `show`, `train`, `make-tiny`: a recipe file becomes a run folder and a job.
+
+  fgrpo launch RECIPE.py [--backend local|slurm|k8s] [--dry-run] [--section.field VALUE ...]
+  fgrpo show   RECIPE.py [--section.field VALUE ...]
+  fgrpo train  --run-dir runs/NAME [--recipe-file FILE]
+  fgrpo make-tiny PATH
+
+The recipe commands load RECIPE.py first and hand the rest of argv to tyro with that recipe as
+the default, so `fgrpo launch RECIPE.py --help` lists every field with its value in that recipe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+import tyro
+
+from fgrpo.fileio import env_rank
+from fgrpo.recipe.config import Recipe
+from fgrpo.recipe.io import RecipeError, changed_fields, load_recipe_file, load_recipe_json, run_name, to_dict
+from fgrpo.recipe.validate import recipe_problems
+from fgrpo.run_folder import RunFolder
+
+
+@dataclass
+class RecipeArgs:
+    """Print the resolved recipe (RECIPE.py with the overrides applied) and its run folder."""
+
+    recipe: Annotated[Recipe, tyro.conf.arg(name="")]
+
+
+@dataclass
+class LaunchArgs:
+    """Start a run: validate the recipe, write RUN/recipe.json, hand the job to a backend. The run
+    folder is runs/<recipe name + the overridden fields>; launching the same recipe again resumes it."""
+
+    recipe: Annotated[Recipe, tyro.conf.arg(name="")]
+    backend: Literal["local", "slurm", "k8s"] = "local"
+    """Where to run: local starts the processes on this machine; slurm submits through submitit and
+    k8s creates a JobSet (or Indexed Job); both return at once."""
+    dry_run: bool = False
+    """Print what would run and the resolved recipe; start and write nothing."""
+
+
+Args = TypeVar("Args", RecipeArgs, LaunchArgs)
+
+
+def parse_recipe_args(command: str, argv: list[str], args_type: type[Args]) -> tuple[Recipe, Args]:
+    """`RECIPE.py [--section.field VALUE ...]` -> (the file's recipe, the parsed arguments).
+
+    The file is loaded first: its recipe is the parser's default, so `--help` shows its values."""
+    from fgrpo.cli import COMMANDS
+
+    if not argv or argv[0].startswith("-"):
+        if argv and argv[0] in ("-h", "--help"):
+            print(f"usage: fgrpo {COMMANDS[command].usage}\n\n{' '.join(args_type.__doc__.split())}\n\n"
+                  f"`fgrpo {command} RECIPE.py --help` lists every field with its value in that recipe.")
+            raise SystemExit(0)
+        raise RecipeError(f"usage: fgrpo {command} RECIPE.py [--section.field VALUE ...]")
+    base = load_recipe_file(argv[0])
+    doc = " ".join(args_type.__doc__.split())
+    args = tyro.cli(
+        args_type, default=args_type(recipe=base), args=argv[1:], prog=f"fgrpo {command} {argv[0]}",
+        description=f"{doc}\n\nRecipe {argv[0]} ({base.name}): every field below can be overridden; "
+                    "the defaults shown are that recipe's values.",
+    )
+    return base, args
+
+
+def resolve_run_dir(base: Recipe, recipe: Recipe) -> Path:
+    """The run folder: a pure function of the recipe file's recipe and the overrides."""
+    return (Path(recipe.logging.runs_dir) / run_name(base, recipe)).absolute()
+
+
+def check_existing_run(run_dir: Path, recipe: Recipe) -> None:
+    """A run folder belongs to one recipe; only run-neutral fields (launch, logging, eval,
+    checkpointing, optim.max_steps: train longer) may change when it is resumed."""
+    folder = RunFolder(run_dir)
+    if folder.is_run():
+        diff = changed_fields(folder.read_recipe(), recipe)
+        if diff:
+            raise RecipeError(
+                f"{run_dir} already holds a run with a different recipe ({', '.join(diff)} differ); "
+                "pass --logging.run-name NEW_NAME or remove the folder"
+            )
+
+
+def refuse_invalid(recipe: Recipe, what: str = "invalid recipe") -> None:
+    problems = recipe_problems(recipe)
+    if problems:
+        raise RecipeError(f"{what}:\n  " + "\n  ".join(problems))
+
+
+def cmd_show(argv: list[str]) -> int:
+    from rich.console import Console
+    from rich.syntax import Syntax
+
+    base, args = parse_recipe_args("show", argv, RecipeArgs)
+    Console().print(Syntax(json.dumps(to_dict(args.recipe), indent=2), "json"))
+    print(f"run folder: {resolve_run_dir(base, args.recipe)}")
+    refuse_invalid(args.recipe)
+    return 0
+
+
+def cmd_launch(argv: list[str]) -> int:
+    from launchers import LaunchJob, get_backend
+
+    base, args = parse_recipe_args("launch", argv, LaunchArgs)
+    recipe = args.recipe
+    refuse_invalid(recipe)
+    run_dir = resolve_run_dir(base, recipe)
+    check_existing_run(run_dir, recipe)
+    backend = get_backend(args.backend)
+    job = LaunchJob(run_dir=run_dir, recipe=recipe)
+    if args.dry_run:
+        print(json.dumps(to_dict(recipe), indent=2))
+        print(f"run folder: {run_dir}")
+        print(backend.describe(job))
+        return 0
+    RunFolder(run_dir).write_recipe(recipe)
+    print(f"run folder: {run_dir}", flush=True)
+    return backend.launch(job)
+
+
+@dataclass
+class TrainArgs:
+    """The in-job entry point: every process of a run starts this (the backends do, not you). It
+    trains from RUN/recipe.json and continues from the newest complete checkpoint."""
+
+    run_dir: str
+    """Run folder holding recipe.json (written by `fgrpo launch`)."""
+    recipe_file: str | None = None
+    """A resolved recipe.json to start the run folder from (Kubernetes mounts it from a ConfigMap)."""
+
+
+def cmd_train(argv: list[str]) -> int:
+    from fgrpo.trainer.entry import train_run
+    from fgrpo.trainer.signals import StopFlag
+
+    stop = StopFlag()  # before parsing: a signal during start-up is not lost
+    a = tyro.cli(TrainArgs, args=argv, prog="fgrpo train")
+    run_dir = Path(a.run_dir)
+    recipe = adopt_recipe_file(run_dir, Path(a.recipe_file)) if a.recipe_file else None
+    return train_run(run_dir, stop, recipe)
+
+
+def adopt_recipe_file(run_dir: Path, recipe_file: Path) -> Recipe:
+    """Kubernetes pods get the recipe from a ConfigMap. Every rank trains with that file (so all
+    agree, e.g. on a raised optim.max_steps); it must match the run folder's recipe up to
+    run-neutral fields, and rank 0 records it in the run folder."""
+    recipe = load_recipe_json(recipe_file)
+    check_existing_run(run_dir, recipe)
+    if env_rank() == 0:
+        RunFolder(run_dir).write_recipe(recipe)  # atomic: the other ranks never see half a file
+    return recipe
+
+
+@dataclass
+class MakeTinyArgs:
+    """Save the tiny Wan-architecture model (random weights, CPU-sized) as a diffusers folder, for
+    the --model.path of recipes like recipes/tiny.py and for tests."""
+
+    path: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PATH")]
+    """Folder to write, in the diffusers layout `WanPipeline.from_pretrained` reads."""
+
+
+def cmd_make_tiny(argv: list[str]) -> int:
+    from fgrpo.models.wan.tiny import save_tiny_model
+
+    a = tyro.cli(MakeTinyArgs, args=argv, prog="fgrpo make-tiny")
+    print(save_tiny_model(a.path))
+    return 0
+
+
+__all__ = ["LaunchArgs", "MakeTinyArgs", "RecipeArgs", "TrainArgs", "adopt_recipe_file", "check_existing_run",
+           "cmd_launch", "cmd_make_tiny", "cmd_show", "cmd_train", "parse_recipe_args", "refuse_invalid",
+           "resolve_run_dir"]

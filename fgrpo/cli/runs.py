@@ -1,0 +1,179 @@
+"""`fgrpo status`, `logs`, `cancel`, `resume`: a launched run on any backend (the run folder
+records which backend and which job ids belong to it, fgrpo.run_folder.RunFolder.jobs).
+
+  fgrpo status [RUN | SWEEP | RUNS_DIR] [--json]
+  fgrpo logs RUN [-f] [--rank N]
+  fgrpo cancel RUN
+  fgrpo resume RUN
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from fgrpo.fileio import read_json
+from fgrpo.run_folder import RunFolder
+from launchers.base import is_active
+
+
+def backend_of(folder: RunFolder):
+    """(backend, newest training job) of a launched run."""
+    from launchers import get_backend
+
+    job = folder.latest_job()
+    if job is None:
+        raise ValueError(f"{folder.path} has no recorded job (was it launched with fgrpo launch?)")
+    return get_backend(job["backend"]), job
+
+
+def run_dirs(target: Path) -> list[Path]:
+    """A run folder, a sweep folder (sweep.json lists its runs) or a folder of runs."""
+    if RunFolder(target).is_run():
+        return [target]
+    sweep = read_json(target / "sweep.json")
+    if sweep is not None:
+        return [Path(p) for p in sweep["runs"]]
+    if target.is_dir():
+        return sorted(p for p in target.iterdir() if RunFolder(p).is_run())
+    raise ValueError(f"{target} is not a run folder, a sweep folder or a folder of runs")
+
+
+def job_state(job: dict) -> str:
+    """The scheduler's state of a recorded job; UNKNOWN when its backend cannot be asked."""
+    try:
+        from launchers import get_backend
+
+        return get_backend(job["backend"]).state(job["job_id"])
+    except (OSError, ValueError):
+        return "UNKNOWN"
+
+
+def run_row(run_dir: Path) -> dict:
+    """One line of `fgrpo status`: the scheduler's state joined with the run folder's progress."""
+    folder = RunFolder(run_dir)
+    p = folder.progress()
+    job = folder.latest_job()
+    servers = folder.server_jobs()  # a reward server the backend started beside the training job
+    server = f"job {servers[-1]['job_id']} {job_state(servers[-1])}" if servers else None
+    return {"run": run_dir.name, "backend": job["backend"] if job else "-", "job": job["job_id"] if job else "-",
+            "state": job_state(job) if job else "-", "run_state": p["status"].get("state", "-"), "step": p["step"],
+            "max_steps": folder.read_recipe().optim.max_steps, "reward": p["reward"], "heldout": p["heldout"],
+            "checkpoint": p["checkpoint"], "reason": p["status"].get("reason", ""), "reward_server": server}
+
+
+@dataclass
+class StatusArgs:
+    """The scheduler's state of each run joined with its last step, reward, held-out reward and
+    checkpoint; best held-out reward first (a sweep reads as a ranking)."""
+
+    target: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN|SWEEP|RUNS_DIR")] = "runs"
+    """A run folder, a sweep folder, or a folder of runs."""
+    json: bool = False
+    """Print JSON lines instead of a table."""
+
+
+def print_status(target: Path, as_json: bool = False) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [run_row(d) for d in run_dirs(target)]
+    # Sweeps are read as a ranking: best held-out reward first.
+    rows.sort(key=lambda r: -(r["heldout"] if r["heldout"] is not None else float("-inf")))
+    if as_json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    table = Table(title=f"fgrpo runs in {target}")
+    for col in ("run", "backend", "job", "state", "run state", "step", "reward", "held-out", "checkpoint", "note"):
+        table.add_column(col)
+    fmt = lambda v: "-" if v is None else f"{v:+.4f}"  # noqa: E731
+    for r in rows:
+        note = "; ".join(x for x in (r["reason"], r["reward_server"] and f"reward server {r['reward_server']}") if x)
+        table.add_row(r["run"], r["backend"], r["job"], r["state"], r["run_state"], f"{r['step']}/{r['max_steps']}",
+                      fmt(r["reward"]), fmt(r["heldout"]), str(r["checkpoint"] or "-"), note)
+    Console(width=200).print(table)
+    return 0
+
+
+def cmd_status(argv: list[str]) -> int:
+    a = tyro.cli(StatusArgs, args=argv, prog="fgrpo status")
+    return print_status(Path(a.target), a.json)
+
+
+@dataclass
+class LogsArgs:
+    """Print one process's console output of the run's newest job (local: RUN/logs/rank-R.log;
+    Slurm: the submitit files; Kubernetes: the pod's log from the API)."""
+
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
+    """The run folder."""
+    follow: Annotated[bool, tyro.conf.arg(aliases=("-f",))] = False
+    """Keep printing new output until the job ends."""
+    rank: int = 0
+    """Which process's output (global rank)."""
+
+
+def cmd_logs(argv: list[str]) -> int:
+    a = tyro.cli(LogsArgs, args=argv, prog="fgrpo logs")
+    folder = RunFolder(Path(a.run).absolute())
+    backend, job = backend_of(folder)
+    try:
+        lines = backend.stream_logs(folder.path, job["job_id"], a.rank, a.follow)
+    except FileNotFoundError as exc:  # no output yet (the job has not started that rank)
+        print(exc, file=sys.stderr)
+        return 1
+    for line in lines:
+        sys.stdout.write(line if line.endswith("\n") else line + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+@dataclass
+class RunArgs:
+    """RUN: the run folder (runs/<name>)."""
+
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
+    """The run folder."""
+
+
+def cmd_cancel(argv: list[str]) -> int:
+    a = tyro.cli(RunArgs, args=argv, prog="fgrpo cancel",
+                 description="Stop the run's job (it saves a checkpoint and is not requeued) and the reward "
+                             "server started for it; `fgrpo resume RUN` continues it.")
+    folder = RunFolder(Path(a.run).absolute())
+    backend, job = backend_of(folder)
+    folder.request_cancel(job["job_id"])  # before the scheduler is asked: a stopped job must not requeue
+    backend.cancel(job["job_id"])
+    folder.write_status("cancelled", f"fgrpo cancel of job {job['job_id']}")
+    print(f"cancelled {backend.name} job {job['job_id']} of {folder.path.name}")
+    for server in folder.server_jobs():  # a reward server started beside it goes too
+        if server["backend"] == backend.name and is_active(backend.state(server["job_id"])):
+            backend.cancel(server["job_id"])
+            print(f"cancelled its reward server, {backend.name} job {server['job_id']}")
+    return 0
+
+
+def cmd_resume(argv: list[str]) -> int:
+    """Submit the run again with its own recipe; it continues from its newest checkpoint."""
+    from launchers import LaunchJob
+
+    a = tyro.cli(RunArgs, args=argv, prog="fgrpo resume",
+                 description="Submit the run again on its backend with its own recipe (RUN/recipe.json); it "
+                             "continues from its newest complete checkpoint.")
+    folder = RunFolder(Path(a.run).absolute())
+    backend, job = backend_of(folder)
+    state = backend.state(job["job_id"])
+    if is_active(state):
+        raise ValueError(f"{folder.path.name}: job {job['job_id']} is still {state}; cancel it first")
+    folder.clear_cancel()
+    return backend.launch(LaunchJob(folder.path, folder.read_recipe(), kind="resume"))
+
+
+__all__ = ["LogsArgs", "RunArgs", "StatusArgs", "backend_of", "cmd_cancel", "cmd_logs", "cmd_resume", "cmd_status",
+           "job_state", "print_status", "run_dirs", "run_row"]

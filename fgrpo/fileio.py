@@ -1,0 +1,70 @@
+"""Atomic file writes, the one implementation every module uses (run folders, caches, builds).
+
+A reader never sees half a file: the text goes to a hidden temporary sibling (named by pid, so
+concurrent writers never share one), is flushed and fsynced, then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            try:
+                os.fsync(f.fileno())
+            except OSError:  # some network filesystems refuse fsync; the rename still orders it
+                pass
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(path: str | os.PathLike, value) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def read_json(path: str | os.PathLike, default=None):
+    """The JSON in `path`, or `default` when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Records of an append-only JSONL file; a torn line (a crash mid-write) is skipped."""
+    out = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def append_jsonl(path: str | os.PathLike, record: dict, fsync: bool = False) -> None:
+    with Path(path).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        if fsync:
+            try:
+                os.fsync(f.fileno())
+            except OSError:
+                pass
+
+
+def env_rank() -> int:
+    """This process's global rank as its launcher set it (valid before any process group exists)."""
+    return int(os.environ.get("RANK", "0"))

@@ -1,0 +1,109 @@
+"""The policy being aligned, as rollouts, the policy-gradient pass and evaluation use it: the
+parallelised transformer, the cached text encodings, the VAE decoder, the sampling schedule.
+
+`build_policy` is the one place a run's model is put together (meta-device build, LoRA, storage
+dtypes, TP + FSDP2, per-rank shard loading, prompts encoded once and the encoder freed). Training
+adds an optimizer on top (trainer.Trainer); evaluation does not.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fgrpo.algorithm import wan_sigmas
+from fgrpo.distributed.parallel_dims import ParallelDims
+from fgrpo.distributed.precision import PrecisionPolicy
+from fgrpo.models.wan import latent_shape, load_wan
+from fgrpo.models.wan.loading import WanComponents, model_folder
+from fgrpo.models.wan.lora import add_lora
+from fgrpo.models.wan.parallelize import parallelize_wan
+from fgrpo.models.wan.sharded_loading import build_on_meta, materialize
+from fgrpo.models.wan.text_cache import TextEmbeddingCache, cache_key, default_cache_folder
+from fgrpo.models.wan.text_encoder import LazyTextEncoder
+from fgrpo.recipe.config import Recipe
+
+from .rollout import NoiseConfig
+
+
+@dataclass
+class Policy:
+    components: WanComponents  # transformer (parallelised), VAE; the text encoder is freed
+    text: TextEmbeddingCache
+    precision: PrecisionPolicy
+    dims: ParallelDims
+    device: torch.device
+    sigmas: torch.Tensor  # the rollout's sigma grid
+    noise: NoiseConfig
+    cfg_scale: float
+    latent_shape: tuple[int, int, int, int]
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.components.transformer
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.precision.compute
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Text encodings [B, L, D] from the cache (a group's G videos share one prompt)."""
+        return self.text.lookup(prompts, self.device)
+
+    def negative_context(self, n: int) -> torch.Tensor:
+        """The empty negative prompt's encoding, [n, L, D] (classifier-free guidance)."""
+        return self.text.lookup([""], self.device).expand(n, -1, -1)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.components.decode(latents)
+
+    @contextmanager
+    def reference(self):
+        """The reference policy: the base model, LoRA adapters disabled (for the KL term)."""
+        self.transformer.disable_adapters()
+        try:
+            yield
+        finally:
+            self.transformer.enable_adapters()
+
+
+def encode_prompts_once(recipe: Recipe, folder: Path, prompts: list[str], cache_root: Path,
+                        device: torch.device, dtype: torch.dtype) -> TextEmbeddingCache:
+    """Every prompt encoded once (1/world of them per rank) into the runs folder's cache; the
+    encoder is loaded only if the cache lacks some, and freed before anything else allocates."""
+    m = recipe.model
+    key = cache_key(folder, prompts, m.max_text_tokens, dtype)
+    encoder = LazyTextEncoder(folder, dtype, m.max_text_tokens, device)
+    try:
+        return TextEmbeddingCache.build(encoder, prompts, default_cache_folder(cache_root, key), key=key)
+    finally:
+        encoder.free()
+
+
+def build_policy(recipe: Recipe, dims: ParallelDims, device: torch.device, prompts: list[str],
+                 cache_root: Path) -> Policy:
+    """Put a run's model together on this rank (collective: every rank calls it)."""
+    precision = PrecisionPolicy.from_name(recipe.model.dtype)
+    folder = model_folder(recipe.model)
+    components = load_wan(folder, recipe.model.dtype, recipe.model.max_text_tokens, str(device),
+                          with_transformer=False, with_text_encoder=False)
+    # Encoded before the transformer and an optimizer allocate: the encoder's memory is free again.
+    text = encode_prompts_once(recipe, folder, ["", *prompts], cache_root, device, precision.compute)
+    # Built on the meta device and parallelised there; each rank then reads only its shards.
+    transformer = build_on_meta(folder)
+    if recipe.lora.enabled:
+        add_lora(transformer, recipe.lora.rank, recipe.lora.alpha, recipe.lora.target_modules)
+    else:
+        transformer.requires_grad_(True)
+    precision.apply_storage(transformer)
+    parallelize_wan(transformer, dims, precision, recipe.parallelism.activation_checkpointing)
+    # Seeded: every rank, layout and restart creates identical adapter weights.
+    materialize(transformer, folder, device, lora_seed=recipe.prompts.seed)
+    components.transformer = transformer
+    ro = recipe.rollout
+    return Policy(components, text, precision, dims, device, wan_sigmas(ro.steps, ro.flow_shift),
+                  NoiseConfig(ro.noise_schedule, ro.noise_constant), ro.cfg_scale,
+                  latent_shape(ro.frames, ro.height, ro.width))

@@ -1,0 +1,44 @@
+"""Submitting tiny runs to the local Slurm test cluster and waiting on their state."""
+
+import json
+import time
+
+from tests.conftest import REPO, run_fgrpo
+from tests.helpers.runs import BASE_ARGS, train_metrics
+
+
+SLURM = ["--backend", "slurm", "--launch.nodes", "2", "--launch.procs-per-node", "2", "--launch.time-limit",
+         "00:30:00", "--launch.signal-delay-s", "30"]
+
+
+def submit(tiny_model_dir, runs, steps, *extra, name="run"):
+    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir),
+                    "--logging.runs-dir", str(runs), "--logging.run-name", name, "--optim.max-steps", str(steps),
+                    *BASE_ARGS, *SLURM, *extra, cwd=runs.parent, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return runs / name, json.loads((runs / name / "jobs.jsonl").read_text().splitlines()[-1])["job_id"]
+
+
+def status(target) -> list[dict]:
+    res = run_fgrpo("status", str(target), "--json", timeout=60)
+    assert res.returncode == 0, res.stderr
+    return [json.loads(x) for x in res.stdout.splitlines()]
+
+
+def wait_state(target, states, timeout=400):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = status(target)
+        if rows and all(r["state"] in states for r in rows):
+            return rows
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {states}: {status(target)}")
+
+
+def wait_steps(run_dir, n, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run_dir / "metrics.jsonl").exists() and len(train_metrics(run_dir)) >= n:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{run_dir} never reached step {n}")
