@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from fgrpo.recipe.config import RewardSpec  # noqa: E402
 from fgrpo.recipe.io import load_recipe_file, save_recipe_json  # noqa: E402
 from fgrpo.rewards import WeightedRewards  # noqa: E402
-from fgrpo.rewards.serve import wait_for_server  # noqa: E402
+from fgrpo.rewards.server_lifecycle import wait_for_server  # noqa: E402
 from fgrpo.rewards.server import RewardClient  # noqa: E402
 from fgrpo.run_folder import RunFolder  # noqa: E402
 from fgrpo.trainer.flash_grpo import flash_grpo_step  # noqa: E402

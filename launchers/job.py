@@ -84,7 +84,7 @@ class RewardServerJob(submitit.helpers.Checkpointable):
         self.run_dir, self.host, self.port = str(run_dir), host, port
 
     def __call__(self) -> int:
-        from fgrpo.rewards.serve import serve_until_done
+        from fgrpo.rewards.server_lifecycle import serve_until_done
         from fgrpo.rewards.server import RewardServer
 
         folder = RunFolder(self.run_dir)

@@ -106,7 +106,7 @@ class LocalBackend(Backend):
 
     # A local job's id is the launcher's pid.
     def state(self, job_id: str) -> str:
-        from fgrpo.rewards.serve import process_alive
+        from fgrpo.rewards.server_lifecycle import process_alive
 
         return "RUNNING" if job_id.isdigit() and process_alive(int(job_id)) else "EXITED"
 

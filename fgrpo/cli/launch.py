@@ -21,7 +21,7 @@ import tyro
 from fgrpo.fileio import env_rank
 from fgrpo.recipe.config import Recipe
 from fgrpo.recipe.io import RecipeError, changed_fields, load_recipe_file, load_recipe_json, run_name, to_dict
-from fgrpo.recipe.validate import recipe_problems
+from fgrpo.recipe.validate import validate
 from fgrpo.run_folder import RunFolder
 
 
@@ -88,12 +88,6 @@ def check_existing_run(run_dir: Path, recipe: Recipe) -> None:
             )
 
 
-def refuse_invalid(recipe: Recipe, what: str = "invalid recipe") -> None:
-    problems = recipe_problems(recipe)
-    if problems:
-        raise RecipeError(f"{what}:\n  " + "\n  ".join(problems))
-
-
 def cmd_show(argv: list[str]) -> int:
     from rich.console import Console
     from rich.syntax import Syntax
@@ -101,7 +95,7 @@ def cmd_show(argv: list[str]) -> int:
     base, args = parse_recipe_args("show", argv, RecipeArgs)
     Console().print(Syntax(json.dumps(to_dict(args.recipe), indent=2), "json"))
     print(f"run folder: {resolve_run_dir(base, args.recipe)}")
-    refuse_invalid(args.recipe)
+    validate(args.recipe)
     return 0
 
 
@@ -110,7 +104,7 @@ def cmd_launch(argv: list[str]) -> int:
 
     base, args = parse_recipe_args("launch", argv, LaunchArgs)
     recipe = args.recipe
-    refuse_invalid(recipe)
+    validate(recipe)
     run_dir = resolve_run_dir(base, recipe)
     check_existing_run(run_dir, recipe)
     backend = get_backend(args.backend)
@@ -176,5 +170,5 @@ def cmd_make_tiny(argv: list[str]) -> int:
 
 
 __all__ = ["LaunchArgs", "MakeTinyArgs", "RecipeArgs", "TrainArgs", "adopt_recipe_file", "check_existing_run",
-           "cmd_launch", "cmd_make_tiny", "cmd_show", "cmd_train", "parse_recipe_args", "refuse_invalid",
+           "cmd_launch", "cmd_make_tiny", "cmd_show", "cmd_train", "parse_recipe_args",
            "resolve_run_dir"]

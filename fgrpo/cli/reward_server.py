@@ -20,7 +20,7 @@ from typing import Annotated, Any, NoReturn
 
 import tyro
 
-from fgrpo.rewards.serve import serve_until_done
+from fgrpo.rewards.server_lifecycle import serve_until_done
 from fgrpo.run_folder import RunFolder
 
 Repeated = tyro.conf.UseAppendAction

@@ -75,7 +75,8 @@ def parse_sweep(argv: list[str]) -> tuple[SweepSpec, SweepArgs]:
 
 
 def cmd_sweep(argv: list[str]) -> int:
-    from fgrpo.cli.launch import RecipeArgs, check_existing_run, parse_recipe_args, refuse_invalid, resolve_run_dir
+    from fgrpo.cli.launch import RecipeArgs, check_existing_run, parse_recipe_args, resolve_run_dir
+    from fgrpo.recipe.validate import validate
     from fgrpo.cli.runs import print_status
     from fgrpo.run_folder import RunFolder
     from launchers import LaunchJob, get_backend
@@ -86,7 +87,7 @@ def cmd_sweep(argv: list[str]) -> int:
     resolved = []
     for i, pt in enumerate(points(spec)):
         base, parsed = parse_recipe_args("sweep", [spec.recipe_path, *spec.base_overrides, *pt], RecipeArgs)
-        refuse_invalid(parsed.recipe, f"sweep point {i} ({' '.join(pt)})")
+        validate(parsed.recipe, what=f"sweep point {i} ({' '.join(pt)})")
         resolved.append((pt, parsed.recipe, resolve_run_dir(base, parsed.recipe)))
     folder = sweep_dir(spec, resolved[0][2].parent, base.name)
     if args.dry_run:

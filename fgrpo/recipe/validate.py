@@ -167,8 +167,9 @@ def _reward_server_problems(rs) -> list[str]:
     return errs
 
 
-def validate(recipe: Recipe, world_size: int | None = None) -> Recipe:
+def validate(recipe: Recipe, world_size: int | None = None, what: str = "invalid recipe") -> Recipe:
+    """The recipe, or RecipeError listing every problem (one per line, each naming its field)."""
     problems = recipe_problems(recipe, world_size)
     if problems:
-        raise RecipeError("invalid recipe:\n  " + "\n  ".join(problems))
+        raise RecipeError(f"{what}:\n  " + "\n  ".join(problems))
     return recipe

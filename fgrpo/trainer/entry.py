@@ -17,14 +17,16 @@ def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
     """Train the run in `run_dir` from its newest checkpoint. 0 done, 75 stopped (requeue me),
     1 failed, 2 bad recipe. Rank 0 records each state in the run folder's status.json."""
     stop = stop or StopFlag()  # installed first: a signal during model loading is not lost
-    from fgrpo.recipe.validate import recipe_problems
+    from fgrpo.recipe.io import RecipeError
+    from fgrpo.recipe.validate import validate
 
     folder = RunFolder(run_dir)
     recipe = recipe or folder.read_recipe()
-    problems = recipe_problems(recipe, int(os.environ.get("WORLD_SIZE", "1")))
-    if problems:
-        print("fgrpo: error: invalid recipe:\n  " + "\n  ".join(problems), file=sys.stderr)
-        folder.write_status("failed", "invalid recipe: " + "; ".join(problems))
+    try:
+        validate(recipe, int(os.environ.get("WORLD_SIZE", "1")))
+    except RecipeError as e:
+        print(f"fgrpo: error: {e}", file=sys.stderr)
+        folder.write_status("failed", str(e).replace(":\n  ", ": ", 1).replace("\n  ", "; "))
         return EXIT_BAD_RECIPE
     from fgrpo.distributed import process_group as dist
     from fgrpo.trainer.trainer import NonFiniteError, Trainer

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fgrpo.rewards import WeightedRewards
-from fgrpo.rewards.serve import wait_for_server
+from fgrpo.rewards.server_lifecycle import wait_for_server
 from fgrpo.rewards.server import RewardClient
 from fgrpo.run_folder import RunFolder
 

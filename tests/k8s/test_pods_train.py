@@ -75,7 +75,7 @@ def pod_processes(tiny_model_dir, tmp_path, steps, port, reward_port: int | None
 
     server = None
     if len(jobs) > 1:  # the reward pod first: a test that hangs waiting for it would say nothing
-        from fgrpo.rewards.serve import wait_for_server
+        from fgrpo.rewards.server_lifecycle import wait_for_server
 
         server = start(jobs[1]["template"]["spec"]["containers"][0], 0)
 

@@ -183,7 +183,7 @@ def test_cli_serves_a_recipes_rewards_and_stops_on_sigterm(tmp_path):
     import sys
 
     from fgrpo.recipe.io import load_recipe_file, save_recipe_json
-    from fgrpo.rewards.serve import wait_for_server
+    from fgrpo.rewards.server_lifecycle import wait_for_server
     from fgrpo.run_folder import RunFolder
     from tests.conftest import REPO
 

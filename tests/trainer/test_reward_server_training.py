@@ -12,7 +12,7 @@ import torch
 
 from fgrpo.recipe.config import RewardSpec
 from fgrpo.rewards import register_reward
-from fgrpo.rewards.serve import wait_for_server
+from fgrpo.rewards.server_lifecycle import wait_for_server
 from fgrpo.rewards.server import RewardServer
 from fgrpo.run_folder import RunFolder
 from fgrpo.trainer import flash_grpo as flash_mod

@@ -1,4 +1,6 @@
-"""How a trainer finds a launched reward server (the command: fgrpo/cli/reward_server.py).
+"""A reward server's life around a run: serving until the run ends, announcing its address in
+the run folder, and how trainers wait for it (the HTTP server itself: server.py; the command:
+fgrpo/cli/reward_server.py).
 
 A server started by a backend for a run (``fgrpo reward-server --run-dir RUN``) serves the run's
 own reward specs (``RUN/recipe.json``) and announces its address in ``RUN/reward-server.json``; the
