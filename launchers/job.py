@@ -50,8 +50,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             reason = "see fgrpo logs"
         if code == EXIT_DONE:
             return "completed"
-        if code == EXIT_REQUEUE and folder.cancel_requested():
-            folder.write_status("cancelled", "fgrpo cancel; checkpoint saved")
+        if code == EXIT_REQUEUE and folder.cancel_requested():  # train_run recorded it: not requeued
             return "cancelled"
         if code == EXIT_REQUEUE:
             if env.global_rank == 0 and callable(submitit_handler):

@@ -45,6 +45,7 @@ class LocalBackend(Backend):
         if job.nodes != 1:
             raise ValueError("launch.nodes: the local backend runs on one node; set --launch.nodes 1")
         folder = RunFolder(job.run_dir)
+        folder.clear_cancel()  # a cancel of an earlier launch (nothing is requeued locally)
         folder.logs.mkdir(parents=True, exist_ok=True)
         port = free_port()
         server = self._start_reward_server(job) if job.recipe.reward_server.launch else None

@@ -12,6 +12,8 @@ the default, so `fgrpo launch RECIPE.py --help` lists every field with its value
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -138,7 +140,13 @@ def cmd_train(argv: list[str]) -> int:
     a = tyro.cli(TrainArgs, args=argv, prog="fgrpo train")
     run_dir = Path(a.run_dir)
     recipe = adopt_recipe_file(run_dir, Path(a.recipe_file)) if a.recipe_file else None
-    return train_run(run_dir, stop, recipe)
+    code = train_run(run_dir, stop, recipe)
+    # Everything is saved and recorded, and the process group is gone. Leave without the
+    # interpreter's teardown of C++ threads (gloo, OpenMP), which can abort a finished process
+    # ("terminate called without an active exception") and turn a completed run's exit code bad.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def adopt_recipe_file(run_dir: Path, recipe_file: Path) -> Recipe:

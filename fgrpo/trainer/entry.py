@@ -35,12 +35,22 @@ def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
     try:
         code = Trainer(recipe, run_dir, stop).run()
     except NonFiniteError as e:
+        dist.shutdown()
         print(f"fgrpo: error: {e}", file=sys.stderr)
         folder.write_status("failed", str(e))
         return EXIT_FAILED
-    finally:
-        dist.shutdown()
-    if code == EXIT_REQUEUE:
+    except BaseException:
+        dist.shutdown()  # no barrier: another rank may never reach one
+        raise
+    # Every rank finished its collectives: meet, then leave the group together (a rank tearing
+    # down gloo while a peer still talks to it can abort at exit).
+    dist.barrier()
+    dist.shutdown()
+    if code == EXIT_REQUEUE and folder.cancel_requested():
+        # Stopped by `fgrpo cancel`: said at once, never "stopped" first (a reader in between
+        # would see a run waiting to be requeued that never will be).
+        folder.write_status("cancelled", "fgrpo cancel; checkpoint saved")
+    elif code == EXIT_REQUEUE:
         folder.write_status("stopped", f"signal {stop.signum}: checkpoint saved, waiting to be resumed")
     else:
         folder.write_status("completed")
