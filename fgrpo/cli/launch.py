@@ -116,7 +116,9 @@ def cmd_launch(argv: list[str]) -> int:
         print(f"run folder: {run_dir}")
         print(backend.describe(job))
         return 0
-    RunFolder(run_dir).write_recipe(recipe)
+    folder = RunFolder(run_dir)
+    folder.write_recipe(recipe)
+    folder.clear_cancel()  # launching a cancelled run again means: continue it (as `fgrpo resume`)
     print(f"run folder: {run_dir}", flush=True)
     return backend.launch(job)
 
