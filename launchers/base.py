@@ -66,11 +66,13 @@ def is_active(state: str) -> bool:
     return state in ACTIVE_STATES or state.startswith("RESTARTING")
 
 
-def tail_lines(paths: list[Path], follow: bool, running: Callable[[], bool], poll_s: float = 1.0) -> Iterator[str]:
-    """The lines (each with its newline) of `paths`, file after file; with `follow`, new lines
-    every `poll_s` until `running()` is False, then whatever the files hold last. A line still
-    being written waits for its newline, except in that last read."""
-    offsets = {p: 0 for p in paths}
+def tail_lines(paths: list[Path], follow: bool, running: Callable[[], bool], poll_s: float = 1.0,
+               start: dict[Path, int] | None = None) -> Iterator[str]:
+    """The lines (each with its newline) of `paths`, file after file, from byte `start[path]`
+    (default 0); with `follow`, new lines every `poll_s` until `running()` is False, then
+    whatever the files hold last. A line still being written waits for its newline, except in
+    that last read."""
+    offsets = {p: (start or {}).get(p, 0) for p in paths}
     while True:
         last = not follow or not running()
         for p in paths:

@@ -18,7 +18,7 @@ from pathlib import Path
 import submitit
 
 from fgrpo.run_folder import RunFolder
-from fgrpo.trainer.entry import EXIT_DONE, EXIT_FAILED, train_run
+from fgrpo.trainer.entry import EXIT_BAD_RECIPE, EXIT_DONE, EXIT_FAILED, EXIT_LOCKED, train_run
 from fgrpo.trainer.signals import EXIT_REQUEUE, StopFlag
 
 
@@ -46,10 +46,13 @@ class TrainJob(submitit.helpers.Checkpointable):
             code = train_run(run_dir, stop)
         except Exception as e:
             code, reason = EXIT_FAILED, f"{type(e).__name__}: {e}"
-        else:
-            reason = "see fgrpo logs"
+        else:  # train_run recorded why in status.json
+            status = folder.read_status()
+            reason = status.get("reason") if status.get("state") == "failed" and status.get("reason") else "see fgrpo logs"
         if code == EXIT_DONE:
             return "completed"
+        if code in (EXIT_BAD_RECIPE, EXIT_LOCKED):  # a requeue would fail the same way
+            raise RuntimeError(f"training did not start (exit {code}): see fgrpo logs")
         if code == EXIT_REQUEUE and folder.cancel_requested():  # train_run recorded it: not requeued
             return "cancelled"
         if code == EXIT_REQUEUE:
@@ -77,19 +80,21 @@ class TrainJob(submitit.helpers.Checkpointable):
 class RewardServerJob(submitit.helpers.Checkpointable):
     """A Slurm job serving the run's rewards (what `fgrpo reward-server --run-dir RUN --host 0.0.0.0
     --port 0` does: SlurmBackend.reward_server_args shows it); it announces its address in the run
-    folder, exits when the run ends and is requeued when preempted."""
+    folder, exits when the run ends and is requeued when preempted. Scoring needs the run's token
+    (the run folder's reward-server.token, made here when missing; the trainers read it there)."""
 
     def __init__(self, run_dir: str, host: str = "0.0.0.0", port: int = 0):
         self.run_dir, self.host, self.port = str(run_dir), host, port
 
     def __call__(self) -> int:
-        from fgrpo.rewards.server_lifecycle import serve_until_done
         from fgrpo.rewards.server import RewardServer
+        from fgrpo.rewards.server_lifecycle import reward_token, serve_until_done
 
         folder = RunFolder(self.run_dir)
         if folder.cancel_requested():
             return 0
-        server = RewardServer(list(folder.read_recipe().rewards), host=self.host, port=self.port)
+        server = RewardServer(list(folder.read_recipe().rewards), host=self.host, port=self.port,
+                              token=reward_token(folder.path, create=True))
         return serve_until_done(server, self.host, run_dir=folder.path)
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:

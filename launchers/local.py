@@ -6,13 +6,16 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from fgrpo.processes import PARENT_ENV, ProcessId
 from fgrpo.run_folder import RunFolder
 
-from .base import Backend, LaunchJob
+from .base import Backend, LaunchJob, tail_lines
 
 
 def free_port() -> int:
@@ -50,14 +53,22 @@ class LocalBackend(Backend):
         port = free_port()
         server = self._start_reward_server(job) if job.recipe.reward_server.launch else None
         procs: list[subprocess.Popen] = []
-        for env in self.environments(job, port):
-            rank = int(env["RANK"])
-            # Rank 0 owns the console (progress bar, metrics line); the others log to files.
-            out = None if rank == 0 else open(folder.rank_log(rank), "a")
-            procs.append(subprocess.Popen(job.train_command(), env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT if out else None))
-        folder.write_launch({"backend": self.name, "started": time.time(), "pids": [p.pid for p in procs],
-                             "world_size": job.world_size})
-        folder.record_job(self.name, str(os.getpid()), job.kind)
+        logs = [folder.rank_log(r) for r in range(job.world_size)]
+        shown_from = logs[0].stat().st_size if logs[0].exists() else 0  # this launch's part of rank 0's log
+        for env, log in zip(self.environments(job, port), logs):
+            # Every rank writes its whole output (C++ aborts included) to logs/rank-R.log, as on
+            # Slurm; the launcher shows rank 0's on its console. FGRPO_PARENT_PID: a trainer
+            # stops (saving) when this launcher dies, even by kill -9 (fgrpo.processes.die_with_parent).
+            with open(log, "ab") as out:
+                procs.append(subprocess.Popen(job.train_command(), env={**os.environ, **env, PARENT_ENV: str(os.getpid())},
+                                              stdout=out, stderr=subprocess.STDOUT))
+        me = ProcessId.of()
+        folder.write_launch({"backend": self.name, "started": time.time(), "launcher": str(me),
+                             "pids": [str(ProcessId.of(p.pid)) for p in procs], "world_size": job.world_size})
+        folder.record_job(self.name, str(me), job.kind)
+        console = threading.Thread(target=self._show, args=(logs[0], shown_from, lambda: any(p.poll() is None for p in procs)),
+                                   daemon=True)
+        console.start()
 
         def forward(signum, frame):  # Ctrl-C / SIGTERM: the trainers stop gracefully and save
             for p in procs:
@@ -73,7 +84,15 @@ class LocalBackend(Backend):
             if server is not None:
                 server.terminate()
                 server.wait(timeout=60)
+            console.join(timeout=10)
         return next((c for c in codes if c != 0), 0)
+
+    @staticmethod
+    def _show(log: Path, start: int, running) -> None:
+        """Rank 0's log on the launcher's console, from byte `start` (where this launch began)."""
+        for line in tail_lines([log], True, running, poll_s=0.2, start={log: start}):
+            sys.stdout.write(line)
+            sys.stdout.flush()
 
     def _start_reward_server(self, job: LaunchJob) -> subprocess.Popen:
         """`fgrpo reward-server --run-dir RUN` on a free port; the trainers find it in RUN/reward-server.json."""
@@ -105,20 +124,25 @@ class LocalBackend(Backend):
                 return [p.wait() for p in procs]
             time.sleep(0.2)
 
-    # A local job's id is the launcher's pid.
+    # A local job's id is the launcher's identity, host:pid:start-time (fgrpo.processes): a pid
+    # alone may since belong to another process, which status and cancel must never act on.
     def state(self, job_id: str) -> str:
-        from fgrpo.rewards.server_lifecycle import process_alive
-
-        return "RUNNING" if job_id.isdigit() and process_alive(int(job_id)) else "EXITED"
+        try:
+            launcher = ProcessId.parse(job_id)
+        except ValueError:
+            return "UNKNOWN"
+        alive = launcher.alive()
+        if alive is None:
+            return f"UNKNOWN (on host {launcher.host})"
+        return "RUNNING" if alive else "EXITED"
 
     def cancel(self, job_id: str) -> None:
-        try:
-            os.kill(int(job_id), signal.SIGTERM)  # the launcher forwards it: graceful stop and save
-        except ProcessLookupError:
-            pass
+        # The launcher forwards SIGTERM to its trainers: a graceful stop and save. Nothing is sent
+        # when the launcher is gone (its pid may be a stranger's now).
+        ProcessId.parse(job_id).signal(signal.SIGTERM)
 
     def stream_logs(self, run_dir: Path, job_id: str, rank: int, follow: bool) -> Iterator[str]:
-        """Ranks other than 0 write logs/rank-R.log; rank 0 owns the launcher's console."""
+        """Every rank's output is in logs/rank-R.log (rank 0's also on the launcher's console)."""
         return self.tail_logs([RunFolder(run_dir).rank_log(rank)], job_id, rank, follow)
 
     def submit_array(self, runs):

@@ -14,7 +14,7 @@ from tests.conftest import REPO
 
 # Bottom-up; a module may import from its own layer or any layer below. The longest prefix decides.
 LAYERS: list[tuple[str, ...]] = [
-    ("fgrpo.fileio", "fgrpo.algorithm"),
+    ("fgrpo.fileio", "fgrpo.processes", "fgrpo.algorithm"),
     ("fgrpo.distributed",),
     ("fgrpo.data", "fgrpo.media"),
     ("fgrpo.models",),

@@ -32,3 +32,16 @@ def test_last_prompts_are_held_out_and_the_bundled_set_resolves():
     train, heldout = split_prompts(prompts, 8)
     assert len(prompts) == 72 and heldout == prompts[-8:] and train == prompts[:-8]
     assert split_prompts(prompts, 0) == (prompts, [])
+
+
+def test_binary_or_folder_prompt_file_is_named(tmp_path):
+    binary = tmp_path / "model.safetensors"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(ValueError, match=r"model.safetensors: not a UTF-8 text file \(byte 0x89 at offset 0\)"):
+        read_prompts(binary)
+    zeros = tmp_path / "zeros.txt"  # valid UTF-8, but no text
+    zeros.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match=r"zeros.txt: not a text file \(it holds NUL bytes\)"):
+        read_prompts(zeros)
+    with pytest.raises(ValueError, match=f"{tmp_path} is a directory, not a prompt file"):
+        read_prompts(tmp_path)

@@ -17,7 +17,7 @@ Scalar = float | Tensor
 
 NOISE_SCHEDULES: tuple[str, ...] = ("wan", "flow-grpo", "dance-grpo")
 
-# Guards sqrt(sigma / (1 - sigma)) at sigma == 1 (only reachable on grids that start at 1.0).
+# Last resort for sqrt(sigma / (1 - sigma)) when the grid's second sigma is itself 1.
 _FLOW_GRPO_EPS = 1e-6
 
 
@@ -83,8 +83,11 @@ def noise_scale(kind: str, sigma: Scalar, sigma_grid_max: float, constant: float
 
     - "wan":        s_t = sigma_max * sigma, with sigma_max = sigma_grid_max = sigmas[1], the
                     SECOND sigma of the grid (Flow-GRPO's Wan trainer); `constant` is ignored.
-    - "flow-grpo":  s_t = a * sqrt(sigma / (1 - sigma)), a = constant (Flow-GRPO, images);
-                    1 - sigma is clamped at 1e-6 so sigma = 1 gives a large finite value.
+    - "flow-grpo":  s_t = a * sqrt(sigma / (1 - min(sigma, sigma_grid_max))), a = constant
+                    (Flow-GRPO, images). Flow-GRPO puts the second sigma in the denominator at
+                    sigma = 1; Wan's grid starts just below 1 (0.99967 at shift 3), where the bare
+                    formula gives s_t ~ 38 (an SDE step of std ~ 5), so every sigma above the second
+                    is guarded alike: the first step's std is then ~ a, as in Flow-GRPO.
     - "dance-grpo": s_t = eta = constant (DanceGRPO; eta = 0.3 for Wan).
 
     Returns a tensor shaped like `sigma` (float64 when sigma is a python number).
@@ -93,7 +96,7 @@ def noise_scale(kind: str, sigma: Scalar, sigma_grid_max: float, constant: float
     if kind == "wan":
         return sigma_grid_max * sig
     if kind == "flow-grpo":
-        return constant * torch.sqrt(sig / torch.clamp(1.0 - sig, min=_FLOW_GRPO_EPS))
+        return constant * torch.sqrt(sig / torch.clamp(1.0 - sig, min=max(1.0 - sigma_grid_max, _FLOW_GRPO_EPS)))
     if kind == "dance-grpo":
         return torch.full_like(sig, constant)
     raise ValueError(f"unknown noise schedule kind {kind!r}; expected one of {NOISE_SCHEDULES}")

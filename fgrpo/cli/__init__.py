@@ -24,6 +24,7 @@ import sys
 from typing import NamedTuple
 
 from fgrpo.recipe.io import RecipeError
+from fgrpo.run_folder import RunLockedError
 
 
 class Command(NamedTuple):
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     run = getattr(importlib.import_module(f"fgrpo.cli.{command.module}"), command.function)
     try:
         return run(argv[1:])
+    except RunLockedError as e:  # another job holds the run folder: not a bad recipe
+        return fail(str(e), code=3)
     except (RecipeError, ValueError, FileNotFoundError, FileExistsError) as e:
         return fail(str(e))
 

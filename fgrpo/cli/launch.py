@@ -22,9 +22,10 @@ import tyro
 
 from fgrpo.fileio import env_rank
 from fgrpo.recipe.config import Recipe
-from fgrpo.recipe.io import RecipeError, changed_fields, load_recipe_file, load_recipe_json, run_name, to_dict
+from fgrpo.recipe.io import (RecipeError, changed_fields, load_recipe_file, load_recipe_json, run_name, to_dict,
+                             training_fingerprint)
 from fgrpo.recipe.validate import validate
-from fgrpo.run_folder import RunFolder
+from fgrpo.run_folder import RunFolder, RunLockedError
 
 
 @dataclass
@@ -79,15 +80,41 @@ def resolve_run_dir(base: Recipe, recipe: Recipe) -> Path:
 
 def check_existing_run(run_dir: Path, recipe: Recipe) -> None:
     """A run folder belongs to one recipe; only run-neutral fields (launch, logging, eval,
-    checkpointing, optim.max_steps: train longer) may change when it is resumed."""
+    checkpointing, optim.max_steps: train longer) may change when it is resumed. Checkpoints are
+    adopted only with the recipe that trained them: with recipe.json gone, their manifests say."""
     folder = RunFolder(run_dir)
+    other = "pass --logging.run-name NEW_NAME or remove the folder"
     if folder.is_run():
         diff = changed_fields(folder.read_recipe(), recipe)
         if diff:
-            raise RecipeError(
-                f"{run_dir} already holds a run with a different recipe ({', '.join(diff)} differ); "
-                "pass --logging.run-name NEW_NAME or remove the folder"
-            )
+            raise RecipeError(f"{run_dir} already holds a run with a different recipe ({', '.join(diff)} differ); {other}")
+    elif folder.orphan_checkpoints():
+        raise RecipeError(f"{run_dir} holds checkpoints but no recipe.json, so whether this recipe trained them "
+                          f"is unknown; restore {folder.recipe_file} or {other}")
+    foreign = folder.checkpoints_match(training_fingerprint(recipe))
+    if foreign:
+        raise RecipeError(f"{foreign[-1]} was trained with a different recipe than this one; {other}")
+
+
+def refuse_if_running(folder: RunFolder) -> None:
+    """One job per run folder: refuse while another holds its lock, or while the scheduler still
+    has its newest job (queued jobs hold no lock yet; on filesystems without locks, the only check)."""
+    lock = folder.lock()
+    if lock.probe() == "held":
+        raise RunLockedError(f"{folder.path} is in use by {lock.describe_holder()}; "
+                             f"wait for it to end, or stop it with fgrpo cancel {folder.path}")
+    job = folder.latest_job()
+    if job is not None:
+        from launchers import get_backend
+        from launchers.base import is_active
+
+        try:
+            state = get_backend(job["backend"]).state(job["job_id"])
+        except Exception:  # noqa: BLE001 - that scheduler cannot be asked from here (no kubeconfig, no squeue)
+            return
+        if is_active(state):
+            raise RunLockedError(f"{folder.path} has {job['backend']} job {job['job_id']} still {state}; "
+                                 f"wait for it to end, or stop it with fgrpo cancel {folder.path}")
 
 
 def cmd_show(argv: list[str]) -> int:
@@ -95,9 +122,9 @@ def cmd_show(argv: list[str]) -> int:
     from rich.syntax import Syntax
 
     base, args = parse_recipe_args("show", argv, RecipeArgs)
+    validate(args.recipe)  # first: a refused recipe (a run name like ../x) is never echoed as a folder
     Console().print(Syntax(json.dumps(to_dict(args.recipe), indent=2), "json"))
     print(f"run folder: {resolve_run_dir(base, args.recipe)}")
-    validate(args.recipe)
     return 0
 
 
@@ -117,6 +144,7 @@ def cmd_launch(argv: list[str]) -> int:
         print(backend.describe(job))
         return 0
     folder = RunFolder(run_dir)
+    refuse_if_running(folder)
     folder.write_recipe(recipe)
     folder.clear_cancel()  # launching a cancelled run again means: continue it (as `fgrpo resume`)
     print(f"run folder: {run_dir}", flush=True)
@@ -138,7 +166,10 @@ def cmd_train(argv: list[str]) -> int:
     from fgrpo.trainer.entry import train_run
     from fgrpo.trainer.signals import StopFlag
 
+    from fgrpo.processes import die_with_parent
+
     stop = StopFlag()  # before parsing: a signal during start-up is not lost
+    die_with_parent()  # a local launcher's trainers stop (and save) when it dies, even by kill -9
     a = tyro.cli(TrainArgs, args=argv, prog="fgrpo train")
     run_dir = Path(a.run_dir)
     recipe = adopt_recipe_file(run_dir, Path(a.recipe_file)) if a.recipe_file else None
@@ -180,5 +211,5 @@ def cmd_make_tiny(argv: list[str]) -> int:
 
 
 __all__ = ["LaunchArgs", "MakeTinyArgs", "RecipeArgs", "TrainArgs", "adopt_recipe_file", "check_existing_run",
-           "cmd_launch", "cmd_make_tiny", "cmd_show", "cmd_train", "parse_recipe_args",
+           "cmd_launch", "cmd_make_tiny", "cmd_show", "cmd_train", "parse_recipe_args", "refuse_if_running",
            "resolve_run_dir"]

@@ -8,6 +8,9 @@ A server started by a backend for a run (`--run-dir RUN`) serves the run's own r
 (RunFolder.reward_server_file); the trainers read it from there, so the server may land on any node
 and move when it is requeued. It exits once the run has ended (completed, failed or cancelled), so
 it never outlives its training job.
+
+Scoring needs the token of FGRPO_REWARD_TOKEN, or with --run-dir the run folder's (made when
+missing); without either the server is open, and so it may bind a loopback address only.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Annotated, Any, NoReturn
 
 import tyro
 
-from fgrpo.rewards.server_lifecycle import serve_until_done
+from fgrpo.rewards.server_lifecycle import reward_token, serve_until_done
 from fgrpo.run_folder import RunFolder
 
 Repeated = tyro.conf.UseAppendAction
@@ -32,10 +35,13 @@ class RewardServerArgs:
     """Load reward models once and score batches of frames over HTTP (POST /score, GET /health),
     until Ctrl-C, SIGTERM, or (with --run-dir) the run's end.
 
-    Examples: fgrpo reward-server --reward hpsv3 --model-path /models/Qwen2-VL-7B-Instruct --arg hpsv3
-    checkpoint /models/HPSv3.safetensors --host 0.0.0.0; or fgrpo reward-server --run-dir runs/wan14b-0
-    to serve a run's own rewards and exit when it ends. A trainer uses it with --reward-server.url
-    http://HOST:8000, or with --reward-server.launch to let the backend start one."""
+    Examples: FGRPO_REWARD_TOKEN=SECRET fgrpo reward-server --reward hpsv3 --model-path
+    /models/Qwen2-VL-7B-Instruct --arg hpsv3 checkpoint /models/HPSv3.safetensors --host 0.0.0.0; or
+    fgrpo reward-server --run-dir runs/wan14b-0 to serve a run's own rewards (with the run's token)
+    and exit when it ends. Scoring needs the token of FGRPO_REWARD_TOKEN or of the run folder
+    (--run-dir); without one the server binds loopback addresses only. A trainer uses it with
+    --reward-server.url http://HOST:8000 (and the same FGRPO_REWARD_TOKEN), or with
+    --reward-server.launch to let the backend start one."""
 
     reward: Annotated[tuple[str, ...], Repeated, tyro.conf.arg(metavar="NAME")] = ()
     """Registered reward name or module.path:function."""
@@ -62,6 +68,10 @@ class RewardServerArgs:
     """Exit when this process (e.g. the launcher) has gone."""
     verbose: bool = False
     """Log every request."""
+    read_timeout_s: float = 60.0
+    """Drop a connection that sends nothing for this long (a stalled upload)."""
+    max_connections: int = 16
+    """Connections served at once (one worker thread each); up to 256 more wait, beyond that 503."""
 
 
 def usage_error(msg: str) -> NoReturn:
@@ -118,7 +128,10 @@ def cmd_reward_server(argv: list[str]) -> int:
 
     a = parse_args(argv)
     try:
-        server = RewardServer(reward_specs(a), host=a.host, port=a.port, verbose=a.verbose)
+        specs = reward_specs(a)
+        token = reward_token(Path(a.run_dir) if a.run_dir else None, create=True)
+        server = RewardServer(specs, host=a.host, port=a.port, verbose=a.verbose, token=token,
+                              read_timeout_s=a.read_timeout_s, max_connections=a.max_connections)
     except ValueError as exc:
         usage_error(str(exc))
     return serve_until_done(server, a.host, a.advertise_host, Path(a.run_dir) if a.run_dir else None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -50,21 +51,28 @@ def job_state(job: dict) -> str:
         from launchers import get_backend
 
         return get_backend(job["backend"]).state(job["job_id"])
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - that scheduler cannot be asked from here
         return "UNKNOWN"
 
 
 def run_row(run_dir: Path) -> dict:
-    """One line of `fgrpo status`: the scheduler's state joined with the run folder's progress."""
+    """One line of `fgrpo status`: the scheduler's state joined with the run folder's progress.
+    A damaged run folder gets a row that says what is wrong, never an error for the whole table."""
     folder = RunFolder(run_dir)
     p = folder.progress()
+    status = folder.effective_status()  # "running" with no live owner reads as killed
     job = folder.latest_job()
     servers = folder.server_jobs()  # a reward server the backend started beside the training job
     server = f"job {servers[-1]['job_id']} {job_state(servers[-1])}" if servers else None
+    reason = status.get("reason", "")
+    try:
+        max_steps = folder.read_recipe().optim.max_steps
+    except ValueError as e:
+        max_steps, reason = "?", "; ".join(x for x in (str(e), reason) if x)
     return {"run": run_dir.name, "backend": job["backend"] if job else "-", "job": job["job_id"] if job else "-",
-            "state": job_state(job) if job else "-", "run_state": p["status"].get("state", "-"), "step": p["step"],
-            "max_steps": folder.read_recipe().optim.max_steps, "reward": p["reward"], "heldout": p["heldout"],
-            "checkpoint": p["checkpoint"], "reason": p["status"].get("reason", ""), "reward_server": server}
+            "state": job_state(job) if job else "-", "run_state": status.get("state", "-"), "step": p["step"],
+            "max_steps": max_steps, "reward": p["reward"], "heldout": p["heldout"],
+            "checkpoint": p["checkpoint"], "reason": reason, "reward_server": server}
 
 
 @dataclass
@@ -142,20 +150,52 @@ class RunArgs:
     """The run folder."""
 
 
+@dataclass
+class CancelArgs:
+    """Stop the run's job: it saves a checkpoint and is not requeued; the reward server started
+    for it goes too. Says what was done: nothing, when the job is not running. `fgrpo resume RUN`
+    continues the run."""
+
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
+    """The run folder."""
+    wait: float = 120.0
+    """Seconds to wait for the job to save and end before returning (0: return at once)."""
+
+
 def cmd_cancel(argv: list[str]) -> int:
-    a = tyro.cli(RunArgs, args=argv, prog="fgrpo cancel",
-                 description="Stop the run's job (it saves a checkpoint and is not requeued) and the reward "
-                             "server started for it; `fgrpo resume RUN` continues it.")
+    a = tyro.cli(CancelArgs, args=argv, prog="fgrpo cancel")
     folder = RunFolder(Path(a.run).absolute())
     backend, job = backend_of(folder)
+    state = backend.state(job["job_id"])
+    servers = [s for s in folder.server_jobs()
+               if s["backend"] == backend.name and is_active(backend.state(s["job_id"]))]
+    for server in servers:  # a reward server started beside it goes too
+        backend.cancel(server["job_id"])
+        print(f"cancelled its reward server, {backend.name} job {server['job_id']}")
+    if not is_active(state):
+        status = folder.effective_status()
+        print(f"nothing to cancel: {backend.name} job {job['job_id']} of {folder.path.name} is not running "
+              f"({state}); the run is {status.get('state', 'not started')}", file=sys.stderr)
+        return 1
     folder.request_cancel(job["job_id"])  # before the scheduler is asked: a stopped job must not requeue
     backend.cancel(job["job_id"])
-    folder.write_status("cancelled", f"fgrpo cancel of job {job['job_id']}")
-    print(f"cancelled {backend.name} job {job['job_id']} of {folder.path.name}")
-    for server in folder.server_jobs():  # a reward server started beside it goes too
-        if server["backend"] == backend.name and is_active(backend.state(server["job_id"])):
-            backend.cancel(server["job_id"])
-            print(f"cancelled its reward server, {backend.name} job {server['job_id']}")
+    print(f"asked {backend.name} job {job['job_id']} of {folder.path.name} to stop (it saves a checkpoint first)",
+          flush=True)
+    deadline = time.monotonic() + a.wait
+    while time.monotonic() < deadline and is_active(backend.state(job["job_id"])):
+        time.sleep(1.0)
+    state = backend.state(job["job_id"])
+    if is_active(state):
+        print(f"job {job['job_id']} is still {state} after {a.wait:g} s (saving?); fgrpo status {folder.path} "
+              "shows when it has stopped")
+        return 0
+    status = folder.effective_status()
+    if status.get("state") != "cancelled":  # it never started, or died before it could say so
+        folder.write_status("cancelled", f"fgrpo cancel of job {job['job_id']} (before it recorded a stop: "
+                                         f"it was {status.get('state', 'not started')})")
+    ckpt = folder.latest_checkpoint()
+    print(f"cancelled {backend.name} job {job['job_id']} of {folder.path.name}; newest checkpoint: "
+          f"{'step ' + str(ckpt[0]) if ckpt else 'none'}")
     return 0
 
 
@@ -163,17 +203,17 @@ def cmd_resume(argv: list[str]) -> int:
     """Submit the run again with its own recipe; it continues from its newest checkpoint."""
     from launchers import LaunchJob
 
+    from .launch import refuse_if_running
+
     a = tyro.cli(RunArgs, args=argv, prog="fgrpo resume",
                  description="Submit the run again on its backend with its own recipe (RUN/recipe.json); it "
                              "continues from its newest complete checkpoint.")
     folder = RunFolder(Path(a.run).absolute())
-    backend, job = backend_of(folder)
-    state = backend.state(job["job_id"])
-    if is_active(state):
-        raise ValueError(f"{folder.path.name}: job {job['job_id']} is still {state}; cancel it first")
+    backend, _ = backend_of(folder)
+    refuse_if_running(folder)
     folder.clear_cancel()
     return backend.launch(LaunchJob(folder.path, folder.read_recipe(), kind="resume"))
 
 
-__all__ = ["LogsArgs", "RunArgs", "StatusArgs", "backend_of", "cmd_cancel", "cmd_logs", "cmd_resume", "cmd_status",
+__all__ = ["CancelArgs", "LogsArgs", "RunArgs", "StatusArgs", "backend_of", "cmd_cancel", "cmd_logs", "cmd_resume", "cmd_status",
            "job_state", "print_status", "run_dirs", "run_row"]

@@ -27,10 +27,18 @@ def resolve_prompt_file(file: str) -> Path:
 
 def read_prompt_records(path: str | Path) -> list[dict]:
     """One dict per prompt, ``{"prompt": ..., **other JSONL fields}``; raises ValueError naming the
-    file and line for malformed JSONL."""
+    file (and line, for malformed JSONL) for a folder, a binary file or malformed JSONL."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a prompt file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {e.object[e.start]:#04x} at offset {e.start})") from e
+    if "\x00" in text:
+        raise ValueError(f"{path}: not a text file (it holds NUL bytes)")
     records: list[dict] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line:
             continue

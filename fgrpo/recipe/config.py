@@ -2,7 +2,8 @@
 
 Defaults follow the paper's Wan2.1-T2V-1.3B settings (`docs/flash-grpo.md`, section 4); a
 recipe file states only what differs. Every field can be overridden on the command line as
-`--section.field value` (hyphens or underscores).
+`--section.field value` (hyphens or underscores). Every numeric field declares its valid range
+beside it (`within`, fgrpo/recipe/ranges.py); validation refuses values outside it, and NaN.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
+
+from .ranges import within
 
 ModelPreset = Literal["tiny", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b"]
 Mode = Literal["flash", "full-trajectory", "fast"]
@@ -31,9 +34,9 @@ class ModelConfig:
     matmul runs in it, on CPU as on GPU; trained weights, optimizer state, gradient reductions,
     Wan's fp32 modules and log-probs stay fp32. The text encoder runs in it too; the VAE in fp32.
     (float16 would need loss scaling, which fgrpo does not implement.)"""
-    max_text_tokens: int = 512
+    max_text_tokens: int = within("[1, inf)", 512)
     """Text-encoder sequence length (UMT5, zero-padded), 512 for Wan."""
-    seed: int = 0
+    seed: int = within("[0, 4294967295]", 0)
     """Seed for building the tiny preset's random weights."""
 
 
@@ -41,11 +44,11 @@ class ModelConfig:
 class ParallelismConfig:
     """Device mesh: dp_replicate x dp_shard x tp must equal the world size."""
 
-    dp_replicate: int = 1
+    dp_replicate: int = within("[1, inf)", 1)
     """Data-parallel replicas (HSDP outer dimension)."""
-    dp_shard: int = -1
+    dp_shard: int = within("[1, inf) or -1", -1)
     """FSDP2 shard degree; -1 infers world_size / (dp_replicate * tp)."""
-    tp: int = 1
+    tp: int = within("[1, inf)", 1)
     """Tensor-parallel degree; must divide the transformer's head count."""
     activation_checkpointing: bool = True
     """Recompute each transformer block in backward (less memory, ~30 % more compute)."""
@@ -55,37 +58,39 @@ class ParallelismConfig:
 class RolloutConfig:
     """How videos are sampled for training."""
 
-    steps: int = 20
+    steps: int = within("[1, inf)", 20)
     """Denoising steps per rollout (N)."""
-    flow_shift: float = 3.0
+    flow_shift: float = within("(0, inf)", 3.0)
     """Flow-matching shift s of the sigma grid (3 for 480p)."""
-    cfg_scale: float = 4.5
+    cfg_scale: float = within("[0, inf)", 4.5)
     """Classifier-free guidance scale (negative prompt "")."""
-    height: int = 480
+    height: int = within("[16, inf)", 480)
     """Video height in pixels (multiple of 16)."""
-    width: int = 832
+    width: int = within("[16, inf)", 832)
     """Video width in pixels (multiple of 16)."""
-    frames: int = 81
+    frames: int = within("[1, inf)", 81)
     """Frames per video; (frames - 1) % 4 == 0."""
-    group_size: int = 8
-    """G: videos per prompt (the GRPO group)."""
-    prompts_per_step: int = 24
-    """Prompts per optimizer step over the whole job (global batch = prompts_per_step x G videos)."""
-    micro_batch: int = 4
+    group_size: int = within("[2, inf)", 8)
+    """G: videos per prompt (the GRPO group), at least 2."""
+    prompts_per_step: int = within("[1, inf)", 24)
+    """Prompts per optimizer step over the whole job (global batch = prompts_per_step x G videos);
+    at most the number of training prompts."""
+    micro_batch: int = within("[1, inf)", 4)
     """Videos per forward pass (per rank) during rollout and training."""
     noise_schedule: NoiseSchedule = "wan"
-    """SDE noise scale s_t: `wan` s_t = sigma_1*sigma; `flow-grpo` a*sqrt(sigma/(1-sigma)); `dance-grpo` constant eta."""
-    noise_constant: float = 0.7
-    """The constant a (flow-grpo) or eta (dance-grpo); unused by `wan`."""
+    """SDE noise scale s_t: `wan` s_t = sigma_1*sigma; `flow-grpo` a*sqrt(sigma/(1-min(sigma, sigma_1)));
+    `dance-grpo` constant eta (sigma_1: the grid's second sigma)."""
+    noise_constant: float = within("(0, inf)", 0.7)
+    """The constant a (flow-grpo) or eta (dance-grpo), > 0; unused by `wan`."""
 
 
 @dataclass
 class TimestepConfig:
     """Distribution of the SDE step index (0 = noisiest)."""
 
-    window: tuple[int, int] = (0, 10)
+    window: tuple[int, int] = within("[0, inf)", (0, 10))
     """[start, end) of step indices the SDE step is drawn from."""
-    weights: tuple[float, ...] = ()
+    weights: tuple[float, ...] = within("[0, inf)", ())
     """One weight per index of the window; empty = uniform."""
 
 
@@ -101,13 +106,13 @@ class AlgorithmConfig:
     """flash mode: all G rollouts of a prompt share its SDE step index."""
     rectification: bool = True
     """flash mode: scale each sample's loss by 1/lambda(t), normalised to mean 1 over the global batch."""
-    clip_range: float = 1e-3
-    """PPO ratio clip epsilon."""
-    adv_clip: float = 5.0
+    clip_range: float = within("(0, 1)", 1e-3)
+    """PPO ratio clip epsilon, in (0, 1)."""
+    adv_clip: float = within("(0, inf)", 5.0)
     """Advantages are clipped to +-adv_clip."""
     adv_std: Literal["global", "group"] = "global"
     """Advantage denominator: std of all rewards in the batch, or of the prompt's group."""
-    kl_beta: float = 0.0
+    kl_beta: float = within("[0, inf)", 0.0)
     """KL weight to the reference (LoRA disabled) policy; 0 disables it."""
     recompute_old_log_prob: bool = True
     """Recompute log pi_old with the training pass's own batches (no grad) before the update, so the
@@ -121,16 +126,17 @@ class AlgorithmConfig:
 class OptimConfig:
     """AdamW and gradient clipping."""
 
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
+    lr: float = within("(0, inf)", 1e-4)
+    betas: tuple[float, float] = within("[0, 1)", (0.9, 0.999))
+    """AdamW betas, each in [0, 1)."""
+    weight_decay: float = within("[0, inf)", 1e-4)
+    grad_clip: float = within("(0, inf)", 1.0)
     """Max global gradient norm."""
-    warmup_steps: int = 0
+    warmup_steps: int = within("[0, inf)", 0)
     """Linear LR warm-up (optimizer steps)."""
-    max_steps: int = 1000
+    max_steps: int = within("[0, inf)", 1000)
     """Optimizer steps to train for."""
-    max_nonfinite_steps: int = 5
+    max_nonfinite_steps: int = within("[1, inf)", 5)
     """Stop after this many consecutive steps with a NaN/inf loss or gradient."""
 
 
@@ -139,8 +145,8 @@ class LoraConfig:
     """LoRA adapters (peft); disabled means full fine-tuning."""
 
     enabled: bool = True
-    rank: int = 16
-    alpha: float = 32.0
+    rank: int = within("[1, inf)", 16)
+    alpha: float = within("(0, inf)", 32.0)
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     """Module name suffixes that get adapters (attention projections by default)."""
 
@@ -150,8 +156,9 @@ class EmaConfig:
     """Exponential moving average of the trained weights (used for evaluation and samples)."""
 
     enabled: bool = True
-    decay: float = 0.9
-    interval: int = 8
+    decay: float = within("[0, 1)", 0.9)
+    """Weight of the old average at each update, in [0, 1)."""
+    interval: int = within("[1, inf)", 8)
     """Update the EMA every this many optimizer steps."""
 
 
@@ -161,7 +168,8 @@ class RewardSpec:
 
     name: str = "colour"
     """Registered reward name, or an import path `package.module:function`."""
-    weight: float = 1.0
+    weight: float = within("(-inf, inf)", 1.0)
+    """Any finite value (negative: a penalty)."""
     args: dict[str, int | float | bool | str] = field(default_factory=dict)
     """Keyword arguments passed to the reward function."""
     frame_aggregation: str = "mean"
@@ -178,18 +186,18 @@ class RewardServerConfig:
     """Use a server that is already running, e.g. http://host:8000."""
     launch: bool = False
     """Let the backend start a server with the recipe's rewards beside the job: a local process, a Slurm job of its own, or a replicated job in the JobSet."""
-    gpus: int = 0
+    gpus: int = within("[0, inf)", 0)
     """GPUs for a launched server (its own node on Slurm and Kubernetes)."""
-    cpus: int = 4
+    cpus: int = within("[1, inf)", 4)
     """CPU cores for a launched server (Slurm and Kubernetes)."""
-    mem_gb: float = 32.0
+    mem_gb: float = within("[0, inf)", 32.0)
     """Memory in GB for a launched server (Slurm and Kubernetes; 0 on Slurm: the cluster's default)."""
-    port: int = 8000
+    port: int = within("[1, 65535]", 8000)
     """Port of a launched server on Kubernetes (locally and on Slurm it takes any free port)."""
-    timeout_s: float = 600.0
+    timeout_s: float = within("(0, inf)", 600.0)
     """Per-request timeout; connection errors, timeouts and 5xx are retried `retries` times."""
-    retries: int = 3
-    startup_timeout_s: float = 1800.0
+    retries: int = within("[0, inf)", 3)
+    startup_timeout_s: float = within("(0, inf)", 1800.0)
     """How long the trainer waits for a launched server to answer /health (model loading)."""
 
 
@@ -200,9 +208,9 @@ class PromptsConfig:
     file: str = "prompts/tiny.txt"
     """Prompt file: one prompt per line, or JSONL with a `prompt` field. Relative paths resolve
     against the current directory, then the fgrpo checkout."""
-    heldout: int = 8
+    heldout: int = within("[0, inf)", 8)
     """The last `heldout` prompts of the file are held out for evaluation, never trained on."""
-    seed: int = 0
+    seed: int = within("[0, 4294967295]", 0)
     """Seed for the prompt order and all sampling."""
 
 
@@ -210,19 +218,19 @@ class PromptsConfig:
 class EvalConfig:
     """Deterministic (ODE) evaluation on held-out prompts."""
 
-    interval: int = 50
+    interval: int = within("[1, inf)", 50)
     """Evaluate and save sample videos every this many optimizer steps (and before/after training)."""
-    steps: int = 50
+    steps: int = within("[1, inf)", 50)
     """ODE steps for evaluation sampling."""
-    videos_per_prompt: int = 1
+    videos_per_prompt: int = within("[1, inf)", 1)
     """Fixed seeds per held-out prompt."""
 
 
 @dataclass
 class CheckpointConfig:
-    interval: int = 50
+    interval: int = within("[1, inf)", 50)
     """Save every this many optimizer steps (and at the end)."""
-    keep_last: int = 3
+    keep_last: int = within("[1, inf)", 3)
     """Keep the newest k complete checkpoints."""
 
 
@@ -231,8 +239,9 @@ class LoggingConfig:
     runs_dir: str = "runs"
     """Where run folders live; on clusters a folder on the shared filesystem (every node reads it)."""
     run_name: str | None = None
-    """Run folder name; None derives it from the recipe name and what differs from the recipe file."""
-    console_interval: int = 1
+    """Run folder name (letters, digits and _.=,+-, not starting with . or -); None derives it from
+    the recipe name and what differs from the recipe file."""
+    console_interval: int = within("[1, inf)", 1)
     """Print a metrics line every this many optimizer steps."""
 
 
@@ -264,25 +273,26 @@ class KubernetesConfig:
     secret_env: dict[str, str] = field(default_factory=dict)
     """Environment variables from Secrets: NAME -> secret-name/key (never inline values)."""
     service_account: str = "fgrpo"
-    termination_grace_period_s: int = 300
+    termination_grace_period_s: int = within("[1, inf)", 300)
     """Time between SIGTERM and SIGKILL; must cover a checkpoint save."""
-    max_restarts: int = 3
+    max_restarts: int = within("[0, inf)", 3)
     """Restarts of the whole group after real failures (evictions and preemptions do not count)."""
-    run_as_user: int = 1000
+    run_as_user: int = within("[1, inf)", 1000)
+    """Non-root uid the pods run as."""
 
 
 @dataclass
 class LaunchConfig:
     """Where and how the job runs; `--backend` picks the backend."""
 
-    nodes: int = 1
-    procs_per_node: int | None = None
+    nodes: int = within("[1, inf)", 1)
+    procs_per_node: int | None = within("[1, inf)", None)
     """Training processes per node (one per GPU). None: dp_replicate x dp_shard x tp / nodes when
     dp_shard is set, else gpus_per_node (1 without GPUs)."""
-    gpus_per_node: int = 0
-    cpus_per_task: int = 0
+    gpus_per_node: int = within("[0, inf)", 0)
+    cpus_per_task: int = within("[0, inf)", 0)
     """CPU cores per process (0: the cluster's default)."""
-    mem_gb: float = 0.0
+    mem_gb: float = within("[0, inf)", 0.0)
     """Memory per node in GB (0: the cluster's default)."""
     time_limit: str = "24:00:00"
     """Wall-clock limit per job, [D-]HH:MM:SS; a longer run is requeued and resumes."""
@@ -293,11 +303,11 @@ class LaunchConfig:
     """Any other sbatch option, e.g. --launch.sbatch constraint h100 exclusive ''."""
     setup: tuple[str, ...] = ()
     """Shell lines run before training in the job (module load, conda activate, export VAR=...)."""
-    signal_delay_s: int = 180
+    signal_delay_s: int = within("[0, inf)", 180)
     """Slurm sends USR2 this long before the time limit, for a checkpoint and requeue."""
-    max_failures: int = 3
+    max_failures: int = within("[0, inf)", 3)
     """Requeue a job that failed for real (not a preemption) at most this many times."""
-    array_parallelism: int = 16
+    array_parallelism: int = within("[1, inf)", 16)
     """Sweeps: at most this many points of one job array run at once."""
     k8s: KubernetesConfig = field(default_factory=KubernetesConfig)
 
@@ -307,7 +317,7 @@ class Recipe:
     """A Flash-GRPO training recipe."""
 
     name: str = "recipe"
-    """Recipe name, the stem of run folder names."""
+    """Recipe name, the stem of run folder names (the characters of logging.run_name)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

@@ -61,11 +61,15 @@ def from_dict(data: dict) -> Recipe:
     return _build(Recipe, data)
 
 
+def recipe_json(recipe: Recipe) -> str:
+    return json.dumps(to_dict(recipe), indent=2, sort_keys=True) + "\n"
+
+
 def save_recipe_json(recipe: Recipe, path: Path) -> None:
     """Atomically (a reader never sees half a recipe)."""
     from fgrpo.fileio import atomic_write_text
 
-    atomic_write_text(path, json.dumps(to_dict(recipe), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, recipe_json(recipe))
 
 
 def load_recipe_json(path: Path) -> Recipe:
@@ -95,6 +99,14 @@ def changed_fields(base: Recipe, resolved: Recipe) -> dict[str, object]:
     """{dotted.field: new value} for every field where `resolved` differs from `base`."""
     a, b = _flatten(to_dict(base)), _flatten(to_dict(resolved))
     return {k: b.get(k) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(_NAME_NEUTRAL)}
+
+
+def training_fingerprint(recipe: Recipe) -> str:
+    """A hash of every field that changes what is trained (not launch, logging, eval,
+    checkpointing or optim.max_steps): written into each checkpoint, so checkpoints are never
+    adopted by a recipe that did not train them."""
+    fields = {k: v for k, v in _flatten(to_dict(recipe)).items() if not k.startswith(_NAME_NEUTRAL)}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _fmt(v: object) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .config import Recipe
 from .io import RecipeError
+from .ranges import is_type_problem, range_problems
 
 
 def time_limit_minutes(text: str) -> int:
@@ -22,31 +24,49 @@ def time_limit_minutes(text: str) -> int:
 REWARD_PATH_ARGS = ("model_path", "checkpoint", "tokenizer_path")
 
 
+# Characters of a run folder name: those run_name() derives them from (a name is a path segment,
+# a Slurm job name and a Kubernetes label, so no separators, spaces, quotes or shell syntax).
+_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=,+-]*")
+_RUN_NAME_MAX = 200
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a run folder under runs_dir (it could escape or hide it), or None."""
+    if not name.strip():
+        return "must not be empty"
+    if name in (".", ".."):
+        return f"must be a folder name, got {name!r}"
+    if "/" in name or "\\" in name:
+        return f"must be a folder name without / or \\ (the run folder stays inside logging.runs_dir), got {name!r}"
+    if len(name) > _RUN_NAME_MAX:
+        return f"must be at most {_RUN_NAME_MAX} characters, got {len(name)}"
+    if not _RUN_NAME.fullmatch(name):
+        return f"must be letters, digits and _.=,+- not starting with . or -, got {name!r}"
+    return None
+
+
 def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     """Every problem found, each starting with the dotted field name it concerns."""
     from fgrpo.algorithm import NOISE_SCHEDULES
-    from fgrpo.data.prompts import read_prompts, resolve_prompt_file
     from fgrpo.models.wan import PRESETS, check_model_folder
     from fgrpo.rewards import missing_reward_args, validate_reward_spec
 
+    ranged = range_problems(recipe)  # every numeric field against the range declared beside it
+    if any(is_type_problem(e) for e in ranged):
+        return ranged  # a value of the wrong type: the checks below would only stumble on it
     errs: list[str] = []
     ro, ts, par = recipe.rollout, recipe.timesteps, recipe.parallelism
     world = world_size if world_size is not None else recipe.world_size
 
-    if (ro.frames - 1) % 4 != 0 or ro.frames < 1:
+    for name, value in (("name", recipe.name), ("logging.run_name", recipe.logging.run_name)):
+        problem = None if value is None else run_name_problem(value)
+        if problem:
+            errs.append(f"{name}: {problem}")
+    if (ro.frames - 1) % 4 != 0:
         errs.append(f"rollout.frames: (frames - 1) must be a multiple of 4 (Wan VAE), got {ro.frames}")
     for name in ("height", "width"):
-        v = getattr(ro, name)
-        if v <= 0 or v % 16:
-            errs.append(f"rollout.{name}: must be a positive multiple of 16, got {v}")
-    if ro.steps < 1:
-        errs.append(f"rollout.steps: must be >= 1, got {ro.steps}")
-    if ro.group_size < 2:
-        errs.append(f"rollout.group_size: GRPO needs at least 2 videos per prompt, got {ro.group_size}")
-    if ro.prompts_per_step < 1:
-        errs.append(f"rollout.prompts_per_step: must be >= 1, got {ro.prompts_per_step}")
-    if ro.micro_batch < 1:
-        errs.append(f"rollout.micro_batch: must be >= 1, got {ro.micro_batch}")
+        if getattr(ro, name) % 16:
+            errs.append(f"rollout.{name}: must be a multiple of 16, got {getattr(ro, name)}")
     if ro.noise_schedule not in NOISE_SCHEDULES:
         errs.append(f"rollout.noise_schedule: one of {NOISE_SCHEDULES}, got {ro.noise_schedule!r}")
 
@@ -55,16 +75,11 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
         errs.append(f"timesteps.window: [start, end) must lie within the {ro.steps} rollout steps, got {ts.window}")
     if ts.weights and len(ts.weights) != end - start:
         errs.append(f"timesteps.weights: need {end - start} weights for window {ts.window}, got {len(ts.weights)}")
-    if ts.weights and (min(ts.weights) < 0 or sum(ts.weights) <= 0):
-        errs.append("timesteps.weights: must be non-negative with a positive sum")
+    elif ts.weights and sum(ts.weights) <= 0:
+        errs.append(f"timesteps.weights: must have a positive sum, got {ts.weights}")
 
     if world % max(1, recipe.launch.nodes):
         errs.append(f"launch.nodes: the world size {world} does not divide over {recipe.launch.nodes} nodes")
-    for name in ("dp_replicate", "tp"):
-        if getattr(par, name) < 1:
-            errs.append(f"parallelism.{name}: must be >= 1, got {getattr(par, name)}")
-    if par.dp_shard == 0 or par.dp_shard < -1:
-        errs.append(f"parallelism.dp_shard: must be >= 1 or -1 (infer), got {par.dp_shard}")
     preset = PRESETS.get(recipe.model.preset)
     if preset and par.tp >= 1 and preset.num_heads % par.tp:
         errs.append(
@@ -72,7 +87,7 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
         )
     elif preset and par.tp >= 1 and preset.ffn_dim % par.tp:
         errs.append(f"parallelism.tp: {par.tp} does not divide the FFN width {preset.ffn_dim} of {recipe.model.preset}")
-    if not errs:
+    if not errs and not ranged:
         from fgrpo.distributed.parallel_dims import ParallelDims
 
         try:
@@ -92,27 +107,8 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     elif recipe.model.preset != "tiny":
         errs.append(f"model.path: preset {recipe.model.preset} needs a local diffusers-format folder (no downloads)")
 
-    a = recipe.algorithm
-    if a.clip_range <= 0:
-        errs.append(f"algorithm.clip_range: must be > 0, got {a.clip_range}")
-    if a.adv_clip <= 0:
-        errs.append(f"algorithm.adv_clip: must be > 0, got {a.adv_clip}")
-    if a.kl_beta < 0:
-        errs.append(f"algorithm.kl_beta: must be >= 0, got {a.kl_beta}")
-    if a.kl_beta > 0 and not recipe.lora.enabled:
+    if recipe.algorithm.kl_beta > 0 and not recipe.lora.enabled:
         errs.append("algorithm.kl_beta: the reference policy is the model with LoRA disabled; enable lora")
-    if recipe.lora.enabled and recipe.lora.rank < 1:
-        errs.append(f"lora.rank: must be >= 1, got {recipe.lora.rank}")
-    if recipe.ema.enabled and not (0.0 <= recipe.ema.decay < 1.0):
-        errs.append(f"ema.decay: must be in [0, 1), got {recipe.ema.decay}")
-    for name in ("ema.interval", "checkpoint.interval", "checkpoint.keep_last", "eval.interval", "eval.steps"):
-        section, field = name.split(".")
-        if getattr(getattr(recipe, section), field) < 1:
-            errs.append(f"{name}: must be >= 1")
-    if recipe.optim.lr <= 0:
-        errs.append(f"optim.lr: must be > 0, got {recipe.optim.lr}")
-    if recipe.optim.max_steps < 0:
-        errs.append(f"optim.max_steps: must be >= 0, got {recipe.optim.max_steps}")
 
     try:
         time_limit_minutes(recipe.launch.time_limit)
@@ -136,18 +132,33 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
                     errs.append(f"rewards.{i}.args.{key}: {path} does not exist")
 
     errs += _reward_server_problems(recipe.reward_server)
+    errs += _prompt_problems(recipe)
+    reported = {e.split(":", 1)[0] for e in ranged}  # one message per field: its range says enough
+    return ranged + [e for e in errs if e.split(":", 1)[0] not in reported]
 
-    prompt_file = resolve_prompt_file(recipe.prompts.file)
-    if not prompt_file.is_file():
-        errs.append(f"prompts.file: {recipe.prompts.file} does not exist")
-    else:
-        try:
-            n = len(read_prompts(prompt_file))
-            if n - recipe.prompts.heldout < 1:
-                errs.append(f"prompts.heldout: {recipe.prompts.heldout} held out of {n} prompts leaves none to train on")
-        except ValueError as e:
-            errs.append(f"prompts.file: {e}")
-    return errs
+
+def _prompt_problems(recipe: Recipe) -> list[str]:
+    from fgrpo.data.prompts import read_prompts, resolve_prompt_file
+
+    pr, per_step = recipe.prompts, recipe.rollout.prompts_per_step
+    path = resolve_prompt_file(pr.file)
+    if path.is_dir():
+        return [f"prompts.file: {pr.file} is a directory, not a prompt file"]
+    if not path.is_file():
+        return [f"prompts.file: {pr.file} does not exist"]
+    try:
+        n = len(read_prompts(path))
+    except (ValueError, OSError) as e:
+        return [f"prompts.file: {e}"]
+    if n == 0:
+        return [f"prompts.file: {pr.file} holds no prompts"]
+    train = n - max(0, pr.heldout)
+    if train < 1:
+        return [f"prompts.heldout: {pr.heldout} held out of the {n} prompts of {pr.file} leaves none to train on"]
+    if train < per_step:
+        return [f"rollout.prompts_per_step: {per_step} prompts per step, but {pr.file} has only {train} training "
+                f"prompts ({n} minus prompts.heldout={pr.heldout}); a step would repeat prompts"]
+    return []
 
 
 def _reward_server_problems(rs) -> list[str]:
@@ -156,14 +167,6 @@ def _reward_server_problems(rs) -> list[str]:
         errs.append("reward_server.url: give either a running server's url or reward_server.launch, not both")
     if rs.url is not None and not rs.url.startswith(("http://", "https://")):
         errs.append(f"reward_server.url: must start with http:// or https://, got {rs.url!r}")
-    if not 0 < rs.port < 65536:
-        errs.append(f"reward_server.port: must be in 1..65535, got {rs.port}")
-    for name in ("timeout_s", "startup_timeout_s"):
-        if getattr(rs, name) <= 0:
-            errs.append(f"reward_server.{name}: must be > 0, got {getattr(rs, name)}")
-    if rs.retries < 0 or rs.gpus < 0 or rs.cpus < 1:
-        errs.append("reward_server: retries and gpus must be >= 0 and cpus >= 1, got "
-                    f"retries={rs.retries} gpus={rs.gpus} cpus={rs.cpus}")
     return errs
 
 

@@ -1,167 +1,260 @@
 """Reward server: score videos in another process (or machine) over HTTP (stdlib only).
 
-``RewardServer`` loads the rewards once and serves ``POST /score`` and
-``GET /health``; ``RewardClient.score`` returns ``(total, components)`` like
-``WeightedRewards``, ``RewardClient.submit`` a future of it (to overlap
-scoring with the next rollouts).
+``RewardServer`` loads the rewards once and serves ``POST /score`` and ``GET /health``;
+:class:`~fgrpo.rewards.client.RewardClient` (re-exported here) returns ``(total, components)``
+like ``WeightedRewards``. The wire format is in wire.py: frames travel as raw uint8 and scores
+equal in-process scores of :func:`dequantize` ``(quantize(frames))`` (at most half a grey level,
+~0.002, from unquantised frames).
 
-Wire format of ``POST /score`` (JSON)::
+What holds it up under real use:
 
-    {"prompts": [...B strings], "shape": [B, F, 3, H, W], "dtype": "uint8",
-     "frames": base64 of the raw C-order uint8 bytes}
-    -> {"total": [...B floats], "components": {name: [...B floats]}}
+* Authentication: with a ``token``, ``POST /score`` needs ``Authorization: Bearer <token>``
+  (401 otherwise; compared in constant time). ``GET /health`` stays open (readiness probes; it
+  tells only the reward names). Binding a non-loopback address without a token is refused.
+* Threads: at most ``max_connections`` connections are served at once, each by a worker thread of
+  a fixed pool; up to ``max_waiting`` more wait, accepted but unread, until a worker is free (a
+  client then just sees a slower answer); beyond that a connection gets 503 at once.
+* Stalls: every read of a connection (request line, headers, body) times out after
+  ``read_timeout_s`` without data; the connection gets 408 and is closed, freeing its worker.
+* Memory: a binary body is read straight into one uint8 tensor, turned into float32 in place
+  under the scoring lock (uint8 + float32 = 5x the frames' bytes at the peak, one request at a
+  time); JSON bodies are capped at 64 MiB.
 
-Frames are quantised to uint8, ``round(clamp(frames, 0, 1) * 255)``, and the
-server scores ``uint8 / 255``: 4x smaller than float32, and exactly what a
-video encoder (and so any reward looking at saved videos) sees. Scores thus
-equal in-process scores of :func:`dequantize` ``(quantize(frames))``; the
-difference from unquantised frames is at most half a grey level (~0.002).
-
-Malformed requests get 400, an exception inside a reward 500, both with
-``{"error": message}``; the server keeps serving.
+Malformed requests get 400 (JSON nested too deeply included), a body over the limit 413, an
+exception inside a reward 500, all with ``{"error": message}``; the server keeps serving.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import hmac
+import ipaddress
 import json
-import math
+import queue
 import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
-import torch
-
 from fgrpo.rewards.base import WeightedRewards
+from fgrpo.rewards.client import RewardClient
+from fgrpo.rewards.wire import (BINARY_TYPE, MAX_BODY_BYTES, MAX_JSON_BYTES, BadRequest, Body, decode_json_request,
+                               dequantize, quantize, read_binary_request)
 
-__all__ = ["RewardClient", "RewardServer", "dequantize", "quantize"]
-
-MAX_BODY_BYTES = 1 << 30
-
-
-def quantize(frames: torch.Tensor) -> torch.Tensor:
-    """Float frames in [0, 1] -> uint8 ``round(clamp(x, 0, 1) * 255)`` on CPU, contiguous."""
-    x = torch.as_tensor(frames).detach().to("cpu", torch.float32)
-    return (x.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).contiguous()
+__all__ = ["RewardClient", "RewardServer", "dequantize", "is_loopback", "quantize"]
 
 
-def dequantize(frames_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 frames -> float32 in [0, 1] (``x / 255``), as the server scores them."""
-    return frames_u8.to(torch.float32) / 255.0
-
-
-class _BadRequest(ValueError):
-    pass
-
-
-def _decode_request(body: bytes) -> tuple[torch.Tensor, list[str]]:
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server reachable from this machine only."""
+    if host == "localhost":
+        return True
     try:
-        req = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _BadRequest(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(req, dict):
-        raise _BadRequest("body must be a JSON object")
-    missing = [k for k in ("prompts", "shape", "frames") if k not in req]
-    if missing:
-        raise _BadRequest(f"missing field(s): {', '.join(missing)}")
-    prompts, shape = req["prompts"], req["shape"]
-    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-        raise _BadRequest("'prompts' must be a list of strings")
-    if req.get("dtype", "uint8") != "uint8":
-        raise _BadRequest(f"'dtype' must be 'uint8', got {req.get('dtype')!r}")
-    if (not isinstance(shape, list) or len(shape) != 5
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):
-        raise _BadRequest(f"'shape' must be [B, F, C, H, W] of positive ints, got {shape!r}")
-    if shape[2] != 3:
-        raise _BadRequest(f"frames must have C = 3 (RGB), got shape {shape}")
-    if shape[0] != len(prompts):
-        raise _BadRequest(f"shape has B = {shape[0]} videos but got {len(prompts)} prompts")
-    if not isinstance(req["frames"], str):
-        raise _BadRequest("'frames' must be a base64 string")
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _reply_busy(request: Any, waiting: int) -> None:
+    data = json.dumps({"error": f"server busy: {waiting} connections already wait; retry later"}).encode()
+    head = (f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
     try:
-        raw = base64.b64decode(req["frames"], validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise _BadRequest(f"'frames' is not valid base64: {exc}") from exc
-    if len(raw) != math.prod(shape):
-        raise _BadRequest(f"'frames' has {len(raw)} bytes but shape {shape} needs {math.prod(shape)}")
-    u8 = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(shape)
-    return dequantize(u8), prompts
+        request.settimeout(1.0)
+        request.sendall(head + data)
+        request.setblocking(False)
+        for _ in range(16):  # what already arrived: closing with unread data would reset the reply away
+            if not request.recv(1 << 16):
+                break
+    except OSError:  # BlockingIOError: nothing more has arrived
+        pass
+
+
+class _PooledHTTPServer(HTTPServer):
+    """HTTPServer whose connections are served by a fixed pool of worker threads (a bounded thread
+    count, unlike ThreadingHTTPServer's thread per connection), with a bounded wait queue."""
+
+    def __init__(self, address: tuple[str, int], workers: int, waiting: int) -> None:
+        super().__init__(address, _Handler)
+        self.max_waiting, self._capacity = waiting, workers + waiting
+        self._open, self._open_lock = 0, threading.Lock()  # connections queued or being served
+        self._queue: queue.Queue = queue.Queue()
+        self._workers = [threading.Thread(target=self._work, name=f"reward-server-worker-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._workers:
+            t.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            full = self._open >= self._capacity
+            self._open += not full
+        if full:
+            _reply_busy(request, self.max_waiting)
+            self.shutdown_request(request)
+            return
+        self._queue.put((request, client_address))
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except Exception:  # noqa: BLE001 - one connection's failure must not end the worker
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+                with self._open_lock:
+                    self._open -= 1
+
+    def server_close(self) -> None:
+        super().server_close()
+        while True:  # connections still waiting are closed unanswered
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self.shutdown_request(item[0])
+        for _ in self._workers:
+            self._queue.put(None)
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server_version = "fgrpo-reward-server/1"
+    server_version = "fgrpo-reward-server/2"
+    server: Any
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet unless verbose
-        if self.server.verbose:  # type: ignore[attr-defined]
-            super().log_message(format, *args)
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout_s  # StreamRequestHandler.setup applies it to the socket
+        super().setup()
 
-    def _send(self, code: int, obj: Any) -> None:
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:  # every request only when verbose
+        if self.server.verbose:
+            super().log_request(code, size)
+
+    def _send(self, code: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(obj).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
 
     def do_GET(self) -> None:  # noqa: N802
         if self.path.rstrip("/") == "/health":
-            self._send(200, {"ok": True, "rewards": self.server.rewards.names})  # type: ignore[attr-defined]
+            self._send(200, {"ok": True, "rewards": self.server.rewards.names})
         else:
             self._send(404, {"error": f"unknown path {self.path!r}; use GET /health or POST /score"})
 
+    def _authorized(self) -> bool:
+        token = self.server.token
+        if token is None:
+            return True
+        scheme, _, value = self.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode("latin-1"), token)
+
     def do_POST(self) -> None:  # noqa: N802
-        if self.path.rstrip("/") != "/score":
-            self._send(404, {"error": f"unknown path {self.path!r}; use POST /score"})
-            return
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
-            self._send(411, {"error": "Content-Length header required"})
-            return
-        if length < 0 or length > MAX_BODY_BYTES:
-            self._send(413, {"error": f"body of {length} bytes exceeds {MAX_BODY_BYTES}"})
-            self.close_connection = True
-            return
+            length = -1
+        body = Body(self.rfile, length if 0 <= length <= MAX_BODY_BYTES else 0)
         try:
-            frames, prompts = _decode_request(self.rfile.read(length))
-        except _BadRequest as exc:
-            self._send(400, {"error": str(exc)})
+            self._score(length, body)
+        except (TimeoutError, ConnectionError) as exc:  # a stalled or vanished client: free the worker
+            self.log_error("dropping the connection: %s", f"{type(exc).__name__}: {exc}")
+            self.close_connection = True
+            try:
+                self._send(408, {"error": f"no data for {self.server.read_timeout_s:g} s; closing"})
+            except OSError:
+                pass
+
+    def _score(self, length: int, body: Body) -> None:
+        error = self._check(length)
+        if error is not None:
+            code, message, headers = error
+            if code == 413 or length < 0:
+                self.close_connection = True  # too big (or of unknown size) to read past
+            else:
+                body.drain()
+            self._send(code, {"error": message}, headers)
             return
         srv = self.server
+        ctype = self.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
         try:
-            with srv.lock:  # type: ignore[attr-defined]  # rewards may hold a GPU model: one batch at a time
-                total, comps = srv.rewards(frames, prompts)  # type: ignore[attr-defined]
-                srv.scored_batches += 1  # type: ignore[attr-defined]
-                srv.scored_videos += len(prompts)  # type: ignore[attr-defined]
+            if ctype == BINARY_TYPE:
+                u8, prompts = read_binary_request(body)
+            elif length > MAX_JSON_BYTES:
+                self.close_connection = True
+                self._send(413, {"error": f"JSON body of {length} bytes exceeds {MAX_JSON_BYTES}; send "
+                                          f"Content-Type {BINARY_TYPE} (RewardClient does)"})
+                return
+            else:
+                u8, prompts = decode_json_request(body.read(length))
+        except BadRequest as exc:
+            body.drain()
+            self._send(exc.code, {"error": str(exc)})
+            return
+        try:
+            with srv.lock:  # rewards may hold a GPU model: one batch at a time (and one float copy)
+                frames = dequantize(u8)
+                del u8
+                total, comps = srv.rewards(frames, prompts)
+                del frames
+                srv.scored_batches += 1
+                srv.scored_videos += len(prompts)
         except Exception as exc:  # noqa: BLE001 - report any reward failure and keep serving
             self._send(500, {"error": f"reward failed: {type(exc).__name__}: {exc}"})
             return
         self._send(200, {"total": total.tolist(), "components": {k: v.tolist() for k, v in comps.items()}})
 
+    def _check(self, length: int) -> tuple[int, str, dict[str, str] | None] | None:
+        """(code, message, headers) of a request refused before its body is read, else None."""
+        if self.path.rstrip("/") != "/score":
+            return 404, f"unknown path {self.path!r}; use POST /score", None
+        if not self._authorized():
+            return (401, "missing or wrong token: send 'Authorization: Bearer TOKEN' with the server's token "
+                         "(FGRPO_REWARD_TOKEN, or the run folder's reward-server.token)",
+                    {"WWW-Authenticate": "Bearer"})
+        if length < 0:
+            return 411, "Content-Length header required", None
+        if length > MAX_BODY_BYTES:
+            return 413, f"body of {length} bytes exceeds {MAX_BODY_BYTES}", None
+        return None
+
 
 class RewardServer:
-    """Serve ``WeightedRewards(specs)`` over HTTP; binds on construction (``port=0``: any free port)."""
+    """Serve ``WeightedRewards(specs)`` over HTTP; binds on construction (``port=0``: any free port).
 
-    def __init__(self, specs: Any, host: str = "127.0.0.1", port: int = 0, verbose: bool = False) -> None:
+    ``token``: the shared secret clients must send (None: no authentication, loopback only).
+    ``read_timeout_s``: idle time after which a connection that sends nothing is dropped.
+    ``max_connections`` / ``max_waiting``: connections served at once / waiting beyond those."""
+
+    def __init__(self, specs: Any, host: str = "127.0.0.1", port: int = 0, verbose: bool = False,
+                 token: str | None = None, read_timeout_s: float = 60.0, max_connections: int = 16,
+                 max_waiting: int = 256) -> None:
+        if not token and not is_loopback(host):
+            raise ValueError(f"refusing to serve on {host} without a token: anyone who can reach it could use "
+                             "the reward models; set FGRPO_REWARD_TOKEN (clients send it as 'Authorization: "
+                             "Bearer'), serve a run with --run-dir RUN (its own token), or bind 127.0.0.1")
+        if read_timeout_s <= 0 or max_connections < 1 or max_waiting < 0:
+            raise ValueError("read_timeout_s must be > 0, max_connections >= 1 and max_waiting >= 0")
         self.rewards = WeightedRewards(specs)
-        self._httpd = ThreadingHTTPServer((host, port), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.rewards = self.rewards  # type: ignore[attr-defined]
-        self._httpd.lock = threading.Lock()  # type: ignore[attr-defined]
-        self._httpd.verbose = verbose  # type: ignore[attr-defined]
-        self._httpd.scored_batches = self._httpd.scored_videos = 0  # type: ignore[attr-defined]
+        self._httpd = _PooledHTTPServer((host, port), max_connections, max_waiting)
+        self._httpd.rewards = self.rewards
+        self._httpd.lock = threading.Lock()
+        self._httpd.verbose = verbose
+        self._httpd.token = token.encode() if token else None
+        self._httpd.read_timeout_s = read_timeout_s
+        self._httpd.scored_batches = self._httpd.scored_videos = 0
         self._thread: threading.Thread | None = None
+
+    @property
+    def requires_token(self) -> bool:
+        return self._httpd.token is not None
 
     @property
     def scored(self) -> tuple[int, int]:
         """(batches, videos) scored so far."""
-        return self._httpd.scored_batches, self._httpd.scored_videos  # type: ignore[attr-defined]
+        return self._httpd.scored_batches, self._httpd.scored_videos
 
     @property
     def url(self) -> str:
@@ -192,90 +285,3 @@ class RewardServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-
-class RewardClient:
-    """Client for :class:`RewardServer`.
-
-    Connection errors, timeouts and 5xx are retried ``retries`` times, sleeping
-    ``backoff_s * 2**i``; then an unreachable server raises ``ConnectionError``
-    and a failing reward ``RuntimeError``, both naming the URL. A 4xx raises
-    ``ValueError`` with the server's message at once.
-    """
-
-    def __init__(self, url: str, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 0.5,
-                 max_workers: int = 2, reconnect: Callable[[], str] | None = None) -> None:
-        self.url = url.rstrip("/")
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, max(0, int(retries)), backoff_s
-        self.reconnect = reconnect
-        self._max_workers, self._pool, self._pool_lock = max_workers, None, threading.Lock()
-        self._url_lock = threading.Lock()
-
-    def _request(self, path: str, body: bytes | None = None) -> Any:
-        """One request with retries; an unreachable server is looked for again once with
-        ``reconnect`` (a requeued server announces a new address), if given."""
-        tried = self.url
-        try:
-            return self._request_once(path, body)
-        except ConnectionError:
-            if self.reconnect is None:
-                raise
-            with self._url_lock:  # concurrent requests wait for one reconnection
-                if self.url == tried:  # nobody has found the server again meanwhile
-                    self.url = self.reconnect().rstrip("/")
-            return self._request_once(path, body)
-
-    def _request_once(self, path: str, body: bytes | None) -> Any:
-        url = self.url + path
-        last, server_error = "", False
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
-                                         headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as exc:
-                try:
-                    msg = json.loads(exc.read()).get("error", "")
-                except Exception:  # noqa: BLE001
-                    msg = exc.reason
-                if exc.code < 500:
-                    raise ValueError(f"reward server {url} rejected the request ({exc.code}): {msg}") from None
-                last, server_error = f"HTTP {exc.code}: {msg}", True
-            except (urllib.error.URLError, OSError) as exc:  # refused, reset, timeout
-                last, server_error = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}", False
-        err = RuntimeError if server_error else ConnectionError
-        raise err(f"reward server {url} failed after {self.retries + 1} attempt(s): {last}")
-
-    def health(self) -> dict:
-        return self._request("/health")
-
-    def score(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Like ``WeightedRewards(frames, prompts)``, scored remotely on uint8-quantised frames."""
-        frames = torch.as_tensor(frames)
-        u8 = quantize(frames)
-        body = json.dumps({
-            "prompts": list(prompts), "shape": list(u8.shape), "dtype": "uint8",
-            "frames": base64.b64encode(u8.numpy().tobytes()).decode("ascii"),
-        }).encode()
-        out = self._request("/score", body)
-        dev = frames.device
-        total = torch.tensor(out["total"], dtype=torch.float32, device=dev)
-        comps = {k: torch.tensor(v, dtype=torch.float32, device=dev) for k, v in out["components"].items()}
-        return total, comps
-
-    def submit(self, frames: torch.Tensor, prompts: list[str]) -> Future:
-        """Score asynchronously; the future resolves to ``(total, components)``."""
-        frames = torch.as_tensor(frames).detach()
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="reward-client")
-            return self._pool.submit(self.score, frames, list(prompts))
-
-    def close(self) -> None:
-        with self._pool_lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None

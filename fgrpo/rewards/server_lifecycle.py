@@ -6,9 +6,12 @@ A server started by a backend for a run (``fgrpo reward-server --run-dir RUN``) 
 own reward specs (``RUN/recipe.json``) and announces its address in ``RUN/reward-server.json``; the
 trainers read it from there, so the server may land on any node and move when it is requeued. It
 exits once the run has ended (completed, failed or cancelled), so it never outlives its training
-job. The address
-file is written and read through ``fgrpo.run_folder.RunFolder`` (``write_server_address``,
-``read_server_address``, ``clear_server_address``).
+job. The address file is written and read through ``fgrpo.run_folder.RunFolder``
+(``write_server_address``, ``read_server_address``, ``clear_server_address``).
+
+The server and its clients share a token (:func:`reward_token`): ``FGRPO_REWARD_TOKEN`` when set
+(on Kubernetes, from a per-run Secret), otherwise the run folder's ``reward-server.token``, which
+the server makes when missing before it announces its address. The token is never printed.
 """
 
 from __future__ import annotations
@@ -23,7 +26,18 @@ from pathlib import Path
 
 from fgrpo.run_folder import FINAL_STATES, RunFolder
 
-__all__ = ["process_alive", "serve_until_done", "wait_for_server"]
+__all__ = ["TOKEN_ENV", "process_alive", "reward_token", "serve_until_done", "wait_for_server"]
+
+TOKEN_ENV = "FGRPO_REWARD_TOKEN"
+
+
+def reward_token(run_dir: Path | None = None, create: bool = False) -> str | None:
+    """The reward server's shared token: ``$FGRPO_REWARD_TOKEN`` when set, else `run_dir`'s
+    (made when missing with `create`: the server's side), else None (an open server)."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token
+    return RunFolder(run_dir).server_token(create=create) if run_dir is not None else None
 
 
 def wait_for_server(find_url: Callable[[], str | None], timeout_s: float, check_stop: Callable[[], None] = lambda: None,
@@ -78,7 +92,8 @@ def serve_until_done(server, bind_host: str, advertise_host: str | None = None, 
     if address_file:
         address_file.parent.mkdir(parents=True, exist_ok=True)  # the trainers may not have made it yet
         (run or RunFolder(address_file.parent)).write_server_address(url, address_file)
-    print(f"reward server at {url} serving {', '.join(server.rewards.names)}", flush=True)
+    auth = "token required" if server.requires_token else "no token: open to this machine"
+    print(f"reward server at {url} serving {', '.join(server.rewards.names)} ({auth})", flush=True)
 
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

@@ -1,38 +1,88 @@
-"""Checkpoints with torch.distributed.checkpoint (DCP): atomic folders, newest-complete resume, keep k.
+"""Checkpoints with torch.distributed.checkpoint (DCP): atomic folders, a manifest, keep k.
 
-`checkpoints/step-N/` appears only once every rank has finished writing (a rename after a
-barrier), so a kill -9 mid-save leaves the previous checkpoint as the newest. DCP reshards on
-load, so a run may resume on a different number of processes. Finding checkpoints (newest,
-complete) is the run folder's: `RunFolder(run_dir).latest_checkpoint()` / `complete_checkpoints()`.
+`checkpoints/step-N/` appears only once every rank has finished writing and rank 0 has written
+its manifest (a rename after a barrier), so a kill -9 mid-save leaves the previous checkpoint as
+the newest. A failed save (a full disk, a read-only folder) removes its partial folder, so that
+it does not keep the disk full for the next launch, and says why in one line. DCP reshards on
+load, so a run may resume on a different number of processes. Which checkpoints exist and which
+can be trusted is the run folder's (`fgrpo.run_folder.checkpoints`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
 
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: caught by name
 
 from fgrpo.distributed import process_group as dist
-from fgrpo.run_folder import checkpoint_path, complete_checkpoints, partial_checkpoint_path
+from fgrpo.run_folder.checkpoints import (checkpoint_path, complete_checkpoints, partial_checkpoint_path,
+                                          write_manifest)
 
 
-def save(state: dict, ckpt_dir: Path, step: int, keep_last: int) -> Path:
+class CheckpointSaveError(RuntimeError):
+    """Saving failed on some rank (raised on every rank: DCP gathers the failures)."""
+
+
+def causes(exc: BaseException):
+    """`exc` and everything behind it: chained exceptions and DCP's per-rank failures."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen or not isinstance(e, BaseException):
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__]
+        for failure in (getattr(e, "failures", None) or {}).values():  # DCP's CheckpointException
+            todo.append(failure[0] if isinstance(failure, tuple) else failure)
+
+
+def describe_save_error(exc: BaseException, where: Path) -> str:
+    for e in causes(exc):
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return f"no space left on device while writing {where}"
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"cannot write {where}: {e.strerror} (a read-only or foreign-owned folder?)"
+    first = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {first[0] if first else ''}"
+
+
+def save(state: dict, ckpt_dir: Path, step: int, keep_last: int, recipe_fingerprint: str = "") -> Path:
     """Collective: every rank calls it with its own state; returns the final folder. `ckpt_dir` is
     the run's RunFolder.checkpoints; the folder names and what counts as complete are fgrpo.run_folder's."""
     ckpt_dir = Path(ckpt_dir)
     final, partial = checkpoint_path(ckpt_dir, step), partial_checkpoint_path(ckpt_dir, step)
+    error = None
     if dist.rank() == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(partial, ignore_errors=True)
-    dist.barrier()
-    dcp.save(state, checkpoint_id=str(partial))
-    dist.barrier()
+        try:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(partial, ignore_errors=True)
+        except OSError as e:
+            error = e
+    if dist.any_rank(error is not None):  # agreed, so no rank waits in a collective alone
+        raise CheckpointSaveError(f"checkpoint step-{step} not saved: "
+                                  f"{describe_save_error(error, ckpt_dir) if error else 'rank 0 could not create it'}")
+    try:
+        dcp.save(state, checkpoint_id=str(partial))
+        dist.barrier()
+        if dist.rank() == 0:
+            write_manifest(partial, recipe_fingerprint, step)
+            if final.exists():  # a re-save of the same step (e.g. after a stop): replace it whole
+                shutil.rmtree(final)
+            os.replace(partial, final)
+    except (Exception, CheckpointException) as e:
+        error = e
+    # Agreed on every rank: a rank that failed alone must not leave the others in a collective.
+    if dist.any_rank(error is not None):
+        if dist.rank() == 0:
+            shutil.rmtree(partial, ignore_errors=True)  # a partial folder would keep a full disk full
+        why = describe_save_error(error, partial) if error is not None else "failed on another rank"
+        raise CheckpointSaveError(f"checkpoint step-{step} not saved ({why}); the partial folder was removed") from error
     if dist.rank() == 0:
-        if final.exists():  # a re-save of the same step (e.g. after a stop): replace it whole
-            shutil.rmtree(final)
-        os.replace(partial, final)
         for _, old in complete_checkpoints(ckpt_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
@@ -40,6 +90,7 @@ def save(state: dict, ckpt_dir: Path, step: int, keep_last: int) -> Path:
 
 
 def load(state: dict, path: Path) -> dict:
-    """Load in place into `state` (same structure as saved; DCP reshards tensors)."""
+    """Load in place into `state` (same structure as saved; DCP reshards tensors). DCP gathers
+    read errors to every rank, so a failure here is seen by all ranks together."""
     dcp.load(state, checkpoint_id=str(path))
     return state

@@ -1,46 +1,114 @@
-"""The in-job entry point shared by every backend: run folder in, exit code out."""
+"""The in-job entry point shared by every backend: run folder in, exit code out.
+
+Every way out records the run's state in status.json: completed, stopped (a signal: saved, to
+be resumed), cancelled, or failed with the first line of the error. A process killed outright
+cannot write: its "running" is found stale by `RunFolder.effective_status` (no process holds
+the run's lock any more) and shown as killed.
+
+Exit codes: 0 done, 75 stopped (requeue me), 1 failed, 2 bad recipe, 3 the run folder is held
+by another job.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+import traceback
 from pathlib import Path
 
-from fgrpo.run_folder import RunFolder
+from fgrpo.fileio import env_rank
+from fgrpo.processes import ProcessId, parent_gone
+from fgrpo.run_folder import RunFolder, RunLockedError
 
 from .signals import EXIT_REQUEUE, StopFlag
 
-EXIT_DONE, EXIT_FAILED, EXIT_BAD_RECIPE = 0, 1, 2
+EXIT_DONE, EXIT_FAILED, EXIT_BAD_RECIPE, EXIT_LOCKED = 0, 1, 2, 3
+
+
+def job_identity() -> dict:
+    """Who holds a run folder, in the words of the scheduler that started this process."""
+    ident = {"host": ProcessId.of().host, "pid": os.getpid(), "process": str(ProcessId.of())}
+    if "SLURM_JOB_ID" in os.environ:
+        job = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
+        return {"backend": "slurm", "job_id": job, **ident}
+    if "KUBERNETES_SERVICE_HOST" in os.environ:
+        return {"backend": "k8s", "job_id": os.environ.get("HOSTNAME", "?"), **ident}
+    parent = os.environ.get("FGRPO_PARENT_PID")
+    job = str(ProcessId.of(int(parent))) if parent and parent.isdigit() else str(ProcessId.of())
+    return {"backend": "local", "job_id": job, **ident}
+
+
+def record_failure(folder: RunFolder, reason: str, started: float) -> None:
+    """Rank 0 records its failure; another rank records its own only if rank 0 has not yet: the
+    first failure is usually the cause, a peer's timeout in a collective the consequence."""
+    if env_rank() == 0:
+        status = folder.read_status()
+        if status.get("state") == "failed" and status.get("time", 0) >= started and status.get("rank", 0) != 0:
+            return  # a peer's failure, recorded first, is the cause
+        folder.write_status("failed", reason)
+    else:
+        folder.write_status("failed", f"rank {env_rank()}: {reason}", any_rank=True, rank=env_rank())
 
 
 def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
-    """Train the run in `run_dir` from its newest checkpoint. 0 done, 75 stopped (requeue me),
-    1 failed, 2 bad recipe. Rank 0 records each state in the run folder's status.json."""
+    """Train the run in `run_dir` from its newest good checkpoint; the exit codes above."""
     stop = stop or StopFlag()  # installed first: a signal during model loading is not lost
     from fgrpo.recipe.io import RecipeError
     from fgrpo.recipe.validate import validate
 
     folder = RunFolder(run_dir)
-    recipe = recipe or folder.read_recipe()
     try:
+        recipe = recipe or folder.read_recipe()
         validate(recipe, int(os.environ.get("WORLD_SIZE", "1")))
     except RecipeError as e:
         print(f"fgrpo: error: {e}", file=sys.stderr)
         folder.write_status("failed", str(e).replace(":\n  ", ": ", 1).replace("\n  ", "; "))
         return EXIT_BAD_RECIPE
     from fgrpo.distributed import process_group as dist
-    from fgrpo.trainer.trainer import NonFiniteError, Trainer
+
+    dist.init_distributed()
+    lock, refused = folder.lock(), None
+    if dist.rank() == 0:
+        try:  # a requeued job's predecessor may still be exiting: wait for it a little
+            if not lock.acquire(job_identity(), wait_s=float(os.environ.get("FGRPO_LOCK_WAIT_S", "30"))):
+                print(f"fgrpo: warning: {folder.path} is on a filesystem without working locks; a second job "
+                      "on this run folder is refused only while the scheduler reports the first as active",
+                      file=sys.stderr)
+        except RunLockedError as e:
+            refused = e
+    if dist.any_rank(refused is not None):  # the folder is another job's: write nothing into it
+        if refused is not None:
+            print(f"fgrpo: error: {refused}", file=sys.stderr)
+        dist.shutdown()
+        return EXIT_LOCKED
+    started = time.time()
+    try:
+        return _train_locked(folder, recipe, stop, started)
+    finally:
+        lock.release()
+
+
+def _train_locked(folder: RunFolder, recipe, stop: StopFlag, started: float) -> int:
+    from fgrpo.distributed import process_group as dist
+    from fgrpo.trainer.failures import first_line
 
     folder.write_status("running")
     try:
-        code = Trainer(recipe, run_dir, stop).run()
-    except NonFiniteError as e:
-        dist.shutdown()
-        print(f"fgrpo: error: {e}", file=sys.stderr)
-        folder.write_status("failed", str(e))
-        return EXIT_FAILED
-    except BaseException:
+        from fgrpo.trainer.trainer import Trainer
+
+        trainer = Trainer(recipe, folder.path, stop)
+        code = trainer.run()
+    except Exception as e:  # noqa: BLE001 - every failure is recorded, then reported by the exit code
         dist.shutdown()  # no barrier: another rank may never reach one
+        traceback.print_exc()
+        print(f"fgrpo: error: {first_line(e)}", file=sys.stderr)
+        record_failure(folder, first_line(e), started)
+        return EXIT_FAILED
+    except BaseException as e:  # KeyboardInterrupt outside the stop flag's reach, SystemExit
+        dist.shutdown()
+        record_failure(folder, f"interrupted ({type(e).__name__})", started)
         raise
     # Every rank finished its collectives: meet, then leave the group together (a rank tearing
     # down gloo while a peer still talks to it can abort at exit).
@@ -51,7 +119,9 @@ def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
         # would see a run waiting to be requeued that never will be).
         folder.write_status("cancelled", "fgrpo cancel; checkpoint saved")
     elif code == EXIT_REQUEUE:
-        folder.write_status("stopped", f"signal {stop.signum}: checkpoint saved, waiting to be resumed")
+        why = "its launcher exited" if parent_gone() else f"signal {stop.signum}"
+        folder.write_status("stopped", "; ".join(x for x in (f"{why}: checkpoint saved, waiting to be resumed",
+                                                              trainer.resume_note) if x))
     else:
-        folder.write_status("completed")
+        folder.write_status("completed", trainer.resume_note)  # a skipped damaged checkpoint stays on record
     return code

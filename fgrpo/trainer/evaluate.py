@@ -19,6 +19,7 @@ from fgrpo.media import save_video_grid
 from fgrpo.recipe.config import Recipe
 
 from .policy import Policy
+from .failures import agree_on_scores, submit_safely
 from .reward_scoring import not_scored
 from .rollout import initial_latents, sample, video_generators
 
@@ -58,8 +59,9 @@ def evaluate_heldout(policy: Policy, rewards, recipe: Recipe, prompts: list[str]
                        policy.cfg_scale, gens, r.rollout.micro_batch, policy.compute_dtype)
     mb = r.rollout.micro_batch
     frames = torch.cat([policy.decode(finals[i:i + mb]) for i in range(0, len(local_prompts), mb)])
-    scored = rewards(frames, local_prompts) if dims.tp_rank == 0 else not_scored(
-        len(local_prompts), rewards.names).result()
+    pending = submit_safely(rewards.submit, frames, local_prompts) if dims.tp_rank == 0 else not_scored(
+        len(local_prompts), rewards.names)
+    scored = agree_on_scores([pending])[0]  # a failure on any rank is raised on every rank
     total = dims.gather_dp(scored[0].to(policy.device).float()).cpu()[:total_videos]
     components = {k: dims.gather_dp(v.to(policy.device).float()).cpu()[:total_videos] for k, v in scored[1].items()}
     grid = dims.gather_dp(thumbnails(frames).to(policy.device)).cpu()[:total_videos]

@@ -25,6 +25,7 @@ from fgrpo.distributed.process_group import global_mean, max_over_ranks, mean_ov
 from fgrpo.recipe.config import Recipe
 
 from .policy import Policy
+from .failures import agree_on_scores, submit_safely
 from .reward_scoring import not_scored
 from .rollout import Transitions, initial_latents, sample, step_noise_std_scale, transition_log_prob, video_generators
 from .update import PolicyUpdate
@@ -112,7 +113,7 @@ def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recip
         parts.append(tr)
         # Sent now: a reward server scores this micro-batch while the next one is rolled out.
         # TP replicas hold the same videos: TP rank 0 scores them (gather_dp keeps its scores).
-        pending.append(rewards.submit(policy.decode(f), video_prompts[sl]) if dims.tp_rank == 0
+        pending.append(submit_safely(rewards.submit, policy.decode(f), video_prompts[sl]) if dims.tp_rank == 0
                        else not_scored(len(video_prompts[sl]), rewards.names))
     trans = Transitions.cat(parts)
     inline = sum(p.inline_s for p in pending)  # in-process scoring happened inside the loop above
@@ -120,7 +121,7 @@ def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recip
 
     # --- rewards, gathered to the global batch
     t0 = time.perf_counter()
-    scored = [p.result() for p in pending]
+    scored = agree_on_scores(pending)  # a failure on any rank is raised on every rank
     times["reward_wait"] = time.perf_counter() - t0 + inline
     local_rewards = torch.cat([total.to(policy.device) for total, _ in scored])
     components = {k: torch.cat([c[k].to(policy.device) for _, c in scored]) for k in scored[0][1]}

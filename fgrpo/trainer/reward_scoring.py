@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from fgrpo.rewards import WeightedRewards
-from fgrpo.rewards.server_lifecycle import wait_for_server
-from fgrpo.rewards.server import RewardClient
+from fgrpo.rewards.client import RewardClient
+from fgrpo.rewards.server_lifecycle import reward_token, wait_for_server
 from fgrpo.run_folder import RunFolder
 
 Scores = tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -68,13 +68,14 @@ class InProcessRewards:
 
 
 class RemoteRewards:
-    """The recipe's rewards, scored by a reward server; frames travel as uint8."""
+    """The recipe's rewards, scored by a reward server; frames travel as uint8, a batch in requests
+    of a few videos each (any micro-batch or held-out set fits), with the server's token."""
 
     where = "server"
 
     def __init__(self, url: str, names: list[str], timeout_s: float, retries: int,
-                 reconnect: Callable[[], str] | None = None) -> None:
-        self.client = RewardClient(url, timeout_s=timeout_s, retries=retries, reconnect=reconnect)
+                 reconnect: Callable[[], str] | None = None, token: str | None = None) -> None:
+        self.client = RewardClient(url, timeout_s=timeout_s, retries=retries, reconnect=reconnect, token=token)
         served = self.client.health().get("rewards", [])
         if served != names:
             raise ValueError(f"reward server {url} serves rewards {served}, but the recipe's rewards are {names}; "
@@ -101,7 +102,9 @@ def connect_rewards(recipe, run_dir: Path, check_stop: Callable[[], None] = lamb
                     local_stop: Callable[[], None] = lambda: None):
     """In-process rewards, or a client of the configured server once it answers (waiting while a
     launched server loads its models; ``check_stop`` may abandon the wait). If the server becomes
-    unreachable later, the client waits for it to come back (``local_stop`` may abandon that)."""
+    unreachable later, the client waits for it to come back (``local_stop`` may abandon that).
+    The token is FGRPO_REWARD_TOKEN's or the run folder's (read once the server answers: a launched
+    server makes it before announcing itself)."""
     rs = recipe.reward_server
     if not rs.url and not rs.launch:
         return InProcessRewards(recipe.rewards)
@@ -120,4 +123,5 @@ def connect_rewards(recipe, run_dir: Path, check_stop: Callable[[], None] = lamb
         # announces a new address; a fixed URL may come back after a restart.
         return wait_for_server(find_url, rs.startup_timeout_s, local_stop)
 
-    return RemoteRewards(url, WeightedRewards.keys(recipe.rewards), rs.timeout_s, rs.retries, reconnect)
+    return RemoteRewards(url, WeightedRewards.keys(recipe.rewards), rs.timeout_s, rs.retries, reconnect,
+                         token=reward_token(Path(run_dir)))

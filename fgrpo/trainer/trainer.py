@@ -15,11 +15,13 @@ from fgrpo.distributed.parallel_dims import ParallelDims
 from fgrpo.models.wan.loading import model_folder
 from fgrpo.models.wan.lora import trainable_parameters
 from fgrpo.recipe.config import Recipe
-from fgrpo.run_folder import RunFolder
+from fgrpo.recipe.io import training_fingerprint
+from fgrpo.run_folder import RunFolder, checkpoint_problem, manifest_fingerprint
 
 from . import checkpoint
 from .ema import EMA
 from .evaluate import evaluate_heldout
+from .failures import CollectiveError, NonFiniteError
 from .flash_grpo import StopRequested, flash_grpo_step
 from .metrics import MetricsLog, console_line
 from .policy import build_policy
@@ -32,10 +34,6 @@ from .signals import EXIT_REQUEUE, StopFlag
 warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
 
 
-class NonFiniteError(RuntimeError):
-    pass
-
-
 class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, stop: StopFlag | None = None):
         self.recipe, self.run_dir = recipe, Path(run_dir)
@@ -46,7 +44,7 @@ class Trainer:
         self.dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, dist.world_size())
         self.dims.build_mesh(self.device.type)
         self.is_main = dist.rank() == 0
-        self.console = Console(quiet=not self.is_main)
+        self.console = Console(quiet=not self.is_main, soft_wrap=True)  # logs: one line per message
         if recipe.model.path is None and self.is_main:
             model_folder(recipe.model)  # the tiny preset is built once, by rank 0
         dist.barrier()
@@ -66,6 +64,8 @@ class Trainer:
         self.nonfinite_total = 0
         self.ckpt_dir = self.folder.checkpoints
         self.metrics = MetricsLog(self.folder.metrics_file, self.is_main)
+        self.fingerprint = training_fingerprint(recipe)
+        self.resume_note = ""  # what resume had to skip, for the console and the status
 
     def run_step(self, prompts: list[str], check_stop=None):
         """One Flash-GRPO optimizer step on `prompts` (the loop's; tests call it directly)."""
@@ -90,19 +90,59 @@ class Trainer:
         return state
 
     def save(self) -> None:
-        checkpoint.save(self.state(), self.ckpt_dir, self.step, self.recipe.checkpoint.keep_last)
+        checkpoint.save(self.state(), self.ckpt_dir, self.step, self.recipe.checkpoint.keep_last, self.fingerprint)
 
     def resume(self, path: Path | None = None) -> bool:
-        """Load the newest complete checkpoint (or `path`); False when there is none."""
+        """Load the newest checkpoint that is intact (or `path`); False when there is none.
+
+        A damaged checkpoint (see fgrpo.run_folder.checkpoints) or one DCP cannot read is skipped
+        for the next older one, loudly; it is moved to checkpoints/corrupt-step-N once an older
+        one has loaded. Checkpoints of another recipe, or only damaged ones, stop the run: starting
+        over silently would lose the run's progress."""
+        candidates = [(None, path)] if path is not None else list(reversed(self.folder.complete_checkpoints()))
+        if not candidates:
+            return False
+        skipped = []
+        for step, ckpt in candidates:
+            other = manifest_fingerprint(ckpt)
+            if other not in (None, self.fingerprint):
+                raise RuntimeError(f"{ckpt} was trained with a different recipe (fingerprint {other}, this run's is "
+                                   f"{self.fingerprint}); refusing to adopt it. Launch with another "
+                                   "--logging.run-name, or restore the run's recipe.json")
+            problem = checkpoint_problem(ckpt)
+            if problem is None:
+                try:
+                    self._load(ckpt)
+                    break
+                except (Exception, checkpoint.CheckpointException) as e:  # DCP raises on every rank together
+                    problem = f"DCP could not read it: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+            skipped.append((ckpt, problem))
+            if self.is_main:
+                self.console.print(f"[bold red]WARNING[/] checkpoint {ckpt} is unusable: {problem}")
+        else:
+            raise RuntimeError("no usable checkpoint in " + str(self.ckpt_dir) + ": "
+                               + "; ".join(f"{c.name}: {p}" for c, p in skipped)
+                               + ". Move the checkpoints folder aside to start the run over")
+        if skipped:
+            if self.is_main:
+                for ckpt, _ in skipped:
+                    if path is None:
+                        ckpt.rename(ckpt.with_name(f"corrupt-{ckpt.name}"))
+            self.resume_note = (f"resumed from step {self.step}, skipping damaged checkpoint(s) "
+                                + ", ".join(f"{c.name} ({p})" for c, p in skipped)
+                                + (" moved to corrupt-step-N" if path is None else ""))
+            if self.is_main:
+                self.console.print(f"[bold red]WARNING[/] {self.resume_note}")
+        dist.barrier()
+        return True
+
+    def _load(self, ckpt: Path) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        latest = self.folder.latest_checkpoint() if path is None else (None, path)
-        if latest is None:
-            return False
-        state = checkpoint.load(self.state(), latest[1])
+        state = checkpoint.load(self.state(), ckpt)
         missing = set(self.params) - set(state["model"])
         if missing:
-            raise RuntimeError(f"{latest[1]} lacks trained weights {sorted(missing)[:5]}...: a checkpoint of another recipe?")
+            raise RuntimeError(f"{ckpt} lacks trained weights {sorted(missing)[:5]}...: a checkpoint of another recipe?")
         # strict=False because frozen weights are not in the checkpoint (they come from model.path).
         set_state_dict(
             self.policy.transformer, self.update.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
@@ -114,7 +154,6 @@ class Trainer:
         self.step = int(state["trainer"]["step"])
         self.nonfinite_total = int(state["trainer"]["nonfinite_total"])
         self.sampler.load_state_dict(state["trainer"]["sampler"])
-        return True
 
     # ----- loop
     def _check_local_stop(self) -> None:
@@ -139,7 +178,7 @@ class Trainer:
         with ctx:
             result = evaluate_heldout(self.policy, self.rewards, self.recipe, self.heldout_prompts,
                                       self.folder.samples, tag)
-        self.metrics.write({"kind": "eval", "step": self.step, **result})
+        self.metrics.write({"kind": "eval", "step": self.step, "tag": tag, **result})
         if self.is_main:
             self.console.print(f"[bold]eval[/] step {self.step}: held-out reward {result['eval_reward']:+.4f}")
         return result
@@ -161,8 +200,15 @@ class Trainer:
 
         r = self.recipe
         resumed = self.resume()
+        if self.is_main:  # every step and evaluation appears once in metrics.jsonl, however often killed
+            moved = self.folder.rewind_metrics(self.step if resumed else -1)
+            if moved:
+                self.console.print(f"{moved} metrics record(s) past step {self.step if resumed else 0} "
+                                   "moved to metrics.rewound.jsonl")
         if resumed:
             self.console.print(f"resumed from {self.ckpt_dir}/step-{self.step}")
+            if self.resume_note:
+                self.folder.write_status("running", self.resume_note)
         elif self.heldout_prompts:
             self.evaluate("before")
         progress = Progress(
@@ -187,17 +233,42 @@ class Trainer:
                     if self.heldout_prompts and self.step % r.eval.interval == 0 and self.step < r.optim.max_steps:
                         self.evaluate(f"step-{self.step:06d}")
         except StopRequested:
-            # The unfinished step is dropped: the sampler position is rolled back with it.
-            self._rewind_sampler()
-            if last_saved != self.step:
-                self.save()
-            self.console.print(f"stopped by signal {self.stop.signum}; checkpoint at step {self.step}; exit {EXIT_REQUEUE}")
-            return EXIT_REQUEUE
+            return self._stop(last_saved)
+        except CollectiveError:
+            if self.stop.raised:  # e.g. the reward server went with the launcher: a stop, not a failure
+                return self._stop(last_saved)
+            self._save_after_crash(last_saved)
+            raise
+        except checkpoint.CheckpointSaveError:
+            raise  # the crash is in saving itself: nothing more to save
+        except Exception:
+            if dist.world_size() == 1:  # no peer can be left waiting in a collective
+                self._save_after_crash(last_saved)
+            raise
         if last_saved != self.step:
             self.save()
-        if self.heldout_prompts:
+        if self.heldout_prompts and not self.folder.has_final_eval(self.step):
             self.evaluate("final")
         return 0
+
+    def _stop(self, last_saved: int | None) -> int:
+        # The unfinished step is dropped: the sampler position is rolled back with it.
+        self._rewind_sampler()
+        if last_saved != self.step:
+            self.save()
+        self.console.print(f"stopped by signal {self.stop.signum}; checkpoint at step {self.step}; exit {EXIT_REQUEUE}")
+        return EXIT_REQUEUE
+
+    def _save_after_crash(self, last_saved: int | None) -> None:
+        """A step failed: keep the last completed step, if it was not saved yet."""
+        self._rewind_sampler()
+        if last_saved == self.step or self.step == 0:
+            return
+        try:
+            self.save()
+            self.console.print(f"[bold]saved the last completed step ({self.step}) before failing[/]")
+        except checkpoint.CheckpointSaveError as e:
+            self.console.print(f"[bold red]could not save step {self.step} after the failure:[/] {e}")
 
     def _rewind_sampler(self) -> None:
         """Put the prompt sampler back to where the last completed step left it."""

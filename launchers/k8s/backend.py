@@ -5,12 +5,15 @@ the local `runs/<name>/` keeps recipe.json and jobs.jsonl (through `fgrpo.run_fo
 `fgrpo status/logs/cancel/resume`.
 JobSets and Jobs go through `CustomObjectsApi` (a Job is `batch/v1 jobs`): the typed `BatchV1Api`
 validates bodies with pydantic and rejects valid manifests (`nvidia.com/gpu: 8` as an integer).
+The reward server's token Secret is rendered without data and gets a fresh random token only in
+the body sent to the API (`_with_token`): `describe` (--dry-run) never shows one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Iterator
@@ -25,8 +28,8 @@ INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 WORKLOADS = {"JobSet": ("jobset", ("jobset.x-k8s.io", "v1alpha2", "jobsets"), "jobset.sigs.k8s.io/jobset-name"),
              "Job": ("job", ("batch", "v1", "jobs"), "job-name")}
 BY_ID_KIND = {v[0]: (k, *v[1:]) for k, v in WORKLOADS.items()}
-CORE = {"ConfigMap": "config_map", "Service": "service"}
-CREATE_ORDER = {"ConfigMap": 0, "Service": 1}  # then the workload, which starts pods that need both
+CORE = {"ConfigMap": "config_map", "Secret": "secret", "Service": "service"}
+CREATE_ORDER = {"ConfigMap": 0, "Secret": 0, "Service": 1}  # then the workload, whose pods need them
 FINISHED = {"COMPLETED", "FAILED", "NOT_FOUND"}
 
 
@@ -66,6 +69,16 @@ def workload_state(obj: dict) -> str:
     if expected and up >= expected:
         return "RUNNING"
     return f"RESTARTING({restarts})" if restarts else "PENDING"
+
+
+def _with_token(obj: dict) -> dict:
+    """A rendered Secret without data (the reward server's token) with a fresh random token; any
+    other object as it is."""
+    if obj["kind"] != "Secret" or obj.get("data") or obj.get("stringData"):
+        return obj
+    from .manifests import TOKEN_KEY
+
+    return {**obj, "stringData": {TOKEN_KEY: secrets.token_urlsafe(32)}}
 
 
 def recipe_json(recipe) -> str:
@@ -179,8 +192,8 @@ class KubernetesBackend(Backend):
     # -- objects ----------------------------------------------------------------------------
     def _create(self, obj: dict) -> None:
         ns, kind = obj["metadata"]["namespace"], obj["kind"]
-        if kind in ("ConfigMap", "Service"):
-            fn, args = getattr(self._core(), f"create_namespaced_{CORE[kind]}"), (ns, obj)
+        if kind in CORE:
+            fn, args = getattr(self._core(), f"create_namespaced_{CORE[kind]}"), (ns, _with_token(obj))
         else:
             (g, v, plural), fn = WORKLOADS[kind][1], self._custom().create_namespaced_custom_object
             args = (g, v, ns, plural, obj)
@@ -189,7 +202,7 @@ class KubernetesBackend(Backend):
 
     def _delete(self, kind: str, ns: str, name: str) -> None:
         """Delete one object, its dependents first (Foreground: no pod outlives its Job); gone is fine."""
-        if kind in ("ConfigMap", "Service"):
+        if kind in CORE:
             fn, args = getattr(self._core(), f"delete_namespaced_{CORE[kind]}"), (name, ns)
         else:
             (g, v, plural), fn = WORKLOADS[kind][1], self._custom().delete_namespaced_custom_object
@@ -316,6 +329,12 @@ class KubernetesBackend(Backend):
                                      _preload_content=False)).get("items") or []
             for item in items:
                 self._delete(kind_, ns, item["metadata"]["name"])
+        # The token Secret by name, never by listing (a list returns every Secret's data).
+        from .manifests import REWARD_JOB, token_secret_name
+
+        jobs = ((obj or {}).get("spec") or {}).get("replicatedJobs") or []
+        if obj is None or any(rj.get("name") == REWARD_JOB for rj in jobs):
+            self._delete("Secret", ns, token_secret_name(run))
 
     def reward_server_args(self, job: LaunchJob) -> list[str]:
         """The reward pod's arguments (a replicated job of the JobSet; see manifests.reward_server_args)."""

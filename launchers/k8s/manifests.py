@@ -1,10 +1,12 @@
 """Kubernetes objects for one run, as plain dicts (pure functions: no API calls).
 
 `render(recipe, run_name, recipe_json)` returns, in creation order: the ConfigMap holding the
-resolved recipe, then either a JobSet (`launch.k8s.api == "jobset"`) or a headless Service plus
-an Indexed Job. Every pod runs `torchrun ... -m fgrpo train --run-dir /runs/<run_name>
---recipe-file /etc/fgrpo/recipe.json`; the run folder lives on the runs PVC and is keyed by run
-name only, so a recreated pod, a restarted JobSet or a resubmitted run finds the same folder.
+resolved recipe, with reward_server.launch the Secret of the reward server's token (rendered
+without data: the backend fills in a fresh random token when it creates it), then either a
+JobSet (`launch.k8s.api == "jobset"`) or a headless Service plus an Indexed Job. Every pod runs
+`torchrun ... -m fgrpo train --run-dir /runs/<run_name> --recipe-file /etc/fgrpo/recipe.json`;
+the run folder lives on the runs PVC and is keyed by run name only, so a recreated pod, a
+restarted JobSet or a resubmitted run finds the same folder.
 
 The objects carry no ownerReferences (UIDs exist only after creation): the client deletes them
 by the `fgrpo.dev/run` label, or adds ownerReferences after creating the workload.
@@ -23,6 +25,7 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 REPLICATED_JOB = "workers"
 REWARD_JOB = "reward"  # the reward server's replicated job (reward_server.launch)
+TOKEN_ENV, TOKEN_KEY = "FGRPO_REWARD_TOKEN", "token"  # fgrpo.rewards.server_lifecycle.TOKEN_ENV; Secret key
 RUNS_MOUNT = "/runs"
 RECIPE_DIR = "/etc/fgrpo"
 RECIPE_FILE = f"{RECIPE_DIR}/recipe.json"
@@ -73,6 +76,10 @@ def master_addr(recipe: Recipe, name: str) -> str:
 def reward_url(recipe: Recipe, name: str) -> str:
     """The reward server pod's stable DNS name in the JobSet's headless service."""
     return f"http://{name}-{REWARD_JOB}-0-0.{name}:{recipe.reward_server.port}"
+
+
+def token_secret_name(name: str) -> str:
+    return f"{name}-reward-token"
 
 
 def reward_server_args(recipe: Recipe, name: str) -> list[str]:
@@ -168,6 +175,9 @@ def _env(recipe: Recipe, name: str, run_name: str) -> list[dict]:
     ]
     if recipe.reward_server.launch:
         env.append({"name": "FGRPO_REWARD_URL", "value": reward_url(recipe, name)})
+        # Server and trainers alike: the token never appears in a manifest, only the reference.
+        ref = {"name": token_secret_name(name), "key": TOKEN_KEY}
+        env.append({"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": ref}})
     reserved = {e["name"] for e in env}
     for var, ref in sorted(k.secret_env.items()):
         if var in reserved:
@@ -186,6 +196,9 @@ def _pod_template(recipe: Recipe, name: str, run_name: str, subdomain: str | Non
         # or TORCH_ELASTIC_SHUTDOWN_TIMEOUT). Match the pod's grace period so a checkpoint save
         # is bounded by the kubelet's SIGKILL only.
         f"--shutdown-timeout={k.termination_grace_period_s}",
+        # Each rank's output also goes to the run folder on the PVC (the pod log keeps it too):
+        # RUN/logs/torchrun/<run id>_*/attempt_N/<local rank>/{stdout,stderr}.log.
+        "--log-dir=$(FGRPO_RUN_DIR)/logs/torchrun", "--tee=3",
         "-m", "fgrpo", "train", "--run-dir", "$(FGRPO_RUN_DIR)", "--recipe-file", "$(FGRPO_RECIPE_FILE)",
     ]
     limits = {"cpu": str(k.cpu), "memory": str(k.memory)}
@@ -283,8 +296,17 @@ def _metadata(recipe: Recipe, name: str, run_name: str, queue: bool = False) -> 
 
 
 def _configmap(recipe: Recipe, name: str, run_name: str, recipe_json: str) -> dict:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(recipe, f"{name}-recipe", run_name),
-            "data": {"recipe.json": recipe_json}}
+    meta = _metadata(recipe, f"{name}-recipe", run_name)
+    meta["labels"][RUN_LABEL] = name  # the run's, as on its workload: cancel finds it by this label
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"recipe.json": recipe_json}}
+
+
+def _token_secret(recipe: Recipe, name: str, run_name: str) -> dict:
+    """The reward server's token Secret, without its data (what --dry-run prints): the backend adds
+    `stringData: {token: <random>}` when it creates it, so no printed manifest holds the token."""
+    meta = _metadata(recipe, token_secret_name(name), run_name)
+    meta["labels"][RUN_LABEL] = name  # the run's, as on its workload
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta}
 
 
 def _jobset(recipe: Recipe, name: str, run_name: str) -> dict:
@@ -382,6 +404,8 @@ def render(recipe: Recipe, run_name: str, recipe_json: str) -> list[dict]:
     _check(recipe, run_name, recipe_json)
     name = object_name(run_name)
     objects = [_configmap(recipe, name, run_name, recipe_json)]
+    if recipe.reward_server.launch:
+        objects.append(_token_secret(recipe, name, run_name))
     if recipe.launch.k8s.api == "jobset":
         objects.append(_jobset(recipe, name, run_name))
     else:

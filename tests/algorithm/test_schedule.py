@@ -152,3 +152,40 @@ def test_kl_to_reference():
     ).mean(dim=(1, 2, 3, 4))
     torch.testing.assert_close(kl, ref)
     assert torch.all(kl_to_reference(mu, mu, std) == 0)
+
+
+def _flow_grpo_step_std(sig: torch.Tensor, a: float) -> torch.Tensor:
+    """The SDE step's std s_t * sqrt|dt| at every step, as the rollout computes s_t."""
+    s_t = noise_scale("flow-grpo", sig[:-1], float(sig[1]), a)
+    return s_t * torch.sqrt(sig[:-1] - sig[1:])
+
+
+def test_flow_grpo_first_step_is_sane_on_wans_grid():
+    """Wan's grid starts at 0.99967, not 1: unguarded, s_0 = a sqrt(sigma / (1 - sigma)) ~ 38 and the
+    first SDE step has std ~ 5 (the latent itself has std 1). Guarded like Flow-GRPO's sigma = 1, it
+    is ~ a, in line with the next steps."""
+    from fgrpo.recipe.io import load_recipe_file
+    from tests.conftest import REPO
+
+    ro = load_recipe_file(REPO / "recipes" / "wan1_3b.py").rollout
+    sig = wan_sigmas(ro.steps, ro.flow_shift)
+    assert float(sig[0]) == pytest.approx(0.99967, abs=1e-5)
+    std = _flow_grpo_step_std(sig, ro.noise_constant)
+    assert float(std[0]) == pytest.approx(0.693, abs=1e-3)  # was 5.03
+    assert float(noise_scale("flow-grpo", float(sig[0]), float(sig[1]), ro.noise_constant)) == pytest.approx(5.278, abs=1e-3)
+    assert float(std[0]) == pytest.approx(float(std[1]), rel=0.05)
+    assert torch.all(std < ro.noise_constant * 1.05)
+    # below the second sigma nothing changes: a * sqrt(sigma / (1 - sigma))
+    torch.testing.assert_close(noise_scale("flow-grpo", sig[1:-1], float(sig[1]), 0.7),
+                               0.7 * torch.sqrt(sig[1:-1] / (1 - sig[1:-1])))
+
+
+def test_flow_grpo_at_sigma_one_matches_flow_grpo():
+    """Flow-GRPO's own guard: at sigma = 1 the denominator is 1 - sigmas[1], so the step's std is a."""
+    sig = wan_sigmas(10, 3.0, sigma_max=1.0)
+    assert float(sig[0]) == 1.0
+    s_0 = noise_scale("flow-grpo", 1.0, float(sig[1]), 0.7)
+    assert float(s_0) == pytest.approx(0.7 * math.sqrt(1.0 / (1.0 - float(sig[1]))))
+    assert float(_flow_grpo_step_std(sig, 0.7)[0]) == pytest.approx(0.7)
+    # a one-step grid (second sigma 0) stays finite
+    assert math.isfinite(float(noise_scale("flow-grpo", 1.0, 0.0, 0.7)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -36,3 +37,19 @@ def trained_weights(run_dir: Path, step: int | None = None) -> dict[str, torch.T
 def train_metrics(run_dir: Path, kind: str = "train") -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def tiny_launch_args(tiny_model_dir: Path, runs: Path, steps: int, *extra: str, name: str = "run") -> list[str]:
+    """`fgrpo launch` arguments of a small tiny-recipe run, without periodic checkpoints."""
+    return ["launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir),
+            "--logging.runs-dir", str(runs), "--logging.run-name", name, "--optim.max-steps", str(steps),
+            *BASE_ARGS, "--checkpoint.interval", "1000", *extra]
+
+
+def wait_for(predicate, timeout: float = 240, what: str = "condition") -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -10,9 +10,9 @@ from fgrpo.rewards.server import RewardClient, RewardServer, dequantize, quantiz
 
 def assert_served_equals_in_process(spec: dict, frames: torch.Tensor, prompts: list[str], atol: float = 1e-5) -> None:
     """The server scores the uint8 frames it receives; in-process scoring of the same uint8 frames
-    must give the same total and components."""
-    with RewardServer([spec]) as srv:
-        total, comps = RewardClient(srv.url).score(frames, prompts)
+    must give the same total and components. The server requires a token, as launched ones do."""
+    with RewardServer([spec], token="served-test-token") as srv:
+        total, comps = RewardClient(srv.url, token="served-test-token").score(frames, prompts)
     want_total, want = WeightedRewards([spec])(dequantize(quantize(frames)), prompts)
     torch.testing.assert_close(total, want_total, atol=atol, rtol=0)
     assert comps.keys() == want.keys()

@@ -396,7 +396,7 @@ def test_rbac_is_least_privilege():
     crud = {"create", "get", "list", "watch", "delete"}
     assert rules == {("", "configmaps"): crud, ("", "services"): crud, ("batch", "jobs"): crud,
                      ("jobset.x-k8s.io", "jobsets"): crud, ("", "pods"): {"get", "list", "watch"},
-                     ("", "pods/log"): {"get"}}
+                     ("", "pods/log"): {"get"}, ("", "secrets"): {"create", "delete"}}
     binding = docs[("RoleBinding", "fgrpo-launcher")]
     assert binding["subjects"] == [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "fgrpo-users"}]
     assert binding["roleRef"]["name"] == "fgrpo-launcher"

@@ -102,7 +102,8 @@ def test_real_failures_are_requeued_a_bounded_number_of_times(slurm_cluster, tin
         time.sleep(2)
     row = status(run)[0]
     assert row["run_state"] == "failed", row
-    assert row["reason"].startswith("gave up after 1 requeues; last: FileNotFoundError"), row["reason"]
+    assert row["reason"].startswith("gave up after 1 requeues; last: "), row["reason"]
+    assert "FileNotFoundError: CLIP reward: cannot load" in row["reason"], row["reason"]  # the first line of the cause
     assert json.loads((run / "failures.json").read_text())["count"] == 2
     rows = wait_state(run, {"FAILED"}, timeout=120)
     assert rows[0]["step"] == 0

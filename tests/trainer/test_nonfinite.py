@@ -5,7 +5,8 @@ import torch
 
 from fgrpo.run_folder import RunFolder
 from fgrpo.trainer import flash_grpo
-from fgrpo.trainer.trainer import NonFiniteError, Trainer
+from fgrpo.trainer.failures import NonFiniteError
+from fgrpo.trainer.trainer import Trainer
 from tests.helpers.recipes import small_recipe
 
 

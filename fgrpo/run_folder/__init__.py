@@ -2,13 +2,17 @@
 
     runs/<run name>/
       recipe.json          the resolved recipe (written once by `fgrpo launch`; resume reads it)
-      status.json          what the trainer says it is doing: running, completed, stopped, failed
-      metrics.jsonl        one record per optimizer step and per evaluation (append-only)
+      status.json          running, completed, stopped, failed, cancelled; killed when it said running
+                           and no process holds the run any more
+      metrics.jsonl        one record per optimizer step and per evaluation (append-only; on resume,
+                           records past the checkpoint move to metrics.rewound.jsonl)
+      .lock                flock held by the run's rank 0 while it runs; names the holder
       jobs.jsonl           every submission: backend, job id, kind (training or reward server)
       launch.json          the local backend's processes (pids, world size)
       failures.json        how many real failures the Slurm job has requeued after
       CANCEL_REQUESTED     `fgrpo cancel` was asked: a stopped job must not requeue
       reward-server.json   where the run's reward server listens (a requeued one announces anew)
+      reward-server.token  the shared secret of the run's reward server (mode 0600, never printed)
       checkpoints/step-N/  DCP checkpoints; complete once `.metadata` exists (`.step-N.partial` before)
       samples/<tag>.gif    held-out sample grids
       eval/<name>/         `fgrpo eval` outputs
@@ -21,45 +25,30 @@ run folder's name is a pure function of the recipe (fgrpo.recipe.io.run_name), n
 
 from __future__ import annotations
 
+import json
 import os
-import re
+import secrets
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fgrpo.fileio import append_jsonl, atomic_write_json, env_rank, read_json, read_jsonl
+from fgrpo.fileio import append_jsonl, atomic_write_json, atomic_write_text, env_rank, read_json, read_jsonl
+from fgrpo.processes import ProcessId
+
+from .checkpoints import (checkpoint_path, checkpoint_problem, complete_checkpoints, manifest_fingerprint,
+                          partial_checkpoint_path)
+from .lock import RunLock, RunLockedError
 
 RECIPE, STATUS, METRICS, JOBS = "recipe.json", "status.json", "metrics.jsonl", "jobs.jsonl"
 LAUNCH, FAILURES, CANCEL, REWARD_SERVER = "launch.json", "failures.json", "CANCEL_REQUESTED", "reward-server.json"
+REWARD_TOKEN = "reward-server.token"
 CHECKPOINTS, SAMPLES, EVAL, LOGS = "checkpoints", "samples", "eval", "logs"
 SUBMITIT, SUBMITIT_ARRAYS = "submitit", ".submitit-arrays"  # the second beside the run folders, shared
-STEP_DIR = re.compile(r"^step-(\d+)$")
 SERVER_KIND = "reward-server"  # a reward server the backend started beside the training job
-FINAL_STATES = ("completed", "failed", "cancelled")
-
-
-def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
-    """A complete checkpoint's folder under `ckpt_dir` (a run's is RunFolder.checkpoints)."""
-    return Path(ckpt_dir) / f"step-{step}"
-
-
-def partial_checkpoint_path(ckpt_dir: Path, step: int) -> Path:
-    """Where a checkpoint is written before the rename that completes it."""
-    return Path(ckpt_dir) / f".step-{step}.partial"
-
-
-def complete_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the complete checkpoints under `ckpt_dir`, oldest first."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return []
-    found = []
-    for p in ckpt_dir.iterdir():
-        m = STEP_DIR.match(p.name)
-        if m and (p / ".metadata").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
+FINAL_STATES = ("completed", "failed", "cancelled", "killed")
+LIVE_STATES = ("starting", "running")  # a trainer says so; found stale once no process holds the lock
+LOCK, METRICS_REWOUND = ".lock", "metrics.rewound.jsonl"
 
 
 @dataclass(frozen=True)
@@ -122,26 +111,84 @@ class RunFolder:
         return self.recipe_file.is_file()
 
     def read_recipe(self):
-        from fgrpo.recipe.io import load_recipe_json
+        """The run's recipe; every error names the file."""
+        from fgrpo.recipe.io import RecipeError, load_recipe_json
 
         if not self.is_run():
             raise FileNotFoundError(f"{self.path} is not a run folder: it has no {RECIPE}")
-        return load_recipe_json(self.recipe_file)
+        try:
+            return load_recipe_json(self.recipe_file)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise RecipeError(f"{self.recipe_file}: unreadable recipe ({type(e).__name__}: {e}); restore it "
+                              "from the launch command (fgrpo show RECIPE.py --overrides)") from e
 
     def write_recipe(self, recipe) -> None:
-        from fgrpo.recipe.io import save_recipe_json
+        """Atomic; written only when it changes (a reader never sees half a recipe)."""
+        from fgrpo.recipe.io import recipe_json
 
         self.path.mkdir(parents=True, exist_ok=True)
-        save_recipe_json(recipe, self.recipe_file)
+        text = recipe_json(recipe)
+        try:
+            if self.recipe_file.read_text() == text:
+                return
+        except OSError:
+            pass
+        atomic_write_text(self.recipe_file, text)
+
+    def orphan_checkpoints(self) -> bool:
+        """Checkpoints with no recipe.json beside them: whose recipe trained them is unknown."""
+        return not self.is_run() and bool(self.complete_checkpoints())
+
+    def checkpoints_match(self, fingerprint: str) -> list[Path]:
+        """Complete checkpoints whose manifest names another recipe than `fingerprint`."""
+        return [p for _, p in self.complete_checkpoints() if manifest_fingerprint(p) not in (None, fingerprint)]
 
     # ----- status (what `fgrpo status` shows)
-    def write_status(self, state: str, reason: str = "", **extra) -> None:
-        """Written by global rank 0 only (the others' calls do nothing)."""
-        if env_rank() == 0:
-            atomic_write_json(self.path / STATUS, {"state": state, "reason": reason, "time": time.time(), **extra})
+    def write_status(self, state: str, reason: str = "", any_rank: bool = False, **extra) -> None:
+        """Written by global rank 0 only (the others' calls do nothing), unless `any_rank` (a
+        failure seen on another rank). Records its writer, so a stale status can be told."""
+        if env_rank() == 0 or any_rank:
+            atomic_write_json(self.path / STATUS, {"state": state, "reason": reason, "time": time.time(),
+                                                   "owner": str(ProcessId.of()), **extra})
 
     def read_status(self) -> dict:
+        """status.json as written; `effective_status` tells whether it still holds."""
         return read_json(self.path / STATUS, {}) or {}
+
+    def effective_status(self) -> dict:
+        """The status, with a "running" whose owner is gone turned into "killed" (and recorded so,
+        under the lock, so that a trainer starting meanwhile is never overwritten)."""
+        status = self.read_status()
+        if status.get("state") not in LIVE_STATES:
+            return status
+        lock = self.lock()
+        state = lock.probe()
+        if state == "unknown":  # no working locks: the owner's identity is the next best witness
+            owner = status.get("owner")
+            gone = owner and ProcessId.parse(owner).alive() is False
+            if not gone:
+                return status
+        elif state == "held":
+            return status
+        try:  # False (written unlocked) where the filesystem has no working locks
+            lock.acquire({"backend": "fgrpo status", "job_id": "-", "host": ProcessId.of().host, "pid": os.getpid()})
+        except RunLockedError:  # a trainer has just started: its status is the truth
+            return self.read_status()
+        try:
+            status = self.read_status()
+            if status.get("state") in LIVE_STATES:
+                was = status.get("state")
+                status = {"state": "killed", "time": time.time(), "owner": status.get("owner"),
+                          "reason": f"status said {was}, but its process ({status.get('owner', '?')}) is gone: "
+                                    "killed or lost its node; resume continues from the newest checkpoint"}
+                atomic_write_json(self.path / STATUS, status)
+        finally:
+            lock.release()
+        return status
+
+    # ----- the lock: one job per run folder
+    def lock(self) -> RunLock:
+        return RunLock(self.path / LOCK)
 
     # ----- jobs
     def record_job(self, backend: str, job_id: str, kind: str) -> None:
@@ -196,6 +243,37 @@ class RunFolder:
         found = read_json(path or self.reward_server_file)
         return found.get("url") if isinstance(found, dict) else None
 
+    @property
+    def server_token_file(self) -> Path:
+        return self.path / REWARD_TOKEN
+
+    def server_token(self, create: bool = False) -> str | None:
+        """The run's reward-server token (a random secret per run, readable by its owner only);
+        with `create`, made when missing. Several processes may create it at once: the first
+        exclusive create wins and every caller returns that one."""
+        f = self.server_token_file
+        if create and not f.exists():
+            self.path.mkdir(parents=True, exist_ok=True)
+            token = secrets.token_urlsafe(32)
+            try:
+                fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as out:
+                    out.write(token)
+                    out.flush()
+                    os.fsync(out.fileno())
+        for _ in range(50):  # another process may have created it and not yet written it
+            try:
+                text = f.read_text().strip()
+            except FileNotFoundError:
+                return None
+            if text:
+                return text
+            time.sleep(0.1)
+        raise ValueError(f"{f}: empty reward-server token file; remove it and launch again")
+
     def clear_server_address(self) -> None:
         """Forget a previous server's address before a new one starts for the run."""
         self.reward_server_file.unlink(missing_ok=True)
@@ -211,6 +289,23 @@ class RunFolder:
     def read_metrics(self, kind: str | None = None) -> list[dict]:
         records = read_jsonl(self.metrics_file)
         return records if kind is None else [r for r in records if r.get("kind") == kind]
+
+    def rewind_metrics(self, step: int) -> int:
+        """Make metrics.jsonl hold what a run resumed at `step` has done (-1: a fresh start, so
+        nothing): records past `step` move to metrics.rewound.jsonl (kept aside, never deleted),
+        so every step and evaluation appears once however often the run was killed. Returns how
+        many records moved. Rank 0 only, before anything new is logged."""
+        keep, drop = [], []
+        for r in self.read_metrics():
+            (drop if r.get("step", 0) > step else keep).append(r)
+        if drop:
+            for r in drop:
+                append_jsonl(self.path / METRICS_REWOUND, {**r, "rewound_at": time.time()}, fsync=True)
+            atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in keep))
+        return len(drop)
+
+    def has_final_eval(self, step: int) -> bool:
+        return any(r.get("tag") == "final" and r.get("step") == step for r in self.read_metrics("eval"))
 
     def progress(self) -> dict:
         """Last step, reward, held-out reward and checkpoint, read from the run folder alone."""

@@ -1,0 +1,120 @@
+"""Which process is which. A pid alone is reused by the kernel, so a process is named by
+(host, pid, start time); `status` and `cancel` never act on a stranger that inherited a pid.
+Also: a child that dies with its parent (the local launcher's trainers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat, field 22); None when
+    there is no such process or it has exited and awaits its parent's wait() (a zombie); 0 when
+    /proc cannot tell (identity then falls back to the pid alone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return 0
+    # comm (field 2) may hold spaces and parentheses: the fields after it follow the last ')'.
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):  # exited: only its exit status is left
+        return None
+    return int(fields[19])
+
+
+def pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    host: str
+    pid: int
+    start: int  # start_time(pid); 0 when unknown (no /proc)
+
+    @classmethod
+    def of(cls, pid: int | None = None) -> ProcessId:
+        pid = os.getpid() if pid is None else pid
+        return cls(socket.gethostname(), pid, start_time(pid) or 0)
+
+    @classmethod
+    def parse(cls, text: str) -> ProcessId:
+        """`host:pid:start` (what str() gives); a bare pid (older run folders) is this host's, start unknown."""
+        if text.isdigit():
+            return cls(socket.gethostname(), int(text), 0)
+        host, pid, start = text.rsplit(":", 2)
+        return cls(host, int(pid), int(start))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}:{self.start}"
+
+    def on_this_host(self) -> bool:
+        return self.host == socket.gethostname()
+
+    def alive(self) -> bool | None:
+        """True while this very process runs; None when it is on another host (cannot tell)."""
+        if not self.on_this_host():
+            return None
+        if self.start:
+            return start_time(self.pid) == self.start
+        return pid_exists(self.pid)
+
+    def signal(self, signum: int) -> bool:
+        """Send `signum` if this is still the same process; False (nothing sent) otherwise."""
+        if not self.alive():
+            return False
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+PARENT_ENV = "FGRPO_PARENT_PID"  # set by a launcher whose children must not outlive it
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """If the launcher set FGRPO_PARENT_PID, receive `signum` when it dies (a kill -9 included),
+    so a trainer never trains on, orphaned. Linux: PR_SET_PDEATHSIG; elsewhere a watchdog thread.
+    SIGTERM is the trainer's graceful stop: it saves the last completed step and exits."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not parent.isdigit():
+        return
+    parent_pid = int(parent)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0:
+            if os.getppid() != parent_pid:  # it died before the call: the signal will never come
+                os.kill(os.getpid(), signum)
+            return
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signum)
+
+    threading.Thread(target=watch, name="fgrpo-parent-watch", daemon=True).start()
+
+
+def parent_gone() -> bool:
+    """True when the launcher that started this process has exited."""
+    parent = os.environ.get(PARENT_ENV)
+    return bool(parent and parent.isdigit() and os.getppid() != int(parent))

@@ -1,0 +1,133 @@
+"""One job per run folder; a local job is its launcher (host, pid, start time); trainers die with
+their launcher; cancel and status say what is true; every rank's output is in the run folder."""
+
+import errno
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fgrpo.processes import ProcessId
+from fgrpo.run_folder import RunFolder, RunLock, RunLockedError
+from launchers.local import LocalBackend
+from tests.conftest import REPO, run_fgrpo
+from tests.helpers.runs import tiny_launch_args as launch_args, wait_for
+
+
+
+def start(tiny_model_dir, runs, steps):
+    runs.mkdir(parents=True, exist_ok=True)
+    with open(runs.parent / "launcher.out", "ab") as out:  # a file: an unread pipe would fill and block
+        return subprocess.Popen([sys.executable, "-m", "fgrpo", *launch_args(tiny_model_dir, runs, steps)],
+                                cwd=runs.parent, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+
+# ----- the lock itself
+
+
+def test_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    first, second = RunLock(tmp_path / ".lock"), RunLock(tmp_path / ".lock")
+    assert first.acquire({"backend": "slurm", "job_id": "4242", "host": "node7", "pid": 99})
+    assert second.probe() == "held"
+    with pytest.raises(RunLockedError, match=r"slurm job 4242 \(host node7, pid 99"):
+        second.acquire({"backend": "local", "job_id": "x", "host": "h", "pid": 1})
+    first.release()
+    assert second.probe() == "free" and second.acquire({"backend": "local"})
+
+
+def test_lock_dies_with_its_holder(tmp_path):
+    code = ("import sys, time; from fgrpo.run_folder import RunLock; "
+            f"RunLock({str(tmp_path / '.lock')!r}).acquire({{'backend': 'local'}}); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert RunLock(tmp_path / ".lock").probe() == "held"
+    holder.kill()  # SIGKILL: no clean-up runs
+    holder.wait()
+    assert RunLock(tmp_path / ".lock").probe() == "free"
+
+
+def test_filesystem_without_locks_runs_unlocked(tmp_path, monkeypatch):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    lock = RunLock(tmp_path / ".lock")
+    assert lock.acquire({"backend": "local"}) is False and not lock.supported
+    assert lock.probe() == "unknown"
+
+
+# ----- through the CLI
+
+
+def test_second_launch_is_refused_while_the_first_trains_and_cancel_stops_it(tiny_model_dir, tmp_path):
+    runs = tmp_path / "runs"
+    first = start(tiny_model_dir, runs, 400)
+    run = RunFolder(runs / "run")
+    try:
+        wait_for(lambda: len(run.read_metrics("train")) >= 1, what="step 1")
+        launcher = ProcessId.parse(run.latest_job()["job_id"])
+        assert launcher.pid == first.pid and launcher.start
+        res = run_fgrpo(*launch_args(tiny_model_dir, runs, 400), cwd=tmp_path)
+        assert res.returncode == 3, res.stdout + res.stderr
+        assert f"is in use by local job {launcher}" in res.stderr and f"pid {run.read_launch()['pids'][0].split(':')[1]}" in res.stderr
+        res = run_fgrpo("resume", str(run.path), cwd=tmp_path)
+        assert res.returncode == 3 and "is in use by local job" in res.stderr
+        assert len(run.jobs()) == 1  # nothing was submitted
+        res = run_fgrpo("cancel", str(run.path), timeout=200)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "cancelled local job" in res.stdout and "newest checkpoint: step" in res.stdout
+        assert first.wait(timeout=60) == 75
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert run.read_status()["state"] == "cancelled"
+    steps = [r["step"] for r in run.read_metrics("train")]
+    assert steps == list(range(1, len(steps) + 1))  # every step once: one trainer wrote it
+    assert run.latest_checkpoint()[0] == steps[-1]
+    # Nothing runs now: cancel says so, with a non-zero code, and changes nothing.
+    res = run_fgrpo("cancel", str(run.path))
+    assert res.returncode == 1 and "nothing to cancel" in res.stderr and "is not running (EXITED)" in res.stderr
+    assert run.read_status()["state"] == "cancelled"
+
+
+def test_trainers_stop_and_save_when_the_launcher_is_killed(tiny_model_dir, tmp_path):
+    runs = tmp_path / "runs"
+    launcher = start(tiny_model_dir, runs, 400)
+    run = RunFolder(runs / "run")
+    wait_for(lambda: len(run.read_metrics("train")) >= 1, what="step 1")
+    trainer = ProcessId.parse(run.read_launch()["pids"][0])
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    wait_for(lambda: not trainer.alive(), timeout=120, what="the orphaned trainer to stop")
+    status = run.read_status()
+    assert status["state"] == "stopped" and "its launcher exited" in status["reason"], status
+    done = run.read_metrics("train")[-1]["step"]
+    assert run.latest_checkpoint()[0] == done  # the last completed step was saved
+    res = run_fgrpo("status", str(run.path), "--json")
+    assert '"state": "EXITED"' in res.stdout and '"run_state": "stopped"' in res.stdout
+    # The same command continues from there; `fgrpo logs` shows rank 0's output of the run.
+    res = run_fgrpo(*launch_args(tiny_model_dir, runs, done + 1), cwd=tmp_path)
+    assert res.returncode == 0 and f"resumed from {run.checkpoints}/step-{done}" in res.stdout, res.stdout + res.stderr
+    logs = run_fgrpo("logs", str(run.path))
+    assert logs.returncode == 0 and f"step {done + 1:>5}" in logs.stdout and "resumed from" in logs.stdout
+
+
+def test_a_reused_pid_is_never_taken_for_the_job(tmp_path):
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        real = ProcessId.of(stranger.pid)
+        old_job = str(ProcessId(real.host, real.pid, real.start - 1))  # same pid, started earlier: another process
+        backend = LocalBackend()
+        assert backend.state(str(real)) == "RUNNING"
+        assert backend.state(old_job) == "EXITED"
+        backend.cancel(old_job)
+        time.sleep(0.5)
+        assert stranger.poll() is None  # not signalled
+        assert backend.state(f"elsewhere:{real.pid}:{real.start}").startswith("UNKNOWN")
+    finally:
+        stranger.kill()
