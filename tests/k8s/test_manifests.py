@@ -249,6 +249,23 @@ def test_torchrun_accepts_the_shutdown_timeout_option():
     assert args.shutdown_timeout == 300
 
 
+def test_every_rank_writes_its_output_into_the_run_folder():
+    """torchrun tees each worker's stdout and stderr into the run folder on the PVC (the pod log keeps them too)."""
+    run = pytest.importorskip("torch.distributed.run")
+    _, objs = build("jobset")
+    args = container(objs)["args"]
+    assert "--log-dir=$(FGRPO_RUN_DIR)/logs/torchrun" in args and "--tee=3" in args
+    parsed = run.get_args_parser().parse_args(["--log-dir=/runs/r/logs/torchrun", "--tee=3", "x.py"])
+    assert parsed.log_dir == "/runs/r/logs/torchrun" and parsed.tee == "3"
+
+
+@pytest.mark.parametrize("api", ["jobset", "indexed-job"])
+def test_every_object_of_a_run_carries_the_run_label_cancel_selects_by(api):
+    _, objs = build(api)
+    labels = {o["kind"]: o["metadata"]["labels"].get(manifests.RUN_LABEL) for o in objs}
+    assert set(labels.values()) == {object_name(RUN)}, labels  # the ConfigMap's was "<name>-recipe"
+
+
 @pytest.mark.parametrize("api", ["jobset", "indexed-job"])
 def test_recipe_round_trips_through_configmap(api):
     recipe, objs = build(api)
