@@ -16,6 +16,8 @@ if ! bash scripts/slurm-local.sh status >/dev/null 2>&1; then
     echo "not root: no local Slurm cluster, the Slurm tests will be skipped" >&2
   fi
 fi
+# The report's browser test renders in Debian's chromium: installed like Slurm (root only).
+bash scripts/chromium.sh >/dev/null || echo "no chromium: the report's browser test will be skipped" >&2
 stop_slurm() { if [ "$started_slurm" = 1 ]; then bash scripts/slurm-local.sh stop || true; fi; }
 trap stop_slurm EXIT
 .venv/bin/python -m pytest -q "$@"

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_fgrpo
 from tests.helpers.runs import launch_tiny
 
@@ -16,7 +18,11 @@ def test_eval_run_and_checkpoint(tiny_model_dir, tmp_path):
     summary = json.loads((run / "eval" / "step-2" / "eval.json").read_text())
     assert summary["step"] == 2 and summary["weights"] == "ema" and summary["steps"] == 3
     assert summary["prompts"] == ["a red car at night", "a bright yellow kite"]
-    assert len(summary["eval_rewards"]) == 2 and (run / "eval" / "step-2" / "samples" / "videos.gif").exists()
+    samples = run / "eval" / "step-2" / "samples"
+    assert len(summary["eval_rewards"]) == 2 and (samples / "videos.mp4").is_file()
+    assert sorted(p.name for p in (samples / "videos").iterdir()) == ["prompt-00.mp4", "prompt-01.mp4"]
+    index = json.loads((samples / "videos.json").read_text())
+    assert index["prompts"] == summary["prompts"] and index["rewards"] == pytest.approx(summary["eval_rewards"], abs=1e-6)
     # JSONL fields other than the prompt come back with each video's reward, and by category.
     rows = summary["videos"]
     assert [(r["id"], r["category"], r["video"]) for r in rows] == [(1, "dark", 0), (2, "bright", 0)]

@@ -22,8 +22,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("fgrpo.run_folder",),
     ("fgrpo.rewards",),
     ("fgrpo.recipe.validate",),  # checks a recipe against the models, prompts and rewards it names
-    ("fgrpo.trainer", "fgrpo.export"),
+    ("fgrpo.tracking",),  # metrics.jsonl, TensorBoard, W&B: reads run folders and recipes, never the trainer
+    ("fgrpo.trainer", "fgrpo.export", "fgrpo.planner"),  # the planner runs the trainer's own code
     ("launchers",),
+    ("fgrpo.report",),  # HTML reports of run folders: read-only, never the trainer (it runs the report as a process)
     ("fgrpo.sweep", "fgrpo.cli", "fgrpo.__main__", "fgrpo"),
 ]
 

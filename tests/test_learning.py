@@ -14,7 +14,7 @@ def test_tiny_recipe_raises_heldout_reward(tiny_model_dir, tmp_path):
     run = tmp_path / "runs" / "tiny"
     # the run folder a user is promised
     assert (run / "recipe.json").is_file()
-    assert (run / "samples" / "before.gif").is_file() and (run / "samples" / "final.gif").is_file()
+    assert (run / "samples" / "before.mp4").is_file() and (run / "samples" / "final.mp4").is_file()
     assert any((run / "checkpoints").glob("step-50/.metadata"))
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]

@@ -104,3 +104,46 @@ def test_bad_grid_args(tmp_path):
         save_video_grid(torch.zeros(2, 2, 3, 4, 4), tmp_path / "g.gif", upscale=0)
     with pytest.raises(ValueError):
         media.save_video(torch.zeros(2, 3, 4, 4), tmp_path / "g.gif", fps=0)
+
+
+# ----- MP4 (PyAV, H.264) and captioned grids
+
+
+def test_mp4_round_trip_is_h264(tmp_path):
+    import av
+
+    video = torch.zeros(6, 3, 15, 21)  # odd sizes: padded to even for yuv420p
+    video[:, 0] = torch.linspace(0, 1, 6).view(6, 1, 1)  # red ramps over time
+    video[:, 2, :, :10] = 1.0  # blue left part
+    path = media.write_video(video, tmp_path / "v.mp4", fps=8)
+    assert path == tmp_path / "v.mp4" and sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
+    with av.open(str(path)) as f:
+        stream = f.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        assert (stream.codec_context.width, stream.codec_context.height) == (22, 16)
+    back = media.read_video(path)
+    assert back.shape == (6, 3, 16, 22)
+    assert (back[:, :, :15, :21] - video).abs().mean() < 0.03  # lossy, close
+    assert back[-1, 0, 7, 15] > 0.9 and back[0, 0, 7, 15] < 0.1 and back[3, 2, 7, 3] > 0.9
+
+
+def test_write_video_falls_back_to_gif(tmp_path, monkeypatch):
+    monkeypatch.setattr(media, "mp4_available", lambda: False)  # as where PyAV is not installed
+    path = media.write_video(distinct_video(), tmp_path / "v.mp4")
+    assert path == tmp_path / "v.gif" and read_gif(path)[2] == 5
+    assert torch.allclose(media.read_video(path), distinct_video(), atol=1 / 255)
+
+
+def test_captioned_grid_has_a_caption_strip_under_each_cell():
+    cells = torch.full((3, 2, 3, 8, 8), 0.5)
+    grid = media.captioned_grid(cells, [["a red kite over a beach", "reward -0.331 -> -0.250"], ["b", "reward +0.1"],
+                                        ["c", "reward +0.2"]], ncol=3, min_cell_px=32)
+    f, c, h, w = grid.shape
+    assert (f, c) == (2, 3) and w == 3 * (32 + 2) + 2
+    cell = grid[0, :, 2:2 + 32, 2:2 + 32]
+    assert torch.allclose(cell, torch.full_like(cell, 0.5))  # the video, upscaled 4x
+    strip = grid[0, :, 2 + 32:h - 2, 2:2 + 32]
+    assert strip.shape[1] > 2 * 11 and strip.max() > 0.8 and strip.min() < 0.15  # light text on dark
+    assert torch.equal(grid[0, :, 34:], grid[1, :, 34:])  # the caption stays while the video plays
+    with pytest.raises(ValueError):
+        media.captioned_grid(cells, [["only one"]])

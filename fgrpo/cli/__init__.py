@@ -2,9 +2,11 @@
 
     fgrpo/cli/__init__.py       this dispatcher: `fgrpo COMMAND ...` -> that command's function
     fgrpo/cli/launch.py         launch, show, train, make-tiny   (a recipe file becomes a run)
+    fgrpo/cli/plan.py           plan                             (memory per GPU, FLOPs, GPU-hours)
     fgrpo/cli/sweep.py          sweep                            (many points, one job array each)
     fgrpo/cli/runs.py           status, logs, cancel, resume     (a launched run, any backend)
     fgrpo/cli/eval.py           eval, export                     (a trained run's checkpoints)
+    fgrpo/cli/report.py         report                           (HTML report of runs and sweeps)
     fgrpo/cli/reward_server.py  reward-server                    (rewards over HTTP)
 
 Parser style: every command parses its arguments with `tyro.cli` on a dataclass whose field
@@ -39,6 +41,9 @@ COMMANDS: dict[str, Command] = {
                       "[--section.field VALUE ...]", "start a run (its folder: runs/<name from the overrides>)"),
     "show": Command("launch", "cmd_show", "show RECIPE.py [--section.field VALUE ...]",
                     "print the resolved recipe and its run folder"),
+    "plan": Command("plan", "cmd_plan", "plan RECIPE.py [--gpus N] [--gpu-memory 80GiB] [--gpu-tflops 989] "
+                    "[--mfu 0.4] [--json] [--section.field VALUE ...]",
+                    "peak memory per GPU of each phase, FLOPs per step, GPU-hours (no GPU, no weights)"),
     "sweep": Command("sweep", "cmd_sweep", "sweep RECIPE.py --grid FIELD=V1,V2 [--random N --range FIELD=LO:HI[:log]] "
                      "[--backend slurm|k8s]", "grid and random search, one job array per resource spec"),
     "status": Command("runs", "cmd_status", "status [RUN | SWEEP | RUNS_DIR] [--json]",
@@ -49,6 +54,8 @@ COMMANDS: dict[str, Command] = {
                       "submit a run again; it continues from its newest checkpoint"),
     "eval": Command("eval", "cmd_eval", "eval RUN_OR_CHECKPOINT [--prompts FILE] [--steps 50]",
                     "held-out rewards (EMA weights) + sample grid"),
+    "report": Command("report", "cmd_report", "report RUN | SWEEP | RUN RUN ... [--out FILE.html]",
+                      "one self-contained HTML report: curves, leaderboard, sample videos"),
     "export": Command("eval", "cmd_export", "export RUN_DIR OUT_DIR [--step N] [--weights ema|model]",
                       "trained transformer (LoRA merged) as a diffusers folder + the LoRA safetensors"),
     "reward-server": Command("reward_server", "cmd_reward_server",

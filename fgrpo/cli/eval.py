@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 import tyro
 
 from fgrpo.fileio import atomic_write_json
-from fgrpo.run_folder import RunFolder
+from fgrpo.run_folder import RunFolder, SampleFolder
 
 
 @dataclass
@@ -24,8 +24,9 @@ class EvalArgs:
 
     Samples the held-out prompts (or `--prompts FILE`) with the EMA weights (or `--weights model`),
     deterministic ODE with `--steps` steps and fixed seeds, scores them with every reward of the
-    recipe, and writes `eval.json` and a grid of the videos to `RUN/eval/<name>/`. The trainer runs
-    the same evaluation every `eval.interval` steps (metrics.jsonl, samples/).
+    recipe, and writes `eval.json`, a captioned grid and one video per prompt (MP4) to
+    `RUN/eval/<name>/`. The trainer runs the same evaluation every `eval.interval` steps
+    (metrics.jsonl, samples/).
     """
 
     target: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_OR_CHECKPOINT")]
@@ -103,7 +104,9 @@ def cmd_eval(argv: list[str]) -> int:
                **per_video(records, ev.videos_per_prompt, result["eval_rewards"])}
     atomic_write_json(out / "eval.json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("eval_rewards", "prompts", "videos")}, indent=2))
-    print(f"wrote {out / 'eval.json'} and {out / 'samples' / 'videos.gif'}")
+    samples = SampleFolder(out / "samples")
+    print(f"wrote {out / 'eval.json'}, {samples.find_grid('videos')} (captioned grid) and {samples.path / 'videos'}/ "
+          "(one video per prompt)")
     return 0
 
 

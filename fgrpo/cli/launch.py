@@ -46,6 +46,10 @@ class LaunchArgs:
     k8s creates a JobSet (or Indexed Job); both return at once."""
     dry_run: bool = False
     """Print what would run and the resolved recipe; start and write nothing."""
+    no_preflight: bool = False
+    """Skip the pre-flight check of slurm and k8s launches: the run is planned on its layout
+    (`fgrpo plan`: peak memory per GPU of each phase, no GPU needed) and refused, before anything is
+    written or submitted, when a phase exceeds launch.gpu_memory_gb. Local launches are not checked."""
 
 
 Args = TypeVar("Args", RecipeArgs, LaunchArgs)
@@ -138,6 +142,8 @@ def cmd_launch(argv: list[str]) -> int:
     check_existing_run(run_dir, recipe)
     backend = get_backend(args.backend)
     job = LaunchJob(run_dir=run_dir, recipe=recipe)
+    if args.backend in ("slurm", "k8s") and not args.no_preflight:
+        preflight(recipe)
     if args.dry_run:
         print(json.dumps(to_dict(recipe), indent=2))
         print(f"run folder: {run_dir}")
@@ -149,6 +155,20 @@ def cmd_launch(argv: list[str]) -> int:
     folder.clear_cancel()  # launching a cancelled run again means: continue it (as `fgrpo resume`)
     print(f"run folder: {run_dir}", flush=True)
     return backend.launch(job)
+
+
+def preflight(recipe: Recipe) -> None:
+    """Plan the recipe on its own layout (its world size, launch.gpu_memory_gb per GPU) and refuse
+    it, naming the phase and what to change, when it will not fit: RecipeError (exit 2), before
+    anything is written or submitted. Silent when it fits (a launch's output is its own)."""
+    from fgrpo.planner import Gpu, plan
+    from fgrpo.planner.report import refusal
+
+    p = plan(recipe, recipe.world_size, Gpu(memory=int(recipe.launch.gpu_memory_gb * 2**30)))
+    if not p.fits:
+        raise RecipeError(f"pre-flight: this recipe will not fit in launch.gpu_memory_gb="
+                          f"{recipe.launch.gpu_memory_gb:g} GiB per GPU on {p.world} GPUs:\n{refusal(p)}\n"
+                          "(`fgrpo plan` shows the whole plan; --no-preflight launches anyway)")
 
 
 @dataclass
@@ -211,5 +231,5 @@ def cmd_make_tiny(argv: list[str]) -> int:
 
 
 __all__ = ["LaunchArgs", "MakeTinyArgs", "RecipeArgs", "TrainArgs", "adopt_recipe_file", "check_existing_run",
-           "cmd_launch", "cmd_make_tiny", "cmd_show", "cmd_train", "parse_recipe_args", "refuse_if_running",
-           "resolve_run_dir"]
+           "cmd_launch", "cmd_make_tiny", "cmd_show", "cmd_train", "parse_recipe_args", "preflight",
+           "refuse_if_running", "resolve_run_dir"]

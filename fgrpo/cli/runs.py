@@ -19,7 +19,7 @@ from typing import Annotated
 import tyro
 
 from fgrpo.fileio import read_json
-from fgrpo.run_folder import RunFolder
+from fgrpo.run_folder import RunFolder, report_file
 from launchers.base import is_active
 
 
@@ -72,7 +72,8 @@ def run_row(run_dir: Path) -> dict:
     return {"run": run_dir.name, "backend": job["backend"] if job else "-", "job": job["job_id"] if job else "-",
             "state": job_state(job) if job else "-", "run_state": status.get("state", "-"), "step": p["step"],
             "max_steps": max_steps, "reward": p["reward"], "heldout": p["heldout"],
-            "checkpoint": p["checkpoint"], "reason": reason, "reward_server": server}
+            "checkpoint": p["checkpoint"], "reason": reason, "reward_server": server,
+            "report": str(folder.report_file) if folder.report_file.is_file() else None}
 
 
 @dataclass
@@ -106,6 +107,9 @@ def print_status(target: Path, as_json: bool = False) -> int:
         table.add_row(r["run"], r["backend"], r["job"], r["state"], r["run_state"], f"{r['step']}/{r['max_steps']}",
                       fmt(r["reward"]), fmt(r["heldout"]), str(r["checkpoint"] or "-"), note)
     Console(width=200).print(table)
+    # One run's report is RUN/report.html; a sweep's or a folder's, beside its runs.
+    report = RunFolder(target).report_file if RunFolder(target).is_run() else report_file(target)
+    print(f"report: {report}" if report.is_file() else f"report: `fgrpo report {target}` writes {report}")
     return 0
 
 

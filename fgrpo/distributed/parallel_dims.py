@@ -1,8 +1,22 @@
-"""Named device mesh dp_replicate x dp_shard x tp (torchtitan's ParallelDims idea).
+"""Named device mesh dp_replicate x dp_shard x sp x tp (torchtitan's ParallelDims idea).
 
 Why not torchtitan's own `ParallelDims`: in torchtitan 0.3.0 `build_mesh` assumes a CUDA device
 type and a "fake" c10d backend from torch nightlies, so it fails on CPU with torch 2.13 (where the
 tests run). This is the same idea in a few lines over `init_device_mesh`.
+
+Dimensions, outermost first (global rank = ((rep * dp_shard + shard) * sp + sp_rank) * tp + tp_rank;
+the innermost dimensions get the closest ranks, as torchtitan orders dp / cp / tp):
+
+* `dp_replicate`, `dp_shard`: data parallel (HSDP's replicate and shard dimensions). Ranks that
+  differ here hold different videos.
+* `sp`: sequence parallel (Ulysses, fgrpo.distributed.sequence_parallel). The sp ranks of a group
+  hold the same videos; each runs the transformer blocks on 1/sp of every video's tokens.
+* `tp`: tensor parallel. The tp ranks of a group hold the same videos and tokens, and 1/tp of the
+  heads and FFN features.
+
+FSDP2 shards parameters over dp_shard x sp (flattened): sp ranks hold the same parameters and see
+different tokens, so their gradients are partial sums that FSDP's reduce-scatter combines (see
+`fsdp_mesh` for why its average then gives one process's update).
 """
 
 from __future__ import annotations
@@ -12,6 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+MESH_DIMS = ("dp_replicate", "dp_shard", "sp", "tp")
+FSDP_SP_DIM = "dp_shard_sp"  # the flattened dp_shard x sp dimension FSDP2 shards over when sp > 1
+
 
 @dataclass
 class ParallelDims:
@@ -20,17 +37,19 @@ class ParallelDims:
     tp: int
     world_size: int
     mesh: DeviceMesh | None = None
+    sp: int = 1
 
     @classmethod
-    def from_config(cls, dp_replicate: int, dp_shard: int, tp: int, world_size: int) -> "ParallelDims":
+    def from_config(cls, dp_replicate: int, dp_shard: int, tp: int, world_size: int, sp: int = 1) -> "ParallelDims":
+        """`dp_shard=-1` infers world_size / (dp_replicate * sp * tp)."""
         if dp_shard == -1:
-            dp_shard = world_size // (dp_replicate * tp)
-        if dp_replicate * dp_shard * tp != world_size or min(dp_replicate, dp_shard, tp) < 1:
+            dp_shard = world_size // max(1, dp_replicate * tp * sp)
+        if dp_replicate * dp_shard * sp * tp != world_size or min(dp_replicate, dp_shard, tp, sp) < 1:
             raise ValueError(
-                f"parallelism: dp_replicate x dp_shard x tp = {dp_replicate} x {dp_shard} x {tp} "
+                f"parallelism: dp_replicate x dp_shard x sp x tp = {dp_replicate} x {dp_shard} x {sp} x {tp} "
                 f"does not match the world size {world_size}"
             )
-        return cls(dp_replicate, dp_shard, tp, world_size)
+        return cls(dp_replicate, dp_shard, tp, world_size, sp=sp)
 
     @property
     def dp(self) -> int:
@@ -38,43 +57,75 @@ class ParallelDims:
         return self.dp_replicate * self.dp_shard
 
     def build_mesh(self, device_type: str) -> DeviceMesh:
-        """Built on every layout, one process included (a 1x1x1 mesh): FSDP2 then applies the same
+        """Built on every layout, one process included (a 1x1x1x1 mesh): FSDP2 then applies the same
         precision policy everywhere (see fgrpo.distributed.precision)."""
         self.mesh = init_device_mesh(
-            device_type, (self.dp_replicate, self.dp_shard, self.tp),
-            mesh_dim_names=("dp_replicate", "dp_shard", "tp"),
+            device_type, (self.dp_replicate, self.dp_shard, self.sp, self.tp), mesh_dim_names=MESH_DIMS,
         )
+        self._fsdp_sp_mesh = None
         return self.mesh
 
     def _coord(self) -> list[int]:
-        return self.mesh.get_coordinate() if self.mesh is not None else [0, 0, 0]
+        return self.mesh.get_coordinate() if self.mesh is not None else [0, 0, 0, 0]
 
     @property
     def dp_rank(self) -> int:
-        """Which slice of the global batch this rank's videos are (equal across its TP group)."""
-        rep, shard, _ = self._coord()
+        """Which slice of the global batch this rank's videos are (equal across its sp and tp groups)."""
+        rep, shard, _, _ = self._coord()
         return rep * self.dp_shard + shard
 
     @property
-    def tp_rank(self) -> int:
+    def sp_rank(self) -> int:
+        """Which run of every video's tokens this rank's transformer blocks process."""
         return self._coord()[2]
 
+    @property
+    def tp_rank(self) -> int:
+        return self._coord()[3]
+
+    @property
+    def scores_videos(self) -> bool:
+        """True on one rank per data-parallel slice (sp rank 0, tp rank 0): the rank that scores the
+        slice's videos. Its sp and tp replicas hold the same videos; `gather_dp` keeps its scores."""
+        return self.sp_rank == 0 and self.tp_rank == 0
+
     def fsdp_mesh(self) -> DeviceMesh:
-        """1-D shard mesh (FSDP), or 2-D (replicate, shard) for HSDP."""
-        if self.dp_replicate > 1:
-            return self.mesh["dp_replicate", "dp_shard"]
-        return self.mesh["dp_shard"]
+        """1-D shard mesh (FSDP), or 2-D (replicate, shard) for HSDP. With sp > 1 the shard dimension
+        is dp_shard x sp flattened.
+
+        Why sp belongs to FSDP's mesh: the sp ranks hold one parameter set and each computes the
+        gradient of the tokens it holds. Sequence parallelism's output gather has a reduce-scatter
+        (sum) as its backward, and every sp rank holds an identical copy of the loss, so the sp
+        ranks' gradients sum to sp x the gradient of one copy. FSDP's average over dp x sp ranks
+        then yields (1/dp) x the sum of the dp slices' gradients: what FSDP over the dp ranks alone
+        gives without sp, and one process's gradient on a one-slice layout. No loss scaling needed.
+        """
+        if self.sp == 1:
+            return self.mesh["dp_replicate", "dp_shard"] if self.dp_replicate > 1 else self.mesh["dp_shard"]
+        if getattr(self, "_fsdp_sp_mesh", None) is None:  # built once per mesh, kept (torch asks callers
+            # to keep flattened meshes rather than slice them from the root mesh again)
+            if self.dp_replicate == 1:
+                self._fsdp_sp_mesh = self.mesh["dp_shard", "sp"]._flatten(FSDP_SP_DIM)
+            else:
+                dp = self.mesh["dp_replicate", "dp_shard", "sp"]._flatten("dp_replicate_shard_sp")
+                self._fsdp_sp_mesh = dp._unflatten(0, (self.dp_replicate, self.dp_shard * self.sp),
+                                                   ("dp_replicate", FSDP_SP_DIM))
+        return self._fsdp_sp_mesh
+
+    def sp_mesh(self) -> DeviceMesh:
+        return self.mesh["sp"]
 
     def tp_mesh(self) -> DeviceMesh:
         return self.mesh["tp"]
 
     def gather_dp(self, local: torch.Tensor) -> torch.Tensor:
-        """Concatenate each data-parallel slice once, in dp-rank order (TP replicas deduplicated)."""
+        """Concatenate each data-parallel slice once, in dp-rank order (sp and tp replicas deduplicated)."""
         if self.mesh is None:
             return local
         import torch.distributed as dist
 
         parts = [torch.empty_like(local) for _ in range(self.world_size)]
         dist.all_gather(parts, local.contiguous())
-        # Global rank = dp_rank * tp + tp_rank (row-major mesh): keep tp_rank 0 of each dp slice.
-        return torch.cat(parts[:: self.tp])
+        # Global rank = dp_rank * (sp * tp) + sp_rank * tp + tp_rank (row-major mesh): keep the first
+        # rank (sp_rank 0, tp_rank 0) of each dp slice.
+        return torch.cat(parts[:: self.sp * self.tp])

@@ -42,14 +42,19 @@ class ModelConfig:
 
 @dataclass
 class ParallelismConfig:
-    """Device mesh: dp_replicate x dp_shard x tp must equal the world size."""
+    """Device mesh: dp_replicate x dp_shard x sp x tp must equal the world size."""
 
     dp_replicate: int = within("[1, inf)", 1)
     """Data-parallel replicas (HSDP outer dimension)."""
     dp_shard: int = within("[1, inf) or -1", -1)
-    """FSDP2 shard degree; -1 infers world_size / (dp_replicate * tp)."""
+    """FSDP2 shard degree; -1 infers world_size / (dp_replicate * sp * tp)."""
     tp: int = within("[1, inf)", 1)
     """Tensor-parallel degree; must divide the transformer's head count."""
+    sp: int = within("[1, inf)", 1)
+    """Sequence-parallel (Ulysses) degree: each video's tokens are split over sp ranks, which hold the
+    same videos; attention exchanges tokens for heads with an all-to-all. sp x tp must divide the
+    head count (12 for 1.3B, 40 for 14B) and sp the tokens per video, latent frames x (height / 16)
+    x (width / 16) (81 x 480 x 832: 21 x 30 x 52 = 32,760). FSDP2 shards over dp_shard x sp."""
     activation_checkpointing: bool = True
     """Recompute each transformer block in backward (less memory, ~30 % more compute)."""
 
@@ -243,6 +248,17 @@ class LoggingConfig:
     the recipe name and what differs from the recipe file."""
     console_interval: int = within("[1, inf)", 1)
     """Print a metrics line every this many optimizer steps."""
+    trackers: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl",)
+    """Where rank 0 logs every train and eval record: `jsonl` (RUN/metrics.jsonl) always; `tensorboard`
+    (RUN/tensorboard/) and `wandb` (project `wandb_project`, run id kept in RUN/tracking.json;
+    WANDB_MODE=offline works) on request (pip install 'fgrpo[tracking]'). A tracker that cannot
+    start or log is dropped with a message; it never stops the run."""
+    wandb_project: str = "fgrpo"
+    """W&B project of the run (with `trackers` wandb); the run is named after the run folder."""
+    wandb_entity: str | None = None
+    """W&B entity (team or user); None: the API key's default entity."""
+    report: bool = False
+    """Refresh RUN/report.html (`fgrpo report RUN`) in the background after every evaluation."""
 
 
 @dataclass
@@ -287,9 +303,12 @@ class LaunchConfig:
 
     nodes: int = within("[1, inf)", 1)
     procs_per_node: int | None = within("[1, inf)", None)
-    """Training processes per node (one per GPU). None: dp_replicate x dp_shard x tp / nodes when
-    dp_shard is set, else gpus_per_node (1 without GPUs)."""
+    """Training processes per node (one per GPU). None: dp_replicate x dp_shard x sp x tp / nodes
+    when dp_shard is set, else gpus_per_node (1 without GPUs)."""
     gpus_per_node: int = within("[0, inf)", 0)
+    gpu_memory_gb: float = within("(0, inf)", 80.0)
+    """Memory per GPU in GiB. `fgrpo launch --backend slurm|k8s` plans the run on its layout first
+    (`fgrpo plan`) and refuses a recipe whose peak in any phase exceeds it (--no-preflight skips)."""
     cpus_per_task: int = within("[0, inf)", 0)
     """CPU cores per process (0: the cluster's default)."""
     mem_gb: float = within("[0, inf)", 0.0)
@@ -340,7 +359,7 @@ class Recipe:
             return self.launch.nodes * self.launch.procs_per_node
         p = self.parallelism
         if p.dp_shard != -1:
-            return p.dp_replicate * p.dp_shard * p.tp
+            return p.dp_replicate * p.dp_shard * p.sp * p.tp
         return self.launch.nodes * max(1, self.launch.gpus_per_node)
 
     @property

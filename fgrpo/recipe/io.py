@@ -105,7 +105,11 @@ def training_fingerprint(recipe: Recipe) -> str:
     """A hash of every field that changes what is trained (not launch, logging, eval,
     checkpointing or optim.max_steps): written into each checkpoint, so checkpoints are never
     adopted by a recipe that did not train them."""
-    fields = {k: v for k, v in _flatten(to_dict(recipe)).items() if not k.startswith(_NAME_NEUTRAL)}
+    # Fields at their default are left out, so a field added in a later version (at its default)
+    # does not change the fingerprint of checkpoints written before it existed.
+    defaults = _flatten(to_dict(Recipe()))
+    fields = {k: v for k, v in _flatten(to_dict(recipe)).items()
+              if not k.startswith(_NAME_NEUTRAL) and (k not in defaults or defaults[k] != v)}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

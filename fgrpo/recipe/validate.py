@@ -87,11 +87,13 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
         )
     elif preset and par.tp >= 1 and preset.ffn_dim % par.tp:
         errs.append(f"parallelism.tp: {par.tp} does not divide the FFN width {preset.ffn_dim} of {recipe.model.preset}")
+    elif preset and par.tp >= 1 and par.sp >= 1:
+        errs += _sequence_parallel_problems(recipe, preset)
     if not errs and not ranged:
         from fgrpo.distributed.parallel_dims import ParallelDims
 
         try:
-            dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, world)
+            dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, world, sp=par.sp)
         except ValueError as e:
             errs.append(f"{e} (launch.nodes x launch.procs_per_node)")
         else:
@@ -135,6 +137,34 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     errs += _prompt_problems(recipe)
     reported = {e.split(":", 1)[0] for e in ranged}  # one message per field: its range says enough
     return ranged + [e for e in errs if e.split(":", 1)[0] not in reported]
+
+
+def _sequence_parallel_problems(recipe: Recipe, preset) -> list[str]:
+    """Ulysses gives each sp rank whole heads (of its tp rank's heads) and an even run of every
+    video's tokens; fgrpo does not pad, so both must divide."""
+    from fgrpo.models.wan import latent_shape
+    from fgrpo.models.wan.presets import PATCH
+
+    par, ro, heads = recipe.parallelism, recipe.rollout, preset.num_heads
+    if par.sp == 1:
+        return []
+    errs = []
+    if heads % (par.tp * par.sp):
+        per_tp = f"the {heads // par.tp} heads of each tensor-parallel rank (parallelism.tp={par.tp})" if par.tp > 1 \
+            else f"the {heads} attention heads of {recipe.model.preset}"
+        sizes = [d for d in range(1, heads // par.tp + 1) if (heads // par.tp) % d == 0]
+        errs.append(f"parallelism.sp: {par.sp} does not divide {per_tp}; sequence parallelism gives each sp rank "
+                    f"whole heads, choose one of {sizes}")
+    if (ro.frames - 1) % 4 == 0 and ro.height % 16 == 0 and ro.width % 16 == 0:  # else reported above
+        _, f, h, w = latent_shape(ro.frames, ro.height, ro.width)
+        grid = (f // PATCH[0], h // PATCH[1], w // PATCH[2])
+        tokens = grid[0] * grid[1] * grid[2]
+        if tokens % par.sp:
+            errs.append(f"parallelism.sp: {par.sp} does not divide the {tokens} tokens of a video (latent frames x "
+                        f"patch rows x patch columns = {grid[0]} x {grid[1]} x {grid[2]} for rollout.frames="
+                        f"{ro.frames}, height={ro.height}, width={ro.width}); sequence parallelism splits every "
+                        "video's tokens evenly, without padding")
+    return errs
 
 
 def _prompt_problems(recipe: Recipe) -> list[str]:

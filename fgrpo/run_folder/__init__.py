@@ -14,7 +14,13 @@
       reward-server.json   where the run's reward server listens (a requeued one announces anew)
       reward-server.token  the shared secret of the run's reward server (mode 0600, never printed)
       checkpoints/step-N/  DCP checkpoints; complete once `.metadata` exists (`.step-N.partial` before)
-      samples/<tag>.gif    held-out sample grids
+      samples/<tag>.mp4    held-out samples of each evaluation: the captioned grid, samples/<tag>/prompt-NN.mp4
+                           (one video per prompt) and samples/<tag>.json (their index); GIF where no
+                           MP4 writer is installed (fgrpo.run_folder.samples)
+      report.html          `fgrpo report RUN` (refreshed at each evaluation with logging.report)
+      tensorboard/         TensorBoard event files (logging.trackers: tensorboard)
+      wandb/               Weights & Biases run files (logging.trackers: wandb; offline runs too)
+      tracking.json        the run's wandb run id and the last step each tracker logged
       eval/<name>/         `fgrpo eval` outputs
       logs/rank-R.log      per-rank output of local runs (logs/reward-server.log: a local reward server's)
       submitit/            Slurm scripts and per-task logs (a sweep's array: ../.submitit-arrays/)
@@ -39,6 +45,7 @@ from fgrpo.processes import ProcessId
 from .checkpoints import (checkpoint_path, checkpoint_problem, complete_checkpoints, manifest_fingerprint,
                           partial_checkpoint_path)
 from .lock import RunLock, RunLockedError
+from .samples import SampleFolder
 
 RECIPE, STATUS, METRICS, JOBS = "recipe.json", "status.json", "metrics.jsonl", "jobs.jsonl"
 LAUNCH, FAILURES, CANCEL, REWARD_SERVER = "launch.json", "failures.json", "CANCEL_REQUESTED", "reward-server.json"
@@ -49,6 +56,13 @@ SERVER_KIND = "reward-server"  # a reward server the backend started beside the 
 FINAL_STATES = ("completed", "failed", "cancelled", "killed")
 LIVE_STATES = ("starting", "running")  # a trainer says so; found stale once no process holds the lock
 LOCK, METRICS_REWOUND = ".lock", "metrics.rewound.jsonl"
+REPORT, TENSORBOARD, WANDB, TRACKING = "report.html", "tensorboard", "wandb", "tracking.json"
+SWEEP_INDEX = "sweep.json"  # a sweep folder's list of its runs (written by fgrpo sweep)
+
+
+def report_file(folder: Path) -> Path:
+    """Where `fgrpo report` writes the report of a run folder, a sweep folder or a folder of runs."""
+    return Path(folder) / REPORT
 
 
 @dataclass(frozen=True)
@@ -76,11 +90,46 @@ class RunFolder:
         return self.path / SAMPLES
 
     @property
+    def sample_folder(self) -> SampleFolder:
+        return SampleFolder(self.samples)
+
+    @property
+    def report_file(self) -> Path:
+        return report_file(self.path)
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard's log dir (logging.trackers: tensorboard)."""
+        return self.path / TENSORBOARD
+
+    @property
+    def wandb_parent(self) -> Path:
+        """wandb.init's `dir`: wandb writes its run files under `<this>/wandb/`."""
+        return self.path
+
+    @property
+    def tracking_file(self) -> Path:
+        """The wandb run id of this run folder and the last step each tracker logged."""
+        return self.path / TRACKING
+
+    def read_tracking(self) -> dict:
+        found = read_json(self.tracking_file, {})
+        return found if isinstance(found, dict) else {}
+
+    def write_tracking(self, state: dict) -> None:
+        atomic_write_json(self.tracking_file, state)
+
+    @property
     def logs(self) -> Path:
         return self.path / LOGS
 
     def rank_log(self, rank: int) -> Path:
         return self.logs / f"rank-{rank}.log"
+
+    @property
+    def report_log(self) -> Path:
+        """Output of the trainer's background `fgrpo report` refreshes (logging.report)."""
+        return self.logs / "report.log"
 
     @property
     def server_log(self) -> Path:

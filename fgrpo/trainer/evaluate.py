@@ -1,8 +1,9 @@
 """Held-out evaluation: deterministic ODE sampling, fixed prompts and seeds, rewards, sample videos.
 
 The held-out videos are split over the data-parallel ranks like training videos (each rank runs
-the same number of forwards, as FSDP needs; the last slices are padded), TP rank 0 of each slice
-scores it, and rank 0 gathers the scores and a thumbnail of every video for the sample grid.
+the same number of forwards, as FSDP needs; the last slices are padded), one rank of each slice
+(sp rank 0, tp rank 0) scores it, and rank 0 gathers the scores and a thumbnail of every video
+for the sample grid.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import torch.nn.functional as F
 
 from fgrpo.algorithm import wan_sigmas
 from fgrpo.distributed import process_group as dist
-from fgrpo.media import save_video_grid
 from fgrpo.recipe.config import Recipe
 
 from .policy import Policy
 from .failures import agree_on_scores, submit_safely
 from .reward_scoring import not_scored
 from .rollout import initial_latents, sample, video_generators
+from .samples import write_samples
 
 EVAL_SEED_BASE = 10_000_000  # fixed seeds: the same noise before and after training
 THUMBNAIL_PX = 128  # longest side of a video in the sample grid
@@ -39,7 +40,8 @@ def thumbnails(frames: torch.Tensor, longest: int = THUMBNAIL_PX) -> torch.Tenso
 
 @torch.no_grad()
 def evaluate_heldout(policy: Policy, rewards, recipe: Recipe, prompts: list[str], samples: Path, tag: str) -> dict:
-    """Mean reward of the held-out `prompts` (ODE, `eval.steps` steps); rank 0 writes samples/<tag>.gif."""
+    """Mean reward of the held-out `prompts` (ODE, `eval.steps` steps); rank 0 writes samples/<tag>.mp4
+    (the captioned grid), samples/<tag>/prompt-NN.mp4 and samples/<tag>.json (fgrpo.trainer.samples)."""
     r, dims = recipe, policy.dims
     n = r.eval.videos_per_prompt
     prompts = [p for p in prompts for _ in range(n)]
@@ -59,15 +61,14 @@ def evaluate_heldout(policy: Policy, rewards, recipe: Recipe, prompts: list[str]
                        policy.cfg_scale, gens, r.rollout.micro_batch, policy.compute_dtype)
     mb = r.rollout.micro_batch
     frames = torch.cat([policy.decode(finals[i:i + mb]) for i in range(0, len(local_prompts), mb)])
-    pending = submit_safely(rewards.submit, frames, local_prompts) if dims.tp_rank == 0 else not_scored(
+    pending = submit_safely(rewards.submit, frames, local_prompts) if dims.scores_videos else not_scored(
         len(local_prompts), rewards.names)
     scored = agree_on_scores([pending])[0]  # a failure on any rank is raised on every rank
     total = dims.gather_dp(scored[0].to(policy.device).float()).cpu()[:total_videos]
     components = {k: dims.gather_dp(v.to(policy.device).float()).cpu()[:total_videos] for k, v in scored[1].items()}
     grid = dims.gather_dp(thumbnails(frames).to(policy.device)).cpu()[:total_videos]
     if dist.rank() == 0:
-        upscale = max(1, THUMBNAIL_PX // max(grid.shape[-2:]))
-        save_video_grid(grid.float() / 255, Path(samples) / f"{tag}.gif", upscale=upscale)
+        write_samples(Path(samples), tag, grid, prompts, total, n)
     return {
         "tag": tag,
         "eval_reward": float(total.mean()),
@@ -112,7 +113,7 @@ def evaluate_checkpoint(recipe: Recipe, run_dir: Path, checkpoint_path: Path, pr
 
     device = dist.init_distributed()
     par = recipe.parallelism
-    dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, dist.world_size())
+    dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, dist.world_size(), sp=par.sp)
     dims.build_mesh(device.type)
     policy = build_policy(recipe, dims, device, prompts, Path(run_dir).parent)
     used = load_trained_weights(policy, checkpoint_path, weights)

@@ -112,8 +112,9 @@ def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recip
         tr.video += s
         parts.append(tr)
         # Sent now: a reward server scores this micro-batch while the next one is rolled out.
-        # TP replicas hold the same videos: TP rank 0 scores them (gather_dp keeps its scores).
-        pending.append(submit_safely(rewards.submit, policy.decode(f), video_prompts[sl]) if dims.tp_rank == 0
+        # sp and tp replicas hold the same videos: one rank of the slice scores them (gather_dp keeps
+        # its scores).
+        pending.append(submit_safely(rewards.submit, policy.decode(f), video_prompts[sl]) if dims.scores_videos
                        else not_scored(len(video_prompts[sl]), rewards.names))
     trans = Transitions.cat(parts)
     inline = sum(p.inline_s for p in pending)  # in-process scoring happened inside the loop above

@@ -19,9 +19,7 @@ from fgrpo.distributed.parallel_dims import ParallelDims
 from fgrpo.distributed.precision import PrecisionPolicy
 from fgrpo.models.wan import latent_shape, load_wan
 from fgrpo.models.wan.loading import WanComponents, model_folder
-from fgrpo.models.wan.lora import add_lora
-from fgrpo.models.wan.parallelize import parallelize_wan
-from fgrpo.models.wan.sharded_loading import build_on_meta, materialize
+from fgrpo.models.wan.sharded_loading import build_on_meta, materialize, prepare_on_meta
 from fgrpo.models.wan.text_cache import TextEmbeddingCache, cache_key, default_cache_folder
 from fgrpo.models.wan.text_encoder import LazyTextEncoder
 from fgrpo.recipe.config import Recipe
@@ -70,6 +68,13 @@ class Policy:
             self.transformer.enable_adapters()
 
 
+def lora_shape(recipe: Recipe) -> tuple[int, float, tuple[str, ...]] | None:
+    """The recipe's LoRA as `prepare_on_meta` takes it: (rank, alpha, target modules), or None
+    for a full fine-tune."""
+    lo = recipe.lora
+    return (lo.rank, lo.alpha, tuple(lo.target_modules)) if lo.enabled else None
+
+
 def encode_prompts_once(recipe: Recipe, folder: Path, prompts: list[str], cache_root: Path,
                         device: torch.device, dtype: torch.dtype) -> TextEmbeddingCache:
     """Every prompt encoded once (1/world of them per rank) into the runs folder's cache; the
@@ -93,13 +98,8 @@ def build_policy(recipe: Recipe, dims: ParallelDims, device: torch.device, promp
     # Encoded before the transformer and an optimizer allocate: the encoder's memory is free again.
     text = encode_prompts_once(recipe, folder, ["", *prompts], cache_root, device, precision.compute)
     # Built on the meta device and parallelised there; each rank then reads only its shards.
-    transformer = build_on_meta(folder)
-    if recipe.lora.enabled:
-        add_lora(transformer, recipe.lora.rank, recipe.lora.alpha, recipe.lora.target_modules)
-    else:
-        transformer.requires_grad_(True)
-    precision.apply_storage(transformer)
-    parallelize_wan(transformer, dims, precision, recipe.parallelism.activation_checkpointing)
+    transformer = prepare_on_meta(build_on_meta(folder), dims, precision, lora_shape(recipe),
+                                  recipe.parallelism.activation_checkpointing)
     # Seeded: every rank, layout and restart creates identical adapter weights.
     materialize(transformer, folder, device, lora_seed=recipe.prompts.seed)
     components.transformer = transformer

@@ -19,6 +19,10 @@ def velocity(transformer, x, sigma, context, neg_context=None, cfg_scale: float 
 
     Latents and text context enter in the compute `dtype` (the precision policy's); Wan's timestep
     input σ·1000 stays float32, as diffusers' pipeline feeds it. Returns float32.
+
+    Under sequence parallelism the transformer splits the tokens internally and returns the whole
+    velocity on every sp rank (fgrpo.models.wan.sequence_parallel), so sampling, the SDE step and
+    log-probs here run on whole latents, identically on the sp ranks of a group.
     """
     t = (sigma * 1000.0).float()
     if neg_context is None or cfg_scale == 1.0:

@@ -18,12 +18,15 @@ from fgrpo.recipe.config import Recipe
 from fgrpo.recipe.io import training_fingerprint
 from fgrpo.run_folder import RunFolder, checkpoint_problem, manifest_fingerprint
 
+from fgrpo.tracking import SampleSet, open_trackers
+
 from . import checkpoint
+from .compute import ComputeMeter, gather_per_rank, peak_memory_bytes
 from .ema import EMA
 from .evaluate import evaluate_heldout
 from .failures import CollectiveError, NonFiniteError
 from .flash_grpo import StopRequested, flash_grpo_step
-from .metrics import MetricsLog, console_line
+from .metrics import MetricsLog, ReportRefresher, console_line
 from .policy import build_policy
 from .reward_scoring import connect_rewards
 from .update import PolicyUpdate
@@ -37,11 +40,12 @@ warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a vi
 class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, stop: StopFlag | None = None):
         self.recipe, self.run_dir = recipe, Path(run_dir)
+        self.started = time.time()  # compute/wall_s counts the set-up too
         self.folder = RunFolder(self.run_dir)
         self.stop = stop or StopFlag()
         self.device = dist.init_distributed()
         par = recipe.parallelism
-        self.dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, dist.world_size())
+        self.dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, dist.world_size(), sp=par.sp)
         self.dims.build_mesh(self.device.type)
         self.is_main = dist.rank() == 0
         self.console = Console(quiet=not self.is_main, soft_wrap=True)  # logs: one line per message
@@ -63,14 +67,19 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.ckpt_dir = self.folder.checkpoints
-        self.metrics = MetricsLog(self.folder.metrics_file, self.is_main)
+        self.metrics = MetricsLog(self.folder.metrics_file, self.is_main)  # + trackers once resumed (_train)
+        ro = recipe.rollout
+        self.compute = ComputeMeter(ro.prompts_per_step * ro.group_size, dist.world_size(), self.dims.dp, self.started)
+        self.report = ReportRefresher(self.folder) if recipe.logging.report and self.is_main else None
         self.fingerprint = training_fingerprint(recipe)
         self.resume_note = ""  # what resume had to skip, for the console and the status
 
     def run_step(self, prompts: list[str], check_stop=None):
         """One Flash-GRPO optimizer step on `prompts` (the loop's; tests call it directly)."""
-        return flash_grpo_step(self.policy, self.update, self.rewards, self.recipe, self.step, prompts,
-                               check_stop or self._check_stop)
+        # Rank 0 counts the FLOPs and forwards of its first step of each launch (fgrpo.trainer.compute).
+        return self.compute.run_step(self.policy.transformer, lambda: flash_grpo_step(
+            self.policy, self.update, self.rewards, self.recipe, self.step, prompts, check_stop or self._check_stop),
+            measure=self.is_main)
 
     # ----- checkpoint state
     def state(self) -> dict:
@@ -175,10 +184,15 @@ class Trainer:
     def evaluate(self, tag: str) -> dict:
         self.connect_rewards()
         ctx = self.ema.swapped_in() if self.ema else nullcontext()
+        t0 = time.perf_counter()
         with ctx:
             result = evaluate_heldout(self.policy, self.rewards, self.recipe, self.heldout_prompts,
                                       self.folder.samples, tag)
-        self.metrics.write({"kind": "eval", "step": self.step, "tag": tag, **result})
+        self.metrics.write({"kind": "eval", "step": self.step, "tag": tag, **result,
+                            "time_eval": time.perf_counter() - t0, **self.compute.snapshot()},
+                           SampleSet(self.folder.sample_folder, tag) if self.is_main else None)
+        if self.report is not None:
+            self.report.refresh()
         if self.is_main:
             self.console.print(f"[bold]eval[/] step {self.step}: held-out reward {result['eval_reward']:+.4f}")
         return result
@@ -190,10 +204,14 @@ class Trainer:
         except StopRequested:
             self.console.print(f"stopped by signal {self.stop.signum} while waiting for the reward server; exit {EXIT_REQUEUE}")
             return EXIT_REQUEUE
+        ok = False
         try:
-            return self._train()
+            code = self._train()
+            ok = True
+            return code
         finally:
             self.rewards.close()
+            self.metrics.close(0 if ok else 1)  # finishes the trackers' runs (a resume continues them)
 
     def _train(self) -> int:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -205,6 +223,11 @@ class Trainer:
             if moved:
                 self.console.print(f"{moved} metrics record(s) past step {self.step if resumed else 0} "
                                    "moved to metrics.rewound.jsonl")
+            if resumed:  # cumulative compute continues from the checkpoint's records
+                self.compute.restore(next((x for x in reversed(self.folder.read_metrics()) if "compute/wall_s" in x),
+                                          None), self.step)
+            self.metrics.open(open_trackers(self.folder, r, self.step if resumed else None,
+                                            lambda msg: self.console.print(msg, markup=False)))
         if resumed:
             self.console.print(f"resumed from {self.ckpt_dir}/step-{self.step}")
             if self.resume_note:
@@ -249,7 +272,20 @@ class Trainer:
             self.save()
         if self.heldout_prompts and not self.folder.has_final_eval(self.step):
             self.evaluate("final")
+        self._say_where_the_report_is()
         return 0
+
+    def _say_where_the_report_is(self) -> None:
+        if not self.is_main:
+            return
+        where = self.folder.report_file
+        if self.report is None:
+            self.console.print(f"report: `fgrpo report {self.folder.path}` writes {where}", markup=False)
+        elif self.report.finish():
+            self.console.print(f"report: {where}", markup=False)
+        else:
+            self.console.print(f"report: the refresh of {where} failed or is still running; see "
+                               f"{self.folder.report_log}", markup=False)
 
     def _stop(self, last_saved: int | None) -> int:
         # The unfinished step is dropped: the sampler position is rolled back with it.
@@ -279,6 +315,9 @@ class Trainer:
 
     def _after_step(self, result) -> None:
         m = result.metrics
+        peak, kind = peak_memory_bytes(self.device)  # a collective: before anything can raise
+        m.update({"peak_memory_per_rank": gather_per_rank(peak, self.device), "memory_kind": kind})
+        self.compute.add_step(result.applied)
         if result.applied:
             self.step += 1
             self.nonfinite_in_a_row = 0
@@ -293,7 +332,8 @@ class Trainer:
                     f"{self.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient; stopping. "
                     f"The last good checkpoint is {self.folder.latest_checkpoint()}"
                 )
-        m.update({"kind": "train", "time": time.time(), "nonfinite_total": self.nonfinite_total})
+        m.update({"kind": "train", "time": time.time(), "nonfinite_total": self.nonfinite_total,
+                  **self.compute.snapshot()})
         self.metrics.write(m)
         if self.is_main and self.step % self.recipe.logging.console_interval == 0:
             self.console.print(console_line(m), soft_wrap=True)

@@ -19,4 +19,4 @@ def test_issue_command_runs_four_local_processes(tiny_model_dir, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     (run,) = [p for p in tmp_path.iterdir() if (p / "launch.json").exists()]
     assert json.loads((run / "launch.json").read_text())["world_size"] == 4
-    assert len(train_metrics(run)) == 2 and (run / "samples" / "final.gif").exists()
+    assert len(train_metrics(run)) == 2 and (run / "samples" / "final.mp4").exists()

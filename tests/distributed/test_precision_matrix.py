@@ -136,7 +136,7 @@ def test_cell(tiny_model_dir, tmp_path, references, layout, dtype, tuning):
     # (The first launch, which stops at step 1, evaluates "final" too: compare first and last.)
     evals, ref_evals = train_metrics(run, "eval"), [m for m in ref_metrics if m["kind"] == "eval"]
     evals = [evals[0], evals[-1]]
-    assert [e["tag"] for e in evals] == ["before", "final"] and (run / "samples" / "final.gif").exists()
+    assert [e["tag"] for e in evals] == ["before", "final"] and (run / "samples" / "final.mp4").exists()
     if dtype == "float32":
         for a, b in zip(ref_evals, evals):
             assert b["eval_rewards"] == pytest.approx(a["eval_rewards"], abs=1e-5)

@@ -1,6 +1,7 @@
-"""Wan2.1-T2V-14B built on the meta device and parallelised for 8 and 32 ranks with torch's fake
-process-group backend (as torchtitan plans layouts): every parameter's shard has the shape the
-layout implies, and no memory is allocated.
+"""Wan2.1-T2V-14B built on the meta device and parallelised for 8, 16 and 32 ranks with torch's
+fake process-group backend (as torchtitan plans layouts): every parameter's shard has the shape the
+layout implies, and no memory is allocated. Sequence-parallel layouts shard FSDP over dp_shard x sp
+and give each block's self-attention the Ulysses processor.
 
 Each case runs in a fresh subprocess: a process can hold one default process group at a time.
 """
@@ -27,11 +28,11 @@ from fgrpo.models.wan.lora import add_lora
 from fgrpo.models.wan.parallelize import parallelize_wan
 from fgrpo.models.wan.presets import PRESETS
 
-world, rep, shard, tp, lora = (int(a) for a in sys.argv[1:6])
+world, rep, shard, tp, sp, lora = (int(a) for a in sys.argv[1:7])
 
 
 def report(rank):
-    dims = ParallelDims.from_config(rep, shard, tp, world)
+    dims = ParallelDims.from_config(rep, shard, tp, world, sp=sp)
     dims.build_mesh("cpu")
     with torch.device("meta"):
         model = WanTransformer3DModel(**PRESETS["wan2.1-t2v-14b"].transformer_config())
@@ -43,7 +44,9 @@ def report(rank):
     policy = PrecisionPolicy(torch.bfloat16)
     policy.apply_storage(model)
     parallelize_wan(model, dims, policy, activation_checkpointing=True)
-    out = {"coord": dims.mesh.get_coordinate(), "params": {}, "heads": sorted({b.attn1.heads for b in model.blocks})}
+    out = {"coord": dims.mesh.get_coordinate(), "params": {}, "heads": sorted({b.attn1.heads for b in model.blocks}),
+           "processors": sorted({type(b.attn1.processor).__name__ for b in model.blocks}),
+           "fsdp_mesh": list(dims.fsdp_mesh().shape)}
     for n, p in model.named_parameters():
         assert isinstance(p, DTensor), n
         out["params"][n] = [list(full[n]), list(p.to_local().shape), str(p.to_local().dtype),
@@ -57,8 +60,8 @@ for rank in (0, world - 1):  # one default process group at a time
     dist.destroy_process_group()
 """
 
-# (world, dp_replicate, dp_shard, tp)
-LAYOUTS = [(8, 1, 4, 2), (8, 1, 1, 8), (32, 2, 4, 4)]
+# (world, dp_replicate, dp_shard, tp, sp)
+LAYOUTS = [(8, 1, 4, 2, 1), (8, 1, 1, 8, 1), (32, 2, 4, 4, 1), (8, 1, 2, 1, 4), (16, 2, 2, 2, 2)]
 
 
 def tp_dim(name: str) -> int | None:
@@ -91,22 +94,26 @@ def expected_local(shape: list[int], name: str, tp: int, tp_rank: int, shard: in
 
 
 @pytest.mark.parametrize("lora", [1, 0], ids=["lora", "full"])
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: f"world={l[0]},dp_rep={l[1]},dp_shard={l[2]},tp={l[3]}")
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: f"world={l[0]},dp_rep={l[1]},dp_shard={l[2]},tp={l[3]}"
+                         + (f",sp={l[4]}" if l[4] > 1 else ""))
 def test_14b_shards(layout, lora):
-    world, rep, shard, tp = layout
-    res = subprocess.run([sys.executable, "-c", SCRIPT, str(world), str(rep), str(shard), str(tp), str(lora)],
+    world, rep, shard, tp, sp = layout
+    res = subprocess.run([sys.executable, "-c", SCRIPT, *(str(v) for v in (world, rep, shard, tp, sp, lora))],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     results = [json.loads(line.removeprefix("RESULT")) for line in res.stdout.splitlines() if line.startswith("RESULT")]
     assert len(results) == 2  # ranks 0 and world - 1
     for out in results:
-        _, shard_rank, tp_rank = out["coord"]
+        _, shard_rank, sp_rank, tp_rank = out["coord"]
         assert out["heads"] == [40 // tp]
+        assert out["processors"] == ["UlyssesWanAttnProcessor" if sp > 1 else "WanAttnProcessor"]
+        # FSDP shards over dp_shard x sp (flattened; sp innermost), replicated over dp_replicate
+        assert out["fsdp_mesh"] == ([rep] if rep > 1 else []) + [shard * sp]
         params = out["params"]
         total = sum(_numel(full) for full, *_ in params.values())
         assert 14.28e9 < total - (_lora_numel(params) if lora else 0) < 14.30e9
         for name, (full, local, dtype, device, trainable) in params.items():
-            assert local == expected_local(full, name, tp, tp_rank, shard, shard_rank), name
+            assert local == expected_local(full, name, tp, tp_rank, shard * sp, shard_rank * sp + sp_rank), name
             assert device == "meta", name  # planned without allocating
             kept_fp32 = any(k in name.split(".") for k in ("time_embedder", "scale_shift_table", "norm2"))
             assert dtype == ("torch.float32" if trainable or kept_fp32 else "torch.bfloat16"), name

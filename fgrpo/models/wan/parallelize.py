@@ -1,5 +1,6 @@
-"""Parallelise the Wan transformer, torchtitan style: per block TP -> activation checkpointing ->
-FSDP2, then the root. HSDP when dp_replicate > 1.
+"""Parallelise the Wan transformer, torchtitan style: TP -> sequence parallel (Ulysses) ->
+activation checkpointing -> FSDP2 per block, then the root. HSDP when dp_replicate > 1; with
+sp > 1 FSDP2 shards over dp_shard x sp (fgrpo.distributed.parallel_dims).
 
 FSDP2 is applied on every layout, a one-rank mesh included: it is what carries the precision
 policy (fp32 masters, compute in the recipe dtype, fp32 reductions; see
@@ -19,11 +20,16 @@ from fgrpo.distributed.precision import PrecisionPolicy, keep_fp32_modules
 def parallelize_wan(transformer, dims: ParallelDims, policy: PrecisionPolicy, activation_checkpointing: bool) -> None:
     """In place, on real or meta parameters. Order matters: TP changes the blocks' modules and
     parameters (DTensors on the TP mesh) before FSDP2 shards every parameter over the dp mesh.
-    Call `policy.apply_storage` first: FSDP2 keeps each parameter's storage dtype as its master."""
+    Call `policy.apply_storage` first: FSDP2 keeps each parameter's storage dtype as its master.
+    Sequence parallelism (dims.sp > 1) comes after TP: it splits each TP rank's heads further."""
     if dims.tp > 1:
         from .tensor_parallel import apply_tensor_parallel
 
         apply_tensor_parallel(transformer, dims.tp_mesh())
+    if getattr(dims, "sp", 1) > 1:
+        from .sequence_parallel import apply_sequence_parallel
+
+        apply_sequence_parallel(transformer, dims.sp_mesh())
     if activation_checkpointing:
         # diffusers' own switch: recomputes each block in backward and keeps parameter names
         # unchanged (a checkpoint_wrapper would rename them and break checkpoint portability).

@@ -40,6 +40,18 @@ class TextEncoderSpec:
     num_heads: int = 4
 
 
+# The small Wan VAE every random build uses (same latent interface as Wan2.1's: 16 channels, 4x
+# temporal / 8x spatial), as `AutoencoderKLWan` keyword arguments.
+SMALL_VAE_CONFIG = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                        temperal_downsample=[False, True, True])
+
+
+def text_encoder_config(spec: TextEncoderSpec, d_model: int) -> dict:
+    """`UMT5Config` keyword arguments of a random build's text encoder of width `d_model`."""
+    return dict(vocab_size=TOKENIZER_VOCAB, d_model=d_model, d_kv=spec.d_kv, d_ff=spec.d_ff,
+                num_layers=spec.num_layers, num_heads=spec.num_heads)
+
+
 def identity_plus_noise_(conv: nn.Module, generator: torch.Generator, noise: float = 0.3) -> None:
     """Re-initialise a conv as a centred Dirac (identity) kernel plus small noise, bias 0.
 
@@ -153,17 +165,12 @@ def build_components(preset: str, seed: int = 0, *, text: TextEncoderSpec = Text
         transformer = WanTransformer3DModel(**PRESETS[preset].transformer_config())
         for name, p in transformer.named_parameters():
             p.data = p.data.to(storage_dtype(name, dtype))
-    vae = AutoencoderKLWan(
-        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    )
+    vae = AutoencoderKLWan(**SMALL_VAE_CONFIG)
     gen = torch.Generator().manual_seed(seed)
     for module in vae.modules():
         if isinstance(module, (nn.Conv2d, nn.Conv3d)):
             identity_plus_noise_(module, gen)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(vocab_size=TOKENIZER_VOCAB, d_model=PRESETS[preset].text_dim, d_kv=text.d_kv, d_ff=text.d_ff,
-                   num_layers=text.num_layers, num_heads=text.num_heads)
-    ).to(dtype)
+    text_encoder = UMT5EncoderModel(UMT5Config(**text_encoder_config(text, PRESETS[preset].text_dim))).to(dtype)
     from fgrpo.data.prompts import bundled_prompt_corpus
 
     tokenizer = build_tokenizer(corpus or bundled_prompt_corpus())

@@ -3,8 +3,7 @@ parallelise, allocate each rank's shards, then read only those shards from the d
 safetensors (torchtitan's recipe).
 
     transformer = build_on_meta(folder)            # no memory: shapes only
-    add_lora(...); policy.apply_storage(...)         # still on meta
-    parallelize_wan(transformer, dims, policy, ac)   # TP + FSDP2 on meta
+    prepare_on_meta(transformer, dims, policy, lora, ac)  # LoRA, storage dtypes, TP + FSDP2 on meta
     materialize(transformer, folder, device, seed)   # allocate shards, read them, init LoRA
 
 Reading uses torch.distributed.checkpoint's `HuggingFaceStorageReader`: every rank asks for the
@@ -30,9 +29,35 @@ def build_on_meta(folder: str | Path):
     """The transformer of a diffusers folder, built from its config on the meta device."""
     from diffusers import WanTransformer3DModel
 
-    config = WanTransformer3DModel.load_config(Path(folder), subfolder="transformer", local_files_only=True)
+    return meta_transformer(WanTransformer3DModel.load_config(Path(folder), subfolder="transformer",
+                                                              local_files_only=True))
+
+
+def meta_transformer(config: dict):
+    """A `WanTransformer3DModel` built from its config (a folder's or a preset's) on the meta device."""
+    from diffusers import WanTransformer3DModel
+
     with torch.device("meta"):
         return WanTransformer3DModel.from_config(config)
+
+
+def prepare_on_meta(transformer, dims, precision, lora: tuple[int, float, tuple[str, ...]] | None,
+                    activation_checkpointing: bool):
+    """What every rank does to the meta-device transformer before reading its shards (the trainer,
+    the capacity planner and the layout tests share it): LoRA `(rank, alpha, target_modules)`
+    attached, or every weight trainable when `lora` is None; storage dtypes from the precision
+    policy; TP -> activation checkpointing -> FSDP2 (`parallelize_wan`). Allocates nothing.
+    Returns the transformer."""
+    from .lora import add_lora
+    from .parallelize import parallelize_wan
+
+    if lora is not None:
+        add_lora(transformer, *lora)
+    else:
+        transformer.requires_grad_(True)
+    precision.apply_storage(transformer)
+    parallelize_wan(transformer, dims, precision, activation_checkpointing)
+    return transformer
 
 
 def checkpoint_key(param_name: str) -> str:

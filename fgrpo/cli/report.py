@@ -1,0 +1,46 @@
+"""`fgrpo report`: a self-contained HTML report of a run, a sweep or several runs (fgrpo.report).
+
+  fgrpo report RUN | SWEEP | RUNS_DIR | RUN RUN ... [--out FILE.html] [--quiet]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+
+@dataclass
+class ReportArgs:
+    """Write one HTML file that works offline (charts and videos embedded): reward curves (train and
+    held-out, with their components), grad norm, clip fraction, |ratio - 1|, advantage spread, the
+    SDE step indices trained, seconds per phase, memory per rank, and the held-out samples before
+    and after training. For a sweep or several runs: a leaderboard by held-out reward, curves
+    against step, compute (FLOPs) and wall time, and seeds averaged into a mean with a band."""
+
+    targets: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="RUN|SWEEP|RUNS_DIR ...")]
+    """A run folder, a sweep folder, a folder of runs, or several run folders."""
+    out: str | None = None
+    """Where to write it; default RUN/report.html, SWEEP/report.html (required for several targets)."""
+    quiet: bool = False
+    """Print only the report's path (no leaderboard)."""
+
+
+def cmd_report(argv: list[str]) -> int:
+    from fgrpo.report import write_report
+
+    a = tyro.cli(ReportArgs, args=argv, prog="fgrpo report")
+    if not a.targets:
+        raise ValueError("name a run folder, a sweep folder or several runs")
+    out, board = write_report([Path(t) for t in a.targets], Path(a.out) if a.out else None)
+    if not a.quiet and len(board) > 1:
+        for r in board:
+            held = "-" if r["heldout"] is None else f"{r['heldout']:+.4f}"
+            print(f"{r['rank']:>3}  {held:>8}  {r['run']}  ({r['label']})")
+    print(f"report: {out}")
+    return 0
+
+
+__all__ = ["ReportArgs", "cmd_report"]

@@ -1,0 +1,151 @@
+"""What the planner builds: architecture configs only, never weights.
+
+`ModelSpec.from_preset` gives the transformer, VAE and text-encoder configs of a recipe's preset
+(Wan2.1: the preset's transformer, diffusers' default `AutoencoderKLWan` config, which is Wan2.1's
+VAE, and UMT5-XXL; `tiny`: the tiny model's own small VAE and 2-layer UMT5). `model.path` is never
+read: a plan needs no weights and no model folder. `ModelSpec.from_folder` reads the three
+config.json files of a diffusers folder, for architectures no preset names (the benchmark's
+CPU-sized models).
+
+Reward models are not run by the planner (their inputs depend on the reward's own preprocessing):
+an in-process reward's weights are counted from its architecture config, built on the meta
+device (`reward_weights`), and stay resident on every GPU from the first scoring on. Served
+rewards (`reward_server.url` or `launch`) cost the training GPUs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fgrpo.models.wan.presets import PRESETS
+from fgrpo.models.wan.random_build import SMALL_VAE_CONFIG, text_encoder_config
+from fgrpo.models.wan.tiny import TINY_TEXT_ENCODER
+
+__all__ = ["ModelSpec", "RewardWeights", "UMT5_XXL", "reward_weights"]
+
+# google/umt5-xxl, as Wan2.1's text_encoder/config.json holds it (5,680,910,336 parameters).
+UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
+                relative_attention_max_distance=128, tie_word_embeddings=False)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Keyword arguments of `WanTransformer3DModel`, `AutoencoderKLWan` and `UMT5Config`."""
+
+    transformer: dict
+    vae: dict
+    text_encoder: dict
+    source: str
+
+    @classmethod
+    def from_preset(cls, preset: str) -> "ModelSpec":
+        if preset not in PRESETS:
+            raise ValueError(f"model.preset: unknown preset {preset!r}; known: {sorted(PRESETS)}")
+        p = PRESETS[preset]
+        if preset == "tiny":
+            return cls(p.transformer_config(), dict(SMALL_VAE_CONFIG), text_encoder_config(TINY_TEXT_ENCODER, p.text_dim),
+                       f"preset {preset}")
+        return cls(p.transformer_config(), {}, dict(UMT5_XXL), f"preset {preset}")
+
+    @classmethod
+    def from_folder(cls, path: str | Path) -> "ModelSpec":
+        """The configs of a diffusers Wan folder (config.json files only; no weights are opened)."""
+        path = Path(path)
+
+        def read(sub: str) -> dict:
+            cfg = json.loads((path / sub / "config.json").read_text())
+            return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+        te = read("text_encoder")
+        keys = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "feed_forward_proj",
+                "relative_attention_num_buckets", "relative_attention_max_distance", "tie_word_embeddings")
+        return cls(read("transformer"), read("vae"), {k: te[k] for k in keys if k in te}, f"folder {path}")
+
+    @property
+    def heads(self) -> int:
+        return int(self.transformer["num_attention_heads"])
+
+
+# ----------------------------------------------------------------------------- reward models
+
+# Hugging Face config.json values of the reward models' backbones (used when no local config).
+_QWEN2_VL_VISION = dict(depth=32, embed_dim=1280, mlp_ratio=4, num_heads=16, in_chans=3, patch_size=14,
+                        spatial_merge_size=2, temporal_patch_size=2)
+_QWEN2_VL = {
+    "7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "2B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+               num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+}
+_CLIP_VIT_H_14 = dict(
+    text_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                     vocab_size=49408, max_position_embeddings=77),
+    vision_config=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                       patch_size=14, image_size=224),
+    projection_dim=1024)
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    name: str
+    model: str  # what was counted, in words
+    params: int
+    bytes: int
+
+
+def _qwen_reward_params(size: str, model_path: str | None, head: str, output_dim: int) -> tuple[int, str]:
+    from transformers import AutoConfig, Qwen2VLConfig
+
+    from fgrpo.rewards.qwen2vl import reward_model_class
+
+    local = model_path and (Path(model_path) / "config.json").is_file()
+    if local:
+        config, what = AutoConfig.from_pretrained(model_path, local_files_only=True), f"{model_path}/config.json"
+    else:
+        config = Qwen2VLConfig(**_QWEN2_VL[size], rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+                               vision_config={**_QWEN2_VL_VISION, "hidden_size": _QWEN2_VL[size]["hidden_size"]})
+        what = f"Qwen2-VL-{size}-Instruct config"
+    with torch.device("meta"):
+        model = reward_model_class()(config, head=head, output_dim=output_dim)
+    return sum(p.numel() for p in model.parameters()), what
+
+
+def _clip_params(model_path: str | None) -> tuple[int, str]:
+    from transformers import AutoConfig, CLIPConfig, CLIPModel
+
+    if model_path and (Path(model_path) / "config.json").is_file():
+        config, what = AutoConfig.from_pretrained(model_path, local_files_only=True), f"{model_path}/config.json"
+    else:
+        config, what = CLIPConfig(**_CLIP_VIT_H_14), "CLIP ViT-H-14 config (PickScore, HPSv2)"
+    with torch.device("meta"):
+        model = CLIPModel(config)
+    return sum(p.numel() for p in model.parameters()), what
+
+
+def reward_weights(recipe, on_gpu: bool = True) -> list[RewardWeights]:
+    """Weights each training GPU holds for the recipe's in-process rewards (none when a reward
+    server scores them). Counted from configs on the meta device, in the dtype the reward runs in
+    (`args.dtype`, "auto": bf16 on GPU)."""
+    rs = recipe.reward_server
+    if rs.url or rs.launch:
+        return []
+    out = []
+    for spec in recipe.rewards:
+        args, name = dict(spec.args), spec.name
+        if name == "hpsv3":
+            params, what = _qwen_reward_params("7B", args.get("model_path"), "ranknet", 2)
+        elif name == "videoalign":
+            params, what = _qwen_reward_params("2B", args.get("model_path"), "linear", 3)
+        elif name in ("hpsv2", "clip"):
+            params, what = _clip_params(args.get("model_path") if name == "clip" else None)
+        else:  # programmatic rewards hold no weights; a custom callable's are unknown to the planner
+            params, what = 0, "no weights" if name in ("colour", "brightness", "contrast") else "unknown: not counted"
+        dtype = str(args.get("dtype", "auto"))
+        width = 4 if dtype == "float32" or (dtype == "auto" and not on_gpu) else 2
+        out.append(RewardWeights(name, what, params, params * width))
+    return out

@@ -1,0 +1,104 @@
+"""`fgrpo report`: one self-contained HTML file of a run, a sweep or several runs (works offline).
+
+    fgrpo report RUN                 -> RUN/report.html
+    fgrpo report SWEEP               -> SWEEP/report.html (its runs: SWEEP/sweep.json)
+    fgrpo report RUN RUN ... --out F -> F
+
+One run: its recipe, reward curves (train and held-out, with their components), grad norm, clip
+fraction, |ratio - 1|, advantage spread, a histogram of the SDE step indices trained, seconds per
+phase, memory per rank, and the held-out sample videos before and after training with their
+prompts and rewards. Several runs add a leaderboard ranked by held-out reward and curves
+overlaid against step, compute (FLOPs) and wall time; runs that differ only in seed are one
+series (mean and min-max band). Data comes from the run folders alone (fgrpo.report.data),
+charts are Plotly specs (fgrpo.report.charts), the page embeds everything (fgrpo.report.render).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from fgrpo.fileio import atomic_write_text
+
+from .charts import run_charts
+from .data import RunData, group_board, label_runs, leaderboard, load_run, resolve_targets
+from .render import fmt, page, samples_section, table
+
+
+def _compute_cell(v, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if unit == "FLOP" and v >= scale:
+            return f"{v / scale:.2f} {suffix}FLOP"
+    return f"{v:,.0f} {unit}".strip()
+
+
+def summary_table(run: RunData) -> str:
+    rows = [["held-out reward (before -> latest)", f"{fmt(run.heldout_before())} -> {fmt(run.heldout())}"],
+            ["train reward (first -> last step)",
+             f"{fmt(run.train[0].get('reward_mean') if run.train else None)} -> "
+             f"{fmt(run.train[-1].get('reward_mean') if run.train else None)}"],
+            ["steps", f"{run.step} / {run.recipe.get('optim.max_steps', '?')}"],
+            ["state", html.escape(str(run.status.get("state", "-")))]]
+    for key, unit in (("compute/videos", "videos"), ("compute/forward_passes", "forwards"), ("compute/flops", "FLOP"),
+                      ("compute/flops_rollout", "FLOP"), ("compute/flops_train", "FLOP"), ("compute/wall_s", "s"),
+                      ("compute/device_s", "device s")):
+        rows.append([key, _compute_cell(run.last(key), unit)])
+    keys = ("algorithm.mode", "model.preset", "model.dtype", "rollout.steps", "rollout.group_size",
+            "rollout.prompts_per_step", "optim.lr", "prompts.seed", "parallelism.dp_shard", "parallelism.tp")
+    rows += [[k, html.escape(str(run.recipe.get(k)))] for k in keys if k in run.recipe]
+    return table(["", "value"], rows)
+
+
+def board_table(rows: list[dict]) -> str:
+    return table(["#", "run", "fields that differ", "held-out", "held-out before", "change", "train reward", "step",
+                  "compute", "wall", "state"],
+                 [[str(r["rank"]), html.escape(r["run"]), html.escape(r["label"]), fmt(r["heldout"]),
+                   fmt(r["heldout_before"]),
+                   fmt(r["heldout"] - r["heldout_before"] if None not in (r["heldout"], r["heldout_before"]) else None),
+                   fmt(r["train_reward"]), str(r["step"]), _compute_cell(r["flops"], "FLOP"),
+                   _compute_cell(r["wall_s"], "s"),
+                   html.escape(r["state"]) + (f' <span class="problem">{html.escape(r["problem"])}</span>'
+                                              if r["problem"] else "")] for r in rows], left=3)
+
+
+def build(targets: list[Path]) -> tuple[str, Path | None, list[dict]]:
+    """(the HTML, its default path, the leaderboard rows)."""
+    paths, default = resolve_targets(targets)
+    runs = [load_run(p) for p in paths]
+    series = label_runs(runs)
+    board = leaderboard(runs)
+    sections, after = [], []
+    if len(runs) == 1:
+        run = runs[0]
+        title, subtitle = f"fgrpo report: {run.name}", html.escape(str(run.path))
+        sections.append(("Summary", summary_table(run)))
+        after.append(("Held-out samples, before and after", samples_section(run, per_prompt=True)))
+    else:
+        title = f"fgrpo report: {len(runs)} runs"
+        subtitle = html.escape(", ".join(str(t) for t in targets))
+        sections.append(("Leaderboard (held-out reward, latest evaluation)", board_table(board)))
+        groups = group_board(series)
+        if groups:
+            sections.append(("By configuration: mean over seeds", table(
+                ["configuration", "seeds", "held-out mean", "min", "max", "runs"],
+                [[html.escape(g["label"]), str(g["seeds"]), fmt(g["mean"]), fmt(g["min"]), fmt(g["max"]),
+                  html.escape(", ".join(g["runs"]))] for g in groups], left=1)))
+        after.append(("Held-out samples, before and after (each run)",
+                         "\n".join(samples_section(r, per_prompt=False) for r in runs)))
+    return page(title, subtitle, sections, run_charts(series), after), default, board
+
+
+def write_report(targets: list[Path], out: Path | None = None) -> tuple[Path, list[dict]]:
+    """Write the report (atomically); returns its path and the leaderboard rows."""
+    text, default, board = build([Path(t) for t in targets])
+    out = Path(out) if out is not None else default
+    if out is None:
+        raise ValueError("several targets: say where the report goes with --out FILE.html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, text)
+    return out, board
+
+
+__all__ = ["build", "write_report"]
