@@ -117,6 +117,7 @@ def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recip
         pending.append(submit_safely(rewards.submit, policy.decode(f), video_prompts[sl]) if dims.scores_videos
                        else not_scored(len(video_prompts[sl]), rewards.names))
     trans = Transitions.cat(parts)
+    del parts  # the records live on in `trans` only: kept twice they cost GiBs (fgrpo plan showed it)
     inline = sum(p.inline_s for p in pending)  # in-process scoring happened inside the loop above
     times["rollout"] = time.perf_counter() - t0 - inline
 
