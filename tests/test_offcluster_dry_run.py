@@ -46,7 +46,8 @@ def wan14b_args(tmp_path) -> list[str]:
     (models / "HPSv3.safetensors").write_bytes(b"")
     return [str(REPO / "recipes" / "wan14b.py"), "--backend", "slurm", "--logging.runs-dir", str(tmp_path / "runs"),
             "--model.path", str(models / "Wan2.1-T2V-14B-Diffusers"), "--rewards.0.args", "model_path",
-            str(models / "Qwen2-VL-7B-Instruct"), "checkpoint", str(models / "HPSv3.safetensors")]
+            str(models / "Qwen2-VL-7B-Instruct"), "checkpoint", str(models / "HPSv3.safetensors"),
+            "--no-preflight"]  # planning 14B takes a minute per launch; the pre-flight has tests/planner
 
 
 def sbatch_text(stdout: str) -> str:
