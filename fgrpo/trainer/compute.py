@@ -28,6 +28,8 @@ a killed launch did past its checkpoint are not counted: those steps are redone.
 
 from __future__ import annotations
 
+import dataclasses
+
 import resource
 import time
 from dataclasses import dataclass
@@ -125,6 +127,12 @@ class ComputeMeter:
         if not record:
             self.totals["compute/optimizer_steps"] = step
             return
+        cost = [record.get(f"compute/step_{f.name}") for f in dataclasses.fields(StepCost)]
+        if all(isinstance(c, (int, float)) for c in cost):
+            # Measured by an earlier launch: not again. Measuring runs the step under
+            # FlopCounterMode, whose dispatch path can round differently, and a resumed run must
+            # repeat the uninterrupted one bit for bit (only the run's first step is measured).
+            self.cost = StepCost(*(int(c) for c in cost))
         for k in KEYS:
             if isinstance(record.get(k), (int, float)):
                 self.totals[k] = record[k]
@@ -151,5 +159,7 @@ class ComputeMeter:
     def snapshot(self) -> dict:
         """The totals now (wall and device seconds up to this moment)."""
         elapsed = time.time() - self.started
+        cost = {} if self.cost is None else {f"compute/step_{f.name}": getattr(self.cost, f.name)
+                                             for f in dataclasses.fields(self.cost)}
         return {**self.totals, "compute/wall_s": round(self.base_wall + elapsed, 3),
-                "compute/device_s": round(self.base_device + elapsed * self.world, 3)}
+                "compute/device_s": round(self.base_device + elapsed * self.world, 3), **cost}

@@ -44,7 +44,9 @@ def test_sigterm_to_one_rank_then_resume_is_bitwise_identical(tiny_model_dir, tm
     proc = start_tiny(tiny_model_dir, runs, 2, 6)
     run = runs / "run"
     wait_for(lambda: steps_done(run) >= 2)
-    pids = json.loads((run / "launch.json").read_text())["pids"]
+    from fgrpo.processes import ProcessId
+
+    pids = [ProcessId.parse(p).pid for p in json.loads((run / "launch.json").read_text())["pids"]]
     os.kill(pids[1], signal.SIGTERM)  # one rank only, as a node-local preemption would
     time.sleep(0.05)
     os.kill(pids[1], signal.SIGTERM)  # a second signal during the stop/save changes nothing
