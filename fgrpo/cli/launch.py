@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -100,25 +101,42 @@ def check_existing_run(run_dir: Path, recipe: Recipe) -> None:
         raise RecipeError(f"{foreign[-1]} was trained with a different recipe than this one; {other}")
 
 
-def refuse_if_running(folder: RunFolder) -> None:
+def refuse_if_running(folder: RunFolder, grace_s: float = 120.0) -> None:
     """One job per run folder: refuse while another holds its lock, or while the scheduler still
-    has its newest job (queued jobs hold no lock yet; on filesystems without locks, the only check)."""
+    has its newest job (queued jobs hold no lock yet; on filesystems without locks, the only check).
+    A trainer whose job the scheduler already reports ended is winding down (saving, exiting): it
+    gets `grace_s` to let go before the refusal."""
+    from launchers.base import is_active
+
     lock = folder.lock()
-    if lock.probe() == "held":
+    held = lock.probe() == "held"
+    job = folder.latest_job()
+    state = scheduler_state(job) if job is not None else None
+    active = state is not None and is_active(state)
+    if held and state is not None and not active:  # ended, by a scheduler that could be asked
+        print(f"waiting up to {grace_s:g} s for the ended {job['backend']} job {job['job_id']} to finish saving "
+              f"{folder.path}", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + grace_s
+        while held and time.monotonic() < deadline:
+            time.sleep(1.0)
+            held = lock.probe() == "held"
+    if held:
         raise RunLockedError(f"{folder.path} is in use by {lock.describe_holder()}; "
                              f"wait for it to end, or stop it with fgrpo cancel {folder.path}")
-    job = folder.latest_job()
-    if job is not None:
-        from launchers import get_backend
-        from launchers.base import is_active
+    if active:
+        raise RunLockedError(f"{folder.path} has {job['backend']} job {job['job_id']} still {state}; "
+                             f"wait for it to end, or stop it with fgrpo cancel {folder.path}")
 
-        try:
-            state = get_backend(job["backend"]).state(job["job_id"])
-        except Exception:  # noqa: BLE001 - that scheduler cannot be asked from here (no kubeconfig, no squeue)
-            return
-        if is_active(state):
-            raise RunLockedError(f"{folder.path} has {job['backend']} job {job['job_id']} still {state}; "
-                                 f"wait for it to end, or stop it with fgrpo cancel {folder.path}")
+
+def scheduler_state(job: dict) -> str | None:
+    """The scheduler's state of a recorded job; None when it cannot be asked from here (no
+    kubeconfig, no squeue): the lock is then the only check."""
+    from launchers import get_backend
+
+    try:
+        return get_backend(job["backend"]).state(job["job_id"])
+    except Exception:  # noqa: BLE001 - that scheduler cannot be asked from here
+        return None
 
 
 def cmd_show(argv: list[str]) -> int:

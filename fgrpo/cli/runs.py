@@ -185,13 +185,16 @@ def cmd_cancel(argv: list[str]) -> int:
     backend.cancel(job["job_id"])
     print(f"asked {backend.name} job {job['job_id']} of {folder.path.name} to stop (it saves a checkpoint first)",
           flush=True)
+    # Ended means both: the scheduler says so (Slurm says CANCELLED at once, while the trainer still
+    # saves within KillWait) and the trainer has let go of the run folder's lock.
+    lock = folder.lock()
+    ended = lambda: not is_active(backend.state(job["job_id"])) and lock.probe() != "held"  # noqa: E731
     deadline = time.monotonic() + a.wait
-    while time.monotonic() < deadline and is_active(backend.state(job["job_id"])):
+    while time.monotonic() < deadline and not ended():
         time.sleep(1.0)
-    state = backend.state(job["job_id"])
-    if is_active(state):
-        print(f"job {job['job_id']} is still {state} after {a.wait:g} s (saving?); fgrpo status {folder.path} "
-              "shows when it has stopped")
+    if not ended():
+        print(f"job {job['job_id']} is still {backend.state(job['job_id'])} (or its trainer still holds the run) "
+              f"after {a.wait:g} s (saving?); fgrpo status {folder.path} shows when it has stopped")
         return 0
     status = folder.effective_status()
     if status.get("state") != "cancelled":  # it never started, or died before it could say so

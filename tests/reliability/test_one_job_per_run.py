@@ -61,6 +61,37 @@ def test_filesystem_without_locks_runs_unlocked(tmp_path, monkeypatch):
     assert lock.probe() == "unknown"
 
 
+def hold_lock(lock_path, seconds):
+    """A process that holds the run's lock for `seconds`, then exits (a trainer saving after its
+    job was cancelled)."""
+    code = ("import sys, time; from fgrpo.run_folder import RunLock; "
+            f"RunLock({str(lock_path)!r}).acquire({{'backend': 'local'}}); print('held', flush=True); time.sleep({seconds})")
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_resume_waits_for_an_ended_jobs_trainer_to_let_go(tmp_path):
+    """Slurm reports CANCELLED as soon as it signals the job, while its trainer still saves: resume
+    waits (bounded) for the lock instead of refusing, and refuses once the grace is over."""
+    from fgrpo.cli.launch import refuse_if_running
+
+    folder = RunFolder(tmp_path / "run")
+    folder.record_job("local", str(ProcessId(ProcessId.of().host, 2**22 + 7, 1)), "launch")  # beyond pid_max
+    assert LocalBackend().state(folder.latest_job()["job_id"]) == "EXITED"
+    holder = hold_lock(folder.path / ".lock", 4)
+    t0 = time.monotonic()
+    refuse_if_running(folder, grace_s=60)
+    assert holder.wait(timeout=10) == 0 and time.monotonic() - t0 >= 2  # it waited for the holder to go
+    holder = hold_lock(folder.path / ".lock", 60)
+    try:
+        with pytest.raises(RunLockedError, match="is in use by local"):
+            refuse_if_running(folder, grace_s=2)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 # ----- through the CLI
 
 
