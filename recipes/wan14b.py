@@ -11,6 +11,7 @@ from fgrpo.recipe.config import *  # noqa: F403
 recipe = Recipe(
     name="wan14b",
     model=ModelConfig(preset="wan2.1-t2v-14b", path=None),  # --model.path: the diffusers folder
+    parallelism=ParallelismConfig(compile=True),  # regional torch.compile of the blocks (not the paper's)
     rollout=RolloutConfig(steps=12, micro_batch=1),
     timesteps=TimestepConfig(window=(0, 6)),  # the high-noise half, as for 1.3B
     # The paper's reward. args.model_path (Qwen2-VL-7B-Instruct folder) and args.checkpoint

@@ -11,6 +11,7 @@ from fgrpo.recipe.config import *  # noqa: F403
 recipe = Recipe(
     name="wan1_3b",
     model=ModelConfig(preset="wan2.1-t2v-1.3b", path=None),  # --model.path: the diffusers folder
+    parallelism=ParallelismConfig(compile=True),  # regional torch.compile of the blocks (not the paper's)
     # The paper's reward. args.model_path (Qwen2-VL-7B-Instruct folder) and args.checkpoint
     # (HPSv3.safetensors) are yours to set: --rewards.0.args model_path DIR checkpoint FILE
     rewards=(RewardSpec(name="hpsv3", frame_aggregation="topk:0.3"),),

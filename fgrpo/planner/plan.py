@@ -161,6 +161,7 @@ def plan(recipe: Recipe, gpus: int | None = None, gpu: Gpu = Gpu(), spec: ModelS
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from fgrpo.distributed.precision import PrecisionPolicy
+    from fgrpo.distributed.unsharded import gathered_weight_bytes
     from fgrpo.recipe.io import RecipeError
 
     from .attention import FlashAttentionRouting
@@ -187,6 +188,7 @@ def plan(recipe: Recipe, gpus: int | None = None, gpu: Gpu = Gpu(), spec: ModelS
         text = text_encoding(spec, recipe, precision, fake)
         rank = Rank(spec, recipe, dims, precision, fake, sizes, foreach=target == "gpu")
         phases = rank.run()
+        gathered = gathered_weight_bytes(rank.transformer)
     if not routing.routed:
         raise RuntimeError("no attention call was routed to fgrpo::flash_attention: the plan would model "
                            "another attention kernel (has diffusers' Wan attention changed?)")
@@ -200,9 +202,33 @@ def plan(recipe: Recipe, gpus: int | None = None, gpu: Gpu = Gpu(), spec: ModelS
               "sp": dims.sp, "dp": dims.dp,
               "activation_checkpointing": recipe.parallelism.activation_checkpointing}
     notes = [f"architecture: {spec.source}; attention: flash (out + fp32 logsumexp kept, no N^2 scores)",
-             "reward models: weights from their configs; their activations are not modelled"]
+             "reward models: weights from their configs; their activations are not modelled",
+             rollout_unsharded_note(recipe.parallelism.rollout_unsharded, gathered,
+                                    next(p for p in phases if p.name == "rollout"), gpu.memory, target)]
     return Plan(recipe.name, spec.source, world, layout, sizes, phases, rewards, gpu, flops, recipe.optim.max_steps,
                 evaluations, target, spec.heads, notes)
+
+
+def rollout_unsharded_note(setting: str, gathered: int, rollout: Phase, memory: int, target: str) -> str:
+    """One line on parallelism.rollout_unsharded: the rank's gathered weights, whether the setting
+    keeps them through the rollout (`auto` on a GPU: the decision fgrpo.distributed.unsharded
+    takes, with the free memory at the rollout's start taken as the GPU's memory less what the
+    rollout phase holds besides its gathered block and activations), and the rollout's peak then."""
+    from fgrpo.distributed.unsharded import SAFE_FRACTION, rollout_unsharded_decision
+
+    def size(n: int) -> str:
+        return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+    held = rollout.peak - rollout.parts.get("gathered", 0) - rollout.parts.get("activations", 0)
+    free = max(0, memory - held)
+    keep = rollout_unsharded_decision(setting, "cuda" if target == "gpu" else "cpu", gathered, free)
+    why = (f" ({'at most' if keep else 'more than'} {SAFE_FRACTION:.0%} of the ~{size(free)} free at its start)"
+           if setting == "auto" and target == "gpu" else "")
+    line = (f"rollout weights gathered: {size(gathered)} per GPU; rollout_unsharded={setting} "
+            f"{'keeps them for the whole rollout' if keep else 'reshards after every block'}{why}")
+    if keep:
+        line += f"; rollout peak then ~{size(rollout.peak - rollout.parts.get('gathered', 0) + gathered)}"
+    return line
 
 
 def step_flops(recipe: Recipe, s: Sizes, phases: list[Phase]) -> dict[str, int]:

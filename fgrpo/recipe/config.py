@@ -18,6 +18,14 @@ ModelPreset = Literal["tiny", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b"]
 Mode = Literal["flash", "full-trajectory", "fast"]
 NoiseSchedule = Literal["wan", "flow-grpo", "dance-grpo"]
 Backend = Literal["local", "slurm", "k8s"]
+# diffusers' attention backends fgrpo offers (AttentionBackendName values); which can train is in
+# fgrpo/models/wan/attention.py (TRAINABLE_BACKENDS, FORWARD_ONLY_BACKENDS), with the reasons.
+AttentionBackend = Literal[
+    "native", "_native_flash", "_native_efficient", "_native_cudnn", "_native_math", "flex",
+    "flash", "flash_hub", "_flash_3", "_flash_3_hub", "xformers",
+    "sage", "sage_hub", "_sage_qk_int8_pv_fp8_cuda", "_sage_qk_int8_pv_fp8_cuda_sm90",
+    "_sage_qk_int8_pv_fp16_cuda", "_sage_qk_int8_pv_fp16_triton",
+]
 
 
 @dataclass
@@ -38,6 +46,25 @@ class ModelConfig:
     """Text-encoder sequence length (UMT5, zero-padded), 512 for Wan."""
     seed: int = within("[0, 4294967295]", 0)
     """Seed for building the tiny preset's random weights."""
+    attention_backend: AttentionBackend = "native"
+    """Attention kernel of the transformer (diffusers' attention dispatcher), for everything:
+    training, and rollouts and evaluation unless rollout_attention_backend says otherwise.
+    PyTorch's own (no extra package): `native` torch SDPA, which picks the best kernel itself;
+    `_native_flash`, `_native_efficient`, `_native_cudnn`, `_native_math` force one SDPA kernel
+    (efficient and cudnn need a GPU; math is the exact reference, slow); `flex` FlexAttention
+    (GPU for training: no backward on CPU). Flash-attention: `flash` (pip install flash-attn, GPU
+    Ampere or newer, bf16), `_flash_3` (FlashAttention-3 built from source, Hopper, forward only
+    in diffusers: rollouts only); `flash_hub` and `_flash_3_hub` fetch the same kernels from the
+    Hugging Face Hub (pip install kernels; a download on first use, or the HF cache). `xformers`
+    (pip install xformers). SageAttention, `sage` and the `_sage_*` variants (pip install
+    sageattention, GPU), `sage_hub` (kernels): 8-bit quantized, forward only, so never for
+    training: name them in rollout_attention_backend. A backend that cannot run is refused when the
+    model is set up (missing package, wrong device or dtype), before the first step."""
+    rollout_attention_backend: AttentionBackend | None = None
+    """Attention kernel for rollouts and evaluation (sampling, no gradients); None: the same as
+    attention_backend. May name a forward-only backend (`sage`, `_flash_3`) to sample faster;
+    the loss's log-probabilities always come from the training pass (attention_backend), which
+    is why a different rollout backend needs algorithm.recompute_old_log_prob."""
 
 
 @dataclass
@@ -57,6 +84,16 @@ class ParallelismConfig:
     x (width / 16) (81 x 480 x 832: 21 x 30 x 52 = 32,760). FSDP2 shards over dp_shard x sp."""
     activation_checkpointing: bool = True
     """Recompute each transformer block in backward (less memory, ~30 % more compute)."""
+    compile: bool = False
+    """Regional compilation: torch.compile (inductor) each transformer block, as torchtitan does;
+    identical blocks share one compiled graph, FSDP2's hooks stay eager. Works with FSDP2, TP, sp,
+    LoRA and activation checkpointing (tests/distributed/test_compile.py). Compiles once per input
+    shape and grad mode in the first step and evaluation, never after: each step's metrics record
+    `compile/graphs`. On in the Wan recipes."""
+    rollout_unsharded: Literal["auto", "on", "off"] = "auto"
+    """Keep FSDP2's gathered weights across a whole rollout (one all-gather per rollout instead of
+    one per block per forward, about 40 per video with 20 steps and CFG). `auto`: on when the
+    gathered weights fit beside what the step holds (the device's free memory; always on CPU)."""
 
 
 @dataclass
@@ -120,10 +157,11 @@ class AlgorithmConfig:
     kl_beta: float = within("[0, inf)", 0.0)
     """KL weight to the reference (LoRA disabled) policy; 0 disables it."""
     recompute_old_log_prob: bool = True
-    """Recompute log pi_old with the training pass's own batches (no grad) before the update, so the
+    """Recompute log pi_old with the training pass's own batches before the update, so the
     on-policy ratio is exactly 1: the rollout batches its forwards differently (all videos at one
     step; TP all-reduces sum rows in a position-dependent order; GPU kernels depend on shapes), and
-    in bf16 that alone moves the ratio by ~1e-4, a tenth of clip_range. Costs one forward per
+    in bf16 that alone moves the ratio by ~1e-4, a tenth of clip_range (so does parallelism.compile:
+    sampling runs inductor's inference graph, training its training graph). Costs one forward per
     trained transition (about 4 % of a flash step)."""
 
 

@@ -108,6 +108,7 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
         errs += [f"model.path: {p}" for p in check_model_folder(recipe.model.path)]
     elif recipe.model.preset != "tiny":
         errs.append(f"model.path: preset {recipe.model.preset} needs a local diffusers-format folder (no downloads)")
+    errs += _attention_backend_problems(recipe)
 
     if recipe.algorithm.kl_beta > 0 and not recipe.lora.enabled:
         errs.append("algorithm.kl_beta: the reference policy is the model with LoRA disabled; enable lora")
@@ -164,6 +165,30 @@ def _sequence_parallel_problems(recipe: Recipe, preset) -> list[str]:
                         f"patch rows x patch columns = {grid[0]} x {grid[1]} x {grid[2]} for rollout.frames="
                         f"{ro.frames}, height={ro.height}, width={ro.width}); sequence parallelism splits every "
                         "video's tokens evenly, without padding")
+    return errs
+
+
+def _attention_backend_problems(recipe: Recipe) -> list[str]:
+    """Training needs a backend with a backward (the table and its reasons: fgrpo/models/wan/attention.py);
+    a forward-only one may serve rollouts. Whether its package and device are there is checked when
+    the model is set up (`apply_attention_backend`), on the machine that runs it."""
+    from fgrpo.models.wan.attention import FORWARD_ONLY_BACKENDS, TRAINABLE_BACKENDS, training_problem
+
+    m, errs = recipe.model, []
+    problem = training_problem(m.attention_backend)
+    if problem and m.attention_backend in FORWARD_ONLY_BACKENDS:
+        errs.append(f"model.attention_backend: {problem}, and training needs gradients through attention; "
+                    f"use it for rollouts and evaluation only: model.rollout_attention_backend={m.attention_backend} "
+                    f"(with a trainable model.attention_backend, e.g. native or flash)")
+    elif problem:
+        errs.append(f"model.attention_backend: {problem}")
+    rollout = m.rollout_attention_backend
+    if rollout is not None and rollout not in TRAINABLE_BACKENDS and rollout not in FORWARD_ONLY_BACKENDS:
+        errs.append(f"model.rollout_attention_backend: {training_problem(rollout)}")
+    elif rollout not in (None, m.attention_backend) and not recipe.algorithm.recompute_old_log_prob:
+        errs.append(f"model.rollout_attention_backend: sampling with {rollout!r} but training with "
+                    f"{m.attention_backend!r} needs algorithm.recompute_old_log_prob=true (log pi_old from the "
+                    "rollout's kernel would move the on-policy ratio off 1)")
     return errs
 
 

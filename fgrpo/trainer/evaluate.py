@@ -56,9 +56,9 @@ def evaluate_heldout(policy: Policy, rewards, recipe: Recipe, prompts: list[str]
     latents = initial_latents(policy.latent_shape, gens).to(policy.device)
     context, neg = policy.encode(local_prompts), policy.negative_context(len(local_prompts))
     no_sde = torch.zeros(len(local_prompts), r.eval.steps, dtype=torch.bool)
-    policy.transformer.eval()
-    finals, _ = sample(policy.transformer, latents, context, neg, sigmas, no_sde, policy.noise,
-                       policy.cfg_scale, gens, r.rollout.micro_batch, policy.compute_dtype)
+    with policy.rollout():
+        finals, _ = sample(policy.transformer, latents, context, neg, sigmas, no_sde, policy.noise,
+                           policy.cfg_scale, gens, r.rollout.micro_batch, policy.compute_dtype)
     mb = r.rollout.micro_batch
     frames = torch.cat([policy.decode(finals[i:i + mb]) for i in range(0, len(local_prompts), mb)])
     pending = submit_safely(rewards.submit, frames, local_prompts) if dims.scores_videos else not_scored(

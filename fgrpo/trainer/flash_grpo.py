@@ -22,6 +22,7 @@ from fgrpo.algorithm import (
 )
 
 from fgrpo.distributed.process_group import global_mean, max_over_ranks, mean_over_ranks
+from fgrpo.models.wan.parallelize import compiled_graph_count
 from fgrpo.recipe.config import Recipe
 
 from .policy import Policy
@@ -68,15 +69,18 @@ def _log_prob(policy: Policy, mb: Transitions, context, neg):
                                policy.compute_dtype)
 
 
-@torch.no_grad()
 def with_recomputed_old_log_prob(policy: Policy, trans: Transitions, context, neg, size: int,
-                                 check_stop) -> tuple[Transitions, float]:
+                                 check_stop, compiled: bool = False) -> tuple[Transitions, float]:
     """log pi_old recomputed by the training pass's forward on the same micro-batches (same shapes,
     same row positions, same kernels), so an on-policy ratio is exactly 1 (verl's "recompute old
-    log-prob"). Returns the transitions with it, and max |log pi_rollout - log pi_recomputed|."""
+    log-prob"). Returns the transitions with it, and max |log pi_rollout - log pi_recomputed|.
+    Without gradients in eager mode (the same kernels either way); with gradient tracking when the
+    blocks are compiled: inductor compiles an inference graph and a training graph with different
+    fusions, and only the training graph's roundings equal the loss pass's (tp=2, bf16: 3e-4 apart)."""
     old = torch.empty_like(trans.log_prob)
     for idx, mb in _training_micro_batches(policy, trans, size, check_stop):
-        old[idx] = _log_prob(policy, mb, context, neg).log_prob.to(old)
+        with torch.set_grad_enabled(compiled):
+            old[idx] = _log_prob(policy, mb, context, neg).log_prob.detach().to(old)
     drift = float((old - trans.log_prob).abs().max()) if len(trans) else 0.0
     return Transitions(trans.video, trans.step, trans.x, trans.x_next, old), drift
 
@@ -101,21 +105,21 @@ def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recip
     video_prompts = [p for p in prompts for _ in range(G)][local]
     context, neg = policy.encode(video_prompts), policy.negative_context(len(video_prompts))
     gens = video_generators([step_seed(r.prompts.seed, step, salt=1000 + v) for v in range(local.start, local.stop)])
-    policy.transformer.eval()
-    latents = initial_latents(policy.latent_shape, gens).to(policy.device)
-    pending, parts = [], []
-    for s in range(0, n_local, ro.micro_batch):  # micro-batches, with a stop check between them
-        check_stop()
-        sl = slice(s, s + ro.micro_batch)
-        f, tr = sample(policy.transformer, latents[sl], context[sl], neg[sl], policy.sigmas, mask[sl],
-                       policy.noise, policy.cfg_scale, gens[sl], ro.micro_batch, policy.compute_dtype)
-        tr.video += s
-        parts.append(tr)
-        # Sent now: a reward server scores this micro-batch while the next one is rolled out.
-        # sp and tp replicas hold the same videos: one rank of the slice scores them (gather_dp keeps
-        # its scores).
-        pending.append(submit_safely(rewards.submit, policy.decode(f), video_prompts[sl]) if dims.scores_videos
-                       else not_scored(len(video_prompts[sl]), rewards.names))
+    with policy.rollout():  # eval mode, and what only sampling wants (Policy.rollout)
+        latents = initial_latents(policy.latent_shape, gens).to(policy.device)
+        pending, parts = [], []
+        for s in range(0, n_local, ro.micro_batch):  # micro-batches, with a stop check between them
+            check_stop()
+            sl = slice(s, s + ro.micro_batch)
+            f, tr = sample(policy.transformer, latents[sl], context[sl], neg[sl], policy.sigmas, mask[sl],
+                           policy.noise, policy.cfg_scale, gens[sl], ro.micro_batch, policy.compute_dtype)
+            tr.video += s
+            parts.append(tr)
+            # Sent now: a reward server scores this micro-batch while the next one is rolled out.
+            # sp and tp replicas hold the same videos: one rank of the slice scores them (gather_dp keeps
+            # its scores).
+            pending.append(submit_safely(rewards.submit, policy.decode(f), video_prompts[sl]) if dims.scores_videos
+                           else not_scored(len(video_prompts[sl]), rewards.names))
     trans = Transitions.cat(parts)
     del parts  # the records live on in `trans` only: kept twice they cost GiBs (fgrpo plan showed it)
     inline = sum(p.inline_s for p in pending)  # in-process scoring happened inside the loop above
@@ -135,7 +139,6 @@ def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recip
     # --- policy update at the recorded SDE step(s)
     t0 = time.perf_counter()
     check_stop()
-    policy.transformer.train()
     sig = policy.sigmas
     if alg.mode == "flash" and alg.rectification:
         s_t = step_noise_std_scale(sig, trans.step, policy.noise)
@@ -147,7 +150,8 @@ def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recip
     n_trans = len(trans)
     drift = 0.0
     if alg.recompute_old_log_prob:
-        trans, drift = with_recomputed_old_log_prob(policy, trans, context, neg, ro.micro_batch, check_stop)
+        trans, drift = with_recomputed_old_log_prob(policy, trans, context, neg, ro.micro_batch, check_stop,
+                                                    compiled=r.parallelism.compile)
     sums = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "ratio_dev": 0.0}
     ratio_dev_max = 0.0  # on-policy (first use of a rollout) it must stay far below clip_range
     for idx, mb in _training_micro_batches(policy, trans, ro.micro_batch, check_stop):
@@ -201,4 +205,6 @@ def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recip
         **{f"reward/{k}": float(dims.gather_dp(v.to(policy.device)).mean()) for k, v in components.items()},
         "state_bytes_per_rank": state_bytes,
     }
+    if r.parallelism.compile:
+        metrics["compile/graphs"] = compiled_graph_count()
     return StepResult(metrics, finite)

@@ -17,7 +17,9 @@ import torch
 from fgrpo.algorithm import wan_sigmas
 from fgrpo.distributed.parallel_dims import ParallelDims
 from fgrpo.distributed.precision import PrecisionPolicy
+from fgrpo.distributed.unsharded import decide_for, unsharded_weights
 from fgrpo.models.wan import latent_shape, load_wan
+from fgrpo.models.wan.attention import apply_attention_backend, rollout_attention
 from fgrpo.models.wan.loading import WanComponents, model_folder
 from fgrpo.models.wan.sharded_loading import build_on_meta, materialize, prepare_on_meta
 from fgrpo.models.wan.text_cache import TextEmbeddingCache, cache_key, default_cache_folder
@@ -38,6 +40,8 @@ class Policy:
     noise: NoiseConfig
     cfg_scale: float
     latent_shape: tuple[int, int, int, int]
+    rollout_unsharded: str = "auto"  # parallelism.rollout_unsharded: FSDP2 weights kept gathered in rollout()
+    rollout_attention_backend: str | None = None  # model.rollout_attention_backend, inside rollout(); None: unchanged
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -57,6 +61,21 @@ class Policy:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.components.decode(latents)
+
+    @contextmanager
+    def rollout(self):
+        """Sampling without gradients (rollouts, evaluation): the transformer in eval mode, and
+        what only sampling wants, undone on exit, exceptions included. FSDP2's weights are
+        gathered once and kept for the whole block when `rollout_unsharded` says so
+        (fgrpo.distributed.unsharded): bitwise the same samples, one all-gather per group."""
+        self.transformer.eval()
+        try:
+            keep = decide_for(self.transformer, self.rollout_unsharded, self.device)
+            with unsharded_weights(self.transformer, enabled=keep), \
+                    rollout_attention(self.transformer, self.rollout_attention_backend):
+                yield
+        finally:
+            self.transformer.train()
 
     @contextmanager
     def reference(self):
@@ -99,11 +118,15 @@ def build_policy(recipe: Recipe, dims: ParallelDims, device: torch.device, promp
     text = encode_prompts_once(recipe, folder, ["", *prompts], cache_root, device, precision.compute)
     # Built on the meta device and parallelised there; each rank then reads only its shards.
     transformer = prepare_on_meta(build_on_meta(folder), dims, precision, lora_shape(recipe),
-                                  recipe.parallelism.activation_checkpointing)
+                                  recipe.parallelism.activation_checkpointing, recipe.parallelism.compile)
     # Seeded: every rank, layout and restart creates identical adapter weights.
     materialize(transformer, folder, device, lora_seed=recipe.prompts.seed)
+    # Both backends checked here (package, device, dtype, backward), before any step runs.
+    apply_attention_backend(transformer, recipe.model.attention_backend, recipe.model.rollout_attention_backend,
+                            device=device, dtype=precision.compute)
     components.transformer = transformer
     ro = recipe.rollout
     return Policy(components, text, precision, dims, device, wan_sigmas(ro.steps, ro.flow_shift),
                   NoiseConfig(ro.noise_schedule, ro.noise_constant), ro.cfg_scale,
-                  latent_shape(ro.frames, ro.height, ro.width))
+                  latent_shape(ro.frames, ro.height, ro.width), recipe.parallelism.rollout_unsharded,
+                  rollout_attention_backend=recipe.model.rollout_attention_backend)

@@ -1,5 +1,5 @@
 """Parallelise the Wan transformer, torchtitan style: TP -> sequence parallel (Ulysses) ->
-activation checkpointing -> FSDP2 per block, then the root. HSDP when dp_replicate > 1; with
+activation checkpointing -> regional compile -> FSDP2 per block, then the root. HSDP when dp_replicate > 1; with
 sp > 1 FSDP2 shards over dp_shard x sp (fgrpo.distributed.parallel_dims).
 
 FSDP2 is applied on every layout, a one-rank mesh included: it is what carries the precision
@@ -17,7 +17,8 @@ from fgrpo.distributed.parallel_dims import ParallelDims
 from fgrpo.distributed.precision import PrecisionPolicy, keep_fp32_modules
 
 
-def parallelize_wan(transformer, dims: ParallelDims, policy: PrecisionPolicy, activation_checkpointing: bool) -> None:
+def parallelize_wan(transformer, dims: ParallelDims, policy: PrecisionPolicy, activation_checkpointing: bool,
+                    compile: bool = False) -> None:
     """In place, on real or meta parameters. Order matters: TP changes the blocks' modules and
     parameters (DTensors on the TP mesh) before FSDP2 shards every parameter over the dp mesh.
     Call `policy.apply_storage` first: FSDP2 keeps each parameter's storage dtype as its master.
@@ -34,6 +35,8 @@ def parallelize_wan(transformer, dims: ParallelDims, policy: PrecisionPolicy, ac
         # diffusers' own switch: recomputes each block in backward and keeps parameter names
         # unchanged (a checkpoint_wrapper would rename them and break checkpoint portability).
         transformer.enable_gradient_checkpointing()
+    if compile:
+        apply_compile(transformer)
     mesh = dims.fsdp_mesh()
     # Modules Wan keeps in fp32 (time embedder, affine norms) get FSDP groups of their own that
     # compute in fp32; FSDP2 also needs one master dtype per group among trainable parameters.
@@ -42,3 +45,27 @@ def parallelize_wan(transformer, dims: ParallelDims, policy: PrecisionPolicy, ac
     for block in transformer.blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy.fsdp())
     fully_shard(transformer, mesh=mesh, mp_policy=policy.fsdp())
+
+
+def apply_compile(transformer) -> None:
+    """Regional compilation, as torchtitan does it: `torch.compile` each transformer block in place
+    (`nn.Module.compile`: parameter names, hence checkpoints, are unchanged), not the whole model.
+
+    Why per block: Wan's blocks are identical, and dynamo treats their parameters as inputs
+    (`inline_inbuilt_nn_modules`), so one compiled graph per input shape and grad mode serves all
+    30 or 40 of them; compile time is a block's, not the model's. FSDP2's hooks run eagerly around
+    the compiled region (`skip_fsdp_hooks`). `dynamic=False`: the rollout, the training pass and
+    evaluation each have fixed shapes; the timestep and the SDE mask are tensor data, never guards,
+    so steps after the first never recompile (tests/distributed/test_compile.py holds it to that).
+    Activation checkpointing (diffusers' switch) wraps the compiled block and reruns it in backward.
+    """
+    for block in transformer.blocks:
+        block.compile(dynamic=False)
+
+
+def compiled_graph_count() -> int:
+    """Graphs dynamo has compiled in this process so far (recorded per step when compiling: a
+    count that grows after the first step is a recompile)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])

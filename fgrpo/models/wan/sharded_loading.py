@@ -42,11 +42,12 @@ def meta_transformer(config: dict):
 
 
 def prepare_on_meta(transformer, dims, precision, lora: tuple[int, float, tuple[str, ...]] | None,
-                    activation_checkpointing: bool):
+                    activation_checkpointing: bool, compile: bool = False):
     """What every rank does to the meta-device transformer before reading its shards (the trainer,
     the capacity planner and the layout tests share it): LoRA `(rank, alpha, target_modules)`
     attached, or every weight trainable when `lora` is None; storage dtypes from the precision
-    policy; TP -> activation checkpointing -> FSDP2 (`parallelize_wan`). Allocates nothing.
+    policy; TP -> activation checkpointing -> regional compile -> FSDP2 (`parallelize_wan`; the
+    capacity planner leaves `compile` off: it runs on fake tensors). Allocates nothing.
     Returns the transformer."""
     from .lora import add_lora
     from .parallelize import parallelize_wan
@@ -56,7 +57,7 @@ def prepare_on_meta(transformer, dims, precision, lora: tuple[int, float, tuple[
     else:
         transformer.requires_grad_(True)
     precision.apply_storage(transformer)
-    parallelize_wan(transformer, dims, precision, activation_checkpointing)
+    parallelize_wan(transformer, dims, precision, activation_checkpointing, compile)
     return transformer
 
 
