@@ -12,8 +12,10 @@ steps, CFG 4.5 against an empty-prompt encoding, flow shift 3, from precomputed 
     modules), `WanPipeline` with its default UniPC scheduler, `output_type="latent"`.
   * fgrpo: the trainer's model path (`prepare_on_meta` + `materialize`: storage dtypes, FSDP2 with
     the precision policy, `parallelism.compile` regional compilation), a Flash-GRPO rollout
-    (`fgrpo.trainer.rollout.sample`, one SDE step per video, CFG batched) inside the trainer's
-    rollout settings (weights kept gathered: `parallelism.rollout_unsharded`).
+    (`fgrpo.trainer.rollout.sample`, one SDE step per video, CFG batched) inside what the
+    trainer's `Policy.rollout()` enters: weights kept gathered (`parallelism.rollout_unsharded`)
+    and the text side computed once per rollout (fgrpo.models.wan.cross_attention_cache). Each
+    can be switched off (--no-compile, --no-unsharded, --no-text-cache) to see its share.
 
 Rounds alternate fgrpo, pipeline, fgrpo, ... after one warm-up each (compilation happens there);
 each round's ratio fgrpo/pipeline is printed and the median is the result. Goal: <= 0.85.
@@ -53,6 +55,7 @@ def fgrpo_sampler(folder: Path, args):
     from fgrpo.distributed.precision import PrecisionPolicy
     from fgrpo.distributed.process_group import init_distributed
     from fgrpo.distributed.unsharded import unsharded_weights
+    from fgrpo.models.wan.cross_attention_cache import cached_text_projections
     from fgrpo.models.wan.sharded_loading import build_on_meta, materialize, prepare_on_meta
     from fgrpo.trainer.rollout import NoiseConfig, sample, video_generators
 
@@ -70,20 +73,13 @@ def fgrpo_sampler(folder: Path, args):
 
     def run(latents, context, neg):
         gens = video_generators(list(range(args.videos)))
-        with torch.no_grad(), (unsharded_weights(transformer) if args.unsharded else _nothing()):
+        with torch.no_grad(), unsharded_weights(transformer, enabled=args.unsharded), \
+                cached_text_projections(transformer, enabled=args.text_cache):
             finals, _ = sample(transformer, latents, context, neg, sigmas, mask, noise, args.cfg, gens,
                                args.videos, precision.compute)
         return finals
 
     return run
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def pipeline_sampler(folder: Path, args):
@@ -118,6 +114,8 @@ def main() -> None:
                    help="fgrpo side: parallelism.compile (regional compilation)")
     p.add_argument("--unsharded", action=argparse.BooleanOptionalAction, default=True,
                    help="fgrpo side: parallelism.rollout_unsharded (weights gathered once per rollout)")
+    p.add_argument("--text-cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="fgrpo side: text projection and cross-attention keys/values once per rollout")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=4.5)
     p.add_argument("--videos", type=int, default=8)
@@ -141,7 +139,8 @@ def main() -> None:
         print(f"model: Wan architecture, {MODEL['num_layers']} blocks, width "
               f"{MODEL['num_attention_heads'] * MODEL['attention_head_dim']}, {count_params():.2f} M parameters, "
               f"{args.dtype}; {args.videos} videos {args.frames}x{args.size}x{args.size}, {args.steps} steps, "
-              f"CFG {args.cfg}; fgrpo compile={args.compile} rollout_unsharded={args.unsharded}; "
+              f"CFG {args.cfg}; fgrpo compile={args.compile} rollout_unsharded={args.unsharded} "
+              f"text_cache={args.text_cache}; "
               f"{torch.get_num_threads()} threads", flush=True)
         warm = timed(ours, *inputs), timed(theirs, *inputs)
         print(f"warm-up: fgrpo {warm[0]:.2f} s (compilation included), pipeline {warm[1]:.2f} s", flush=True)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fgrpo.algorithm import ode_step, policy_loss, sde_step
+from fgrpo.models.wan.cross_attention_cache import cached_text_projections
 from fgrpo.models.wan.loading import WanComponents
 from fgrpo.models.wan.lora import trainable_parameters
 from fgrpo.models.wan.sharded_loading import meta_transformer, prepare_on_meta
@@ -36,7 +37,7 @@ from fgrpo.models.wan.text_cache import TextEmbeddingCache
 from fgrpo.trainer.ema import EMA
 from fgrpo.trainer.evaluate import thumbnails
 from fgrpo.trainer.policy import lora_shape
-from fgrpo.trainer.rollout import velocity
+from fgrpo.trainer.rollout import guided_velocity, text_input, velocity
 from fgrpo.trainer.update import PolicyUpdate
 
 from .world import PhaseTracker, count_flops, storage_bytes
@@ -196,6 +197,26 @@ class Rank:
         self.tracker.reset_mod_stats()  # torch's tracker refuses a second root forward otherwise
         return velocity(self.transformer, x, sigma, context, neg, r.cfg_scale, self.precision.compute), sigma
 
+    def _sampling_forwards(self, x, context, neg) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
+        """As sample() inside Policy.rollout(): one text input for every step, the text-side
+        projections cached (fgrpo.models.wan.cross_attention_cache). The first step's forward
+        computes them, later steps' reuse them: FLOPs of both, and the last velocity."""
+        sigma = torch.full((x.shape[0],), 0.5)
+        cfg = self.recipe.rollout.cfg_scale
+        guided = cfg != 1.0
+        text = text_input(context, neg if guided else None, self.precision.compute)
+        flops = {}
+        with cached_text_projections(self.transformer):
+            for name in ("first", "later"):
+                self.tracker.reset_mod_stats()
+                with count_flops() as fc:
+                    v = guided_velocity(self.transformer, x, sigma, text, cfg if guided else None,
+                                        self.precision.compute)
+                flops[name] = fc.get_total_flops()
+                if name == "first":
+                    del v
+        return flops, v, sigma
+
     # ----- phases
     def run(self) -> list[Phase]:
         self._enter()
@@ -220,14 +241,13 @@ class Rank:
         x = latents[-mb:]
         self._prime(lambda: self._velocity(x, context[-mb:], neg.expand(mb, -1, -1)))
         self._start(latents, context, neg, *earlier, *current)
-        with count_flops() as fc:
-            v, sigma = self._velocity(x, context[-mb:], neg.expand(mb, -1, -1))
+        flops, v, sigma = self._sampling_forwards(x, context[-mb:], neg.expand(mb, -1, -1))
         x_ode = ode_step(x, v, sigma, sigma * 0.9)
         out = sde_step(x, v, sigma, sigma * 0.9, torch.ones(mb), noise=torch.randn(x.shape))
         x_ode.copy_(out.prev_sample.float())
         merged = [torch.cat([t, t[:0]]) for t in current]  # Transitions.cat of the micro-batch's records
         del v, x_ode, out, merged
-        return self._phase("rollout", {"forward": fc.get_total_flops()})
+        return self._phase("rollout", flops)
 
     @torch.no_grad()
     def vae_decode(self) -> Phase:
@@ -302,8 +322,7 @@ class Rank:
         earlier = torch.randn(n - mb, *s.latent)
         self._prime(lambda: self._velocity(latents[-mb:], context[-mb:], neg.expand(mb, -1, -1)))
         self._start(*backup, latents, context, neg, earlier)
-        with count_flops() as fc:
-            v, sigma = self._velocity(latents[-mb:], context[-mb:], neg.expand(mb, -1, -1))
+        flops, v, sigma = self._sampling_forwards(latents[-mb:], context[-mb:], neg.expand(mb, -1, -1))
         x = ode_step(latents[-mb:], v, sigma, sigma * 0.9)
         finals = torch.cat([earlier, x])
         del v, x, earlier
@@ -314,8 +333,9 @@ class Rank:
         frames = torch.cat(frames)
         thumbs = thumbnails(frames)  # the sample grid's thumbnails, made on the device
         del frames, finals, thumbs
-        per_forward = fc.get_total_flops() * n // mb  # the forward's FLOPs for all n videos
-        return self._phase("evaluation", {"forward": per_forward, "decode": dec.get_total_flops()})
+        # the forwards' FLOPs for all n videos
+        return self._phase("evaluation", {"first": flops["first"] * n // mb, "later": flops["later"] * n // mb,
+                                          "decode": dec.get_total_flops()})
 
 
 def rank_sizes(recipe, spec, dims) -> Sizes:

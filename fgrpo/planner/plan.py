@@ -237,7 +237,9 @@ def step_flops(recipe: Recipe, s: Sizes, phases: list[Phase]) -> dict[str, int]:
     steps = recipe.rollout.steps
     train_mb = min(s.micro_batch, s.transitions)
     out = {
-        "rollout": int(Fraction(by["rollout"]["forward"] * s.videos * steps, s.micro_batch)),
+        # the first step's forward computes the text-side projections, later steps' reuse them
+        "rollout": int(Fraction((by["rollout"]["first"] + by["rollout"]["later"] * (steps - 1)) * s.videos,
+                                s.micro_batch)),
         "VAE decode": int(Fraction(by["VAE decode"]["decode"] * s.videos, s.micro_batch)),
         "training": int(Fraction((by["training"].get("recompute", 0) + by["training"]["train"]) * s.transitions,
                                  train_mb)),
@@ -245,7 +247,7 @@ def step_flops(recipe: Recipe, s: Sizes, phases: list[Phase]) -> dict[str, int]:
     }
     if "evaluation" in by:
         e = by["evaluation"]
-        out["evaluation"] = e["forward"] * recipe.eval.steps + e["decode"]
+        out["evaluation"] = e["first"] + e["later"] * (recipe.eval.steps - 1) + e["decode"]
     return out
 
 

@@ -20,6 +20,7 @@ from fgrpo.distributed.precision import PrecisionPolicy
 from fgrpo.distributed.unsharded import decide_for, unsharded_weights
 from fgrpo.models.wan import latent_shape, load_wan
 from fgrpo.models.wan.attention import apply_attention_backend, rollout_attention
+from fgrpo.models.wan.cross_attention_cache import cached_text_projections
 from fgrpo.models.wan.loading import WanComponents, model_folder
 from fgrpo.models.wan.sharded_loading import build_on_meta, materialize, prepare_on_meta
 from fgrpo.models.wan.text_cache import TextEmbeddingCache, cache_key, default_cache_folder
@@ -67,12 +68,15 @@ class Policy:
         """Sampling without gradients (rollouts, evaluation): the transformer in eval mode, and
         what only sampling wants, undone on exit, exceptions included. FSDP2's weights are
         gathered once and kept for the whole block when `rollout_unsharded` says so
-        (fgrpo.distributed.unsharded): bitwise the same samples, one all-gather per group."""
+        (fgrpo.distributed.unsharded): bitwise the same samples, one all-gather per group. The
+        text projection and cross-attention keys and values are computed once per micro-batch,
+        not per step (fgrpo.models.wan.cross_attention_cache), also bitwise the same."""
         self.transformer.eval()
         try:
             keep = decide_for(self.transformer, self.rollout_unsharded, self.device)
             with unsharded_weights(self.transformer, enabled=keep), \
-                    rollout_attention(self.transformer, self.rollout_attention_backend):
+                    rollout_attention(self.transformer, self.rollout_attention_backend), \
+                    cached_text_projections(self.transformer):
                 yield
         finally:
             self.transformer.train()

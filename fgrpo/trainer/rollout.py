@@ -24,12 +24,24 @@ def velocity(transformer, x, sigma, context, neg_context=None, cfg_scale: float 
     velocity on every sp rank (fgrpo.models.wan.sequence_parallel), so sampling, the SDE step and
     log-probs here run on whole latents, identically on the sp ranks of a group.
     """
+    guided = neg_context is not None and cfg_scale != 1.0
+    return guided_velocity(transformer, x, sigma, text_input(context, neg_context if guided else None, dtype),
+                           cfg_scale if guided else None, dtype)
+
+
+def text_input(context, neg_context, dtype: torch.dtype) -> torch.Tensor:
+    """The transformer's text input: [context; neg_context] (CFG batched) or context, in `dtype`.
+    The sampler builds it once per micro-batch: one tensor for every step lets the text-side
+    projections be computed once (fgrpo.models.wan.cross_attention_cache)."""
+    return (context if neg_context is None else torch.cat([context, neg_context])).to(dtype)
+
+
+def guided_velocity(transformer, x, sigma, text, cfg_scale: float | None, dtype: torch.dtype) -> torch.Tensor:
+    """`velocity` from a prepared `text_input`; `cfg_scale` None: no guidance (text is the context)."""
     t = (sigma * 1000.0).float()
-    if neg_context is None or cfg_scale == 1.0:
-        return transformer(x.to(dtype), t, context.to(dtype), return_dict=False)[0].float()
-    out = transformer(
-        torch.cat([x, x]).to(dtype), torch.cat([t, t]), torch.cat([context, neg_context]).to(dtype), return_dict=False
-    )[0].float()
+    if cfg_scale is None:
+        return transformer(x.to(dtype), t, text, return_dict=False)[0].float()
+    out = transformer(torch.cat([x, x]).to(dtype), torch.cat([t, t]), text, return_dict=False)[0].float()
     v_cond, v_uncond = out.chunk(2)
     return v_uncond + cfg_scale * (v_cond - v_uncond)
 
@@ -105,11 +117,12 @@ def sample(
     finals, records = [], []
     for start in range(0, latents.shape[0], micro_batch):
         sl = slice(start, start + micro_batch)
-        x, ctx, mask = latents[sl].float(), context[sl], sde_mask[sl]
-        neg = None if neg_context is None else neg_context[sl]
+        x, mask = latents[sl].float(), sde_mask[sl]
+        guided = neg_context is not None and cfg_scale != 1.0
+        text = text_input(context[sl], neg_context[sl] if guided else None, dtype)  # one tensor for all steps
         for i in range(n_steps):
             s, s_next = sig[i].expand(x.shape[0]), sig[i + 1].expand(x.shape[0])
-            v = velocity(transformer, x, s, ctx, neg, cfg_scale, dtype)
+            v = guided_velocity(transformer, x, s, text, cfg_scale if guided else None, dtype)
             x_ode = ode_step(x, v, s, s_next)
             rows = mask[:, i].nonzero().flatten().tolist()
             if rows:
