@@ -9,6 +9,14 @@ flash, and beside the measured full/flash ratio the analytic bound
 (rollout + T·train) / (rollout + train) from flash's own phase times (T = rollout.steps:
 full-trajectory trains every denoising step, flash one). A benchmark, not a
 test: numbers depend on the machine.
+
+On the compute-bound CPU model of rollout_vs_pipeline.py (benchmarks/cpu_model.py) at T = 20:
+
+    python benchmarks/cpu_model.py /tmp/cpu-model
+    python benchmarks/iteration_cost.py --model.path /tmp/cpu-model --model.max-text-tokens 512 \
+        --rollout.steps 20 --rollout.cfg-scale 4.5 --rollout.frames 17 --rollout.height 96 \
+        --rollout.width 96 --rollout.prompts-per-step 2 --rollout.group-size 4 --rollout.micro-batch 8 \
+        --timesteps.window 0 10 --eval.interval 1000 --steps 1
 """
 
 from __future__ import annotations

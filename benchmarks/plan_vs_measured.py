@@ -58,7 +58,7 @@ def bench_folder() -> Path:
 
 
 def recipe_for(config: str, dp_shard: int, tp: int):
-    from fgrpo.recipe.config import (AlgorithmConfig, EvalConfig, ModelConfig, ParallelismConfig, PromptsConfig,
+    from fgrpo.recipe.config import (AlgorithmConfig, EvalConfig, ModelConfig, PromptsConfig,
                                      Recipe, RewardSpec, RolloutConfig, TimestepConfig)
     from fgrpo.recipe.io import load_recipe_file
 

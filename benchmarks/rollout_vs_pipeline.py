@@ -2,9 +2,9 @@
 
     python benchmarks/rollout_vs_pipeline.py [--rounds 5] [--dtype bfloat16] [--no-compile] ...
 
-The model is a compute-bound Wan-architecture transformer (6 blocks, width 256, FFN 1024, text
-width 256: 7.0 M parameters) with random weights, built from config and saved as a diffusers
-folder here (no download). Both sides sample 8 videos of 17x96x96 (latents 16x5x12x12) with 20
+The model is benchmarks/cpu_model.py's compute-bound Wan-architecture transformer (6 blocks,
+width 256, FFN 1024, text width 256: 7.0 M parameters) with random weights, built from config and
+saved as a diffusers folder here (no download). Both sides sample 8 videos of 17x96x96 (latents 16x5x12x12) with 20
 steps, CFG 4.5 against an empty-prompt encoding, flow shift 3, from precomputed text encodings
 (512 tokens; the pipeline gets them as `prompt_embeds`, fgrpo caches them), latents out (no VAE).
 
@@ -35,17 +35,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-MODEL = dict(patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=32, in_channels=16, out_channels=16,
-             text_dim=256, freq_dim=256, ffn_dim=1024, num_layers=6, cross_attn_norm=True,
-             qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
-
-
-def save_model(folder: Path, seed: int) -> None:
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    WanTransformer3DModel(**MODEL).save_pretrained(folder / "transformer")
+from cpu_model import TRANSFORMER as MODEL  # noqa: E402
+from cpu_model import parameter_count, save_cpu_model  # noqa: E402
 
 
 def fgrpo_sampler(folder: Path, args):
@@ -128,8 +121,7 @@ def main() -> None:
     from fgrpo.models.wan import latent_shape
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        save_model(folder, seed=0)
+        folder = save_cpu_model(Path(tmp) / "model", seed=0)
         ours, theirs = fgrpo_sampler(folder, args), pipeline_sampler(folder, args)
         gen = torch.Generator().manual_seed(0)
         latents = torch.randn(args.videos, *latent_shape(args.frames, args.size, args.size), generator=gen)
@@ -137,7 +129,7 @@ def main() -> None:
         neg = torch.randn(1, args.text_tokens, MODEL["text_dim"], generator=gen).expand(args.videos, -1, -1)
         inputs = (latents, context, neg)
         print(f"model: Wan architecture, {MODEL['num_layers']} blocks, width "
-              f"{MODEL['num_attention_heads'] * MODEL['attention_head_dim']}, {count_params():.2f} M parameters, "
+              f"{MODEL['num_attention_heads'] * MODEL['attention_head_dim']}, {parameter_count() / 1e6:.2f} M parameters, "
               f"{args.dtype}; {args.videos} videos {args.frames}x{args.size}x{args.size}, {args.steps} steps, "
               f"CFG {args.cfg}; fgrpo compile={args.compile} rollout_unsharded={args.unsharded} "
               f"text_cache={args.text_cache}; "
@@ -151,13 +143,6 @@ def main() -> None:
             print(f"round {r + 1}: fgrpo {a:.2f} s  pipeline {b:.2f} s  ratio {a / b:.3f}", flush=True)
         med = statistics.median(ratios)
         print(f"median fgrpo/pipeline: {med:.3f} (goal <= 0.85: {'PASS' if med <= 0.85 else 'FAIL'})")
-
-
-def count_params() -> float:
-    from diffusers import WanTransformer3DModel
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in WanTransformer3DModel(**MODEL).parameters()) / 1e6
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def render(p: Plan, console=None) -> None:
         console.print(f"[green]fits[/]: the largest peak is {worst.name}, {_gib(worst.peak)} GiB "
                       f"({worst.peak / p.gpu.memory:.0%} of the GPU)")
     else:
-        console.print(f"[red]does not fit[/]: " + refusal(p))
+        console.print("[red]does not fit[/]: " + refusal(p))
 
 
 def refusal(p: Plan) -> str:

@@ -6,6 +6,8 @@
                            and no process holds the run any more
       metrics.jsonl        one record per optimizer step and per evaluation (append-only; on resume,
                            records past the checkpoint move to metrics.rewound.jsonl)
+      timings.jsonl        when each phase of every start (process start -> first step) and stop
+                           (signal -> saved -> requeued) ended (fgrpo.trainer.timeline)
       .lock                flock held by the run's rank 0 while it runs; names the holder
       jobs.jsonl           every submission: backend, job id, kind (training or reward server)
       launch.json          the local backend's processes (pids, world size)
@@ -55,7 +57,7 @@ SUBMITIT, SUBMITIT_ARRAYS = "submitit", ".submitit-arrays"  # the second beside 
 SERVER_KIND = "reward-server"  # a reward server the backend started beside the training job
 FINAL_STATES = ("completed", "failed", "cancelled", "killed")
 LIVE_STATES = ("starting", "running")  # a trainer says so; found stale once no process holds the lock
-LOCK, METRICS_REWOUND = ".lock", "metrics.rewound.jsonl"
+LOCK, METRICS_REWOUND, TIMINGS = ".lock", "metrics.rewound.jsonl", "timings.jsonl"
 REPORT, TENSORBOARD, WANDB, TRACKING = "report.html", "tensorboard", "wandb", "tracking.json"
 SWEEP_INDEX = "sweep.json"  # a sweep folder's list of its runs (written by fgrpo sweep)
 
@@ -352,6 +354,14 @@ class RunFolder:
                 append_jsonl(self.path / METRICS_REWOUND, {**r, "rewound_at": time.time()}, fsync=True)
             atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in keep))
         return len(drop)
+
+    def record_timings(self, record: dict) -> None:
+        """Append one start or stop record (fgrpo.trainer.timeline) to timings.jsonl."""
+        append_jsonl(self.path / TIMINGS, record)
+
+    def read_timings(self, kind: str | None = None) -> list[dict]:
+        records = read_jsonl(self.path / TIMINGS)
+        return records if kind is None else [r for r in records if r.get("kind") == kind]
 
     def has_final_eval(self, step: int) -> bool:
         return any(r.get("tag") == "final" and r.get("step") == step for r in self.read_metrics("eval"))

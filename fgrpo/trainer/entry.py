@@ -21,6 +21,7 @@ from fgrpo.fileio import env_rank
 from fgrpo.processes import ProcessId, parent_gone
 from fgrpo.run_folder import RunFolder, RunLockedError
 
+from . import timeline
 from .signals import EXIT_REQUEUE, StopFlag
 
 EXIT_DONE, EXIT_FAILED, EXIT_BAD_RECIPE, EXIT_LOCKED = 0, 1, 2, 3
@@ -55,6 +56,7 @@ def record_failure(folder: RunFolder, reason: str, started: float) -> None:
 def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
     """Train the run in `run_dir` from its newest good checkpoint; the exit codes above."""
     stop = stop or StopFlag()  # installed first: a signal during model loading is not lost
+    timeline.begin()
     from fgrpo.recipe.io import RecipeError
     from fgrpo.recipe.validate import validate
 
@@ -66,8 +68,10 @@ def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
         print(f"fgrpo: error: {e}", file=sys.stderr)
         folder.write_status("failed", str(e).replace(":\n  ", ": ", 1).replace("\n  ", "; "))
         return EXIT_BAD_RECIPE
+    timeline.mark("recipe")
     from fgrpo.distributed import process_group as dist
 
+    timeline.mark("torch_imported")
     dist.init_distributed()
     lock, refused = folder.lock(), None
     if dist.rank() == 0:
@@ -84,6 +88,7 @@ def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
         dist.shutdown()
         return EXIT_LOCKED
     started = time.time()
+    timeline.mark("process_group")
     try:
         return _train_locked(folder, recipe, stop, started)
     finally:
@@ -98,7 +103,9 @@ def _train_locked(folder: RunFolder, recipe, stop: StopFlag, started: float) -> 
     try:
         from fgrpo.trainer.trainer import Trainer
 
+        timeline.mark("imports")
         trainer = Trainer(recipe, folder.path, stop)
+        timeline.mark("model")
         code = trainer.run()
     except Exception as e:  # noqa: BLE001 - every failure is recorded, then reported by the exit code
         dist.shutdown()  # no barrier: another rank may never reach one
@@ -122,6 +129,8 @@ def _train_locked(folder: RunFolder, recipe, stop: StopFlag, started: float) -> 
         why = "its launcher exited" if parent_gone() else f"signal {stop.signum}"
         folder.write_status("stopped", "; ".join(x for x in (f"{why}: checkpoint saved, waiting to be resumed",
                                                               trainer.resume_note) if x))
+        timeline.mark("exit")
+        timeline.write(folder, "stop", signal=stop.time, signum=stop.signum)
     else:
         folder.write_status("completed", trainer.resume_note)  # a skipped damaged checkpoint stays on record
     return code

@@ -20,7 +20,7 @@ from fgrpo.run_folder import RunFolder, checkpoint_problem, manifest_fingerprint
 
 from fgrpo.tracking import SampleSet, open_trackers
 
-from . import checkpoint
+from . import checkpoint, timeline
 from .compute import ComputeMeter, gather_per_rank, peak_memory_bytes
 from .ema import EMA
 from .evaluate import evaluate_heldout
@@ -201,6 +201,7 @@ class Trainer:
         """Train to optim.max_steps. Returns 0 when done, EXIT_REQUEUE after a graceful stop."""
         try:
             self.connect_rewards()
+            timeline.mark("rewards")
         except StopRequested:
             self.console.print(f"stopped by signal {self.stop.signum} while waiting for the reward server; exit {EXIT_REQUEUE}")
             return EXIT_REQUEUE
@@ -218,6 +219,7 @@ class Trainer:
 
         r = self.recipe
         resumed = self.resume()
+        timeline.mark("checkpoint")
         if self.is_main:  # every step and evaluation appears once in metrics.jsonl, however often killed
             moved = self.folder.rewind_metrics(self.step if resumed else -1)
             if moved:
@@ -244,11 +246,14 @@ class Trainer:
                 task = progress.add_task("train", total=r.optim.max_steps, completed=self.step)
                 while self.step < r.optim.max_steps:
                     self._check_stop()
+                    timeline.mark("first_step_start")
                     self._sampler_before_step = self.sampler.state_dict()
                     prompts = self.sampler.next(r.rollout.prompts_per_step)
                     result = self.run_step(prompts)
                     self._sampler_before_step = None
                     self._after_step(result)
+                    timeline.mark("first_step")
+                    timeline.write(self.folder, "start", step=self.step, resumed=resumed)
                     progress.update(task, completed=self.step)
                     if self.step % r.checkpoint.interval == 0 and last_saved != self.step:
                         self.save()
@@ -289,9 +294,11 @@ class Trainer:
 
     def _stop(self, last_saved: int | None) -> int:
         # The unfinished step is dropped: the sampler position is rolled back with it.
+        timeline.mark("stop_noticed")
         self._rewind_sampler()
         if last_saved != self.step:
             self.save()
+        timeline.mark("saved")
         self.console.print(f"stopped by signal {self.stop.signum}; checkpoint at step {self.step}; exit {EXIT_REQUEUE}")
         return EXIT_REQUEUE
 

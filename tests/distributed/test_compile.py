@@ -36,6 +36,8 @@ def test_compiled_blocks_train_without_recompiles(case, tiny_model_dir, tmp_path
     procs, args = CASES[case]
     compiled = train_metrics(launch_tiny(tiny_model_dir, tmp_path / "compiled", procs, 3, *COMMON, *args,
                                          "--parallelism.compile"))
+    # inductor's cache lives in the runs folder (a resumed job on another node finds it)
+    assert any(p.is_file() for p in (tmp_path / "compiled" / ".cache" / "inductor").rglob("*"))
     assert [m["step"] for m in compiled] == [1, 2, 3]
     graphs = [m["compile/graphs"] for m in compiled]
     assert graphs[0] > 0, "nothing was compiled"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers.runs import launch_tiny, train_metrics
+from tests.helpers.runs import checkpoint_state, initial_weights, launch_tiny, train_metrics
 
 LAYOUTS = {
     "1": (1, []),
@@ -44,28 +44,6 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 0.15}
 def cell_args(dtype: str, tuning: str) -> list[str]:
     # the paper's clip range: any on-policy drift would show as clipping
     return ["--model.dtype", dtype, "--algorithm.clip-range", "1e-3", "--rollout.micro-batch", "3", *TUNING[tuning]]
-
-
-def checkpoint_state(run_dir, step: int, prefix: str) -> dict[str, torch.Tensor]:
-    """Every tensor under `prefix` in checkpoint step-N, gathered into full tensors in this process."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FileSystemReader
-
-    path = run_dir / "checkpoints" / f"step-{step}"
-    meta = FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    full = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
-            if k.startswith(prefix) and hasattr(m, "size")}
-    dcp.load(full, checkpoint_id=str(path), no_dist=True)
-    return full
-
-
-def initial_weights(tiny_model_dir, names) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    from fgrpo.models.wan.sharded_loading import checkpoint_key
-
-    base = load_file(str(tiny_model_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
-    return {n: base[checkpoint_key(n)].float() for n in names if checkpoint_key(n) in base}
 
 
 @pytest.fixture(scope="module")

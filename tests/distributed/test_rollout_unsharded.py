@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -25,9 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from fgrpo.distributed.unsharded import SAFE_FRACTION, fits_unsharded, rollout_unsharded_decision
+
+from tests.helpers.spawn import spawn_ranks
 
 GIB = 2**30
 WORLD = 2
@@ -206,27 +205,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("unsharded")
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 240
-    try:
-        while not ctx.join(timeout=2):
-            if time.monotonic() > deadline:
-                pytest.fail("rollout-unsharded worker processes timed out")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-    results = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    results = spawn_ranks(_worker, WORLD, out_dir, "rollout-unsharded", timeout_s=240)
     for r in results:
         assert "error" not in r, r["error"]
     return results

@@ -49,8 +49,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
-import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -58,11 +56,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from tests.conftest import REPO, run_fgrpo
-from tests.distributed.test_precision_matrix import checkpoint_state, initial_weights
-from tests.helpers.runs import launch_tiny, train_metrics
+from tests.helpers.runs import checkpoint_state, initial_weights, launch_tiny, train_metrics
+from tests.helpers.spawn import spawn_ranks
 
 # name: (processes, layout arguments, dtype, resume after step 1). Full fine-tunes: every parameter,
 # patch embedding and output projection included, gets a gradient (LoRA is part 1's sp=2,tp=2,lora).
@@ -192,27 +189,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def direct(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("sp")
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 300
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail("sequence-parallel worker processes timed out")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    return spawn_ranks(_worker, WORLD, out_dir, "sequence-parallel", timeout_s=300)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
-import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from tests.helpers.spawn import spawn_ranks
+
 
 WORLD = 4
 TOL = 1e-5
@@ -230,27 +230,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 # ---------------------------------------------------------------- parent side
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("tp")
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 300
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail("tensor-parallel worker processes timed out")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    return spawn_ranks(_worker, WORLD, out_dir, "tensor-parallel", timeout_s=300)
 
 
 def _per_rank(results, key):

@@ -53,3 +53,25 @@ def wait_for(predicate, timeout: float = 240, what: str = "condition") -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def checkpoint_state(run_dir, step: int, prefix: str) -> dict[str, torch.Tensor]:
+    """Every tensor under `prefix` in checkpoint step-N, gathered into full tensors in this process."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+
+    path = run_dir / "checkpoints" / f"step-{step}"
+    meta = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    full = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
+            if k.startswith(prefix) and hasattr(m, "size")}
+    dcp.load(full, checkpoint_id=str(path), no_dist=True)
+    return full
+
+
+def initial_weights(tiny_model_dir, names) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from fgrpo.models.wan.sharded_loading import checkpoint_key
+
+    base = load_file(str(tiny_model_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
+    return {n: base[checkpoint_key(n)].float() for n in names if checkpoint_key(n) in base}

@@ -1,0 +1,31 @@
+"""Multi-process tests without a launcher: spawn `world` processes on one gloo world and collect
+what each wrote (the parent side of tests/distributed's direct parity tests)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch.multiprocessing as mp
+
+from launchers.local import free_port
+
+
+def spawn_ranks(worker, world: int, out_dir: Path, what: str, timeout_s: float = 300) -> list[dict]:
+    """Run `worker(rank, port, out_dir)` in `world` spawned processes (a free port for their
+    rendezvous); each writes `out_dir/rank{rank}.json`. Returns those, rank order. Fails the test
+    naming `what` if the processes outlive `timeout_s`; stragglers are terminated."""
+    ctx = mp.start_processes(worker, args=(free_port(), str(out_dir)), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ctx.join(timeout=2):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} worker processes timed out")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+    return [json.loads((Path(out_dir) / f"rank{r}.json").read_text()) for r in range(world)]
