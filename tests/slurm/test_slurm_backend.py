@@ -50,6 +50,12 @@ def test_interruption_requeues_and_resumes_bitwise(slurm_cluster, tiny_model_dir
     steps = [m["step"] for m in train_metrics(run)]
     assert steps == list(range(1, 9)), steps  # no optimizer step lost or repeated
     assert (run / "submitit").exists() and len(list((run / "submitit").glob("*_0_log.out"))) >= 1
+    jobs = [json.loads(line) for line in (run / "jobs.jsonl").read_text().splitlines()]
+    if interrupt is _requeue:  # SIGTERM: Slurm requeues the same job itself
+        assert len(jobs) == 1 and jobs[0]["job_id"] == job, jobs
+    else:  # USR2 alone (time-limit or preemption warning): the next job is submitted at once, no
+        # cred_expire wait, and this one ends without a requeue (one job at a time: sacct says so)
+        assert [j["kind"] for j in jobs] == ["launch", "requeue"] and jobs[-1]["job_id"] != job, jobs
     final = trained_weights(run)
     assert all(torch.equal(final[k], uninterrupted[k]) for k in final), "resumed run differs from uninterrupted"
 
