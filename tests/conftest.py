@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Importing torch._dynamo in this process sets TORCHINDUCTOR_CACHE_DIR (to /tmp) for itself; the
+# CLI runs below get the environment a user's shell would give them, without that.
+_INDUCTOR_CACHE_SET_BY_USER = "TORCHINDUCTOR_CACHE_DIR" in os.environ
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +21,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 def run_fgrpo(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the `fgrpo` CLI as a user would (a separate process)."""
+    full_env = {**os.environ, **(env or {})}
+    if not _INDUCTOR_CACHE_SET_BY_USER and "TORCHINDUCTOR_CACHE_DIR" not in (env or {}):
+        full_env.pop("TORCHINDUCTOR_CACHE_DIR", None)
     return subprocess.run(
         [sys.executable, "-m", "fgrpo", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env=full_env,
     )

@@ -69,6 +69,10 @@ def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
         folder.write_status("failed", str(e).replace(":\n  ", ": ", 1).replace("\n  ", "; "))
         return EXIT_BAD_RECIPE
     timeline.mark("recipe")
+    if recipe.parallelism.compile:
+        from fgrpo.models.wan.parallelize import place_inductor_cache
+
+        place_inductor_cache(folder.path.parent)  # before anything imports torch._dynamo
     from fgrpo.distributed import process_group as dist
 
     timeline.mark("torch_imported")

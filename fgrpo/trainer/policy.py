@@ -8,7 +8,6 @@ adds an optimizer on top (trainer.Trainer); evaluation does not.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,11 +120,6 @@ def build_policy(recipe: Recipe, dims: ParallelDims, device: torch.device, promp
                           with_transformer=False, with_text_encoder=False)
     # Encoded before the transformer and an optimizer allocate: the encoder's memory is free again.
     text = encode_prompts_once(recipe, folder, ["", *prompts], cache_root, device, precision.compute)
-    if recipe.parallelism.compile:
-        # Inductor's caches beside the text encodings, on the runs folder's filesystem: a requeued
-        # or resumed job, on whatever node, loads the compiled blocks instead of compiling again
-        # (torch's default is the node-local /tmp). A user's TORCHINDUCTOR_CACHE_DIR wins.
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_root) / ".cache" / "inductor"))
     # Built on the meta device and parallelised there; each rank then reads only its shards.
     transformer = prepare_on_meta(build_on_meta(folder), dims, precision, lora_shape(recipe),
                                   recipe.parallelism.activation_checkpointing, recipe.parallelism.compile)

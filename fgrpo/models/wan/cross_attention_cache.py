@@ -57,11 +57,13 @@ class _CachedKeyValue(nn.Module):
 
     def __init__(self, attn: nn.Module, norm_k):
         super().__init__()
-        self._cache = _SameInputSameOutput(lambda text: torch.cat([norm_k(attn.to_k(text)), attn.to_v(text)], dim=-1))
+        cache = _SameInputSameOutput(lambda text: torch.cat([norm_k(attn.to_k(text)), attn.to_v(text)], dim=-1))
+        # Disabled here, not by a decorator: importing this module must not initialise dynamo
+        # (which fixes inductor's cache folder before the trainer can place it, policy.py).
+        self._cached = torch._dynamo.disable(cache)
 
-    @torch._dynamo.disable
     def forward(self, text: torch.Tensor) -> torch.Tensor:
-        return self._cache(text)
+        return self._cached(text)
 
 
 def cross_attentions(transformer) -> list[nn.Module]:

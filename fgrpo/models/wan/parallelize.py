@@ -11,6 +11,9 @@ once at start and the encoder is freed, see fgrpo.models.wan.text_cache).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from torch.distributed.fsdp import fully_shard
 
 from fgrpo.distributed.parallel_dims import ParallelDims
@@ -69,3 +72,12 @@ def compiled_graph_count() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
+
+
+def place_inductor_cache(runs_dir: str | os.PathLike) -> None:
+    """Inductor's caches in `<runs_dir>/.cache/inductor`, beside the text encodings on the runs
+    folder's filesystem: a requeued or resumed job, on whatever node, loads the compiled blocks
+    instead of compiling again (torch's default is the node-local /tmp). A user's
+    TORCHINDUCTOR_CACHE_DIR wins. Call it before anything imports torch._dynamo: that import
+    fixes the folder (fgrpo.trainer.entry does, first thing after reading the recipe)."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(runs_dir) / ".cache" / "inductor"))
