@@ -202,16 +202,13 @@ class Rank:
         projections cached (fgrpo.models.wan.cross_attention_cache). The first step's forward
         computes them, later steps' reuse them: FLOPs of both, and the last velocity."""
         sigma = torch.full((x.shape[0],), 0.5)
-        cfg = self.recipe.rollout.cfg_scale
-        guided = cfg != 1.0
-        text = text_input(context, neg if guided else None, self.precision.compute)
+        text, scale = text_input(context, neg, self.recipe.rollout.cfg_scale, self.precision.compute)
         flops = {}
         with cached_text_projections(self.transformer):
             for name in ("first", "later"):
                 self.tracker.reset_mod_stats()
                 with count_flops() as fc:
-                    v = guided_velocity(self.transformer, x, sigma, text, cfg if guided else None,
-                                        self.precision.compute)
+                    v = guided_velocity(self.transformer, x, sigma, text, scale, self.precision.compute)
                 flops[name] = fc.get_total_flops()
                 if name == "first":
                     del v

@@ -24,16 +24,17 @@ def velocity(transformer, x, sigma, context, neg_context=None, cfg_scale: float 
     velocity on every sp rank (fgrpo.models.wan.sequence_parallel), so sampling, the SDE step and
     log-probs here run on whole latents, identically on the sp ranks of a group.
     """
-    guided = neg_context is not None and cfg_scale != 1.0
-    return guided_velocity(transformer, x, sigma, text_input(context, neg_context if guided else None, dtype),
-                           cfg_scale if guided else None, dtype)
+    return guided_velocity(transformer, x, sigma, *text_input(context, neg_context, cfg_scale, dtype), dtype)
 
 
-def text_input(context, neg_context, dtype: torch.dtype) -> torch.Tensor:
-    """The transformer's text input: [context; neg_context] (CFG batched) or context, in `dtype`.
-    The sampler builds it once per micro-batch: one tensor for every step lets the text-side
-    projections be computed once (fgrpo.models.wan.cross_attention_cache)."""
-    return (context if neg_context is None else torch.cat([context, neg_context])).to(dtype)
+def text_input(context, neg_context, cfg_scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, float | None]:
+    """The transformer's text input in `dtype` and the guidance scale `guided_velocity` takes:
+    ([context; neg_context], cfg_scale) with CFG (batched), (context, None) without (no negative
+    context, or cfg_scale 1). The sampler builds it once per micro-batch: one tensor for every step
+    lets the text-side projections be computed once (fgrpo.models.wan.cross_attention_cache)."""
+    if neg_context is None or cfg_scale == 1.0:
+        return context.to(dtype), None
+    return torch.cat([context, neg_context]).to(dtype), cfg_scale
 
 
 def guided_velocity(transformer, x, sigma, text, cfg_scale: float | None, dtype: torch.dtype) -> torch.Tensor:
@@ -118,11 +119,11 @@ def sample(
     for start in range(0, latents.shape[0], micro_batch):
         sl = slice(start, start + micro_batch)
         x, mask = latents[sl].float(), sde_mask[sl]
-        guided = neg_context is not None and cfg_scale != 1.0
-        text = text_input(context[sl], neg_context[sl] if guided else None, dtype)  # one tensor for all steps
+        neg = None if neg_context is None else neg_context[sl]
+        text, scale = text_input(context[sl], neg, cfg_scale, dtype)  # one tensor for all steps
         for i in range(n_steps):
             s, s_next = sig[i].expand(x.shape[0]), sig[i + 1].expand(x.shape[0])
-            v = guided_velocity(transformer, x, s, text, cfg_scale if guided else None, dtype)
+            v = guided_velocity(transformer, x, s, text, scale, dtype)
             x_ode = ode_step(x, v, s, s_next)
             rows = mask[:, i].nonzero().flatten().tolist()
             if rows:

@@ -167,7 +167,7 @@ _UNSET = object()
 
 
 @contextmanager
-def rollout_attention(transformer, name: str | None, field: str = "model.rollout_attention_backend"):
+def rollout_attention(transformer, name: str | None):
     """Attention through backend `name` inside (rollouts, evaluation), each processor's own backend
     back on exit, exceptions included. None: unchanged (the rollout backend is the training one).
 
@@ -178,7 +178,9 @@ def rollout_attention(transformer, name: str | None, field: str = "model.rollout
     if name is None:
         yield
         return
-    backend = _requirements(name, field)
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    backend = AttentionBackendName(name)  # its package and device were checked at setup (apply_attention_backend)
     saved = [(p, p.__dict__.get("_attention_backend", _UNSET)) for p in attention_processors(transformer)]
     try:
         for p, _ in saved:
