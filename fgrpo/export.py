@@ -50,7 +50,8 @@ def load_trained_transformer(run_dir: Path, step: int | None = None, weights: We
     from torch.distributed.checkpoint import FileSystemReader
 
     from fgrpo.distributed.precision import PrecisionPolicy
-    from fgrpo.models.wan.loading import load_transformer, model_folder
+    from fgrpo.models.model_folder import model_folder
+    from fgrpo.models.wan.loading import load_transformer
     from fgrpo.models.wan.lora import add_lora
 
     folder = RunFolder(run_dir)

@@ -28,3 +28,11 @@ def run_fgrpo(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None
         [sys.executable, "-m", "fgrpo", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env=full_env,
     )
+
+
+@pytest.fixture(scope="session")
+def miniature_model_dir() -> Path:
+    """The miniature world's pre-trained model, from $FGRPO_CACHE (pre-trained on first use: minutes)."""
+    from fgrpo.miniature.pretrain import miniature_model_path
+
+    return miniature_model_path()

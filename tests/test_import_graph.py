@@ -16,8 +16,8 @@ from tests.conftest import REPO
 LAYERS: list[tuple[str, ...]] = [
     ("fgrpo.fileio", "fgrpo.processes", "fgrpo.algorithm"),
     ("fgrpo.distributed",),
-    ("fgrpo.data", "fgrpo.media"),
-    ("fgrpo.models",),
+    ("fgrpo.data", "fgrpo.media", "fgrpo.miniature"),
+    ("fgrpo.models", "fgrpo.miniature.pretrain"),
     ("fgrpo.recipe",),
     ("fgrpo.run_folder",),
     ("fgrpo.rewards",),

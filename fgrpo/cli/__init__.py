@@ -1,7 +1,7 @@
 """`fgrpo`: the command line. One module per command group, one parser style (tyro).
 
     fgrpo/cli/__init__.py       this dispatcher: `fgrpo COMMAND ...` -> that command's function
-    fgrpo/cli/launch.py         launch, show, train, make-tiny   (a recipe file becomes a run)
+    fgrpo/cli/launch.py         launch, show, train, make-tiny, make-miniature
     fgrpo/cli/plan.py           plan                             (memory per GPU, FLOPs, GPU-hours)
     fgrpo/cli/sweep.py          sweep                            (many points, one job array each)
     fgrpo/cli/runs.py           status, logs, cancel, resume     (a launched run, any backend)
@@ -63,6 +63,8 @@ COMMANDS: dict[str, Command] = {
                              "serve rewards over HTTP (own GPUs or nodes); --run-dir RUN: a run's own rewards"),
     "train": Command("launch", "cmd_train", "train --run-dir runs/NAME", "in-job entry point (backends start it)"),
     "make-tiny": Command("launch", "cmd_make_tiny", "make-tiny PATH", "save the tiny model as a diffusers folder"),
+    "make-miniature": Command("launch", "cmd_make_miniature", "make-miniature [PATH] [--seed N]",
+                              "pre-train the miniature world's model (minutes on a CPU)"),
 }
 
 

@@ -1,6 +1,6 @@
 """`fgrpo report`: a self-contained HTML report of a run, a sweep or several runs (fgrpo.report).
 
-  fgrpo report RUN | SWEEP | RUNS_DIR | RUN RUN ... [--out FILE.html] [--quiet]
+  fgrpo report RUN | SWEEP | RUNS_DIR | RUN RUN ... [--out FILE.html] [--metric NAME] [--baseline LABEL] [--quiet]
 """
 
 from __future__ import annotations
@@ -18,14 +18,23 @@ class ReportArgs:
     held-out, with their components), grad norm, clip fraction, |ratio - 1|, advantage spread, the
     SDE step indices trained, seconds per phase, memory per rank, and the held-out samples before
     and after training. For a sweep or several runs: a leaderboard by held-out reward, curves
-    against step, compute (FLOPs) and wall time, and seeds averaged into a mean with a band."""
+    against step, compute (FLOPs) and wall time, seeds averaged into a mean with a band, and a
+    paired comparison of each configuration with a baseline at the latest evaluation (`--metric`):
+    mean ± std over seeds, the difference paired by seed and held-out video with a 95% bootstrap
+    CI over seeds and prompts, and the compute (FLOPs) it took."""
 
     targets: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="RUN|SWEEP|RUNS_DIR ...")]
     """A run folder, a sweep folder, a folder of runs, or several run folders."""
     out: str | None = None
     """Where to write it; default RUN/report.html, SWEEP/report.html (required for several targets)."""
+    metric: str = "eval_reward"
+    """What the paired comparison compares: eval_reward (the total) or any reward component
+    recorded at evaluation, e.g. miniature_gold (eval/miniature_gold works too)."""
+    baseline: str | None = None
+    """The configuration the others are compared to: its label or a unique part of it (e.g.
+    mode=fast); default the one labelled mode=flash, else the first."""
     quiet: bool = False
-    """Print only the report's path (no leaderboard)."""
+    """Print only the report's path (no leaderboard, no comparison)."""
 
 
 def cmd_report(argv: list[str]) -> int:
@@ -34,11 +43,16 @@ def cmd_report(argv: list[str]) -> int:
     a = tyro.cli(ReportArgs, args=argv, prog="fgrpo report")
     if not a.targets:
         raise ValueError("name a run folder, a sweep folder or several runs")
-    out, board = write_report([Path(t) for t in a.targets], Path(a.out) if a.out else None)
+    out, board, compared = write_report([Path(t) for t in a.targets], Path(a.out) if a.out else None, a.metric,
+                                        a.baseline)
     if not a.quiet and len(board) > 1:
         for r in board:
             held = "-" if r["heldout"] is None else f"{r['heldout']:+.4f}"
             print(f"{r['rank']:>3}  {held:>8}  {r['run']}  ({r['label']})")
+    if not a.quiet and len(compared) > 1:
+        from fgrpo.report.comparison import comparison_text
+
+        print("\n".join(["", *comparison_text(compared, a.metric), ""]))
     print(f"report: {out}")
     return 0
 

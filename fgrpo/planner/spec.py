@@ -50,6 +50,11 @@ class ModelSpec:
         if preset == "tiny":
             return cls(p.transformer_config(), dict(SMALL_VAE_CONFIG), text_encoder_config(TINY_TEXT_ENCODER, p.text_dim),
                        f"preset {preset}")
+        if preset == "miniature":
+            from fgrpo.miniature.pretrain import TEXT_ENCODER, VAE_CONFIG
+
+            return cls(p.transformer_config(), dict(VAE_CONFIG), text_encoder_config(TEXT_ENCODER, p.text_dim),
+                       f"preset {preset}")
         return cls(p.transformer_config(), {}, dict(UMT5_XXL), f"preset {preset}")
 
     @classmethod

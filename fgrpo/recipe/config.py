@@ -14,7 +14,7 @@ from typing import Literal
 
 from .ranges import within
 
-ModelPreset = Literal["tiny", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b"]
+ModelPreset = Literal["tiny", "miniature", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b"]
 Mode = Literal["flash", "full-trajectory", "fast"]
 NoiseSchedule = Literal["wan", "flow-grpo", "dance-grpo"]
 Backend = Literal["local", "slurm", "k8s"]
@@ -33,10 +33,12 @@ class ModelConfig:
     """Which Wan2.1 text-to-video model to align."""
 
     preset: ModelPreset = "wan2.1-t2v-1.3b"
-    """Architecture preset. `tiny` is a small random Wan-architecture model built locally (CPU smoke tests)."""
+    """Architecture preset. `miniature`: the miniature world's text-to-video model, pre-trained by fgrpo on
+    first use and cached (a few minutes on a CPU; fgrpo/miniature/pretrain.py); `tiny`: a small random
+    Wan-architecture model (colour noise; tests that need the smallest model)."""
     path: str | None = None
     """Local diffusers-format folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/).
-    Required for the Wan presets; for `tiny`, None builds (and caches) the tiny model folder."""
+    Required for the Wan presets; for `tiny` and `miniature`, None builds (and caches) their folders."""
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
     """Compute dtype (the precision policy, docs/design.md): frozen weights are stored and every
     matmul runs in it, on CPU as on GPU; trained weights, optimizer state, gradient reductions,
@@ -45,7 +47,7 @@ class ModelConfig:
     max_text_tokens: int = within("[1, inf)", 512)
     """Text-encoder sequence length (UMT5, zero-padded), 512 for Wan."""
     seed: int = within("[0, 4294967295]", 0)
-    """Seed for building the tiny preset's random weights."""
+    """Seed of the tiny preset's random weights, or of the miniature model's pre-training."""
     attention_backend: AttentionBackend = "native"
     """Attention kernel of the transformer (diffusers' attention dispatcher), for everything:
     training, and rollouts and evaluation unless rollout_attention_backend says otherwise.

@@ -106,7 +106,7 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
 
     if recipe.model.path is not None:
         errs += [f"model.path: {p}" for p in check_model_folder(recipe.model.path)]
-    elif recipe.model.preset != "tiny":
+    elif recipe.model.preset not in ("tiny", "miniature"):
         errs.append(f"model.path: preset {recipe.model.preset} needs a local diffusers-format folder (no downloads)")
     errs += _attention_backend_problems(recipe)
 

@@ -9,8 +9,10 @@ fraction, |ratio - 1|, advantage spread, a histogram of the SDE step indices tra
 phase, memory per rank, and the held-out sample videos before and after training with their
 prompts and rewards. Several runs add a leaderboard ranked by held-out reward and curves
 overlaid against step, compute (FLOPs) and wall time; runs that differ only in seed are one
-series (mean and min-max band). Data comes from the run folders alone (fgrpo.report.data),
-charts are Plotly specs (fgrpo.report.charts), the page embeds everything (fgrpo.report.render).
+series (mean and min-max band), and series are compared to a baseline series at their latest
+evaluation, paired by seed and held-out video, with a bootstrap CI (fgrpo.report.comparison).
+Data comes from the run folders alone (fgrpo.report.data), charts are Plotly specs
+(fgrpo.report.charts), the page embeds everything (fgrpo.report.render).
 """
 
 from __future__ import annotations
@@ -21,17 +23,10 @@ from pathlib import Path
 from fgrpo.fileio import atomic_write_text
 
 from .charts import run_charts
+from .comparison import HEADER, TOTAL, comparison_cells, comparison_rows, metric_name
 from .data import RunData, group_board, label_runs, leaderboard, load_run, resolve_targets
+from .render import compute_cell as _compute_cell
 from .render import fmt, page, samples_section, table
-
-
-def _compute_cell(v, unit: str = "") -> str:
-    if v is None:
-        return "-"
-    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
-        if unit == "FLOP" and v >= scale:
-            return f"{v / scale:.2f} {suffix}FLOP"
-    return f"{v:,.0f} {unit}".strip()
 
 
 def summary_table(run: RunData) -> str:
@@ -63,13 +58,26 @@ def board_table(rows: list[dict]) -> str:
                                               if r["problem"] else "")] for r in rows], left=3)
 
 
-def build(targets: list[Path]) -> tuple[str, Path | None, list[dict]]:
-    """(the HTML, its default path, the leaderboard rows)."""
+def comparison_section(rows: list[dict], resamples: int = 10000) -> str:
+    """The paired comparison table and how its interval is made."""
+    note = ("<p>Each run at its latest evaluation. Difference: the mean over (seed, held-out prompt) cells of "
+            "configuration &minus; baseline, runs paired by <code>prompts.seed</code> (pairs: the seeds both have) "
+            "and videos by index (same prompts, same initial noise); a cell is the mean of that prompt's videos. "
+            f"95% CI: two-way bootstrap, seeds and prompts resampled independently ({resamples} resamples). "
+            "Compute: mean cumulative FLOPs at the last train step.</p>")
+    return table(HEADER, [[html.escape(c) for c in comparison_cells(r)] for r in rows], left=1) + note
+
+
+def build(targets: list[Path], metric: str = TOTAL,
+          baseline: str | None = None) -> tuple[str, Path | None, list[dict], list[dict]]:
+    """(the HTML, its default path, the leaderboard rows, the paired comparison rows: none for one
+    series). `metric`: eval_reward or a reward component recorded at evaluation; `baseline`: the
+    label (or a unique part of it) of the series the others are compared to."""
     paths, default = resolve_targets(targets)
     runs = [load_run(p) for p in paths]
     series = label_runs(runs)
     board = leaderboard(runs)
-    sections, after = [], []
+    sections, after, compared = [], [], []
     if len(runs) == 1:
         run = runs[0]
         title, subtitle = f"fgrpo report: {run.name}", html.escape(str(run.path))
@@ -85,20 +93,26 @@ def build(targets: list[Path]) -> tuple[str, Path | None, list[dict]]:
                 ["configuration", "seeds", "held-out mean", "min", "max", "runs"],
                 [[html.escape(g["label"]), str(g["seeds"]), fmt(g["mean"]), fmt(g["min"]), fmt(g["max"]),
                   html.escape(", ".join(g["runs"]))] for g in groups], left=1)))
+        if len(series) >= 2:
+            compared = comparison_rows(series, metric, baseline)
+            sections.append((f"Paired comparison (latest evaluation): {metric_name(metric)}",
+                             comparison_section(compared)))
         after.append(("Held-out samples, before and after (each run)",
                          "\n".join(samples_section(r, per_prompt=False) for r in runs)))
-    return page(title, subtitle, sections, run_charts(series), after), default, board
+    return page(title, subtitle, sections, run_charts(series), after), default, board, compared
 
 
-def write_report(targets: list[Path], out: Path | None = None) -> tuple[Path, list[dict]]:
-    """Write the report (atomically); returns its path and the leaderboard rows."""
-    text, default, board = build([Path(t) for t in targets])
+def write_report(targets: list[Path], out: Path | None = None, metric: str = TOTAL,
+                 baseline: str | None = None) -> tuple[Path, list[dict], list[dict]]:
+    """Write the report (atomically); returns its path, the leaderboard rows and the paired
+    comparison rows (build)."""
+    text, default, board, compared = build([Path(t) for t in targets], metric, baseline)
     out = Path(out) if out is not None else default
     if out is None:
         raise ValueError("several targets: say where the report goes with --out FILE.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text)
-    return out, board
+    return out, board, compared
 
 
 __all__ = ["build", "write_report"]

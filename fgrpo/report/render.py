@@ -94,6 +94,16 @@ def media_tag(path: Path | None, caption: str = "") -> str:
     return f"<figure>{body}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
+def compute_cell(v, unit: str = "") -> str:
+    """A compute amount: FLOPs scaled (M, G, T, P), anything else with thousands separators."""
+    if v is None:
+        return "-"
+    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if unit == "FLOP" and v >= scale:
+            return f"{v / scale:.2f} {suffix}FLOP"
+    return f"{v:,.0f} {unit}".strip()
+
+
 def fmt(v, spec: str = "+.4f") -> str:
     return "-" if v is None else format(v, spec)
 

@@ -1,7 +1,8 @@
 """Reward functions for Flash-GRPO: interface, registry and built-in rewards.
 
 Importing this package registers the programmatic rewards ``colour``,
-``brightness`` and ``contrast`` and the learned rewards ``clip`` (CLIP score,
+``brightness`` and ``contrast``, the miniature world's ``miniature_faithfulness``,
+``miniature_gold`` and ``miniature_proxy``, and the learned rewards ``clip`` (CLIP score,
 PickScore), ``hpsv2``, ``hpsv3`` (per frame) and ``videoalign`` (per video);
 their models load on first use.
 """
@@ -20,7 +21,8 @@ from fgrpo.rewards.base import (
     register_reward,
     validate_reward_spec,
 )
-from fgrpo.rewards import clip, hpsv2, hpsv3, programmatic, videoalign  # noqa: F401  (register the built-in rewards)
+# Register the built-in rewards.
+from fgrpo.rewards import clip, hpsv2, hpsv3, miniature, programmatic, videoalign  # noqa: F401
 from fgrpo.rewards.programmatic import DEFAULT_COLOURS, find_colour, luminance
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "get_reward_info",
     "list_rewards",
     "luminance",
+    "miniature",
     "missing_reward_args",
     "parse_aggregation",
     "programmatic",

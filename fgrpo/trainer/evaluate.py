@@ -74,6 +74,9 @@ def evaluate_heldout(policy: Policy, rewards, recipe: Recipe, prompts: list[str]
         "eval_reward": float(total.mean()),
         "eval_rewards": [round(float(x), 6) for x in total],  # per video, fixed seeds: paired comparisons
         **{f"eval/{k}": float(v.mean()) for k, v in components.items()},
+        # each reward's score per video, in the same order (weight-0 rewards too: a metric recorded
+        # beside the trained reward is compared video by video, like the total)
+        "eval_component_values": {k: [round(float(x), 6) for x in v] for k, v in components.items()},
     }
 
 

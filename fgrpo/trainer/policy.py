@@ -21,7 +21,8 @@ from fgrpo.distributed.unsharded import decide_for, unsharded_weights
 from fgrpo.models.wan import latent_shape, load_wan
 from fgrpo.models.wan.attention import apply_attention_backend, rollout_attention
 from fgrpo.models.wan.cross_attention_cache import cached_text_projections
-from fgrpo.models.wan.loading import WanComponents, model_folder
+from fgrpo.models.model_folder import model_folder
+from fgrpo.models.wan.loading import WanComponents
 from fgrpo.models.wan.sharded_loading import build_on_meta, materialize, prepare_on_meta
 from fgrpo.models.wan.text_cache import TextEmbeddingCache, cache_key, default_cache_folder
 from fgrpo.models.wan.text_encoder import LazyTextEncoder

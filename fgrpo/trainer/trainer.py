@@ -12,7 +12,7 @@ from rich.console import Console
 from fgrpo.data.prompts import PromptSampler, read_prompts, resolve_prompt_file, split_prompts
 from fgrpo.distributed import process_group as dist
 from fgrpo.distributed.parallel_dims import ParallelDims
-from fgrpo.models.wan.loading import model_folder
+from fgrpo.models.model_folder import model_folder
 from fgrpo.models.wan.lora import trainable_parameters
 from fgrpo.recipe.config import Recipe
 from fgrpo.recipe.io import training_fingerprint

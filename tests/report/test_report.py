@@ -95,7 +95,8 @@ def test_sweep_report_ranks_runs_and_averages_seeds(tmp_path, chromium):
     assert res.returncode == 0, res.stderr
     page = sweep / "report.html"
     assert res.stdout.splitlines()[-1] == f"report: {page}"
-    board = [line.split() for line in res.stdout.splitlines()[:-1]]
+    board = [line.split() for line in res.stdout.split("\n\n")[0].splitlines()]  # then the paired comparison
+    assert "paired comparison (latest evaluation): eval_reward" in res.stdout
     assert [(int(r[0]), float(r[1]), r[2]) for r in board] == [
         (1, -0.20, "tiny__mode=flash_seed=0"), (2, -0.24, "tiny__mode=flash_seed=1"),
         (3, -0.25, "tiny__mode=fast_seed=0"),

@@ -49,15 +49,6 @@ class WanComponents:
         return (video.float().clamp(-1, 1) * 0.5 + 0.5).permute(0, 2, 1, 3, 4).contiguous()
 
 
-def model_folder(model) -> Path:
-    """The recipe's `model` section -> its diffusers folder (the tiny preset's cached build)."""
-    if model.path is not None:
-        return Path(model.path)
-    from .tiny import tiny_model_path
-
-    return tiny_model_path(model.seed)
-
-
 def _checked(path: str | Path) -> None:
     problems = check_model_folder(path)
     if problems:

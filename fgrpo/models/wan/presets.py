@@ -47,6 +47,8 @@ class WanPreset:
 PRESETS: dict[str, WanPreset] = {
     # 4 heads so that tensor parallel degrees 2 and 4 can be tested on it.
     "tiny": WanPreset(num_layers=2, num_heads=4, head_dim=16, ffn_dim=128, text_dim=32, freq_dim=32),
+    # The miniature world's pre-trained model (fgrpo.miniature.pretrain): 1.1M parameters, trainable on a CPU.
+    "miniature": WanPreset(num_layers=4, num_heads=4, head_dim=32, ffn_dim=384, text_dim=64, freq_dim=64),
     "wan2.1-t2v-1.3b": WanPreset(num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, text_dim=4096, freq_dim=256),
     "wan2.1-t2v-14b": WanPreset(num_layers=40, num_heads=40, head_dim=128, ffn_dim=13824, text_dim=4096, freq_dim=256),
 }

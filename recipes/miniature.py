@@ -1,0 +1,28 @@
+"""The miniature world on a CPU: Flash-GRPO aligns a pre-trained tiny text-to-video model.
+
+The model (`preset miniature`, fgrpo/miniature/pretrain.py) draws coloured shapes moving over a
+plain background; the prompts ask for attribute combinations it never saw in pre-training. It is
+trained on the soft faithfulness reward; the strict gold metric is recorded beside it with weight 0
+(never trained on) and is what "aligned" is judged by: held-out `eval/miniature_gold`.
+"""
+
+from fgrpo.recipe.config import *  # noqa: F403
+
+recipe = Recipe(
+    name="miniature",
+    model=ModelConfig(preset="miniature", dtype="float32", max_text_tokens=16),
+    parallelism=ParallelismConfig(activation_checkpointing=False),
+    # Wan's sampler in miniature: 10 steps (Wan: 20) on the shift-3 grid, CFG against the empty prompt,
+    # the SDE window the first half of the steps, as in the paper.
+    rollout=RolloutConfig(steps=10, flow_shift=3.0, height=64, width=64, frames=9, group_size=8,
+                          prompts_per_step=4, micro_batch=32, cfg_scale=4.0),
+    timesteps=TimestepConfig(window=(0, 5)),
+    algorithm=AlgorithmConfig(clip_range=0.01),
+    optim=OptimConfig(lr=3e-4, max_steps=60, weight_decay=0.0),
+    lora=LoraConfig(enabled=False),  # full fine-tune: the transformer is 1.1M parameters
+    ema=EmaConfig(decay=0.5, interval=1),
+    rewards=(RewardSpec(name="miniature_faithfulness"), RewardSpec(name="miniature_gold", weight=0.0)),
+    prompts=PromptsConfig(file="prompts/miniature.txt", heldout=24),
+    eval=EvalConfig(interval=10, steps=10, videos_per_prompt=2),
+    checkpoint=CheckpointConfig(interval=10, keep_last=2),
+)
