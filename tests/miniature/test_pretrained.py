@@ -41,3 +41,14 @@ def test_heldout_gold_is_in_the_stated_band(miniature_model_dir):
     assert VAE_CEILING_BAND[0] <= ceiling <= VAE_CEILING_BAND[1] and ceiling > gold["overall"], measured
     # What the build recorded is what loading it again measures (same sampler, seeds and weights).
     assert gold["overall"] == pytest.approx(recorded["heldout_gold"]["overall"], abs=0.02)
+
+
+def test_make_miniature_prints_the_cached_build_and_its_quality(miniature_model_dir):
+    from tests.conftest import run_fgrpo
+
+    res = run_fgrpo("make-miniature", env={"FGRPO_CACHE": str(miniature_model_dir.parent)}, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == str(miniature_model_dir)
+    assert '"heldout_gold"' in res.stdout
+    help_text = run_fgrpo("make-miniature", "--help").stdout
+    assert "Pre-train the miniature world" in help_text and "--seed" in help_text
