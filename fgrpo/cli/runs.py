@@ -90,6 +90,7 @@ class StatusArgs:
 def print_status(target: Path, as_json: bool = False) -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     rows = [run_row(d) for d in run_dirs(target)]
     # Sweeps are read as a ranking: best held-out reward first.
@@ -98,14 +99,17 @@ def print_status(target: Path, as_json: bool = False) -> int:
         for r in rows:
             print(json.dumps(r))
         return 0
-    table = Table(title=f"fgrpo runs in {target}")
+    table = Table(title=Text(f"fgrpo runs in {target}"))
     for col in ("run", "backend", "job", "state", "run state", "step", "reward", "held-out", "checkpoint", "note"):
         table.add_column(col)
     fmt = lambda v: "-" if v is None else f"{v:+.4f}"  # noqa: E731
     for r in rows:
         note = "; ".join(x for x in (r["reason"], r["reward_server"] and f"reward server {r['reward_server']}") if x)
-        table.add_row(r["run"], r["backend"], r["job"], r["state"], r["run_state"], f"{r['step']}/{r['max_steps']}",
-                      fmt(r["reward"]), fmt(r["heldout"]), str(r["checkpoint"] or "-"), note)
+        # Cells are Text, never markup: an error such as gloo's "[/.../pair.cc:553] ..." reads to rich
+        # as a closing tag.
+        cells = (r["run"], r["backend"], r["job"], r["state"], r["run_state"], f"{r['step']}/{r['max_steps']}",
+                 fmt(r["reward"]), fmt(r["heldout"]), str(r["checkpoint"] or "-"), note)
+        table.add_row(*(Text(str(c)) for c in cells))
     Console(width=200).print(table)
     # One run's report is RUN/report.html; a sweep's or a folder's, beside its runs.
     report = RunFolder(target).report_file if RunFolder(target).is_run() else report_file(target)

@@ -8,6 +8,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from fgrpo.data.prompts import PromptSampler, read_prompts, resolve_prompt_file, split_prompts
 from fgrpo.distributed import process_group as dist
@@ -127,7 +128,7 @@ class Trainer:
                     problem = f"DCP could not read it: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
             skipped.append((ckpt, problem))
             if self.is_main:
-                self.console.print(f"[bold red]WARNING[/] checkpoint {ckpt} is unusable: {problem}")
+                self.console.print(f"[bold red]WARNING[/] checkpoint {escape(str(ckpt))} is unusable: {escape(str(problem))}")
         else:
             raise RuntimeError("no usable checkpoint in " + str(self.ckpt_dir) + ": "
                                + "; ".join(f"{c.name}: {p}" for c, p in skipped)
@@ -141,7 +142,7 @@ class Trainer:
                                 + ", ".join(f"{c.name} ({p})" for c, p in skipped)
                                 + (" moved to corrupt-step-N" if path is None else ""))
             if self.is_main:
-                self.console.print(f"[bold red]WARNING[/] {self.resume_note}")
+                self.console.print(f"[bold red]WARNING[/] {escape(str(self.resume_note))}")
         dist.barrier()
         return True
 
@@ -179,7 +180,7 @@ class Trainer:
             self.rewards = connect_rewards(self.recipe, self.run_dir, self._check_stop, dist.all_ranks,
                                            self._check_local_stop)
             if self.is_main and self.rewards.where == "server":
-                self.console.print(f"rewards scored by the reward server at {self.rewards.url}")
+                self.console.print(f"rewards scored by the reward server at {self.rewards.url}", markup=False)
 
     def evaluate(self, tag: str) -> dict:
         self.connect_rewards()
@@ -231,7 +232,7 @@ class Trainer:
             self.metrics.open(open_trackers(self.folder, r, self.step if resumed else None,
                                             lambda msg: self.console.print(msg, markup=False)))
         if resumed:
-            self.console.print(f"resumed from {self.ckpt_dir}/step-{self.step}")
+            self.console.print(f"resumed from {self.ckpt_dir}/step-{self.step}", markup=False)
             if self.resume_note:
                 self.folder.write_status("running", self.resume_note)
         elif self.heldout_prompts:
@@ -311,7 +312,7 @@ class Trainer:
             self.save()
             self.console.print(f"[bold]saved the last completed step ({self.step}) before failing[/]")
         except checkpoint.CheckpointSaveError as e:
-            self.console.print(f"[bold red]could not save step {self.step} after the failure:[/] {e}")
+            self.console.print(f"[bold red]could not save step {self.step} after the failure:[/] {escape(str(e))}")
 
     def _rewind_sampler(self) -> None:
         """Put the prompt sampler back to where the last completed step left it."""

@@ -155,3 +155,17 @@ def test_recipe_json_is_written_atomically_and_only_when_it_changes(tiny_model_d
     assert [os.path.basename(b) for _, b in replaced] == ["recipe.json"]  # a temporary file renamed over it
     run.write_recipe(recipe)
     assert len(replaced) == 1  # unchanged: not rewritten
+
+
+def test_status_shows_error_text_that_looks_like_markup(tmp_path):
+    """gloo's errors start with "[/path/pair.cc:553]", which rich would read as a closing tag."""
+    from fgrpo.recipe.io import load_recipe_file
+
+    folder = RunFolder(tmp_path / "runs" / "failed")
+    folder.write_recipe(load_recipe_file(REPO / "recipes" / "tiny.py"))
+    reason = "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer"
+    folder.write_status("failed", reason)
+    for target in (folder.path, folder.path.parent):
+        res = run_fgrpo("status", str(target), timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "pair.cc:553] Connection closed" in res.stdout.replace("\n", "")
