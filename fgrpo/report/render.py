@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import time
 from importlib import resources
 from pathlib import Path
@@ -141,6 +142,18 @@ def samples_section(run: RunData, per_prompt: bool) -> str:
     return "\n".join(parts)
 
 
+def finite(value):
+    """`value` with every NaN or infinity (a diverged step's loss, say) replaced by None: JSON has no
+    NaN, and Plotly draws None as a gap in the curve."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def page(title: str, subtitle: str, sections: list[tuple[str, str]], figures: list[dict],
          after: list[tuple[str, str]] = ()) -> str:
     """The page: `sections`, the charts, then `after` (the sample videos)."""
@@ -148,7 +161,7 @@ def page(title: str, subtitle: str, sections: list[tuple[str, str]], figures: li
     charts = "".join(f'<div class="chart" id="{html.escape(f["id"])}"></div>' for f in figures)
     body, tail = ("".join(f"<h2>{html.escape(h)}</h2>\n{content}\n" for h, content in part)
                   for part in (sections, after))
-    spec = json.dumps(figures, allow_nan=False, default=str).replace("</", "<\\/")
+    spec = json.dumps(finite(figures), allow_nan=False, default=str).replace("</", "<\\/")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title><style>{STYLE}</style>

@@ -133,3 +133,26 @@ def test_several_runs_need_an_output_and_bad_targets_are_named(tmp_path):
     assert res.returncode == 0 and (tmp_path / "two.html").is_file(), res.stderr
     res = run_fgrpo("report", str(tmp_path / "nothing"), cwd=tmp_path)
     assert res.returncode == 2 and "nothing is not a run folder" in res.stderr
+
+
+def test_report_with_non_finite_metrics(tmp_path):
+    """A diverged step's NaN/inf (json writes them as NaN and Infinity) must not stop the report of
+    the run or of a folder of runs: they become gaps in the curves."""
+    base = load_recipe_file(REPO / "recipes" / "tiny.py")
+    for seed in (0, 1):
+        folder = RunFolder(tmp_path / "runs" / f"tiny__seed={seed}")
+        folder.write_recipe(dataclasses.replace(base, prompts=dataclasses.replace(base.prompts, seed=seed)))
+        records = [{"kind": "eval", "step": 0, "tag": "before", "eval_reward": -0.3, "eval_rewards": [-0.3, -0.3]}]
+        records += [{"kind": "train", "step": s, "reward_mean": 0.1 * s, "loss": float("inf") if s == 2 else 0.1,
+                     "grad_norm": float("nan") if s == 2 else 1.0, "compute/flops": 1e9 * s} for s in range(1, 4)]
+        records.append({"kind": "eval", "step": 3, "tag": "final", "eval_reward": float("nan"),
+                        "eval_rewards": [float("nan"), -0.2]})
+        # As a trainer of an older version (or a hand edit) leaves them: NaN and Infinity literals.
+        folder.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    one = run_fgrpo("report", str(tmp_path / "runs" / "tiny__seed=0"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    for fig in figures((tmp_path / "runs" / "tiny__seed=0" / "report.html").read_text()):
+        for trace in fig["data"]:
+            assert all(v is None or isinstance(v, (int, float, str)) for v in trace.get("y", [])), fig["id"]
+    folder = run_fgrpo("report", str(tmp_path / "runs"), "--out", str(tmp_path / "all.html"))
+    assert folder.returncode == 0, folder.stderr[-2000:]
