@@ -8,13 +8,28 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A hidden temporary sibling of `path` to write (by name: some writers, such as PyAV, open the
+    file themselves); renamed over `path` when the block ends without an error, removed otherwise.
+    Files get the umask's permissions, like any other file the user writes (mkstemp's 0600 would
+    hide a run's videos from the teammates who read its report)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
         with tmp.open("w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -22,9 +37,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
                 os.fsync(f.fileno())
             except OSError:  # some network filesystems refuse fsync; the rename still orders it
                 pass
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_json(path: str | os.PathLike, value) -> None:

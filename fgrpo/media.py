@@ -2,8 +2,8 @@
 
 Frames are float tensors in ``[0, 1]`` (values outside are clamped), with 1
 (grey) or 3 (RGB) channels; any dtype/device is accepted. Files are written
-to a temporary file in the target folder and moved into place with
-``os.replace``, so a crash never leaves a half-written video.
+to a temporary file in the target folder and moved into place (fgrpo.fileio.atomic_path, the
+one implementation), so a crash never leaves a half-written video.
 
 MP4 is written by PyAV, whose wheel ships FFmpeg with libx264 (nothing to install on a cluster):
 H.264, yuv420p (odd sizes padded by one black row/column), which every browser, TensorBoard
@@ -17,8 +17,6 @@ frames into one (their durations are summed, so playback is unchanged).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import warnings
@@ -26,6 +24,8 @@ from functools import cache
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from fgrpo.fileio import atomic_path
 
 __all__ = ["caption_strip", "captioned_grid", "make_video_grid", "mp4_available", "read_video", "save_video",
            "save_video_grid", "to_pil_frames", "write_video"]
@@ -95,17 +95,8 @@ def _atomic_save(images: list[Image.Image], path: Path, fps: int) -> Path:
     if writer is None:
         raise ValueError(f"{path}: videos are .mp4 or .gif")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.close(fd)
-        writer(tmp_name, images, fps)  # by name: PyAV opens the file itself
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(path) as tmp:
+        writer(str(tmp), images, fps)  # by name: PyAV opens the file itself
     return path
 
 

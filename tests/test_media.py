@@ -147,3 +147,18 @@ def test_captioned_grid_has_a_caption_strip_under_each_cell():
     assert torch.equal(grid[0, :, 34:], grid[1, :, 34:])  # the caption stays while the video plays
     with pytest.raises(ValueError):
         media.captioned_grid(cells, [["only one"]])
+
+
+def test_videos_are_readable_by_the_group_like_any_file(tmp_path):
+    """A teammate's `fgrpo report` reads the samples: not mkstemp's 0600, the umask's mode."""
+    import os
+
+    from fgrpo.media import write_video
+
+    old = os.umask(0o022)
+    try:
+        out = write_video(torch.rand(3, 3, 16, 16), tmp_path / "v.mp4", fps=4)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
