@@ -64,7 +64,7 @@ def run_row(run_dir: Path) -> dict:
     job = folder.latest_job()
     servers = folder.server_jobs()  # a reward server the backend started beside the training job
     server = f"job {servers[-1]['job_id']} {job_state(servers[-1])}" if servers else None
-    reason = status.get("reason", "")
+    reason = "; ".join(str(x) for x in (status.get("reason", ""), *folder.problems()) if x)
     try:
         max_steps = folder.read_recipe().optim.max_steps
     except ValueError as e:

@@ -203,8 +203,22 @@ class RunFolder:
                                                    "owner": str(ProcessId.of()), **extra})
 
     def read_status(self) -> dict:
-        """status.json as written; `effective_status` tells whether it still holds."""
-        return read_json(self.path / STATUS, {}) or {}
+        """status.json as written; `effective_status` tells whether it still holds. A damaged one
+        (not an object with a string `state`) reads as no status: `problems` names it."""
+        status = read_json(self.path / STATUS, {}) or {}
+        return status if _valid_status(status) else {}
+
+    def problems(self) -> list[str]:
+        """What is wrong with the folder's bookkeeping (ignored where it is read), for `fgrpo status`."""
+        out = []
+        raw = read_json(self.path / STATUS, None)
+        if (self.path / STATUS).exists() and not _valid_status(raw or {}):
+            out.append(f"{STATUS} is damaged ({json.dumps(raw)[:80] if raw is not None else 'unreadable'}): "
+                       "its state is unknown")
+        bad = [i for i, j in enumerate(read_jsonl(self.path / JOBS), 1) if not _valid_job(j)]
+        if bad:
+            out.append(f"{JOBS}: record(s) {', '.join(map(str, bad))} lack backend, job_id or kind (ignored)")
+        return out
 
     def effective_status(self) -> dict:
         """The status, with a "running" whose owner is gone turned into "killed" (and recorded so,
@@ -248,7 +262,8 @@ class RunFolder:
         append_jsonl(self.path / JOBS, {"backend": backend, "job_id": str(job_id), "kind": kind, "time": time.time()})
 
     def jobs(self) -> list[dict]:
-        return read_jsonl(self.path / JOBS)
+        """The submissions recorded; a damaged record (see `problems`) is skipped."""
+        return [j for j in read_jsonl(self.path / JOBS) if _valid_job(j)]
 
     def latest_job(self) -> dict | None:
         found = [j for j in self.jobs() if j["kind"] != SERVER_KIND]
@@ -377,3 +392,11 @@ class RunFolder:
             "checkpoint": ckpt[0] if ckpt else None,
             "status": self.read_status(),
         }
+
+
+def _valid_status(status) -> bool:
+    return isinstance(status, dict) and (not status or isinstance(status.get("state"), str))
+
+
+def _valid_job(job) -> bool:
+    return isinstance(job, dict) and all(isinstance(job.get(k), str) for k in ("backend", "job_id", "kind"))

@@ -169,3 +169,30 @@ def test_status_shows_error_text_that_looks_like_markup(tmp_path):
         res = run_fgrpo("status", str(target), timeout=120)
         assert res.returncode == 0, res.stderr[-2000:]
         assert "pair.cc:553] Connection closed" in res.stdout.replace("\n", "")
+
+
+def test_damaged_bookkeeping_gets_a_row_naming_it(tmp_path):
+    """A jobs.jsonl record without "kind" and a status.json whose state is not a state: `fgrpo
+    status` shows every run, each damaged one with a note naming the file (docs/design.md)."""
+    from fgrpo.recipe.io import load_recipe_file
+
+    recipe = load_recipe_file(REPO / "recipes" / "tiny.py")
+    runs = tmp_path / "runs"
+    for name in ("jobs", "status", "fine"):
+        folder = RunFolder(runs / name)
+        folder.write_recipe(recipe)
+        folder.record_job("local", "host:1:2", "train")
+        folder.write_status("completed")
+    with open(runs / "jobs" / "jobs.jsonl", "a") as f:
+        f.write(json.dumps({"backend": "local", "job_id": "x"}) + "\n")
+    (runs / "status" / "status.json").write_text('{"state": 5}')
+    res = run_fgrpo("status", str(runs), "--json", timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {r["run"]: r for r in map(json.loads, res.stdout.splitlines()[:3])}
+    assert rows["fine"]["reason"] == "" and rows["fine"]["run_state"] == "completed"
+    assert "jobs.jsonl: record(s) 2 lack" in rows["jobs"]["reason"] and rows["jobs"]["run_state"] == "completed"
+    assert "status.json is damaged" in rows["status"]["reason"] and rows["status"]["run_state"] == "-"
+    table = run_fgrpo("status", str(runs), timeout=120)
+    assert table.returncode == 0 and "status.json is damaged" in table.stdout.replace("\n", "")
+    report = run_fgrpo("report", str(runs), "--out", str(tmp_path / "all.html"), timeout=120)
+    assert report.returncode == 0, report.stderr[-2000:]
