@@ -27,6 +27,9 @@ def load_recipe_file(path: str | Path) -> Recipe:
         namespace = runpy.run_path(str(path))
     except Exception as e:  # the user's file: show what broke, where
         raise RecipeError(f"recipe file {path} failed to load: {type(e).__name__}: {e}") from e
+    except SystemExit as e:  # sys.exit() in a recipe would end `fgrpo launch` quietly, having launched nothing
+        raise RecipeError(f"recipe file {path} called sys.exit({e.code!r}) while loading; a recipe file must "
+                          "only define `recipe = Recipe(...)`") from None
     recipe = namespace.get("recipe")
     if not isinstance(recipe, Recipe):
         raise RecipeError(f"recipe file {path} must define `recipe = Recipe(...)` (found {type(recipe).__name__})")

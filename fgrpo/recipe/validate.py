@@ -67,6 +67,16 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     for name in ("height", "width"):
         if getattr(ro, name) % 16:
             errs.append(f"rollout.{name}: must be a multiple of 16, got {getattr(ro, name)}")
+    # Wan's rotary embedding has a table of rope_max_seq_len (1024) positions per axis: latent frames
+    # (F - 1)/4 + 1 and patch rows/columns H/16, W/16 must fit (beyond, diffusers fails mid-forward).
+    rope = 1024
+    if (ro.frames - 1) // 4 + 1 > rope:
+        errs.append(f"rollout.frames: at most {4 * (rope - 1) + 1} (Wan's rotary table holds {rope} latent frames), "
+                    f"got {ro.frames}")
+    for name in ("height", "width"):
+        if getattr(ro, name) // 16 > rope:
+            errs.append(f"rollout.{name}: at most {16 * rope} (Wan's rotary table holds {rope} patches per axis), "
+                        f"got {getattr(ro, name)}")
     if ro.noise_schedule not in NOISE_SCHEDULES:
         errs.append(f"rollout.noise_schedule: one of {NOISE_SCHEDULES}, got {ro.noise_schedule!r}")
 

@@ -217,3 +217,23 @@ def test_a_folder_binary_or_empty_prompt_file_is_named(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     assert _with_prompts(tmp_path, empty) == [f"prompts.file: {empty} holds no prompts"]
+
+
+@pytest.mark.parametrize("field, value, ok", [("frames", 4093, True), ("frames", 4097, False),
+                                              ("height", 16384, True), ("height", 16400, False),
+                                              ("width", 16400, False)])
+def test_sizes_beyond_wans_rotary_table_are_refused(field, value, ok):
+    recipe = load_recipe_file(TINY)
+    recipe = dataclasses.replace(recipe, rollout=dataclasses.replace(recipe.rollout, **{field: value}))
+    named = [p for p in recipe_problems(recipe) if p.startswith(f"rollout.{field}:")]
+    assert (named == []) == ok, named
+    if not ok:
+        assert "rotary" in named[0]
+
+
+def test_a_recipe_file_calling_sys_exit_is_refused(tmp_path):
+    bad = tmp_path / "exits.py"
+    bad.write_text("import sys\nsys.exit(0)\n")
+    res = run_fgrpo("launch", str(bad), "--logging.runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert res.returncode == 2 and "sys.exit(0)" in res.stderr, (res.returncode, res.stderr[-500:])
+    assert not (tmp_path / "runs").exists()
