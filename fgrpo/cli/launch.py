@@ -21,6 +21,7 @@ from typing import Annotated, Literal, TypeVar
 
 import tyro
 
+from fgrpo.data.prompts import prompt_file_identity
 from fgrpo.fileio import env_rank
 from fgrpo.recipe.config import Recipe
 from fgrpo.recipe.io import (RecipeError, changed_fields, load_recipe_file, load_recipe_json, run_name, to_dict,
@@ -99,6 +100,9 @@ def check_existing_run(run_dir: Path, recipe: Recipe) -> None:
     foreign = folder.checkpoints_match(training_fingerprint(recipe))
     if foreign:
         raise RecipeError(f"{foreign[-1]} was trained with a different recipe than this one; {other}")
+    problem = folder.prompts_problem(prompt_file_identity(recipe.prompts.file))
+    if problem:
+        raise RecipeError(f"{run_dir}: {problem}")
 
 
 def refuse_if_running(folder: RunFolder, grace_s: float = 120.0) -> None:

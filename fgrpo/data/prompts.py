@@ -7,6 +7,7 @@ rest are trained on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,14 @@ def resolve_prompt_file(file: str) -> Path:
     if path.is_absolute() or path.exists():
         return path
     return REPO_ROOT / path
+
+
+def prompt_file_identity(file: str) -> dict:
+    """What a run trained and evaluated on: the prompt file's resolved path and a hash of its
+    bytes (its held-out set is its last lines, so any edit can shift it)."""
+    path = resolve_prompt_file(file)
+    data = path.read_bytes()
+    return {"file": str(path), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
 def read_prompt_records(path: str | Path) -> list[dict]:

@@ -52,6 +52,7 @@ from .samples import SampleFolder
 RECIPE, STATUS, METRICS, JOBS = "recipe.json", "status.json", "metrics.jsonl", "jobs.jsonl"
 LAUNCH, FAILURES, CANCEL, REWARD_SERVER = "launch.json", "failures.json", "CANCEL_REQUESTED", "reward-server.json"
 REWARD_TOKEN = "reward-server.token"
+PROMPTS = "prompts.json"  # the prompt file's identity when the run started
 CHECKPOINTS, SAMPLES, EVAL, LOGS = "checkpoints", "samples", "eval", "logs"
 SUBMITIT, SUBMITIT_ARRAYS = "submitit", ".submitit-arrays"  # the second beside the run folders, shared
 SERVER_KIND = "reward-server"  # a reward server the backend started beside the training job
@@ -185,6 +186,23 @@ class RunFolder:
         except OSError:
             pass
         atomic_write_text(self.recipe_file, text)
+
+    # ----- the prompt file a run started with (its held-out set must not shift under a resume)
+    def record_prompts(self, identity: dict) -> None:
+        """Written once, when the run first starts; later launches compare against it."""
+        if not (self.path / PROMPTS).exists():
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.path / PROMPTS, identity)
+
+    def prompts_problem(self, identity: dict) -> str | None:
+        """Why this run must not continue with the prompt file `identity` describes (None: fine)."""
+        recorded = read_json(self.path / PROMPTS, None)
+        if not isinstance(recorded, dict) or recorded.get("sha256") in (None, identity["sha256"]):
+            return None
+        return (f"prompts.file: {identity['file']} changed since this run started (sha256 "
+                f"{str(recorded['sha256'])[:12]}... -> {identity['sha256'][:12]}..., {recorded.get('bytes')} -> "
+                f"{identity['bytes']} bytes): its training and held-out prompts would shift under the run. "
+                "Restore the file, or start a new run with --logging.run-name NEW_NAME")
 
     def orphan_checkpoints(self) -> bool:
         """Checkpoints with no recipe.json beside them: whose recipe trained them is unknown."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from fgrpo.data.prompts import PromptSampler, read_prompts, resolve_prompt_file, split_prompts
+from fgrpo.data.prompts import PromptSampler, prompt_file_identity, read_prompts, resolve_prompt_file, split_prompts
 from fgrpo.distributed import process_group as dist
 from fgrpo.distributed.parallel_dims import ParallelDims
 from fgrpo.models.model_folder import model_folder
@@ -43,6 +43,10 @@ class Trainer:
         self.recipe, self.run_dir = recipe, Path(run_dir)
         self.started = time.time()  # compute/wall_s counts the set-up too
         self.folder = RunFolder(self.run_dir)
+        self.prompts_identity = prompt_file_identity(recipe.prompts.file)
+        problem = self.folder.prompts_problem(self.prompts_identity)  # a queued job: edited since the launch?
+        if problem:
+            raise ValueError(problem)
         self.stop = stop or StopFlag()
         self.device = dist.init_distributed()
         par = recipe.parallelism
@@ -54,6 +58,8 @@ class Trainer:
             model_folder(recipe.model)  # the tiny preset is built once, by rank 0
         dist.barrier()
         prompts = read_prompts(resolve_prompt_file(recipe.prompts.file))
+        if self.is_main:
+            self.folder.record_prompts(self.prompts_identity)
         # Text encodings are cached in the runs folder, shared by its runs and sweep points.
         self.policy = build_policy(recipe, self.dims, self.device, prompts, self.run_dir.parent)
         self.update = PolicyUpdate.adamw(trainable_parameters(self.policy.transformer), recipe.optim)

@@ -196,3 +196,24 @@ def test_damaged_bookkeeping_gets_a_row_naming_it(tmp_path):
     assert table.returncode == 0 and "status.json is damaged" in table.stdout.replace("\n", "")
     report = run_fgrpo("report", str(runs), "--out", str(tmp_path / "all.html"), timeout=120)
     assert report.returncode == 0, report.stderr[-2000:]
+
+
+def test_a_prompt_file_edited_between_stop_and_resume_is_refused(tiny_model_dir, tmp_path):
+    """Its last lines are the held-out set: an edit would make before/after compare other prompts."""
+    from tests.helpers.runs import tiny_launch_args
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text((REPO / "prompts" / "tiny.txt").read_text())
+    args = tiny_launch_args(tiny_model_dir, tmp_path / "runs", 1, "--prompts.file", str(prompts))
+    first = run_fgrpo(*args, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    recorded = json.loads((tmp_path / "runs" / "run" / "prompts.json").read_text())
+    prompts.write_text(prompts.read_text() + "a green kite at dawn\n")
+    again = run_fgrpo(*args[:-2], "--optim.max-steps", "2", "--prompts.file", str(prompts), cwd=tmp_path, timeout=300)
+    assert again.returncode == 2 and "prompts.file" in again.stderr and "changed since this run started" in again.stderr
+    # The in-job entry refuses too (a queued job that starts after the edit), recording why.
+    from fgrpo.trainer.trainer import Trainer
+
+    with pytest.raises(ValueError, match="prompts.file"):
+        Trainer(RunFolder(tmp_path / "runs" / "run").read_recipe(), tmp_path / "runs" / "run")
+    assert json.loads((tmp_path / "runs" / "run" / "prompts.json").read_text()) == recorded
