@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -28,17 +29,11 @@ Weights = Literal["ema", "model"]
 
 
 def _find_checkpoint(folder: RunFolder, step: int | None) -> tuple[int, Path]:
-    run_dir = folder.path
-    found = dict(folder.complete_checkpoints())
-    if not found:
-        raise FileNotFoundError(f"run folder {run_dir} has no complete checkpoint under {folder.checkpoints}")
-    if step is None:
-        step = max(found)
-    elif step not in found:
-        raise FileNotFoundError(
-            f"run folder {run_dir} has no complete checkpoint for step {step} (have {sorted(found)})"
-        )
-    return step, found[step]
+    """The newest checkpoint its manifest vouches for (or `step`); skipped ones are said on stderr."""
+    step, path, skipped = folder.usable_checkpoint(step)
+    for note in skipped:
+        print(f"fgrpo: {note}", file=sys.stderr)
+    return step, path
 
 
 def load_trained_transformer(run_dir: Path, step: int | None = None, weights: Weights = "ema"):

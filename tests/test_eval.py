@@ -43,3 +43,24 @@ def test_eval_run_and_checkpoint(tiny_model_dir, tmp_path):
 def test_eval_of_a_missing_run_names_the_folder(tmp_path):
     res = run_fgrpo("eval", str(tmp_path / "nothing"), cwd=tmp_path)
     assert res.returncode != 0 and "nothing" in res.stderr
+
+
+def test_eval_and_export_of_a_sharded_run_skip_a_damaged_newest_checkpoint(tiny_model_dir, tmp_path):
+    """Trained on 2 processes (FSDP2, dp_shard 2), evaluated and exported in one: DCP reshards. A
+    damaged newest checkpoint (its manifest's checksum disagrees) is skipped, said on stderr, as
+    resume does; nothing is written under eval/ before the checks pass."""
+    from tests.helpers.runs import launch_tiny
+
+    run = launch_tiny(tiny_model_dir, tmp_path / "runs", 2, 2, "--parallelism.dp-shard", "2", name="sharded")
+    meta = run / "checkpoints" / "step-2" / ".metadata"
+    meta.write_bytes(b"\x00" * meta.stat().st_size)
+    res = run_fgrpo("eval", str(run), "--steps", "2", cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "checkpoint step 2 skipped" in res.stderr
+    assert json.loads((run / "eval" / "step-1" / "eval.json").read_text())["step"] == 1
+    asked = run_fgrpo("eval", str(run / "checkpoints" / "step-2"), "--steps", "2", cwd=tmp_path, timeout=300)
+    assert asked.returncode == 2 and "step 2 cannot be used" in asked.stderr
+    assert not (run / "eval" / "step-2").exists()
+    exported = run_fgrpo("export", str(run), str(tmp_path / "out"), cwd=tmp_path, timeout=300)
+    assert exported.returncode == 0 and "checkpoint step 2 skipped" in exported.stderr, exported.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "export.json").read_text())["step"] == 1

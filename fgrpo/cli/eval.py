@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -81,13 +82,12 @@ def cmd_eval(argv: list[str]) -> int:
                              videos_per_prompt=a.videos_per_prompt or recipe.eval.videos_per_prompt)
     # A server the run launched has stopped with it: score in-process unless told of a server.
     rs = dataclasses.replace(recipe.reward_server, url=a.reward_url, launch=False)
-    recipe = dataclasses.replace(recipe, eval=ev, reward_server=rs)
-    found = dict(folder.complete_checkpoints())
-    if not found or (step is not None and step not in found):
-        raise FileNotFoundError(f"{run_dir}: no complete checkpoint{'' if step is None else f' for step {step}'}")
-    step = step if step is not None else max(found)
-    out = folder.eval_dir(a.name or f"step-{step}")
-    out.mkdir(parents=True, exist_ok=True)
+    # This process's layout, not the training one's: DCP reshards the checkpoint to it.
+    par = dataclasses.replace(recipe.parallelism, dp_replicate=1, dp_shard=-1, tp=1, sp=1)
+    recipe = dataclasses.replace(recipe, eval=ev, reward_server=rs, parallelism=par)
+    step, checkpoint, skipped = folder.usable_checkpoint(step)
+    for note in skipped:
+        print(f"fgrpo: {note}", file=sys.stderr)
     if a.prompts:
         records = read_prompt_records(Path(a.prompts))
     else:
@@ -96,8 +96,10 @@ def cmd_eval(argv: list[str]) -> int:
     prompts = [r["prompt"] for r in records]
     if not prompts:
         raise ValueError("no prompts to evaluate: the recipe holds none out (prompts.heldout) and --prompts is unset")
+    out = folder.eval_dir(a.name or f"step-{step}")  # made only once everything checked out
+    out.mkdir(parents=True, exist_ok=True)
     # The policy and the rewards only: no optimizer (fgrpo.trainer.evaluate.evaluate_checkpoint).
-    result = evaluate_checkpoint(recipe, run_dir, found[step], prompts, out / "samples", a.weights)
+    result = evaluate_checkpoint(recipe, run_dir, checkpoint, prompts, out / "samples", a.weights)
     used = result.pop("weights")
     summary = {"run": str(run_dir), "step": step, "weights": used, "steps": a.steps,
                "prompts": prompts, "videos_per_prompt": ev.videos_per_prompt, **result,

@@ -366,6 +366,26 @@ class RunFolder:
     def complete_checkpoints(self) -> list[tuple[int, Path]]:
         return complete_checkpoints(self.checkpoints)
 
+    def usable_checkpoint(self, step: int | None = None) -> tuple[int, Path, list[str]]:
+        """(step, folder, why newer ones were skipped): the newest complete checkpoint that its
+        manifest vouches for, or checkpoint `step` (FileNotFoundError naming why it cannot be used),
+        for readers of a run (eval, export), which never change it."""
+        found = dict(self.complete_checkpoints())
+        if step is not None:
+            problem = "it does not exist" if step not in found else checkpoint_problem(found[step])
+            if problem:
+                raise FileNotFoundError(f"{self.path}: checkpoint step {step} cannot be used: {problem} "
+                                        f"(complete checkpoints: {sorted(found)})")
+            return step, found[step], []
+        skipped = []
+        for s in sorted(found, reverse=True):
+            problem = checkpoint_problem(found[s])
+            if problem is None:
+                return s, found[s], skipped
+            skipped.append(f"checkpoint step {s} skipped: {problem}")
+        raise FileNotFoundError(f"{self.path}: no usable checkpoint under {self.checkpoints}"
+                                + (f" ({'; '.join(skipped)})" if skipped else ""))
+
     def latest_checkpoint(self) -> tuple[int, Path] | None:
         found = self.complete_checkpoints()
         return found[-1] if found else None
