@@ -70,12 +70,12 @@ class LocalBackend(Backend):
                                    daemon=True)
         console.start()
 
-        def forward(signum, frame):  # Ctrl-C / SIGTERM: the trainers stop gracefully and save
+        def forward(signum, frame):  # Ctrl-C / SIGTERM / a hang-up: the trainers stop gracefully and save
             for p in procs:
                 if p.poll() is None:
                     p.send_signal(signum)
 
-        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP)}
         try:
             codes = self._wait(procs)
         finally:

@@ -1,4 +1,5 @@
-"""Graceful stop: SIGTERM, SIGUSR2 or SIGINT set a flag that the training loop checks often."""
+"""Graceful stop: SIGTERM, SIGUSR2, SIGINT or SIGHUP (a closed terminal or SSH session) set a flag
+that the training loop checks often."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ EXIT_REQUEUE = 75
 
 
 class StopFlag:
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)):
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP)):
         self.signum: int | None = None
         self.time: float | None = None  # when the first signal arrived
         self.received: set[int] = set()  # every signal that arrived

@@ -53,7 +53,7 @@ def _train_lines(path):
     return [json.loads(x) for x in path.read_text().splitlines() if '"kind": "train"' in x]
 
 
-@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c", "hang-up"])
 def test_signal_stops_at_a_step_boundary_and_resume_finishes(tiny_model_dir, tmp_path, how):
     runs = tmp_path / "runs"
     args = [sys.executable, "-m", "fgrpo", "launch", str(REPO / "recipes" / "tiny.py"), "--model.path",
@@ -73,8 +73,10 @@ def test_signal_stops_at_a_step_boundary_and_resume_finishes(tiny_model_dir, tmp
     assert run_dir is not None, "training never reached step 2"
     if how == "sigterm":
         proc.send_signal(signal.SIGTERM)  # to the launcher, as Slurm or Kubernetes would
-    else:
+    elif how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)  # launcher and trainer both get it, as from a terminal
+    else:
+        os.killpg(proc.pid, signal.SIGHUP)  # the terminal or SSH session closed: the same, saving first
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 75, out  # "stopped cleanly, requeue me"
     done = _train_lines(run_dir / "metrics.jsonl")[-1]["step"]
