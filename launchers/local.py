@@ -146,7 +146,14 @@ class LocalBackend(Backend):
         return self.tail_logs([RunFolder(run_dir).rank_log(rank)], job_id, rank, follow)
 
     def submit_array(self, runs):
-        """Locally, sweep points run one after another."""
+        """Locally, sweep points run one after another; a point cancelled while it waits its turn
+        (`fgrpo cancel` marks it) is skipped."""
+        me = str(ProcessId.of())
+        for job in runs:  # every point is this process's job from now, so status and cancel find it
+            RunFolder(job.run_dir).record_job(self.name, me, job.kind)
         for job in runs:
+            if RunFolder(job.run_dir).cancel_requested():
+                print(f"skipping {job.run_dir.name}: cancelled before it started", flush=True)
+                continue
             self.launch(job)
-        return [str(os.getpid())] * len(runs)
+        return [me] * len(runs)

@@ -19,7 +19,7 @@ from typing import Annotated
 import tyro
 
 from fgrpo.fileio import read_json
-from fgrpo.run_folder import RunFolder, report_file
+from fgrpo.run_folder import FINAL_STATES, RunFolder, report_file
 from launchers.base import is_active
 
 
@@ -180,8 +180,20 @@ def cmd_cancel(argv: list[str]) -> int:
     for server in servers:  # a reward server started beside it goes too
         backend.cancel(server["job_id"])
         print(f"cancelled its reward server, {backend.name} job {server['job_id']}")
+    status = folder.effective_status()
+    if is_active(state) and folder.lock().probe() != "held" and backend.name == "local":
+        # The job is alive but this run is not training in it: a point of a local sweep (every point
+        # shares the sweep process's job id) that has finished or waits its turn. Signalling the job
+        # would stop whichever point trains now.
+        if status.get("state") in FINAL_STATES:
+            print(f"nothing to cancel: {folder.path.name} is {status['state']} (its sweep, job {job['job_id']}, "
+                  "goes on)", file=sys.stderr)
+            return 1
+        folder.request_cancel(job["job_id"])
+        folder.write_status("cancelled", f"fgrpo cancel before it started (a point of local job {job['job_id']})")
+        print(f"cancelled {folder.path.name} before it started; its sweep (job {job['job_id']}) skips it")
+        return 0
     if not is_active(state):
-        status = folder.effective_status()
         print(f"nothing to cancel: {backend.name} job {job['job_id']} of {folder.path.name} is not running "
               f"({state}); the run is {status.get('state', 'not started')}", file=sys.stderr)
         return 1

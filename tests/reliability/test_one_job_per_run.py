@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,41 @@ def test_a_reused_pid_is_never_taken_for_the_job(tmp_path):
         assert backend.state(f"elsewhere:{real.pid}:{real.start}").startswith("UNKNOWN")
     finally:
         stranger.kill()
+
+
+def test_cancel_of_a_local_sweep_point_touches_only_that_point(tiny_model_dir, tmp_path):
+    """Every point of a local sweep is recorded with the sweep process's job id: cancelling a
+    finished point must not stop the point training now, nor relabel the finished one; cancelling a
+    waiting point marks it and the sweep skips it."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers.runs import BASE_ARGS, wait_for
+
+    runs = tmp_path / "runs"
+    args = [sys.executable, "-m", "fgrpo", "sweep", str(REPO / "recipes" / "tiny.py"), "--grid",
+            "optim.lr=0.001,0.002,0.003", "--model.path", str(tiny_model_dir), "--logging.runs-dir", str(runs),
+            *BASE_ARGS, "--optim.max-steps", "6", "--checkpoint.interval", "1000"]
+    sweep = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    try:
+        def point(lr: str) -> Path:  # named by every override (path, lr, ...): found by its lr
+            wait_for(lambda: list(runs.glob(f"tiny__*lr={lr}_*")), timeout=120, what=f"point lr={lr}")
+            return next(runs.glob(f"tiny__*lr={lr}_*"))
+
+        first, second, third = point("0.001"), point("0.002"), point("0.003")
+        wait_for(lambda: RunFolder(second).lock().probe() == "held", timeout=300, what="the second point to start")
+        res = run_fgrpo("cancel", str(first), cwd=tmp_path, timeout=120)
+        assert res.returncode == 1 and "is completed" in res.stderr, res.stderr
+        res = run_fgrpo("cancel", str(third), cwd=tmp_path, timeout=120)
+        assert res.returncode == 0 and "before it started" in res.stdout, res.stdout + res.stderr
+        out, _ = sweep.communicate(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert sweep.returncode == 0, out[-3000:]
+    assert RunFolder(first).read_status()["state"] == "completed"
+    assert RunFolder(second).read_status()["state"] == "completed"  # not stopped by the cancels
+    assert RunFolder(second).progress()["step"] == 6
+    assert RunFolder(third).read_status()["state"] == "cancelled" and not (third / "metrics.jsonl").exists()
