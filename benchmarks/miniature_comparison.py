@@ -94,10 +94,11 @@ def main() -> int:
               "--optim.max-steps", str(steps[arm]), "--eval.interval", str(steps[arm]),
               "--logging.runs-dir", str(runs_dir))
     run_dirs = sorted(p.parent for p in runs_dir.glob("*/recipe.json"))
-    fgrpo("report", *map(str, run_dirs), "--metric", a.metric, "--baseline", baseline_label(run_dirs),
+    series = label_runs([load_run(p) for p in run_dirs])  # read once: the report and the JSON share it
+    baseline = baseline_label(series)
+    fgrpo("report", *map(str, run_dirs), "--metric", a.metric, "--baseline", baseline,
           "--out", str(root / "comparison.html"))
-    series = label_runs([load_run(p) for p in run_dirs])
-    rows = comparison_rows(series, a.metric, baseline_label(run_dirs))
+    rows = comparison_rows(series, a.metric, baseline)
     out = {"comparison_version": COMPARISON_VERSION, "seeds": a.seeds, "budget_steps": a.budget_steps,
            "budget_flops": budget, "flops_per_step": flops, "steps": steps, "rows": rows}
     (root / "comparison.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
@@ -105,11 +106,9 @@ def main() -> int:
     return 0
 
 
-def baseline_label(run_dirs: list[Path]) -> str:
+def baseline_label(series) -> str:
     """The flash arm's series label (mode flash, iso-temporal and rectification on)."""
-    from fgrpo.report.data import label_runs, load_run
-
-    for s in label_runs([load_run(p) for p in run_dirs]):
+    for s in series:
         r = s.runs[0].recipe
         if (r.get("algorithm.mode"), r.get("algorithm.iso_temporal"), r.get("algorithm.rectification")) == (
                 "flash", True, True):

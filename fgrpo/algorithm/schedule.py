@@ -36,8 +36,14 @@ def wan_sigmas(num_steps: int, shift: float, sigma_max: float = 0.999) -> Tensor
         raise ValueError(f"sigma_max must be in (0, 1], got {sigma_max}")
     # float64 so the truncated timesteps (sigma * 1000) match the reference exactly.
     sigmas = torch.linspace(sigma_max, 0.0, num_steps + 1, dtype=torch.float64)[:-1]
-    sigmas = shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
+    sigmas = shift_sigmas(sigmas, shift)
     return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def shift_sigmas(sigmas: Tensor, shift: float) -> Tensor:
+    """The flow shift: sigma' = s * sigma / (1 + (s - 1) * sigma) (s > 1 spends more of a schedule,
+    or of training's sampled noise levels, at high noise)."""
+    return shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
 
 
 def per_sample(t: Scalar, like: Tensor) -> Scalar:

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from fgrpo.algorithm import ode_step, wan_sigmas
+from fgrpo.algorithm.schedule import shift_sigmas
 from fgrpo.fileio import atomic_write_text
 from fgrpo.miniature.world import FRAMES, SIZE, Scene, all_scenes, prompt_sets, render_batch, WORLD_VERSION
 from fgrpo.models.wan.presets import PRESETS
@@ -169,11 +170,6 @@ def encode_dataset(vae: nn.Module, cfg: PretrainConfig, scenes: list[Scene], pro
     return z, [i for i, _ in items], mean.tolist(), std.tolist()
 
 
-def shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
-    """The flow shift applied to sigma: s' = shift s / (1 + (shift - 1) s) (as wan_sigmas does)."""
-    return shift * u / (1 + (shift - 1) * u)
-
-
 def train_transformer(cfg: PretrainConfig, latents: torch.Tensor, scene_of: list[int], text: torch.Tensor,
                       empty: torch.Tensor, progress) -> nn.Module:
     """Flow matching on the encoded dataset (see the module docstring); AdamW with cosine decay."""
@@ -196,7 +192,7 @@ def train_transformer(cfg: PretrainConfig, latents: torch.Tensor, scene_of: list
         # Half logit-normal (where the loss matters most), half uniform (every timestep is sampled at).
         u = torch.sigmoid(torch.randn(cfg.dit_batch, generator=gen))
         u = torch.where(torch.rand(cfg.dit_batch, generator=gen) < 0.5, u, torch.rand(cfg.dit_batch, generator=gen))
-        sigma = shifted(u, cfg.flow_shift)
+        sigma = shift_sigmas(u, cfg.flow_shift)
         eps = torch.randn(x0.shape, generator=gen)
         s = sigma.view(-1, 1, 1, 1, 1)
         xs = (1 - s) * x0 + s * eps
