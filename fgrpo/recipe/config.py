@@ -126,6 +126,10 @@ class RolloutConfig:
     `dance-grpo` constant eta (sigma_1: the grid's second sigma)."""
     noise_constant: float = within("(0, inf)", 0.7)
     """The constant a (flow-grpo) or eta (dance-grpo), > 0; unused by `wan`."""
+    share_prefix: bool = False
+    """The G videos of a prompt start from the same initial noise (DanceGRPO), so the deterministic
+    prefix up to the group's SDE step is computed once per prompt; the group then differs only by
+    the SDE step's noise. Flash-GRPO's own code draws each video's initial noise."""
 
 
 @dataclass

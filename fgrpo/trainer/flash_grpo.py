@@ -28,7 +28,15 @@ from fgrpo.recipe.config import Recipe
 from .policy import Policy
 from .failures import agree_on_scores, submit_safely
 from .reward_scoring import not_scored
-from .rollout import Transitions, initial_latents, sample, step_noise_std_scale, transition_log_prob, video_generators
+from .rollout import (
+    Transitions,
+    initial_latents,
+    sample,
+    shared_prefix_starts,
+    step_noise_std_scale,
+    transition_log_prob,
+    video_generators,
+)
 from .update import PolicyUpdate
 
 
@@ -85,6 +93,23 @@ def with_recomputed_old_log_prob(policy: Policy, trans: Transitions, context, ne
     return Transitions(trans.video, trans.step, trans.x, trans.x_next, old), drift
 
 
+def shared_prefix(policy: Policy, recipe: Recipe, step: int, local: slice, mask: torch.Tensor, context, neg):
+    """`rollout.share_prefix`: the G videos of a prompt start from the same noise (drawn per prompt),
+    so their deterministic prefix up to the group's SDE step is one ODE integration per prompt (on
+    each rank that holds videos of it), copied to its videos. Returns the local videos' latents at
+    their group's start step, and those steps."""
+    G = recipe.rollout.group_size
+    group = torch.arange(local.start, local.stop) // G
+    groups, local_group = torch.unique(group, return_inverse=True)
+    first = torch.tensor([int((local_group == g).nonzero()[0]) for g in range(len(groups))])
+    gens = video_generators([step_seed(recipe.prompts.seed, step, salt=500_000 + int(g)) for g in groups])
+    start = shared_prefix_starts(mask, local_group)
+    x, _ = sample(policy.transformer, initial_latents(policy.latent_shape, gens).to(policy.device), context[first],
+                  neg[first], policy.sigmas, torch.zeros_like(mask[first]), policy.noise, policy.cfg_scale, gens,
+                  recipe.rollout.micro_batch, policy.compute_dtype, end=start[first])
+    return x[local_group], start
+
+
 def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recipe, step: int, prompts: list[str],
                     check_stop) -> StepResult:
     """One optimizer step (`step` = optimizer steps done so far) on the global batch `prompts`."""
@@ -106,13 +131,17 @@ def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recip
     context, neg = policy.encode(video_prompts), policy.negative_context(len(video_prompts))
     gens = video_generators([step_seed(r.prompts.seed, step, salt=1000 + v) for v in range(local.start, local.stop)])
     with policy.rollout():  # eval mode, and what only sampling wants (Policy.rollout)
-        latents = initial_latents(policy.latent_shape, gens).to(policy.device)
+        if ro.share_prefix:
+            latents, start = shared_prefix(policy, r, step, local, mask, context, neg)
+        else:
+            latents, start = initial_latents(policy.latent_shape, gens).to(policy.device), None
         pending, parts = [], []
         for s in range(0, n_local, ro.micro_batch):  # micro-batches, with a stop check between them
             check_stop()
             sl = slice(s, s + ro.micro_batch)
             f, tr = sample(policy.transformer, latents[sl], context[sl], neg[sl], policy.sigmas, mask[sl],
-                           policy.noise, policy.cfg_scale, gens[sl], ro.micro_batch, policy.compute_dtype)
+                           policy.noise, policy.cfg_scale, gens[sl], ro.micro_batch, policy.compute_dtype,
+                           start=None if start is None else start[sl])
             tr.video += s
             parts.append(tr)
             # Sent now: a reward server scores this micro-batch while the next one is rolled out.

@@ -106,36 +106,55 @@ def sample(
     generators: list[torch.Generator],
     micro_batch: int,
     dtype: torch.dtype = torch.float32,
+    start: torch.Tensor | None = None,
+    end: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Transitions]:
-    """Integrate every video from σ_0 to 0; SDE at (video, step) where `sde_mask` is True.
+    """Integrate every video from σ_start to σ_end (default σ_0 to 0); SDE at (video, step) where
+    `sde_mask` is True.
 
-    latents [B, C, F, H, W] float32; context [B, L, D]; sde_mask [B, N] bool; one generator per
-    video supplies its SDE noise. Returns the final latents and the recorded SDE transitions.
+    latents [B, C, F, H, W] float32 (video b at σ_{start[b]}); context [B, L, D]; sde_mask [B, N]
+    bool; start/end [B] step indices (a row takes steps start[b] <= i < end[b]: a shared prefix ends
+    where its group's first SDE step is, and the group's videos start there). One generator per video
+    supplies its SDE noise. Returns the latents at σ_end and the recorded SDE transitions.
     """
     device = latents.device
     sig = sigmas.to(device=device, dtype=torch.float32)
     n_steps = sig.numel() - 1
+    n = latents.shape[0]
+    start = torch.zeros(n, dtype=torch.long) if start is None else start.long().cpu()
+    end = torch.full((n,), n_steps, dtype=torch.long) if end is None else end.long().cpu()
     finals, records = [], []
-    for start in range(0, latents.shape[0], micro_batch):
-        sl = slice(start, start + micro_batch)
-        x, mask = latents[sl].float(), sde_mask[sl]
+    for first in range(0, n, micro_batch):
+        sl = slice(first, first + micro_batch)
+        x, mask, st, en = latents[sl].float().clone(), sde_mask[sl], start[sl], end[sl]
         neg = None if neg_context is None else neg_context[sl]
         text, scale = text_input(context[sl], neg, cfg_scale, dtype)  # one tensor for all steps
-        for i in range(n_steps):
-            s, s_next = sig[i].expand(x.shape[0]), sig[i + 1].expand(x.shape[0])
-            v = guided_velocity(transformer, x, s, text, scale, dtype)
-            x_ode = ode_step(x, v, s, s_next)
-            rows = mask[:, i].nonzero().flatten().tolist()
+        active_text, active_key = text, None
+        for i in range(int(st.min()), int(en.max())):
+            active = ((st <= i) & (i < en)).nonzero().flatten()
+            if active.numel() == 0:
+                continue
+            whole = active.numel() == x.shape[0]
+            if not whole and active_key != active.tolist():  # rows finished or not yet started
+                active_key = active.tolist()
+                active_text, _ = text_input(context[sl][active], None if neg is None else neg[active], cfg_scale, dtype)
+            xa = x if whole else x[active]
+            s, s_next = sig[i].expand(xa.shape[0]), sig[i + 1].expand(xa.shape[0])
+            v = guided_velocity(transformer, xa, s, text if whole else active_text, scale, dtype)
+            x_new = ode_step(xa, v, s, s_next)
+            rows = mask[active, i].nonzero().flatten().tolist()  # positions among the active rows
             if rows:
-                eps = torch.stack([torch.randn(x.shape[1:], generator=generators[start + r]) for r in rows]).to(device)
+                videos = active[rows]
+                eps = torch.stack([torch.randn(x.shape[1:], generator=generators[first + int(r)]) for r in videos])
                 step = torch.full((len(rows),), i, dtype=torch.long)
                 s_t = step_noise_std_scale(sig.cpu(), step, noise).to(device)
-                out = sde_step(x[rows], v[rows], s[rows], s_next[rows], s_t, noise=eps)
-                records.append(
-                    Transitions(torch.tensor(rows) + start, step, x[rows].clone(), out.prev_sample.float(), out.log_prob)
-                )
-                x_ode[rows] = out.prev_sample.float()
-            x = x_ode
+                out = sde_step(xa[rows], v[rows], s[rows], s_next[rows], s_t, noise=eps.to(device))
+                records.append(Transitions(videos + first, step, xa[rows].clone(), out.prev_sample.float(), out.log_prob))
+                x_new[rows] = out.prev_sample.float()
+            if whole:
+                x = x_new
+            else:
+                x[active] = x_new
         finals.append(x)
     if records:
         trans = Transitions.cat(records)
@@ -143,6 +162,15 @@ def sample(
         empty = latents.new_zeros((0, *latents.shape[1:]))
         trans = Transitions(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), empty, empty, latents.new_zeros(0))
     return torch.cat(finals), trans
+
+
+def shared_prefix_starts(sde_mask: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """[B] the step where each video's group leaves its shared deterministic prefix: the earliest
+    SDE step of any video of the group (flash with iso-temporal grouping: the group's one step)."""
+    first_sde = torch.where(sde_mask.any(1), sde_mask.float().argmax(1), sde_mask.shape[1])
+    per_group = torch.full((int(group.max()) + 1,), sde_mask.shape[1], dtype=torch.long)
+    per_group.scatter_reduce_(0, group, first_sde, reduce="amin")
+    return per_group[group]
 
 
 def transition_log_prob(
