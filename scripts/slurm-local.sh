@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# A real Slurm cluster on this one machine, for tests and CI (see /work/shared/docs/slurm-local.md).
+# A real Slurm cluster on this one machine, for tests and CI (docs/slurm.md, "A real cluster for
+# the tests").
 #
 #   scripts/slurm-local.sh start    install if needed, start munge + accounting + slurmctld + one slurmd
 #                                   per node, wait until every node is up. Idempotent: a running,
 #                                   healthy cluster with an unchanged config returns at once.
+#                                   Converges from whatever an earlier set-up left, saying what it
+#                                   changed: MariaDB's `slurm` user is reset to login by unix socket,
+#                                   another cluster's state in StateSaveLocation is moved aside.
+#                                   A daemon that does not come up stops it with the daemon's log
+#                                   lines from this start (the last 30) and the reason.
 #   scripts/slurm-local.sh stop     stop what `start` started (by pidfile), munged/MariaDB only if
 #                                   `start` started them. Idempotent. Job state is kept on disk;
 #                                   running jobs are not cancelled (scancel them first if needed).
@@ -15,26 +21,10 @@
 # Cluster: nodes node1..nodeN (N = $FGRPO_SLURM_NODES, default 2), all 127.0.0.1 with their own slurmd
 # port, $FGRPO_SLURM_CPUS CPUs each (default 2; may exceed the real cores: config_overrides).
 # Partitions: `debug` (default, PriorityTier=1, preempted with PreemptMode=REQUEUE, GraceTime=20)
-# and `urgent` (PriorityTier=10, never preempted). Observed on a `debug` job preempted by `urgent`:
-#   t=0   the job's --signal (e.g. --signal=B:USR2@60; B: = batch shell only) plus SIGCONT, within
-#         a second of the urgent submit (preempt_send_user_signal; no --signal, no early signal);
-#   t=20  (GraceTime) SIGCONT + SIGTERM; t=30 (KillWait) SIGKILL. The job is then PREEMPTED in
-#         sacct, requeued, and runs again ~10 s later (cred_expire) with SLURM_RESTART_COUNT+1.
-#   Careful: a job that *exits* during the grace time (on USR2) ends COMPLETED/FAILED and is NOT
-#   requeued. To free the nodes at once and still come back: checkpoint, then
-#   `scontrol requeue $SLURM_JOB_ID` and exit (REQUEUED, restarts ~11 s later), as submitit does.
-#   Or checkpoint and keep running until the SIGTERM, then exit (PREEMPTED, requeued).
-#   USR2 and SIGCONT arrive together: a bash `trap` missed the USR2 once in 7 runs (Python: 3 of 3).
-# `scontrol requeue ID` on a running job: SIGCONT + SIGTERM at once (no USR2), SIGKILL after
-# KillWait, runs again ~21 s later (REQUEUED in sacct; `sacct -D` shows every run).
-#
-# Accounting: `sacct -j ID` (what submitit and `fgrpo status` call) needs accounting storage:
-# with AccountingStorageType=none it just says "Slurm accounting storage is disabled" (rc 1). The
-# lighter JobCompType=jobcomp/filetxt only serves `sacct -c` (--completion): one record per ended
-# run (a requeue shows as PREEMPTED or PENDING), nothing for pending/running jobs, no steps; and
-# submitit never passes -c, so its job.state stays UNKNOWN. Hence slurmdbd + MariaDB (about 1 s
-# more on start once installed). jobcomp/filetxt is enabled as well (free).
+# and `urgent` (PriorityTier=10, never preempted); what a preempted or requeued job receives and
+# when, and why accounting (slurmdbd + MariaDB) is on: docs/slurm.md.
 # FGRPO_SLURM_ACCOUNTING=0 skips slurmdbd/MariaDB (then only `sacct -c` works).
+# FGRPO_SLURM_WAIT_S (default 60): how long each daemon, then the nodes, may take to come up.
 set -euo pipefail
 
 NODES=${FGRPO_SLURM_NODES:-2}
@@ -44,11 +34,14 @@ CLUSTER=fgrpo
 RUN=/run/fgrpo-slurm          # our pidfiles and "we started it" markers
 LOGDIR=/var/log/slurm
 CONF=/etc/slurm/slurm.conf
+STATE=/var/spool/slurmctld          # StateSaveLocation
 DBDCONF=/etc/slurm/slurmdbd.conf
 MYSQL_SOCK=/run/mysqld/mysqld.sock
 MYSQL_PID=/run/mysqld/mysqld.pid   # mariadbd writes it after dropping to the mysql user
 NODE_PORT0=17000                   # node i listens on NODE_PORT0+i
 WAIT_S=${FGRPO_SLURM_WAIT_S:-60}
+TAIL_LINES=30                      # log lines shown when a daemon fails
+declare -A LOG_FROM=()             # log file -> its size before this start launched its daemon
 
 log() { echo "slurm-local: $*"; }
 die() { echo "slurm-local: ERROR: $*" >&2; exit 1; }
@@ -94,12 +87,55 @@ kill_pidfiles() {
   return 0
 }
 
-log_tails() {
-  local f
-  for f in "$LOGDIR"/slurmctld.log "$LOGDIR"/slurmd-*.log "$LOGDIR"/slurmdbd.log "$LOGDIR"/mariadb.log /var/log/munge/munged.log; do
-    [[ -f $f ]] || continue
-    echo "----- tail $f" >&2
-    tail -n 15 "$f" >&2
+# ---------------------------------------------------------------- failing daemons
+# log_size FILE: its size in bytes (0 if absent): where the lines of a daemon launched now begin.
+log_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
+
+# log_excerpt FILE FROM: a header and the last TAIL_LINES lines FILE got after byte FROM, or its
+# last lines if it got none (a daemon may fail before it opens its log; it then says so on stderr).
+log_excerpt() {
+  local file=$1 from=$2 lines=""
+  if [[ ! -f $file ]]; then echo "----- $file does not exist"; return 0; fi
+  lines=$(tail -c +"$((from + 1))" "$file" | tail -n "$TAIL_LINES") || true
+  if [[ -n $lines ]]; then
+    echo "----- $file: the lines of this start (last $TAIL_LINES)"
+  else
+    lines=$(tail -n "$TAIL_LINES" "$file") || true
+    echo "----- $file: nothing new since this start; its last $TAIL_LINES lines"
+  fi
+  printf '%s\n-----\n' "$lines"
+}
+
+# daemon_failed NAME FILE FROM REASON: print NAME's log excerpt and stop, with REASON and the
+# excerpt's last fatal or error line (timestamp dropped).
+daemon_failed() {
+  local name=$1 file=$2 from=$3 reason=$4 excerpt cause
+  excerpt=$(log_excerpt "$file" "$from")
+  printf '%s\n' "$excerpt" >&2
+  cause=$(grep -v '^-----' <<<"$excerpt" | grep -iE 'fatal|error' | tail -n 1 | sed -E 's/^\[[^]]*\] //') || true
+  die "$name $reason${cause:+: $cause} (log: $file)"
+}
+
+# launch LABEL FILE COMMAND...: run a daemon's start command (it forks into the background), its
+# log being FILE; stop with that log if the command fails.
+launch() {
+  local label=$1 file=$2 rc=0
+  shift 2
+  LOG_FROM[$file]=$(log_size "$file")
+  log "starting $label"
+  "$@" 9>&- || rc=$?
+  ((rc == 0)) || daemon_failed "$label" "$file" "${LOG_FROM[$file]}" "exited at start (status $rc)"
+}
+
+# await LABEL FILE ALIVE CHECK: wait up to WAIT_S for the command CHECK to succeed; stop with the
+# daemon's log if ALIVE fails first (after 2 s: a pidfile appears a moment after the launch).
+await() {
+  local label=$1 file=$2 alive=$3 check=$4 t0=$SECONDS tries=0
+  until $check; do
+    if ((tries >= 20)) && ! $alive; then daemon_failed "$label" "$file" "${LOG_FROM[$file]:-0}" "died after it started"; fi
+    ((SECONDS - t0 < WAIT_S)) || daemon_failed "$label" "$file" "${LOG_FROM[$file]:-0}" "did not answer in $WAIT_S s"
+    sleep 0.1
+    tries=$((tries + 1))
   done
 }
 
@@ -153,7 +189,7 @@ CredType=cred/munge
 # A requeued job may only start again after cred_expire seconds (default 120, minimum 5).
 AuthInfo=cred_expire=10
 SlurmctldPort=6817
-StateSaveLocation=/var/spool/slurmctld
+StateSaveLocation=$STATE
 SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=$RUN/slurmctld.pid
 SlurmdPidFile=$RUN/slurmd-%n.pid
@@ -221,72 +257,131 @@ EOF
 }
 
 # ---------------------------------------------------------------- daemons
+# Liveness and readiness checks for await (no arguments).
+munge_works() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+munged_alive() { pid_alive /run/munge/munged.pid munged; }
+mysql_up() { mariadb-admin --socket="$MYSQL_SOCK" ping >/dev/null 2>&1; }
+mariadbd_alive() { running "$MARIADBD_LAUNCHED"; }
+dbd_answers() { sacctmgr -n -P list cluster >/dev/null 2>&1; }
+dbd_alive() { pid_alive "$RUN/slurmdbd.pid" slurmdbd; }
+ctld_alive() { pid_alive "$RUN/slurmctld.pid" slurmctld; }
+
 start_munge() {
-  if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return 0; fi
+  munge_works && return 0
   [[ -s /etc/munge/munge.key ]] || { log "creating munge key"; mungekey --create --keyfile=/etc/munge/munge.key; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
   install -d -o munge -g munge -m 755 /run/munge
   install -d -o munge -g munge -m 700 /var/log/munge /var/lib/munge
-  log "starting munged"
-  runuser -u munge -- /usr/sbin/munged --force 9>&-
+  launch munged /var/log/munge/munged.log runuser -u munge -- /usr/sbin/munged --force
   touch "$RUN/munged.ours"
-  local i
-  for ((i = 0; i < 50; i++)); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return 0; sleep 0.1; done
-  log_tails; die "munge -n | unmunge does not succeed"
+  await munged /var/log/munge/munged.log munged_alive munge_works
 }
 
-mysql_up() { mariadb-admin --socket="$MYSQL_SOCK" ping >/dev/null 2>&1; }
-
 start_mariadb() {
-  if ! mysql_up; then
-    install -d -o mysql -g mysql -m 755 /run/mysqld
-    touch "$LOGDIR/mariadb.log"; chown mysql:mysql "$LOGDIR/mariadb.log"
-    log "starting MariaDB"
-    setsid /usr/sbin/mariadbd --user=mysql --datadir=/var/lib/mysql --socket="$MYSQL_SOCK" \
-      --pid-file="$MYSQL_PID" --bind-address=127.0.0.1 --log-error="$LOGDIR/mariadb.log" \
-      --innodb-buffer-pool-size=1G --innodb-lock-wait-timeout=900 </dev/null >/dev/null 2>&1 9>&- &
-    touch "$RUN/mariadb.ours"
-    local i
-    for ((i = 0; i < 300; i++)); do mysql_up && break; sleep 0.1; done
-    mysql_up || { log_tails; die "MariaDB did not come up in 30 s"; }
-  fi
-  mariadb --socket="$MYSQL_SOCK" -u root <<'EOF'
+  mysql_up && return 0
+  local file=$LOGDIR/mariadb.log
+  install -d -o mysql -g mysql -m 755 /run/mysqld
+  touch "$file"; chown mysql:mysql "$file"
+  LOG_FROM[$file]=$(log_size "$file")
+  log "starting MariaDB"
+  setsid /usr/sbin/mariadbd --user=mysql --datadir=/var/lib/mysql --socket="$MYSQL_SOCK" \
+    --pid-file="$MYSQL_PID" --bind-address=127.0.0.1 --log-error="$file" \
+    --innodb-buffer-pool-size=1G --innodb-lock-wait-timeout=900 </dev/null >/dev/null 2>&1 9>&- &
+  MARIADBD_LAUNCHED=$!   # setsid execs mariadbd (a background job is no group leader): its pid
+  touch "$RUN/mariadb.ours"
+  await MariaDB "$file" mariadbd_alive mysql_up
+}
+
+# The account slurmdbd logs in with (slurmdbd.conf): OS user slurm by unix socket, all rights on
+# its database. Set on every start: another Slurm set-up may have left a `slurm` user with a
+# password, and CREATE USER IF NOT EXISTS would keep it (slurmdbd: "Access denied").
+converge_mariadb_user() {
+  local before after
+  before=$(mariadb --socket="$MYSQL_SOCK" -u root -N -B -e "SHOW GRANTS FOR 'slurm'@'localhost'" 2>/dev/null) || before=""
+  mariadb --socket="$MYSQL_SOCK" -u root <<'EOF' || die "could not set up MariaDB's user slurm as MariaDB's root (login by unix socket): see the error above"
 CREATE DATABASE IF NOT EXISTS slurm_acct_db;
 CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED VIA unix_socket;
+ALTER USER 'slurm'@'localhost' IDENTIFIED VIA unix_socket;
 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
 EOF
+  after=$(mariadb --socket="$MYSQL_SOCK" -u root -N -B -e "SHOW GRANTS FOR 'slurm'@'localhost'")
+  if [[ -z $before ]]; then
+    log "created MariaDB user 'slurm'@'localhost' (login by unix socket, all rights on slurm_acct_db)"
+  elif [[ $before != "$after" ]]; then
+    log "reset MariaDB user 'slurm'@'localhost' to login by unix socket with all rights on slurm_acct_db (it had another authentication or fewer rights, e.g. from another Slurm set-up)"
+  fi
 }
 
 start_slurmdbd() {
-  pid_alive "$RUN/slurmdbd.pid" slurmdbd && return 0
-  log "starting slurmdbd"
-  slurmdbd 9>&-
-  local i
-  for ((i = 0; i < 300; i++)); do sacctmgr -n -P list cluster >/dev/null 2>&1 && break; sleep 0.1; done
-  sacctmgr -n -P list cluster >/dev/null 2>&1 || { log_tails; die "slurmdbd did not answer in 30 s"; }
+  dbd_alive || launch slurmdbd "$LOGDIR/slurmdbd.log" slurmdbd
+  await slurmdbd "$LOGDIR/slurmdbd.log" dbd_alive dbd_answers
   if ! sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER"; then
+    log "registering cluster $CLUSTER in the accounting database"
     sacctmgr -i add cluster "$CLUSTER" >/dev/null
   fi
 }
 
+# foreign_cluster DIR: print the cluster name DIR's state files belong to and succeed if it is not
+# ours (slurmctld then stops with "CLUSTER NAME MISMATCH").
+foreign_cluster() {
+  local name
+  [[ -s $1/clustername ]] || return 1
+  name=$(tr -d '[:space:]' <"$1/clustername")
+  [[ -n $name && $name != "$CLUSTER" ]] || return 1
+  echo "$name"
+}
+
+# This is a private test cluster: another cluster's state (an earlier set-up with another
+# ClusterName) is moved aside, not deleted, and slurmctld starts afresh (job ids from 1 again).
+move_foreign_state() {
+  local other backup
+  other=$(foreign_cluster "$STATE") || return 0
+  backup="$STATE.cluster-${other//[^A-Za-z0-9_.-]/_}.$(date +%Y%m%d-%H%M%S)"
+  mv "$STATE" "$backup"
+  install -d -o slurm -g slurm -m 755 "$STATE"
+  log "moved the state of cluster $other from $STATE to $backup (slurmctld refuses another cluster's state; job ids start at 1 again)"
+}
+
 start_slurmctld() {
-  pid_alive "$RUN/slurmctld.pid" slurmctld && return 0
-  log "starting slurmctld"
-  slurmctld 9>&-
+  if ! ctld_alive; then
+    move_foreign_state
+    launch slurmctld "$LOGDIR/slurmctld.log" slurmctld
+  fi
+  await slurmctld "$LOGDIR/slurmctld.log" ctld_alive ctld_up
 }
 
 start_slurmds() {
   local n
   for n in $(node_names); do
     pid_alive "$RUN/slurmd-$n.pid" slurmd && continue
-    log "starting slurmd -N $n"
-    slurmd -N "$n" 9>&-
+    launch "slurmd -N $n" "$LOGDIR/slurmd-$n.log" slurmd -N "$n"
   done
 }
 
+# fail_nodes: the nodes did not all come up in time: show slurmctld's log and that of each node
+# not up (a dead slurmd first), and stop.
+fail_nodes() {
+  local n file states
+  states=$(sinfo -h -N -o '%N %t' 2>/dev/null | sort -u) || true
+  for n in $(node_names); do
+    file=$LOGDIR/slurmd-$n.log
+    pid_alive "$RUN/slurmd-$n.pid" slurmd || daemon_failed "slurmd -N $n" "$file" "${LOG_FROM[$file]:-0}" "died after it started"
+  done
+  log_excerpt "$LOGDIR/slurmctld.log" "${LOG_FROM[$LOGDIR/slurmctld.log]:-0}" >&2
+  for n in $(node_names); do
+    grep -qE "^$n (idle|mix|alloc|comp)$" <<<"$states" || log_excerpt "$LOGDIR/slurmd-$n.log" "${LOG_FROM[$LOGDIR/slurmd-$n.log]:-0}" >&2
+  done
+  die "nodes not up after ${WAIT_S} s (sinfo: $(paste -sd, - <<<"$states"); logs above)"
+}
+
 wait_nodes() {
-  local t0=$SECONDS resumed=0 bad
+  local t0=$SECONDS resumed=0 bad n
   while ((SECONDS - t0 < WAIT_S)); do
     if ctld_up && nodes_up; then return 0; fi
+    if ((SECONDS - t0 >= 2)); then   # a slurmd that died will not come: say so now
+      for n in $(node_names); do
+        pid_alive "$RUN/slurmd-$n.pid" slurmd || daemon_failed "slurmd -N $n" "$LOGDIR/slurmd-$n.log" "${LOG_FROM[$LOGDIR/slurmd-$n.log]:-0}" "died after it started"
+      done
+    fi
     # A node left down/drained by an earlier run (e.g. "Kill task failed") while its slurmd is up: resume it.
     if ((resumed == 0 && SECONDS - t0 >= 3)) && ctld_up; then
       bad=$(sinfo -h -N -o '%N %t' 2>/dev/null | awk '$2 ~ /^(down|drain|drng|fail)$/ {print $1}' | sort -u | paste -sd, -)
@@ -294,9 +389,7 @@ wait_nodes() {
     fi
     sleep 0.2
   done
-  sinfo -N >&2 || true
-  log_tails
-  die "nodes not up after ${WAIT_S} s (see logs above)"
+  fail_nodes
 }
 
 stop_slurm_daemons() {
@@ -331,23 +424,27 @@ cmd_start() {
     stop_slurm_daemons
   fi
   install -d -m 755 /etc/slurm
+  ((changed == 1)) && log "writing $CONF"
   install -m 644 "$tmp" "$CONF"; rm -f "$tmp"
 
   # Node names resolve to 127.0.0.1, so the first node name works as a rendezvous address.
   local n
   for n in $(node_names); do
-    grep -qE "^[^#]*[[:space:]]$n([[:space:]]|\$)" /etc/hosts || echo "127.0.0.1 $n  # fgrpo slurm-local" >>/etc/hosts
+    grep -qE "^[^#]*[[:space:]]$n([[:space:]]|\$)" /etc/hosts && continue
+    log "adding $n to /etc/hosts"
+    echo "127.0.0.1 $n  # fgrpo slurm-local" >>/etc/hosts
   done
-  install -d -o slurm -g slurm -m 755 /var/spool/slurmctld "$LOGDIR"
+  install -d -o slurm -g slurm -m 755 "$STATE" "$LOGDIR"
   for n in $(node_names); do install -d -m 755 "/var/spool/slurmd/$n"; done
   touch "$LOGDIR/jobcomp.log"; chown slurm:slurm "$LOGDIR/jobcomp.log"
 
   start_munge
   if [[ $ACCOUNTING == 1 ]]; then
     tmp=$(mktemp); write_slurmdbd_conf "$tmp"
-    cmp -s "$tmp" "$DBDCONF" || { install -o slurm -g slurm -m 600 "$tmp" "$DBDCONF"; kill_pidfiles "$RUN/slurmdbd.pid" slurmdbd; }
+    cmp -s "$tmp" "$DBDCONF" || { log "writing $DBDCONF"; install -o slurm -g slurm -m 600 "$tmp" "$DBDCONF"; kill_pidfiles "$RUN/slurmdbd.pid" slurmdbd; }
     rm -f "$tmp"
     start_mariadb
+    converge_mariadb_user
     start_slurmdbd
   fi
   start_slurmctld
@@ -385,9 +482,14 @@ cmd_status() {
   return 1
 }
 
-case ${1:-} in
-  start) cmd_start ;;
-  stop) cmd_stop ;;
-  status) cmd_status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
-esac
+main() {
+  case ${1:-} in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  esac
+}
+
+# Sourced (the tests call its functions), it only defines them.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then main "$@"; fi
