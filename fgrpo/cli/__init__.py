@@ -3,6 +3,8 @@
     fgrpo/cli/__init__.py       this dispatcher: `fgrpo COMMAND ...` -> that command's function
     fgrpo/cli/launch.py         launch, show, train, make-tiny, make-miniature
     fgrpo/cli/plan.py           plan                             (memory per GPU, FLOPs, GPU-hours)
+    fgrpo/cli/doctor.py         doctor                           (is this machine or cluster ready? checks:
+                                                                  doctor_checks.py, doctor_files.py, doctor_smoke.py)
     fgrpo/cli/sweep.py          sweep                            (many points, one job array each)
     fgrpo/cli/runs.py           status, logs, cancel, resume     (a launched run, any backend)
     fgrpo/cli/eval.py           eval, export                     (a trained run's checkpoints)
@@ -44,6 +46,9 @@ COMMANDS: dict[str, Command] = {
     "plan": Command("plan", "cmd_plan", "plan RECIPE.py [--gpus N] [--gpu-memory 80GiB] [--gpu-tflops 989] "
                     "[--mfu 0.4] [--json] [--section.field VALUE ...]",
                     "peak memory per GPU of each phase, FLOPs per step, GPU-hours (no GPU, no weights)"),
+    "doctor": Command("doctor", "cmd_doctor", "doctor [RECIPE.py] [--backend local|slurm|k8s] [--no-smoke] "
+                      "[--section.field VALUE ...]", "check this machine or cluster before a run: torch/CUDA/NCCL, "
+                      "GPUs, bf16, attention, memory, scheduler, model and reward files, a 1-step tiny run"),
     "sweep": Command("sweep", "cmd_sweep", "sweep RECIPE.py --grid FIELD=V1,V2 [--random N --range FIELD=LO:HI[:log]] "
                      "[--backend slurm|k8s]", "grid and random search, one job array per resource spec"),
     "status": Command("runs", "cmd_status", "status [RUN | SWEEP | RUNS_DIR] [--json]",

@@ -330,11 +330,16 @@ class _NoProgress:
         pass
 
 
+def miniature_cache_name(seed: int = 0) -> str:
+    """The cached miniature model's folder name under $FGRPO_CACHE."""
+    return f"miniature-v{MINIATURE_VERSION}-seed{seed}"
+
+
 def miniature_model_path(seed: int = 0) -> Path:
     """The cached miniature model folder ($FGRPO_CACHE), pre-trained on first use (minutes; one
     process builds it while the others wait on a lock)."""
     from fgrpo.models.wan.random_build import cached_build
 
     cfg = PretrainConfig(seed=seed)
-    return cached_build(f"miniature-v{MINIATURE_VERSION}-seed{seed}", MINIATURE_MARKER, marker_text(cfg),
+    return cached_build(miniature_cache_name(seed), MINIATURE_MARKER, marker_text(cfg),
                         lambda path: pretrain(path, cfg))

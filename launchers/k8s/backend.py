@@ -148,6 +148,21 @@ class KubernetesBackend(Backend):
             self._api = client.ApiClient(cfg)
         return self._api
 
+    def server_version(self, timeout_s: float = 15.0) -> str:
+        """The API server's version, asked once with this backend's credentials (`fgrpo doctor`:
+        can this machine reach the cluster?). KubernetesError when the credentials do not load,
+        the server does not answer, or it refuses them."""
+        from kubernetes.client import VersionApi
+
+        try:
+            info = VersionApi(self._client()).get_code(_request_timeout=timeout_s)
+        except KubernetesError:
+            raise
+        except Exception as e:  # noqa: BLE001 - unreachable, TLS, 401/403: all mean no access from here
+            raise KubernetesError(f"the API server of context {self.context or '?'} did not answer: "
+                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        return info.git_version
+
     def _core(self):
         from kubernetes.client import CoreV1Api
 

@@ -24,7 +24,7 @@ import logging
 from contextlib import contextmanager
 
 __all__ = ["FORWARD_ONLY_BACKENDS", "TRAINABLE_BACKENDS", "apply_attention_backend", "attention_processors",
-           "rollout_attention", "training_problem"]
+           "check_backend_here", "rollout_attention", "training_problem"]
 
 # Which of the backends fgrpo offers (ModelConfig.attention_backend's Literal in fgrpo/recipe/config.py,
 # the union of the two tables) can run backward. diffusers has no flag for it: its registry
@@ -119,6 +119,18 @@ def _requirements(name: str, field: str):
     except Exception as e:  # noqa: BLE001 - unknown name, missing package, failed kernel download
         raise ValueError(f"{field}: backend {name!r} is not usable here: {e}") from e
     return backend
+
+
+def check_backend_here(name: str, field: str, device, dtype, head_dim: int, backward: bool) -> None:
+    """What `apply_attention_backend` checks on a machine, without a model: `name`'s package (and Hub
+    kernel) present, and one small attention call of `head_dim` through it on `device` in `dtype`,
+    with its backward when `backward` (training). `fgrpo doctor` runs it.
+
+    Raises:
+        ValueError: naming `field`: the package is missing, or the call fails here.
+    """
+    _requirements(name, field)
+    _check_runs(name, field, device, dtype, head_dim, backward)
 
 
 def apply_attention_backend(transformer, name: str, rollout: str | None = None, *, device=None, dtype=None,

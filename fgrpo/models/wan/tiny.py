@@ -43,7 +43,12 @@ def save_tiny_model(path: str | Path, seed: int = 0) -> Path:
     return save_components(path, build_tiny_components(seed), TINY_MARKER, _marker_text(seed))
 
 
+def tiny_cache_name(seed: int = 0) -> str:
+    """The cached tiny model's folder name under $FGRPO_CACHE."""
+    return f"tiny-wan-v{TINY_FORMAT_VERSION}-seed{seed}"
+
+
 def tiny_model_path(seed: int = 0) -> Path:
     """The cached tiny model folder, built on first use ($FGRPO_CACHE, default ~/.cache/fgrpo)."""
-    return cached_build(f"tiny-wan-v{TINY_FORMAT_VERSION}-seed{seed}", TINY_MARKER, _marker_text(seed),
+    return cached_build(tiny_cache_name(seed), TINY_MARKER, _marker_text(seed),
                         lambda path: save_tiny_model(path, seed))
