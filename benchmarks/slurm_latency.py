@@ -1,6 +1,7 @@
 """Slurm latency on the local cluster (scripts/slurm-local.sh start): launch -> first step, and a
 preemption (USR2) -> first step after the requeued job resumes, with optimizer steps lost, and
-where the seconds from the signal to that first step go:
+where the seconds from the signal to that first step go, and the rollout time saved when the stop
+came after the interrupted step's rollouts (kept, and trained from after the resume):
 
     signal sent -> trainer got it -> stop noticed -> checkpoint saved -> trainer exited ->
     requeue asked -> Slurm: eligible again, job started -> python started -> submitit and the job
@@ -145,6 +146,13 @@ def main() -> None:
           f"(ends {after['time'] - t_sig:.1f} s)")
     print(f"optimizer steps completed before the signal: {done_before}; resumed at step {after['step']}; "
           f"steps lost: {lost}")
+    # A stop after the step's rollouts keeps them (fgrpo.run_folder.pending): the resumed job trains
+    # that step without rolling out again. Whether it did depends on where in the step USR2 landed.
+    if after.get("rollout_resumed"):
+        print(f"the interrupted step's rollouts were kept: {after['time_rollout']:.2f} s of rollout "
+              f"({after['time_rollout'] / max(after_time, 1e-9):.0%} of the step) not repeated")
+    else:
+        print("the signal arrived before the step's rollouts were complete: nothing to keep, no rollout time saved")
     folder = RunFolder(run)
     start = wait(lambda: [r for r in folder.read_timings("start") if r.get("first_step", 0) > t_sig], 60)[0]
     stop = next((r for r in folder.read_timings("stop") if r.get("exit", 0) > t_sig), {})

@@ -31,6 +31,17 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def is_stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP, SIGTSTP, a debugger): it runs nothing, and so never
+    exits by itself, until SIGCONT. False when /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] in ("T", "t")
+
+
 def pid_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from fgrpo.processes import PARENT_ENV, ProcessId
+from fgrpo.processes import PARENT_ENV, ProcessId, is_stopped
 from fgrpo.run_folder import RunFolder
 
 from .base import Backend, LaunchJob, tail_lines
@@ -109,14 +109,15 @@ class LocalBackend(Backend):
 
     @staticmethod
     def _wait(procs: list[subprocess.Popen]) -> list[int]:
-        """Wait for all; if one fails, give the others a grace period, then stop them."""
+        """Wait for all; if one fails, give the others a grace period (over early once those left
+        are all stopped, e.g. by SIGSTOP: they would never exit), then kill them."""
         while True:
             codes = [p.poll() for p in procs]
             if all(c is not None for c in codes):
                 return codes
             if any(c not in (None, 0) for c in codes):
                 deadline = time.time() + 60
-                while time.time() < deadline and any(p.poll() is None for p in procs):
+                while time.time() < deadline and any(p.poll() is None and not is_stopped(p.pid) for p in procs):
                     time.sleep(0.2)
                 for p in procs:
                     if p.poll() is None:

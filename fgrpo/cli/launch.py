@@ -40,7 +40,8 @@ class RecipeArgs:
 @dataclass
 class LaunchArgs:
     """Start a run: validate the recipe, write RUN/recipe.json, hand the job to a backend. The run
-    folder is runs/<recipe name + the overridden fields>; launching the same recipe again resumes it."""
+    folder is runs/<recipe name + the overridden fields, paths as a hash>; launching the same recipe
+    again resumes it."""
 
     recipe: Annotated[Recipe, tyro.conf.arg(name="")]
     backend: Literal["local", "slurm", "k8s"] = "local"
@@ -84,11 +85,32 @@ def resolve_run_dir(base: Recipe, recipe: Recipe) -> Path:
     return (Path(recipe.logging.runs_dir) / run_name(base, recipe)).absolute()
 
 
+def check_writable(run_dir: Path) -> None:
+    """RecipeError (exit 2) naming logging.runs_dir unless this user can make and write the run
+    folder: the nearest existing folder on its way must be a folder this user may write. Checked
+    before anything is written (otherwise a file in the way, or another user's folder, fails the
+    launch half-way with a raw OSError)."""
+    existing = run_dir
+    while not (existing.exists() or existing.is_symlink()) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        why = "not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = "not writable by this user"
+    else:
+        return
+    if existing == run_dir:
+        raise RecipeError(f"logging.runs_dir: the run folder {run_dir} is {why}")
+    raise RecipeError(f"logging.runs_dir: {existing} is {why}, so the run folder {run_dir} cannot be made in it")
+
+
 def check_existing_run(run_dir: Path, recipe: Recipe) -> None:
     """A run folder belongs to one recipe; only run-neutral fields (launch, logging, eval,
     checkpointing, optim.max_steps: train longer) may change when it is resumed. Checkpoints are
-    adopted only with the recipe that trained them: with recipe.json gone, their manifests say."""
+    adopted only with the recipe that trained them: with recipe.json gone, their manifests say. A
+    folder written by a newer fgrpo (fgrpo.run_folder.versions) is refused first."""
     folder = RunFolder(run_dir)
+    folder.check_format()
     other = "pass --logging.run-name NEW_NAME or remove the folder"
     if folder.is_run():
         diff = changed_fields(folder.read_recipe(), recipe)
@@ -161,6 +183,8 @@ def cmd_launch(argv: list[str]) -> int:
     recipe = args.recipe
     validate(recipe)
     run_dir = resolve_run_dir(base, recipe)
+    if not args.dry_run:  # a dry run writes nothing, and may name a folder only the cluster has
+        check_writable(run_dir)
     check_existing_run(run_dir, recipe)
     backend = get_backend(args.backend)
     job = LaunchJob(run_dir=run_dir, recipe=recipe)
@@ -186,7 +210,8 @@ def preflight(recipe: Recipe) -> None:
     from fgrpo.planner import Gpu, plan
     from fgrpo.planner.report import refusal
 
-    p = plan(recipe, recipe.world_size, Gpu(memory=int(recipe.launch.gpu_memory_gb * 2**30)))
+    # Cached per recipe and layout ($FGRPO_CACHE/plans): a dry run and the launch after it plan once.
+    p = plan(recipe, recipe.world_size, Gpu(memory=int(recipe.launch.gpu_memory_gb * 2**30)), cache=True)
     if not p.fits:
         raise RecipeError(f"pre-flight: this recipe will not fit in launch.gpu_memory_gb="
                           f"{recipe.launch.gpu_memory_gb:g} GiB per GPU on {p.world} GPUs:\n{refusal(p)}\n"
@@ -276,5 +301,6 @@ def cmd_make_miniature(argv: list[str]) -> int:
 
 
 __all__ = ["LaunchArgs", "MakeMiniatureArgs", "MakeTinyArgs", "RecipeArgs", "TrainArgs", "adopt_recipe_file", "check_existing_run",
+           "check_writable",
            "cmd_launch", "cmd_make_miniature", "cmd_make_tiny", "cmd_show", "cmd_train", "parse_recipe_args", "preflight",
            "refuse_if_running", "resolve_run_dir"]

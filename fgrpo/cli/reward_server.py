@@ -104,6 +104,8 @@ def reward_specs(a: RewardServerArgs) -> list:
             raise ValueError("give rewards either with --reward or from a recipe (--recipe-file/--run-dir), not both")
         if not recipe_file.is_file():
             raise ValueError(f"recipe file {recipe_file} does not exist")
+        if not a.recipe_file:  # the run's own: read as the run folder reads it (its format checked)
+            return list(RunFolder(a.run_dir).read_recipe().rewards)
         return list(load_recipe_json(recipe_file).rewards)
     if not a.reward:
         raise ValueError("name at least one --reward (or serve a run's rewards with --run-dir RUN)")

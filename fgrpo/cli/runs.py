@@ -19,7 +19,9 @@ from typing import Annotated
 import tyro
 
 from fgrpo.fileio import read_json
+from fgrpo.recipe.config import LaunchConfig
 from fgrpo.run_folder import FINAL_STATES, RunFolder, report_file
+from fgrpo.run_folder.status import Liveness, liveness
 from launchers.base import is_active
 
 
@@ -65,21 +67,48 @@ def run_row(run_dir: Path) -> dict:
     servers = folder.server_jobs()  # a reward server the backend started beside the training job
     server = f"job {servers[-1]['job_id']} {job_state(servers[-1])}" if servers else None
     reason = "; ".join(str(x) for x in (status.get("reason", ""), *folder.problems()) if x)
+    timeout_s = LaunchConfig().collective_timeout_s  # an unreadable recipe's: the default
     try:
-        max_steps = folder.read_recipe().optim.max_steps
+        recipe = folder.read_recipe()
+        max_steps, timeout_s = recipe.optim.max_steps, recipe.launch.collective_timeout_s
     except ValueError as e:
         max_steps, reason = "?", "; ".join(x for x in (str(e), reason) if x)
+    live = liveness(status, folder.read_heartbeat(), timeout_s, time.time())  # reads only: stalled is shown
+    reason = "; ".join(x for x in (liveness_note(live), reason) if x)
     return {"run": run_dir.name, "backend": job["backend"] if job else "-", "job": job["job_id"] if job else "-",
-            "state": job_state(job) if job else "-", "run_state": status.get("state", "-"), "step": p["step"],
+            "state": job_state(job) if job else "-", "step": p["step"],
+            "run_state": "stalled" if live and live.stalled else status.get("state", "-"),
+            "since_step_s": round(live.quiet_s, 1) if live else None,
             "max_steps": max_steps, "reward": p["reward"], "heldout": p["heldout"],
             "checkpoint": p["checkpoint"], "reason": reason, "reward_server": server,
             "report": str(folder.report_file) if folder.report_file.is_file() else None}
 
 
+def ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def liveness_note(live: Liveness | None) -> str:
+    """"last step 3 min ago (step 12)" for a running run; why it reads stalled (fgrpo.run_folder.status)."""
+    if live is None:
+        return ""
+    note = (f"last step {ago(live.quiet_s)} ago (step {live.step})" if live.step is not None
+            else f"no step yet: started {ago(live.quiet_s)} ago")
+    if live.stalled:
+        note += (f"; stalled: no step for over {ago(live.stall_after_s)} (twice launch.collective_timeout_s or "
+                 "the longest gap between steps): see fgrpo logs RUN --rank N")
+    return note
+
+
 @dataclass
 class StatusArgs:
     """The scheduler's state of each run joined with its last step, reward, held-out reward and
-    checkpoint; best held-out reward first (a sweep reads as a ranking)."""
+    checkpoint; best held-out reward first (a sweep reads as a ranking). A running run's note says
+    how long ago its last step finished; its state reads stalled once no step has finished for
+    twice launch.collective_timeout_s (or twice its longest gap between steps). Writes nothing,
+    except recording as killed a run whose process is gone."""
 
     target: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN|SWEEP|RUNS_DIR")] = "runs"
     """A run folder, a sweep folder, or a folder of runs."""
@@ -232,10 +261,12 @@ def cmd_resume(argv: list[str]) -> int:
                  description="Submit the run again on its backend with its own recipe (RUN/recipe.json); it "
                              "continues from its newest complete checkpoint.")
     folder = RunFolder(Path(a.run).absolute())
+    folder.check_format()  # a newer fgrpo's run folder: refused before anything is written
     backend, _ = backend_of(folder)
     refuse_if_running(folder)
+    recipe = folder.read_recipe()
     folder.clear_cancel()
-    return backend.launch(LaunchJob(folder.path, folder.read_recipe(), kind="resume"))
+    return backend.launch(LaunchJob(folder.path, recipe, kind="resume"))
 
 
 __all__ = ["CancelArgs", "LogsArgs", "RunArgs", "StatusArgs", "backend_of", "cmd_cancel", "cmd_logs", "cmd_resume", "cmd_status",

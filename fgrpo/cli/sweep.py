@@ -75,7 +75,7 @@ def parse_sweep(argv: list[str]) -> tuple[SweepSpec, SweepArgs]:
 
 
 def cmd_sweep(argv: list[str]) -> int:
-    from fgrpo.cli.launch import RecipeArgs, check_existing_run, parse_recipe_args, resolve_run_dir
+    from fgrpo.cli.launch import RecipeArgs, check_existing_run, check_writable, parse_recipe_args, resolve_run_dir
     from fgrpo.recipe.validate import validate
     from fgrpo.cli.runs import print_status
     from fgrpo.run_folder import RunFolder
@@ -95,6 +95,8 @@ def cmd_sweep(argv: list[str]) -> int:
             print(f"{' '.join(pt):<60} -> {run_dir}")
         print(f"{len(resolved)} points; sweep folder {folder}")
         return 0
+    for _, _, run_dir in resolved:  # every point's folder, before the first is written
+        check_writable(run_dir)
     groups: dict[str, list[LaunchJob]] = {}
     for pt, recipe, run_dir in resolved:
         check_existing_run(run_dir, recipe)

@@ -4,27 +4,65 @@ and world size, and the small collectives the trainer agrees through (flags, met
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 
-def init_distributed() -> torch.device:
+DEFAULT_TIMEOUT_S = 600.0  # the recipe's launch.collective_timeout_s default, for callers without a recipe
+
+
+def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S) -> torch.device:
     """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; without them,
-    a one-process group (in-memory store), so that one process runs the same FSDP2 code path."""
+    a one-process group (in-memory store), so that one process runs the same FSDP2 code path.
+    `timeout_s` (launch.collective_timeout_s) bounds every collective: a stalled peer makes this
+    rank fail after it (gloo raises; NCCL's watchdog ends the process) instead of hanging."""
     if not dist.is_initialized():
         # Small control collectives (stop flags, metrics) use CPU tensors: gloo carries those on GPU too.
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         if "WORLD_SIZE" in os.environ:
-            dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+            timeout = timedelta(seconds=timeout_s)
+            _default_subgroup_timeout(timeout)
+            dist.init_process_group(backend=backend, timeout=timeout)
         else:
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def _default_subgroup_timeout(timeout: timedelta) -> None:
+    # init_device_mesh's sub-groups (new_group / split_group without a timeout) take torch's module
+    # defaults (30 min gloo, 10 min NCCL), not the default group's: a stall in a tp or sp group
+    # would otherwise still hang for half an hour.
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = timeout
+    distributed_c10d.default_pg_nccl_timeout = timeout
+
+
+# gloo's words: the operation that timed out, and any later one on the pair the timeout closed
+_GLOO_TIMEOUT = re.compile(r"timed out waiting \d+ ?ms|application timeout caused pair closure", re.IGNORECASE)
+
+
+def timed_out(exc: BaseException | None) -> bool:
+    """Whether `exc` (or an error it came from) is the process group's timeout: gloo's "Timed out
+    waiting Nms for recv/send operation" or "Application timeout caused pair closure", or a
+    torch.distributed error (store, backend) saying it timed out. A reward server's HTTP timeout
+    is neither."""
+    for _ in range(10):  # the chain of causes, bounded
+        if exc is None:
+            return False
+        message = str(exc)
+        if _GLOO_TIMEOUT.search(message) or (isinstance(exc, dist.DistError)
+                                             and re.search(r"time ?out|timed out", message, re.IGNORECASE)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def shutdown() -> None:

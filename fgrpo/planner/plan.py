@@ -25,7 +25,7 @@ from fgrpo.recipe.config import Recipe
 from .phases import Phase, Sizes
 from .spec import ModelSpec, RewardWeights
 
-__all__ = ["Gpu", "Plan", "parse_bytes", "plan", "planning_problems"]
+__all__ = ["FakeRun", "Gpu", "Plan", "fake_run", "parse_bytes", "plan", "planning_problems"]
 
 GIB = 2**30
 
@@ -152,32 +152,48 @@ def world_for(recipe: Recipe, gpus: int | None) -> int:
     return int(gpus) if gpus else recipe.world_size
 
 
-def plan(recipe: Recipe, gpus: int | None = None, gpu: Gpu = Gpu(), spec: ModelSpec | None = None,
-         target: Literal["gpu", "cpu"] = "gpu") -> Plan:
-    """Plan `recipe` on `gpus` GPUs (default: its world size). Runs in this process on a fake
-    process group, which must not have a process group of its own. `target="cpu"` models what a
-    CPU run allocates (the benchmark's comparison): AdamW's for-loop update instead of the foreach
-    one GPUs use, and no flash-attention backward workspace."""
+@dataclass
+class FakeRun:
+    """What running the phases on fake tensors gives for one rank: the slow part of a plan (a
+    minute for 14B on 2 cores), which the pre-flight caches (fgrpo.planner.cache)."""
+
+    layout: dict[str, int]
+    """dp_replicate, dp_shard, tp, sp, dp of the trainer's mesh."""
+    sizes: Sizes
+    text: Phase
+    """Start-up text encoding (before any reward model is loaded)."""
+    phases: list[Phase]
+    """Rollout, VAE decode, training, evaluation: without the reward model's weights."""
+    gathered: int
+    """Bytes of the rank's gathered transformer weights (parallelism.rollout_unsharded)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FakeRun":
+        """Inverse of `to_dict`; KeyError, TypeError or ValueError on anything else."""
+        sizes = {**d["sizes"], "latent": tuple(d["sizes"]["latent"])}
+        return cls({k: int(v) for k, v in d["layout"].items()}, Sizes(**sizes), Phase(**d["text"]),
+                   [Phase(**p) for p in d["phases"]], int(d["gathered"]))
+
+
+def fake_run(recipe: Recipe, world: int, spec: ModelSpec, target: Literal["gpu", "cpu"]) -> FakeRun:
+    """Every phase of one rank on fake tensors, on a fake process group of `world` ranks (this
+    process must not have a process group of its own)."""
+    import warnings
+
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from fgrpo.distributed.precision import PrecisionPolicy
     from fgrpo.distributed.unsharded import gathered_weight_bytes
-    from fgrpo.recipe.io import RecipeError
 
     from .attention import FlashAttentionRouting
     from .phases import Rank, rank_sizes, text_encoding
-    from .spec import reward_weights
     from .world import fake_world, parallel_dims
-
-    import warnings
 
     # As the trainer: FSDP2 warns that Wan's output is a view; velocity() never modifies it in place.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    world = world_for(recipe, gpus)
-    problems = planning_problems(recipe, world)
-    if problems:
-        raise RecipeError("cannot plan this recipe:\n  " + "\n  ".join(problems))
-    spec = spec or ModelSpec.from_preset(recipe.model.preset)
     precision = PrecisionPolicy.from_name(recipe.model.dtype)
     fake = FakeTensorMode(allow_non_fake_inputs=True)
     routing = FlashAttentionRouting(backward_workspace=target == "gpu")
@@ -192,18 +208,46 @@ def plan(recipe: Recipe, gpus: int | None = None, gpu: Gpu = Gpu(), spec: ModelS
     if not routing.routed:
         raise RuntimeError("no attention call was routed to fgrpo::flash_attention: the plan would model "
                            "another attention kernel (has diffusers' Wan attention changed?)")
+    layout = {"dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp, "sp": dims.sp,
+              "dp": dims.dp}
+    return FakeRun(layout, sizes, text, phases, gathered)
+
+
+def plan(recipe: Recipe, gpus: int | None = None, gpu: Gpu = Gpu(), spec: ModelSpec | None = None,
+         target: Literal["gpu", "cpu"] = "gpu", cache: bool = False) -> Plan:
+    """Plan `recipe` on `gpus` GPUs (default: its world size). Runs in this process on a fake
+    process group, which must not have a process group of its own. `target="cpu"` models what a
+    CPU run allocates (the benchmark's comparison): AdamW's for-loop update instead of the foreach
+    one GPUs use, and no flash-attention backward workspace. `cache`: reuse (and store) the fake
+    run of an identical plan in $FGRPO_CACHE/plans (fgrpo.planner.cache), as the pre-flight does."""
+    from fgrpo.recipe.io import RecipeError
+
+    from .spec import reward_weights
+
+    world = world_for(recipe, gpus)
+    problems = planning_problems(recipe, world)
+    if problems:
+        raise RecipeError("cannot plan this recipe:\n  " + "\n  ".join(problems))
+    preset = spec is None
+    spec = spec or ModelSpec.from_preset(recipe.model.preset)
+    if cache and preset:  # a given spec is not in the cache's key
+        from .cache import cached, plan_key
+
+        run = cached(plan_key(recipe, world, target), lambda: fake_run(recipe, world, spec, target),
+                     FakeRun.to_dict, FakeRun.from_dict)
+    else:
+        run = fake_run(recipe, world, spec, target)
+    sizes = run.sizes
     rewards = reward_weights(recipe, on_gpu=target == "gpu")
     held = sum(r.bytes for r in rewards)
-    phases = [text] + [replace(p, peak=p.peak + held, parts={**p.parts, "reward model": held}) for p in phases]
+    phases = [run.text] + [replace(p, peak=p.peak + held, parts={**p.parts, "reward model": held}) for p in run.phases]
     flops = step_flops(recipe, sizes, phases)
     interval = recipe.eval.interval
     evaluations = (2 + (recipe.optim.max_steps - 1) // interval) if sizes.eval_videos and recipe.optim.max_steps else 0
-    layout = {"dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp,
-              "sp": dims.sp, "dp": dims.dp,
-              "activation_checkpointing": recipe.parallelism.activation_checkpointing}
+    layout = {**run.layout, "activation_checkpointing": recipe.parallelism.activation_checkpointing}
     notes = [f"architecture: {spec.source}; attention: flash (out + fp32 logsumexp kept, no N^2 scores)",
              "reward models: weights from their configs; their activations are not modelled",
-             rollout_unsharded_note(recipe.parallelism.rollout_unsharded, gathered,
+             rollout_unsharded_note(recipe.parallelism.rollout_unsharded, run.gathered,
                                     next(p for p in phases if p.name == "rollout"), gpu.memory, target)]
     return Plan(recipe.name, spec.source, world, layout, sizes, phases, rewards, gpu, flops, recipe.optim.max_steps,
                 evaluations, target, spec.heads, notes)

@@ -370,6 +370,13 @@ class LaunchConfig:
     """Slurm sends USR2 this long before the time limit, for a checkpoint and requeue."""
     max_failures: int = within("[0, inf)", 3)
     """Requeue a job that failed for real (not a preemption) at most this many times."""
+    collective_timeout_s: float = within("[1, inf)", 600.0)
+    """How long a rank waits in a collective (and, at start, for its peers to join) before it fails:
+    a rank that stalls (stopped, hung, its node lost) makes the others fail after this long, with
+    an error naming this field, instead of hanging. It must cover the longest time one rank works
+    while its peers wait (a checkpoint written to a slow filesystem; building the tiny or miniature
+    model on first use). `fgrpo status` shows a running run as stalled once no step has finished
+    for twice this (or twice its longest gap between steps, if longer)."""
     array_parallelism: int = within("[1, inf)", 16)
     """Sweeps: at most this many points of one job array run at once."""
     k8s: KubernetesConfig = field(default_factory=KubernetesConfig)

@@ -75,8 +75,18 @@ def save_recipe_json(recipe: Recipe, path: Path) -> None:
     atomic_write_text(path, recipe_json(recipe))
 
 
+# Written into a run's recipe.json beside the recipe by the run folder (fgrpo.run_folder.versions):
+# which fgrpo wrote it, in which format. Not recipe fields: a reader of the recipe drops them.
+WRITER_KEYS = ("fgrpo_version", "format_version")
+
+
+def recipe_from_record(record: dict) -> Recipe:
+    """The recipe of a recipe.json's JSON object (`from_dict` without the WRITER_KEYS)."""
+    return from_dict({k: v for k, v in record.items() if k not in WRITER_KEYS})
+
+
 def load_recipe_json(path: Path) -> Recipe:
-    return from_dict(json.loads(Path(path).read_text()))
+    return recipe_from_record(json.loads(Path(path).read_text()))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -116,6 +126,33 @@ def training_fingerprint(recipe: Recipe) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# Settings that say where files are, not what is trained: a run name leaves them out of its
+# readable part and adds a hash instead (`run_name`). Recipe fields naming a file or folder:
+LOCATION_FIELDS = ("model.path", "prompts.file")
+# Reward arguments naming local files or folders (reward model weights, tokenizers): the built-in
+# rewards' ones, and by convention any argument named *_path, *_dir or *_file.
+REWARD_PATH_ARGS = ("model_path", "checkpoint", "tokenizer_path")
+
+
+def is_location_arg(name: str) -> bool:
+    """Whether reward argument `name` names a file or folder (see REWARD_PATH_ARGS)."""
+    return name in REWARD_PATH_ARGS or name.endswith(("_path", "_dir", "_file"))
+
+
+def _split_locations(flat: dict[str, object]) -> tuple[dict[str, object], dict[str, object]]:
+    """A flattened recipe -> (what a run name shows, the location settings), both flattened."""
+    shown, where = {}, {}
+    for k, v in flat.items():
+        if k in LOCATION_FIELDS:
+            where[k] = v
+        elif k.endswith(".args") and isinstance(v, dict):
+            shown[k] = {a: x for a, x in v.items() if not is_location_arg(a)}
+            where.update({f"{k}.{a}": x for a, x in v.items() if is_location_arg(a)})
+        else:
+            shown[k] = v
+    return shown, where
+
+
 def _fmt(v: object) -> str:
     if isinstance(v, (list, tuple)):
         return ",".join(_fmt(x) for x in v)
@@ -133,20 +170,31 @@ def _label(key: str) -> str:
 
 
 def run_name(base: Recipe, resolved: Recipe) -> str:
-    """A pure function of (recipe, overrides): `<name>` or `<name>__<field>=<value>...`.
+    """A pure function of (recipe, overrides): `<name>` or `<name>__<field>=<value>...`, naming what
+    a person compares (lr=0.001, group_size=8). Where files are (model.path, prompts.file, reward
+    arguments naming files: LOCATION_FIELDS, is_location_arg) is left out of the readable part: a
+    hash of those settings is added instead (`<name>__lr=0.001__<hash>`), so runs on other files
+    never share a folder, and runs on the same files end alike.
 
-    Never a job id, so a requeued or resubmitted job finds the same folder. Long names are
-    shortened with a hash of the full override set.
+    Never a job id, so a requeued or resubmitted job finds the same folder. Names over 96
+    characters are shortened to 80 plus a hash of every change.
     """
     if resolved.logging.run_name:
         return resolved.logging.run_name
     changes = changed_fields(base, resolved)
     if not changes:
         return resolved.name
-    parts = [f"{_label(k)}={_fmt(v)}" for k, v in changes.items() if not k.endswith(".count")]
-    name = resolved.name + "__" + "_".join(parts)
+    (shown_base, where_base), (shown, where) = (_split_locations(_flatten(to_dict(r))) for r in (base, resolved))
+    parts = [f"{_label(k)}={_fmt(shown.get(k))}" for k in sorted(set(shown) | set(shown_base))
+             if shown.get(k) != shown_base.get(k) and not k.startswith(_NAME_NEUTRAL) and not k.endswith(".count")]
+    name = resolved.name + "__" + "_".join(parts) if parts else resolved.name
     name = re.sub(r"[^A-Za-z0-9_.=,+-]", "-", name)
-    if len(name) > 96:
-        digest = hashlib.sha1(json.dumps({k: _fmt(v) for k, v in changes.items()}).encode()).hexdigest()[:10]
-        name = name[:80] + "__" + digest
-    return name
+    moved = {k: where.get(k) for k in sorted(set(where) | set(where_base)) if where.get(k) != where_base.get(k)}
+    suffix = "__" + _digest(moved) if moved else ""
+    if len(name + suffix) > 96:  # shortened: the hash stands for every change
+        return name[:80] + "__" + _digest(changes)
+    return name + suffix
+
+
+def _digest(changes: dict[str, object]) -> str:
+    return hashlib.sha1(json.dumps({k: _fmt(v) for k, v in changes.items()}).encode()).hexdigest()[:10]

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from .config import Recipe
-from .io import RecipeError
+from .io import REWARD_PATH_ARGS, RecipeError
 from .ranges import is_type_problem, range_problems
 
 
@@ -18,10 +18,6 @@ def time_limit_minutes(text: str) -> int:
         raise ValueError(f"expected [D-]HH:MM:SS, got {text!r}")
     h, m, sec = (int(p) for p in (parts + ["0"])[:3])
     return max(1, (int(days or 0) * 24 + h) * 60 + m + (1 if sec else 0))
-
-
-# Reward arguments that name local files or folders (reward model weights, tokenizers).
-REWARD_PATH_ARGS = ("model_path", "checkpoint", "tokenizer_path")
 
 
 # Characters of a run folder name: those run_name() derives them from (a name is a path segment,

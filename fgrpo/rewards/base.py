@@ -173,7 +173,7 @@ def aggregate_frames(scores: torch.Tensor, how: str) -> torch.Tensor:
     return scores.topk(k, dim=1).values.mean(dim=1)
 
 
-def _field(spec: Any, key: str, default: Any) -> Any:
+def spec_field(spec: Any, key: str, default: Any) -> Any:
     if isinstance(spec, Mapping):
         return spec.get(key, default)
     return getattr(spec, key, default)
@@ -184,21 +184,21 @@ def validate_reward_spec(spec: Any) -> None:
 
     Raises ValueError naming the reward; imports user modules but runs nothing.
     """
-    name = _field(spec, "name", None)
+    name = spec_field(spec, "name", None)
     if not isinstance(name, str) or not name:
         raise ValueError(f"reward spec {spec!r} has no valid 'name'")
     try:
         get_reward_info(name)
     except ValueError as exc:
         raise ValueError(f"reward {name!r}: {exc}") from exc
-    weight = _field(spec, "weight", 1.0)
+    weight = spec_field(spec, "weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
         raise ValueError(f"reward {name!r}: weight must be a finite number, got {weight!r}")
-    args = _field(spec, "args", None)
+    args = spec_field(spec, "args", None)
     if args is not None and not isinstance(args, Mapping):
         raise ValueError(f"reward {name!r}: args must be a mapping, got {type(args).__name__}")
     try:
-        parse_aggregation(_field(spec, "frame_aggregation", "mean"))
+        parse_aggregation(spec_field(spec, "frame_aggregation", "mean"))
     except ValueError as exc:
         raise ValueError(f"reward {name!r}: {exc}") from exc
 
@@ -206,8 +206,8 @@ def validate_reward_spec(spec: Any) -> None:
 def missing_reward_args(spec: Any) -> dict[str, str]:
     """``{arg: description}`` of the arguments the spec's reward requires that its ``args``
     leave unset (absent, None or ""), in the reward's order. The spec's name must resolve."""
-    info = get_reward_info(_field(spec, "name", None))
-    args = _field(spec, "args", None) or {}
+    info = get_reward_info(spec_field(spec, "name", None))
+    args = spec_field(spec, "args", None) or {}
     return {key: what for key, what in info.required_args if args.get(key) in (None, "")}
 
 
@@ -227,13 +227,13 @@ class WeightedRewards:
         for spec in specs:
             validate_reward_spec(spec)
         for key, spec in zip(self.keys(specs), specs):
-            name = _field(spec, "name", None)
+            name = spec_field(spec, "name", None)
             self.entries.append((
                 key,
                 get_reward_info(name),
-                float(_field(spec, "weight", 1.0)),
-                dict(_field(spec, "args", None) or {}),
-                _field(spec, "frame_aggregation", "mean"),
+                float(spec_field(spec, "weight", 1.0)),
+                dict(spec_field(spec, "args", None) or {}),
+                spec_field(spec, "frame_aggregation", "mean"),
             ))
 
     @staticmethod
@@ -242,7 +242,7 @@ class WeightedRewards:
         seen: dict[str, int] = {}
         keys = []
         for spec in specs:
-            name = _field(spec, "name", None)
+            name = spec_field(spec, "name", None)
             seen[name] = seen.get(name, 0) + 1
             keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
         return keys

@@ -1,8 +1,9 @@
 """Client of the reward server (the server: server.py; the wire format: wire.py).
 
 ``RewardClient.score`` returns ``(total, components)`` like ``WeightedRewards``; ``submit`` a
-future of it (to overlap scoring with the next rollouts). A batch is sent in requests of at most
-``max_request_bytes`` of frames (whole videos; 256 MiB by default: two 81x480x832 Wan videos),
+future of it (to overlap scoring with the next rollouts); ``handshake`` the server's reward
+identities, once they match the client's (fgrpo.rewards.identity). A batch is sent in requests of
+at most ``max_request_bytes`` of frames (whole videos; 256 MiB by default: two 81x480x832 Wan videos),
 so any number of videos fits under the server's 1 GiB limit and neither side holds more than a
 request's worth of copies.
 """
@@ -54,23 +55,23 @@ class RewardClient:
     def __repr__(self) -> str:
         return f"RewardClient({self.url!r}, token={'set' if self._token else None})"
 
-    def _request(self, path: str, body: list | None = None, length: int = 0) -> Any:
+    def _request(self, path: str, body: list | None = None, length: int = 0, content_type: str = BINARY_TYPE) -> Any:
         """One request with retries; an unreachable server is looked for again once with
         ``reconnect`` (a requeued server announces a new address), if given."""
         tried = self.url
         try:
-            return self._request_once(path, body, length)
+            return self._request_once(path, body, length, content_type)
         except ConnectionError:
             if self.reconnect is None:
                 raise
             with self._url_lock:  # concurrent requests wait for one reconnection
                 if self.url == tried:  # nobody has found the server again meanwhile
                     self.url = self.reconnect().rstrip("/")
-            return self._request_once(path, body, length)
+            return self._request_once(path, body, length, content_type)
 
-    def _request_once(self, path: str, body: list | None, length: int) -> Any:
+    def _request_once(self, path: str, body: list | None, length: int, content_type: str = BINARY_TYPE) -> Any:
         url = self.url + path
-        headers = {"Content-Type": BINARY_TYPE, "Content-Length": str(length)} if body is not None else {}
+        headers = {"Content-Type": content_type, "Content-Length": str(length)} if body is not None else {}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         last, server_error, attempt, busy, busy_until = "", False, 0, 0, None
@@ -107,6 +108,13 @@ class RewardClient:
 
     def health(self) -> dict:
         return self._request("/health")
+
+    def handshake(self, expected: list[dict]) -> list[dict]:
+        """The server's reward identities, once the server has found them equal to `expected`
+        (fgrpo.rewards.identity); a server serving other rewards answers 409: ValueError with what
+        differs."""
+        data = json.dumps({"identity": expected}).encode()
+        return self._request("/handshake", [data], len(data), "application/json")["identity"]
 
     def score(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Like ``WeightedRewards(frames, prompts)``, scored remotely on uint8-quantised frames

@@ -8,9 +8,13 @@ equal in-process scores of :func:`dequantize` ``(quantize(frames))`` (at most ha
 
 What holds it up under real use:
 
-* Authentication: with a ``token``, ``POST /score`` needs ``Authorization: Bearer <token>``
-  (401 otherwise; compared in constant time). ``GET /health`` stays open (readiness probes; it
-  tells only the reward names). Binding a non-loopback address without a token is refused.
+* Identity: ``POST /handshake`` with ``{"identity": [...]}`` (what the client expects,
+  fgrpo.rewards.identity) answers the server's own reward identities (name, weight, settings,
+  weights' fingerprints), or 409 saying which reward differs and how: a run never scores with
+  another reward than it started with, or another than its recipe names.
+* Authentication: with a ``token``, ``POST /score`` and ``/handshake`` need
+  ``Authorization: Bearer <token>`` (401 otherwise; compared in constant time). ``GET /health``
+  stays open (readiness probes; it tells only the reward names). Binding a non-loopback address without a token is refused.
 * Threads: at most ``max_connections`` connections are served at once, each by a worker thread of
   a fixed pool; up to ``max_waiting`` more wait, accepted but unread, until a worker is free (a
   client then just sees a slower answer); beyond that a connection gets 503 at once.
@@ -36,8 +40,9 @@ from typing import Any
 
 from fgrpo.rewards.base import WeightedRewards
 from fgrpo.rewards.client import RewardClient
+from fgrpo.rewards.identity import identity_differences, reward_identities
 from fgrpo.rewards.wire import (BINARY_TYPE, MAX_BODY_BYTES, MAX_JSON_BYTES, BadRequest, Body, decode_json_request,
-                               dequantize, quantize, read_binary_request)
+                               dequantize, parse_json, quantize, read_binary_request)
 
 __all__ = ["RewardClient", "RewardServer", "dequantize", "is_loopback", "quantize"]
 
@@ -142,7 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") == "/health":
             self._send(200, {"ok": True, "rewards": self.server.rewards.names})
         else:
-            self._send(404, {"error": f"unknown path {self.path!r}; use GET /health or POST /score"})
+            self._send(404, {"error": f"unknown path {self.path!r}; use GET /health, POST /handshake or POST /score"})
 
     def _authorized(self) -> bool:
         token = self.server.token
@@ -178,6 +183,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(code, {"error": message}, headers)
             return
         srv = self.server
+        if self.path.rstrip("/") == "/handshake":
+            self._handshake(length, body)
+            return
         ctype = self.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
         try:
             if ctype == BINARY_TYPE:
@@ -206,10 +214,31 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(200, {"total": total.tolist(), "components": {k: v.tolist() for k, v in comps.items()}})
 
+    def _handshake(self, length: int, body: Body) -> None:
+        """The server's reward identities when they match the client's ``identity``, else 409."""
+        try:
+            if length > MAX_JSON_BYTES:
+                raise BadRequest(f"handshake body of {length} bytes exceeds {MAX_JSON_BYTES}", 413)
+            req = parse_json(body.read(length))
+            expected = req.get("identity") if isinstance(req, dict) else None
+            if not isinstance(expected, list) or not all(isinstance(e, dict) for e in expected):
+                raise BadRequest("'identity' must be a list of reward identities (objects)")
+        except BadRequest as exc:
+            self.close_connection = True
+            self._send(exc.code, {"error": str(exc)})
+            return
+        diffs = identity_differences(expected, self.server.identity)
+        if diffs:
+            self._send(409, {"error": "this server scores other rewards than the run expects (the run's -> this "
+                                      f"server's): {'; '.join(diffs)}. Serve the run's own rewards and weights "
+                                      "(fgrpo reward-server --run-dir RUN)"})
+            return
+        self._send(200, {"identity": self.server.identity})
+
     def _check(self, length: int) -> tuple[int, str, dict[str, str] | None] | None:
         """(code, message, headers) of a request refused before its body is read, else None."""
-        if self.path.rstrip("/") != "/score":
-            return 404, f"unknown path {self.path!r}; use POST /score", None
+        if self.path.rstrip("/") not in ("/score", "/handshake"):
+            return 404, f"unknown path {self.path!r}; use POST /score or POST /handshake", None
         if not self._authorized():
             return (401, "missing or wrong token: send 'Authorization: Bearer TOKEN' with the server's token "
                          "(FGRPO_REWARD_TOKEN, or the run folder's reward-server.token)",
@@ -237,9 +266,12 @@ class RewardServer:
                              "Bearer'), serve a run with --run-dir RUN (its own token), or bind 127.0.0.1")
         if read_timeout_s <= 0 or max_connections < 1 or max_waiting < 0:
             raise ValueError("read_timeout_s must be > 0, max_connections >= 1 and max_waiting >= 0")
+        specs = list(specs)
         self.rewards = WeightedRewards(specs)
+        self.identity = reward_identities(specs)  # this machine's files: what a handshake compares
         self._httpd = _PooledHTTPServer((host, port), max_connections, max_waiting)
         self._httpd.rewards = self.rewards
+        self._httpd.identity = self.identity
         self._httpd.lock = threading.Lock()
         self._httpd.verbose = verbose
         self._httpd.token = token.encode() if token else None

@@ -2,12 +2,18 @@
 
     runs/<run name>/
       recipe.json          the resolved recipe (written once by `fgrpo launch`; resume reads it)
+      prompts.json         the prompt file's identity when the run started
+      rewards.json         each reward's identity (name, settings, weights' fingerprint) when the run
+                           started; a resume that would score with another is refused (fgrpo.rewards.identity)
       status.json          running, completed, stopped, failed, cancelled; killed when it said running
                            and no process holds the run any more
       metrics.jsonl        one record per optimizer step and per evaluation (append-only; on resume,
                            records past the checkpoint move to metrics.rewound.jsonl)
       timings.jsonl        when each phase of every start (process start -> first step) and stop
                            (signal -> saved -> requeued) ended (fgrpo.trainer.timeline)
+      heartbeat.json       rank 0's last finished step and when (fgrpo.run_folder.status): `fgrpo
+                           status` shows "last step N min ago", or stalled
+      .status.lock         flock held while a rank records a failure (the first one of a job stays)
       .lock                flock held by the run's rank 0 while it runs; names the holder
       jobs.jsonl           every submission: backend, job id, kind (training or reward server)
       launch.json          the local backend's processes (pids, world size)
@@ -29,14 +35,15 @@
 
 Writes are atomic (fgrpo.fileio), so a crash or kill -9 never leaves a half-written file; the
 run folder's name is a pure function of the recipe (fgrpo.recipe.io.run_name), never of a job id.
+recipe.json, status.json, rewards.json and checkpoint manifests record the fgrpo and format
+version that wrote them; a newer format than this fgrpo's is refused (fgrpo.run_folder.versions).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import secrets
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,21 +51,26 @@ from pathlib import Path
 from fgrpo.fileio import append_jsonl, atomic_write_json, atomic_write_text, env_rank, read_json, read_jsonl
 from fgrpo.processes import ProcessId
 
-from .checkpoints import (checkpoint_path, checkpoint_problem, complete_checkpoints, manifest_fingerprint,
-                          partial_checkpoint_path)
-from .lock import RunLock, RunLockedError
+from .checkpoints import (check_checkpoint_format, checkpoint_path, checkpoint_problem, complete_checkpoints,
+                          manifest_fingerprint, partial_checkpoint_path)
+from .lock import RunLock, RunLockedError, exclusive
 from .samples import SampleFolder
+from .server_files import RewardServerFiles
+from .status import keeps_failure, next_beat
+from .versions import RUN_FORMAT_VERSION, RunFormatError, check_format, version_stamp  # noqa: F401 - re-exported
 
 RECIPE, STATUS, METRICS, JOBS = "recipe.json", "status.json", "metrics.jsonl", "jobs.jsonl"
-LAUNCH, FAILURES, CANCEL, REWARD_SERVER = "launch.json", "failures.json", "CANCEL_REQUESTED", "reward-server.json"
-REWARD_TOKEN = "reward-server.token"
+LAUNCH, FAILURES, CANCEL = "launch.json", "failures.json", "CANCEL_REQUESTED"
 PROMPTS = "prompts.json"  # the prompt file's identity when the run started
+REWARDS = "rewards.json"  # the rewards' identities when the run started
 CHECKPOINTS, SAMPLES, EVAL, LOGS = "checkpoints", "samples", "eval", "logs"
 SUBMITIT, SUBMITIT_ARRAYS = "submitit", ".submitit-arrays"  # the second beside the run folders, shared
 SERVER_KIND = "reward-server"  # a reward server the backend started beside the training job
 FINAL_STATES = ("completed", "failed", "cancelled", "killed")
 LIVE_STATES = ("starting", "running")  # a trainer says so; found stale once no process holds the lock
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # a reader may look at a run it may not change
 LOCK, METRICS_REWOUND, TIMINGS = ".lock", "metrics.rewound.jsonl", "timings.jsonl"
+HEARTBEAT, STATUS_LOCK = "heartbeat.json", ".status.lock"
 REPORT, TENSORBOARD, WANDB, TRACKING = "report.html", "tensorboard", "wandb", "tracking.json"
 SWEEP_INDEX = "sweep.json"  # a sweep folder's list of its runs (written by fgrpo sweep)
 
@@ -69,7 +81,7 @@ def report_file(folder: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class RunFolder:
+class RunFolder(RewardServerFiles):
     path: Path
 
     def __post_init__(self):
@@ -163,23 +175,28 @@ class RunFolder:
         return self.recipe_file.is_file()
 
     def read_recipe(self):
-        """The run's recipe; every error names the file."""
-        from fgrpo.recipe.io import RecipeError, load_recipe_json
+        """The run's recipe; every error names the file (RunFormatError: written by a newer fgrpo)."""
+        from fgrpo.recipe.io import RecipeError, recipe_from_record
 
         if not self.is_run():
             raise FileNotFoundError(f"{self.path} is not a run folder: it has no {RECIPE}")
         try:
-            return load_recipe_json(self.recipe_file)
-        except (OSError, ValueError, TypeError, KeyError) as e:
+            record = json.loads(self.recipe_file.read_text())
+            check_format(record, self.recipe_file)
+            return recipe_from_record(record)
+        except RunFormatError:
+            raise
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
             raise RecipeError(f"{self.recipe_file}: unreadable recipe ({type(e).__name__}: {e}); restore it "
                               "from the launch command (fgrpo show RECIPE.py --overrides)") from e
 
     def write_recipe(self, recipe) -> None:
-        """Atomic; written only when it changes (a reader never sees half a recipe)."""
-        from fgrpo.recipe.io import recipe_json
+        """Atomic; written only when it changes (a reader never sees half a recipe). Records the
+        fgrpo and format version beside the recipe's fields."""
+        from fgrpo.recipe.io import to_dict
 
         self.path.mkdir(parents=True, exist_ok=True)
-        text = recipe_json(recipe)
+        text = json.dumps({**to_dict(recipe), **version_stamp()}, indent=2, sort_keys=True) + "\n"
         try:
             if self.recipe_file.read_text() == text:
                 return
@@ -204,6 +221,32 @@ class RunFolder:
                 f"{identity['bytes']} bytes): its training and held-out prompts would shift under the run. "
                 "Restore the file, or start a new run with --logging.run-name NEW_NAME")
 
+    # ----- the rewards a run started with (fgrpo.rewards.identity compares them)
+    @property
+    def rewards_file(self) -> Path:
+        return self.path / REWARDS
+
+    def record_rewards(self, identities: list[dict]) -> None:
+        """Written once, when the run first scores; later starts compare against it."""
+        if not (self.path / REWARDS).exists():
+            atomic_write_json(self.path / REWARDS, {**version_stamp(), "rewards": identities})
+
+    def read_rewards(self) -> list[dict] | None:
+        """The reward identities recorded when the run started (None: not yet, or a run from
+        before they were recorded)."""
+        found = (read_json(self.path / REWARDS, None) or {}).get("rewards")
+        return found if isinstance(found, list) else None
+
+    # ----- versions: which fgrpo wrote the folder's records (fgrpo.run_folder.versions)
+    def check_format(self) -> None:
+        """RunFormatError naming the file and both versions when recipe.json, status.json,
+        rewards.json or a checkpoint's manifest was written in a newer format than this fgrpo
+        reads; a record without the field is format 1. Nothing is written."""
+        for name in (RECIPE, STATUS, REWARDS):
+            check_format(read_json(self.path / name, {}), self.path / name)
+        for _, ckpt in self.complete_checkpoints():
+            check_checkpoint_format(ckpt)
+
     def orphan_checkpoints(self) -> bool:
         """Checkpoints with no recipe.json beside them: whose recipe trained them is unknown."""
         return not self.is_run() and bool(self.complete_checkpoints())
@@ -218,7 +261,26 @@ class RunFolder:
         failure seen on another rank). Records its writer, so a stale status can be told."""
         if env_rank() == 0 or any_rank:
             atomic_write_json(self.path / STATUS, {"state": state, "reason": reason, "time": time.time(),
-                                                   "owner": str(ProcessId.of()), **extra})
+                                                   "owner": str(ProcessId.of()), **version_stamp(), **extra})
+
+    def record_failure(self, reason: str, since: float, consequence: bool = False, **extra) -> bool:
+        """Any rank: record a failure unless the job's first one is there (fgrpo.run_folder.status),
+        read and written under RUN/.status.lock (two ranks failing at once). Returns whether it was."""
+        with exclusive(self.path / STATUS_LOCK):
+            if keeps_failure(self.read_status(), since, consequence):
+                return False
+            marks = {"consequence": True} if consequence else {}
+            self.write_status("failed", reason, any_rank=True, **extra, **marks)
+            return True
+
+    def beat(self, step: int) -> None:
+        """Rank 0, after every finished step: heartbeat.json (fgrpo.run_folder.status)."""
+        beat = next_beat(self.read_heartbeat(), step, time.time(), str(ProcessId.of()))
+        atomic_write_json(self.path / HEARTBEAT, beat)
+
+    def read_heartbeat(self) -> dict | None:
+        found = read_json(self.path / HEARTBEAT)
+        return found if isinstance(found, dict) else None
 
     def read_status(self) -> dict:
         """status.json as written; `effective_status` tells whether it still holds. A damaged one
@@ -253,18 +315,25 @@ class RunFolder:
                 return status
         elif state == "held":
             return status
+        unrecorded = f" (not recorded: {self.path} is not writable by this user)"
         try:  # False (written unlocked) where the filesystem has no working locks
             lock.acquire({"backend": "fgrpo status", "job_id": "-", "host": ProcessId.of().host, "pid": os.getpid()})
         except RunLockedError:  # a trainer has just started: its status is the truth
             return self.read_status()
+        except OSError as e:  # a reader without write permission (a teammate, a read-only mount): tell, write nothing
+            if e.errno not in NOT_WRITABLE:
+                raise
+            return _killed(status, unrecorded)
         try:
             status = self.read_status()
             if status.get("state") in LIVE_STATES:
-                was = status.get("state")
-                status = {"state": "killed", "time": time.time(), "owner": status.get("owner"),
-                          "reason": f"status said {was}, but its process ({status.get('owner', '?')}) is gone: "
-                                    "killed or lost its node; resume continues from the newest checkpoint"}
-                atomic_write_json(self.path / STATUS, status)
+                status = _killed(status)
+                try:
+                    atomic_write_json(self.path / STATUS, status)
+                except OSError as e:
+                    if e.errno not in NOT_WRITABLE:
+                        raise
+                    status = _killed(self.read_status(), unrecorded)
         finally:
             lock.release()
         return status
@@ -313,54 +382,6 @@ class RunFolder:
         n = int((read_json(self.path / FAILURES, {}) or {}).get("count", 0)) + 1
         atomic_write_json(self.path / FAILURES, {"count": n})
         return n
-
-    # ----- the reward server's address
-    @property
-    def reward_server_file(self) -> Path:
-        return self.path / REWARD_SERVER
-
-    def write_server_address(self, url: str, path: Path | None = None) -> None:
-        atomic_write_json(path or self.reward_server_file,
-                          {"url": url, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
-
-    def read_server_address(self, path: Path | None = None) -> str | None:
-        found = read_json(path or self.reward_server_file)
-        return found.get("url") if isinstance(found, dict) else None
-
-    @property
-    def server_token_file(self) -> Path:
-        return self.path / REWARD_TOKEN
-
-    def server_token(self, create: bool = False) -> str | None:
-        """The run's reward-server token (a random secret per run, readable by its owner only);
-        with `create`, made when missing. Several processes may create it at once: the first
-        exclusive create wins and every caller returns that one."""
-        f = self.server_token_file
-        if create and not f.exists():
-            self.path.mkdir(parents=True, exist_ok=True)
-            token = secrets.token_urlsafe(32)
-            try:
-                fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w") as out:
-                    out.write(token)
-                    out.flush()
-                    os.fsync(out.fileno())
-        for _ in range(50):  # another process may have created it and not yet written it
-            try:
-                text = f.read_text().strip()
-            except FileNotFoundError:
-                return None
-            if text:
-                return text
-            time.sleep(0.1)
-        raise ValueError(f"{f}: empty reward-server token file; remove it and launch again")
-
-    def clear_server_address(self) -> None:
-        """Forget a previous server's address before a new one starts for the run."""
-        self.reward_server_file.unlink(missing_ok=True)
 
     # ----- checkpoints and metrics
     def complete_checkpoints(self) -> list[tuple[int, Path]]:
@@ -430,6 +451,14 @@ class RunFolder:
             "checkpoint": ckpt[0] if ckpt else None,
             "status": self.read_status(),
         }
+
+
+def _killed(status: dict, note: str = "") -> dict:
+    """The status of a run that said starting or running while no process holds it any more."""
+    return {"state": "killed", "time": time.time(), "owner": status.get("owner"),
+            "reason": f"status said {status.get('state')}, but its process ({status.get('owner', '?')}) is gone: "
+                      f"killed or lost its node; resume continues from the newest checkpoint{note}",
+            **version_stamp()}
 
 
 def _valid_status(status) -> bool:

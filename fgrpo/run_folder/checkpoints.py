@@ -2,9 +2,11 @@
 
 `checkpoints/step-N/` appears by a rename once every rank has written (`.step-N.partial`
 before). Its `fgrpo-manifest.json`, written last, records every file's size, a SHA-256 of DCP's
-`.metadata`, and the fingerprint of the recipe that trained it. A checkpoint is trusted only when
-those match: a truncated `.distcp` (a kill or a full disk while copying), a garbled `.metadata`
-or a checkpoint of another recipe is found before DCP reads it. Data files are checked by size,
+`.metadata`, the fingerprint of the recipe that trained it, and the fgrpo and format versions
+that wrote it (fgrpo.run_folder.versions: a checkpoint of a newer format is refused, not read).
+A checkpoint is trusted only when those match: a truncated `.distcp` (a kill or a full disk
+while copying), a garbled `.metadata` or a checkpoint of another recipe is found before DCP
+reads it. Data files are checked by size,
 not hashed: hashing hundreds of GB at every save costs minutes, and DCP's own read errors still
 send the resume to an older checkpoint.
 """
@@ -17,6 +19,8 @@ import re
 from pathlib import Path
 
 from fgrpo.fileio import atomic_write_json
+
+from .versions import check_format, version_stamp
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "fgrpo-manifest.json"
@@ -58,7 +62,7 @@ def write_manifest(folder: Path, recipe_fingerprint: str, step: int) -> None:
     folder = Path(folder)
     files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     atomic_write_json(folder / MANIFEST, {"step": step, "recipe": recipe_fingerprint, "files": files,
-                                          "metadata_sha256": _sha256(folder / ".metadata")})
+                                          "metadata_sha256": _sha256(folder / ".metadata"), **version_stamp()})
 
 
 def checkpoint_problem(folder: Path, recipe_fingerprint: str | None = None) -> str | None:
@@ -86,8 +90,20 @@ def checkpoint_problem(folder: Path, recipe_fingerprint: str | None = None) -> s
     return None
 
 
-def manifest_fingerprint(folder: Path) -> str | None:
+def read_manifest(folder: Path) -> dict | None:
+    """The checkpoint's manifest; None when it has none or it is unreadable (checkpoint_problem says)."""
     try:
-        return json.loads((Path(folder) / MANIFEST).read_text()).get("recipe")
+        found = json.loads((Path(folder) / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    return found if isinstance(found, dict) else None
+
+
+def manifest_fingerprint(folder: Path) -> str | None:
+    return (read_manifest(folder) or {}).get("recipe")
+
+
+def check_checkpoint_format(folder: Path) -> None:
+    """RunFormatError when the checkpoint was written in a newer format than this fgrpo reads: it
+    is refused, not skipped for an older one (that would quietly throw the newer steps away)."""
+    check_format(read_manifest(folder) or {}, Path(folder) / MANIFEST)

@@ -19,6 +19,8 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
@@ -104,3 +106,28 @@ class RunLock:
         finally:
             os.close(fd)
         return "free"
+
+
+@contextmanager
+def exclusive(path: Path, wait_s: float = 30.0) -> Iterator[None]:
+    """A short critical section between processes (a read-then-write of one file). Waits for the
+    holder at most `wait_s`, then goes on unlocked, as it does where the filesystem has no working
+    locks: the section is a best effort, never a reason to hang or fail."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.02)
+            except OSError as e:
+                if e.errno not in UNSUPPORTED:
+                    raise
+                break
+        yield
+    finally:
+        os.close(fd)  # drops the flock, if taken

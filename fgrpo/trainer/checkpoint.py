@@ -81,7 +81,9 @@ def save(state: dict, ckpt_dir: Path, step: int, keep_last: int, recipe_fingerpr
         if dist.rank() == 0:
             shutil.rmtree(partial, ignore_errors=True)  # a partial folder would keep a full disk full
         why = describe_save_error(error, partial) if error is not None else "failed on another rank"
-        raise CheckpointSaveError(f"checkpoint step-{step} not saved ({why}); the partial folder was removed") from error
+        failed = CheckpointSaveError(f"checkpoint step-{step} not saved ({why}); the partial folder was removed")
+        failed.consequence = error is None  # the rank that failed names why (fgrpo.trainer.failures.is_consequence)
+        raise failed from error
     if dist.rank() == 0:
         for _, old in complete_checkpoints(ckpt_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

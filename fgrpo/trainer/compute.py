@@ -120,6 +120,7 @@ class ComputeMeter:
         self.totals = {k: 0 for k in KEYS}
         self.base_wall = self.base_device = 0.0
         self.cost: StepCost | None = None
+        self.unmeasured_steps = 0  # steps done before a cost was measured (trained on kept rollouts)
 
     def restore(self, record: dict | None, step: int) -> None:
         """Continue from a record's totals (the last one at or before the checkpoint of `step`); a
@@ -143,18 +144,28 @@ class ComputeMeter:
         """`run()` one step; measured (FLOPs, forwards) when `measure` and not yet this launch."""
         if measure and self.cost is None:
             result, self.cost = measure_step(transformer, run, self.dp)
+            for _ in range(self.unmeasured_steps):  # they cost a whole step, their rollout in an earlier job
+                self._add_cost()
+            self.unmeasured_steps = 0
             return result
         return run()
+
+    def _add_cost(self) -> None:
+        t, cost = self.totals, self.cost
+        assert cost is not None
+        t["compute/forward_passes"] += cost.forward_passes
+        t["compute/flops_rollout"] += cost.flops_rollout
+        t["compute/flops_train"] += cost.flops_train
+        t["compute/flops"] = t["compute/flops_rollout"] + t["compute/flops_train"]
 
     def add_step(self, applied: bool) -> None:
         t = self.totals
         t["compute/optimizer_steps"] += int(applied)
         t["compute/videos"] += self.videos_per_step
         if self.cost is not None:
-            t["compute/forward_passes"] += self.cost.forward_passes
-            t["compute/flops_rollout"] += self.cost.flops_rollout
-            t["compute/flops_train"] += self.cost.flops_train
-            t["compute/flops"] = t["compute/flops_rollout"] + t["compute/flops_train"]
+            self._add_cost()
+        else:
+            self.unmeasured_steps += 1
 
     def snapshot(self) -> dict:
         """The totals now (wall and device seconds up to this moment)."""

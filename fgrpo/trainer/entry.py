@@ -5,8 +5,8 @@ be resumed), cancelled, or failed with the first line of the error. A process ki
 cannot write: its "running" is found stale by `RunFolder.effective_status` (no process holds
 the run's lock any more) and shown as killed.
 
-Exit codes: 0 done, 75 stopped (requeue me), 1 failed, 2 bad recipe, 3 the run folder is held
-by another job.
+Exit codes: 0 done, 75 stopped (requeue me), 1 failed, 2 bad recipe (or a run folder written by a
+newer fgrpo: refused without writing into it), 3 the run folder is held by another job.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fgrpo.fileio import env_rank
 from fgrpo.processes import ProcessId, parent_gone
-from fgrpo.run_folder import RunFolder, RunLockedError
+from fgrpo.run_folder import RunFolder, RunFormatError, RunLockedError
 
 from . import timeline
 from .signals import EXIT_REQUEUE, StopFlag
@@ -41,16 +41,23 @@ def job_identity() -> dict:
     return {"backend": "local", "job_id": job, **ident}
 
 
-def record_failure(folder: RunFolder, reason: str, started: float) -> None:
-    """Rank 0 records its failure; another rank records its own only if rank 0 has not yet: the
-    first failure is usually the cause, a peer's timeout in a collective the consequence."""
-    if env_rank() == 0:
-        status = folder.read_status()
-        if status.get("state") == "failed" and status.get("time", 0) >= started and status.get("rank", 0) != 0:
-            return  # a peer's failure, recorded first, is the cause
-        folder.write_status("failed", reason)
-    else:
-        folder.write_status("failed", f"rank {env_rank()}: {reason}", any_rank=True, rank=env_rank())
+def record_failure(folder: RunFolder, reason: str, started: float, consequence: bool = False) -> None:
+    """Every rank records its failure unless this job's first one is already there (it is the
+    cause; a peer's error in a collective, the consequence): `RunFolder.record_failure`. Called
+    before leaving the process group, so the errors that leaving triggers in the peers come later."""
+    rank = env_rank()
+    folder.record_failure(reason if rank == 0 else f"rank {rank}: {reason}", started, consequence, rank=rank)
+
+
+def failure_reason(error: BaseException, collective_timeout_s: float) -> str:
+    """The error's first line; the process group's timeout also names the field that set it."""
+    from fgrpo.distributed.process_group import timed_out
+    from fgrpo.trainer.failures import first_line
+
+    if not timed_out(error):
+        return first_line(error)
+    return (f"a collective waited launch.collective_timeout_s = {collective_timeout_s:g} s for a rank that stopped "
+            f"answering (stopped, hung, or its node lost; see the other ranks' logs): {first_line(error)}")
 
 
 def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
@@ -61,6 +68,11 @@ def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
     from fgrpo.recipe.validate import validate
 
     folder = RunFolder(run_dir)
+    try:
+        folder.check_format()
+    except RunFormatError as e:  # a newer fgrpo's folder: not even its status is this fgrpo's to write
+        print(f"fgrpo: error: {e}", file=sys.stderr)
+        return EXIT_BAD_RECIPE
     try:
         recipe = recipe or folder.read_recipe()
         validate(recipe, int(os.environ.get("WORLD_SIZE", "1")))
@@ -76,7 +88,7 @@ def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
     from fgrpo.distributed import process_group as dist
 
     timeline.mark("torch_imported")
-    dist.init_distributed()
+    dist.init_distributed(recipe.launch.collective_timeout_s)
     lock, refused = folder.lock(), None
     if dist.rank() == 0:
         try:  # a requeued job's predecessor may still be exiting: wait for it a little
@@ -101,7 +113,7 @@ def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
 
 def _train_locked(folder: RunFolder, recipe, stop: StopFlag, started: float) -> int:
     from fgrpo.distributed import process_group as dist
-    from fgrpo.trainer.failures import first_line
+    from fgrpo.trainer.failures import is_consequence
 
     folder.write_status("running")
     try:
@@ -112,14 +124,15 @@ def _train_locked(folder: RunFolder, recipe, stop: StopFlag, started: float) -> 
         timeline.mark("model")
         code = trainer.run()
     except Exception as e:  # noqa: BLE001 - every failure is recorded, then reported by the exit code
+        reason = failure_reason(e, recipe.launch.collective_timeout_s)
+        record_failure(folder, reason, started, is_consequence(e))  # first: leaving fails the peers
         dist.shutdown()  # no barrier: another rank may never reach one
         traceback.print_exc()
-        print(f"fgrpo: error: {first_line(e)}", file=sys.stderr)
-        record_failure(folder, first_line(e), started)
+        print(f"fgrpo: error: {reason}", file=sys.stderr)
         return EXIT_FAILED
     except BaseException as e:  # KeyboardInterrupt outside the stop flag's reach, SystemExit
-        dist.shutdown()
         record_failure(folder, f"interrupted ({type(e).__name__})", started)
+        dist.shutdown()
         raise
     # Every rank finished its collectives: meet, then leave the group together (a rank tearing
     # down gloo while a peer still talks to it can abort at exit).

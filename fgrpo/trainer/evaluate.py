@@ -114,7 +114,7 @@ def evaluate_checkpoint(recipe: Recipe, run_dir: Path, checkpoint_path: Path, pr
     from .policy import build_policy
     from .reward_scoring import connect_rewards
 
-    device = dist.init_distributed()
+    device = dist.init_distributed(recipe.launch.collective_timeout_s)
     par = recipe.parallelism
     dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, dist.world_size(), sp=par.sp)
     dims.build_mesh(device.type)

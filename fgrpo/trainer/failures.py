@@ -15,6 +15,8 @@ from fgrpo.distributed import process_group as dist
 class CollectiveError(RuntimeError):
     """Raised on every rank at the same point of the step."""
 
+    consequence = False  # True: this rank's error only reports another rank's (see is_consequence)
+
 
 class RewardError(CollectiveError):
     """Scoring failed on some rank (a reward that raised or returned NaN, a server gone)."""
@@ -22,6 +24,18 @@ class RewardError(CollectiveError):
 
 class NonFiniteError(CollectiveError):
     """Too many steps in a row with a non-finite loss or gradient."""
+
+
+class PeerRewardError(RewardError):
+    """Scoring failed on another rank; that rank's RewardError says why."""
+
+    consequence = True
+
+
+def is_consequence(exc: BaseException) -> bool:
+    """Whether `exc` only reports another rank's failure: recorded in status.json only when no
+    failure of the job is (fgrpo.run_folder.status), so the rank that saw the cause names it."""
+    return bool(getattr(exc, "consequence", False))
 
 
 def first_line(exc: BaseException) -> str:
@@ -58,5 +72,5 @@ def agree_on_scores(pending: list) -> list:
     if dist.any_rank(error is not None):
         if error is not None:
             raise RewardError(f"reward scoring failed: {first_line(error)}") from error
-        raise RewardError("reward scoring failed on another rank (see that rank's log)")
+        raise PeerRewardError("reward scoring failed on another rank (see that rank's log)")
     return scored

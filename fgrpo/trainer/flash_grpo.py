@@ -110,13 +110,72 @@ def shared_prefix(policy: Policy, recipe: Recipe, step: int, local: slice, mask:
     return x[local_group], start
 
 
+@dataclass
+class Rollout:
+    """A step's finished rollouts on this rank, and the global batch's rewards: all the update needs,
+    and what a stop after them keeps (fgrpo.run_folder.pending) so a resumed job trains from it."""
+
+    step: int  # optimizer steps done before this one
+    prompts: list[str]  # the step's global batch of prompts
+    indices: torch.Tensor  # SDE step index per video of the global batch
+    trans: Transitions  # this rank's recorded SDE transitions
+    all_rewards: torch.Tensor  # [P*G] the global batch's total rewards
+    components: dict[str, torch.Tensor]  # this rank's per-reward scores
+    times: dict[str, float]
+    resumed: bool = False
+
+    def state_dict(self) -> dict:
+        t = self.trans
+        return {"step": self.step, "prompts": list(self.prompts), "indices": self.indices,
+                "all_rewards": self.all_rewards, "components": dict(self.components), "times": dict(self.times),
+                "trans": {"video": t.video, "step": t.step, "x": t.x.cpu(), "x_next": t.x_next.cpu(),
+                          "log_prob": t.log_prob.cpu()}}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "Rollout":
+        t = state["trans"]
+        trans = Transitions(t["video"], t["step"], t["x"], t["x_next"], t["log_prob"])
+        return cls(int(state["step"]), list(state["prompts"]), state["indices"], trans, state["all_rewards"],
+                   dict(state["components"]), dict(state["times"]), resumed=True)
+
+
+class StopAfterRollout(StopRequested):
+    """A stop seen once the step's rollouts were complete: they travel with it, to be kept."""
+
+    def __init__(self, rollout: Rollout):
+        super().__init__()
+        self.rollout = rollout
+
+
+def _local_videos(policy: Policy, recipe: Recipe) -> slice:
+    n_local = recipe.rollout.prompts_per_step * recipe.rollout.group_size // policy.dims.dp
+    return slice(policy.dims.dp_rank * n_local, (policy.dims.dp_rank + 1) * n_local)
+
+
+def _video_text(policy: Policy, prompts: list[str], group_size: int, local: slice):
+    """This rank's videos' prompts, their text context and the negative context."""
+    video_prompts = [p for p in prompts for _ in range(group_size)][local]
+    return video_prompts, policy.encode(video_prompts), policy.negative_context(len(video_prompts))
+
+
 def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recipe, step: int, prompts: list[str],
-                    check_stop) -> StepResult:
-    """One optimizer step (`step` = optimizer steps done so far) on the global batch `prompts`."""
+                    check_stop, kept: Rollout | None = None) -> StepResult:
+    """One optimizer step (`step` = optimizer steps done so far) on the global batch `prompts`;
+    from `kept` rollouts of this very step (a resumed job) instead of rolling out, when given.
+    A stop seen after the rollouts raises StopAfterRollout, which carries them."""
+    rollout = kept if kept is not None else roll_out(policy, rewards, recipe, step, prompts, check_stop)
+    try:
+        return train_on(policy, update, recipe, rollout, check_stop)
+    except StopRequested as e:
+        raise StopAfterRollout(rollout) from e
+
+
+def roll_out(policy: Policy, rewards, recipe: Recipe, step: int, prompts: list[str], check_stop) -> Rollout:
+    """The step's rollouts on this rank (no grad), scored, with the rewards gathered to the global batch."""
     r, ro, alg, dims = recipe, recipe.rollout, recipe.algorithm, policy.dims
     P, G = ro.prompts_per_step, ro.group_size
-    n_local = P * G // dims.dp
-    local = slice(dims.dp_rank * n_local, (dims.dp_rank + 1) * n_local)
+    local = _local_videos(policy, recipe)
+    n_local = local.stop - local.start
     times = {}
 
     # --- timestep indices: identical on every rank (same seed), one per prompt when iso-temporal
@@ -127,8 +186,7 @@ def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recip
 
     # --- rollouts (no grad)
     t0 = time.perf_counter()
-    video_prompts = [p for p in prompts for _ in range(G)][local]
-    context, neg = policy.encode(video_prompts), policy.negative_context(len(video_prompts))
+    video_prompts, context, neg = _video_text(policy, prompts, G, local)
     gens = video_generators([step_seed(r.prompts.seed, step, salt=1000 + v) for v in range(local.start, local.stop)])
     with policy.rollout():  # eval mode, and what only sampling wants (Policy.rollout)
         if ro.share_prefix:
@@ -161,9 +219,20 @@ def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recip
     local_rewards = torch.cat([total.to(policy.device) for total, _ in scored])
     components = {k: torch.cat([c[k].to(policy.device) for _, c in scored]) for k in scored[0][1]}
     all_rewards = dims.gather_dp(local_rewards).cpu()
+    times["reward"] = time.perf_counter() - t0 + inline
+    return Rollout(step, list(prompts), indices, trans, all_rewards, {k: v.cpu() for k, v in components.items()}, times)
+
+
+def train_on(policy: Policy, update: PolicyUpdate, recipe: Recipe, rollout: Rollout, check_stop) -> StepResult:
+    """The policy update at the rollout's recorded SDE step(s), and the step's metrics."""
+    r, ro, alg, dims = recipe, recipe.rollout, recipe.algorithm, policy.dims
+    G = ro.group_size
+    local = _local_videos(policy, recipe)
+    trans, all_rewards, indices, times = rollout.trans, rollout.all_rewards, rollout.indices, dict(rollout.times)
+    iso = alg.iso_temporal if alg.mode == "flash" else False
+    _, context, neg = _video_text(policy, rollout.prompts, G, local)
     advantages = group_advantages(all_rewards, G, alg.adv_std, alg.adv_clip)
     adv_local = advantages[local]
-    times["reward"] = time.perf_counter() - t0 + inline
 
     # --- policy update at the recorded SDE step(s)
     t0 = time.perf_counter()
@@ -212,7 +281,7 @@ def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recip
     times["train"] = time.perf_counter() - t0
 
     metrics = {
-        "step": step + 1 if finite else step,
+        "step": rollout.step + 1 if finite else rollout.step,
         "reward_mean": float(all_rewards.mean()),
         "reward_std": float(all_rewards.std(correction=0)),
         "adv_std": float(advantages.std(correction=0)),
@@ -231,7 +300,9 @@ def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recip
         "time_reward": times["reward"],
         "time_reward_wait": times["reward_wait"],  # blocked on scores; the rest of scoring overlapped rollouts
         "time_train": times["train"],
-        **{f"reward/{k}": float(dims.gather_dp(v.to(policy.device)).mean()) for k, v in components.items()},
+        **{f"reward/{k}": float(dims.gather_dp(v.to(policy.device)).mean()) for k, v in rollout.components.items()},
+        # 1 when this step trained on rollouts kept across a stop (its time_rollout is the original's)
+        "rollout_resumed": int(rollout.resumed),
         "state_bytes_per_rank": state_bytes,
     }
     if r.parallelism.compile:

@@ -5,7 +5,9 @@ Both scorers have one interface: calling one scores at once and returns ``(total
 micro-batch of videos as soon as it is decoded and collects the results after the last rollout, so
 a server scores while the trainer rolls out the next micro-batch. In-process rewards score each
 micro-batch at once, on the training device, so its decoded frames (hundreds of MB per 81-frame
-480p video) are freed before the next rollout; ``inline_s`` says how long that took.
+480p video) are freed before the next rollout; ``inline_s`` says how long that took. Both tell
+their rewards' ``identity`` (fgrpo.rewards.identity): in-process, of this machine's files; through
+a server, the server's, after its handshake has found them to be what the run expects.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
 from fgrpo.rewards import WeightedRewards
 from fgrpo.rewards.client import RewardClient
+from fgrpo.rewards.identity import reward_identities
 from fgrpo.rewards.server_lifecycle import reward_token, wait_for_server
 from fgrpo.run_folder import RunFolder
 
@@ -52,8 +56,14 @@ class InProcessRewards:
     where = "in-process"
 
     def __init__(self, specs) -> None:
-        self.rewards = WeightedRewards(specs)
+        self.specs = list(specs)
+        self.rewards = WeightedRewards(self.specs)
         self.names = self.rewards.names
+
+    @cached_property
+    def identity(self) -> list[dict]:
+        """The rewards' identities, their files fingerprinted here (once: hashing takes a moment)."""
+        return reward_identities(self.specs)
 
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> Scores:
         return self.rewards(frames, prompts)
@@ -73,7 +83,7 @@ class RemoteRewards:
 
     where = "server"
 
-    def __init__(self, url: str, names: list[str], timeout_s: float, retries: int,
+    def __init__(self, url: str, names: list[str], expected: list[dict], timeout_s: float, retries: int,
                  reconnect: Callable[[], str] | None = None, token: str | None = None) -> None:
         self.client = RewardClient(url, timeout_s=timeout_s, retries=retries, reconnect=reconnect, token=token)
         served = self.client.health().get("rewards", [])
@@ -81,6 +91,7 @@ class RemoteRewards:
             raise ValueError(f"reward server {url} serves rewards {served}, but the recipe's rewards are {names}; "
                              "start it with the recipe's rewards (fgrpo reward-server --recipe-file RECIPE)")
         self.names = names
+        self.identity = self.client.handshake(expected)  # the server refuses (409: ValueError) any other
 
     @property
     def url(self) -> str:
@@ -99,12 +110,13 @@ class RemoteRewards:
 
 def connect_rewards(recipe, run_dir: Path, check_stop: Callable[[], None] = lambda: None,
                     all_agree: Callable[[bool], bool] = lambda ok: ok,
-                    local_stop: Callable[[], None] = lambda: None):
+                    local_stop: Callable[[], None] = lambda: None, expected: list[dict] | None = None):
     """In-process rewards, or a client of the configured server once it answers (waiting while a
     launched server loads its models; ``check_stop`` may abandon the wait). If the server becomes
     unreachable later, the client waits for it to come back (``local_stop`` may abandon that).
     The token is FGRPO_REWARD_TOKEN's or the run folder's (read once the server answers: a launched
-    server makes it before announcing itself)."""
+    server makes it before announcing itself). The server's handshake must find its rewards to be
+    ``expected`` (the run's recorded identities; by default the recipe's, without file fingerprints)."""
     rs = recipe.reward_server
     if not rs.url and not rs.launch:
         return InProcessRewards(recipe.rewards)
@@ -123,5 +135,7 @@ def connect_rewards(recipe, run_dir: Path, check_stop: Callable[[], None] = lamb
         # announces a new address; a fixed URL may come back after a restart.
         return wait_for_server(find_url, rs.startup_timeout_s, local_stop)
 
-    return RemoteRewards(url, WeightedRewards.keys(recipe.rewards), rs.timeout_s, rs.retries, reconnect,
+    if expected is None:
+        expected = reward_identities(recipe.rewards, fingerprint=False)
+    return RemoteRewards(url, WeightedRewards.keys(recipe.rewards), expected, rs.timeout_s, rs.retries, reconnect,
                          token=reward_token(Path(run_dir)))

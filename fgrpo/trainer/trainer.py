@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
 
 from rich.console import Console
@@ -17,7 +17,9 @@ from fgrpo.models.model_folder import model_folder
 from fgrpo.models.wan.lora import trainable_parameters
 from fgrpo.recipe.config import Recipe
 from fgrpo.recipe.io import training_fingerprint
-from fgrpo.run_folder import RunFolder, checkpoint_problem, manifest_fingerprint
+from fgrpo.rewards.identity import rewards_changed
+from fgrpo.run_folder.pending import drop_rollouts, load_rollouts, save_rollouts
+from fgrpo.run_folder import RunFolder, check_checkpoint_format, checkpoint_problem, manifest_fingerprint
 
 from fgrpo.tracking import SampleSet, open_trackers
 
@@ -26,7 +28,7 @@ from .compute import ComputeMeter, gather_per_rank, peak_memory_bytes
 from .ema import EMA
 from .evaluate import evaluate_heldout
 from .failures import CollectiveError, NonFiniteError
-from .flash_grpo import StopRequested, flash_grpo_step
+from .flash_grpo import Rollout, StopRequested, flash_grpo_step
 from .metrics import MetricsLog, ReportRefresher, console_line
 from .policy import build_policy
 from .reward_scoring import connect_rewards
@@ -48,7 +50,7 @@ class Trainer:
         if problem:
             raise ValueError(problem)
         self.stop = stop or StopFlag()
-        self.device = dist.init_distributed()
+        self.device = dist.init_distributed(recipe.launch.collective_timeout_s)
         par = recipe.parallelism
         self.dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, dist.world_size(), sp=par.sp)
         self.dims.build_mesh(self.device.type)
@@ -68,6 +70,7 @@ class Trainer:
         rs = recipe.reward_server
         # A reward server may still be loading its models: run() waits for it (connect_rewards).
         self.rewards = None if rs.url or rs.launch else connect_rewards(recipe, self.run_dir)
+        self.rewards_checked = False  # against the identities recorded at the run's first start
         self.train_prompts, self.heldout_prompts = split_prompts(prompts, recipe.prompts.heldout)
         self.sampler = PromptSampler(self.train_prompts, recipe.prompts.seed)
         self.step = 0
@@ -81,12 +84,31 @@ class Trainer:
         self.fingerprint = training_fingerprint(recipe)
         self.resume_note = ""  # what resume had to skip, for the console and the status
 
-    def run_step(self, prompts: list[str], check_stop=None):
-        """One Flash-GRPO optimizer step on `prompts` (the loop's; tests call it directly)."""
-        # Rank 0 counts the FLOPs and forwards of its first step of each launch (fgrpo.trainer.compute).
+    def run_step(self, prompts: list[str], check_stop=None, kept: Rollout | None = None):
+        """One Flash-GRPO optimizer step on `prompts` (the loop's; tests call it directly), from the
+        step's `kept` rollouts when a stop kept them (fgrpo.run_folder.pending)."""
+        # Rank 0 counts the FLOPs and forwards of its first step of each launch that rolls out
+        # (fgrpo.trainer.compute).
         return self.compute.run_step(self.policy.transformer, lambda: flash_grpo_step(
-            self.policy, self.update, self.rewards, self.recipe, self.step, prompts, check_stop or self._check_stop),
-            measure=self.is_main)
+            self.policy, self.update, self.rewards, self.recipe, self.step, prompts, check_stop or self._check_stop,
+            kept), measure=self.is_main and kept is None)
+
+    def kept_rollouts(self, prompts: list[str]) -> Rollout | None:
+        """This step's rollouts kept by a stop, when every rank has its share for these prompts."""
+        state, why = load_rollouts(self.ckpt_dir, self.step, dist.rank(), dist.world_size())
+        usable = state is not None and int(state["step"]) == self.step and list(state["prompts"]) == prompts
+        if not dist.all_ranks(usable):
+            if state is not None or why:
+                self.console.print(f"rolling out step {self.step + 1} again: its kept rollouts are not usable "
+                                   f"({why or 'another rank has none, or the prompts differ'})", markup=False)
+            return None
+        self.console.print(f"step {self.step + 1}: training on the rollouts kept when the last job stopped "
+                           f"({float(state['times']['rollout']):.1f} s of rollout not repeated)", markup=False)
+        return Rollout.from_state_dict(state)
+
+    def keep_rollouts(self, rollout: Rollout) -> None:
+        """Save this rank's share of a stopped step's finished rollouts (beside checkpoint step-N)."""
+        save_rollouts(self.ckpt_dir, rollout.step, dist.rank(), dist.world_size(), rollout.state_dict())
 
     # ----- checkpoint state
     def state(self) -> dict:
@@ -120,6 +142,7 @@ class Trainer:
             return False
         skipped = []
         for step, ckpt in candidates:
+            check_checkpoint_format(ckpt)  # a newer fgrpo's checkpoint: refused, never skipped
             other = manifest_fingerprint(ckpt)
             if other not in (None, self.fingerprint):
                 raise RuntimeError(f"{ckpt} was trained with a different recipe (fingerprint {other}, this run's is "
@@ -184,9 +207,22 @@ class Trainer:
     def connect_rewards(self) -> None:
         if self.rewards is None:
             self.rewards = connect_rewards(self.recipe, self.run_dir, self._check_stop, dist.all_ranks,
-                                           self._check_local_stop)
+                                           self._check_local_stop, expected=self.folder.read_rewards())
             if self.is_main and self.rewards.where == "server":
                 self.console.print(f"rewards scored by the reward server at {self.rewards.url}", markup=False)
+        if not self.rewards_checked:
+            self.check_reward_identity()
+
+    def check_reward_identity(self) -> None:
+        """The rewards must be those the run started with (RUN/rewards.json, recorded by rank 0 at
+        the first start): a run never silently changes reward. The ranks refuse together."""
+        recorded = self.folder.read_rewards()
+        problem = rewards_changed(recorded, self.rewards.identity, self.folder.rewards_file)
+        if dist.any_rank(problem is not None):
+            raise ValueError(problem or "another rank found the run's rewards changed since it started")
+        if self.is_main and recorded is None:
+            self.folder.record_rewards(self.rewards.identity)
+        self.rewards_checked = True
 
     def evaluate(self, tag: str) -> dict:
         self.connect_rewards()
@@ -248,6 +284,7 @@ class Trainer:
             console=self.console, disable=not self.is_main,
         )
         last_saved = self.step if resumed else None
+        checked_kept = False  # kept rollouts can only be for the first step after a resume
         try:
             with progress:
                 task = progress.add_task("train", total=r.optim.max_steps, completed=self.step)
@@ -256,7 +293,12 @@ class Trainer:
                     timeline.mark("first_step_start")
                     self._sampler_before_step = self.sampler.state_dict()
                     prompts = self.sampler.next(r.rollout.prompts_per_step)
-                    result = self.run_step(prompts)
+                    first_after_resume = resumed and not checked_kept
+                    kept = self.kept_rollouts(prompts) if first_after_resume else None
+                    checked_kept = True
+                    result = self.run_step(prompts, kept=kept)
+                    if self.is_main and first_after_resume:
+                        drop_rollouts(self.ckpt_dir, before=self.step + 1)  # used, or stale
                     self._sampler_before_step = None
                     self._after_step(result)
                     timeline.mark("first_step")
@@ -267,8 +309,8 @@ class Trainer:
                         last_saved = self.step
                     if self.heldout_prompts and self.step % r.eval.interval == 0 and self.step < r.optim.max_steps:
                         self.evaluate(f"step-{self.step:06d}")
-        except StopRequested:
-            return self._stop(last_saved)
+        except StopRequested as e:
+            return self._stop(last_saved, getattr(e, "rollout", None))
         except CollectiveError:
             if self.stop.raised:  # e.g. the reward server went with the launcher: a stop, not a failure
                 return self._stop(last_saved)
@@ -299,10 +341,14 @@ class Trainer:
             self.console.print(f"report: the refresh of {where} failed or is still running; see "
                                f"{self.folder.report_log}", markup=False)
 
-    def _stop(self, last_saved: int | None) -> int:
-        # The unfinished step is dropped: the sampler position is rolled back with it.
+    def _stop(self, last_saved: int | None, rollout: Rollout | None = None) -> int:
+        # The unfinished step is dropped: the sampler position is rolled back with it. Its rollouts,
+        # when they were complete, are kept for the resumed job (fgrpo.run_folder.pending).
         timeline.mark("stop_noticed")
         self._rewind_sampler()
+        if rollout is not None and rollout.step == self.step:
+            self.keep_rollouts(rollout)
+            timeline.mark("rollouts_kept")
         if last_saved != self.step:
             self.save()
         timeline.mark("saved")
@@ -349,5 +395,8 @@ class Trainer:
         m.update({"kind": "train", "time": time.time(), "nonfinite_total": self.nonfinite_total,
                   **self.compute.snapshot()})
         self.metrics.write(m)
+        if self.is_main:  # heartbeat.json: `fgrpo status` says "last step N min ago", or stalled
+            with suppress(OSError):  # a monitoring aid, never a reason to stop training
+                self.folder.beat(self.step)
         if self.is_main and self.step % self.recipe.logging.console_interval == 0:
             self.console.print(console_line(m), soft_wrap=True)

@@ -94,3 +94,29 @@ def test_kill9_during_checkpoint_save_keeps_the_previous_one(tiny_model_dir, tmp
         trained_weights(runs / "run", step)
     resumed = launch_tiny(tiny_model_dir, runs, 2, latest[0] + 1)
     assert train_metrics(resumed)[-1]["step"] == latest[0] + 1
+
+
+def test_a_stopped_rank_fails_the_run_after_the_collective_timeout(tiny_model_dir, tmp_path):
+    """SIGSTOP one of two ranks: the other fails in its next collective after
+    launch.collective_timeout_s (it used to wait torch's 30 minutes), the launcher does not wait
+    for the stopped rank, and status.json says failed, naming the field."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    proc = start_tiny(tiny_model_dir, runs, 2, 500, "run", "--launch.collective-timeout-s", "20")
+    run = runs / "run"
+    try:
+        wait_for(lambda: steps_done(run) >= 1)
+        from fgrpo.processes import ProcessId
+
+        stopped = ProcessId.parse(json.loads((run / "launch.json").read_text())["pids"][1]).pid
+        os.kill(stopped, signal.SIGSTOP)
+        out, _ = proc.communicate(timeout=150)  # a bound, not a measurement: the old code hung 30 min
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 1, out[-4000:]
+    status = RunFolder(run).read_status()
+    assert status["state"] == "failed", status
+    assert "launch.collective_timeout_s = 20 s" in status["reason"] and status["rank"] == 0, status
+    assert steps_done(run) < 500

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -19,6 +21,15 @@ def flaky(frames, prompts, fail_at="6", mode="raise"):
         if mode == "raise":
             raise RuntimeError(f"flaky reward gave up at call {CALLS['n']}")
         return torch.full((frames.shape[0],), float("nan"))
+    return frames.float().mean(dim=(1, 2, 3, 4))
+
+
+def preempting(frames, prompts):
+    """Brightness; at call number $FAULTY_PREEMPT_AT_CALL (1-based, counted per process) this
+    process gets SIGTERM first, as a preemption that arrives while the rewards are scored."""
+    CALLS["n"] += 1
+    if CALLS["n"] == int(os.environ.get("FAULTY_PREEMPT_AT_CALL", "0")):
+        os.kill(os.getpid(), signal.SIGTERM)
     return frames.float().mean(dim=(1, 2, 3, 4))
 
 

@@ -182,7 +182,7 @@ def test_cancel_of_a_local_sweep_point_touches_only_that_point(tiny_model_dir, t
     sweep = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
     try:
-        def point(lr: str) -> Path:  # named by every override (path, lr, ...): found by its lr
+        def point(lr: str) -> Path:  # named by its overrides (lr, ...): found by its lr
             wait_for(lambda: list(runs.glob(f"tiny__*lr={lr}_*")), timeout=120, what=f"point lr={lr}")
             return next(runs.glob(f"tiny__*lr={lr}_*"))
 

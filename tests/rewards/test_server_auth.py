@@ -96,9 +96,8 @@ def test_trainers_send_the_token_of_the_environment(tmp_path, monkeypatch):
     recipe = dataclasses.replace(recipe, rewards=tuple(SPECS))
     with RewardServer(SPECS, token=TOKEN) as srv:
         r = dataclasses.replace(recipe, reward_server=dataclasses.replace(recipe.reward_server, url=srv.url))
-        rewards = connect_rewards(r, tmp_path)
-        with pytest.raises(ValueError, match="401"):
-            rewards(_frames(), PROMPTS)
+        with pytest.raises(ValueError, match="401"):  # refused at the handshake, before any scoring
+            connect_rewards(r, tmp_path)
         monkeypatch.setenv(TOKEN_ENV, TOKEN)
         rewards = connect_rewards(r, tmp_path)
         assert isinstance(rewards, RemoteRewards)
