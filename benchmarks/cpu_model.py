@@ -20,9 +20,20 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=32, in_channels=16,
-                   out_channels=16, text_dim=256, freq_dim=256, ffn_dim=1024, num_layers=6, cross_attn_norm=True,
-                   qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
+TRANSFORMER = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=8,
+    attention_head_dim=32,
+    in_channels=16,
+    out_channels=16,
+    text_dim=256,
+    freq_dim=256,
+    ffn_dim=1024,
+    num_layers=6,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=1024,
+)
 
 
 def save_cpu_model(folder: str | Path, seed: int = 0) -> Path:
@@ -31,8 +42,13 @@ def save_cpu_model(folder: str | Path, seed: int = 0) -> Path:
     from diffusers import WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from fgrpo.models.wan.random_build import (TextEncoderSpec, build_components, save_components, storage_dtype,
-                                               text_encoder_config)
+    from fgrpo.models.wan.random_build import (
+        TextEncoderSpec,
+        build_components,
+        save_components,
+        storage_dtype,
+        text_encoder_config,
+    )
 
     components = build_components("tiny", seed)  # the small VAE, tokenizer and scheduler
     torch.manual_seed(seed)
@@ -41,7 +57,8 @@ def save_cpu_model(folder: str | Path, seed: int = 0) -> Path:
         p.data = p.data.to(storage_dtype(name, torch.bfloat16))
     components["transformer"] = transformer
     components["text_encoder"] = UMT5EncoderModel(
-        UMT5Config(**text_encoder_config(TextEncoderSpec(), TRANSFORMER["text_dim"]))).to(torch.bfloat16)
+        UMT5Config(**text_encoder_config(TextEncoderSpec(), TRANSFORMER["text_dim"]))
+    ).to(torch.bfloat16)
     return save_components(folder, components, "FGRPO_CPU_BENCH_MODEL", f"seed {seed}")
 
 

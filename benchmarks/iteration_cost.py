@@ -68,24 +68,31 @@ def main(argv: list[str]) -> None:
     path = argv[0] if argv and not argv[0].startswith("-") else str(REPO / "recipes" / "tiny.py")
     rest = argv[1:] if argv and not argv[0].startswith("-") else argv
     base = load_recipe_file(path)
-    args = tyro.cli(BenchArgs, default=BenchArgs(recipe=base), args=rest, prog=f"iteration_cost.py {path}",
-                    description=__doc__)
+    args = tyro.cli(
+        BenchArgs, default=BenchArgs(recipe=base), args=rest, prog=f"iteration_cost.py {path}", description=__doc__
+    )
     recipe = args.recipe
     ro = recipe.rollout
-    print(f"recipe {path}: T={ro.steps} steps, {ro.prompts_per_step} prompts x G={ro.group_size}, "
-          f"{ro.frames}x{ro.height}x{ro.width}, {args.steps} timed steps per mode")
+    print(
+        f"recipe {path}: T={ro.steps} steps, {ro.prompts_per_step} prompts x G={ro.group_size}, "
+        f"{ro.frames}x{ro.height}x{ro.width}, {args.steps} timed steps per mode"
+    )
     results = {m: time_mode(recipe, m, args.steps) for m in MODES}
     flash = results["flash"]
     print(f"{'mode':<16}{'rollout s':>10}{'reward s':>10}{'train s':>10}{'total s':>10}{'x flash':>9}")
     for mode, r in results.items():
         total = sum(r.values())
-        print(f"{mode:<16}{r['time_rollout']:>10.3f}{r['time_reward']:>10.3f}{r['time_train']:>10.3f}"
-              f"{total:>10.3f}{total / sum(flash.values()):>9.2f}")
+        print(
+            f"{mode:<16}{r['time_rollout']:>10.3f}{r['time_reward']:>10.3f}{r['time_train']:>10.3f}"
+            f"{total:>10.3f}{total / sum(flash.values()):>9.2f}"
+        )
     rollout = flash["time_rollout"] + flash["time_reward"]
     bound = (rollout + ro.steps * flash["time_train"]) / (rollout + flash["time_train"])
     measured = sum(results["full-trajectory"].values()) / sum(flash.values())
-    print(f"full-trajectory / flash: measured {measured:.2f}, analytic (rollout + T*train)/(rollout + train) "
-          f"with T={ro.steps}: {bound:.2f}")
+    print(
+        f"full-trajectory / flash: measured {measured:.2f}, analytic (rollout + T*train)/(rollout + train) "
+        f"with T={ro.steps}: {bound:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -56,9 +56,20 @@ sys.path.insert(0, str(REPO))
 
 GiB = 2**30
 PHASES = {"brief": ("transformer", "vae", "text_encoder"), "trainer": ("vae", "text_encoder", "transformer")}
-TRANSFORMER_STEPS = ("build_on_meta", "add_lora", "apply_storage", "parallelize_wan", "materialize", "to_empty",
-                     "read_metadata", "dcp.load (plan)", "dcp.load (read_data)", "recompute_rope",
-                     "lora_init_tensors", "set_model_state_dict")
+TRANSFORMER_STEPS = (
+    "build_on_meta",
+    "add_lora",
+    "apply_storage",
+    "parallelize_wan",
+    "materialize",
+    "to_empty",
+    "read_metadata",
+    "dcp.load (plan)",
+    "dcp.load (read_data)",
+    "recompute_rope",
+    "lora_init_tensors",
+    "set_model_state_dict",
+)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -125,8 +136,9 @@ class RssMonitor:
             s = read_status()
             self.label = label
             if label:
-                self.spans[label] = dict(start=s["VmRSS"], peak_sampled=s["VmRSS"], peak_anon=s["RssAnon"],
-                                         peak_file=s["RssFile"], samples=0)
+                self.spans[label] = dict(
+                    start=s["VmRSS"], peak_sampled=s["VmRSS"], peak_anon=s["RssAnon"], peak_file=s["RssFile"], samples=0
+                )
 
     def close(self) -> None:
         self.mark(None)
@@ -159,7 +171,8 @@ def instrument_materialize(monitor: RssMonitor, transformer) -> list:
         undo.append(lambda: setattr(owner, name, original))
 
     transformer.to_empty = (lambda orig: lambda *a, **kw: (monitor.mark("to_empty"), orig(*a, **kw))[1])(
-        transformer.to_empty)
+        transformer.to_empty
+    )
     undo.append(lambda: transformer.__dict__.pop("to_empty", None))
     # materialize's own read_metadata call; dcp.load reads the metadata again inside its planning.
     wrap(HuggingFaceStorageReader, "read_metadata", "read_metadata", once=True)
@@ -191,14 +204,17 @@ def worker(args) -> None:
     # Everything the phases import lazily is imported here, so that import memory is baseline.
     import gc
 
+    import diffusers
     import torch
     import torch.distributed as tdist
     import torch.distributed.checkpoint  # noqa: F401
     import torch.distributed.checkpoint.state_dict  # noqa: F401
+    import transformers
     from diffusers import AutoencoderKLWan, WanTransformer3DModel  # noqa: F401
     from peft import LoraConfig  # noqa: F401
     from transformers import AutoTokenizer, UMT5EncoderModel  # noqa: F401
 
+    from fgrpo.distributed import process_group as dist
     from fgrpo.distributed.parallel_dims import ParallelDims
     from fgrpo.distributed.precision import PrecisionPolicy
     from fgrpo.models.wan import load_wan
@@ -207,10 +223,6 @@ def worker(args) -> None:
     from fgrpo.models.wan.sharded_loading import build_on_meta, materialize
     from fgrpo.models.wan.text_encoder import LazyTextEncoder
     from fgrpo.recipe.config import Recipe
-    from fgrpo.distributed import process_group as dist
-
-    import diffusers
-    import transformers
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
@@ -254,8 +266,9 @@ def worker(args) -> None:
 
     def vae_phase(monitor: RssMonitor) -> dict:
         monitor.mark("load_wan")
-        keep["components"] = components = load_wan(folder, args.dtype, args.max_text_tokens, str(device),
-                                                   with_transformer=False, with_text_encoder=False)
+        keep["components"] = components = load_wan(
+            folder, args.dtype, args.max_text_tokens, str(device), with_transformer=False, with_text_encoder=False
+        )
         return dict(param_bytes=sum(p.numel() * p.element_size() for p in components.vae.parameters()))
 
     def text_phase(monitor: RssMonitor) -> dict:
@@ -286,9 +299,16 @@ def worker(args) -> None:
         peak = max(s["peak"] for s in steps.values())
         at = max(steps.values(), key=lambda s: s["peak"])
         result["phases"][phase] = dict(
-            start=start, peak=peak, after=read_status()["VmRSS"], peak_anon=at["peak_anon"],
-            peak_file=at["peak_file"], seconds=time.perf_counter() - t0, hwm_ok=monitor.hwm_ok,
-            samples=sum(s["samples"] for s in steps.values()), steps=steps, **extra,
+            start=start,
+            peak=peak,
+            after=read_status()["VmRSS"],
+            peak_anon=at["peak_anon"],
+            peak_file=at["peak_file"],
+            seconds=time.perf_counter() - t0,
+            hwm_ok=monitor.hwm_ok,
+            samples=sum(s["samples"] for s in steps.values()),
+            steps=steps,
+            **extra,
         )
         tdist.barrier()
     gathered = [None] * world
@@ -311,22 +331,29 @@ def free_port() -> int:
 def resolve_model(args) -> str:
     """`random_model_path(preset)` in a child process, so that building it (gigabytes) never sits
     in this process's memory while the workers are measured."""
-    code = ("import sys; sys.path.insert(0, %r)\n"
-            "from fgrpo.models.wan.random_build import random_model_path\n"
-            "print(random_model_path(%r))") % (str(REPO), args.preset)
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from fgrpo.models.wan.random_build import random_model_path\n"
+        "print(random_model_path(%r))"
+    ) % (str(REPO), args.preset)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return res.stdout.strip().splitlines()[-1]
 
 
 def run_world(args, world: int, out: Path) -> list[dict]:
     port = free_port()
-    base = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world),
-            "LOCAL_WORLD_SIZE": str(world),
-            # as launchers/local.py
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))}
+    base = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": str(world),
+        "LOCAL_WORLD_SIZE": str(world),
+        # as launchers/local.py
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world))),
+    }
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", "--out", str(out), *worker_args(args)]
-    procs = [subprocess.Popen(cmd, env={**os.environ, **base, "RANK": str(r), "LOCAL_RANK": str(r)})
-             for r in range(world)]
+    procs = [
+        subprocess.Popen(cmd, env={**os.environ, **base, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(world)
+    ]
     deadline = time.time() + args.timeout
     while any(p.poll() is None for p in procs):
         failed = any(p.poll() not in (None, 0) for p in procs)
@@ -344,10 +371,26 @@ def run_world(args, world: int, out: Path) -> list[dict]:
 
 
 def worker_args(args) -> list[str]:
-    a = ["--model-path", args.model_path, "--dtype", args.dtype, "--max-text-tokens", str(args.max_text_tokens),
-         "--lora-rank", str(args.lora_rank), "--lora-alpha", str(args.lora_alpha), "--order", args.order,
-         "--interval-ms", str(args.interval_ms), "--safetensors-backend", args.safetensors_backend,
-         "--target-modules", *args.target_modules]
+    a = [
+        "--model-path",
+        args.model_path,
+        "--dtype",
+        args.dtype,
+        "--max-text-tokens",
+        str(args.max_text_tokens),
+        "--lora-rank",
+        str(args.lora_rank),
+        "--lora-alpha",
+        str(args.lora_alpha),
+        "--order",
+        args.order,
+        "--interval-ms",
+        str(args.interval_ms),
+        "--safetensors-backend",
+        args.safetensors_backend,
+        "--target-modules",
+        *args.target_modules,
+    ]
     a += ["--full"] if args.full else []
     a += [] if args.breakdown else ["--no-breakdown"]
     return a
@@ -373,8 +416,14 @@ def summarise(results: dict[int, list[dict]], goal: float) -> dict:
         worst = max(tpeak(r) for r in results[big])
         abs_single = results[1][0]["phases"]["transformer"]["peak"]
         abs_worst = max(r["phases"]["transformer"]["peak"] for r in results[big])
-        s.update(single_peak=single, worst_peak=worst, ratio=worst / single, big_world=big,
-                 ratio_absolute=abs_worst / abs_single, passed=worst / single <= goal)
+        s.update(
+            single_peak=single,
+            worst_peak=worst,
+            ratio=worst / single,
+            big_world=big,
+            ratio_absolute=abs_worst / abs_single,
+            passed=worst / single <= goal,
+        )
     return s
 
 
@@ -385,22 +434,47 @@ def print_report(results: dict[int, list[dict]], summary: dict, args) -> None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=170)
-    mode = "full fine-tune (fp32 masters)" if args.full else f"LoRA r{args.lora_rank} on {','.join(args.target_modules)}"
+    mode = (
+        "full fine-tune (fp32 masters)" if args.full else f"LoRA r{args.lora_rank} on {','.join(args.target_modules)}"
+    )
     what_if = "" if args.safetensors_backend == "mmap" else f", WHAT-IF safetensors backend {args.safetensors_backend}"
     console.print(f"model {args.model_path} ({args.preset}), {args.dtype}, {mode}, phase order: {args.order}{what_if}")
     t = Table(title="peak host RSS per rank (GiB): peak = max increase over the phase's start; after = RSS at its end")
-    for col in ("world", "rank", "baseline", "transformer\npeak", "mapped file\nat peak", "transformer\nafter",
-                "local\nparams", "VAE\nparams", "VAE\npeak", "VAE\nafter", "text enc\nparams", "text enc\npeak",
-                "text enc\nafter free"):
+    for col in (
+        "world",
+        "rank",
+        "baseline",
+        "transformer\npeak",
+        "mapped file\nat peak",
+        "transformer\nafter",
+        "local\nparams",
+        "VAE\nparams",
+        "VAE\npeak",
+        "VAE\nafter",
+        "text enc\nparams",
+        "text enc\npeak",
+        "text enc\nafter free",
+    ):
         t.add_column(col, justify="right")
     for world in sorted(results):
         for r in results[world]:
             ph = r["phases"]
             tr, vae, te = ph["transformer"], ph["vae"], ph["text_encoder"]
-            t.add_row(str(world), str(r["rank"]), gib(r["baseline"]), "+" + gib(tr["peak"] - tr["start"]),
-                      gib(tr["peak_file"]), gib(tr["after"]), gib(tr["local_param_bytes"]), gib(vae["param_bytes"]),
-                      "+" + gib(vae["peak"] - vae["start"]), gib(vae["after"]), gib(te["param_bytes"]),
-                      "+" + gib(te["peak"] - te["start"]), gib(te["after"]))
+            t.add_row(
+                str(world),
+                str(r["rank"]),
+                gib(r["baseline"]),
+                "+" + gib(tr["peak"] - tr["start"]),
+                gib(tr["peak_file"]),
+                gib(tr["after"]),
+                gib(tr["local_param_bytes"]),
+                gib(vae["param_bytes"]),
+                "+" + gib(vae["peak"] - vae["start"]),
+                gib(vae["after"]),
+                gib(te["param_bytes"]),
+                "+" + gib(te["peak"] - te["start"]),
+                gib(te["after"]),
+            )
     console.print(t)
     if args.breakdown:
         b = Table(title="transformer phase by sub-step: peak increase over the phase's start, max over ranks (GiB)")
@@ -408,13 +482,19 @@ def print_report(results: dict[int, list[dict]], summary: dict, args) -> None:
         for world in sorted(results):
             b.add_column(f"world {world} peak", justify="right")
             b.add_column(f"world {world} end", justify="right")
-        labels = [x for x in TRANSFORMER_STEPS
-                  if any(x in r["phases"]["transformer"]["steps"] for rs in results.values() for r in rs)]
+        labels = [
+            x
+            for x in TRANSFORMER_STEPS
+            if any(x in r["phases"]["transformer"]["steps"] for rs in results.values() for r in rs)
+        ]
         for label in labels:
             row = [label]
             for world in sorted(results):
-                vals = [(s["peak"] - r["phases"]["transformer"]["start"], s["end"] - r["phases"]["transformer"]["start"])
-                        for r in results[world] if (s := r["phases"]["transformer"]["steps"].get(label))]
+                vals = [
+                    (s["peak"] - r["phases"]["transformer"]["start"], s["end"] - r["phases"]["transformer"]["start"])
+                    for r in results[world]
+                    if (s := r["phases"]["transformer"]["steps"].get(label))
+                ]
                 row += [gib(max(v[0] for v in vals)), gib(max(v[1] for v in vals))] if vals else ["", ""]
             b.add_row(*row)
         console.print(b)
@@ -423,7 +503,8 @@ def print_report(results: dict[int, list[dict]], summary: dict, args) -> None:
         console.print(
             f"transformer: worst rank at {summary['big_world']} processes +{gib(summary['worst_peak'])} GiB vs "
             f"+{gib(summary['single_peak'])} GiB on 1 process: ratio {summary['ratio']:.3f} "
-            f"(goal <= {summary['goal']}) {verdict}; absolute RSS ratio {summary['ratio_absolute']:.3f}")
+            f"(goal <= {summary['goal']}) {verdict}; absolute RSS ratio {summary['ratio_absolute']:.3f}"
+        )
 
 
 def parse(argv=None):
@@ -440,13 +521,22 @@ def parse(argv=None):
     ap.add_argument("--target-modules", nargs="+", default=["to_q", "to_k", "to_v", "to_out.0"])
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--max-text-tokens", type=int, default=512)
-    ap.add_argument("--order", default="brief", choices=sorted(PHASES),
-                    help="brief: transformer, VAE, text encoder; trainer: VAE, text encoder, transformer")
+    ap.add_argument(
+        "--order",
+        default="brief",
+        choices=sorted(PHASES),
+        help="brief: transformer, VAE, text encoder; trainer: VAE, text encoder, transformer",
+    )
     ap.add_argument("--interval-ms", type=float, default=5.0, help="RSS sampling period")
-    ap.add_argument("--no-breakdown", dest="breakdown", action="store_false",
-                    help="do not mark materialize's sub-steps")
-    ap.add_argument("--safetensors-backend", default="mmap", choices=("mmap", "pread"),
-                    help="what-if: the backend DCP's reader opens the safetensors with (default mmap, as the trainer)")
+    ap.add_argument(
+        "--no-breakdown", dest="breakdown", action="store_false", help="do not mark materialize's sub-steps"
+    )
+    ap.add_argument(
+        "--safetensors-backend",
+        default="mmap",
+        choices=("mmap", "pread"),
+        help="what-if: the backend DCP's reader opens the safetensors with (default mmap, as the trainer)",
+    )
     ap.add_argument("--goal", type=float, default=0.35)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per world size")
     ap.add_argument("--json", default=None, help="also write every rank's numbers and the summary here")
@@ -468,8 +558,11 @@ def main() -> None:
     summary = summarise(results, args.goal)
     print_report(results, summary, args)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "summary": summary,
-                                               "ranks": {str(w): r for w, r in results.items()}}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {"args": vars(args), "summary": summary, "ranks": {str(w): r for w, r in results.items()}}, indent=1
+            )
+        )
 
 
 if __name__ == "__main__":

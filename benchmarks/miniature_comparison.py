@@ -68,9 +68,23 @@ def fgrpo(*args: str) -> None:
 def step_flops(arm: str, runs: Path) -> float:
     """FLOPs of one optimizer step of `arm`, from a one-step probe run's train record."""
     name = f"probe-{arm}"
-    if not (runs / name / "metrics.jsonl").is_file() or '"kind": "train"' not in (runs / name / "metrics.jsonl").read_text():
-        fgrpo("launch", str(RECIPE), *ARMS[arm], "--optim.max-steps", "1", "--eval.interval", "1000",
-              "--logging.runs-dir", str(runs), "--logging.run-name", name)
+    if (
+        not (runs / name / "metrics.jsonl").is_file()
+        or '"kind": "train"' not in (runs / name / "metrics.jsonl").read_text()
+    ):
+        fgrpo(
+            "launch",
+            str(RECIPE),
+            *ARMS[arm],
+            "--optim.max-steps",
+            "1",
+            "--eval.interval",
+            "1000",
+            "--logging.runs-dir",
+            str(runs),
+            "--logging.run-name",
+            name,
+        )
     records = [json.loads(x) for x in (runs / name / "metrics.jsonl").read_text().splitlines()]
     return float(next(r for r in records if r["kind"] == "train")["compute/flops"])
 
@@ -86,21 +100,49 @@ def main() -> int:
     budget = flops["flash"] * a.budget_steps
     steps = {arm: max(1, round(budget / f)) for arm, f in flops.items()}
     for arm in ARMS:
-        print(f"{arm:>16}: {flops[arm] / 1e9:8.2f} GFLOP/step ({flops[arm] / flops['flash']:.2f}x flash) "
-              f"-> {steps[arm]} steps", flush=True)
+        print(
+            f"{arm:>16}: {flops[arm] / 1e9:8.2f} GFLOP/step ({flops[arm] / flops['flash']:.2f}x flash) "
+            f"-> {steps[arm]} steps",
+            flush=True,
+        )
     seeds = ",".join(str(s) for s in range(a.seeds))
     for arm, overrides in ARMS.items():
-        fgrpo("sweep", str(RECIPE), "--grid", f"prompts.seed={seeds}", *overrides,
-              "--optim.max-steps", str(steps[arm]), "--eval.interval", str(steps[arm]),
-              "--logging.runs-dir", str(runs_dir))
+        fgrpo(
+            "sweep",
+            str(RECIPE),
+            "--grid",
+            f"prompts.seed={seeds}",
+            *overrides,
+            "--optim.max-steps",
+            str(steps[arm]),
+            "--eval.interval",
+            str(steps[arm]),
+            "--logging.runs-dir",
+            str(runs_dir),
+        )
     run_dirs = sorted(p.parent for p in runs_dir.glob("*/recipe.json"))
     series = label_runs([load_run(p) for p in run_dirs])  # read once: the report and the JSON share it
     baseline = baseline_label(series)
-    fgrpo("report", *map(str, run_dirs), "--metric", a.metric, "--baseline", baseline,
-          "--out", str(root / "comparison.html"))
+    fgrpo(
+        "report",
+        *map(str, run_dirs),
+        "--metric",
+        a.metric,
+        "--baseline",
+        baseline,
+        "--out",
+        str(root / "comparison.html"),
+    )
     rows = comparison_rows(series, a.metric, baseline)
-    out = {"comparison_version": COMPARISON_VERSION, "seeds": a.seeds, "budget_steps": a.budget_steps,
-           "budget_flops": budget, "flops_per_step": flops, "steps": steps, "rows": rows}
+    out = {
+        "comparison_version": COMPARISON_VERSION,
+        "seeds": a.seeds,
+        "budget_steps": a.budget_steps,
+        "budget_flops": budget,
+        "flops_per_step": flops,
+        "steps": steps,
+        "rows": rows,
+    }
     (root / "comparison.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
     print("\n".join(comparison_text(rows, a.metric)))
     return 0
@@ -111,7 +153,10 @@ def baseline_label(series) -> str:
     for s in series:
         r = s.runs[0].recipe
         if (r.get("algorithm.mode"), r.get("algorithm.iso_temporal"), r.get("algorithm.rectification")) == (
-                "flash", True, True):
+            "flash",
+            True,
+            True,
+        ):
             return s.label
     raise SystemExit("no flash run found")
 

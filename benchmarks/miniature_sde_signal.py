@@ -48,18 +48,32 @@ def group_std(c, a: Args, prompt: str, shared_initial_noise: bool, sde_step: int
     mask = torch.zeros(g, a.steps, dtype=torch.bool)
     if sde_step is not None:
         mask[:, sde_step] = True
-    finals, _ = sample(c.transformer, x, context, neg, wan_sigmas(a.steps, a.shift), mask,
-                       NoiseConfig(a.noise, a.constant), 4.0, video_generators([1000 + i for i in range(g)]), g,
-                       torch.float32)
+    finals, _ = sample(
+        c.transformer,
+        x,
+        context,
+        neg,
+        wan_sigmas(a.steps, a.shift),
+        mask,
+        NoiseConfig(a.noise, a.constant),
+        4.0,
+        video_generators([1000 + i for i in range(g)]),
+        g,
+        torch.float32,
+    )
     return float(miniature_faithfulness(c.decode(finals), [prompt] * g).std())
 
 
 def main() -> None:
     a = tyro.cli(Args)
     c = load_wan(miniature_model_path(), dtype="float32", max_text_tokens=MAX_TEXT_TOKENS)
-    prompts = [s.prompt for s in prompt_sets().rl_train[:a.prompts]]
-    for label, shared, k in (("initial noise only (ODE)", False, None), ("SDE at step 0", True, 0),
-                             ("SDE at step 2", True, 2), ("SDE at step 4", True, 4)):
+    prompts = [s.prompt for s in prompt_sets().rl_train[: a.prompts]]
+    for label, shared, k in (
+        ("initial noise only (ODE)", False, None),
+        ("SDE at step 0", True, 0),
+        ("SDE at step 2", True, 2),
+        ("SDE at step 4", True, 4),
+    ):
         print(f"{label:>26}: {statistics.mean(group_std(c, a, p, shared, k) for p in prompts):.4f}")
 
 

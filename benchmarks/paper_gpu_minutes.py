@@ -45,20 +45,30 @@ def main() -> None:
         p = plan(r, args.gpus, gpu)
         minutes = {k: p.gpu_seconds(p.total_flops(k)) / 60 for k in ("rollout", "VAE decode", "training")}
         rows[mode] = (p, minutes)
-    print(f"Wan2.1-1.3B, 81x480x832, 24 prompts x G=8, 20 steps, CFG 4.5, LoRA r16; {args.gpus} GPUs at "
-          f"{args.gpu_tflops:g} TFLOP/s and {args.mfu:.0%} MFU")
-    print(f"{'mode':<17}{'rollout':>9}{'decode':>9}{'train':>9}{'step':>9}{'per video':>11}{'paper':>8}   "
-          "(GPU-minutes per optimizer step)")
+    print(
+        f"Wan2.1-1.3B, 81x480x832, 24 prompts x G=8, 20 steps, CFG 4.5, LoRA r16; {args.gpus} GPUs at "
+        f"{args.gpu_tflops:g} TFLOP/s and {args.mfu:.0%} MFU"
+    )
+    print(
+        f"{'mode':<17}{'rollout':>9}{'decode':>9}{'train':>9}{'step':>9}{'per video':>11}{'paper':>8}   "
+        "(GPU-minutes per optimizer step)"
+    )
     for mode, (p, m) in rows.items():
         total = sum(m.values())
-        print(f"{mode:<17}{m['rollout']:>9.1f}{m['VAE decode']:>9.2f}{m['training']:>9.1f}{total:>9.1f}"
-              f"{total / (p.sizes.videos * p.world):>11.3f}{PAPER[mode]:>8.1f}")
+        print(
+            f"{mode:<17}{m['rollout']:>9.1f}{m['VAE decode']:>9.2f}{m['training']:>9.1f}{total:>9.1f}"
+            f"{total / (p.sizes.videos * p.world):>11.3f}{PAPER[mode]:>8.1f}"
+        )
     flash, full = (sum(rows[k][1].values()) for k in PAPER)
     tf, tt = rows["flash"][1]["training"], rows["full-trajectory"][1]["training"]
-    print(f"full-trajectory / flash: step {full / flash:.2f}x, training alone {tt / tf:.1f}x; "
-          f"paper: {PAPER['full-trajectory'] / PAPER['flash']:.2f}x")
-    print(f"peak memory per GPU: flash {rows['flash'][0].peak.name} {rows['flash'][0].peak.peak / 2**30:.1f} GiB, "
-          f"full-trajectory {rows['full-trajectory'][0].peak.name} {rows['full-trajectory'][0].peak.peak / 2**30:.1f} GiB")
+    print(
+        f"full-trajectory / flash: step {full / flash:.2f}x, training alone {tt / tf:.1f}x; "
+        f"paper: {PAPER['full-trajectory'] / PAPER['flash']:.2f}x"
+    )
+    print(
+        f"peak memory per GPU: flash {rows['flash'][0].peak.name} {rows['flash'][0].peak.peak / 2**30:.1f} GiB, "
+        f"full-trajectory {rows['full-trajectory'][0].peak.name} {rows['full-trajectory'][0].peak.peak / 2**30:.1f} GiB"
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,16 @@ def bench_folder() -> Path:
 
 
 def recipe_for(config: str, dp_shard: int, tp: int):
-    from fgrpo.recipe.config import (AlgorithmConfig, EvalConfig, ModelConfig, PromptsConfig,
-                                     Recipe, RewardSpec, RolloutConfig, TimestepConfig)
+    from fgrpo.recipe.config import (
+        AlgorithmConfig,
+        EvalConfig,
+        ModelConfig,
+        PromptsConfig,
+        Recipe,
+        RewardSpec,
+        RolloutConfig,
+        TimestepConfig,
+    )
     from fgrpo.recipe.io import load_recipe_file
 
     if config == "tiny":
@@ -68,8 +76,9 @@ def recipe_for(config: str, dp_shard: int, tp: int):
         r = Recipe(
             name="bench",
             model=ModelConfig(preset="wan2.1-t2v-1.3b", path=str(bench_folder()), dtype="bfloat16"),
-            rollout=RolloutConfig(steps=2, frames=9, height=128, width=128, group_size=2, prompts_per_step=2,
-                                  micro_batch=2),
+            rollout=RolloutConfig(
+                steps=2, frames=9, height=128, width=128, group_size=2, prompts_per_step=2, micro_batch=2
+            ),
             timesteps=TimestepConfig(window=(0, 2)),
             algorithm=AlgorithmConfig(mode="flash"),
             rewards=(RewardSpec(name="brightness"),),
@@ -110,11 +119,26 @@ def free_port() -> int:
 def measure(config: str, world: int, dp_shard: int, tp: int) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="plan-vs-measured-") as tmp:
         job = {"config": config, "dp_shard": dp_shard, "tp": tp, "run_dir": f"{tmp}/runs/{config}", "out": tmp}
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(world),
-               "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world)), "MALLOC_MMAP_THRESHOLD_": "65536"}
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+            "WORLD_SIZE": str(world),
+            "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world)),
+            "MALLOC_MMAP_THRESHOLD_": "65536",
+        }
         cmd = [sys.executable, __file__, "--worker", json.dumps(job)]
-        procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=REPO,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in range(world)]
+        procs = [
+            subprocess.Popen(
+                cmd,
+                env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for r in range(world)
+        ]
         errors = [p.communicate()[1] for p in procs]
         if any(p.returncode for p in procs):
             raise RuntimeError(f"{config} world={world}: a worker failed:\n" + "\n".join(e[-3000:] for e in errors))
@@ -134,29 +158,47 @@ def compare(config: str, world: int, dp_shard: int, tp: int) -> dict:
     for ph in predicted.phases:
         got = [r[ph.name] for r in ranks if ph.name in r]
         tensors, rss = max(g["tensors"] for g in got), max(g["rss"] for g in got)
-        rows.append({"phase": ph.name, "predicted": ph.peak, "tensors": tensors, "rss": rss,
-                     "err_tensors": ph.peak / tensors - 1, "err_rss": ph.peak / rss - 1})
+        rows.append(
+            {
+                "phase": ph.name,
+                "predicted": ph.peak,
+                "tensors": tensors,
+                "rss": rss,
+                "err_tensors": ph.peak / tensors - 1,
+                "err_rss": ph.peak / rss - 1,
+            }
+        )
     flops = []
     names = {"rollout": "rollout", "VAE decode": "VAE decode", "training": "training", "evaluation": "evaluation"}
     for phase, key in names.items():
         if key in predicted.flops:
             counted = ranks[0][phase]["flops"]
-            flops.append({"phase": phase, "predicted": predicted.flops[key], "counted": counted,
-                          "equal": predicted.flops[key] == counted})
+            flops.append(
+                {
+                    "phase": phase,
+                    "predicted": predicted.flops[key],
+                    "counted": counted,
+                    "equal": predicted.flops[key] == counted,
+                }
+            )
     return {"config": config, "world": world, "dp_shard": dp_shard, "tp": tp, "memory": rows, "flops": flops}
 
 
 def show(res: dict, goal: float) -> bool:
     ok = True
     print(f"\n== {res['config']}: {res['world']} process(es), dp_shard={res['dp_shard']} x tp={res['tp']} ==")
-    print(f"{'phase':<14}{'predicted':>10}{'tensors':>10}{'err':>8}{'RSS':>10}{'err':>8}{'RSS-tensors':>13}"
-          "   (MiB; measured: max over ranks)")
+    print(
+        f"{'phase':<14}{'predicted':>10}{'tensors':>10}{'err':>8}{'RSS':>10}{'err':>8}{'RSS-tensors':>13}"
+        "   (MiB; measured: max over ranks)"
+    )
     for r in res["memory"]:
         within = abs(r["err_tensors"]) <= goal
         ok &= within
-        print(f"{r['phase']:<14}{r['predicted'] / MiB:>10.2f}{r['tensors'] / MiB:>10.2f}{r['err_tensors']:>+8.1%}"
-              f"{r['rss'] / MiB:>10.2f}{r['err_rss']:>+8.1%}{(r['rss'] - r['tensors']) / MiB:>13.1f}"
-              f"   {'ok' if within else 'OVER GOAL'}")
+        print(
+            f"{r['phase']:<14}{r['predicted'] / MiB:>10.2f}{r['tensors'] / MiB:>10.2f}{r['err_tensors']:>+8.1%}"
+            f"{r['rss'] / MiB:>10.2f}{r['err_rss']:>+8.1%}{(r['rss'] - r['tensors']) / MiB:>13.1f}"
+            f"   {'ok' if within else 'OVER GOAL'}"
+        )
     print(f"{'FLOPs':<14}{'predicted':>14}{'counted':>14}")
     for f in res["flops"]:
         ok &= f["equal"]

@@ -39,8 +39,8 @@ import torch  # noqa: E402
 from fgrpo.recipe.config import RewardSpec  # noqa: E402
 from fgrpo.recipe.io import load_recipe_file, save_recipe_json  # noqa: E402
 from fgrpo.rewards import WeightedRewards  # noqa: E402
-from fgrpo.rewards.server_lifecycle import wait_for_server  # noqa: E402
 from fgrpo.rewards.server import RewardClient  # noqa: E402
+from fgrpo.rewards.server_lifecycle import wait_for_server  # noqa: E402
 from fgrpo.run_folder import RunFolder  # noqa: E402
 from fgrpo.trainer.flash_grpo import flash_grpo_step  # noqa: E402
 from fgrpo.trainer.trainer import Trainer  # noqa: E402
@@ -60,10 +60,25 @@ def start_server(recipe, tmp: Path, cores: list[int] | None) -> tuple[subprocess
     save_recipe_json(recipe, tmp / "recipe.json")
     address = tmp / "address.json"
     env = {**os.environ, "OMP_NUM_THREADS": str(len(cores))} if cores else None
-    proc = subprocess.Popen([sys.executable, "-m", "fgrpo", "reward-server", "--recipe-file", str(tmp / "recipe.json"),
-                             "--port", "0", "--address-file", str(address)], cwd=REPO, env=env,
-                            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fgrpo",
+            "reward-server",
+            "--recipe-file",
+            str(tmp / "recipe.json"),
+            "--port",
+            "0",
+            "--address-file",
+            str(address),
+        ],
+        cwd=REPO,
+        env=env,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     return proc, wait_for_server(lambda: RunFolder(tmp).read_server_address(address), timeout_s=120, poll_s=0.2)
 
 
@@ -74,7 +89,7 @@ def throughput(score, frames: torch.Tensor, prompts: list[str], batch: int, repe
     for _ in range(repeats):
         t0 = time.perf_counter()
         for i in range(0, len(prompts), batch):
-            score(frames[i:i + batch], prompts[i:i + batch])
+            score(frames[i : i + batch], prompts[i : i + batch])
         best = min(best, time.perf_counter() - t0)
     return len(prompts) / best
 
@@ -107,8 +122,8 @@ def main() -> None:
         cores = sorted(os.sched_getaffinity(0))
         if args.server_cores >= len(cores):
             ap.error(f"--server-cores {args.server_cores}: only {len(cores)} cores, the trainer needs one")
-        server_cores = cores[-args.server_cores:]
-        os.sched_setaffinity(0, cores[:-args.server_cores])
+        server_cores = cores[-args.server_cores :]
+        os.sched_setaffinity(0, cores[: -args.server_cores])
         torch.set_num_threads(len(cores) - args.server_cores)
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -116,12 +131,16 @@ def main() -> None:
         prompts_all = [p.strip() for p in (REPO / "prompts" / "tiny.txt").read_text().splitlines() if p.strip()]
         if args.reward == "hpsv3":
             base_dir, ckpt = save_tiny_hpsv3(tmp / "tiny-hpsv3")[:2]
-            spec = RewardSpec(name="hpsv3", args={"model_path": base_dir, "checkpoint": ckpt, "min_pixels": 56 * 56,
-                                                  "max_pixels": 56 * 56}, frame_aggregation="topk:0.3")
+            spec = RewardSpec(
+                name="hpsv3",
+                args={"model_path": base_dir, "checkpoint": ckpt, "min_pixels": 56 * 56, "max_pixels": 56 * 56},
+                frame_aggregation="topk:0.3",
+            )
         elif args.reward == "clip":
             words = sorted({w for p in prompts_all for w in p.lower().split() if w.isalpha()})
-            spec = RewardSpec(name="clip", args={"model_path": save_tiny_clip(tmp / "tiny-clip", words)},
-                              frame_aggregation="topk:0.3")
+            spec = RewardSpec(
+                name="clip", args={"model_path": save_tiny_clip(tmp / "tiny-clip", words)}, frame_aggregation="topk:0.3"
+            )
         elif args.reward == "simulated":
             spec = RewardSpec(name="benchmarks.reward_throughput:simulated", args={"ms_per_video": args.ms_per_video})
         else:
@@ -131,8 +150,10 @@ def main() -> None:
         n = args.videos
         frames = torch.rand(n, ro.frames, 3, ro.height, ro.width, generator=torch.Generator().manual_seed(0))
         prompts = [prompts_all[i % len(prompts_all)] for i in range(n)]
-        print(f"reward {spec.name} ({spec.frame_aggregation}); videos of {ro.frames} frames at {ro.height}x{ro.width}; "
-              f"trainer threads {torch.get_num_threads()}; server cores {server_cores or 'shared'}")
+        print(
+            f"reward {spec.name} ({spec.frame_aggregation}); videos of {ro.frames} frames at {ro.height}x{ro.width}; "
+            f"trainer threads {torch.get_num_threads()}; server cores {server_cores or 'shared'}"
+        )
 
         proc, url = start_server(recipe, tmp, server_cores)
         try:
@@ -144,20 +165,26 @@ def main() -> None:
                 b = throughput(client.score, frames, prompts, batch)
                 print(f"{batch:>6}{a:>17.1f}{b:>13.1f}")
 
-            runs = {"in-process": train_steps(recipe, tmp / "a", args.steps),
-                    "server": train_steps(R(recipe, reward_server=R(recipe.reward_server, url=url)), tmp / "b", args.steps)}
+            runs = {
+                "in-process": train_steps(recipe, tmp / "a", args.steps),
+                "server": train_steps(R(recipe, reward_server=R(recipe.reward_server, url=url)), tmp / "b", args.steps),
+            }
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-        print(f"\nflash steps ({ro.prompts_per_step} prompts x G={ro.group_size}, micro-batch {ro.micro_batch}, "
-              f"{args.steps} timed), seconds per step:")
+        print(
+            f"\nflash steps ({ro.prompts_per_step} prompts x G={ro.group_size}, micro-batch {ro.micro_batch}, "
+            f"{args.steps} timed), seconds per step:"
+        )
         print(f"{'rewards':<12}{'rollout':>9}{'waited':>9}{'hidden':>8}{'train':>8}{'total':>8}")
         scoring = runs["in-process"]["time_reward_wait"]  # in-process, all scoring is waited for
         for name, m in runs.items():
             hidden = max(0.0, 1 - m["time_reward_wait"] / scoring)
             total = m["time_rollout"] + m["time_reward"] + m["time_train"]
-            print(f"{name:<12}{m['time_rollout']:>9.3f}{m['time_reward_wait']:>9.3f}"
-                  f"{hidden:>8.0%}{m['time_train']:>8.3f}{total:>8.3f}")
+            print(
+                f"{name:<12}{m['time_rollout']:>9.3f}{m['time_reward_wait']:>9.3f}"
+                f"{hidden:>8.0%}{m['time_train']:>8.3f}{total:>8.3f}"
+            )
         print(json.dumps({"runs": runs}))
 
 

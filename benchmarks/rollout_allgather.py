@@ -65,19 +65,29 @@ def _rollout(model, args, preset, steps: int):
     gens = video_generators([11 + v for v in range(n)])
     mask = torch.zeros(n, steps, dtype=torch.bool)
     mask[:, steps // 2] = True  # one SDE step per video (Flash-GRPO)
-    return sample(model, initial_latents((16, args.latent_frames, args.latent_size, args.latent_size), gens), ctx,
-                  neg, wan_sigmas(steps, 3.0), mask, NoiseConfig("wan", 0.7), 4.5, gens, args.micro_batch,
-                  torch.bfloat16)
+    return sample(
+        model,
+        initial_latents((16, args.latent_frames, args.latent_size, args.latent_size), gens),
+        ctx,
+        neg,
+        wan_sigmas(steps, 3.0),
+        mask,
+        NoiseConfig("wan", 0.7),
+        4.5,
+        gens,
+        args.micro_batch,
+        torch.bfloat16,
+    )
 
 
 def _worker(rank: int, port: int, args, out: str) -> None:
+    import warnings
+
     from fgrpo.distributed.comm_meter import AllGatherMeter
     from fgrpo.distributed.parallel_dims import ParallelDims
     from fgrpo.distributed.precision import PrecisionPolicy
     from fgrpo.distributed.unsharded import fsdp_modules, gathered_weight_bytes, unsharded_weights
     from fgrpo.models.wan.parallelize import parallelize_wan
-
-    import warnings
 
     # As the trainer: FSDP2 warns that Wan's output is a view; velocity() never modifies it in place.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
@@ -105,12 +115,20 @@ def _worker(rank: int, port: int, args, out: str) -> None:
         same = torch.equal(f_off, f_on) and torch.equal(t_off.log_prob, t_on.log_prob)
         if rank == 0:
             groups = sum(len(m._get_fsdp_state()._fsdp_param_groups) for m in fsdp_modules(model))
-            Path(out).write_text(json.dumps({
-                "rows": rows, "identical": same, "groups": groups,
-                "params": sum(p.numel() for p in model.parameters()),
-                "gathered": gathered_weight_bytes(model), "gathered_padded": gathered_weight_bytes(model, padded=True),
-                "forwards": args.steps * -(-args.videos // args.micro_batch), "layers": preset.num_layers,
-            }))
+            Path(out).write_text(
+                json.dumps(
+                    {
+                        "rows": rows,
+                        "identical": same,
+                        "groups": groups,
+                        "params": sum(p.numel() for p in model.parameters()),
+                        "gathered": gathered_weight_bytes(model),
+                        "gathered_padded": gathered_weight_bytes(model, padded=True),
+                        "forwards": args.steps * -(-args.videos // args.micro_batch),
+                        "layers": preset.num_layers,
+                    }
+                )
+            )
     finally:
         dist.destroy_process_group()
 
@@ -123,7 +141,9 @@ def _free_port() -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="tiny", help="Wan preset (fgrpo.models.wan.presets): tiny, wan2.1-t2v-1.3b, ...")
+    ap.add_argument(
+        "--preset", default="tiny", help="Wan preset (fgrpo.models.wan.presets): tiny, wan2.1-t2v-1.3b, ..."
+    )
     ap.add_argument("--layers", type=int, default=0, help="override the preset's number of blocks (0: the preset's)")
     ap.add_argument("--steps", type=int, default=20, help="denoising steps of the rollout (N)")
     ap.add_argument("--videos", type=int, default=2, help="videos per rank")
@@ -137,19 +157,25 @@ def main() -> None:
         mp.start_processes(_worker, args=(_free_port(), args, out), nprocs=WORLD, start_method="spawn")
         r = json.loads(Path(out).read_text())
     rows = r["rows"]
-    print(f"{args.preset} ({r['layers']} blocks, {r['params'] / 1e6:.2f}M parameters), dp_shard={WORLD}, bf16, "
-          f"LoRA; {args.videos} videos x {args.steps} steps with CFG, micro-batch {args.micro_batch}: "
-          f"{r['forwards']} forwards, {r['groups']} FSDP groups")
-    print(f"gathered weights per rank: {r['gathered'] / MIB:.3f} MiB ({r['gathered_padded'] / MIB:.3f} MiB "
-          f"all-gather buffers, dim 0 padded)")
+    print(
+        f"{args.preset} ({r['layers']} blocks, {r['params'] / 1e6:.2f}M parameters), dp_shard={WORLD}, bf16, "
+        f"LoRA; {args.videos} videos x {args.steps} steps with CFG, micro-batch {args.micro_batch}: "
+        f"{r['forwards']} forwards, {r['groups']} FSDP groups"
+    )
+    print(
+        f"gathered weights per rank: {r['gathered'] / MIB:.3f} MiB ({r['gathered_padded'] / MIB:.3f} MiB "
+        f"all-gather buffers, dim 0 padded)"
+    )
     print()
     print(f"{'rollout_unsharded':<18}{'all-gathers':>12}{'MiB gathered':>14}{'seconds':>10}")
     for mode in ("off", "on"):
         row = rows[mode]
         print(f"{mode:<18}{row['count']:>12}{row['bytes'] / MIB:>14.3f}{row['seconds']:>10.2f}")
     off, on = rows["off"], rows["on"]
-    print(f"{'off / on':<18}{off['count'] / on['count']:>11.1f}x{off['bytes'] / on['bytes']:>13.1f}x"
-          f"{off['seconds'] / on['seconds']:>9.2f}x")
+    print(
+        f"{'off / on':<18}{off['count'] / on['count']:>11.1f}x{off['bytes'] / on['bytes']:>13.1f}x"
+        f"{off['seconds'] / on['seconds']:>9.2f}x"
+    )
     print(f"latents and log-probs bitwise identical: {r['identical']}")
 
 

@@ -66,10 +66,14 @@ def fgrpo_sampler(folder: Path, args):
 
     def run(latents, context, neg):
         gens = video_generators(list(range(args.videos)))
-        with torch.no_grad(), unsharded_weights(transformer, enabled=args.unsharded), \
-                cached_text_projections(transformer, enabled=args.text_cache):
-            finals, _ = sample(transformer, latents, context, neg, sigmas, mask, noise, args.cfg, gens,
-                               args.videos, precision.compute)
+        with (
+            torch.no_grad(),
+            unsharded_weights(transformer, enabled=args.unsharded),
+            cached_text_projections(transformer, enabled=args.text_cache),
+        ):
+            finals, _ = sample(
+                transformer, latents, context, neg, sigmas, mask, noise, args.cfg, gens, args.videos, precision.compute
+            )
         return finals
 
     return run
@@ -80,15 +84,25 @@ def pipeline_sampler(folder: Path, args):
 
     dtype = getattr(torch, args.dtype)
     transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype).eval()
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                        flow_shift=args.flow_shift)
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=args.flow_shift
+    )
     pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
 
     def run(latents, context, neg):
-        return pipe(prompt_embeds=context.to(dtype), negative_prompt_embeds=neg.to(dtype), latents=latents.clone(),
-                    height=args.size, width=args.size, num_frames=args.frames, num_inference_steps=args.steps,
-                    guidance_scale=args.cfg, output_type="latent", return_dict=False)[0]
+        return pipe(
+            prompt_embeds=context.to(dtype),
+            negative_prompt_embeds=neg.to(dtype),
+            latents=latents.clone(),
+            height=args.size,
+            width=args.size,
+            num_frames=args.frames,
+            num_inference_steps=args.steps,
+            guidance_scale=args.cfg,
+            output_type="latent",
+            return_dict=False,
+        )[0]
 
     return run
 
@@ -103,12 +117,24 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per side, alternating")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                   help="fgrpo side: parallelism.compile (regional compilation)")
-    p.add_argument("--unsharded", action=argparse.BooleanOptionalAction, default=True,
-                   help="fgrpo side: parallelism.rollout_unsharded (weights gathered once per rollout)")
-    p.add_argument("--text-cache", action=argparse.BooleanOptionalAction, default=True,
-                   help="fgrpo side: text projection and cross-attention keys/values once per rollout")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fgrpo side: parallelism.compile (regional compilation)",
+    )
+    p.add_argument(
+        "--unsharded",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fgrpo side: parallelism.rollout_unsharded (weights gathered once per rollout)",
+    )
+    p.add_argument(
+        "--text-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fgrpo side: text projection and cross-attention keys/values once per rollout",
+    )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=4.5)
     p.add_argument("--videos", type=int, default=8)
@@ -128,12 +154,15 @@ def main() -> None:
         context = torch.randn(args.videos, args.text_tokens, MODEL["text_dim"], generator=gen)
         neg = torch.randn(1, args.text_tokens, MODEL["text_dim"], generator=gen).expand(args.videos, -1, -1)
         inputs = (latents, context, neg)
-        print(f"model: Wan architecture, {MODEL['num_layers']} blocks, width "
-              f"{MODEL['num_attention_heads'] * MODEL['attention_head_dim']}, {parameter_count() / 1e6:.2f} M parameters, "
-              f"{args.dtype}; {args.videos} videos {args.frames}x{args.size}x{args.size}, {args.steps} steps, "
-              f"CFG {args.cfg}; fgrpo compile={args.compile} rollout_unsharded={args.unsharded} "
-              f"text_cache={args.text_cache}; "
-              f"{torch.get_num_threads()} threads", flush=True)
+        print(
+            f"model: Wan architecture, {MODEL['num_layers']} blocks, width "
+            f"{MODEL['num_attention_heads'] * MODEL['attention_head_dim']}, {parameter_count() / 1e6:.2f} M parameters, "
+            f"{args.dtype}; {args.videos} videos {args.frames}x{args.size}x{args.size}, {args.steps} steps, "
+            f"CFG {args.cfg}; fgrpo compile={args.compile} rollout_unsharded={args.unsharded} "
+            f"text_cache={args.text_cache}; "
+            f"{torch.get_num_threads()} threads",
+            flush=True,
+        )
         warm = timed(ours, *inputs), timed(theirs, *inputs)
         print(f"warm-up: fgrpo {warm[0]:.2f} s (compilation included), pipeline {warm[1]:.2f} s", flush=True)
         ratios = []

@@ -117,7 +117,8 @@ def export_run(run_dir: Path, out_dir: Path, step: int | None = None, weights: W
             "base_model": recipe.model.path,
             "dtype": recipe.model.dtype,
             "lora": {"rank": lora.rank, "alpha": lora.alpha, "target_modules": list(lora.target_modules)}
-            if lora.enabled else None,
+            if lora.enabled
+            else None,
         }
         (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")  # tmp is renamed into place whole
         if out_dir.exists():

@@ -17,18 +17,26 @@ frames into one (their durations are summed, so playback is unchanged).
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import warnings
 from functools import cache
+from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from fgrpo.fileio import atomic_path
 
-__all__ = ["caption_strip", "captioned_grid", "make_video_grid", "mp4_available", "read_video", "save_video",
-           "save_video_grid", "to_pil_frames", "write_video"]
+__all__ = [
+    "caption_strip",
+    "captioned_grid",
+    "make_video_grid",
+    "mp4_available",
+    "read_video",
+    "save_video",
+    "save_video_grid",
+    "to_pil_frames",
+    "write_video",
+]
 
 
 def to_pil_frames(frames: torch.Tensor) -> list[Image.Image]:
@@ -44,8 +52,9 @@ def to_pil_frames(frames: torch.Tensor) -> list[Image.Image]:
 
 
 def _write_gif(fh, images: list[Image.Image], fps: int) -> None:
-    images[0].save(fh, format="GIF", save_all=True, append_images=images[1:], duration=max(10, round(1000 / fps)),
-                   loop=0)
+    images[0].save(
+        fh, format="GIF", save_all=True, append_images=images[1:], duration=max(10, round(1000 / fps)), loop=0
+    )
 
 
 def gif_bytes(frames: torch.Tensor, fps: int = 8) -> bytes:
@@ -143,9 +152,7 @@ def read_video(path: Path | str) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
 
 
-def make_video_grid(
-    videos: torch.Tensor, nrow: int | None = None, upscale: int = 1, padding: int = 0
-) -> torch.Tensor:
+def make_video_grid(videos: torch.Tensor, nrow: int | None = None, upscale: int = 1, padding: int = 0) -> torch.Tensor:
     """Tile ``[B, F, C, H, W]`` into one ``[F, C, H', W']`` video.
 
     ``nrow`` is the number of videos per row (default ``ceil(sqrt(B))``);
@@ -217,13 +224,15 @@ def _wrap(text: str, font, width: int, max_lines: int) -> list[str]:
     return lines or [""]
 
 
-def caption_strip(texts: list[str], width: int, font_size: int = 11, max_lines: int = 4,
-                  height: int | None = None) -> torch.Tensor:
+def caption_strip(
+    texts: list[str], width: int, font_size: int = 11, max_lines: int = 4, height: int | None = None
+) -> torch.Tensor:
     """``[3, h, width]`` float image: `texts` (each wrapped to at most `max_lines` lines; the last
     text on one line of its own), light on a dark background. `height`: pad to this height."""
     font = _font(font_size)
-    lines = [ln for t in texts[:-1] for ln in _wrap(t, font, width - 6, max_lines)] + \
-        ([_wrap(texts[-1], font, width - 6, 1)[0]] if texts else [])
+    lines = [ln for t in texts[:-1] for ln in _wrap(t, font, width - 6, max_lines)] + (
+        [_wrap(texts[-1], font, width - 6, 1)[0]] if texts else []
+    )
     step = font_size + 3
     h = max(height or 0, 4 + step * len(lines))
     im = Image.new("RGB", (width, h), (24, 24, 24))
@@ -235,8 +244,14 @@ def caption_strip(texts: list[str], width: int, font_size: int = 11, max_lines: 
     return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255
 
 
-def captioned_grid(cells: torch.Tensor, captions: list[list[str]], ncol: int | None = None, min_cell_px: int = 160,
-                   font_size: int = 11, padding: int = 2) -> torch.Tensor:
+def captioned_grid(
+    cells: torch.Tensor,
+    captions: list[list[str]],
+    ncol: int | None = None,
+    min_cell_px: int = 160,
+    font_size: int = 11,
+    padding: int = 2,
+) -> torch.Tensor:
     """``[B, F, C, H, W]`` cells in ``[0, 1]`` tiled into one ``[F, 3, H', W']`` video, each with its
     caption (a list of texts: e.g. the prompt, then the reward) in a strip below it. Cells are
     upscaled (nearest) to at least `min_cell_px` wide; every strip has the tallest one's height."""

@@ -25,7 +25,7 @@ def start_time(pid: int) -> int | None:
     except OSError:
         return 0
     # comm (field 2) may hold spaces and parentheses: the fields after it follow the last ')'.
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     if fields[0] in ("Z", "X"):  # exited: only its exit status is left
         return None
     return int(fields[19])
@@ -39,7 +39,7 @@ def is_stopped(pid: int) -> bool:
             stat = f.read().decode("ascii", "replace")
     except OSError:
         return False
-    return stat[stat.rindex(")") + 2:].split()[0] in ("T", "t")
+    return stat[stat.rindex(")") + 2 :].split()[0] in ("T", "t")
 
 
 def pid_exists(pid: int) -> bool:

@@ -57,8 +57,21 @@ class LaunchJob:
 
 
 # Scheduler states in which a job may still run: nothing new is submitted for its run.
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD",
-                 "REQUEUE_FED", "PREEMPTED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
+ACTIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "PREEMPTED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+}
 
 
 def is_active(state: str) -> bool:
@@ -66,8 +79,13 @@ def is_active(state: str) -> bool:
     return state in ACTIVE_STATES or state.startswith("RESTARTING")
 
 
-def tail_lines(paths: list[Path], follow: bool, running: Callable[[], bool], poll_s: float = 1.0,
-               start: dict[Path, int] | None = None) -> Iterator[str]:
+def tail_lines(
+    paths: list[Path],
+    follow: bool,
+    running: Callable[[], bool],
+    poll_s: float = 1.0,
+    start: dict[Path, int] | None = None,
+) -> Iterator[str]:
     """The lines (each with its newline) of `paths`, file after file, from byte `start[path]`
     (default 0); with `follow`, new lines every `poll_s` until `running()` is False, then
     whatever the files hold last. A line still being written waits for its newline, except in

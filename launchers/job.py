@@ -32,7 +32,6 @@ from fgrpo.trainer import timeline
 from fgrpo.trainer.entry import EXIT_BAD_RECIPE, EXIT_DONE, EXIT_FAILED, EXIT_LOCKED, train_run
 from fgrpo.trainer.signals import EXIT_REQUEUE, StopFlag
 
-
 # What TorchDistributedEnvironment exports in a job: a new job sets its own.
 JOB_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -65,7 +64,9 @@ class TrainJob(submitit.helpers.Checkpointable):
             code, reason = EXIT_FAILED, f"{type(e).__name__}: {e}"
         else:  # train_run recorded why in status.json
             status = folder.read_status()
-            reason = status.get("reason") if status.get("state") == "failed" and status.get("reason") else "see fgrpo logs"
+            reason = (
+                status.get("reason") if status.get("state") == "failed" and status.get("reason") else "see fgrpo logs"
+            )
         if code == EXIT_DONE:
             return "completed"
         if code in (EXIT_BAD_RECIPE, EXIT_LOCKED):  # a requeue would fail the same way
@@ -139,8 +140,12 @@ class RewardServerJob(submitit.helpers.Checkpointable):
         folder = RunFolder(self.run_dir)
         if folder.cancel_requested():
             return 0
-        server = RewardServer(list(folder.read_recipe().rewards), host=self.host, port=self.port,
-                              token=reward_token(folder.path, create=True))
+        server = RewardServer(
+            list(folder.read_recipe().rewards),
+            host=self.host,
+            port=self.port,
+            token=reward_token(folder.path, create=True),
+        )
         return serve_until_done(server, self.host, run_dir=folder.path)
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:

@@ -30,8 +30,11 @@ class LocalBackend(Backend):
     def environments(self, job: LaunchJob, port: int) -> list[dict[str, str]]:
         world = job.world_size
         base = {
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world),
-            "LOCAL_WORLD_SIZE": str(world), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world))),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world))),
         }
         return [{**base, "RANK": str(r), "LOCAL_RANK": str(r)} for r in range(world)]
 
@@ -60,14 +63,28 @@ class LocalBackend(Backend):
             # Slurm; the launcher shows rank 0's on its console. FGRPO_PARENT_PID: a trainer
             # stops (saving) when this launcher dies, even by kill -9 (fgrpo.processes.die_with_parent).
             with open(log, "ab") as out:
-                procs.append(subprocess.Popen(job.train_command(), env={**os.environ, **env, PARENT_ENV: str(os.getpid())},
-                                              stdout=out, stderr=subprocess.STDOUT))
+                procs.append(
+                    subprocess.Popen(
+                        job.train_command(),
+                        env={**os.environ, **env, PARENT_ENV: str(os.getpid())},
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         me = ProcessId.of()
-        folder.write_launch({"backend": self.name, "started": time.time(), "launcher": str(me),
-                             "pids": [str(ProcessId.of(p.pid)) for p in procs], "world_size": job.world_size})
+        folder.write_launch(
+            {
+                "backend": self.name,
+                "started": time.time(),
+                "launcher": str(me),
+                "pids": [str(ProcessId.of(p.pid)) for p in procs],
+                "world_size": job.world_size,
+            }
+        )
         folder.record_job(self.name, str(me), job.kind)
-        console = threading.Thread(target=self._show, args=(logs[0], shown_from, lambda: any(p.poll() is None for p in procs)),
-                                   daemon=True)
+        console = threading.Thread(
+            target=self._show, args=(logs[0], shown_from, lambda: any(p.poll() is None for p in procs)), daemon=True
+        )
         console.start()
 
         def forward(signum, frame):  # Ctrl-C / SIGTERM / a hang-up: the trainers stop gracefully and save
@@ -100,8 +117,9 @@ class LocalBackend(Backend):
         folder.clear_server_address()
         log = open(folder.server_log, "a")
         # Its own session: Ctrl-C reaches the trainers, which still need the server to finish the step.
-        return subprocess.Popen(self.reward_server_command(job), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            self.reward_server_command(job), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def reward_server_args(self, job: LaunchJob) -> list[str]:
         """Any free port on this machine; it exits with the launcher (or when the run has ended)."""

@@ -17,8 +17,9 @@ from fgrpo.run_folder import SERVER_KIND, RunFolder
 
 from .base import Backend, LaunchJob, is_active
 from .job import RewardServerJob, TrainJob
-from .slurm_executor import (MAX_TIMEOUTS, NOT_ON_PATH, executor_parameters, make_executor,  # noqa: F401
-                             server_parameters)
+from .slurm_executor import (
+    make_executor,  # noqa: F401
+    )
 
 
 def sbatch_script(folder: Path, recipe: Recipe, name: str, server: bool = False) -> str:
@@ -35,7 +36,8 @@ class SlurmBackend(Backend):
         text = sbatch_script(submitit_dir, job.recipe, job.run_dir.name)
         if job.recipe.reward_server.launch:
             text += "\n# and, beside it, the reward server's job:\n" + sbatch_script(
-                submitit_dir, job.recipe, f"{job.run_dir.name}-reward", server=True)
+                submitit_dir, job.recipe, f"{job.run_dir.name}-reward", server=True
+            )
         return text
 
     def launch(self, job: LaunchJob) -> int:
@@ -45,8 +47,10 @@ class SlurmBackend(Backend):
         ex = make_executor(folder.submitit, job.recipe, job.run_dir.name)
         submitted = ex.submit(TrainJob(str(job.run_dir.resolve())))
         folder.record_job(self.name, submitted.job_id, job.kind)
-        print(f"submitted Slurm job {submitted.job_id}\n  run folder: {job.run_dir}\n"
-              f"  follow: fgrpo status {job.run_dir} | fgrpo logs {job.run_dir} -f | fgrpo cancel {job.run_dir}")
+        print(
+            f"submitted Slurm job {submitted.job_id}\n  run folder: {job.run_dir}\n"
+            f"  follow: fgrpo status {job.run_dir} | fgrpo logs {job.run_dir} -f | fgrpo cancel {job.run_dir}"
+        )
         return 0
 
     def _launch_reward_server(self, job: LaunchJob) -> None:
@@ -80,8 +84,9 @@ class SlurmBackend(Backend):
     def state(self, job_id: str) -> str:
         """Slurm's state of a job: sacct when accounting is on, else squeue."""
         try:
-            out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"], capture_output=True,
-                                 text=True, timeout=30)
+            out = subprocess.run(
+                ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"], capture_output=True, text=True, timeout=30
+            )
             if out.returncode == 0 and out.stdout.strip():
                 return out.stdout.split()[0].split()[0]
         except (OSError, subprocess.TimeoutExpired):
@@ -100,6 +105,9 @@ class SlurmBackend(Backend):
     def stream_logs(self, run_dir: Path, job_id: str, rank: int, follow: bool) -> Iterator[str]:
         """submitit's per-task files (task = global rank): the run's own jobs, or a sweep's array."""
         folder = RunFolder(run_dir)
-        paths = [f / f"{job_id}_{rank}_log.{ext}" for f in (folder.submitit, folder.submitit_arrays)
-                 for ext in ("out", "err")]
+        paths = [
+            f / f"{job_id}_{rank}_log.{ext}"
+            for f in (folder.submitit, folder.submitit_arrays)
+            for ext in ("out", "err")
+        ]
         return self.tail_logs(paths, job_id, rank, follow)

@@ -53,9 +53,15 @@ def _placement(recipe: Recipe) -> dict:
 def server_parameters(recipe: Recipe, name: str) -> dict:
     """A reward server's job: one task on a node of its own resources, where the training runs."""
     la, rs = recipe.launch, recipe.reward_server
-    params = dict(job_name=name, nodes=1, ntasks_per_node=1, cpus_per_task=rs.cpus,
-                  time=time_limit_minutes(la.time_limit), signal_delay_s=la.signal_delay_s,
-                  additional_parameters={"requeue": True})
+    params = dict(
+        job_name=name,
+        nodes=1,
+        ntasks_per_node=1,
+        cpus_per_task=rs.cpus,
+        time=time_limit_minutes(la.time_limit),
+        signal_delay_s=la.signal_delay_s,
+        additional_parameters={"requeue": True},
+    )
     if rs.gpus:
         params["gpus_per_node"] = rs.gpus
     if rs.mem_gb:

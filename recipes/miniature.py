@@ -16,9 +16,19 @@ recipe = Recipe(
     # the SDE window the first half of the steps, as in the paper. Flow-GRPO's noise schedule: with
     # Wan's, the SDE step moves a group's rewards by a third of what the initial noise does (reward
     # std 0.013 vs 0.044, docs/miniature.md); with flow-grpo's a = 0.7, at step 0 by as much (0.041).
-    rollout=RolloutConfig(steps=10, flow_shift=3.0, height=64, width=64, frames=9, group_size=8,
-                          prompts_per_step=4, micro_batch=32, cfg_scale=4.0, noise_schedule="flow-grpo",
-                          noise_constant=0.7),
+    rollout=RolloutConfig(
+        steps=10,
+        flow_shift=3.0,
+        height=64,
+        width=64,
+        frames=9,
+        group_size=8,
+        prompts_per_step=4,
+        micro_batch=32,
+        cfg_scale=4.0,
+        noise_schedule="flow-grpo",
+        noise_constant=0.7,
+    ),
     timesteps=TimestepConfig(window=(0, 5)),
     algorithm=AlgorithmConfig(clip_range=0.01),
     optim=OptimConfig(lr=1e-4, max_steps=60, weight_decay=0.0),

@@ -25,7 +25,11 @@ def run_fgrpo(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None
     if not _INDUCTOR_CACHE_SET_BY_USER and "TORCHINDUCTOR_CACHE_DIR" not in (env or {}):
         full_env.pop("TORCHINDUCTOR_CACHE_DIR", None)
     return subprocess.run(
-        [sys.executable, "-m", "fgrpo", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "fgrpo", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env=full_env,
     )
 

@@ -39,8 +39,12 @@ def tiny_inputs(dtype: torch.dtype = torch.float32):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 16, 2, 4, 4, generator=gen)  # 2 x 2 x 2 = 8 tokens per video
     text = torch.randn(2, 6, 32, generator=gen)
-    return dict(hidden_states=x.to(dtype), timestep=torch.tensor([500, 900]), encoder_hidden_states=text.to(dtype),
-                return_dict=False)
+    return dict(
+        hidden_states=x.to(dtype),
+        timestep=torch.tensor([500, 900]),
+        encoder_hidden_states=text.to(dtype),
+        return_dict=False,
+    )
 
 
 @pytest.fixture
@@ -81,8 +85,15 @@ def test_offered_backends_are_diffusers_backends_each_classified():
 
 
 def test_sage_is_refused_for_training_naming_the_field(tmp_path):
-    res = run_fgrpo("launch", str(REPO / "recipes/tiny.py"), "--logging.runs-dir", str(tmp_path / "runs"),
-                    "--model.attention-backend", "sage", cwd=tmp_path)
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes/tiny.py"),
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+        "--model.attention-backend",
+        "sage",
+        cwd=tmp_path,
+    )
     assert res.returncode != 0
     assert "model.attention_backend: 'sage' is forward-only" in res.stderr, res.stderr
     assert "model.rollout_attention_backend=sage" in res.stderr  # the suggestion
@@ -97,14 +108,20 @@ def test_sage_is_accepted_for_rollouts():
     assert recipe_problems(R(r, model=flash3)) == []
 
 
-@pytest.mark.parametrize("model, algorithm, message", [
-    (dict(attention_backend="_flash_3"), {}, "model.attention_backend: '_flash_3' is forward-only"),
-    (dict(attention_backend="flsh"), {}, "model.attention_backend: unknown backend 'flsh'"),
-    (dict(rollout_attention_backend="sagee"), {}, "model.rollout_attention_backend: unknown backend 'sagee'"),
-    (dict(rollout_attention_backend="sage"), dict(recompute_old_log_prob=False),
-     "model.rollout_attention_backend: sampling with 'sage' but training with 'native' needs "
-     "algorithm.recompute_old_log_prob=true"),
-])
+@pytest.mark.parametrize(
+    "model, algorithm, message",
+    [
+        (dict(attention_backend="_flash_3"), {}, "model.attention_backend: '_flash_3' is forward-only"),
+        (dict(attention_backend="flsh"), {}, "model.attention_backend: unknown backend 'flsh'"),
+        (dict(rollout_attention_backend="sagee"), {}, "model.rollout_attention_backend: unknown backend 'sagee'"),
+        (
+            dict(rollout_attention_backend="sage"),
+            dict(recompute_old_log_prob=False),
+            "model.rollout_attention_backend: sampling with 'sage' but training with 'native' needs "
+            "algorithm.recompute_old_log_prob=true",
+        ),
+    ],
+)
 def test_bad_backends_name_the_field(model, algorithm, message):
     r = load_recipe_file(REPO / "recipes" / "tiny.py")
     R = dataclasses.replace
@@ -164,8 +181,18 @@ def test_policy_rollout_uses_the_rollout_backend(calls):
 
     model = tiny_transformer()
     apply_attention_backend(model, "_native_math")
-    policy = Policy(SimpleNamespace(transformer=model), None, None, None, torch.device("cpu"), None, None, 1.0,
-                    (16, 2, 8, 8), rollout_attention_backend="_native_flash")
+    policy = Policy(
+        SimpleNamespace(transformer=model),
+        None,
+        None,
+        None,
+        torch.device("cpu"),
+        None,
+        None,
+        1.0,
+        (16, 2, 8, 8),
+        rollout_attention_backend="_native_flash",
+    )
     with policy.rollout():
         forward(model)
     assert calls == {"_native_flash": 4}
@@ -241,8 +268,9 @@ def test_forward_only_backend_is_refused_at_setup():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the kernels below run on a GPU")
-@pytest.mark.parametrize("name, why", [("_native_efficient", "No viable backend"),
-                                       ("flex", "does not support backward on CPU")])
+@pytest.mark.parametrize(
+    "name, why", [("_native_efficient", "No viable backend"), ("flex", "does not support backward on CPU")]
+)
 def test_backend_that_cannot_run_on_this_device_fails_at_setup(name, why):
     model = tiny_transformer()
     with pytest.raises(ValueError, match=rf"model.attention_backend: backend '{name}' cannot run attention .*{why}"):
@@ -252,15 +280,18 @@ def test_backend_that_cannot_run_on_this_device_fails_at_setup(name, why):
 # --- in the trainer ----------------------------------------------------------------------------
 
 
-def test_trainer_samples_with_the_rollout_backend_and_trains_with_the_other(tiny_model_dir, tmp_path, calls,
-                                                                            monkeypatch):
+def test_trainer_samples_with_the_rollout_backend_and_trains_with_the_other(
+    tiny_model_dir, tmp_path, calls, monkeypatch
+):
     from fgrpo.trainer import flash_grpo
     from fgrpo.trainer.trainer import Trainer
     from tests.helpers.recipes import small_recipe
 
     r = small_recipe(tiny_model_dir, max_steps=1)
-    r = dataclasses.replace(r, model=dataclasses.replace(r.model, attention_backend="_native_math",
-                                                         rollout_attention_backend="_native_flash"))
+    r = dataclasses.replace(
+        r,
+        model=dataclasses.replace(r.model, attention_backend="_native_math", rollout_attention_backend="_native_flash"),
+    )
     t = Trainer(r, tmp_path)
     seen_in_rollout, real_sample = [], flash_grpo.sample
 

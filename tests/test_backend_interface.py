@@ -23,8 +23,15 @@ BACKENDS = [LocalBackend, SlurmBackend, KubernetesBackend]
 @pytest.mark.parametrize("cls", BACKENDS)
 def test_every_backend_implements_the_whole_interface(cls):
     assert not cls.__abstractmethods__
-    assert {"describe", "launch", "submit_array", "state", "cancel", "stream_logs",
-            "reward_server_args"} <= Backend.__abstractmethods__
+    assert {
+        "describe",
+        "launch",
+        "submit_array",
+        "state",
+        "cancel",
+        "stream_logs",
+        "reward_server_args",
+    } <= Backend.__abstractmethods__
     cls()  # instantiable: nothing left abstract
 
 
@@ -55,8 +62,11 @@ def test_tail_lines_waits_for_whole_lines_and_reads_the_rest_at_the_end(tmp_path
 
     threading.Thread(target=writer).start()
     assert list(lines) == ["step 2 partial\n", "last, no newline"]
-    assert list(tail_lines([log], follow=False, running=lambda: True)) == \
-        ["step 1\n", "step 2 partial\n", "last, no newline"]
+    assert list(tail_lines([log], follow=False, running=lambda: True)) == [
+        "step 1\n",
+        "step 2 partial\n",
+        "last, no newline",
+    ]
 
 
 def test_local_stream_logs(tmp_path):

@@ -45,32 +45,62 @@ def test_sweep_points_and_folder_name_are_unchanged():
     from fgrpo.cli.sweep import parse_sweep
     from fgrpo.recipe.sweep import points, sweep_dir
 
-    spec, args = parse_sweep(["recipes/tiny.py", "--grid", "optim.lr=1e-3,2e-3", "--optim.max-steps", "2",
-                              "--grid", "rollout.group_size=2,4", "--random", "3", "--range",
-                              "optim.lr=1e-5:1e-3:log", "--choice", "lora.rank=8,16", "--seed", "7",
-                              "--backend", "slurm"])
+    spec, args = parse_sweep(
+        [
+            "recipes/tiny.py",
+            "--grid",
+            "optim.lr=1e-3,2e-3",
+            "--optim.max-steps",
+            "2",
+            "--grid",
+            "rollout.group_size=2,4",
+            "--random",
+            "3",
+            "--range",
+            "optim.lr=1e-5:1e-3:log",
+            "--choice",
+            "lora.rank=8,16",
+            "--seed",
+            "7",
+            "--backend",
+            "slurm",
+        ]
+    )
     assert args.backend == "slurm" and not args.dry_run
     assert spec.base_overrides == ["--optim.max-steps", "2"]
     assert sweep_dir(spec, Path("runs"), "tiny") == Path("runs/tiny-sweep-8754d387")
     pts = points(spec)
     assert len(pts) == 12
-    assert pts[0] == ["--optim.lr", "1e-3", "--rollout.group-size", "2", "--optim.lr", "4.443e-05",
-                      "--lora.rank", "8"]
+    assert pts[0] == ["--optim.lr", "1e-3", "--rollout.group-size", "2", "--optim.lr", "4.443e-05", "--lora.rank", "8"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--choice", "lora.rank=8"], "--range/--choice need --random N"),
-    (["--grid", "optim.lr"], "--grid 'optim.lr': expected FIELD=VALUES"),
-    (["--random", "2", "--range", "optim.lr=1"], "--range optim.lr: expected LOW:HIGH[:log]"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--choice", "lora.rank=8"], "--range/--choice need --random N"),
+        (["--grid", "optim.lr"], "--grid 'optim.lr': expected FIELD=VALUES"),
+        (["--random", "2", "--range", "optim.lr=1"], "--range optim.lr: expected LOW:HIGH[:log]"),
+    ],
+)
 def test_sweep_errors_name_the_flag(argv, message, capsys):
     assert main(["sweep", str(REPO / "recipes" / "tiny.py"), *argv]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_sweep_dry_run_resolves_every_point(tmp_path, capsys):
-    code = main(["sweep", str(REPO / "recipes" / "tiny.py"), "--grid", "optim.lr=1e-3,2e-3", "--grid",
-                 "rollout.group-size=2,4", "--logging.runs-dir", str(tmp_path / "runs"), "--dry-run"])
+    code = main(
+        [
+            "sweep",
+            str(REPO / "recipes" / "tiny.py"),
+            "--grid",
+            "optim.lr=1e-3,2e-3",
+            "--grid",
+            "rollout.group-size=2,4",
+            "--logging.runs-dir",
+            str(tmp_path / "runs"),
+            "--dry-run",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "4 points; sweep folder" in out and str(tmp_path / "runs" / "tiny__") in out
@@ -82,8 +112,11 @@ def _private_imports(path: Path) -> list[str]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         ours = isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in PACKAGES)
         if ours:
-            found += [f"{path.relative_to(REPO)}:{node.lineno} {alias.name}" for alias in node.names
-                      if alias.name.startswith("_") and not alias.name.startswith("__")]
+            found += [
+                f"{path.relative_to(REPO)}:{node.lineno} {alias.name}"
+                for alias in node.names
+                if alias.name.startswith("_") and not alias.name.startswith("__")
+            ]
     return found
 
 

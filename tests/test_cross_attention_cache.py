@@ -35,8 +35,19 @@ def rollout(model, seed: int = 0):
     neg = torch.randn(1, 16, 32, generator=gen).expand(VIDEOS, -1, -1)
     mask = torch.zeros(VIDEOS, STEPS, dtype=torch.bool)
     mask[:, 1] = True
-    return sample(model, latents, context, neg, wan_sigmas(STEPS, 3.0), mask, NoiseConfig("wan", 0.7), 4.5,
-                  video_generators(list(range(VIDEOS))), MB, torch.bfloat16)
+    return sample(
+        model,
+        latents,
+        context,
+        neg,
+        wan_sigmas(STEPS, 3.0),
+        mask,
+        NoiseConfig("wan", 0.7),
+        4.5,
+        video_generators(list(range(VIDEOS))),
+        MB,
+        torch.bfloat16,
+    )
 
 
 def count_calls(modules) -> list[int]:
@@ -88,6 +99,7 @@ def test_restored_after_an_exception():
 def test_calls_with_gradients_compute_afresh():
     """Inside the context a forward with gradients gets gradients to the key/value weights, equal
     to those without the context."""
+
     def key_grad(model, inside: bool):
         x = torch.randn(2, *LATENT, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
         text = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)

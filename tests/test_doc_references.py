@@ -12,7 +12,11 @@ REFERENCE = re.compile(r"\b((?:docs|k8s|recipes|benchmarks|scripts)/[\w./-]+\.(?
 
 def test_referenced_files_exist():
     missing = []
-    for path in [*(REPO / "fgrpo").rglob("*.py"), *(REPO / "launchers").rglob("*.py"), *(REPO / "scripts").glob("*.sh")]:
+    for path in [
+        *(REPO / "fgrpo").rglob("*.py"),
+        *(REPO / "launchers").rglob("*.py"),
+        *(REPO / "scripts").glob("*.sh"),
+    ]:
         for ref in REFERENCE.findall(path.read_text()):
             if not (REPO / ref).exists():
                 missing.append(f"{path.relative_to(REPO)} -> {ref}")
@@ -25,8 +29,9 @@ def test_the_pattern_finds_references():
 
 def test_no_file_points_outside_the_repository():
     # The notes kept next to the project's checkout (shared/docs) do not ship with it.
-    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     pointing = []
     for name in tracked:
         path = REPO / name

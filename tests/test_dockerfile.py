@@ -25,7 +25,7 @@ def dockerfile() -> DockerfileParser:
 def final_stage(df: DockerfileParser) -> list[dict]:
     froms = [i for i, ins in enumerate(df.structure) if ins["instruction"] == "FROM"]
     assert froms, "no FROM"
-    return df.structure[froms[-1]:]
+    return df.structure[froms[-1] :]
 
 
 def pip_installs(df: DockerfileParser) -> list[list[str]]:
@@ -38,12 +38,21 @@ def pip_installs(df: DockerfileParser) -> list[list[str]]:
         for command in re.split(r"&&|;", value):
             words = shlex.split(command)
             if words[:2] in (["pip", "install"], ["pip3", "install"]) or words[1:4] == ["-m", "pip", "install"]:
-                installs.append(words[words.index("install") + 1:])
+                installs.append(words[words.index("install") + 1 :])
     return installs
 
 
-VALUE_OPTIONS = {"-i", "--index-url", "--extra-index-url", "-f", "--find-links", "-c", "--constraint",
-                 "-r", "--requirement"}
+VALUE_OPTIONS = {
+    "-i",
+    "--index-url",
+    "--extra-index-url",
+    "-f",
+    "--find-links",
+    "-c",
+    "--constraint",
+    "-r",
+    "--requirement",
+}
 
 
 def targets(words: list[str]) -> list[str]:
@@ -77,8 +86,9 @@ def test_the_final_stage_runs_as_the_pods_non_root_uid(dockerfile):
 def test_torch_comes_from_the_cuda_index_with_pyprojects_pin(dockerfile):
     """Bumping torch in pyproject.toml and not here (or the reverse) fails this test."""
     pinned = next(Requirement(d) for d in pyproject()["project"]["dependencies"] if Requirement(d).name == "torch")
-    torch_installs = [w for w in pip_installs(dockerfile)
-                      if any(Requirement(t).name == "torch" for t in targets(w) if t != ".")]
+    torch_installs = [
+        w for w in pip_installs(dockerfile) if any(Requirement(t).name == "torch" for t in targets(w) if t != ".")
+    ]
     assert len(torch_installs) == 1, torch_installs
     words = torch_installs[0]
     (req,) = [Requirement(t) for t in targets(words) if Requirement(t).name == "torch"]
@@ -103,6 +113,7 @@ def test_the_project_installed_is_this_repository_after_torch(dockerfile):
 
 def dockerignore_excludes(patterns: list[str], path: str) -> bool:
     """Docker's rule: the last pattern matching the path or a folder above it decides; `!` keeps."""
+
     def regex(pattern: str) -> re.Pattern:
         out = ""
         for part in re.split(r"(\*\*/?|\*|\?)", pattern.strip("/")):
@@ -120,21 +131,34 @@ def dockerignore_excludes(patterns: list[str], path: str) -> bool:
 
 
 def test_dockerignore_keeps_the_checkout_local_files_out():
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
-    for path in (".venv/bin/python", ".git/HEAD", "runs/tiny/recipe.json", ".cache/fgrpo/x", "tests/test_cli.py",
-                 "fgrpo/__pycache__/cli.cpython-311.pyc", "fgrpo.egg-info/PKG-INFO"):
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "runs/tiny/recipe.json",
+        ".cache/fgrpo/x",
+        "tests/test_cli.py",
+        "fgrpo/__pycache__/cli.cpython-311.pyc",
+        "fgrpo.egg-info/PKG-INFO",
+    ):
         assert dockerignore_excludes(patterns, path), path
     # What `pip install .` builds from and what runs read stays in.
     needed = ["pyproject.toml", pyproject()["project"]["readme"]]
     for folder in ("fgrpo", "launchers", "recipes", "prompts"):
-        needed += [str(p.relative_to(REPO)) for p in (REPO / folder).rglob("*")
-                   if p.is_file() and "__pycache__" not in p.parts]
+        needed += [
+            str(p.relative_to(REPO)) for p in (REPO / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        ]
     assert len(needed) > 20 and not [p for p in needed if dockerignore_excludes(patterns, p)]
 
 
 def test_the_dockerignore_matcher():
     assert dockerignore_excludes(["runs"], "runs/a/b") and not dockerignore_excludes(["runs"], "fgrpo/cli/runs.py")
     assert dockerignore_excludes(["**/__pycache__"], "a/b/__pycache__/c.pyc")
-    assert dockerignore_excludes(["*.egg-info"], "fgrpo.egg-info/x") and not dockerignore_excludes(["*.md"], "docs/a.md")
+    assert dockerignore_excludes(["*.egg-info"], "fgrpo.egg-info/x") and not dockerignore_excludes(
+        ["*.md"], "docs/a.md"
+    )
     assert not dockerignore_excludes(["docs", "!docs/keep.md"], "docs/keep.md")

@@ -15,8 +15,20 @@ import yaml
 
 from fgrpo.cli import doctor_smoke
 from fgrpo.cli.doctor import cmd_doctor, guarded, run_checks
-from fgrpo.cli.doctor_checks import (GIB, GpuInfo, attention_check, attention_checks, bf16_check, gpus_check, k8s_check,
-                                     memory_check, plan_memory_check, recipe_check, slurm_check, torch_check)
+from fgrpo.cli.doctor_checks import (
+    GIB,
+    GpuInfo,
+    attention_check,
+    attention_checks,
+    bf16_check,
+    gpus_check,
+    k8s_check,
+    memory_check,
+    plan_memory_check,
+    recipe_check,
+    slurm_check,
+    torch_check,
+)
 from fgrpo.cli.doctor_files import model_folder_check, reward_check, reward_checks
 from fgrpo.recipe.config import RewardSpec
 from fgrpo.recipe.io import load_recipe_file
@@ -47,6 +59,7 @@ def write_model_folder(root: Path) -> Path:
 
 # --- model folder -----------------------------------------------------------------------------------
 
+
 def test_a_complete_model_folder_passes_with_sizes(tmp_path):
     folder = write_model_folder(tmp_path / "wan")
     check = model_folder_check(tiny_recipe(path=str(folder)).model)
@@ -66,8 +79,16 @@ def test_missing_model_file_is_named(tmp_path):
 
 def test_a_shard_named_by_the_index_must_exist(tmp_path):
     folder = write_model_folder(tmp_path / "wan")
-    (folder / "transformer" / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {"a": "diffusion_pytorch_model.safetensors", "b": "diffusion_pytorch_model-00002.safetensors"}}))
+    (folder / "transformer" / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps(
+            {
+                "weight_map": {
+                    "a": "diffusion_pytorch_model.safetensors",
+                    "b": "diffusion_pytorch_model-00002.safetensors",
+                }
+            }
+        )
+    )
     check = model_folder_check(tiny_recipe(path=str(folder)).model)
     assert check.status == "fail"
     assert "diffusion_pytorch_model-00002.safetensors is missing (named in" in check.detail
@@ -117,6 +138,7 @@ def test_an_unbuilt_preset_is_not_a_problem(tmp_path, monkeypatch):
 
 # --- reward files ------------------------------------------------------------------------------------
 
+
 def test_reward_required_path_not_set():
     check = reward_check(0, RewardSpec(name="hpsv3", args={"model_path": "/nowhere/qwen"}))
     assert check.status == "fail"
@@ -161,6 +183,7 @@ def test_programmatic_and_served_rewards_have_no_files():
 
 
 # --- machine -------------------------------------------------------------------------------------------
+
 
 def test_no_gpu_is_a_warning_not_a_failure():
     check = gpus_check([], "local", 1, torch_has_cuda=False)
@@ -240,6 +263,7 @@ def test_recipe_problems_other_than_files(tmp_path):
 
 # --- schedulers ---------------------------------------------------------------------------------------
 
+
 def fake_tools(folder: Path, sinfo: str, *tools: str) -> Path:
     folder.mkdir()
     for tool in tools:
@@ -256,8 +280,9 @@ def test_slurm_without_sbatch(tmp_path, monkeypatch):
 
 def test_slurm_sinfo_must_answer(tmp_path, monkeypatch):
     tools = ("sbatch", "squeue", "scancel", "sinfo")
-    down = fake_tools(tmp_path / "down", "echo 'slurm_load_partitions: Unable to contact slurm controller' >&2; "
-                      "exit 1", *tools)
+    down = fake_tools(
+        tmp_path / "down", "echo 'slurm_load_partitions: Unable to contact slurm controller' >&2; exit 1", *tools
+    )
     monkeypatch.setenv("PATH", str(down))
     check = slurm_check()
     assert check.status == "fail"
@@ -281,9 +306,19 @@ def test_k8s_api_server_answers(tmp_path, monkeypatch):
             pass
 
         def do_GET(self):
-            body = json.dumps({"major": "1", "minor": "31", "gitVersion": "v1.31.2", "gitCommit": "abc",  # as /version
-                               "gitTreeState": "clean", "buildDate": "2024-10-22T20:28:14Z", "goVersion": "go1.22.8",
-                               "compiler": "gc", "platform": "linux/amd64"}).encode()
+            body = json.dumps(
+                {
+                    "major": "1",
+                    "minor": "31",
+                    "gitVersion": "v1.31.2",
+                    "gitCommit": "abc",  # as /version
+                    "gitTreeState": "clean",
+                    "buildDate": "2024-10-22T20:28:14Z",
+                    "goVersion": "go1.22.8",
+                    "compiler": "gc",
+                    "platform": "linux/amd64",
+                }
+            ).encode()
             self.send_response(200 if self.path == "/version/" or self.path == "/version" else 404)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -293,13 +328,27 @@ def test_k8s_api_server_answers(tmp_path, monkeypatch):
     server = HTTPServer(("127.0.0.1", 0), Version)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     config = tmp_path / "kubeconfig"
-    config.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
-        "clusters": [{"name": "lab", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
-        "users": [{"name": "me", "user": {"token": "t"}}],
-        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "me"}}]}))
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy",
-                "KUBERNETES_SERVICE_HOST"):
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "lab",
+                "clusters": [{"name": "lab", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
+                "users": [{"name": "me", "user": {"token": "t"}}],
+                "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "me"}}],
+            }
+        )
+    )
+    for var in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "KUBERNETES_SERVICE_HOST",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("KUBECONFIG", str(config))
     try:
@@ -310,6 +359,7 @@ def test_k8s_api_server_answers(tmp_path, monkeypatch):
 
 
 # --- the command ---------------------------------------------------------------------------------------
+
 
 def test_a_raising_check_is_a_failed_row():
     def broken():
@@ -338,8 +388,9 @@ def test_smoke_failure_names_the_error(monkeypatch):
     monkeypatch.setattr(doctor_smoke, "SMOKE_ARGS", ("--rollout.frames", "6"))
     check = doctor_smoke.smoke_check([])
     assert check.status == "fail"
-    assert ("exited 2, run not started: fgrpo: error: invalid recipe: rollout.frames: (frames - 1) must be a "
-            "multiple of 4") in check.detail
+    assert (
+        "exited 2, run not started: fgrpo: error: invalid recipe: rollout.frames: (frames - 1) must be a multiple of 4"
+    ) in check.detail
 
 
 def test_smoke_processes_split_the_batch():
@@ -356,8 +407,11 @@ def test_machine_only_checks_skip_the_recipe_rows():
 def test_doctor_tiny_recipe_end_to_end():
     res = run_fgrpo("doctor", "recipes/tiny.py", env={"COLUMNS": "300"})
     assert res.returncode == 0, res.stdout + res.stderr
-    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in res.stdout.splitlines()
-            if line.startswith("│") and line.split("│")[1].strip()}
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in res.stdout.splitlines()
+        if line.startswith("│") and line.split("│")[1].strip()
+    }
     assert rows["GPUs"] == "warning" and "no GPU: training here runs on the CPU" in res.stdout
     assert rows["memory"] == "skipped" and "no GPU: plan skipped" in res.stdout
     for name in ("torch", "bf16", "recipe", "attention", "model folder", "reward 0 (brightness)", "smoke run"):

@@ -96,8 +96,16 @@ def test_lora_export_matches_trained_model(lora_run, tiny_model_dir, tmp_path, w
 
     # the merged transformer drops into a WanPipeline
     pipe = WanPipeline.from_pretrained(tiny_model_dir, transformer=merged)
-    video = pipe("a red ball", height=32, width=32, num_frames=5, num_inference_steps=2, max_sequence_length=16,
-                 output_type="pt", generator=torch.Generator().manual_seed(0)).frames
+    video = pipe(
+        "a red ball",
+        height=32,
+        width=32,
+        num_frames=5,
+        num_inference_steps=2,
+        max_sequence_length=16,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    ).frames
     assert video.shape[1:3] == (5, 3) and torch.isfinite(video).all()
 
 

@@ -82,9 +82,12 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_no_upward_imports():
-    upward = [f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})"
-              for a, targets in graph().items() for b in targets
-              if layer_of(b) > layer_of(a) and not a.startswith(b + ".")]  # a package's own __init__ is fine
+    upward = [
+        f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})"
+        for a, targets in graph().items()
+        for b in targets
+        if layer_of(b) > layer_of(a) and not a.startswith(b + ".")
+    ]  # a package's own __init__ is fine
     assert not upward, "\n".join(sorted(upward))
 
 

@@ -7,9 +7,20 @@ from tests.conftest import REPO, run_fgrpo
 
 
 def test_tiny_recipe_raises_heldout_reward(tiny_model_dir, tmp_path):
-    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--backend", "local", "--model.path",
-                    str(tiny_model_dir), "--logging.runs-dir", str(tmp_path / "runs"), "--logging.run-name", "tiny",
-                    cwd=tmp_path, timeout=400)
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--backend",
+        "local",
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+        "--logging.run-name",
+        "tiny",
+        cwd=tmp_path,
+        timeout=400,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run = tmp_path / "runs" / "tiny"
     # the run folder a user is promised

@@ -136,13 +136,17 @@ def test_write_video_falls_back_to_gif(tmp_path, monkeypatch):
 
 def test_captioned_grid_has_a_caption_strip_under_each_cell():
     cells = torch.full((3, 2, 3, 8, 8), 0.5)
-    grid = media.captioned_grid(cells, [["a red kite over a beach", "reward -0.331 -> -0.250"], ["b", "reward +0.1"],
-                                        ["c", "reward +0.2"]], ncol=3, min_cell_px=32)
+    grid = media.captioned_grid(
+        cells,
+        [["a red kite over a beach", "reward -0.331 -> -0.250"], ["b", "reward +0.1"], ["c", "reward +0.2"]],
+        ncol=3,
+        min_cell_px=32,
+    )
     f, c, h, w = grid.shape
     assert (f, c) == (2, 3) and w == 3 * (32 + 2) + 2
-    cell = grid[0, :, 2:2 + 32, 2:2 + 32]
+    cell = grid[0, :, 2 : 2 + 32, 2 : 2 + 32]
     assert torch.allclose(cell, torch.full_like(cell, 0.5))  # the video, upscaled 4x
-    strip = grid[0, :, 2 + 32:h - 2, 2:2 + 32]
+    strip = grid[0, :, 2 + 32 : h - 2, 2 : 2 + 32]
     assert strip.shape[1] > 2 * 11 and strip.max() > 0.8 and strip.min() < 0.15  # light text on dark
     assert torch.equal(grid[0, :, 34:], grid[1, :, 34:])  # the caption stays while the video plays
     with pytest.raises(ValueError):

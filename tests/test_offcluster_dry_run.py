@@ -13,8 +13,10 @@ import pytest
 from tests.conftest import REPO, run_fgrpo
 
 SLURM_COMMANDS = {"sbatch", "srun", "squeue", "scontrol", "sacct", "scancel", "sinfo", "salloc", "sattach"}
-NO_SBATCH = ("fgrpo: error: sbatch not found on PATH: the slurm backend submits from a Slurm login node; "
-             "use --dry-run to preview")
+NO_SBATCH = (
+    "fgrpo: error: sbatch not found on PATH: the slurm backend submits from a Slurm login node; "
+    "use --dry-run to preview"
+)
 
 
 @pytest.fixture
@@ -44,14 +46,25 @@ def wan14b_args(tmp_path) -> list[str]:
         (models / "Wan2.1-T2V-14B-Diffusers" / sub).mkdir(parents=True)
     (models / "Qwen2-VL-7B-Instruct").mkdir()
     (models / "HPSv3.safetensors").write_bytes(b"")
-    return [str(REPO / "recipes" / "wan14b.py"), "--backend", "slurm", "--logging.runs-dir", str(tmp_path / "runs"),
-            "--model.path", str(models / "Wan2.1-T2V-14B-Diffusers"), "--rewards.0.args", "model_path",
-            str(models / "Qwen2-VL-7B-Instruct"), "checkpoint", str(models / "HPSv3.safetensors"),
-            "--no-preflight"]  # planning 14B takes a minute per launch; the pre-flight has tests/planner
+    return [
+        str(REPO / "recipes" / "wan14b.py"),
+        "--backend",
+        "slurm",
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+        "--model.path",
+        str(models / "Wan2.1-T2V-14B-Diffusers"),
+        "--rewards.0.args",
+        "model_path",
+        str(models / "Qwen2-VL-7B-Instruct"),
+        "checkpoint",
+        str(models / "HPSv3.safetensors"),
+        "--no-preflight",
+    ]  # planning 14B takes a minute per launch; the pre-flight has tests/planner
 
 
 def sbatch_text(stdout: str) -> str:
-    return stdout[stdout.index("#!/bin/bash"):]
+    return stdout[stdout.index("#!/bin/bash") :]
 
 
 def test_dry_run_prints_the_sbatch_script_without_slurm(tmp_path, no_slurm_path, wan14b_args):
@@ -60,8 +73,15 @@ def test_dry_run_prints_the_sbatch_script_without_slurm(tmp_path, no_slurm_path,
     recipe = json.loads(res.stdout[: res.stdout.index("run folder:")])
     assert recipe["launch"]["nodes"] == 4 and recipe["launch"]["gpus_per_node"] == 8
     script = sbatch_text(res.stdout)
-    for line in ("--nodes=4", "--gpus-per-node=8", "--ntasks-per-node=8", "--time=1440", "--requeue",
-                 "--signal=USR2@180", "--job-name=wan14b_"):
+    for line in (
+        "--nodes=4",
+        "--gpus-per-node=8",
+        "--ntasks-per-node=8",
+        "--time=1440",
+        "--requeue",
+        "--signal=USR2@180",
+        "--job-name=wan14b_",
+    ):
         assert f"\n#SBATCH {line}" in script, script
     assert "\nsrun --unbuffered " in script and "-m submitit.core._submit" in script
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "path"]  # no run folder, nothing else

@@ -22,7 +22,9 @@ TINY_SEED0_DIGEST = "60df56d3e52c5da19472ce2d39e38e312778739ee2792e06c90ea941cf5
 
 def _digest(components: dict) -> str:
     h = hashlib.sha256()
-    tensors = {f"{n}.{k}": v for n in ("transformer", "vae", "text_encoder") for k, v in components[n].state_dict().items()}
+    tensors = {
+        f"{n}.{k}": v for n in ("transformer", "vae", "text_encoder") for k, v in components[n].state_dict().items()
+    }
     for key in sorted(tensors):
         t = tensors[key]
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
@@ -73,8 +75,9 @@ def test_big_model_has_the_preset_architecture(big_pipe):
 
 def test_big_model_text_encoder_and_forward(big_pipe):
     tok, te, tr = big_pipe.tokenizer, big_pipe.text_encoder, big_pipe.transformer
-    ids = tok(["a red car on a wet road at night"], padding="max_length", max_length=16, truncation=True,
-              return_tensors="pt")
+    ids = tok(
+        ["a red car on a wet road at night"], padding="max_length", max_length=16, truncation=True, return_tensors="pt"
+    )
     with torch.no_grad():
         emb = te(ids.input_ids, ids.attention_mask).last_hidden_state
     assert emb.shape == (1, 16, 4096) and torch.isfinite(emb).all()
@@ -93,13 +96,16 @@ def test_fast_init_in_process_equals_loaded(tmp_path):
     from fgrpo.models.wan.random_build import fast_random_transformer, save_random_model
 
     folder = save_random_model(tmp_path / "tiny-random", "tiny", seed=3)
-    loaded = WanTransformer3DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=torch.bfloat16,
-                                                   local_files_only=True)
+    loaded = WanTransformer3DModel.from_pretrained(
+        folder, subfolder="transformer", torch_dtype=torch.bfloat16, local_files_only=True
+    )
     built = fast_random_transformer("tiny", seed=3)
     a, b = built.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys()
     assert all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
-    assert torch.equal(built.rope.freqs_cos, loaded.rope.freqs_cos) and torch.equal(built.rope.freqs_sin, loaded.rope.freqs_sin)
+    assert torch.equal(built.rope.freqs_cos, loaded.rope.freqs_cos) and torch.equal(
+        built.rope.freqs_sin, loaded.rope.freqs_sin
+    )
     x = torch.randn(1, 16, 2, 4, 4, dtype=torch.bfloat16)
     text = torch.randn(1, 8, PRESETS["tiny"].text_dim, dtype=torch.bfloat16)
     with torch.no_grad():

@@ -16,7 +16,11 @@ from fgrpo.models.wan import load_wan
 from fgrpo.models.wan import text_cache as tc
 from fgrpo.models.wan.text_cache import TextEmbeddingCache, cache_key
 from fgrpo.models.wan.text_encoder import (
-    LazyTextEncoder, components_encode_fn, encode_with_lengths, free_module, free_text_encoder,
+    LazyTextEncoder,
+    components_encode_fn,
+    encode_with_lengths,
+    free_module,
+    free_text_encoder,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,16 +227,35 @@ def test_two_process_build_splits_the_work_and_matches_one_process(models, tiny_
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     two = tmp_path / "two" / "key"
-    procs = [subprocess.Popen([sys.executable, str(script), str(tiny_model_dir), str(two), str(tmp_path / "store"),
-                               str(tmp_path / f"out{r}.json"), str(r), str(L)], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                str(tiny_model_dir),
+                str(two),
+                str(tmp_path / "store"),
+                str(tmp_path / f"out{r}.json"),
+                str(r),
+                str(L),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
     logs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)[-4000:]
     results = [json.loads((tmp_path / f"out{r}.json").read_text()) for r in range(2)]
     n = len(PROMPTS) + 1  # 73 prompts: 10 batches of 8, 5 per rank
     assert [r["encoded"] for r in results] == [40, n - 40] and all(r["same"] for r in results)
-    assert sorted(p.name for p in two.iterdir()) == ["index.json", "part-r00000-00000.safetensors",
-                                                     "part-r00001-00000.safetensors"]
+    assert sorted(p.name for p in two.iterdir()) == [
+        "index.json",
+        "part-r00000-00000.safetensors",
+        "part-r00001-00000.safetensors",
+    ]
     assert sorted(p.name for p in two.parent.iterdir()) == ["key"]  # no .partial left
     one = TextEmbeddingCache.build(components_encode_fn(models["bfloat16"]), PROMPTS, tmp_path / "one", batch_size=8)
     cached_two = TextEmbeddingCache.open(two)

@@ -123,11 +123,7 @@ def sde_log_prob(sample: Tensor, mean: Tensor, std: Scalar) -> Tensor:
     `std` may be a number, a per-sample [B] tensor, or broadcastable to `sample`.
     """
     std_t = _as_tensor(std, mean)
-    log_p = (
-        -((sample.to(mean.dtype) - mean) ** 2) / (2.0 * std_t**2)
-        - torch.log(std_t)
-        - 0.5 * math.log(2.0 * math.pi)
-    )
+    log_p = -((sample.to(mean.dtype) - mean) ** 2) / (2.0 * std_t**2) - torch.log(std_t) - 0.5 * math.log(2.0 * math.pi)
     return log_p.mean(dim=tuple(range(1, log_p.ndim))) if log_p.ndim > 1 else log_p
 
 

@@ -39,37 +39,81 @@ class Command(NamedTuple):
 
 
 COMMANDS: dict[str, Command] = {
-    "launch": Command("launch", "cmd_launch", "launch RECIPE.py [--backend local|slurm|k8s] [--dry-run] "
-                      "[--section.field VALUE ...]", "start a run (its folder: runs/<name from the overrides>)"),
-    "show": Command("launch", "cmd_show", "show RECIPE.py [--section.field VALUE ...]",
-                    "print the resolved recipe and its run folder"),
-    "plan": Command("plan", "cmd_plan", "plan RECIPE.py [--gpus N] [--gpu-memory 80GiB] [--gpu-tflops 989] "
-                    "[--mfu 0.4] [--json] [--section.field VALUE ...]",
-                    "peak memory per GPU of each phase, FLOPs per step, GPU-hours (no GPU, no weights)"),
-    "doctor": Command("doctor", "cmd_doctor", "doctor [RECIPE.py] [--backend local|slurm|k8s] [--no-smoke] "
-                      "[--section.field VALUE ...]", "check this machine or cluster before a run: torch/CUDA/NCCL, "
-                      "GPUs, bf16, attention, memory, scheduler, model and reward files, a 1-step tiny run"),
-    "sweep": Command("sweep", "cmd_sweep", "sweep RECIPE.py --grid FIELD=V1,V2 [--random N --range FIELD=LO:HI[:log]] "
-                     "[--backend slurm|k8s]", "grid and random search, one job array per resource spec"),
-    "status": Command("runs", "cmd_status", "status [RUN | SWEEP | RUNS_DIR] [--json]",
-                      "scheduler state + step, reward, held-out reward, checkpoint"),
+    "launch": Command(
+        "launch",
+        "cmd_launch",
+        "launch RECIPE.py [--backend local|slurm|k8s] [--dry-run] [--section.field VALUE ...]",
+        "start a run (its folder: runs/<name from the overrides>)",
+    ),
+    "show": Command(
+        "launch",
+        "cmd_show",
+        "show RECIPE.py [--section.field VALUE ...]",
+        "print the resolved recipe and its run folder",
+    ),
+    "plan": Command(
+        "plan",
+        "cmd_plan",
+        "plan RECIPE.py [--gpus N] [--gpu-memory 80GiB] [--gpu-tflops 989] "
+        "[--mfu 0.4] [--json] [--section.field VALUE ...]",
+        "peak memory per GPU of each phase, FLOPs per step, GPU-hours (no GPU, no weights)",
+    ),
+    "doctor": Command(
+        "doctor",
+        "cmd_doctor",
+        "doctor [RECIPE.py] [--backend local|slurm|k8s] [--no-smoke] [--section.field VALUE ...]",
+        "check this machine or cluster before a run: torch/CUDA/NCCL, "
+        "GPUs, bf16, attention, memory, scheduler, model and reward files, a 1-step tiny run",
+    ),
+    "sweep": Command(
+        "sweep",
+        "cmd_sweep",
+        "sweep RECIPE.py --grid FIELD=V1,V2 [--random N --range FIELD=LO:HI[:log]] [--backend slurm|k8s]",
+        "grid and random search, one job array per resource spec",
+    ),
+    "status": Command(
+        "runs",
+        "cmd_status",
+        "status [RUN | SWEEP | RUNS_DIR] [--json]",
+        "scheduler state + step, reward, held-out reward, checkpoint",
+    ),
     "logs": Command("runs", "cmd_logs", "logs RUN [-f] [--rank N]", "a rank's console output (-f: follow)"),
     "cancel": Command("runs", "cmd_cancel", "cancel RUN", "stop a run (and the reward server started for it)"),
-    "resume": Command("runs", "cmd_resume", "resume RUN",
-                      "submit a run again; it continues from its newest checkpoint"),
-    "eval": Command("eval", "cmd_eval", "eval RUN_OR_CHECKPOINT [--prompts FILE] [--steps 50]",
-                    "held-out rewards (EMA weights) + sample grid"),
-    "report": Command("report", "cmd_report", "report RUN | SWEEP | RUN RUN ... [--out FILE.html]",
-                      "one self-contained HTML report: curves, leaderboard, sample videos"),
-    "export": Command("eval", "cmd_export", "export RUN_DIR OUT_DIR [--step N] [--weights ema|model]",
-                      "trained transformer (LoRA merged) as a diffusers folder + the LoRA safetensors"),
-    "reward-server": Command("reward_server", "cmd_reward_server",
-                             "reward-server --reward NAME [--model-path DIR] [--arg NAME KEY VALUE] [--port 8000]",
-                             "serve rewards over HTTP (own GPUs or nodes); --run-dir RUN: a run's own rewards"),
+    "resume": Command(
+        "runs", "cmd_resume", "resume RUN", "submit a run again; it continues from its newest checkpoint"
+    ),
+    "eval": Command(
+        "eval",
+        "cmd_eval",
+        "eval RUN_OR_CHECKPOINT [--prompts FILE] [--steps 50]",
+        "held-out rewards (EMA weights) + sample grid",
+    ),
+    "report": Command(
+        "report",
+        "cmd_report",
+        "report RUN | SWEEP | RUN RUN ... [--out FILE.html]",
+        "one self-contained HTML report: curves, leaderboard, sample videos",
+    ),
+    "export": Command(
+        "eval",
+        "cmd_export",
+        "export RUN_DIR OUT_DIR [--step N] [--weights ema|model]",
+        "trained transformer (LoRA merged) as a diffusers folder + the LoRA safetensors",
+    ),
+    "reward-server": Command(
+        "reward_server",
+        "cmd_reward_server",
+        "reward-server --reward NAME [--model-path DIR] [--arg NAME KEY VALUE] [--port 8000]",
+        "serve rewards over HTTP (own GPUs or nodes); --run-dir RUN: a run's own rewards",
+    ),
     "train": Command("launch", "cmd_train", "train --run-dir runs/NAME", "in-job entry point (backends start it)"),
     "make-tiny": Command("launch", "cmd_make_tiny", "make-tiny PATH", "save the tiny model as a diffusers folder"),
-    "make-miniature": Command("launch", "cmd_make_miniature", "make-miniature [PATH] [--seed N]",
-                              "pre-train the miniature world's model (minutes on a CPU)"),
+    "make-miniature": Command(
+        "launch",
+        "cmd_make_miniature",
+        "make-miniature [PATH] [--seed N]",
+        "pre-train the miniature world's model (minutes on a CPU)",
+    ),
 }
 
 

@@ -22,7 +22,6 @@ from fgrpo.recipe.config import Recipe
 
 from .doctor_checks import Check
 
-
 CHECKS = """checks (one row each; FAIL blocks, exit status 1; a warning does not):
   torch         torch, CUDA, cuDNN and NCCL versions; torch.distributed with gloo
   GPUs          name, memory and free memory of each visible GPU; on --backend local, one per process of
@@ -97,11 +96,19 @@ def run_checks(recipe: Recipe | None, backend: str, smoke: bool) -> list[Check]:
     else:
         world = recipe.world_size if recipe else None
         rows += guarded("GPUs", lambda: c.gpus_check(gpus, backend, world, bool(torch.version.cuda)))
-    rows += guarded("bf16", lambda: c.bf16_check(gpus, recipe.model.dtype if recipe else None,
-                                                 None if gpus else c.cpu_bf16_problem()))
+    rows += guarded(
+        "bf16",
+        lambda: c.bf16_check(gpus, recipe.model.dtype if recipe else None, None if gpus else c.cpu_bf16_problem()),
+    )
     if recipe is None:
-        rows.append(Check("recipe", "skip", "none given: attention, memory plan, model and reward files not checked "
-                          "(fgrpo doctor RECIPE.py checks them)"))
+        rows.append(
+            Check(
+                "recipe",
+                "skip",
+                "none given: attention, memory plan, model and reward files not checked "
+                "(fgrpo doctor RECIPE.py checks them)",
+            )
+        )
     else:
         rows += guarded("recipe", lambda: c.recipe_check(recipe))
         rows += guarded("attention", lambda: c.attention_checks(recipe, gpus, backend))
@@ -113,8 +120,7 @@ def run_checks(recipe: Recipe | None, backend: str, smoke: bool) -> list[Check]:
     if recipe is not None:
         rows += guarded("model folder", lambda: model_folder_check(recipe.model))
         rows += guarded("rewards", lambda: reward_checks(recipe))
-    rows += guarded("smoke run", lambda: smoke_check(gpus)) if smoke else [
-        Check("smoke run", "skip", "--no-smoke")]
+    rows += guarded("smoke run", lambda: smoke_check(gpus)) if smoke else [Check("smoke run", "skip", "--no-smoke")]
     return rows
 
 

@@ -107,8 +107,11 @@ def torch_check() -> Check:
     else:
         parts.append("CPU build (no CUDA)")
     if not dist.is_available():
-        return Check("torch", "fail", "; ".join(parts) + "; torch.distributed is missing from this build: "
-                     "every fgrpo run uses a process group")
+        return Check(
+            "torch",
+            "fail",
+            "; ".join(parts) + "; torch.distributed is missing from this build: every fgrpo run uses a process group",
+        )
     if dist.is_nccl_available():
         version = torch.cuda.nccl.version()  # a tuple (an int in older releases)
         parts.append("NCCL " + (".".join(map(str, version)) if isinstance(version, tuple) else str(version)))
@@ -122,17 +125,27 @@ def torch_check() -> Check:
 def gpus_check(gpus: list[GpuInfo], backend: str, world: int | None, torch_has_cuda: bool) -> Check:
     """The visible GPUs; on the local backend, one per process of the recipe."""
     if not gpus:
-        where = ("training here runs on the CPU (gloo)" if backend == "local" else
-                 f"the {backend} jobs' GPUs are on the cluster's nodes (run `fgrpo doctor` in a job to check them)")
-        why = ("torch is a CPU build (README, 'GPU clusters': install the CUDA build)" if not torch_has_cuda else
-               "torch has CUDA but sees no GPU (driver? CUDA_VISIBLE_DEVICES?)")
+        where = (
+            "training here runs on the CPU (gloo)"
+            if backend == "local"
+            else f"the {backend} jobs' GPUs are on the cluster's nodes (run `fgrpo doctor` in a job to check them)"
+        )
+        why = (
+            "torch is a CPU build (README, 'GPU clusters': install the CUDA build)"
+            if not torch_has_cuda
+            else "torch has CUDA but sees no GPU (driver? CUDA_VISIBLE_DEVICES?)"
+        )
         return Check("GPUs", "warn", f"no GPU: {where}; {why}")
     listing = ", ".join(f"{g.index}: {g.name} {size(g.total)} ({size(g.free)} free, {sm(g)})" for g in gpus)
     if backend == "local" and world and world > len(gpus):
-        return Check("GPUs", "fail", f"the recipe runs {world} processes, one per GPU, on "
-                     f"{plural(len(gpus), 'GPU')} here: "
-                     f"set --launch.procs-per-node {len(gpus)} (and the parallelism to match) or use a cluster "
-                     f"backend; {listing}")
+        return Check(
+            "GPUs",
+            "fail",
+            f"the recipe runs {world} processes, one per GPU, on "
+            f"{plural(len(gpus), 'GPU')} here: "
+            f"set --launch.procs-per-node {len(gpus)} (and the parallelism to match) or use a cluster "
+            f"backend; {listing}",
+        )
     return Check("GPUs", "ok", f"{plural(len(gpus), 'GPU')}: {listing}")
 
 
@@ -140,8 +153,9 @@ def bf16_check(gpus: list[GpuInfo], dtype: str | None, cpu_problem: str | None) 
     """bf16 compute where the run computes; blocking only when the recipe's model.dtype is bfloat16."""
     wanted = dtype == "bfloat16"
     status = "fail" if wanted else "warn"
-    need = ("; model.dtype is bfloat16: use a GPU with compute capability >= 8.0 or --model.dtype float32"
-            if wanted else "")
+    need = (
+        "; model.dtype is bfloat16: use a GPU with compute capability >= 8.0 or --model.dtype float32" if wanted else ""
+    )
     if gpus:
         lacking = [g for g in gpus if not g.bf16]
         if lacking:
@@ -160,12 +174,23 @@ def recipe_check(recipe) -> Check:
     problems = [p for p in recipe_problems(recipe) if not FILE_FIELDS.match(p)]
     if problems:
         return Check("recipe", "fail", "; ".join(problems))
-    return Check("recipe", "ok", f"{recipe.name}: valid, {plural(recipe.world_size, 'process')}, "
-                 f"model.dtype {recipe.model.dtype}")
+    return Check(
+        "recipe",
+        "ok",
+        f"{recipe.name}: valid, {plural(recipe.world_size, 'process')}, model.dtype {recipe.model.dtype}",
+    )
 
 
-def attention_check(field: str, name: str, backward: bool, device: str, dtype: str, head_dim: int,
-                    must_run_here: bool, backend: str = "local") -> Check:
+def attention_check(
+    field: str,
+    name: str,
+    backward: bool,
+    device: str,
+    dtype: str,
+    head_dim: int,
+    must_run_here: bool,
+    backend: str = "local",
+) -> Check:
     """Backend `name` of `field` known, trainable when `backward`, its package present and one small
     attention call through it (and its backward) running on `device`. A failure to run is blocking
     when the run computes on this machine's devices (`must_run_here`), else a warning."""
@@ -182,8 +207,9 @@ def attention_check(field: str, name: str, backward: bool, device: str, dtype: s
     except ValueError as e:
         if must_run_here:
             return Check(label, "fail", str(e))
-        return Check(label, "warn", f"{str(e).rstrip('.')}; the {backend} job checks it again on its own devices "
-                     "at start-up")
+        return Check(
+            label, "warn", f"{str(e).rstrip('.')}; the {backend} job checks it again on its own devices at start-up"
+        )
     return Check(label, "ok", f"{field}={name}: {what} ran on {device} in {dtype}")
 
 
@@ -196,11 +222,24 @@ def attention_checks(recipe, gpus: list[GpuInfo], backend: str) -> list[Check]:
     head_dim = preset.head_dim if preset else 64
     device = f"cuda:{gpus[0].index}" if gpus else "cpu"
     must_run_here = backend == "local" or bool(gpus)
-    rows = [attention_check("model.attention_backend", m.attention_backend, True, device, m.dtype, head_dim,
-                            must_run_here, backend)]
+    rows = [
+        attention_check(
+            "model.attention_backend", m.attention_backend, True, device, m.dtype, head_dim, must_run_here, backend
+        )
+    ]
     if m.rollout_attention_backend not in (None, m.attention_backend):
-        rows.append(attention_check("model.rollout_attention_backend", m.rollout_attention_backend, False, device,
-                                    m.dtype, head_dim, must_run_here, backend))
+        rows.append(
+            attention_check(
+                "model.rollout_attention_backend",
+                m.rollout_attention_backend,
+                False,
+                device,
+                m.dtype,
+                head_dim,
+                must_run_here,
+                backend,
+            )
+        )
     return rows
 
 
@@ -208,19 +247,31 @@ def memory_check(gpus: list[GpuInfo], processes: int, peak: int, phase: str) -> 
     """The plan's peak per GPU against the free memory of each GPU the run's processes use here."""
     if not gpus:
         return Check("memory", "skip", "no GPU: plan skipped")
-    used = gpus[:max(1, min(processes, len(gpus)))]
+    used = gpus[: max(1, min(processes, len(gpus)))]
     short = [g for g in used if g.free < peak]
     if short:
         where = ", ".join(f"GPU {g.index} ({size(g.free)} free)" for g in short)
-        return Check("memory", "fail", f"the plan's peak, {size(peak)} per GPU in {phase}, exceeds {where}: "
-                     "`fgrpo plan RECIPE.py` shows its parts and what to change")
+        return Check(
+            "memory",
+            "fail",
+            f"the plan's peak, {size(peak)} per GPU in {phase}, exceeds {where}: "
+            "`fgrpo plan RECIPE.py` shows its parts and what to change",
+        )
     least = min(g.free for g in used)
     if least - peak < HEADROOM:
-        return Check("memory", "warn", f"peak {size(peak)} per GPU in {phase} leaves {size(least - peak)} of "
-                     f"{size(least)} free: the plan leaves out the CUDA context, NCCL buffers and allocator "
-                     "rounding; leave headroom")
-    return Check("memory", "ok", f"peak {size(peak)} per GPU in {phase} (`fgrpo plan`); at least {size(least)} "
-                 f"free on GPU {', '.join(str(g.index) for g in used)}")
+        return Check(
+            "memory",
+            "warn",
+            f"peak {size(peak)} per GPU in {phase} leaves {size(least - peak)} of "
+            f"{size(least)} free: the plan leaves out the CUDA context, NCCL buffers and allocator "
+            "rounding; leave headroom",
+        )
+    return Check(
+        "memory",
+        "ok",
+        f"peak {size(peak)} per GPU in {phase} (`fgrpo plan`); at least {size(least)} "
+        f"free on GPU {', '.join(str(g.index) for g in used)}",
+    )
 
 
 def plan_memory_check(recipe, gpus: list[GpuInfo]) -> Check:
@@ -237,9 +288,13 @@ def slurm_check(partition: str | None = None, timeout_s: float = 30.0) -> Check:
     """Slurm's commands on PATH, submitit importable, and `sinfo` answering (the controller reachable)."""
     missing = [t for t in SLURM_TOOLS if shutil.which(t) is None]
     if missing:
-        return Check("slurm", "fail", f"{', '.join(missing)} not on PATH: the slurm backend submits with sbatch "
-                     "(through submitit) and asks squeue, scancel and sinfo; run on a Slurm login node or load "
-                     "its environment module")
+        return Check(
+            "slurm",
+            "fail",
+            f"{', '.join(missing)} not on PATH: the slurm backend submits with sbatch "
+            "(through submitit) and asks squeue, scancel and sinfo; run on a Slurm login node or load "
+            "its environment module",
+        )
     try:
         import submitit  # noqa: F401
     except ImportError as e:
@@ -266,8 +321,9 @@ def k8s_check(timeout_s: float = 15.0) -> Check:
         return Check("kubernetes", "fail", f"the k8s backend's client is missing ({e}): pip install kubernetes")
     from launchers.k8s.backend import KubernetesBackend, KubernetesError
 
-    kubectl = ("kubectl on PATH" if shutil.which("kubectl") else
-               "kubectl not on PATH (optional: fgrpo uses the Python client)")
+    kubectl = (
+        "kubectl on PATH" if shutil.which("kubectl") else "kubectl not on PATH (optional: fgrpo uses the Python client)"
+    )
     backend = KubernetesBackend()
     try:
         version = backend.server_version(timeout_s)
@@ -276,6 +332,22 @@ def k8s_check(timeout_s: float = 15.0) -> Check:
     return Check("kubernetes", "ok", f"API server {version} answered (context {backend.context}); {kubectl}")
 
 
-__all__ = ["Check", "GpuInfo", "attention_check", "attention_checks", "bf16_check", "cpu_bf16_problem", "detect_gpus",
-           "gpus_check", "k8s_check", "memory_check", "plan_memory_check", "plural", "recipe_check", "size", "sm",
-           "slurm_check", "torch_check"]
+__all__ = [
+    "Check",
+    "GpuInfo",
+    "attention_check",
+    "attention_checks",
+    "bf16_check",
+    "cpu_bf16_problem",
+    "detect_gpus",
+    "gpus_check",
+    "k8s_check",
+    "memory_check",
+    "plan_memory_check",
+    "plural",
+    "recipe_check",
+    "size",
+    "sm",
+    "slurm_check",
+    "torch_check",
+]

@@ -46,7 +46,10 @@ REWARD_NEEDS: dict[tuple[str, str], tuple[Need, ...] | None] = {
     ("videoalign", "checkpoint"): (("checkpoint-*/model.pth",),),
 }
 ALSO_A_FILE = {("videoalign", "checkpoint")}
-BUILT_PRESETS = ("tiny", "miniature")  # fgrpo builds these itself (fgrpo/models/model_folder.py)  # a state dict file is accepted instead of the folder
+BUILT_PRESETS = (
+    "tiny",
+    "miniature",
+)  # fgrpo builds these itself (fgrpo/models/model_folder.py)  # a state dict file is accepted instead of the folder
 
 
 def read_problem(path: Path) -> str | None:
@@ -99,13 +102,17 @@ def folder_problems(folder: Path, needs: tuple[Need, ...]) -> tuple[list[str], i
     for need in needs:
         matches = sorted({p for pattern in need for p in folder.glob(pattern) if p.is_file()})
         if not matches:
-            problems.append(f"{folder / need[0]} is missing" if len(need) == 1 else
-                            f"{folder} holds none of {', '.join(need)}")
+            problems.append(
+                f"{folder / need[0]} is missing" if len(need) == 1 else f"{folder} holds none of {', '.join(need)}"
+            )
         files += matches
     for index in folder.glob("*.index.json"):
         files.append(index)
-        problems += [f"{folder / shard} is missing (named in {index.name})"
-                     for shard in sorted(indexed_shards(index)) if not (folder / shard).is_file()]
+        problems += [
+            f"{folder / shard} is missing (named in {index.name})"
+            for shard in sorted(indexed_shards(index))
+            if not (folder / shard).is_file()
+        ]
     problems += [p for p in map(read_problem, dict.fromkeys(files)) if p]
     return problems, sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
@@ -127,16 +134,25 @@ def model_folder_check(model) -> Check:
     from fgrpo.models.model_folder import model_folder
 
     if model.path is None and model.preset not in BUILT_PRESETS:
-        return Check("model folder", "fail", f"model.path is not set: preset {model.preset} needs a local "
-                     "diffusers-format folder (weights are never downloaded)")
+        return Check(
+            "model folder",
+            "fail",
+            f"model.path is not set: preset {model.preset} needs a local "
+            "diffusers-format folder (weights are never downloaded)",
+        )
     path = model_folder(model, build=False)
     origin = "model.path" if model.path is not None else f"the {model.preset} preset's cached build"
     if model.path is None and not path.exists():
         if model.preset == "miniature":
-            return Check("model folder", "warn", f"{path} ({origin}) is not built yet: the first run pre-trains it "
-                         "(minutes on a CPU); `fgrpo make-miniature` builds it ahead")
-        return Check("model folder", "ok", f"{path} ({origin}) is not built yet: fgrpo builds it on first use "
-                     "(seconds)")
+            return Check(
+                "model folder",
+                "warn",
+                f"{path} ({origin}) is not built yet: the first run pre-trains it "
+                "(minutes on a CPU); `fgrpo make-miniature` builds it ahead",
+            )
+        return Check(
+            "model folder", "ok", f"{path} ({origin}) is not built yet: fgrpo builds it on first use (seconds)"
+        )
     if not path.is_dir():
         what = "is not a folder" if path.exists() else "does not exist"
         return Check("model folder", "fail", f"{origin}: {path} {what}")
@@ -183,5 +199,13 @@ def reward_checks(recipe) -> list[Check]:
     return [reward_check(i, spec) for i, spec in enumerate(recipe.rewards)]
 
 
-__all__ = ["MODEL_NEEDS", "REWARD_NEEDS", "folder_problems", "model_folder_check", "path_problems", "read_problem",
-           "reward_check", "reward_checks"]
+__all__ = [
+    "MODEL_NEEDS",
+    "REWARD_NEEDS",
+    "folder_problems",
+    "model_folder_check",
+    "path_problems",
+    "read_problem",
+    "reward_check",
+    "reward_checks",
+]

@@ -1,7 +1,7 @@
 """`fgrpo eval` and `fgrpo export`: what a trained run's checkpoints are worth, and taking them out.
 
-  fgrpo eval RUN_OR_CHECKPOINT [--prompts FILE] [--steps 50] [--weights ema|model] [--reward-url URL]
-  fgrpo export RUN_DIR OUT_DIR [--step N] [--weights ema|model]
+fgrpo eval RUN_OR_CHECKPOINT [--prompts FILE] [--steps 50] [--weights ema|model] [--reward-url URL]
+fgrpo export RUN_DIR OUT_DIR [--step N] [--weights ema|model]
 """
 
 from __future__ import annotations
@@ -58,8 +58,11 @@ def resolve_target(target: Path) -> tuple[RunFolder, int | None]:
 def per_video(records: list[dict], videos_per_prompt: int, rewards: list[float]) -> dict:
     """``videos``: one row per video (its prompt's fields, the video's index and reward), in grid
     order; ``by_category``: the mean reward per value of a ``category`` field, if prompts have one."""
-    rows = [{**rec, "video": j, "reward": rewards[i * videos_per_prompt + j]}
-            for i, rec in enumerate(records) for j in range(videos_per_prompt)]
+    rows = [
+        {**rec, "video": j, "reward": rewards[i * videos_per_prompt + j]}
+        for i, rec in enumerate(records)
+        for j in range(videos_per_prompt)
+    ]
     out: dict = {"videos": rows}
     groups: dict[str, list[float]] = {}
     for row in rows:
@@ -78,8 +81,9 @@ def cmd_eval(argv: list[str]) -> int:
     folder, step = resolve_target(Path(a.target).absolute())
     run_dir = folder.path
     recipe = folder.read_recipe()
-    ev = dataclasses.replace(recipe.eval, steps=a.steps,
-                             videos_per_prompt=a.videos_per_prompt or recipe.eval.videos_per_prompt)
+    ev = dataclasses.replace(
+        recipe.eval, steps=a.steps, videos_per_prompt=a.videos_per_prompt or recipe.eval.videos_per_prompt
+    )
     # A server the run launched has stopped with it: score in-process unless told of a server.
     rs = dataclasses.replace(recipe.reward_server, url=a.reward_url, launch=False)
     # This process's layout, not the training one's: DCP reshards the checkpoint to it.
@@ -101,14 +105,23 @@ def cmd_eval(argv: list[str]) -> int:
     # The policy and the rewards only: no optimizer (fgrpo.trainer.evaluate.evaluate_checkpoint).
     result = evaluate_checkpoint(recipe, run_dir, checkpoint, prompts, out / "samples", a.weights)
     used = result.pop("weights")
-    summary = {"run": str(run_dir), "step": step, "weights": used, "steps": a.steps,
-               "prompts": prompts, "videos_per_prompt": ev.videos_per_prompt, **result,
-               **per_video(records, ev.videos_per_prompt, result["eval_rewards"])}
+    summary = {
+        "run": str(run_dir),
+        "step": step,
+        "weights": used,
+        "steps": a.steps,
+        "prompts": prompts,
+        "videos_per_prompt": ev.videos_per_prompt,
+        **result,
+        **per_video(records, ev.videos_per_prompt, result["eval_rewards"]),
+    }
     atomic_write_json(out / "eval.json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("eval_rewards", "prompts", "videos")}, indent=2))
     samples = SampleFolder(out / "samples")
-    print(f"wrote {out / 'eval.json'}, {samples.find_grid('videos')} (captioned grid) and {samples.path / 'videos'}/ "
-          "(one video per prompt)")
+    print(
+        f"wrote {out / 'eval.json'}, {samples.find_grid('videos')} (captioned grid) and {samples.path / 'videos'}/ "
+        "(one video per prompt)"
+    )
     return 0
 
 

@@ -24,8 +24,15 @@ import tyro
 from fgrpo.data.prompts import prompt_file_identity
 from fgrpo.fileio import env_rank
 from fgrpo.recipe.config import Recipe
-from fgrpo.recipe.io import (RecipeError, changed_fields, load_recipe_file, load_recipe_json, run_name, to_dict,
-                             training_fingerprint)
+from fgrpo.recipe.io import (
+    RecipeError,
+    changed_fields,
+    load_recipe_file,
+    load_recipe_json,
+    run_name,
+    to_dict,
+    training_fingerprint,
+)
 from fgrpo.recipe.validate import validate
 from fgrpo.run_folder import RunFolder, RunLockedError
 
@@ -66,16 +73,21 @@ def parse_recipe_args(command: str, argv: list[str], args_type: type[Args]) -> t
 
     if not argv or argv[0].startswith("-"):
         if argv and argv[0] in ("-h", "--help"):
-            print(f"usage: fgrpo {COMMANDS[command].usage}\n\n{' '.join(args_type.__doc__.split())}\n\n"
-                  f"`fgrpo {command} RECIPE.py --help` lists every field with its value in that recipe.")
+            print(
+                f"usage: fgrpo {COMMANDS[command].usage}\n\n{' '.join(args_type.__doc__.split())}\n\n"
+                f"`fgrpo {command} RECIPE.py --help` lists every field with its value in that recipe."
+            )
             raise SystemExit(0)
         raise RecipeError(f"usage: fgrpo {command} RECIPE.py [--section.field VALUE ...]")
     base = load_recipe_file(argv[0])
     doc = " ".join(args_type.__doc__.split())
     args = tyro.cli(
-        args_type, default=args_type(recipe=base), args=argv[1:], prog=f"fgrpo {command} {argv[0]}",
+        args_type,
+        default=args_type(recipe=base),
+        args=argv[1:],
+        prog=f"fgrpo {command} {argv[0]}",
         description=f"{doc}\n\nRecipe {argv[0]} ({base.name}): every field below can be overridden; "
-                    "the defaults shown are that recipe's values.",
+        "the defaults shown are that recipe's values.",
     )
     return base, args
 
@@ -115,10 +127,14 @@ def check_existing_run(run_dir: Path, recipe: Recipe) -> None:
     if folder.is_run():
         diff = changed_fields(folder.read_recipe(), recipe)
         if diff:
-            raise RecipeError(f"{run_dir} already holds a run with a different recipe ({', '.join(diff)} differ); {other}")
+            raise RecipeError(
+                f"{run_dir} already holds a run with a different recipe ({', '.join(diff)} differ); {other}"
+            )
     elif folder.orphan_checkpoints():
-        raise RecipeError(f"{run_dir} holds checkpoints but no recipe.json, so whether this recipe trained them "
-                          f"is unknown; restore {folder.recipe_file} or {other}")
+        raise RecipeError(
+            f"{run_dir} holds checkpoints but no recipe.json, so whether this recipe trained them "
+            f"is unknown; restore {folder.recipe_file} or {other}"
+        )
     foreign = folder.checkpoints_match(training_fingerprint(recipe))
     if foreign:
         raise RecipeError(f"{foreign[-1]} was trained with a different recipe than this one; {other}")
@@ -140,18 +156,26 @@ def refuse_if_running(folder: RunFolder, grace_s: float = 120.0) -> None:
     state = scheduler_state(job) if job is not None else None
     active = state is not None and is_active(state)
     if held and state is not None and not active:  # ended, by a scheduler that could be asked
-        print(f"waiting up to {grace_s:g} s for the ended {job['backend']} job {job['job_id']} to finish saving "
-              f"{folder.path}", file=sys.stderr, flush=True)
+        print(
+            f"waiting up to {grace_s:g} s for the ended {job['backend']} job {job['job_id']} to finish saving "
+            f"{folder.path}",
+            file=sys.stderr,
+            flush=True,
+        )
         deadline = time.monotonic() + grace_s
         while held and time.monotonic() < deadline:
             time.sleep(1.0)
             held = lock.probe() == "held"
     if held:
-        raise RunLockedError(f"{folder.path} is in use by {lock.describe_holder()}; "
-                             f"wait for it to end, or stop it with fgrpo cancel {folder.path}")
+        raise RunLockedError(
+            f"{folder.path} is in use by {lock.describe_holder()}; "
+            f"wait for it to end, or stop it with fgrpo cancel {folder.path}"
+        )
     if active:
-        raise RunLockedError(f"{folder.path} has {job['backend']} job {job['job_id']} still {state}; "
-                             f"wait for it to end, or stop it with fgrpo cancel {folder.path}")
+        raise RunLockedError(
+            f"{folder.path} has {job['backend']} job {job['job_id']} still {state}; "
+            f"wait for it to end, or stop it with fgrpo cancel {folder.path}"
+        )
 
 
 def scheduler_state(job: dict) -> str | None:
@@ -213,9 +237,11 @@ def preflight(recipe: Recipe) -> None:
     # Cached per recipe and layout ($FGRPO_CACHE/plans): a dry run and the launch after it plan once.
     p = plan(recipe, recipe.world_size, Gpu(memory=int(recipe.launch.gpu_memory_gb * 2**30)), cache=True)
     if not p.fits:
-        raise RecipeError(f"pre-flight: this recipe will not fit in launch.gpu_memory_gb="
-                          f"{recipe.launch.gpu_memory_gb:g} GiB per GPU on {p.world} GPUs:\n{refusal(p)}\n"
-                          "(`fgrpo plan` shows the whole plan; --no-preflight launches anyway)")
+        raise RecipeError(
+            f"pre-flight: this recipe will not fit in launch.gpu_memory_gb="
+            f"{recipe.launch.gpu_memory_gb:g} GiB per GPU on {p.world} GPUs:\n{refusal(p)}\n"
+            "(`fgrpo plan` shows the whole plan; --no-preflight launches anyway)"
+        )
 
 
 @dataclass
@@ -230,10 +256,9 @@ class TrainArgs:
 
 
 def cmd_train(argv: list[str]) -> int:
+    from fgrpo.processes import die_with_parent
     from fgrpo.trainer.entry import train_run
     from fgrpo.trainer.signals import StopFlag
-
-    from fgrpo.processes import die_with_parent
 
     stop = StopFlag()  # before parsing: a signal during start-up is not lost
     die_with_parent()  # a local launcher's trainers stop (and save) when it dies, even by kill -9
@@ -300,7 +325,22 @@ def cmd_make_miniature(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["LaunchArgs", "MakeMiniatureArgs", "MakeTinyArgs", "RecipeArgs", "TrainArgs", "adopt_recipe_file", "check_existing_run",
-           "check_writable",
-           "cmd_launch", "cmd_make_miniature", "cmd_make_tiny", "cmd_show", "cmd_train", "parse_recipe_args", "preflight",
-           "refuse_if_running", "resolve_run_dir"]
+__all__ = [
+    "LaunchArgs",
+    "MakeMiniatureArgs",
+    "MakeTinyArgs",
+    "RecipeArgs",
+    "TrainArgs",
+    "adopt_recipe_file",
+    "check_existing_run",
+    "check_writable",
+    "cmd_launch",
+    "cmd_make_miniature",
+    "cmd_make_tiny",
+    "cmd_show",
+    "cmd_train",
+    "parse_recipe_args",
+    "preflight",
+    "refuse_if_running",
+    "resolve_run_dir",
+]

@@ -1,6 +1,6 @@
 """`fgrpo report`: a self-contained HTML report of a run, a sweep or several runs (fgrpo.report).
 
-  fgrpo report RUN | SWEEP | RUNS_DIR | RUN RUN ... [--out FILE.html] [--metric NAME] [--baseline LABEL] [--quiet]
+fgrpo report RUN | SWEEP | RUNS_DIR | RUN RUN ... [--out FILE.html] [--metric NAME] [--baseline LABEL] [--quiet]
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def cmd_report(argv: list[str]) -> int:
     a = tyro.cli(ReportArgs, args=argv, prog="fgrpo report")
     if not a.targets:
         raise ValueError("name a run folder, a sweep folder or several runs")
-    out, board, compared = write_report([Path(t) for t in a.targets], Path(a.out) if a.out else None, a.metric,
-                                        a.baseline)
+    out, board, compared = write_report(
+        [Path(t) for t in a.targets], Path(a.out) if a.out else None, a.metric, a.baseline
+    )
     if not a.quiet and len(board) > 1:
         for r in board:
             held = "-" if r["heldout"] is None else f"{r['heldout']:+.4f}"

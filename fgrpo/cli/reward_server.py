@@ -132,12 +132,25 @@ def cmd_reward_server(argv: list[str]) -> int:
     try:
         specs = reward_specs(a)
         token = reward_token(Path(a.run_dir) if a.run_dir else None, create=True)
-        server = RewardServer(specs, host=a.host, port=a.port, verbose=a.verbose, token=token,
-                              read_timeout_s=a.read_timeout_s, max_connections=a.max_connections)
+        server = RewardServer(
+            specs,
+            host=a.host,
+            port=a.port,
+            verbose=a.verbose,
+            token=token,
+            read_timeout_s=a.read_timeout_s,
+            max_connections=a.max_connections,
+        )
     except ValueError as exc:
         usage_error(str(exc))
-    return serve_until_done(server, a.host, a.advertise_host, Path(a.run_dir) if a.run_dir else None,
-                            Path(a.address_file) if a.address_file else None, a.watch_pid)
+    return serve_until_done(
+        server,
+        a.host,
+        a.advertise_host,
+        Path(a.run_dir) if a.run_dir else None,
+        Path(a.address_file) if a.address_file else None,
+        a.watch_pid,
+    )
 
 
 __all__ = ["RewardServerArgs", "cmd_reward_server", "parse_args", "parse_value", "reward_specs", "usage_error"]

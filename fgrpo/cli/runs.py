@@ -75,13 +75,22 @@ def run_row(run_dir: Path) -> dict:
         max_steps, reason = "?", "; ".join(x for x in (str(e), reason) if x)
     live = liveness(status, folder.read_heartbeat(), timeout_s, time.time())  # reads only: stalled is shown
     reason = "; ".join(x for x in (liveness_note(live), reason) if x)
-    return {"run": run_dir.name, "backend": job["backend"] if job else "-", "job": job["job_id"] if job else "-",
-            "state": job_state(job) if job else "-", "step": p["step"],
-            "run_state": "stalled" if live and live.stalled else status.get("state", "-"),
-            "since_step_s": round(live.quiet_s, 1) if live else None,
-            "max_steps": max_steps, "reward": p["reward"], "heldout": p["heldout"],
-            "checkpoint": p["checkpoint"], "reason": reason, "reward_server": server,
-            "report": str(folder.report_file) if folder.report_file.is_file() else None}
+    return {
+        "run": run_dir.name,
+        "backend": job["backend"] if job else "-",
+        "job": job["job_id"] if job else "-",
+        "state": job_state(job) if job else "-",
+        "step": p["step"],
+        "run_state": "stalled" if live and live.stalled else status.get("state", "-"),
+        "since_step_s": round(live.quiet_s, 1) if live else None,
+        "max_steps": max_steps,
+        "reward": p["reward"],
+        "heldout": p["heldout"],
+        "checkpoint": p["checkpoint"],
+        "reason": reason,
+        "reward_server": server,
+        "report": str(folder.report_file) if folder.report_file.is_file() else None,
+    }
 
 
 def ago(seconds: float) -> str:
@@ -91,14 +100,19 @@ def ago(seconds: float) -> str:
 
 
 def liveness_note(live: Liveness | None) -> str:
-    """"last step 3 min ago (step 12)" for a running run; why it reads stalled (fgrpo.run_folder.status)."""
+    """ "last step 3 min ago (step 12)" for a running run; why it reads stalled (fgrpo.run_folder.status)."""
     if live is None:
         return ""
-    note = (f"last step {ago(live.quiet_s)} ago (step {live.step})" if live.step is not None
-            else f"no step yet: started {ago(live.quiet_s)} ago")
+    note = (
+        f"last step {ago(live.quiet_s)} ago (step {live.step})"
+        if live.step is not None
+        else f"no step yet: started {ago(live.quiet_s)} ago"
+    )
     if live.stalled:
-        note += (f"; stalled: no step for over {ago(live.stall_after_s)} (twice launch.collective_timeout_s or "
-                 "the longest gap between steps): see fgrpo logs RUN --rank N")
+        note += (
+            f"; stalled: no step for over {ago(live.stall_after_s)} (twice launch.collective_timeout_s or "
+            "the longest gap between steps): see fgrpo logs RUN --rank N"
+        )
     return note
 
 
@@ -136,8 +150,18 @@ def print_status(target: Path, as_json: bool = False) -> int:
         note = "; ".join(x for x in (r["reason"], r["reward_server"] and f"reward server {r['reward_server']}") if x)
         # Cells are Text, never markup: an error such as gloo's "[/.../pair.cc:553] ..." reads to rich
         # as a closing tag.
-        cells = (r["run"], r["backend"], r["job"], r["state"], r["run_state"], f"{r['step']}/{r['max_steps']}",
-                 fmt(r["reward"]), fmt(r["heldout"]), str(r["checkpoint"] or "-"), note)
+        cells = (
+            r["run"],
+            r["backend"],
+            r["job"],
+            r["state"],
+            r["run_state"],
+            f"{r['step']}/{r['max_steps']}",
+            fmt(r["reward"]),
+            fmt(r["heldout"]),
+            str(r["checkpoint"] or "-"),
+            note,
+        )
         table.add_row(*(Text(str(c)) for c in cells))
     Console(width=200).print(table)
     # One run's report is RUN/report.html; a sweep's or a folder's, beside its runs.
@@ -204,8 +228,9 @@ def cmd_cancel(argv: list[str]) -> int:
     folder = RunFolder(Path(a.run).absolute())
     backend, job = backend_of(folder)
     state = backend.state(job["job_id"])
-    servers = [s for s in folder.server_jobs()
-               if s["backend"] == backend.name and is_active(backend.state(s["job_id"]))]
+    servers = [
+        s for s in folder.server_jobs() if s["backend"] == backend.name and is_active(backend.state(s["job_id"]))
+    ]
     for server in servers:  # a reward server started beside it goes too
         backend.cancel(server["job_id"])
         print(f"cancelled its reward server, {backend.name} job {server['job_id']}")
@@ -215,21 +240,28 @@ def cmd_cancel(argv: list[str]) -> int:
         # shares the sweep process's job id) that has finished or waits its turn. Signalling the job
         # would stop whichever point trains now.
         if status.get("state") in FINAL_STATES:
-            print(f"nothing to cancel: {folder.path.name} is {status['state']} (its sweep, job {job['job_id']}, "
-                  "goes on)", file=sys.stderr)
+            print(
+                f"nothing to cancel: {folder.path.name} is {status['state']} (its sweep, job {job['job_id']}, goes on)",
+                file=sys.stderr,
+            )
             return 1
         folder.request_cancel(job["job_id"])
         folder.write_status("cancelled", f"fgrpo cancel before it started (a point of local job {job['job_id']})")
         print(f"cancelled {folder.path.name} before it started; its sweep (job {job['job_id']}) skips it")
         return 0
     if not is_active(state):
-        print(f"nothing to cancel: {backend.name} job {job['job_id']} of {folder.path.name} is not running "
-              f"({state}); the run is {status.get('state', 'not started')}", file=sys.stderr)
+        print(
+            f"nothing to cancel: {backend.name} job {job['job_id']} of {folder.path.name} is not running "
+            f"({state}); the run is {status.get('state', 'not started')}",
+            file=sys.stderr,
+        )
         return 1
     folder.request_cancel(job["job_id"])  # before the scheduler is asked: a stopped job must not requeue
     backend.cancel(job["job_id"])
-    print(f"asked {backend.name} job {job['job_id']} of {folder.path.name} to stop (it saves a checkpoint first)",
-          flush=True)
+    print(
+        f"asked {backend.name} job {job['job_id']} of {folder.path.name} to stop (it saves a checkpoint first)",
+        flush=True,
+    )
     # Ended means both: the scheduler says so (Slurm says CANCELLED at once, while the trainer still
     # saves within KillWait) and the trainer has let go of the run folder's lock.
     lock = folder.lock()
@@ -238,16 +270,23 @@ def cmd_cancel(argv: list[str]) -> int:
     while time.monotonic() < deadline and not ended():
         time.sleep(1.0)
     if not ended():
-        print(f"job {job['job_id']} is still {backend.state(job['job_id'])} (or its trainer still holds the run) "
-              f"after {a.wait:g} s (saving?); fgrpo status {folder.path} shows when it has stopped")
+        print(
+            f"job {job['job_id']} is still {backend.state(job['job_id'])} (or its trainer still holds the run) "
+            f"after {a.wait:g} s (saving?); fgrpo status {folder.path} shows when it has stopped"
+        )
         return 0
     status = folder.effective_status()
     if status.get("state") != "cancelled":  # it never started, or died before it could say so
-        folder.write_status("cancelled", f"fgrpo cancel of job {job['job_id']} (before it recorded a stop: "
-                                         f"it was {status.get('state', 'not started')})")
+        folder.write_status(
+            "cancelled",
+            f"fgrpo cancel of job {job['job_id']} (before it recorded a stop: "
+            f"it was {status.get('state', 'not started')})",
+        )
     ckpt = folder.latest_checkpoint()
-    print(f"cancelled {backend.name} job {job['job_id']} of {folder.path.name}; newest checkpoint: "
-          f"{'step ' + str(ckpt[0]) if ckpt else 'none'}")
+    print(
+        f"cancelled {backend.name} job {job['job_id']} of {folder.path.name}; newest checkpoint: "
+        f"{'step ' + str(ckpt[0]) if ckpt else 'none'}"
+    )
     return 0
 
 
@@ -257,9 +296,13 @@ def cmd_resume(argv: list[str]) -> int:
 
     from .launch import refuse_if_running
 
-    a = tyro.cli(RunArgs, args=argv, prog="fgrpo resume",
-                 description="Submit the run again on its backend with its own recipe (RUN/recipe.json); it "
-                             "continues from its newest complete checkpoint.")
+    a = tyro.cli(
+        RunArgs,
+        args=argv,
+        prog="fgrpo resume",
+        description="Submit the run again on its backend with its own recipe (RUN/recipe.json); it "
+        "continues from its newest complete checkpoint.",
+    )
     folder = RunFolder(Path(a.run).absolute())
     folder.check_format()  # a newer fgrpo's run folder: refused before anything is written
     backend, _ = backend_of(folder)
@@ -269,5 +312,18 @@ def cmd_resume(argv: list[str]) -> int:
     return backend.launch(LaunchJob(folder.path, recipe, kind="resume"))
 
 
-__all__ = ["CancelArgs", "LogsArgs", "RunArgs", "StatusArgs", "backend_of", "cmd_cancel", "cmd_logs", "cmd_resume", "cmd_status",
-           "job_state", "print_status", "run_dirs", "run_row"]
+__all__ = [
+    "CancelArgs",
+    "LogsArgs",
+    "RunArgs",
+    "StatusArgs",
+    "backend_of",
+    "cmd_cancel",
+    "cmd_logs",
+    "cmd_resume",
+    "cmd_status",
+    "job_state",
+    "print_status",
+    "run_dirs",
+    "run_row",
+]

@@ -69,15 +69,16 @@ def parse_sweep(argv: list[str]) -> tuple[SweepSpec, SweepArgs]:
     args, overrides = tyro.cli(SweepArgs, args=argv, prog="fgrpo sweep", return_unknown_args=True)
     axes = [(f, v.split(",")) for f, v in (split_axis(g, "--grid") for g in args.grid)]
     choices = [(f, v.split(",")) for f, v in (split_axis(c, "--choice") for c in args.choice)]
-    spec = SweepSpec(args.recipe_file, list(overrides), axes, args.random, [parse_range(r) for r in args.range],
-                     choices, args.seed)
+    spec = SweepSpec(
+        args.recipe_file, list(overrides), axes, args.random, [parse_range(r) for r in args.range], choices, args.seed
+    )
     return spec, args
 
 
 def cmd_sweep(argv: list[str]) -> int:
     from fgrpo.cli.launch import RecipeArgs, check_existing_run, check_writable, parse_recipe_args, resolve_run_dir
-    from fgrpo.recipe.validate import validate
     from fgrpo.cli.runs import print_status
+    from fgrpo.recipe.validate import validate
     from fgrpo.run_folder import RunFolder
     from launchers import LaunchJob, get_backend
     from launchers.base import is_active
@@ -118,8 +119,10 @@ def cmd_sweep(argv: list[str]) -> int:
     atomic_write_json(folder / "sweep.json", {"argv": argv, "runs": [str(r[2]) for r in resolved]})
     for jobs in groups.values():
         ids = backend.submit_array(jobs)
-        print(f"submitted {len(ids)} of {len(jobs)} point(s) as {ids[0].split('_')[0] if ids else '-'}: "
-              + ", ".join(j.run_dir.name for j in jobs[: len(ids)]))
+        print(
+            f"submitted {len(ids)} of {len(jobs)} point(s) as {ids[0].split('_')[0] if ids else '-'}: "
+            + ", ".join(j.run_dir.name for j in jobs[: len(ids)])
+        )
     return print_status(folder)
 
 

@@ -60,7 +60,9 @@ class ParallelDims:
         """Built on every layout, one process included (a 1x1x1x1 mesh): FSDP2 then applies the same
         precision policy everywhere (see fgrpo.distributed.precision)."""
         self.mesh = init_device_mesh(
-            device_type, (self.dp_replicate, self.dp_shard, self.sp, self.tp), mesh_dim_names=MESH_DIMS,
+            device_type,
+            (self.dp_replicate, self.dp_shard, self.sp, self.tp),
+            mesh_dim_names=MESH_DIMS,
         )
         self._fsdp_sp_mesh = None
         return self.mesh
@@ -108,8 +110,9 @@ class ParallelDims:
                 self._fsdp_sp_mesh = self.mesh["dp_shard", "sp"]._flatten(FSDP_SP_DIM)
             else:
                 dp = self.mesh["dp_replicate", "dp_shard", "sp"]._flatten("dp_replicate_shard_sp")
-                self._fsdp_sp_mesh = dp._unflatten(0, (self.dp_replicate, self.dp_shard * self.sp),
-                                                   ("dp_replicate", FSDP_SP_DIM))
+                self._fsdp_sp_mesh = dp._unflatten(
+                    0, (self.dp_replicate, self.dp_shard * self.sp), ("dp_replicate", FSDP_SP_DIM)
+                )
         return self._fsdp_sp_mesh
 
     def sp_mesh(self) -> DeviceMesh:

@@ -10,7 +10,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-
 DEFAULT_TIMEOUT_S = 600.0  # the recipe's launch.collective_timeout_s default, for callers without a recipe
 
 
@@ -58,8 +57,9 @@ def timed_out(exc: BaseException | None) -> bool:
         if exc is None:
             return False
         message = str(exc)
-        if _GLOO_TIMEOUT.search(message) or (isinstance(exc, dist.DistError)
-                                             and re.search(r"time ?out|timed out", message, re.IGNORECASE)):
+        if _GLOO_TIMEOUT.search(message) or (
+            isinstance(exc, dist.DistError) and re.search(r"time ?out|timed out", message, re.IGNORECASE)
+        ):
             return True
         exc = exc.__cause__ or exc.__context__
     return False

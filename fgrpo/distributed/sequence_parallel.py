@@ -42,8 +42,10 @@ def split_tokens(x: torch.Tensor, dim: int, mesh: DeviceMesh) -> torch.Tensor:
     sp, rank = _size_rank(mesh)
     n = x.shape[dim]
     if n % sp:
-        raise ValueError(f"parallelism.sp={sp} does not divide the {n} tokens of a video; choose an sp that divides "
-                         "latent frames x (height / 16) x (width / 16)")
+        raise ValueError(
+            f"parallelism.sp={sp} does not divide the {n} tokens of a video; choose an sp that divides "
+            "latent frames x (height / 16) x (width / 16)"
+        )
     return x.narrow(dim, rank * (n // sp), n // sp)
 
 

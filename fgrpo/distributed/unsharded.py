@@ -25,8 +25,15 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 
-__all__ = ["SAFE_FRACTION", "decide_for", "fits_unsharded", "fsdp_modules", "gathered_weight_bytes",
-           "rollout_unsharded_decision", "unsharded_weights"]
+__all__ = [
+    "SAFE_FRACTION",
+    "decide_for",
+    "fits_unsharded",
+    "fsdp_modules",
+    "gathered_weight_bytes",
+    "rollout_unsharded_decision",
+    "unsharded_weights",
+]
 
 SAFE_FRACTION = 0.5
 """`auto` keeps the gathered weights only if they take at most this fraction of the free memory."""
@@ -69,8 +76,9 @@ def fits_unsharded(gathered_bytes: int, free_bytes: int, fraction: float = SAFE_
     return gathered_bytes <= fraction * free_bytes
 
 
-def rollout_unsharded_decision(setting: Setting, device_type: str, gathered_bytes: int,
-                               free_bytes: int | None = None) -> bool:
+def rollout_unsharded_decision(
+    setting: Setting, device_type: str, gathered_bytes: int, free_bytes: int | None = None
+) -> bool:
     """The recipe's `parallelism.rollout_unsharded` for one rollout. `auto`: on for CPU; on CUDA
     only when `fits_unsharded(gathered_bytes, free_bytes)`; off on other devices."""
     if setting not in ("auto", "on", "off"):

@@ -45,9 +45,26 @@ import torch.nn.functional as F
 from fgrpo.miniature.world import BACKGROUNDS, COLOURS, COUNTS, DIRECTIONS, SHAPES, SIZES, SPEEDS
 
 __all__ = [
-    "AREA_FACTOR", "BACKGROUND_NAMES", "COLOUR_NAMES", "COUNT_NAMES", "DIRECTION_NAMES", "Detections", "FG_THRESHOLD",
-    "FILL_PROTOTYPES", "MIN_COMPONENT_AREA", "SIZE_NAMES", "SIZE_THRESHOLD", "SPEED_NAMES", "SPEED_THRESHOLD",
-    "components", "detect", "detect_background", "detect_colour", "detect_motion", "expected_area", "foreground_mask",
+    "AREA_FACTOR",
+    "BACKGROUND_NAMES",
+    "COLOUR_NAMES",
+    "COUNT_NAMES",
+    "DIRECTION_NAMES",
+    "Detections",
+    "FG_THRESHOLD",
+    "FILL_PROTOTYPES",
+    "MIN_COMPONENT_AREA",
+    "SIZE_NAMES",
+    "SIZE_THRESHOLD",
+    "SPEED_NAMES",
+    "SPEED_THRESHOLD",
+    "components",
+    "detect",
+    "detect_background",
+    "detect_colour",
+    "detect_motion",
+    "expected_area",
+    "foreground_mask",
 ]
 
 FG_THRESHOLD = 0.3  # RGB distance from the background colour above which a pixel is foreground
@@ -180,6 +197,7 @@ class Detections:
 
     def attributes(self, i: int) -> dict[str, str | None]:
         """Video i's detected attributes by name (None where undetectable), as a Scene's fields."""
+
         def pick(names, k):
             return names[k] if k >= 0 else None
 
@@ -229,12 +247,19 @@ def _per_frame(frames: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tens
     count = torch.bincount(cimg, minlength=n)
     tot = torch.zeros(n, dtype=dt, device=dev).index_add(0, cimg, area)
     cnt = count.to(dt).where(count > 0, nan)
-    centroid = torch.stack([torch.zeros(n, dtype=dt, device=dev).index_add(0, cimg, sx),
-                            torch.zeros(n, dtype=dt, device=dev).index_add(0, cimg, sy)], dim=-1)
+    centroid = torch.stack(
+        [
+            torch.zeros(n, dtype=dt, device=dev).index_add(0, cimg, sx),
+            torch.zeros(n, dtype=dt, device=dev).index_add(0, cimg, sy),
+        ],
+        dim=-1,
+    )
     return {
         "count": count,
-        "area_min": per_image(area, "amin"), "area_max": per_image(area, "amax"),
-        "fill_min": per_image(fill, "amin"), "fill_max": per_image(fill, "amax"),
+        "area_min": per_image(area, "amin"),
+        "area_max": per_image(area, "amax"),
+        "fill_min": per_image(fill, "amin"),
+        "fill_max": per_image(fill, "amax"),
         "area_mean": tot / cnt,
         "fill_mean": torch.zeros(n, dtype=dt, device=dev).index_add(0, cimg, fill) / cnt,
         "extent_mean": torch.zeros(n, dtype=dt, device=dev).index_add(0, cimg, extent) / cnt,
@@ -269,17 +294,28 @@ def detect(frames: torch.Tensor) -> Detections:
     extent = over_frames(stats["extent_mean"])
     shape_table = torch.tensor([FILL_PROTOTYPES[s] for s in SHAPES], dtype=x.dtype, device=x.device)
     return Detections(
-        background_rgb=bg_rgb, background_class=bg_class,
-        colour_rgb=colour_rgb, colour_class=_nearest(colour_rgb, _table(COLOURS, x)),
-        frame_count=stats["count"], count=stats["count"].median(dim=1).values,
-        area_min=stats["area_min"], area_max=stats["area_max"],
-        fill_min=stats["fill_min"], fill_max=stats["fill_max"],
-        object_area=over_frames(stats["area_mean"]), fill_ratio=fill, half_extent=extent,
+        background_rgb=bg_rgb,
+        background_class=bg_class,
+        colour_rgb=colour_rgb,
+        colour_class=_nearest(colour_rgb, _table(COLOURS, x)),
+        frame_count=stats["count"],
+        count=stats["count"].median(dim=1).values,
+        area_min=stats["area_min"],
+        area_max=stats["area_max"],
+        fill_min=stats["fill_min"],
+        fill_max=stats["fill_max"],
+        object_area=over_frames(stats["area_mean"]),
+        fill_ratio=fill,
+        half_extent=extent,
         shape_class=_nearest(fill[:, None], shape_table[:, None]),
-        size_class=torch.where(extent > SIZE_THRESHOLD, SIZE_NAMES.index("large"),
-                               SIZE_NAMES.index("small")).where(~extent.isnan(), -1),
-        centroid=stats["centroid"], velocity=velocity, speed=speed,
+        size_class=torch.where(extent > SIZE_THRESHOLD, SIZE_NAMES.index("large"), SIZE_NAMES.index("small")).where(
+            ~extent.isnan(), -1
+        ),
+        centroid=stats["centroid"],
+        velocity=velocity,
+        speed=speed,
         direction_class=(velocity @ units.T).argmax(dim=-1),
         speed_class=torch.where(speed > SPEED_THRESHOLD, SPEED_NAMES.index("quickly"), SPEED_NAMES.index("slowly")),
-        foreground_fraction=mask.flatten(1).float().mean(dim=1), has_object=has_object,
+        foreground_fraction=mask.flatten(1).float().mean(dim=1),
+        has_object=has_object,
     )

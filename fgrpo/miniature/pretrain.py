@@ -33,17 +33,23 @@ import torch.nn as nn
 from fgrpo.algorithm import ode_step, wan_sigmas
 from fgrpo.algorithm.schedule import shift_sigmas
 from fgrpo.fileio import atomic_write_text
-from fgrpo.miniature.world import FRAMES, SIZE, Scene, all_scenes, prompt_sets, render_batch, WORLD_VERSION
+from fgrpo.miniature.world import FRAMES, SIZE, WORLD_VERSION, Scene, all_scenes, prompt_sets, render_batch
 from fgrpo.models.wan.presets import PRESETS
-from fgrpo.models.wan.random_build import TextEncoderSpec, build_tokenizer, identity_plus_noise_, save_components, \
-    text_encoder_config
+from fgrpo.models.wan.random_build import (
+    TextEncoderSpec,
+    build_tokenizer,
+    identity_plus_noise_,
+    save_components,
+    text_encoder_config,
+)
 
 MINIATURE_VERSION = 1  # bump with any change to what a build produces (cached folders are rebuilt)
 MINIATURE_MARKER = "FGRPO_MINIATURE_VERSION"
 QUALITY_FILE = "miniature_quality.json"
 MAX_TEXT_TOKENS = 16
-VAE_CONFIG = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                  temperal_downsample=[False, True, True])
+VAE_CONFIG = dict(
+    base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+)
 TEXT_ENCODER = TextEncoderSpec(d_kv=16, d_ff=128, num_layers=2, num_heads=4)
 
 
@@ -69,11 +75,24 @@ class PretrainConfig:
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
 
 
 def _videos(scenes: list[Scene], seeds: list[int]) -> torch.Tensor:
@@ -131,8 +150,10 @@ def train_vae(cfg: PretrainConfig, scenes: list[Scene], progress) -> nn.Module:
     init_vae_(vae, cfg.seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     rng = random.Random(f"vae:{cfg.seed}")
-    phases = (("VAE frames", cfg.vae_image_steps, cfg.vae_image_batch, 1.0),
-              ("VAE videos", cfg.vae_video_steps, cfg.vae_video_batch, cfg.vae_video_lr_scale))
+    phases = (
+        ("VAE frames", cfg.vae_image_steps, cfg.vae_image_batch, 1.0),
+        ("VAE videos", cfg.vae_video_steps, cfg.vae_video_batch, cfg.vae_video_lr_scale),
+    )
     for name, steps, batch, lr_scale in phases:
         task = progress.add_task(name, total=steps, info="")
         for step in range(steps):
@@ -151,15 +172,16 @@ def train_vae(cfg: PretrainConfig, scenes: list[Scene], progress) -> nn.Module:
 
 
 @torch.no_grad()
-def encode_dataset(vae: nn.Module, cfg: PretrainConfig, scenes: list[Scene], progress,
-                   batch: int = 16) -> tuple[torch.Tensor, list[int], list[float], list[float]]:
+def encode_dataset(
+    vae: nn.Module, cfg: PretrainConfig, scenes: list[Scene], progress, batch: int = 16
+) -> tuple[torch.Tensor, list[int], list[float], list[float]]:
     """Every scene rendered `dataset_seeds` times and encoded (posterior mean), normalised per channel.
     Returns (latents [N, 16, F', H', W'], the scene index of each, latents_mean, latents_std)."""
     items = [(i, seed) for seed in range(cfg.dataset_seeds) for i in range(len(scenes))]
     task = progress.add_task("encode", total=len(items), info="")
     latents = []
     for s in range(0, len(items), batch):
-        chunk = items[s:s + batch]
+        chunk = items[s : s + batch]
         x = _videos([scenes[i] for i, _ in chunk], [1_000_000 * cfg.seed + 1000 * seed + i for i, seed in chunk])
         latents.append(vae.encode(x).latent_dist.mean)
         progress.update(task, advance=len(chunk))
@@ -170,8 +192,9 @@ def encode_dataset(vae: nn.Module, cfg: PretrainConfig, scenes: list[Scene], pro
     return z, [i for i, _ in items], mean.tolist(), std.tolist()
 
 
-def train_transformer(cfg: PretrainConfig, latents: torch.Tensor, scene_of: list[int], text: torch.Tensor,
-                      empty: torch.Tensor, progress) -> nn.Module:
+def train_transformer(
+    cfg: PretrainConfig, latents: torch.Tensor, scene_of: list[int], text: torch.Tensor, empty: torch.Tensor, progress
+) -> nn.Module:
     """Flow matching on the encoded dataset (see the module docstring); AdamW with cosine decay."""
     from diffusers import WanTransformer3DModel
 
@@ -209,8 +232,18 @@ def train_transformer(cfg: PretrainConfig, latents: torch.Tensor, scene_of: list
 
 
 @torch.no_grad()
-def sample_videos(transformer, vae, text: torch.Tensor, empty: torch.Tensor, latents_mean, latents_std,
-                  steps: int, shift: float, cfg_scale: float, seed: int) -> torch.Tensor:
+def sample_videos(
+    transformer,
+    vae,
+    text: torch.Tensor,
+    empty: torch.Tensor,
+    latents_mean,
+    latents_std,
+    steps: int,
+    shift: float,
+    cfg_scale: float,
+    seed: int,
+) -> torch.Tensor:
     """Deterministic ODE samples (Euler on Wan's sigma grid, CFG against the empty prompt), decoded:
     [B, F, 3, H, W] in [0, 1]. The trainer's sampler does the same with more options."""
     b = text.shape[0]
@@ -266,12 +299,19 @@ def pretrain(path: str | Path, cfg: PretrainConfig = PretrainConfig(), progress:
         seconds["encode"], mark = time.perf_counter() - mark, time.perf_counter()
         transformer = train_transformer(cfg, latents, scene_of, text, empty, bar)
         seconds["transformer"] = time.perf_counter() - mark
-    components = dict(transformer=transformer, vae=vae, text_encoder=encoder, tokenizer=tokenizer,
-                      scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.flow_shift))
+    components = dict(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=encoder,
+        tokenizer=tokenizer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.flow_shift),
+    )
     # The marker that makes a folder count as built is written last, after the quality file.
     out = save_components(path, components, "FGRPO_MINIATURE_SAVED", marker_text(cfg))
     quality = {
-        "miniature_version": MINIATURE_VERSION, "world_version": WORLD_VERSION, "config": asdict(cfg),
+        "miniature_version": MINIATURE_VERSION,
+        "world_version": WORLD_VERSION,
+        "config": asdict(cfg),
         "build_seconds": round(time.perf_counter() - started, 1),
         "phase_seconds": {k: round(v, 1) for k, v in seconds.items()},
         **heldout_quality(out, cfg),  # measured on the saved folder, loaded as a user's run loads it
@@ -292,22 +332,37 @@ def heldout_quality(path: str | Path, cfg: PretrainConfig = PretrainConfig(), vi
     scenes = [s for s in prompt_sets().heldout for _ in range(videos_per_prompt)]
     prompts = [s.prompt for s in scenes]
     vae = c.vae
-    frames = sample_videos(c.transformer, vae, c.encode_prompts(prompts), c.encode_prompts([""]),
-                           vae.config.latents_mean, vae.config.latents_std, cfg.eval_steps, cfg.flow_shift,
-                           cfg.eval_cfg, seed=cfg.seed)
+    frames = sample_videos(
+        c.transformer,
+        vae,
+        c.encode_prompts(prompts),
+        c.encode_prompts([""]),
+        vae.config.latents_mean,
+        vae.config.latents_std,
+        cfg.eval_steps,
+        cfg.flow_shift,
+        cfg.eval_cfg,
+        seed=cfg.seed,
+    )
     with torch.no_grad():
         rec = vae.decode(vae.encode(_videos(scenes, list(range(len(scenes))))).latent_dist.mean).sample
     rec = (rec.clamp(-1, 1) * 0.5 + 0.5).permute(0, 2, 1, 3, 4)
     gold, ceiling = gold_scores(frames, prompts), gold_scores(rec, prompts)
 
     def summary(scores: dict) -> dict:
-        return {"overall": round(float(mean_score(scores).mean()), 4),
-                "all_attributes_right": round(float(all_correct(scores).float().mean()), 4),
-                **{k: round(float(v.float().mean()), 4) for k, v in scores.items()}}
+        return {
+            "overall": round(float(mean_score(scores).mean()), 4),
+            "all_attributes_right": round(float(all_correct(scores).float().mean()), 4),
+            **{k: round(float(v.float().mean()), 4) for k, v in scores.items()},
+        }
 
-    return {"heldout_prompts": len(prompt_sets().heldout), "videos_per_prompt": videos_per_prompt,
-            "sampler": {"steps": cfg.eval_steps, "cfg": cfg.eval_cfg, "shift": cfg.flow_shift},
-            "heldout_gold": summary(gold), "vae_ceiling_gold": summary(ceiling)}
+    return {
+        "heldout_prompts": len(prompt_sets().heldout),
+        "videos_per_prompt": videos_per_prompt,
+        "sampler": {"steps": cfg.eval_steps, "cfg": cfg.eval_cfg, "shift": cfg.flow_shift},
+        "heldout_gold": summary(gold),
+        "vae_ceiling_gold": summary(ceiling),
+    }
 
 
 def marker_text(cfg: PretrainConfig) -> str:
@@ -341,5 +396,6 @@ def miniature_model_path(seed: int = 0) -> Path:
     from fgrpo.models.wan.random_build import cached_build
 
     cfg = PretrainConfig(seed=seed)
-    return cached_build(miniature_cache_name(seed), MINIATURE_MARKER, marker_text(cfg),
-                        lambda path: pretrain(path, cfg))
+    return cached_build(
+        miniature_cache_name(seed), MINIATURE_MARKER, marker_text(cfg), lambda path: pretrain(path, cfg)
+    )

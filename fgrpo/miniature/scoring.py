@@ -37,15 +37,45 @@ import math
 
 import torch
 
-from fgrpo.miniature.detect import (BACKGROUND_NAMES, COLOUR_NAMES, FILL_PROTOTYPES, SIZE_NAMES, SIZE_THRESHOLD,
-                                    Detections, detect, expected_area)
-from fgrpo.miniature.world import (ATTRIBUTES, BACKGROUNDS, COLOURS, COUNTS, DIRECTIONS, SHAPES, SPEEDS, Scene,
-                                   parse_prompt)
+from fgrpo.miniature.detect import (
+    BACKGROUND_NAMES,
+    COLOUR_NAMES,
+    FILL_PROTOTYPES,
+    SIZE_NAMES,
+    SIZE_THRESHOLD,
+    Detections,
+    detect,
+    expected_area,
+)
+from fgrpo.miniature.world import (
+    ATTRIBUTES,
+    BACKGROUNDS,
+    COLOURS,
+    COUNTS,
+    DIRECTIONS,
+    SHAPES,
+    SPEEDS,
+    Scene,
+    parse_prompt,
+)
 
 __all__ = [
-    "COLOUR_TEMPERATURE", "GOLD_AREA_RANGE", "GOLD_COLOUR_DISTANCE", "GOLD_DIRECTION_COS", "GOLD_FILL_TOLERANCE",
-    "GOLD_SPEED_RANGE", "MOTION_REFERENCE", "SHAPE_TEMPERATURE", "SIZE_TEMPERATURE", "SPEED_SIGMA",
-    "all_correct", "faithfulness_scores", "gold_scores", "mean_score", "parse_prompts", "saturation",
+    "COLOUR_TEMPERATURE",
+    "GOLD_AREA_RANGE",
+    "GOLD_COLOUR_DISTANCE",
+    "GOLD_DIRECTION_COS",
+    "GOLD_FILL_TOLERANCE",
+    "GOLD_SPEED_RANGE",
+    "MOTION_REFERENCE",
+    "SHAPE_TEMPERATURE",
+    "SIZE_TEMPERATURE",
+    "SPEED_SIGMA",
+    "all_correct",
+    "faithfulness_scores",
+    "gold_scores",
+    "mean_score",
+    "parse_prompts",
+    "saturation",
 ]
 
 COLOUR_TEMPERATURE = 0.05  # squared RGB distance; palette entries are >= 0.7 apart
@@ -77,8 +107,9 @@ def _targets(scenes: list[Scene], attribute: str, names: tuple[str, ...], device
     return torch.tensor([names.index(getattr(s, attribute)) for s in scenes], dtype=torch.long, device=device)
 
 
-def _palette_score(rgb: torch.Tensor, palette: dict[str, tuple[float, float, float]],
-                   target: torch.Tensor) -> torch.Tensor:
+def _palette_score(
+    rgb: torch.Tensor, palette: dict[str, tuple[float, float, float]], target: torch.Tensor
+) -> torch.Tensor:
     table = torch.tensor(list(palette.values()), dtype=rgb.dtype, device=rgb.device)
     logits = -(torch.nan_to_num(rgb)[:, None] - table).square().sum(-1) / COLOUR_TEMPERATURE
     return logits.softmax(dim=-1).gather(1, target[:, None])[:, 0]
@@ -89,21 +120,22 @@ def _per_scene(scenes: list[Scene], fn, like: torch.Tensor) -> torch.Tensor:
 
 
 def _direction_cos(det: Detections, scenes: list[Scene]) -> torch.Tensor:
-    unit = torch.tensor([DIRECTIONS[s.direction] for s in scenes], dtype=det.velocity.dtype,
-                        device=det.velocity.device)
+    unit = torch.tensor([DIRECTIONS[s.direction] for s in scenes], dtype=det.velocity.dtype, device=det.velocity.device)
     return (det.velocity * unit).sum(-1) / det.speed.clamp(min=1e-6)
 
 
-def faithfulness_scores(frames: torch.Tensor, prompts: list[str],
-                        det: Detections | None = None) -> dict[str, torch.Tensor]:
+def faithfulness_scores(
+    frames: torch.Tensor, prompts: list[str], det: Detections | None = None
+) -> dict[str, torch.Tensor]:
     """Soft per-attribute scores ``{attribute: [B]}`` in [0, 1] (see the module docstring)."""
     scenes = _checked(frames, prompts)
     det = detect(frames) if det is None else det
     dev, obj = frames.device, det.has_object
     zero = torch.zeros_like(det.speed)
     out = {}
-    out["background"] = _palette_score(det.background_rgb, BACKGROUNDS,
-                                       _targets(scenes, "background", BACKGROUND_NAMES, dev))
+    out["background"] = _palette_score(
+        det.background_rgb, BACKGROUNDS, _targets(scenes, "background", BACKGROUND_NAMES, dev)
+    )
     out["colour"] = _palette_score(det.colour_rgb, COLOURS, _targets(scenes, "colour", COLOUR_NAMES, dev))
     protos = torch.tensor([FILL_PROTOTYPES[s] for s in SHAPES], dtype=zero.dtype, device=dev)
     shape_logits = -(torch.nan_to_num(det.fill_ratio)[:, None] - protos).square() / SHAPE_TEMPERATURE
@@ -131,11 +163,15 @@ def gold_scores(frames: torch.Tensor, prompts: list[str], det: Detections | None
     like = det.speed
     out = {}
     bg_rgb = _per_scene(scenes, lambda s: BACKGROUNDS[s.background], like)
-    out["background"] = ((det.background_class == _targets(scenes, "background", BACKGROUND_NAMES, dev))
-                         & ((det.background_rgb - bg_rgb).norm(dim=-1) < GOLD_COLOUR_DISTANCE))
+    out["background"] = (det.background_class == _targets(scenes, "background", BACKGROUND_NAMES, dev)) & (
+        (det.background_rgb - bg_rgb).norm(dim=-1) < GOLD_COLOUR_DISTANCE
+    )
     fg_rgb = _per_scene(scenes, lambda s: COLOURS[s.colour], like)
-    out["colour"] = (obj & (det.colour_class == _targets(scenes, "colour", COLOUR_NAMES, dev))
-                     & ((torch.nan_to_num(det.colour_rgb, nan=9.0) - fg_rgb).norm(dim=-1) < GOLD_COLOUR_DISTANCE))
+    out["colour"] = (
+        obj
+        & (det.colour_class == _targets(scenes, "colour", COLOUR_NAMES, dev))
+        & ((torch.nan_to_num(det.colour_rgb, nan=9.0) - fg_rgb).norm(dim=-1) < GOLD_COLOUR_DISTANCE)
+    )
     n = _per_scene(scenes, lambda s: COUNTS[s.count], like).long()
     out["count"] = (det.frame_count == n[:, None]).all(dim=1)
     expected = _per_scene(scenes, lambda s: expected_area(s.shape, s.size), like)[:, None]
@@ -146,12 +182,14 @@ def gold_scores(frames: torch.Tensor, prompts: list[str], det: Detections | None
     out["size"] = obj & area_ok & (det.size_class == _targets(scenes, "size", SIZE_NAMES, dev))
     proto = _per_scene(scenes, lambda s: FILL_PROTOTYPES[s.shape], like)[:, None]
     worst = torch.maximum((det.fill_min - proto).abs(), (det.fill_max - proto).abs())  # NaN without object
-    out["shape"] = obj & (det.shape_class == _targets(scenes, "shape", SHAPES, dev)) & (
-        torch.nan_to_num(worst.nanmedian(dim=1).values, nan=9.0) < GOLD_FILL_TOLERANCE)
+    out["shape"] = (
+        obj
+        & (det.shape_class == _targets(scenes, "shape", SHAPES, dev))
+        & (torch.nan_to_num(worst.nanmedian(dim=1).values, nan=9.0) < GOLD_FILL_TOLERANCE)
+    )
     out["direction"] = (det.speed >= MOTION_REFERENCE) & (_direction_cos(det, scenes) > GOLD_DIRECTION_COS)
     target_speed = _per_scene(scenes, lambda s: SPEEDS[s.speed], like)
-    out["speed"] = ((det.speed >= GOLD_SPEED_RANGE[0] * target_speed)
-                    & (det.speed <= GOLD_SPEED_RANGE[1] * target_speed))
+    out["speed"] = (det.speed >= GOLD_SPEED_RANGE[0] * target_speed) & (det.speed <= GOLD_SPEED_RANGE[1] * target_speed)
     return {a: out[a].float() for a in ATTRIBUTES}
 
 

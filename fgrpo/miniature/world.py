@@ -56,8 +56,10 @@ class Scene:
     @property
     def prompt(self) -> str:
         noun = self.shape + ("s" if COUNTS[self.count] > 1 else "")
-        return (f"{self.count} {self.size} {self.colour} {noun} moving {self.direction} {self.speed} "
-                f"on a {self.background} background")
+        return (
+            f"{self.count} {self.size} {self.colour} {noun} moving {self.direction} {self.speed} "
+            f"on a {self.background} background"
+        )
 
     @property
     def seen_in_pretraining(self) -> bool:
@@ -69,14 +71,16 @@ class Scene:
 
 def all_scenes() -> list[Scene]:
     """Every scene of the grammar, in a fixed order (2 x 2 x 4 x 3 x 4 x 2 x 2 = 768)."""
-    return [Scene(*values) for values in itertools.product(COUNTS, SIZES, COLOURS, SHAPES, DIRECTIONS, SPEEDS,
-                                                           BACKGROUNDS)]
+    return [
+        Scene(*values) for values in itertools.product(COUNTS, SIZES, COLOURS, SHAPES, DIRECTIONS, SPEEDS, BACKGROUNDS)
+    ]
 
 
 _PROMPT = re.compile(
     rf"^(?P<count>{'|'.join(COUNTS)}) (?P<size>{'|'.join(SIZES)}) (?P<colour>{'|'.join(COLOURS)}) "
     rf"(?P<shape>{'|'.join(SHAPES)})s? moving (?P<direction>{'|'.join(DIRECTIONS)}) "
-    rf"(?P<speed>{'|'.join(SPEEDS)}) on a (?P<background>{'|'.join(BACKGROUNDS)}) background$")
+    rf"(?P<speed>{'|'.join(SPEEDS)}) on a (?P<background>{'|'.join(BACKGROUNDS)}) background$"
+)
 
 
 def parse_prompt(prompt: str) -> Scene:
@@ -87,8 +91,9 @@ def parse_prompt(prompt: str) -> Scene:
     return Scene(**match.groupdict())
 
 
-def _object_mask(shape: str, half: float, cx: torch.Tensor, cy: torch.Tensor, ys: torch.Tensor,
-                 xs: torch.Tensor) -> torch.Tensor:
+def _object_mask(
+    shape: str, half: float, cx: torch.Tensor, cy: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor
+) -> torch.Tensor:
     """Anti-aliased coverage in [0, 1] of one object per frame: [F, H, W] from centres [F]."""
     dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
     if shape == "circle":
@@ -128,8 +133,9 @@ def trajectory(scene: Scene, seed: int) -> list[tuple[torch.Tensor, torch.Tensor
 
 def coverage(scene: Scene, seed: int) -> torch.Tensor:
     """Anti-aliased coverage in [0, 1] of the scene's objects: [FRAMES, SIZE, SIZE] float32."""
-    ys, xs = torch.meshgrid(torch.arange(SIZE, dtype=torch.float32) + 0.5,
-                            torch.arange(SIZE, dtype=torch.float32) + 0.5, indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(SIZE, dtype=torch.float32) + 0.5, torch.arange(SIZE, dtype=torch.float32) + 0.5, indexing="ij"
+    )
     cover = torch.zeros(FRAMES, SIZE, SIZE)
     for cx, cy in trajectory(scene, seed):
         cover = torch.maximum(cover, _object_mask(scene.shape, SIZES[scene.size], cx, cy, ys, xs))

@@ -55,21 +55,25 @@ def _flash_attention_fake(query, key, value, scale):
 
 
 @torch.library.custom_op("fgrpo::flash_attention_backward", mutates_args=())
-def flash_attention_backward(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, out: Tensor,
-                             logsumexp: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def flash_attention_backward(
+    grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, out: Tensor, logsumexp: Tensor, scale: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, workspace). The workspace is what FA2 allocates for one call (fp32 dq
     accumulator and softmax row sums); the real CPU kernel's own scratch is internal, so the real
     op returns an empty one."""
     _cpu_only(query)
     dq, dk, dv = aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        grad_out, query, key, value, out, logsumexp, 0.0, False, scale=scale)
+        grad_out, query, key, value, out, logsumexp, 0.0, False, scale=scale
+    )
     return dq, dk, dv, query.new_empty(0, dtype=torch.float32)
 
 
 def _cpu_only(query: Tensor) -> None:
     if query.device.type != "cpu":
-        raise NotImplementedError("fgrpo::flash_attention runs for real on CPU only (tests, benchmarks); "
-                                  "GPUs train with SDPA itself, the planner runs the op on fake tensors")
+        raise NotImplementedError(
+            "fgrpo::flash_attention runs for real on CPU only (tests, benchmarks); "
+            "GPUs train with SDPA itself, the planner runs the op on fake tensors"
+        )
 
 
 _BACKWARD_WORKSPACE = [True]  # set by FlashAttentionRouting: model FA2's workspace (GPU) or not (CPU)
@@ -109,10 +113,12 @@ def _backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, 
 
 def _register_flops() -> None:
     """Once per process: the custom ops, and CPU's flash kernels (which torch does not count)."""
-    for op, formula in ((torch.ops.fgrpo.flash_attention, _forward_flops),
-                        (aten._scaled_dot_product_flash_attention_for_cpu, _forward_flops),
-                        (torch.ops.fgrpo.flash_attention_backward, _backward_flops),
-                        (aten._scaled_dot_product_flash_attention_for_cpu_backward, _backward_flops)):
+    for op, formula in (
+        (torch.ops.fgrpo.flash_attention, _forward_flops),
+        (aten._scaled_dot_product_flash_attention_for_cpu, _forward_flops),
+        (torch.ops.fgrpo.flash_attention_backward, _backward_flops),
+        (aten._scaled_dot_product_flash_attention_for_cpu_backward, _backward_flops),
+    ):
         if op not in flop_registry:
             register_flop_formula(op)(formula)
 
@@ -142,18 +148,45 @@ class FlashAttentionRouting:
         self._name, original = registry.get_active_backend()
         self._original = original
 
-        def routed(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                   enable_gqa=False, _parallel_config=None, **kwargs):
+        def routed(
+            query,
+            key,
+            value,
+            attn_mask=None,
+            dropout_p=0.0,
+            is_causal=False,
+            scale=None,
+            enable_gqa=False,
+            _parallel_config=None,
+            **kwargs,
+        ):
             local = not any(isinstance(t, DTensor) for t in (query, key, value))
-            if (attn_mask is None and not dropout_p and not is_causal and not enable_gqa and _parallel_config is None
-                    and not kwargs.get("return_lse") and query.dim() == 4 and local):
+            if (
+                attn_mask is None
+                and not dropout_p
+                and not is_causal
+                and not enable_gqa
+                and _parallel_config is None
+                and not kwargs.get("return_lse")
+                and query.dim() == 4
+                and local
+            ):
                 self.routed += 1
                 q, k, v = (t.permute(0, 2, 1, 3) for t in (query, key, value))  # [B, N, H, D] -> [B, H, N, D]
                 s = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
                 return flash_attention(q, k, v, float(s))[0].permute(0, 2, 1, 3)
-            return original(query=query, key=key, value=value, attn_mask=attn_mask, dropout_p=dropout_p,
-                            is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
-                            _parallel_config=_parallel_config, **kwargs)
+            return original(
+                query=query,
+                key=key,
+                value=value,
+                attn_mask=attn_mask,
+                dropout_p=dropout_p,
+                is_causal=is_causal,
+                scale=scale,
+                enable_gqa=enable_gqa,
+                _parallel_config=_parallel_config,
+                **kwargs,
+            )
 
         self._saved_workspace = _BACKWARD_WORKSPACE[0]
         _BACKWARD_WORKSPACE[0] = self.backward_workspace

@@ -38,8 +38,9 @@ def plan_key(recipe: Recipe, world: int, target: str) -> str:
     fields = {k: v for k, v in to_dict(recipe).items() if k not in _UNREAD_SECTIONS}
     for section, name in _UNREAD_FIELDS:
         fields[section] = {k: v for k, v in fields[section].items() if k != name}
-    text = json.dumps({"recipe": fields, "world": world, "target": target, "code": code_identity()},
-                      sort_keys=True, default=str)
+    text = json.dumps(
+        {"recipe": fields, "world": world, "target": target, "code": code_identity()}, sort_keys=True, default=str
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -54,8 +55,13 @@ def code_identity() -> dict[str, str]:
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return {"fgrpo": digest.hexdigest()[:16], "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "python": sys.version.split()[0]}
+    return {
+        "fgrpo": digest.hexdigest()[:16],
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 def plan_cache_dir() -> Path:

@@ -112,11 +112,13 @@ def text_encoding(spec, recipe, precision, fake) -> Phase:
             hidden = encoder(ids, mask).last_hidden_state
             emb = (hidden * mask.unsqueeze(-1).to(hidden.dtype)).to(precision.compute)
             del hidden, emb
-    peak = {getattr(k, "value", k): int(v) for snap in tracker.get_tracker_snapshot("peak").values()
-            for k, v in snap.items()}
+    peak = {
+        getattr(k, "value", k): int(v)
+        for snap in tracker.get_tracker_snapshot("peak").values()
+        for k, v in snap.items()
+    }
     enc_bytes, vae_bytes = storage_bytes(*encoder.parameters()), storage_bytes(*vae.parameters(), *vae.buffers())
-    parts = {"text encoder": enc_bytes, "VAE": vae_bytes,
-             "activations": peak.get("Total", 0) - enc_bytes - vae_bytes}
+    parts = {"text encoder": enc_bytes, "VAE": vae_bytes, "activations": peak.get("Total", 0) - enc_bytes - vae_bytes}
     return Phase("text encoding", peak.get("Total", 0), parts, {"batch": flops.get_total_flops()})
 
 
@@ -127,8 +129,13 @@ class Rank:
         from diffusers import AutoencoderKLWan
 
         self.recipe, self.dims, self.precision, self.fake, self.sizes = recipe, dims, precision, fake, sizes
-        self.transformer = prepare_on_meta(meta_transformer(spec.transformer), dims, precision, lora_shape(recipe),
-                                           recipe.parallelism.activation_checkpointing)
+        self.transformer = prepare_on_meta(
+            meta_transformer(spec.transformer),
+            dims,
+            precision,
+            lora_shape(recipe),
+            recipe.parallelism.activation_checkpointing,
+        )
         with torch.device("meta"):
             vae = AutoencoderKLWan(**spec.vae)
         vae.requires_grad_(False).eval()
@@ -143,10 +150,13 @@ class Rank:
                 p.grad = torch.zeros_like(p)
             self.update.step()
             self.update.zero_grad()
-        self.components = WanComponents(self.transformer, vae, None, None, precision.compute,
-                                        recipe.model.max_text_tokens)
-        self.known = {"EMA": storage_bytes(*self.ema.shadow.values()) if self.ema else 0,
-                      "VAE": storage_bytes(*vae.parameters(), *vae.buffers())}
+        self.components = WanComponents(
+            self.transformer, vae, None, None, precision.compute, recipe.model.max_text_tokens
+        )
+        self.known = {
+            "EMA": storage_bytes(*self.ema.shadow.values()) if self.ema else 0,
+            "VAE": storage_bytes(*vae.parameters(), *vae.buffers()),
+        }
         self.tracker = PhaseTracker(self.transformer, self.update.optimizer)
         self._resident = (*vae.parameters(), *vae.buffers(), *(self.ema.shadow.values() if self.ema else ()))
 
@@ -291,8 +301,15 @@ class Rank:
                     ref, _ = self._log_prob(trans, mb, context, neg, video)
                     self.transformer.enable_adapters()
                 kl = kl_to_reference(out.mean, ref.mean, out.std)
-            total = policy_loss(out.log_prob, torch.zeros(mb), torch.zeros(mb), r.algorithm.clip_range,
-                                weights=torch.ones(mb), kl=kl, beta=r.algorithm.kl_beta)
+            total = policy_loss(
+                out.log_prob,
+                torch.zeros(mb),
+                torch.zeros(mb),
+                r.algorithm.clip_range,
+                weights=torch.ones(mb),
+                kl=kl,
+                beta=r.algorithm.kl_beta,
+            )
             (total.loss * (mb / s.transitions)).backward()
         flops["train"] = fc.get_total_flops()
         del out, total, kl, x_next_old
@@ -326,13 +343,15 @@ class Rank:
         frames = []
         with count_flops() as dec:
             for i in range(0, n, mb):
-                frames.append(self.components.decode(finals[i:i + mb]))
+                frames.append(self.components.decode(finals[i : i + mb]))
         frames = torch.cat(frames)
         thumbs = thumbnails(frames)  # the sample grid's thumbnails, made on the device
         del frames, finals, thumbs
         # the forwards' FLOPs for all n videos
-        return self._phase("evaluation", {"first": flops["first"] * n // mb, "later": flops["later"] * n // mb,
-                                          "decode": dec.get_total_flops()})
+        return self._phase(
+            "evaluation",
+            {"first": flops["first"] * n // mb, "later": flops["later"] * n // mb, "decode": dec.get_total_flops()},
+        )
 
 
 def rank_sizes(recipe, spec, dims) -> Sizes:
@@ -344,6 +363,13 @@ def rank_sizes(recipe, spec, dims) -> Sizes:
     held = recipe.prompts.heldout * recipe.eval.videos_per_prompt
     eval_videos = math.ceil(held / dims.dp) if held else 0
     channels = int(spec.transformer.get("in_channels", 16))
-    return Sizes(videos, min(r.micro_batch, videos), videos * per_video, per_video, eval_videos,
-                 latent_shape(r.frames, r.height, r.width, channels), recipe.model.max_text_tokens,
-                 int(spec.transformer["text_dim"]))
+    return Sizes(
+        videos,
+        min(r.micro_batch, videos),
+        videos * per_video,
+        per_video,
+        eval_videos,
+        latent_shape(r.frames, r.height, r.width, channels),
+        recipe.model.max_text_tokens,
+        int(spec.transformer["text_dim"]),
+    )

@@ -48,8 +48,17 @@ def parse_bytes(text: str | int | float) -> int:
     if not m:
         raise ValueError(f"expected a size like 80GiB or 80GB, got {text!r}")
     unit = (m.group(2) or "B").upper().replace("IB", "iB")
-    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[unit if "i" in unit else unit.upper()]
+    scale = {
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KiB": 2**10,
+        "MiB": 2**20,
+        "GiB": 2**30,
+        "TiB": 2**40,
+    }[unit if "i" in unit else unit.upper()]
     return int(float(m.group(1)) * scale)
 
 
@@ -120,18 +129,29 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {
-            "recipe": self.recipe, "model": self.model, "world": self.world, "layout": self.layout,
-            "target": self.target, "sizes": asdict(self.sizes),
+            "recipe": self.recipe,
+            "model": self.model,
+            "world": self.world,
+            "layout": self.layout,
+            "target": self.target,
+            "sizes": asdict(self.sizes),
             "gpu": {"memory_bytes": self.gpu.memory, "tflops": self.gpu.tflops, "mfu": self.gpu.mfu},
-            "phases": [{"name": p.name, "peak_bytes": p.peak, "parts": p.parts, "fits": p.peak <= self.gpu.memory}
-                       for p in self.phases],
-            "peak_phase": self.peak.name, "fits": self.fits,
+            "phases": [
+                {"name": p.name, "peak_bytes": p.peak, "parts": p.parts, "fits": p.peak <= self.gpu.memory}
+                for p in self.phases
+            ],
+            "peak_phase": self.peak.name,
+            "fits": self.fits,
             "rewards": [asdict(r) for r in self.rewards],
-            "flops_per_rank": self.flops, "ranks_doing": {k: self.ranks_doing(k) for k in self.flops},
+            "flops_per_rank": self.flops,
+            "ranks_doing": {k: self.ranks_doing(k) for k in self.flops},
             "flops_per_step": self.step_flops,
             "gpu_minutes_per_step": self.gpu_minutes_per_step,
-            "steps": self.steps, "evaluations": self.evaluations, "gpu_hours": self.gpu_hours,
-            "advice": {p.name: self.advice(p) for p in self.over()}, "notes": self.notes,
+            "steps": self.steps,
+            "evaluations": self.evaluations,
+            "gpu_hours": self.gpu_hours,
+            "advice": {p.name: self.advice(p) for p in self.over()},
+            "notes": self.notes,
         }
 
 
@@ -143,8 +163,7 @@ def planning_problems(recipe: Recipe, world: int) -> list[str]:
     model files, prompt file): the architecture comes from the preset."""
     from fgrpo.recipe.validate import recipe_problems
 
-    return [p for p in recipe_problems(recipe, world)
-            if not p.startswith(_NOT_PLANNED) and "prompts.heldout=" not in p]
+    return [p for p in recipe_problems(recipe, world) if not p.startswith(_NOT_PLANNED) and "prompts.heldout=" not in p]
 
 
 def world_for(recipe: Recipe, gpus: int | None) -> int:
@@ -174,8 +193,13 @@ class FakeRun:
     def from_dict(cls, d: dict) -> "FakeRun":
         """Inverse of `to_dict`; KeyError, TypeError or ValueError on anything else."""
         sizes = {**d["sizes"], "latent": tuple(d["sizes"]["latent"])}
-        return cls({k: int(v) for k, v in d["layout"].items()}, Sizes(**sizes), Phase(**d["text"]),
-                   [Phase(**p) for p in d["phases"]], int(d["gathered"]))
+        return cls(
+            {k: int(v) for k, v in d["layout"].items()},
+            Sizes(**sizes),
+            Phase(**d["text"]),
+            [Phase(**p) for p in d["phases"]],
+            int(d["gathered"]),
+        )
 
 
 def fake_run(recipe: Recipe, world: int, spec: ModelSpec, target: Literal["gpu", "cpu"]) -> FakeRun:
@@ -206,15 +230,22 @@ def fake_run(recipe: Recipe, world: int, spec: ModelSpec, target: Literal["gpu",
         phases = rank.run()
         gathered = gathered_weight_bytes(rank.transformer)
     if not routing.routed:
-        raise RuntimeError("no attention call was routed to fgrpo::flash_attention: the plan would model "
-                           "another attention kernel (has diffusers' Wan attention changed?)")
-    layout = {"dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp, "sp": dims.sp,
-              "dp": dims.dp}
+        raise RuntimeError(
+            "no attention call was routed to fgrpo::flash_attention: the plan would model "
+            "another attention kernel (has diffusers' Wan attention changed?)"
+        )
+    layout = {"dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp, "sp": dims.sp, "dp": dims.dp}
     return FakeRun(layout, sizes, text, phases, gathered)
 
 
-def plan(recipe: Recipe, gpus: int | None = None, gpu: Gpu = Gpu(), spec: ModelSpec | None = None,
-         target: Literal["gpu", "cpu"] = "gpu", cache: bool = False) -> Plan:
+def plan(
+    recipe: Recipe,
+    gpus: int | None = None,
+    gpu: Gpu = Gpu(),
+    spec: ModelSpec | None = None,
+    target: Literal["gpu", "cpu"] = "gpu",
+    cache: bool = False,
+) -> Plan:
     """Plan `recipe` on `gpus` GPUs (default: its world size). Runs in this process on a fake
     process group, which must not have a process group of its own. `target="cpu"` models what a
     CPU run allocates (the benchmark's comparison): AdamW's for-loop update instead of the foreach
@@ -233,8 +264,12 @@ def plan(recipe: Recipe, gpus: int | None = None, gpu: Gpu = Gpu(), spec: ModelS
     if cache and preset:  # a given spec is not in the cache's key
         from .cache import cached, plan_key
 
-        run = cached(plan_key(recipe, world, target), lambda: fake_run(recipe, world, spec, target),
-                     FakeRun.to_dict, FakeRun.from_dict)
+        run = cached(
+            plan_key(recipe, world, target),
+            lambda: fake_run(recipe, world, spec, target),
+            FakeRun.to_dict,
+            FakeRun.from_dict,
+        )
     else:
         run = fake_run(recipe, world, spec, target)
     sizes = run.sizes
@@ -245,12 +280,33 @@ def plan(recipe: Recipe, gpus: int | None = None, gpu: Gpu = Gpu(), spec: ModelS
     interval = recipe.eval.interval
     evaluations = (2 + (recipe.optim.max_steps - 1) // interval) if sizes.eval_videos and recipe.optim.max_steps else 0
     layout = {**run.layout, "activation_checkpointing": recipe.parallelism.activation_checkpointing}
-    notes = [f"architecture: {spec.source}; attention: flash (out + fp32 logsumexp kept, no N^2 scores)",
-             "reward models: weights from their configs; their activations are not modelled",
-             rollout_unsharded_note(recipe.parallelism.rollout_unsharded, run.gathered,
-                                    next(p for p in phases if p.name == "rollout"), gpu.memory, target)]
-    return Plan(recipe.name, spec.source, world, layout, sizes, phases, rewards, gpu, flops, recipe.optim.max_steps,
-                evaluations, target, spec.heads, notes)
+    notes = [
+        f"architecture: {spec.source}; attention: flash (out + fp32 logsumexp kept, no N^2 scores)",
+        "reward models: weights from their configs; their activations are not modelled",
+        rollout_unsharded_note(
+            recipe.parallelism.rollout_unsharded,
+            run.gathered,
+            next(p for p in phases if p.name == "rollout"),
+            gpu.memory,
+            target,
+        ),
+    ]
+    return Plan(
+        recipe.name,
+        spec.source,
+        world,
+        layout,
+        sizes,
+        phases,
+        rewards,
+        gpu,
+        flops,
+        recipe.optim.max_steps,
+        evaluations,
+        target,
+        spec.heads,
+        notes,
+    )
 
 
 def rollout_unsharded_note(setting: str, gathered: int, rollout: Phase, memory: int, target: str) -> str:
@@ -266,10 +322,15 @@ def rollout_unsharded_note(setting: str, gathered: int, rollout: Phase, memory: 
     held = rollout.peak - rollout.parts.get("gathered", 0) - rollout.parts.get("activations", 0)
     free = max(0, memory - held)
     keep = rollout_unsharded_decision(setting, "cuda" if target == "gpu" else "cpu", gathered, free)
-    why = (f" ({'at most' if keep else 'more than'} {SAFE_FRACTION:.0%} of the ~{size(free)} free at its start)"
-           if setting == "auto" and target == "gpu" else "")
-    line = (f"rollout weights gathered: {size(gathered)} per GPU; rollout_unsharded={setting} "
-            f"{'keeps them for the whole rollout' if keep else 'reshards after every block'}{why}")
+    why = (
+        f" ({'at most' if keep else 'more than'} {SAFE_FRACTION:.0%} of the ~{size(free)} free at its start)"
+        if setting == "auto" and target == "gpu"
+        else ""
+    )
+    line = (
+        f"rollout weights gathered: {size(gathered)} per GPU; rollout_unsharded={setting} "
+        f"{'keeps them for the whole rollout' if keep else 'reshards after every block'}{why}"
+    )
     if keep:
         line += f"; rollout peak then ~{size(rollout.peak - rollout.parts.get('gathered', 0) + gathered)}"
     return line
@@ -282,11 +343,13 @@ def step_flops(recipe: Recipe, s: Sizes, phases: list[Phase]) -> dict[str, int]:
     train_mb = min(s.micro_batch, s.transitions)
     out = {
         # the first step's forward computes the text-side projections, later steps' reuse them
-        "rollout": int(Fraction((by["rollout"]["first"] + by["rollout"]["later"] * (steps - 1)) * s.videos,
-                                s.micro_batch)),
+        "rollout": int(
+            Fraction((by["rollout"]["first"] + by["rollout"]["later"] * (steps - 1)) * s.videos, s.micro_batch)
+        ),
         "VAE decode": int(Fraction(by["VAE decode"]["decode"] * s.videos, s.micro_batch)),
-        "training": int(Fraction((by["training"].get("recompute", 0) + by["training"]["train"]) * s.transitions,
-                                 train_mb)),
+        "training": int(
+            Fraction((by["training"].get("recompute", 0) + by["training"]["train"]) * s.transitions, train_mb)
+        ),
         "text encoding (per prompt)": int(Fraction(by["text encoding"]["batch"], _text_batch())),
     }
     if "evaluation" in by:
@@ -321,21 +384,31 @@ def advice(p: Plan, phase: Phase) -> list[str]:
     model = phase.name in ("rollout", "training", "evaluation")
     sp, tp = _next_degree(p, "sp"), _next_degree(p, "tp")
     if model and sp:
-        out.append(f"more sequence parallelism (--parallelism.sp {sp}): each GPU holds 1/{sp} of every video's "
-                   "tokens in the blocks' activations")
+        out.append(
+            f"more sequence parallelism (--parallelism.sp {sp}): each GPU holds 1/{sp} of every video's "
+            "tokens in the blocks' activations"
+        )
     if model and p.sizes.micro_batch > 1:
         out.append(f"a smaller --rollout.micro-batch (now {p.sizes.micro_batch}): activations scale with it")
     if phase.name == "VAE decode" and p.sizes.micro_batch > 1:
-        out.append(f"a smaller --rollout.micro-batch (now {p.sizes.micro_batch}): the VAE decodes a micro-batch at once")
+        out.append(
+            f"a smaller --rollout.micro-batch (now {p.sizes.micro_batch}): the VAE decodes a micro-batch at once"
+        )
     if phase.name == "training" and not p.layout["activation_checkpointing"]:
-        out.append("activation checkpointing (--parallelism.activation-checkpointing): keeps only each block's "
-                   "input, recomputing one block at a time in backward")
+        out.append(
+            "activation checkpointing (--parallelism.activation-checkpointing): keeps only each block's "
+            "input, recomputing one block at a time in backward"
+        )
     if model and tp:
-        out.append(f"more tensor parallelism (--parallelism.tp {tp}): weights and each block's activations "
-                   "split over the TP group")
+        out.append(
+            f"more tensor parallelism (--parallelism.tp {tp}): weights and each block's activations "
+            "split over the TP group"
+        )
     if parts.get("reward model"):
-        out.append("serve the reward model (--reward-server.launch or --reward-server.url): "
-                   f"frees {parts['reward model'] / GIB:.1f} GiB on every training GPU")
+        out.append(
+            "serve the reward model (--reward-server.launch or --reward-server.url): "
+            f"frees {parts['reward model'] / GIB:.1f} GiB on every training GPU"
+        )
     if model and not (sp or tp):
         out.append("more GPUs (launch.nodes / launch.procs_per_node), for more sequence or tensor parallelism")
     if phase.name == "text encoding":

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from .plan import GIB, Plan
 
-PARTS = ("weights", "gathered", "grads", "optimizer", "EMA", "VAE", "batch", "activations", "reward model",
-         "text encoder")
+PARTS = (
+    "weights",
+    "gathered",
+    "grads",
+    "optimizer",
+    "EMA",
+    "VAE",
+    "batch",
+    "activations",
+    "reward model",
+    "text encoder",
+)
 PART_HELP = {
     "weights": "this rank's transformer shards (frozen in the recipe dtype, trained fp32 masters) and buffers",
     "gathered": "FSDP2's all-gathered (unsharded) block weights while a block runs",
@@ -31,10 +41,12 @@ def render(p: Plan, console=None) -> None:
     console = console or Console()
     lay = p.layout
     s = p.sizes
-    console.print(f"[bold]{p.recipe}[/]: {p.model}, {p.world} GPUs = dp_replicate {lay['dp_replicate']} x "
-                  f"dp_shard {lay['dp_shard']} x sp {lay['sp']} x tp {lay['tp']}; per GPU {s.videos} videos "
-                  f"({s.transitions} transitions) per step, micro-batch {s.micro_batch}, "
-                  f"{'with' if lay['activation_checkpointing'] else 'without'} activation checkpointing")
+    console.print(
+        f"[bold]{p.recipe}[/]: {p.model}, {p.world} GPUs = dp_replicate {lay['dp_replicate']} x "
+        f"dp_shard {lay['dp_shard']} x sp {lay['sp']} x tp {lay['tp']}; per GPU {s.videos} videos "
+        f"({s.transitions} transitions) per step, micro-batch {s.micro_batch}, "
+        f"{'with' if lay['activation_checkpointing'] else 'without'} activation checkpointing"
+    )
     used = [k for k in PARTS if any(ph.parts.get(k) for ph in p.phases)]
     unit, scale = ("GiB", GIB) if max(ph.peak for ph in p.phases) >= GIB else ("MiB", 2**20)
     mem = Table(title=f"Peak memory per GPU ({unit}; the GPU has {p.gpu.memory / scale:,.2f})")
@@ -42,36 +54,53 @@ def render(p: Plan, console=None) -> None:
     for ph in p.phases:
         mem.add_column(ph.name, justify="right")
     mem.add_row("[bold]peak[/]", *(f"[bold]{ph.peak / scale:,.2f}[/]" for ph in p.phases))
-    mem.add_row("fits", *("[green]yes[/]" if ph.peak <= p.gpu.memory else "[red]NO[/]" for ph in p.phases),
-                end_section=True)
+    mem.add_row(
+        "fits", *("[green]yes[/]" if ph.peak <= p.gpu.memory else "[red]NO[/]" for ph in p.phases), end_section=True
+    )
     for k in used:
         mem.add_row(k, *(f"{ph.parts.get(k, 0) / scale:,.2f}" for ph in p.phases))
     console.print(mem)
     flops = Table(title=f"Compute (at {p.gpu.tflops:g} TFLOP/s per GPU and {p.gpu.mfu:.0%} MFU)")
-    for col, just in (("work", "left"), ("FLOPs per GPU doing it", "right"), ("FLOPs, all GPUs", "right"),
-                      ("GPU-minutes", "right")):
+    for col, just in (
+        ("work", "left"),
+        ("FLOPs per GPU doing it", "right"),
+        ("FLOPs, all GPUs", "right"),
+        ("GPU-minutes", "right"),
+    ):
         flops.add_column(col, justify=just)
-    for k, label in (("rollout", "rollout, per step"), ("VAE decode", "VAE decode, per step"),
-                     ("training", "training, per step")):
+    for k, label in (
+        ("rollout", "rollout, per step"),
+        ("VAE decode", "VAE decode, per step"),
+        ("training", "training, per step"),
+    ):
         total = p.total_flops(k)
         flops.add_row(label, f"{p.flops[k]:.3e}", f"{total:.3e}", f"{p.gpu_seconds(total) / 60:.2f}")
-    flops.add_row("[bold]optimizer step[/]", f"{p.step_flops / p.world:.3e}", f"{p.step_flops:.3e}",
-                  f"[bold]{p.gpu_minutes_per_step:.2f}[/]")
+    flops.add_row(
+        "[bold]optimizer step[/]",
+        f"{p.step_flops / p.world:.3e}",
+        f"{p.step_flops:.3e}",
+        f"[bold]{p.gpu_minutes_per_step:.2f}[/]",
+    )
     if "evaluation" in p.flops:
         total = p.total_flops("evaluation")
-        flops.add_row("evaluation, each", f"{p.flops['evaluation']:.3e}", f"{total:.3e}",
-                      f"{p.gpu_seconds(total) / 60:.2f}")
+        flops.add_row(
+            "evaluation, each", f"{p.flops['evaluation']:.3e}", f"{total:.3e}", f"{p.gpu_seconds(total) / 60:.2f}"
+        )
     console.print(flops)
-    console.print(f"[bold]{p.steps} steps[/] (optim.max_steps) + {p.evaluations} evaluations: "
-                  f"[bold]{p.gpu_hours:,.1f} GPU-hours[/] ({p.gpu_hours / p.world:,.1f} h on {p.world} GPUs)")
+    console.print(
+        f"[bold]{p.steps} steps[/] (optim.max_steps) + {p.evaluations} evaluations: "
+        f"[bold]{p.gpu_hours:,.1f} GPU-hours[/] ({p.gpu_hours / p.world:,.1f} h on {p.world} GPUs)"
+    )
     for r in p.rewards:
         console.print(f"reward {r.name}: {r.model}, {r.params / 1e9:.2f}B parameters, {_gib(r.bytes)} GiB per GPU")
     for note in p.notes:
         console.print(f"[dim]{note}[/]")
     worst = p.peak
     if p.fits:
-        console.print(f"[green]fits[/]: the largest peak is {worst.name}, {_gib(worst.peak)} GiB "
-                      f"({worst.peak / p.gpu.memory:.0%} of the GPU)")
+        console.print(
+            f"[green]fits[/]: the largest peak is {worst.name}, {_gib(worst.peak)} GiB "
+            f"({worst.peak / p.gpu.memory:.0%} of the GPU)"
+        )
     else:
         console.print("[red]does not fit[/]: " + refusal(p))
 
@@ -81,7 +110,9 @@ def refusal(p: Plan) -> str:
     lines = []
     for ph in p.over():
         big = sorted(((v, k) for k, v in ph.parts.items() if v), reverse=True)[:3]
-        lines.append(f"{ph.name} needs {_gib(ph.peak)} GiB per GPU, more than {_gib(p.gpu.memory)} GiB "
-                     f"(largest: {', '.join(f'{k} {_gib(v)}' for v, k in big)}); try:")
+        lines.append(
+            f"{ph.name} needs {_gib(ph.peak)} GiB per GPU, more than {_gib(p.gpu.memory)} GiB "
+            f"(largest: {', '.join(f'{k} {_gib(v)}' for v, k in big)}); try:"
+        )
         lines += [f"  - {a}" for a in p.advice(ph)]
     return "\n".join(lines)

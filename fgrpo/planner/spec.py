@@ -28,9 +28,18 @@ from fgrpo.models.wan.tiny import TINY_TEXT_ENCODER
 __all__ = ["ModelSpec", "RewardWeights", "UMT5_XXL", "reward_weights"]
 
 # google/umt5-xxl, as Wan2.1's text_encoder/config.json holds it (5,680,910,336 parameters).
-UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
-                relative_attention_max_distance=128, tie_word_embeddings=False)
+UMT5_XXL = dict(
+    vocab_size=256384,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    tie_word_embeddings=False,
+)
 
 
 @dataclass(frozen=True)
@@ -48,13 +57,21 @@ class ModelSpec:
             raise ValueError(f"model.preset: unknown preset {preset!r}; known: {sorted(PRESETS)}")
         p = PRESETS[preset]
         if preset == "tiny":
-            return cls(p.transformer_config(), dict(SMALL_VAE_CONFIG), text_encoder_config(TINY_TEXT_ENCODER, p.text_dim),
-                       f"preset {preset}")
+            return cls(
+                p.transformer_config(),
+                dict(SMALL_VAE_CONFIG),
+                text_encoder_config(TINY_TEXT_ENCODER, p.text_dim),
+                f"preset {preset}",
+            )
         if preset == "miniature":
             from fgrpo.miniature.pretrain import TEXT_ENCODER, VAE_CONFIG
 
-            return cls(p.transformer_config(), dict(VAE_CONFIG), text_encoder_config(TEXT_ENCODER, p.text_dim),
-                       f"preset {preset}")
+            return cls(
+                p.transformer_config(),
+                dict(VAE_CONFIG),
+                text_encoder_config(TEXT_ENCODER, p.text_dim),
+                f"preset {preset}",
+            )
         return cls(p.transformer_config(), {}, dict(UMT5_XXL), f"preset {preset}")
 
     @classmethod
@@ -67,8 +84,18 @@ class ModelSpec:
             return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
         te = read("text_encoder")
-        keys = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "feed_forward_proj",
-                "relative_attention_num_buckets", "relative_attention_max_distance", "tie_word_embeddings")
+        keys = (
+            "vocab_size",
+            "d_model",
+            "d_kv",
+            "d_ff",
+            "num_layers",
+            "num_heads",
+            "feed_forward_proj",
+            "relative_attention_num_buckets",
+            "relative_attention_max_distance",
+            "tie_word_embeddings",
+        )
         return cls(read("transformer"), read("vae"), {k: te[k] for k in keys if k in te}, f"folder {path}")
 
     @property
@@ -79,20 +106,55 @@ class ModelSpec:
 # ----------------------------------------------------------------------------- reward models
 
 # Hugging Face config.json values of the reward models' backbones (used when no local config).
-_QWEN2_VL_VISION = dict(depth=32, embed_dim=1280, mlp_ratio=4, num_heads=16, in_chans=3, patch_size=14,
-                        spatial_merge_size=2, temporal_patch_size=2)
+_QWEN2_VL_VISION = dict(
+    depth=32,
+    embed_dim=1280,
+    mlp_ratio=4,
+    num_heads=16,
+    in_chans=3,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+)
 _QWEN2_VL = {
-    "7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
-    "2B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-               num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "7B": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
+    "2B": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
 }
 _CLIP_VIT_H_14 = dict(
-    text_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                     vocab_size=49408, max_position_embeddings=77),
-    vision_config=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-                       patch_size=14, image_size=224),
-    projection_dim=1024)
+    text_config=dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        vocab_size=49408,
+        max_position_embeddings=77,
+    ),
+    vision_config=dict(
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=32,
+        num_attention_heads=16,
+        patch_size=14,
+        image_size=224,
+    ),
+    projection_dim=1024,
+)
 
 
 @dataclass(frozen=True)
@@ -112,8 +174,11 @@ def _qwen_reward_params(size: str, model_path: str | None, head: str, output_dim
     if local:
         config, what = AutoConfig.from_pretrained(model_path, local_files_only=True), f"{model_path}/config.json"
     else:
-        config = Qwen2VLConfig(**_QWEN2_VL[size], rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
-                               vision_config={**_QWEN2_VL_VISION, "hidden_size": _QWEN2_VL[size]["hidden_size"]})
+        config = Qwen2VLConfig(
+            **_QWEN2_VL[size],
+            rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+            vision_config={**_QWEN2_VL_VISION, "hidden_size": _QWEN2_VL[size]["hidden_size"]},
+        )
         what = f"Qwen2-VL-{size}-Instruct config"
     with torch.device("meta"):
         model = reward_model_class()(config, head=head, output_dim=output_dim)

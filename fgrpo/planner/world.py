@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import torch
 import torch.distributed as dist
 from torch._guards import active_fake_mode
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
@@ -38,8 +37,9 @@ def fake_world(world_size: int, rank: int = 0):
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     if dist.is_initialized():
-        raise RuntimeError("the planner needs a process without a process group (plan before "
-                           "init_process_group, or in a subprocess)")
+        raise RuntimeError(
+            "the planner needs a process without a process group (plan before init_process_group, or in a subprocess)"
+        )
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
     try:
         yield

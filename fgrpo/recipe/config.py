@@ -21,10 +21,23 @@ Backend = Literal["local", "slurm", "k8s"]
 # diffusers' attention backends fgrpo offers (AttentionBackendName values); which can train is in
 # fgrpo/models/wan/attention.py (TRAINABLE_BACKENDS, FORWARD_ONLY_BACKENDS), with the reasons.
 AttentionBackend = Literal[
-    "native", "_native_flash", "_native_efficient", "_native_cudnn", "_native_math", "flex",
-    "flash", "flash_hub", "_flash_3", "_flash_3_hub", "xformers",
-    "sage", "sage_hub", "_sage_qk_int8_pv_fp8_cuda", "_sage_qk_int8_pv_fp8_cuda_sm90",
-    "_sage_qk_int8_pv_fp16_cuda", "_sage_qk_int8_pv_fp16_triton",
+    "native",
+    "_native_flash",
+    "_native_efficient",
+    "_native_cudnn",
+    "_native_math",
+    "flex",
+    "flash",
+    "flash_hub",
+    "_flash_3",
+    "_flash_3_hub",
+    "xformers",
+    "sage",
+    "sage_hub",
+    "_sage_qk_int8_pv_fp8_cuda",
+    "_sage_qk_int8_pv_fp8_cuda_sm90",
+    "_sage_qk_int8_pv_fp16_cuda",
+    "_sage_qk_int8_pv_fp16_triton",
 ]
 
 

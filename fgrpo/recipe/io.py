@@ -28,8 +28,10 @@ def load_recipe_file(path: str | Path) -> Recipe:
     except Exception as e:  # the user's file: show what broke, where
         raise RecipeError(f"recipe file {path} failed to load: {type(e).__name__}: {e}") from e
     except SystemExit as e:  # sys.exit() in a recipe would end `fgrpo launch` quietly, having launched nothing
-        raise RecipeError(f"recipe file {path} called sys.exit({e.code!r}) while loading; a recipe file must "
-                          "only define `recipe = Recipe(...)`") from None
+        raise RecipeError(
+            f"recipe file {path} called sys.exit({e.code!r}) while loading; a recipe file must "
+            "only define `recipe = Recipe(...)`"
+        ) from None
     recipe = namespace.get("recipe")
     if not isinstance(recipe, Recipe):
         raise RecipeError(f"recipe file {path} must define `recipe = Recipe(...)` (found {type(recipe).__name__})")
@@ -121,8 +123,11 @@ def training_fingerprint(recipe: Recipe) -> str:
     # Fields at their default are left out, so a field added in a later version (at its default)
     # does not change the fingerprint of checkpoints written before it existed.
     defaults = _flatten(to_dict(Recipe()))
-    fields = {k: v for k, v in _flatten(to_dict(recipe)).items()
-              if not k.startswith(_NAME_NEUTRAL) and (k not in defaults or defaults[k] != v)}
+    fields = {
+        k: v
+        for k, v in _flatten(to_dict(recipe)).items()
+        if not k.startswith(_NAME_NEUTRAL) and (k not in defaults or defaults[k] != v)
+    }
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -185,8 +190,11 @@ def run_name(base: Recipe, resolved: Recipe) -> str:
     if not changes:
         return resolved.name
     (shown_base, where_base), (shown, where) = (_split_locations(_flatten(to_dict(r))) for r in (base, resolved))
-    parts = [f"{_label(k)}={_fmt(shown.get(k))}" for k in sorted(set(shown) | set(shown_base))
-             if shown.get(k) != shown_base.get(k) and not k.startswith(_NAME_NEUTRAL) and not k.endswith(".count")]
+    parts = [
+        f"{_label(k)}={_fmt(shown.get(k))}"
+        for k in sorted(set(shown) | set(shown_base))
+        if shown.get(k) != shown_base.get(k) and not k.startswith(_NAME_NEUTRAL) and not k.endswith(".count")
+    ]
     name = resolved.name + "__" + "_".join(parts) if parts else resolved.name
     name = re.sub(r"[^A-Za-z0-9_.=,+-]", "-", name)
     moved = {k: where.get(k) for k in sorted(set(where) | set(where_base)) if where.get(k) != where_base.get(k)}

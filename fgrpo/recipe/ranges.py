@@ -56,8 +56,7 @@ class Range:
 
 def within(text: str, default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING):
     """A dataclass field whose valid values are `text` (see `Range`)."""
-    return dataclasses.field(default=default, default_factory=default_factory,
-                             metadata={RANGE_KEY: Range.parse(text)})
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={RANGE_KEY: Range.parse(text)})
 
 
 def numeric_kind(tp) -> tuple[type, bool] | None:
@@ -115,8 +114,11 @@ def range_problems(obj, prefix: str = "") -> list[str]:
                 errs += range_problems(v, f"{name}.{i}.")
             continue
         if isinstance(value, dict):
-            errs += [f"{name}.{k}: must be finite, got {v!r}" for k, v in value.items()
-                     if isinstance(v, float) and not math.isfinite(v)]
+            errs += [
+                f"{name}.{k}: must be finite, got {v!r}"
+                for k, v in value.items()
+                if isinstance(v, float) and not math.isfinite(v)
+            ]
             continue
         tp = _hints(type(obj))[f.name]
         kind = numeric_kind(tp)

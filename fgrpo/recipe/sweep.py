@@ -63,6 +63,15 @@ def points(spec: SweepSpec) -> list[list[str]]:
 def sweep_dir(spec: SweepSpec, runs_dir: Path, name: str) -> Path:
     """The sweep's folder (sweep.json lists its runs): named from the recipe file and the whole
     sweep, so the same command finds the same folder again."""
-    key = json.dumps([Path(spec.recipe_path).name, spec.base_overrides, spec.grid, spec.random_n, spec.ranges,
-                      spec.choices, spec.seed])
+    key = json.dumps(
+        [
+            Path(spec.recipe_path).name,
+            spec.base_overrides,
+            spec.grid,
+            spec.random_n,
+            spec.ranges,
+            spec.choices,
+            spec.seed,
+        ]
+    )
     return runs_dir / f"{name}-sweep-{hashlib.sha1(key.encode()).hexdigest()[:8]}"

@@ -67,12 +67,16 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     # (F - 1)/4 + 1 and patch rows/columns H/16, W/16 must fit (beyond, diffusers fails mid-forward).
     rope = 1024
     if (ro.frames - 1) // 4 + 1 > rope:
-        errs.append(f"rollout.frames: at most {4 * (rope - 1) + 1} (Wan's rotary table holds {rope} latent frames), "
-                    f"got {ro.frames}")
+        errs.append(
+            f"rollout.frames: at most {4 * (rope - 1) + 1} (Wan's rotary table holds {rope} latent frames), "
+            f"got {ro.frames}"
+        )
     for name in ("height", "width"):
         if getattr(ro, name) // 16 > rope:
-            errs.append(f"rollout.{name}: at most {16 * rope} (Wan's rotary table holds {rope} patches per axis), "
-                        f"got {getattr(ro, name)}")
+            errs.append(
+                f"rollout.{name}: at most {16 * rope} (Wan's rotary table holds {rope} patches per axis), "
+                f"got {getattr(ro, name)}"
+            )
     if ro.noise_schedule not in NOISE_SCHEDULES:
         errs.append(f"rollout.noise_schedule: one of {NOISE_SCHEDULES}, got {ro.noise_schedule!r}")
 
@@ -157,20 +161,27 @@ def _sequence_parallel_problems(recipe: Recipe, preset) -> list[str]:
         return []
     errs = []
     if heads % (par.tp * par.sp):
-        per_tp = f"the {heads // par.tp} heads of each tensor-parallel rank (parallelism.tp={par.tp})" if par.tp > 1 \
+        per_tp = (
+            f"the {heads // par.tp} heads of each tensor-parallel rank (parallelism.tp={par.tp})"
+            if par.tp > 1
             else f"the {heads} attention heads of {recipe.model.preset}"
+        )
         sizes = [d for d in range(1, heads // par.tp + 1) if (heads // par.tp) % d == 0]
-        errs.append(f"parallelism.sp: {par.sp} does not divide {per_tp}; sequence parallelism gives each sp rank "
-                    f"whole heads, choose one of {sizes}")
+        errs.append(
+            f"parallelism.sp: {par.sp} does not divide {per_tp}; sequence parallelism gives each sp rank "
+            f"whole heads, choose one of {sizes}"
+        )
     if (ro.frames - 1) % 4 == 0 and ro.height % 16 == 0 and ro.width % 16 == 0:  # else reported above
         _, f, h, w = latent_shape(ro.frames, ro.height, ro.width)
         grid = (f // PATCH[0], h // PATCH[1], w // PATCH[2])
         tokens = grid[0] * grid[1] * grid[2]
         if tokens % par.sp:
-            errs.append(f"parallelism.sp: {par.sp} does not divide the {tokens} tokens of a video (latent frames x "
-                        f"patch rows x patch columns = {grid[0]} x {grid[1]} x {grid[2]} for rollout.frames="
-                        f"{ro.frames}, height={ro.height}, width={ro.width}); sequence parallelism splits every "
-                        "video's tokens evenly, without padding")
+            errs.append(
+                f"parallelism.sp: {par.sp} does not divide the {tokens} tokens of a video (latent frames x "
+                f"patch rows x patch columns = {grid[0]} x {grid[1]} x {grid[2]} for rollout.frames="
+                f"{ro.frames}, height={ro.height}, width={ro.width}); sequence parallelism splits every "
+                "video's tokens evenly, without padding"
+            )
     return errs
 
 
@@ -183,18 +194,22 @@ def _attention_backend_problems(recipe: Recipe) -> list[str]:
     m, errs = recipe.model, []
     problem = training_problem(m.attention_backend)
     if problem and m.attention_backend in FORWARD_ONLY_BACKENDS:
-        errs.append(f"model.attention_backend: {problem}, and training needs gradients through attention; "
-                    f"use it for rollouts and evaluation only: model.rollout_attention_backend={m.attention_backend} "
-                    f"(with a trainable model.attention_backend, e.g. native or flash)")
+        errs.append(
+            f"model.attention_backend: {problem}, and training needs gradients through attention; "
+            f"use it for rollouts and evaluation only: model.rollout_attention_backend={m.attention_backend} "
+            f"(with a trainable model.attention_backend, e.g. native or flash)"
+        )
     elif problem:
         errs.append(f"model.attention_backend: {problem}")
     rollout = m.rollout_attention_backend
     if rollout is not None and rollout not in TRAINABLE_BACKENDS and rollout not in FORWARD_ONLY_BACKENDS:
         errs.append(f"model.rollout_attention_backend: {training_problem(rollout)}")
     elif rollout not in (None, m.attention_backend) and not recipe.algorithm.recompute_old_log_prob:
-        errs.append(f"model.rollout_attention_backend: sampling with {rollout!r} but training with "
-                    f"{m.attention_backend!r} needs algorithm.recompute_old_log_prob=true (log pi_old from the "
-                    "rollout's kernel would move the on-policy ratio off 1)")
+        errs.append(
+            f"model.rollout_attention_backend: sampling with {rollout!r} but training with "
+            f"{m.attention_backend!r} needs algorithm.recompute_old_log_prob=true (log pi_old from the "
+            "rollout's kernel would move the on-policy ratio off 1)"
+        )
     return errs
 
 
@@ -217,8 +232,10 @@ def _prompt_problems(recipe: Recipe) -> list[str]:
     if train < 1:
         return [f"prompts.heldout: {pr.heldout} held out of the {n} prompts of {pr.file} leaves none to train on"]
     if train < per_step:
-        return [f"rollout.prompts_per_step: {per_step} prompts per step, but {pr.file} has only {train} training "
-                f"prompts ({n} minus prompts.heldout={pr.heldout}); a step would repeat prompts"]
+        return [
+            f"rollout.prompts_per_step: {per_step} prompts per step, but {pr.file} has only {train} training "
+            f"prompts ({n} minus prompts.heldout={pr.heldout}); a step would repeat prompts"
+        ]
     return []
 
 

@@ -30,46 +30,93 @@ from .render import fmt, page, samples_section, table
 
 
 def summary_table(run: RunData) -> str:
-    rows = [["held-out reward (before -> latest)", f"{fmt(run.heldout_before())} -> {fmt(run.heldout())}"],
-            ["train reward (first -> last step)",
-             f"{fmt(run.train[0].get('reward_mean') if run.train else None)} -> "
-             f"{fmt(run.train[-1].get('reward_mean') if run.train else None)}"],
-            ["steps", f"{run.step} / {run.recipe.get('optim.max_steps', '?')}"],
-            ["state", html.escape(str(run.status.get("state", "-")))]]
-    for key, unit in (("compute/videos", "videos"), ("compute/forward_passes", "forwards"), ("compute/flops", "FLOP"),
-                      ("compute/flops_rollout", "FLOP"), ("compute/flops_train", "FLOP"), ("compute/wall_s", "s"),
-                      ("compute/device_s", "device s")):
+    rows = [
+        ["held-out reward (before -> latest)", f"{fmt(run.heldout_before())} -> {fmt(run.heldout())}"],
+        [
+            "train reward (first -> last step)",
+            f"{fmt(run.train[0].get('reward_mean') if run.train else None)} -> "
+            f"{fmt(run.train[-1].get('reward_mean') if run.train else None)}",
+        ],
+        ["steps", f"{run.step} / {run.recipe.get('optim.max_steps', '?')}"],
+        ["state", html.escape(str(run.status.get("state", "-")))],
+    ]
+    for key, unit in (
+        ("compute/videos", "videos"),
+        ("compute/forward_passes", "forwards"),
+        ("compute/flops", "FLOP"),
+        ("compute/flops_rollout", "FLOP"),
+        ("compute/flops_train", "FLOP"),
+        ("compute/wall_s", "s"),
+        ("compute/device_s", "device s"),
+    ):
         rows.append([key, _compute_cell(run.last(key), unit)])
-    keys = ("algorithm.mode", "model.preset", "model.dtype", "rollout.steps", "rollout.group_size",
-            "rollout.prompts_per_step", "optim.lr", "prompts.seed", "parallelism.dp_shard", "parallelism.tp")
+    keys = (
+        "algorithm.mode",
+        "model.preset",
+        "model.dtype",
+        "rollout.steps",
+        "rollout.group_size",
+        "rollout.prompts_per_step",
+        "optim.lr",
+        "prompts.seed",
+        "parallelism.dp_shard",
+        "parallelism.tp",
+    )
     rows += [[k, html.escape(str(run.recipe.get(k)))] for k in keys if k in run.recipe]
     return table(["", "value"], rows)
 
 
 def board_table(rows: list[dict]) -> str:
-    return table(["#", "run", "fields that differ", "held-out", "held-out before", "change", "train reward", "step",
-                  "compute", "wall", "state"],
-                 [[str(r["rank"]), html.escape(r["run"]), html.escape(r["label"]), fmt(r["heldout"]),
-                   fmt(r["heldout_before"]),
-                   fmt(r["heldout"] - r["heldout_before"] if None not in (r["heldout"], r["heldout_before"]) else None),
-                   fmt(r["train_reward"]), str(r["step"]), _compute_cell(r["flops"], "FLOP"),
-                   _compute_cell(r["wall_s"], "s"),
-                   html.escape(r["state"]) + (f' <span class="problem">{html.escape(r["problem"])}</span>'
-                                              if r["problem"] else "")] for r in rows], left=3)
+    return table(
+        [
+            "#",
+            "run",
+            "fields that differ",
+            "held-out",
+            "held-out before",
+            "change",
+            "train reward",
+            "step",
+            "compute",
+            "wall",
+            "state",
+        ],
+        [
+            [
+                str(r["rank"]),
+                html.escape(r["run"]),
+                html.escape(r["label"]),
+                fmt(r["heldout"]),
+                fmt(r["heldout_before"]),
+                fmt(r["heldout"] - r["heldout_before"] if None not in (r["heldout"], r["heldout_before"]) else None),
+                fmt(r["train_reward"]),
+                str(r["step"]),
+                _compute_cell(r["flops"], "FLOP"),
+                _compute_cell(r["wall_s"], "s"),
+                html.escape(r["state"])
+                + (f' <span class="problem">{html.escape(r["problem"])}</span>' if r["problem"] else ""),
+            ]
+            for r in rows
+        ],
+        left=3,
+    )
 
 
 def comparison_section(rows: list[dict], resamples: int = 10000) -> str:
     """The paired comparison table and how its interval is made."""
-    note = ("<p>Each run at its latest evaluation. Difference: the mean over (seed, held-out prompt) cells of "
-            "configuration &minus; baseline, runs paired by <code>prompts.seed</code> (pairs: the seeds both have) "
-            "and videos by index (same prompts, same initial noise); a cell is the mean of that prompt's videos. "
-            f"95% CI: two-way bootstrap, seeds and prompts resampled independently ({resamples} resamples). "
-            "Compute: mean cumulative FLOPs at the last train step.</p>")
+    note = (
+        "<p>Each run at its latest evaluation. Difference: the mean over (seed, held-out prompt) cells of "
+        "configuration &minus; baseline, runs paired by <code>prompts.seed</code> (pairs: the seeds both have) "
+        "and videos by index (same prompts, same initial noise); a cell is the mean of that prompt's videos. "
+        f"95% CI: two-way bootstrap, seeds and prompts resampled independently ({resamples} resamples). "
+        "Compute: mean cumulative FLOPs at the last train step.</p>"
+    )
     return table(HEADER, [[html.escape(c) for c in comparison_cells(r)] for r in rows], left=1) + note
 
 
-def build(targets: list[Path], metric: str = TOTAL,
-          baseline: str | None = None) -> tuple[str, Path | None, list[dict], list[dict]]:
+def build(
+    targets: list[Path], metric: str = TOTAL, baseline: str | None = None
+) -> tuple[str, Path | None, list[dict], list[dict]]:
     """(the HTML, its default path, the leaderboard rows, the paired comparison rows: none for one
     series). `metric`: eval_reward or a reward component recorded at evaluation; `baseline`: the
     label (or a unique part of it) of the series the others are compared to."""
@@ -89,21 +136,43 @@ def build(targets: list[Path], metric: str = TOTAL,
         sections.append(("Leaderboard (held-out reward, latest evaluation)", board_table(board)))
         groups = group_board(series)
         if groups:
-            sections.append(("By configuration: mean over seeds", table(
-                ["configuration", "seeds", "held-out mean", "min", "max", "runs"],
-                [[html.escape(g["label"]), str(g["seeds"]), fmt(g["mean"]), fmt(g["min"]), fmt(g["max"]),
-                  html.escape(", ".join(g["runs"]))] for g in groups], left=1)))
+            sections.append(
+                (
+                    "By configuration: mean over seeds",
+                    table(
+                        ["configuration", "seeds", "held-out mean", "min", "max", "runs"],
+                        [
+                            [
+                                html.escape(g["label"]),
+                                str(g["seeds"]),
+                                fmt(g["mean"]),
+                                fmt(g["min"]),
+                                fmt(g["max"]),
+                                html.escape(", ".join(g["runs"])),
+                            ]
+                            for g in groups
+                        ],
+                        left=1,
+                    ),
+                )
+            )
         if len(series) >= 2:
             compared = comparison_rows(series, metric, baseline)
-            sections.append((f"Paired comparison (latest evaluation): {metric_name(metric)}",
-                             comparison_section(compared)))
-        after.append(("Held-out samples, before and after (each run)",
-                         "\n".join(samples_section(r, per_prompt=False) for r in runs)))
+            sections.append(
+                (f"Paired comparison (latest evaluation): {metric_name(metric)}", comparison_section(compared))
+            )
+        after.append(
+            (
+                "Held-out samples, before and after (each run)",
+                "\n".join(samples_section(r, per_prompt=False) for r in runs),
+            )
+        )
     return page(title, subtitle, sections, run_charts(series), after), default, board, compared
 
 
-def write_report(targets: list[Path], out: Path | None = None, metric: str = TOTAL,
-                 baseline: str | None = None) -> tuple[Path, list[dict], list[dict]]:
+def write_report(
+    targets: list[Path], out: Path | None = None, metric: str = TOTAL, baseline: str | None = None
+) -> tuple[Path, list[dict], list[dict]]:
     """Write the report (atomically); returns its path, the leaderboard rows and the paired
     comparison rows (build)."""
     text, default, board, compared = build([Path(t) for t in targets], metric, baseline)

@@ -57,8 +57,9 @@ def _interval(stats: list[float], confidence: float) -> tuple[float, float]:
     return _quantile(ordered, (1 - confidence) / 2), _quantile(ordered, (1 + confidence) / 2)
 
 
-def paired_bootstrap(base: list[list[float]], arm: list[list[float]], resamples: int = 10000, seed: int = 0,
-                     confidence: float = 0.95) -> tuple[float, float, float]:
+def paired_bootstrap(
+    base: list[list[float]], arm: list[list[float]], resamples: int = 10000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float, float]:
     """(mean difference, CI low, CI high) of arm - base, both [seeds x prompts] and paired cell by cell.
 
     d[i][j] = arm[i][j] - base[i][j] for seed i and prompt j; the estimate is the mean of d over all
@@ -74,8 +75,9 @@ def paired_bootstrap(base: list[list[float]], arm: list[list[float]], resamples:
     return (mean, *_interval(_resampled_means(d, resamples, random.Random(seed)), confidence))
 
 
-def unpaired_bootstrap(base: list[list[float]], arm: list[list[float]], resamples: int = 10000, seed: int = 0,
-                       confidence: float = 0.95) -> tuple[float, float, float]:
+def unpaired_bootstrap(
+    base: list[list[float]], arm: list[list[float]], resamples: int = 10000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float, float]:
     """The same, ignoring the pairing: mean(arm) - mean(base), each resampled (two-way) on its own.
 
     What comparing two series' means would give; the reference that shows what pairing gains."""
@@ -87,7 +89,7 @@ def unpaired_bootstrap(base: list[list[float]], arm: list[list[float]], resample
 
 
 def metric_name(metric: str) -> str:
-    """"eval_reward" (the total) or a component's name; "eval/miniature_gold" -> "miniature_gold"."""
+    """ "eval_reward" (the total) or a component's name; "eval/miniature_gold" -> "miniature_gold"."""
     name = metric.removeprefix("eval/")
     return TOTAL if name in (TOTAL, "eval_rewards") else name
 
@@ -116,7 +118,7 @@ def prompt_cells(values: list[float], videos_per_prompt: int) -> list[float]:
     """Per held-out prompt, the mean of its videos: prompt i has videos i*n .. i*n + n - 1 (each
     video its own cell when the count is not a multiple of n)."""
     n = videos_per_prompt if videos_per_prompt >= 1 and len(values) % videos_per_prompt == 0 else 1
-    return [sum(values[i:i + n]) / n for i in range(0, len(values), n)]
+    return [sum(values[i : i + n]) / n for i in range(0, len(values), n)]
 
 
 def pick_baseline(series: list[Series], wanted: str | None = None) -> int:
@@ -128,8 +130,10 @@ def pick_baseline(series: list[Series], wanted: str | None = None) -> int:
             return labels.index(wanted)
         found = [i for i, label in enumerate(labels) if wanted in label]
         if len(found) != 1:
-            raise ValueError(f"--baseline {wanted!r} matches {'no' if not found else len(found)} configurations "
-                             f"of {', '.join(repr(x) for x in labels)}")
+            raise ValueError(
+                f"--baseline {wanted!r} matches {'no' if not found else len(found)} configurations "
+                f"of {', '.join(repr(x) for x in labels)}"
+            )
         return found[0]
     flash = [i for i, label in enumerate(labels) if "mode=flash" in label]
     return flash[0] if len(flash) == 1 else 0
@@ -150,8 +154,7 @@ def _by_seed(s: Series, metric: str) -> dict[object, tuple[RunData, list[float]]
     return out
 
 
-def paired_difference(base: Series, arm: Series, metric: str, resamples: int = 10000,
-                      seed: int = 0) -> dict:
+def paired_difference(base: Series, arm: Series, metric: str, resamples: int = 10000, seed: int = 0) -> dict:
     """{diff, lo, hi, pairs, note}: arm - base over the seeds both have (paired_bootstrap)."""
     b, a = _by_seed(base, metric), _by_seed(arm, metric)
     common = sorted((k for k in a if k in b), key=str)
@@ -160,8 +163,10 @@ def paired_difference(base: Series, arm: Series, metric: str, resamples: int = 1
         return {**none, "note": "no per-video values" if not a or not b else "no seed in common"}
     if len({len(v) for k in common for v in (a[k][1], b[k][1])}) != 1:
         return {**none, "note": "different held-out videos"}
-    cells = [[prompt_cells(x[k][1], int(x[k][0].recipe.get("eval.videos_per_prompt", 1) or 1)) for k in common]
-             for x in (b, a)]
+    cells = [
+        [prompt_cells(x[k][1], int(x[k][0].recipe.get("eval.videos_per_prompt", 1) or 1)) for k in common]
+        for x in (b, a)
+    ]
     if len({len(row) for m in cells for row in m}) != 1:
         return {**none, "note": "different videos per prompt"}
     diff, lo, hi = paired_bootstrap(cells[0], cells[1], resamples, seed)
@@ -171,16 +176,24 @@ def paired_difference(base: Series, arm: Series, metric: str, resamples: int = 1
 def _summary(s: Series, metric: str) -> dict:
     """Mean, std (ddof=1, >= 2 seeds) over the runs' metric and their mean cumulative FLOPs."""
     vals = [v for v in (run_value(_latest(r), metric) for r in s.runs) if v is not None]
-    flops = [r.train[-1]["compute/flops"] for r in s.runs
-             if r.train and isinstance(r.train[-1].get("compute/flops"), (int, float))]
-    return {"label": s.label, "seeds": len(vals), "values": vals,
-            "mean": statistics.fmean(vals) if vals else None,
-            "std": statistics.stdev(vals) if len(vals) >= 2 else None,
-            "flops": statistics.fmean(flops) if flops else None}
+    flops = [
+        r.train[-1]["compute/flops"]
+        for r in s.runs
+        if r.train and isinstance(r.train[-1].get("compute/flops"), (int, float))
+    ]
+    return {
+        "label": s.label,
+        "seeds": len(vals),
+        "values": vals,
+        "mean": statistics.fmean(vals) if vals else None,
+        "std": statistics.stdev(vals) if len(vals) >= 2 else None,
+        "flops": statistics.fmean(flops) if flops else None,
+    }
 
 
-def comparison_rows(series: list[Series], metric: str = TOTAL, baseline: str | None = None,
-                    resamples: int = 10000, seed: int = 0) -> list[dict]:
+def comparison_rows(
+    series: list[Series], metric: str = TOTAL, baseline: str | None = None, resamples: int = 10000, seed: int = 0
+) -> list[dict]:
     """One row per series, the baseline first: its metric at each run's latest evaluation (mean
     and std over seeds), the mean cumulative compute/flops at the last train record, and, for the
     others, the paired difference to the baseline with its CI (paired_difference)."""
@@ -210,8 +223,7 @@ def comparison_cells(row: dict) -> list[str]:
         diff, pairs = "-" + (f" ({row['note']})" if row.get("note") else ""), str(row["pairs"])
     else:
         diff, pairs = f"{row['diff']:+.4f} [{row['lo']:+.4f}, {row['hi']:+.4f}]", str(row["pairs"])
-    return [row["label"], str(row["seeds"]), fmt(row["mean"]) + spread, diff, pairs,
-            compute_cell(row["flops"], "FLOP")]
+    return [row["label"], str(row["seeds"]), fmt(row["mean"]) + spread, diff, pairs, compute_cell(row["flops"], "FLOP")]
 
 
 def comparison_text(rows: list[dict], metric: str) -> list[str]:
@@ -219,6 +231,8 @@ def comparison_text(rows: list[dict], metric: str) -> list[str]:
     cells = [HEADER] + [comparison_cells(r) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
     lines = [f"paired comparison (latest evaluation): {metric_name(metric)}"]
-    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-              for row in cells]
+    lines += [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+        for row in cells
+    ]
     return lines

@@ -112,8 +112,9 @@ def resolve_targets(targets: list[Path]) -> tuple[list[Path], Path | None]:
     for t in targets:
         found = _runs_in(Path(t))
         if found is None:
-            raise FileNotFoundError(f"{t} is not a run folder (recipe.json), a sweep folder (sweep.json) or a folder "
-                                    "of runs")
+            raise FileNotFoundError(
+                f"{t} is not a run folder (recipe.json), a sweep folder (sweep.json) or a folder of runs"
+            )
         runs += [r for r in found[0] if r not in runs]
         default = found[1]
     if not runs:
@@ -154,12 +155,20 @@ def leaderboard(runs: list[RunData]) -> list[dict]:
     """One row per run, best held-out reward first (runs without one last)."""
     rows = []
     for r in runs:
-        rows.append({
-            "run": r.name, "label": r.label, "heldout": r.heldout(), "heldout_before": r.heldout_before(),
-            "train_reward": r.train[-1].get("reward_mean") if r.train else None, "step": r.step,
-            "flops": r.last("compute/flops"), "wall_s": r.last("compute/wall_s"),
-            "state": r.status.get("state", "-"), "problem": r.problem,
-        })
+        rows.append(
+            {
+                "run": r.name,
+                "label": r.label,
+                "heldout": r.heldout(),
+                "heldout_before": r.heldout_before(),
+                "train_reward": r.train[-1].get("reward_mean") if r.train else None,
+                "step": r.step,
+                "flops": r.last("compute/flops"),
+                "wall_s": r.last("compute/wall_s"),
+                "state": r.status.get("state", "-"),
+                "problem": r.problem,
+            }
+        )
     rows.sort(key=lambda x: -(x["heldout"] if x["heldout"] is not None else float("-inf")))
     for i, row in enumerate(rows, 1):
         row["rank"] = i
@@ -173,7 +182,15 @@ def group_board(series: list[Series]) -> list[dict]:
         vals = [r.heldout() for r in s.runs if r.heldout() is not None]
         if len(s.runs) < 2 or not vals:
             continue
-        rows.append({"label": s.label, "seeds": len(s.runs), "mean": sum(vals) / len(vals), "min": min(vals),
-                     "max": max(vals), "runs": [r.name for r in s.runs]})
+        rows.append(
+            {
+                "label": s.label,
+                "seeds": len(s.runs),
+                "mean": sum(vals) / len(vals),
+                "min": min(vals),
+                "max": max(vals),
+                "runs": [r.name for r in s.runs],
+            }
+        )
     rows.sort(key=lambda x: -x["mean"])
     return rows

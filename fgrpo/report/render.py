@@ -75,8 +75,9 @@ def plotly_js() -> tuple[str, str]:
     try:
         text = (resources.files("plotly") / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
     except (ModuleNotFoundError, FileNotFoundError) as e:
-        raise FileNotFoundError(f"fgrpo report needs the plotly package (pip install plotly; its wheel ships "
-                                f"plotly.min.js): {e}") from None
+        raise FileNotFoundError(
+            f"fgrpo report needs the plotly package (pip install plotly; its wheel ships plotly.min.js): {e}"
+        ) from None
     head = text[:200]
     version = head.split("plotly.js v", 1)[1].split()[0] if "plotly.js v" in head else "?"
     return text, version
@@ -111,8 +112,10 @@ def fmt(v, spec: str = "+.4f") -> str:
 
 def table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
     th = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(h)}</th>' for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
-                   + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row)) + "</tr>"
+        for row in rows
+    )
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -133,10 +136,15 @@ def samples_section(run: RunData, per_prompt: bool) -> str:
         before, after = folder.read_index(first) or {}, folder.read_index(last) or {}
         rows = []
         for b, a in zip(before.get("videos", []), after.get("videos", [])):
-            pair = ('<div class="pair">' + media_tag(folder.resolve(b["video"]), f"{first}: {b['reward']:+.4f}")
-                    + media_tag(folder.resolve(a["video"]), f"{last}: {a['reward']:+.4f}") + "</div>")
-            rows.append([html.escape(a["prompt"]), pair, fmt(b["reward"]), fmt(a["reward"]),
-                         fmt(a["reward"] - b["reward"])])
+            pair = (
+                '<div class="pair">'
+                + media_tag(folder.resolve(b["video"]), f"{first}: {b['reward']:+.4f}")
+                + media_tag(folder.resolve(a["video"]), f"{last}: {a['reward']:+.4f}")
+                + "</div>"
+            )
+            rows.append(
+                [html.escape(a["prompt"]), pair, fmt(b["reward"]), fmt(a["reward"]), fmt(a["reward"] - b["reward"])]
+            )
         if rows:
             parts.append(table(["prompt", f"{first} | {last}", "before", "after", "change"], rows, left=2))
     return "\n".join(parts)
@@ -154,13 +162,15 @@ def finite(value):
     return value
 
 
-def page(title: str, subtitle: str, sections: list[tuple[str, str]], figures: list[dict],
-         after: list[tuple[str, str]] = ()) -> str:
+def page(
+    title: str, subtitle: str, sections: list[tuple[str, str]], figures: list[dict], after: list[tuple[str, str]] = ()
+) -> str:
     """The page: `sections`, the charts, then `after` (the sample videos)."""
     js, version = plotly_js()
     charts = "".join(f'<div class="chart" id="{html.escape(f["id"])}"></div>' for f in figures)
-    body, tail = ("".join(f"<h2>{html.escape(h)}</h2>\n{content}\n" for h, content in part)
-                  for part in (sections, after))
+    body, tail = (
+        "".join(f"<h2>{html.escape(h)}</h2>\n{content}\n" for h, content in part) for part in (sections, after)
+    )
     spec = json.dumps(finite(figures), allow_nan=False, default=str).replace("</", "<\\/")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

@@ -7,6 +7,8 @@ PickScore), ``hpsv2``, ``hpsv3`` (per frame) and ``videoalign`` (per video);
 their models load on first use.
 """
 
+# Register the built-in rewards.
+from fgrpo.rewards import clip, hpsv2, hpsv3, miniature, programmatic, videoalign  # noqa: F401
 from fgrpo.rewards.base import (
     RewardFn,
     RewardInfo,
@@ -21,8 +23,6 @@ from fgrpo.rewards.base import (
     register_reward,
     validate_reward_spec,
 )
-# Register the built-in rewards.
-from fgrpo.rewards import clip, hpsv2, hpsv3, miniature, programmatic, videoalign  # noqa: F401
 from fgrpo.rewards.programmatic import DEFAULT_COLOURS, find_colour, luminance
 
 __all__ = [

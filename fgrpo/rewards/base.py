@@ -28,9 +28,18 @@ from typing import Any
 import torch
 
 __all__ = [
-    "RewardFn", "RewardInfo", "WeightedRewards", "aggregate_frames", "build_rewards",
-    "get_reward", "get_reward_info", "list_rewards", "missing_reward_args", "parse_aggregation",
-    "register_reward", "validate_reward_spec",
+    "RewardFn",
+    "RewardInfo",
+    "WeightedRewards",
+    "aggregate_frames",
+    "build_rewards",
+    "get_reward",
+    "get_reward_info",
+    "list_rewards",
+    "missing_reward_args",
+    "parse_aggregation",
+    "register_reward",
+    "validate_reward_spec",
 ]
 
 RewardFn = Callable[..., torch.Tensor]
@@ -60,13 +69,16 @@ def _required(name: str, required_args: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(required_args, Mapping) or not all(
         isinstance(k, str) and k and isinstance(v, str) for k, v in required_args.items()
     ):
-        raise ValueError(f"reward {name!r}: required_args must map argument names to descriptions, "
-                         f"got {required_args!r}")
+        raise ValueError(
+            f"reward {name!r}: required_args must map argument names to descriptions, got {required_args!r}"
+        )
     return tuple(required_args.items())
 
 
 def register_reward(
-    name: str, per_frame: bool = False, required_args: Mapping[str, str] | None = None,
+    name: str,
+    per_frame: bool = False,
+    required_args: Mapping[str, str] | None = None,
 ) -> Callable[[RewardFn], RewardFn]:
     """Decorator registering ``fn`` under ``name``; sets ``fn.per_frame`` and ``fn.required_args``.
 
@@ -126,8 +138,9 @@ def get_reward_info(spec: str) -> RewardInfo:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ValueError(f"reward {spec!r}: {attr!r} is not callable (got {type(obj).__name__})")
-    return RewardInfo(spec, obj, bool(getattr(obj, "per_frame", False)),
-                      _required(spec, getattr(obj, "required_args", None)))
+    return RewardInfo(
+        spec, obj, bool(getattr(obj, "per_frame", False)), _required(spec, getattr(obj, "required_args", None))
+    )
 
 
 def get_reward(name_or_import_path: str) -> RewardFn:
@@ -228,13 +241,15 @@ class WeightedRewards:
             validate_reward_spec(spec)
         for key, spec in zip(self.keys(specs), specs):
             name = spec_field(spec, "name", None)
-            self.entries.append((
-                key,
-                get_reward_info(name),
-                float(spec_field(spec, "weight", 1.0)),
-                dict(spec_field(spec, "args", None) or {}),
-                spec_field(spec, "frame_aggregation", "mean"),
-            ))
+            self.entries.append(
+                (
+                    key,
+                    get_reward_info(name),
+                    float(spec_field(spec, "weight", 1.0)),
+                    dict(spec_field(spec, "args", None) or {}),
+                    spec_field(spec, "frame_aggregation", "mean"),
+                )
+            )
 
     @staticmethod
     def keys(specs: Any) -> list[str]:
@@ -252,9 +267,7 @@ class WeightedRewards:
         """Component keys in spec order."""
         return [e[0] for e in self.entries]
 
-    def __call__(
-        self, frames: torch.Tensor, prompts: list[str]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if frames.ndim != 5 or frames.shape[2] != 3:
             raise ValueError(f"frames must be [B, F, 3, H, W], got {tuple(frames.shape)}")
         b = frames.shape[0]
@@ -268,9 +281,7 @@ class WeightedRewards:
                 want = (b, frames.shape[1]) if info.per_frame else (b,)
                 if tuple(out.shape) != want:
                     kind = "per-frame [B, F]" if info.per_frame else "[B]"
-                    raise ValueError(
-                        f"reward {info.name!r} must return {kind} = {want}, got {tuple(out.shape)}"
-                    )
+                    raise ValueError(f"reward {info.name!r} must return {kind} = {want}, got {tuple(out.shape)}")
                 out = out.detach().to(device=frames.device, dtype=torch.float32)
                 if info.per_frame:
                     out = aggregate_frames(out, how)

@@ -41,9 +41,17 @@ class RewardClient:
     at once.
     """
 
-    def __init__(self, url: str, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 0.5,
-                 max_workers: int = 2, reconnect: Callable[[], str] | None = None, token: str | None = None,
-                 max_request_bytes: int = DEFAULT_REQUEST_BYTES) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 60.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        max_workers: int = 2,
+        reconnect: Callable[[], str] | None = None,
+        token: str | None = None,
+        max_request_bytes: int = DEFAULT_REQUEST_BYTES,
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout_s, self.retries, self.backoff_s = timeout_s, max(0, int(retries)), backoff_s
         self.reconnect = reconnect
@@ -76,8 +84,7 @@ class RewardClient:
             headers["Authorization"] = f"Bearer {self._token}"
         last, server_error, attempt, busy, busy_until = "", False, 0, 0, None
         while attempt <= self.retries:
-            req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
-                                         headers=headers)
+            req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET", headers=headers)
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                     return json.loads(resp.read())
@@ -123,14 +130,16 @@ class RewardClient:
         frames = torch.as_tensor(frames)
         prompts = list(prompts)
         if frames.ndim != 5 or len(prompts) != frames.shape[0]:
-            raise ValueError(f"got {len(prompts)} prompts for frames of shape {tuple(frames.shape)} "
-                             "([B, F, 3, H, W], one prompt per video)")
+            raise ValueError(
+                f"got {len(prompts)} prompts for frames of shape {tuple(frames.shape)} "
+                "([B, F, 3, H, W], one prompt per video)"
+            )
         per_request = max(1, self.max_request_bytes // max(1, math.prod(frames.shape[1:])))
         totals, parts = [], []
         for i in range(0, frames.shape[0], per_request):
-            chunk = frames[i:i + per_request]
+            chunk = frames[i : i + per_request]
             u8 = chunk.detach().to("cpu").contiguous() if chunk.dtype == torch.uint8 else quantize(chunk)
-            body, length = encode_request(u8, prompts[i:i + per_request])
+            body, length = encode_request(u8, prompts[i : i + per_request])
             out = self._request("/score", body, length)
             del body, u8
             totals.append(torch.tensor(out["total"], dtype=torch.float32))

@@ -30,6 +30,7 @@ from fgrpo.rewards.scorers import cached_scorer, resolve_dtype
 
 __all__ = ["ClipScorer", "clip", "get_scorer"]
 
+
 def _get(cfg: Any, key: str) -> Any:
     """Read ``key`` from a size dict or a SizeDict-like object (None if absent)."""
     if cfg is None:
@@ -52,16 +53,21 @@ class ClipScorer:
         if not os.path.isdir(model_path):
             raise FileNotFoundError(f"CLIP reward: model folder {model_path!r} does not exist")
         try:
-            model = CLIPModel.from_pretrained(model_path, local_files_only=True,
-                                              dtype=resolve_dtype(dtype, device))
+            model = CLIPModel.from_pretrained(model_path, local_files_only=True, dtype=resolve_dtype(dtype, device))
             processor = CLIPProcessor.from_pretrained(model_path, local_files_only=True)
         except OSError as exc:
-            raise FileNotFoundError(f"CLIP reward: cannot load CLIPModel/CLIPProcessor from {model_path!r}: {exc}") from exc
+            raise FileNotFoundError(
+                f"CLIP reward: cannot load CLIPModel/CLIPProcessor from {model_path!r}: {exc}"
+            ) from exc
         self._setup(model, processor, dtype, device, use_logit_scale=True)
 
     @classmethod
     def from_model(
-        cls, model: Any, processor: Any, dtype: str | torch.dtype = "auto", device: str = "cpu",
+        cls,
+        model: Any,
+        processor: Any,
+        dtype: str | torch.dtype = "auto",
+        device: str = "cpu",
         use_logit_scale: bool = True,
     ) -> ClipScorer:
         """Scorer around a built ``CLIPModel`` + ``CLIPProcessor``; casts the model to ``dtype``.
@@ -114,7 +120,7 @@ class ClipScorer:
                 x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
                 h, w = x.shape[-2:]
             top, left = (h - ch) // 2, (w - cw) // 2
-            x = x[..., top:top + ch, left:left + cw]
+            x = x[..., top : top + ch, left : left + cw]
         if self.do_normalize:
             x = (x - self.mean) / self.std
         return x
@@ -122,8 +128,9 @@ class ClipScorer:
     @torch.no_grad()
     def embed_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """Unit-norm text embeddings ``[B, D]`` (float32)."""
-        tok = self.tokenizer(list(prompts), padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt").to(self.device)
+        tok = self.tokenizer(
+            list(prompts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
         emb = self.model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
         emb = getattr(emb, "pooler_output", emb)  # transformers may return a model output
         return F.normalize(emb.float(), dim=-1)
@@ -160,13 +167,18 @@ class ClipScorer:
 def get_scorer(model_path: str, dtype: str = "auto", device: str = "cpu") -> ClipScorer:
     """Cached :class:`ClipScorer` per ``(path, dtype, device)``."""
     path, dt = os.path.abspath(os.fspath(model_path)), resolve_dtype(dtype, device)
-    return cached_scorer("clip", (path, str(dt), str(torch.device(device))),
-                         lambda: ClipScorer(path, dtype=dt, device=device))
+    return cached_scorer(
+        "clip", (path, str(dt), str(torch.device(device))), lambda: ClipScorer(path, dtype=dt, device=device)
+    )
 
 
-@register_reward("clip", per_frame=True, required_args={
-    "model_path": "a local CLIPModel folder, e.g. PickScore",
-})
+@register_reward(
+    "clip",
+    per_frame=True,
+    required_args={
+        "model_path": "a local CLIPModel folder, e.g. PickScore",
+    },
+)
 def clip(
     frames: torch.Tensor,
     prompts: Sequence[str],

@@ -37,7 +37,11 @@ from fgrpo.rewards.clip import ClipScorer
 from fgrpo.rewards.scorers import cached_scorer, resolve_dtype
 
 __all__ = [
-    "convert_state_dict", "get_scorer", "hpsv2", "infer_config", "load_open_clip_state_dict",
+    "convert_state_dict",
+    "get_scorer",
+    "hpsv2",
+    "infer_config",
+    "load_open_clip_state_dict",
     "open_clip_val_processor",
 ]
 
@@ -92,17 +96,25 @@ def infer_config(
     common = dict(hidden_act="gelu", layer_norm_eps=1e-5)
     return CLIPConfig(
         vision_config=dict(
-            hidden_size=v_width, patch_size=patch, image_size=grid * patch, num_attention_heads=vision_heads,
+            hidden_size=v_width,
+            patch_size=patch,
+            image_size=grid * patch,
+            num_attention_heads=vision_heads,
             num_hidden_layers=_num_layers(sd, "visual.transformer."),
             intermediate_size=_take(sd, "visual.transformer.resblocks.0.mlp.c_fc.weight").shape[0],
             **common,
         ),
         text_config=dict(
-            hidden_size=t_width, vocab_size=tok.shape[0], num_attention_heads=text_heads,
+            hidden_size=t_width,
+            vocab_size=tok.shape[0],
+            num_attention_heads=text_heads,
             max_position_embeddings=_take(sd, "positional_embedding").shape[0],
             num_hidden_layers=_num_layers(sd, "transformer."),
             intermediate_size=_take(sd, "transformer.resblocks.0.mlp.c_fc.weight").shape[0],
-            bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **common,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            **common,
         ),
         projection_dim=_take(sd, "text_projection").shape[1],
     )
@@ -115,10 +127,16 @@ def _convert_blocks(sd: dict, src: str, dst: str, layers: int, used: set[str]) -
         # nn.MultiheadAttention packs q, k, v row-wise into in_proj.
         for kind in ("weight", "bias"):
             q, k, v = _take(sd, f"{s}attn.in_proj_{kind}", used).chunk(3, dim=0)
-            out.update({f"{d}self_attn.q_proj.{kind}": q, f"{d}self_attn.k_proj.{kind}": k,
-                        f"{d}self_attn.v_proj.{kind}": v})
-        for a, b in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
-                     ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+            out.update(
+                {f"{d}self_attn.q_proj.{kind}": q, f"{d}self_attn.k_proj.{kind}": k, f"{d}self_attn.v_proj.{kind}": v}
+            )
+        for a, b in (
+            ("attn.out_proj", "self_attn.out_proj"),
+            ("ln_1", "layer_norm1"),
+            ("ln_2", "layer_norm2"),
+            ("mlp.c_fc", "mlp.fc1"),
+            ("mlp.c_proj", "mlp.fc2"),
+        ):
             for kind in ("weight", "bias"):
                 out[f"{d}{b}.{kind}"] = _take(sd, f"{s}{a}.{kind}", used)
     return out
@@ -143,8 +161,11 @@ def convert_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "text_projection.weight": _take(sd, "text_projection", used).t(),
         "logit_scale": _take(sd, "logit_scale", used).reshape(()),
     }
-    for a, b in (("visual.ln_pre", v + "pre_layrnorm"), ("visual.ln_post", v + "post_layernorm"),
-                 ("ln_final", t + "final_layer_norm")):
+    for a, b in (
+        ("visual.ln_pre", v + "pre_layrnorm"),
+        ("visual.ln_post", v + "post_layernorm"),
+        ("ln_final", t + "final_layer_norm"),
+    ):
         for kind in ("weight", "bias"):
             out[f"{b}.{kind}"] = _take(sd, f"{a}.{kind}", used)
     out.update(_convert_blocks(sd, "visual.transformer.", v, _num_layers(sd, "visual.transformer."), used))
@@ -200,15 +221,22 @@ def open_clip_val_processor(tokenizer: Any, image_size: int) -> Any:
     from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-        resample=PILImageResampling.BICUBIC, image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD),
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        resample=PILImageResampling.BICUBIC,
+        image_mean=list(OPENAI_CLIP_MEAN),
+        image_std=list(OPENAI_CLIP_STD),
     )
     return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def _build_scorer(
-    checkpoint: str, tokenizer_path: str, dtype: torch.dtype, device: str,
-    vision_heads: int | None, text_heads: int | None,
+    checkpoint: str,
+    tokenizer_path: str,
+    dtype: torch.dtype,
+    device: str,
+    vision_heads: int | None,
+    text_heads: int | None,
 ) -> ClipScorer:
     from transformers import AutoTokenizer
 
@@ -220,8 +248,14 @@ def _build_scorer(
         raise FileNotFoundError(f"HPSv2 reward: cannot load a CLIP tokenizer from {tokenizer_path!r}: {exc}") from exc
     sd = load_open_clip_state_dict(checkpoint)
     try:
-        config = infer_config(sd, vision_heads, text_heads, bos_token_id=tokenizer.bos_token_id,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        config = infer_config(
+            sd,
+            vision_heads,
+            text_heads,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         model = _build_model(sd, config)
     except (ValueError, RuntimeError) as exc:  # load_state_dict reports shape mismatches as RuntimeError
         raise ValueError(f"HPSv2 reward: checkpoint {checkpoint!r}: {exc}") from exc
@@ -230,20 +264,31 @@ def _build_scorer(
 
 
 def get_scorer(
-    checkpoint: str, tokenizer_path: str, dtype: str = "auto", device: str = "cpu",
-    vision_heads: int | None = None, text_heads: int | None = None,
+    checkpoint: str,
+    tokenizer_path: str,
+    dtype: str = "auto",
+    device: str = "cpu",
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
 ) -> ClipScorer:
     """Cached HPSv2 :class:`ClipScorer` per ``(checkpoint, tokenizer, dtype, device, heads)``."""
     dt = resolve_dtype(dtype, device)  # an unknown dtype fails before gigabytes of weights are read
     ckpt, tok = os.path.abspath(checkpoint), os.path.abspath(tokenizer_path)
-    return cached_scorer("hpsv2", (ckpt, tok, str(dt), str(torch.device(device)), vision_heads, text_heads),
-                         lambda: _build_scorer(ckpt, tok, dt, device, vision_heads, text_heads))
+    return cached_scorer(
+        "hpsv2",
+        (ckpt, tok, str(dt), str(torch.device(device)), vision_heads, text_heads),
+        lambda: _build_scorer(ckpt, tok, dt, device, vision_heads, text_heads),
+    )
 
 
-@register_reward("hpsv2", per_frame=True, required_args={
-    "checkpoint": "the open_clip HPS_v2*.pt state dict",
-    "tokenizer_path": "a local CLIP tokenizer folder",
-})
+@register_reward(
+    "hpsv2",
+    per_frame=True,
+    required_args={
+        "checkpoint": "the open_clip HPS_v2*.pt state dict",
+        "tokenizer_path": "a local CLIP tokenizer folder",
+    },
+)
 def hpsv2(
     frames: torch.Tensor,
     prompts: Sequence[str],
@@ -256,8 +301,16 @@ def hpsv2(
 ) -> torch.Tensor:
     """Per-frame HPSv2 reward ``[B, F]`` (cosine, about 0.2-0.3 for real models); runs on the frames' device."""
     if not checkpoint or not tokenizer_path:
-        raise ValueError("reward 'hpsv2' needs args.checkpoint (the open_clip HPS_v2*.pt state dict) "
-                         "and args.tokenizer_path (a local CLIP tokenizer folder)")
-    scorer = get_scorer(checkpoint, tokenizer_path, dtype=dtype, device=str(frames.device),
-                        vision_heads=vision_heads, text_heads=text_heads)
+        raise ValueError(
+            "reward 'hpsv2' needs args.checkpoint (the open_clip HPS_v2*.pt state dict) "
+            "and args.tokenizer_path (a local CLIP tokenizer folder)"
+        )
+    scorer = get_scorer(
+        checkpoint,
+        tokenizer_path,
+        dtype=dtype,
+        device=str(frames.device),
+        vision_heads=vision_heads,
+        text_heads=text_heads,
+    )
     return scorer.score_frames(frames, prompts, batch_size=batch_size)

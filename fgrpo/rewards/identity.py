@@ -32,8 +32,14 @@ from typing import Any
 
 from fgrpo.rewards.base import WeightedRewards, get_reward_info, spec_field
 
-__all__ = ["FULL_HASH_BYTES", "NOT_SCORING", "file_fingerprint", "identity_differences", "reward_identities",
-           "rewards_changed"]
+__all__ = [
+    "FULL_HASH_BYTES",
+    "NOT_SCORING",
+    "file_fingerprint",
+    "identity_differences",
+    "reward_identities",
+    "rewards_changed",
+]
 
 FULL_HASH_BYTES = 64 << 20
 SAMPLE_BYTES = 1 << 20
@@ -42,6 +48,7 @@ NOT_SCORING = ("batch_size", "device")  # how a reward is computed, not what it 
 
 def _json_value(value: Any) -> Any:
     """`value` as JSON gives it back (tuples as lists); other objects by name, never by address."""
+
     def name(o: Any) -> str:
         return getattr(o, "__qualname__", None) or re.sub(r" at 0x[0-9a-fA-F]+", "", str(o))
 
@@ -109,12 +116,16 @@ def reward_identities(specs: Any, fingerprint: bool = True) -> list[dict]:
     for key, spec in zip(WeightedRewards.keys(specs), specs):
         name = spec_field(spec, "name", None)
         args = dict(spec_field(spec, "args", None) or {})
-        out.append({
-            "key": key, "name": name, "weight": float(spec_field(spec, "weight", 1.0)),
-            "frame_aggregation": spec_field(spec, "frame_aggregation", "mean"),
-            "settings": scorer_settings(get_reward_info(name).fn, args),
-            "files": {k: file_fingerprint(v) for k, v in sorted(args.items()) if fingerprint and _names_a_path(v)},
-        })
+        out.append(
+            {
+                "key": key,
+                "name": name,
+                "weight": float(spec_field(spec, "weight", 1.0)),
+                "frame_aggregation": spec_field(spec, "frame_aggregation", "mean"),
+                "settings": scorer_settings(get_reward_info(name).fn, args),
+                "files": {k: file_fingerprint(v) for k, v in sorted(args.items()) if fingerprint and _names_a_path(v)},
+            }
+        )
     return out
 
 
@@ -127,8 +138,11 @@ def _show(settings: dict, key: str) -> str:
 
 
 def _reward_changes(expected: dict, actual: dict) -> list[str]:
-    changes = [f"{f} {json.dumps(expected.get(f))} -> {json.dumps(actual.get(f))}"
-               for f in ("name", "weight", "frame_aggregation") if expected.get(f) != actual.get(f)]
+    changes = [
+        f"{f} {json.dumps(expected.get(f))} -> {json.dumps(actual.get(f))}"
+        for f in ("name", "weight", "frame_aggregation")
+        if expected.get(f) != actual.get(f)
+    ]
     want_files, got_files = expected.get("files") or {}, actual.get("files") or {}
     want, got = expected.get("settings") or {}, actual.get("settings") or {}
     # A file's path may differ (the same weights elsewhere on another machine): its content decides.
@@ -143,8 +157,10 @@ def _reward_changes(expected: dict, actual: dict) -> list[str]:
             where = "is unset now" if k not in got else f"now names {_show(got, k)}, which does not exist here"
             changes.append(f"args.{k}: {was.get('path')} was recorded, but it {where}")
         elif now.get("digest") != was["digest"]:
-            changes.append(f"args.{k}: the weights at {now.get('path')} changed (digest {str(was['digest'])[:12]}... "
-                           f"-> {str(now.get('digest'))[:12]}..., {was.get('bytes')} -> {now.get('bytes')} bytes)")
+            changes.append(
+                f"args.{k}: the weights at {now.get('path')} changed (digest {str(was['digest'])[:12]}... "
+                f"-> {str(now.get('digest'))[:12]}..., {was.get('bytes')} -> {now.get('bytes')} bytes)"
+            )
     return changes
 
 
@@ -169,6 +185,8 @@ def rewards_changed(recorded: list[dict] | None, actual: list[dict], record_file
     diffs = identity_differences(recorded, actual) if recorded is not None else []
     if not diffs:
         return None
-    return (f"the rewards changed since this run started ({record_file}; then -> now): {'; '.join(diffs)}. "
-            "Restore them, or start a new run with --logging.run-name NEW_NAME; to continue this run with the "
-            f"new rewards on purpose, delete {record_file}")
+    return (
+        f"the rewards changed since this run started ({record_file}; then -> now): {'; '.join(diffs)}. "
+        "Restore them, or start a new run with --logging.run-name NEW_NAME; to continue this run with the "
+        f"new rewards on purpose, delete {record_file}"
+    )

@@ -72,9 +72,7 @@ def _palette(
     return palette
 
 
-def find_colour(
-    prompt: str, colours: Mapping[str, Sequence[float]] | None = None
-) -> str | None:
+def find_colour(prompt: str, colours: Mapping[str, Sequence[float]] | None = None) -> str | None:
     """First colour word in ``prompt`` (whole word, case-insensitive), or None."""
     palette = _palette(colours)
     match = _word_pattern(tuple(palette)).search(prompt)

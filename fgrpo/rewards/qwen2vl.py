@@ -44,16 +44,23 @@ from torch import nn
 from fgrpo.rewards.scorers import cached_scorer, resolve_dtype
 
 __all__ = [
-    "Qwen2VLRewardScorer", "cached_qwen_scorer", "chat_text", "load_reward_model", "patchify", "resize_frames",
-    "reward_model_class", "smart_resize",
+    "Qwen2VLRewardScorer",
+    "cached_qwen_scorer",
+    "chat_text",
+    "load_reward_model",
+    "patchify",
+    "resize_frames",
+    "reward_model_class",
+    "smart_resize",
 ]
-
 
 
 # ----------------------------------------------------------------------------- preprocessing
 
-def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
-                 max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
+
+def smart_resize(
+    height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280
+) -> tuple[int, int]:
     """Qwen2-VL's target size: multiples of ``factor``, area within [min, max], aspect kept."""
     if max(height, width) / min(height, width) > 200:
         raise ValueError(f"aspect ratio of {height}x{width} frames exceeds Qwen2-VL's limit of 200")
@@ -96,12 +103,15 @@ def patchify(frames: torch.Tensor, patch: int, merge: int, temporal: int) -> tup
 
 def chat_text(user_text: str, vision_token: str, n_vision_tokens: int) -> str:
     """One user turn ``[vision, text]`` in the Qwen2-VL-Instruct chat template, pads expanded."""
-    return ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-            f"<|vision_start|>{vision_token * n_vision_tokens}<|vision_end|>{user_text}<|im_end|>\n"
-            "<|im_start|>assistant\n")
+    return (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        f"<|vision_start|>{vision_token * n_vision_tokens}<|vision_end|>{user_text}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
 
 
 # ----------------------------------------------------------------------------- model
+
 
 @cache
 def reward_model_class() -> type:
@@ -124,15 +134,26 @@ def reward_model_class() -> type:
             if head == "linear":
                 self.rm_head = nn.Linear(hidden, output_dim, bias=False)
             elif head == "ranknet":  # module indices match HPSv3's state dict (rm_head.0/.3/.5)
-                self.rm_head = nn.Sequential(nn.Linear(hidden, 1024), nn.ReLU(), nn.Dropout(0.05),
-                                             nn.Linear(1024, 16), nn.ReLU(), nn.Linear(16, output_dim))
+                self.rm_head = nn.Sequential(
+                    nn.Linear(hidden, 1024),
+                    nn.ReLU(),
+                    nn.Dropout(0.05),
+                    nn.Linear(1024, 16),
+                    nn.ReLU(),
+                    nn.Linear(16, output_dim),
+                )
             else:
                 raise ValueError(f"unknown reward head {head!r}; use 'linear' or 'ranknet'")
             self.post_init()
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, grid_thw: torch.Tensor,
-                    pixel_values: torch.Tensor | None = None,
-                    pixel_values_videos: torch.Tensor | None = None) -> torch.Tensor:
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            grid_thw: torch.Tensor,
+            pixel_values: torch.Tensor | None = None,
+            pixel_values_videos: torch.Tensor | None = None,
+        ) -> torch.Tensor:
             """One image (``pixel_values``) or one video (``pixel_values_videos``) per row; grid is its ``thw``."""
             if pixel_values_videos is not None:
                 vision = {"pixel_values_videos": pixel_values_videos, "video_grid_thw": grid_thw}
@@ -140,8 +161,9 @@ def reward_model_class() -> type:
                 vision = {"pixel_values": pixel_values, "image_grid_thw": grid_thw}
             b, length = input_ids.shape  # sequential positions, as in training (module docstring)
             position_ids = torch.arange(length, device=input_ids.device).expand(3, b, length)
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             use_cache=False, **vision)
+            out = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **vision
+            )
             return self.rm_head(out.last_hidden_state.float())
 
     return Qwen2VLRewardModel
@@ -171,9 +193,15 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_reward_model(model_path: str, checkpoint: str | None, reward_tokens: Sequence[str], head: str,
-                      output_dim: int, dtype: str | torch.dtype = "auto", device: str = "cpu",
-                      ) -> tuple[nn.Module, object, list[int]]:
+def load_reward_model(
+    model_path: str,
+    checkpoint: str | None,
+    reward_tokens: Sequence[str],
+    head: str,
+    output_dim: int,
+    dtype: str | torch.dtype = "auto",
+    device: str = "cpu",
+) -> tuple[nn.Module, object, list[int]]:
     """Load ``(model, tokenizer, reward_token_ids)``; the reward tokens are added to the tokenizer if absent."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -199,30 +227,49 @@ def load_reward_model(model_path: str, checkpoint: str | None, reward_tokens: Se
         source = {"pretrained_model_name_or_path": None, "state_dict": state}
     else:
         source = {"pretrained_model_name_or_path": model_path, "local_files_only": True, "key_mapping": LEGACY_KEYS}
-    model, info = reward_model_class().from_pretrained(**source, config=config, dtype=resolve_dtype(dtype, device),
-                                                       head=head, output_dim=output_dim, output_loading_info=True)
+    model, info = reward_model_class().from_pretrained(
+        **source,
+        config=config,
+        dtype=resolve_dtype(dtype, device),
+        head=head,
+        output_dim=output_dim,
+        output_loading_info=True,
+    )
     if info["missing_keys"]:  # from_pretrained would leave them randomly initialised
         hint = "" if checkpoint else "; pass checkpoint=<reward model state dict> on top of this base folder"
-        raise ValueError(f"Qwen2-VL reward: {checkpoint or model_path!r} lacks weights "
-                         f"{sorted(info['missing_keys'])[:4]}{hint}")
+        raise ValueError(
+            f"Qwen2-VL reward: {checkpoint or model_path!r} lacks weights {sorted(info['missing_keys'])[:4]}{hint}"
+        )
     rows = model.model.get_input_embeddings().weight.shape[0]
     if max(ids) >= rows:
-        raise ValueError(f"reward tokens {list(reward_tokens)} got ids {ids} but the embeddings have {rows} rows: "
-                         f"is {model_path!r} the base model this checkpoint was trained from?")
+        raise ValueError(
+            f"reward tokens {list(reward_tokens)} got ids {ids} but the embeddings have {rows} rows: "
+            f"is {model_path!r} the base model this checkpoint was trained from?"
+        )
     model.to(device).eval().requires_grad_(False)
     return model, tokenizer, ids
 
 
 # ----------------------------------------------------------------------------- scorer
 
+
 class Qwen2VLRewardScorer:
     """Loads a reward model once and turns frames + texts into head outputs at the reward tokens."""
 
-    def __init__(self, model_path: str, checkpoint: str | None, reward_tokens: Sequence[str], head: str,
-                 output_dim: int, dtype: str | torch.dtype = "auto", device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model_path: str,
+        checkpoint: str | None,
+        reward_tokens: Sequence[str],
+        head: str,
+        output_dim: int,
+        dtype: str | torch.dtype = "auto",
+        device: str = "cpu",
+    ) -> None:
         self.device = torch.device(device)
         self.model, self.tokenizer, self.reward_ids = load_reward_model(
-            model_path, checkpoint, reward_tokens, head, output_dim, dtype, str(self.device))
+            model_path, checkpoint, reward_tokens, head, output_dim, dtype, str(self.device)
+        )
         vc = self.model.config.vision_config
         self.patch, self.merge, self.temporal = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
         from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -239,8 +286,9 @@ class Qwen2VLRewardScorer:
         if self.pad_id is None:
             self.pad_id = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
-    def visual_inputs(self, frames: torch.Tensor, min_pixels: int, max_pixels: int
-                      ) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    def visual_inputs(
+        self, frames: torch.Tensor, min_pixels: int, max_pixels: int
+    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """``[T, 3, H, W]`` in [0, 1] (T = 1 for an image) -> float32 patches and ``(t, h, w)`` grid."""
         size = smart_resize(frames.shape[-2], frames.shape[-1], self.patch * self.merge, min_pixels, max_pixels)
         x = resize_frames(frames.to(self.device, torch.float32), size)
@@ -256,13 +304,14 @@ class Qwen2VLRewardScorer:
         ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
         for i, r in enumerate(rows):  # right padding: the reward tokens never see a pad
-            ids[i, :len(r)] = torch.tensor(r)
-            mask[i, :len(r)] = 1
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
         return ids.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
-    def reward_logits(self, texts: Sequence[str], patches: Sequence[torch.Tensor],
-                      grids: Sequence[tuple[int, int, int]], video: bool) -> torch.Tensor:
+    def reward_logits(
+        self, texts: Sequence[str], patches: Sequence[torch.Tensor], grids: Sequence[tuple[int, int, int]], video: bool
+    ) -> torch.Tensor:
         """Head outputs at the reward tokens, ``[B, len(reward_tokens), N]`` float32.
 
         ``texts`` are full chat texts (see :func:`chat_text`) with one vision block each.
@@ -274,8 +323,10 @@ class Qwen2VLRewardScorer:
         hit = torch.isin(ids, torch.tensor(self.reward_ids, device=self.device))
         k = len(self.reward_ids)
         if not bool((hit.sum(dim=1) == k).all()):
-            raise ValueError(f"each prompt must hold the {k} reward token(s) exactly once; got counts "
-                             f"{hit.sum(dim=1).tolist()} (does a prompt contain a reward token?)")
+            raise ValueError(
+                f"each prompt must hold the {k} reward token(s) exactly once; got counts "
+                f"{hit.sum(dim=1).tolist()} (does a prompt contain a reward token?)"
+            )
         return out[hit].view(len(texts), k, -1)
 
 
@@ -283,5 +334,6 @@ def cached_qwen_scorer(cls: type, model_path: str, checkpoint: str | None, dtype
     """One ``cls`` scorer per (path, checkpoint, dtype, device) in this process."""
     path, ckpt = os.path.abspath(os.fspath(model_path)), os.path.abspath(checkpoint) if checkpoint else None
     dt = resolve_dtype(dtype, device)
-    return cached_scorer(cls.__name__, (path, ckpt, str(dt), str(torch.device(device))),
-                         lambda: cls(path, ckpt, dtype=dt, device=device))
+    return cached_scorer(
+        cls.__name__, (path, ckpt, str(dt), str(torch.device(device))), lambda: cls(path, ckpt, dtype=dt, device=device)
+    )

@@ -13,8 +13,14 @@ import torch
 
 __all__ = ["DTYPES", "cached_scorer", "resolve_dtype"]
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 T = TypeVar("T")
 _SCORERS: dict[tuple, Any] = {}

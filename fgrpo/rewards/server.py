@@ -41,8 +41,18 @@ from typing import Any
 from fgrpo.rewards.base import WeightedRewards
 from fgrpo.rewards.client import RewardClient
 from fgrpo.rewards.identity import identity_differences, reward_identities
-from fgrpo.rewards.wire import (BINARY_TYPE, MAX_BODY_BYTES, MAX_JSON_BYTES, BadRequest, Body, decode_json_request,
-                               dequantize, parse_json, quantize, read_binary_request)
+from fgrpo.rewards.wire import (
+    BINARY_TYPE,
+    MAX_BODY_BYTES,
+    MAX_JSON_BYTES,
+    BadRequest,
+    Body,
+    decode_json_request,
+    dequantize,
+    parse_json,
+    quantize,
+    read_binary_request,
+)
 
 __all__ = ["RewardClient", "RewardServer", "dequantize", "is_loopback", "quantize"]
 
@@ -59,8 +69,10 @@ def is_loopback(host: str) -> bool:
 
 def _reply_busy(request: Any, waiting: int) -> None:
     data = json.dumps({"error": f"server busy: {waiting} connections already wait; retry later"}).encode()
-    head = (f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
+    head = (
+        f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    ).encode()
     try:
         request.settimeout(1.0)
         request.sendall(head + data)
@@ -81,8 +93,9 @@ class _PooledHTTPServer(HTTPServer):
         self.max_waiting, self._capacity = waiting, workers + waiting
         self._open, self._open_lock = 0, threading.Lock()  # connections queued or being served
         self._queue: queue.Queue = queue.Queue()
-        self._workers = [threading.Thread(target=self._work, name=f"reward-server-worker-{i}", daemon=True)
-                         for i in range(workers)]
+        self._workers = [
+            threading.Thread(target=self._work, name=f"reward-server-worker-{i}", daemon=True) for i in range(workers)
+        ]
         for t in self._workers:
             t.start()
 
@@ -192,8 +205,13 @@ class _Handler(BaseHTTPRequestHandler):
                 u8, prompts = read_binary_request(body)
             elif length > MAX_JSON_BYTES:
                 self.close_connection = True
-                self._send(413, {"error": f"JSON body of {length} bytes exceeds {MAX_JSON_BYTES}; send "
-                                          f"Content-Type {BINARY_TYPE} (RewardClient does)"})
+                self._send(
+                    413,
+                    {
+                        "error": f"JSON body of {length} bytes exceeds {MAX_JSON_BYTES}; send "
+                        f"Content-Type {BINARY_TYPE} (RewardClient does)"
+                    },
+                )
                 return
             else:
                 u8, prompts = decode_json_request(body.read(length))
@@ -229,9 +247,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         diffs = identity_differences(expected, self.server.identity)
         if diffs:
-            self._send(409, {"error": "this server scores other rewards than the run expects (the run's -> this "
-                                      f"server's): {'; '.join(diffs)}. Serve the run's own rewards and weights "
-                                      "(fgrpo reward-server --run-dir RUN)"})
+            self._send(
+                409,
+                {
+                    "error": "this server scores other rewards than the run expects (the run's -> this "
+                    f"server's): {'; '.join(diffs)}. Serve the run's own rewards and weights "
+                    "(fgrpo reward-server --run-dir RUN)"
+                },
+            )
             return
         self._send(200, {"identity": self.server.identity})
 
@@ -240,9 +263,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") not in ("/score", "/handshake"):
             return 404, f"unknown path {self.path!r}; use POST /score or POST /handshake", None
         if not self._authorized():
-            return (401, "missing or wrong token: send 'Authorization: Bearer TOKEN' with the server's token "
-                         "(FGRPO_REWARD_TOKEN, or the run folder's reward-server.token)",
-                    {"WWW-Authenticate": "Bearer"})
+            return (
+                401,
+                "missing or wrong token: send 'Authorization: Bearer TOKEN' with the server's token "
+                "(FGRPO_REWARD_TOKEN, or the run folder's reward-server.token)",
+                {"WWW-Authenticate": "Bearer"},
+            )
         if length < 0:
             return 411, "Content-Length header required", None
         if length > MAX_BODY_BYTES:
@@ -257,13 +283,23 @@ class RewardServer:
     ``read_timeout_s``: idle time after which a connection that sends nothing is dropped.
     ``max_connections`` / ``max_waiting``: connections served at once / waiting beyond those."""
 
-    def __init__(self, specs: Any, host: str = "127.0.0.1", port: int = 0, verbose: bool = False,
-                 token: str | None = None, read_timeout_s: float = 60.0, max_connections: int = 16,
-                 max_waiting: int = 256) -> None:
+    def __init__(
+        self,
+        specs: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        verbose: bool = False,
+        token: str | None = None,
+        read_timeout_s: float = 60.0,
+        max_connections: int = 16,
+        max_waiting: int = 256,
+    ) -> None:
         if not token and not is_loopback(host):
-            raise ValueError(f"refusing to serve on {host} without a token: anyone who can reach it could use "
-                             "the reward models; set FGRPO_REWARD_TOKEN (clients send it as 'Authorization: "
-                             "Bearer'), serve a run with --run-dir RUN (its own token), or bind 127.0.0.1")
+            raise ValueError(
+                f"refusing to serve on {host} without a token: anyone who can reach it could use "
+                "the reward models; set FGRPO_REWARD_TOKEN (clients send it as 'Authorization: "
+                "Bearer'), serve a run with --run-dir RUN (its own token), or bind 127.0.0.1"
+            )
         if read_timeout_s <= 0 or max_connections < 1 or max_waiting < 0:
             raise ValueError("read_timeout_s must be > 0, max_connections >= 1 and max_waiting >= 0")
         specs = list(specs)

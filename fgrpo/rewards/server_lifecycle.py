@@ -40,8 +40,13 @@ def reward_token(run_dir: Path | None = None, create: bool = False) -> str | Non
     return RunFolder(run_dir).server_token(create=create) if run_dir is not None else None
 
 
-def wait_for_server(find_url: Callable[[], str | None], timeout_s: float, check_stop: Callable[[], None] = lambda: None,
-                    all_agree: Callable[[bool], bool] = lambda ok: ok, poll_s: float = 2.0) -> str:
+def wait_for_server(
+    find_url: Callable[[], str | None],
+    timeout_s: float,
+    check_stop: Callable[[], None] = lambda: None,
+    all_agree: Callable[[bool], bool] = lambda ok: ok,
+    poll_s: float = 2.0,
+) -> str:
     """Poll until ``find_url()`` names a server that answers ``GET /health``; return its URL.
 
     ``find_url`` is called again on every poll: a requeued server announces a new address.
@@ -78,8 +83,14 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def serve_until_done(server, bind_host: str, advertise_host: str | None = None, run_dir: Path | None = None,
-                     address_file: Path | None = None, watch_pid: int | None = None) -> int:
+def serve_until_done(
+    server,
+    bind_host: str,
+    advertise_host: str | None = None,
+    run_dir: Path | None = None,
+    address_file: Path | None = None,
+    watch_pid: int | None = None,
+) -> int:
     """Start `server` (a fgrpo.rewards.server.RewardServer), announce its address (in
     `address_file`, default with `run_dir`: the run folder's), and serve until SIGTERM, Ctrl-C,
     `watch_pid`'s exit, or `run_dir`'s run having ended for 30 s. No argument parsing here."""

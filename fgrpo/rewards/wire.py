@@ -30,8 +30,20 @@ from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["BINARY_TYPE", "MAX_BODY_BYTES", "MAX_HEADER_BYTES", "MAX_JSON_BYTES", "BadRequest", "Body",
-           "decode_json_request", "dequantize", "encode_request", "parse_json", "quantize", "read_binary_request"]
+__all__ = [
+    "BINARY_TYPE",
+    "MAX_BODY_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_JSON_BYTES",
+    "BadRequest",
+    "Body",
+    "decode_json_request",
+    "dequantize",
+    "encode_request",
+    "parse_json",
+    "quantize",
+    "read_binary_request",
+]
 
 BINARY_TYPE = "application/x-fgrpo-frames"
 MAX_BODY_BYTES = 1 << 30
@@ -84,8 +96,11 @@ def check_header(req: Any) -> tuple[list[str], list[int]]:
         raise BadRequest("'prompts' must be a list of strings")
     if req.get("dtype", "uint8") != "uint8":
         raise BadRequest(f"'dtype' must be 'uint8', got {req.get('dtype')!r}")
-    if (not isinstance(shape, list) or len(shape) != 5
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 5
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
+    ):
         raise BadRequest(f"'shape' must be [B, F, C, H, W] of positive ints, got {shape!r}")
     if shape[2] != 3:
         raise BadRequest(f"frames must have C = 3 (RGB), got shape {shape}")

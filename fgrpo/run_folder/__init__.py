@@ -51,8 +51,14 @@ from pathlib import Path
 from fgrpo.fileio import append_jsonl, atomic_write_json, atomic_write_text, env_rank, read_json, read_jsonl
 from fgrpo.processes import ProcessId
 
-from .checkpoints import (check_checkpoint_format, checkpoint_path, checkpoint_problem, complete_checkpoints,
-                          manifest_fingerprint, partial_checkpoint_path)
+from .checkpoints import (
+    check_checkpoint_format,
+    checkpoint_path,
+    checkpoint_problem,
+    complete_checkpoints,
+    manifest_fingerprint,
+    partial_checkpoint_path,
+)
 from .lock import RunLock, RunLockedError, exclusive
 from .samples import SampleFolder
 from .server_files import RewardServerFiles
@@ -187,8 +193,10 @@ class RunFolder(RewardServerFiles):
         except RunFormatError:
             raise
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-            raise RecipeError(f"{self.recipe_file}: unreadable recipe ({type(e).__name__}: {e}); restore it "
-                              "from the launch command (fgrpo show RECIPE.py --overrides)") from e
+            raise RecipeError(
+                f"{self.recipe_file}: unreadable recipe ({type(e).__name__}: {e}); restore it "
+                "from the launch command (fgrpo show RECIPE.py --overrides)"
+            ) from e
 
     def write_recipe(self, recipe) -> None:
         """Atomic; written only when it changes (a reader never sees half a recipe). Records the
@@ -216,10 +224,12 @@ class RunFolder(RewardServerFiles):
         recorded = read_json(self.path / PROMPTS, None)
         if not isinstance(recorded, dict) or recorded.get("sha256") in (None, identity["sha256"]):
             return None
-        return (f"prompts.file: {identity['file']} changed since this run started (sha256 "
-                f"{str(recorded['sha256'])[:12]}... -> {identity['sha256'][:12]}..., {recorded.get('bytes')} -> "
-                f"{identity['bytes']} bytes): its training and held-out prompts would shift under the run. "
-                "Restore the file, or start a new run with --logging.run-name NEW_NAME")
+        return (
+            f"prompts.file: {identity['file']} changed since this run started (sha256 "
+            f"{str(recorded['sha256'])[:12]}... -> {identity['sha256'][:12]}..., {recorded.get('bytes')} -> "
+            f"{identity['bytes']} bytes): its training and held-out prompts would shift under the run. "
+            "Restore the file, or start a new run with --logging.run-name NEW_NAME"
+        )
 
     # ----- the rewards a run started with (fgrpo.rewards.identity compares them)
     @property
@@ -260,8 +270,17 @@ class RunFolder(RewardServerFiles):
         """Written by global rank 0 only (the others' calls do nothing), unless `any_rank` (a
         failure seen on another rank). Records its writer, so a stale status can be told."""
         if env_rank() == 0 or any_rank:
-            atomic_write_json(self.path / STATUS, {"state": state, "reason": reason, "time": time.time(),
-                                                   "owner": str(ProcessId.of()), **version_stamp(), **extra})
+            atomic_write_json(
+                self.path / STATUS,
+                {
+                    "state": state,
+                    "reason": reason,
+                    "time": time.time(),
+                    "owner": str(ProcessId.of()),
+                    **version_stamp(),
+                    **extra,
+                },
+            )
 
     def record_failure(self, reason: str, since: float, consequence: bool = False, **extra) -> bool:
         """Any rank: record a failure unless the job's first one is there (fgrpo.run_folder.status),
@@ -293,8 +312,10 @@ class RunFolder(RewardServerFiles):
         out = []
         raw = read_json(self.path / STATUS, None)
         if (self.path / STATUS).exists() and not _valid_status(raw or {}):
-            out.append(f"{STATUS} is damaged ({json.dumps(raw)[:80] if raw is not None else 'unreadable'}): "
-                       "its state is unknown")
+            out.append(
+                f"{STATUS} is damaged ({json.dumps(raw)[:80] if raw is not None else 'unreadable'}): "
+                "its state is unknown"
+            )
         bad = [i for i, j in enumerate(read_jsonl(self.path / JOBS), 1) if not _valid_job(j)]
         if bad:
             out.append(f"{JOBS}: record(s) {', '.join(map(str, bad))} lack backend, job_id or kind (ignored)")
@@ -395,8 +416,10 @@ class RunFolder(RewardServerFiles):
         if step is not None:
             problem = "it does not exist" if step not in found else checkpoint_problem(found[step])
             if problem:
-                raise FileNotFoundError(f"{self.path}: checkpoint step {step} cannot be used: {problem} "
-                                        f"(complete checkpoints: {sorted(found)})")
+                raise FileNotFoundError(
+                    f"{self.path}: checkpoint step {step} cannot be used: {problem} "
+                    f"(complete checkpoints: {sorted(found)})"
+                )
             return step, found[step], []
         skipped = []
         for s in sorted(found, reverse=True):
@@ -404,8 +427,10 @@ class RunFolder(RewardServerFiles):
             if problem is None:
                 return s, found[s], skipped
             skipped.append(f"checkpoint step {s} skipped: {problem}")
-        raise FileNotFoundError(f"{self.path}: no usable checkpoint under {self.checkpoints}"
-                                + (f" ({'; '.join(skipped)})" if skipped else ""))
+        raise FileNotFoundError(
+            f"{self.path}: no usable checkpoint under {self.checkpoints}"
+            + (f" ({'; '.join(skipped)})" if skipped else "")
+        )
 
     def latest_checkpoint(self) -> tuple[int, Path] | None:
         found = self.complete_checkpoints()
@@ -455,10 +480,14 @@ class RunFolder(RewardServerFiles):
 
 def _killed(status: dict, note: str = "") -> dict:
     """The status of a run that said starting or running while no process holds it any more."""
-    return {"state": "killed", "time": time.time(), "owner": status.get("owner"),
-            "reason": f"status said {status.get('state')}, but its process ({status.get('owner', '?')}) is gone: "
-                      f"killed or lost its node; resume continues from the newest checkpoint{note}",
-            **version_stamp()}
+    return {
+        "state": "killed",
+        "time": time.time(),
+        "owner": status.get("owner"),
+        "reason": f"status said {status.get('state')}, but its process ({status.get('owner', '?')}) is gone: "
+        f"killed or lost its node; resume continues from the newest checkpoint{note}",
+        **version_stamp(),
+    }
 
 
 def _valid_status(status) -> bool:

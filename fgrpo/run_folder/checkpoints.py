@@ -61,8 +61,16 @@ def write_manifest(folder: Path, recipe_fingerprint: str, step: int) -> None:
     """Called by rank 0 once every rank's files are written (before the completing rename)."""
     folder = Path(folder)
     files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
-    atomic_write_json(folder / MANIFEST, {"step": step, "recipe": recipe_fingerprint, "files": files,
-                                          "metadata_sha256": _sha256(folder / ".metadata"), **version_stamp()})
+    atomic_write_json(
+        folder / MANIFEST,
+        {
+            "step": step,
+            "recipe": recipe_fingerprint,
+            "files": files,
+            "metadata_sha256": _sha256(folder / ".metadata"),
+            **version_stamp(),
+        },
+    )
 
 
 def checkpoint_problem(folder: Path, recipe_fingerprint: str | None = None) -> str | None:

@@ -48,8 +48,10 @@ class RunLock:
         if not h:
             return "another process"
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.get("time", 0)))
-        return (f"{h.get('backend', '?')} job {h.get('job_id', '?')} (host {h.get('host', '?')}, "
-                f"pid {h.get('pid', '?')}, since {since})")
+        return (
+            f"{h.get('backend', '?')} job {h.get('job_id', '?')} (host {h.get('host', '?')}, "
+            f"pid {h.get('pid', '?')}, since {since})"
+        )
 
     def acquire(self, holder: dict, wait_s: float = 0.0) -> bool:
         """Take the lock, retrying for `wait_s` (a requeued job's predecessor may still be exiting).

@@ -24,8 +24,10 @@ class RewardServerFiles:
         return self.path / REWARD_SERVER
 
     def write_server_address(self, url: str, path: Path | None = None) -> None:
-        atomic_write_json(path or self.reward_server_file,
-                          {"url": url, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
+        atomic_write_json(
+            path or self.reward_server_file,
+            {"url": url, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()},
+        )
 
     def read_server_address(self, path: Path | None = None) -> str | None:
         found = read_json(path or self.reward_server_file)

@@ -40,15 +40,20 @@ def keeps_failure(held: dict, since: float, consequence: bool) -> bool:
     (written at or after `since`, the job's start), and either the new failure is a consequence
     or the held one is not."""
     time = held.get("time")
-    return (held.get("state") == "failed" and _number(time) is not None and time >= since
-            and (consequence or not held.get("consequence")))
+    return (
+        held.get("state") == "failed"
+        and _number(time) is not None
+        and time >= since
+        and (consequence or not held.get("consequence"))
+    )
 
 
 def next_beat(previous: dict | None, step: int, now: float, owner: str) -> dict:
     """The heartbeat of `step`, finished at `now`. The gap to the previous beat counts only within
     one job: the time from a job's start to its first step is loading, not a step."""
-    same_job = (isinstance(previous, dict) and previous.get("owner") == owner
-                and _number(previous.get("time")) is not None)
+    same_job = (
+        isinstance(previous, dict) and previous.get("owner") == owner and _number(previous.get("time")) is not None
+    )
     longest = max(_number(previous.get("longest_gap_s")) or 0.0, now - previous["time"]) if same_job else 0.0
     return {"step": step, "time": now, "longest_gap_s": longest, "owner": owner}
 
@@ -74,8 +79,11 @@ def liveness(status: dict, heartbeat: dict | None, collective_timeout_s: float, 
         return None
     beat = heartbeat if isinstance(heartbeat, dict) else {}
     gap = _number(beat.get("longest_gap_s")) or 0.0
-    if (beat.get("owner") == status.get("owner") and _number(beat.get("time")) is not None
-            and isinstance(beat.get("step"), int)):
+    if (
+        beat.get("owner") == status.get("owner")
+        and _number(beat.get("time")) is not None
+        and isinstance(beat.get("step"), int)
+    ):
         since, step = beat["time"], beat["step"]
     else:
         since, step = status["time"], None

@@ -44,8 +44,10 @@ def format_problem(record, file: Path) -> str | None:
     if found <= RUN_FORMAT_VERSION:
         return None
     writer = record.get(VERSION_KEY, "?")
-    return (f"{file} was written by fgrpo {writer} in run-folder format {found}, newer than this fgrpo "
-            f"({__version__}) reads (format {RUN_FORMAT_VERSION}); continue the run with fgrpo {writer} or newer")
+    return (
+        f"{file} was written by fgrpo {writer} in run-folder format {found}, newer than this fgrpo "
+        f"({__version__}) reads (format {RUN_FORMAT_VERSION}); continue the run with fgrpo {writer} or newer"
+    )
 
 
 def check_format(record, file: Path) -> None:

@@ -77,8 +77,11 @@ def open_trackers(folder: RunFolder, recipe, resumed_step: int | None, say: Call
                 from .wandb_tracker import WandbTracker
 
                 lg = recipe.logging
-                optional.append(WandbTracker(folder, to_dict(recipe), lg.wandb_project, lg.wandb_entity,
-                                             fresh_start=resumed_step is None))
+                optional.append(
+                    WandbTracker(
+                        folder, to_dict(recipe), lg.wandb_project, lg.wandb_entity, fresh_start=resumed_step is None
+                    )
+                )
         except TrackerError as e:
             say(f"{e}; continuing without {name}")
         except Exception as e:  # noqa: BLE001 - whatever a tracker raises, the run goes on
@@ -86,5 +89,15 @@ def open_trackers(folder: RunFolder, recipe, resumed_step: int | None, say: Call
     return Trackers(JsonlTracker(folder.metrics_file), optional, say)
 
 
-__all__ = ["FIELD", "JsonlTracker", "SampleSet", "Tracker", "TrackerError", "Trackers", "histograms", "open_trackers",
-           "scalars", "tag_of"]
+__all__ = [
+    "FIELD",
+    "JsonlTracker",
+    "SampleSet",
+    "Tracker",
+    "TrackerError",
+    "Trackers",
+    "histograms",
+    "open_trackers",
+    "scalars",
+    "tag_of",
+]

@@ -29,7 +29,7 @@ def tag_of(kind: str, key: str) -> str:
     if kind == "eval":
         for prefix in ("eval_", "eval/"):
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         return f"eval/{key}"
     return f"{kind}/{key}"
 
@@ -52,8 +52,11 @@ def scalars(record: dict) -> dict[str, float]:
 
 
 def histograms(record: dict) -> dict[str, list[float]]:
-    return {tag: [float(x) for x in record[k]] for k, tag in HISTOGRAMS.items()
-            if isinstance(record.get(k), list) and record[k]}
+    return {
+        tag: [float(x) for x in record[k]]
+        for k, tag in HISTOGRAMS.items()
+        if isinstance(record.get(k), list) and record[k]
+    }
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,10 @@ class TensorBoardTracker:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
-            raise TrackerError(f"{FIELD}: tensorboard needs the tensorboard package (pip install 'fgrpo[tracking]' "
-                               f"or pip install tensorboard): {e}") from None
+            raise TrackerError(
+                f"{FIELD}: tensorboard needs the tensorboard package (pip install 'fgrpo[tracking]' "
+                f"or pip install tensorboard): {e}"
+            ) from None
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=30)
 
     def log(self, record: dict, samples: SampleSet | None = None) -> None:
@@ -42,13 +44,15 @@ class TensorBoardTracker:
     def _samples(self, samples: SampleSet, step: int) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        items = ([("samples/grid", *samples.grid())] if samples.grid() else []) + \
-            [(f"samples/prompt-{i:02d}", path, caption) for i, (path, caption) in enumerate(samples.videos())]
+        items = ([("samples/grid", *samples.grid())] if samples.grid() else []) + [
+            (f"samples/prompt-{i:02d}", path, caption) for i, (path, caption) in enumerate(samples.videos())
+        ]
         lines = []
         for tag, path, caption in items:
             frames = read_video(path)
-            image = Summary.Image(height=frames.shape[-2], width=frames.shape[-1], colorspace=3,
-                                  encoded_image_string=gif_bytes(frames))
+            image = Summary.Image(
+                height=frames.shape[-2], width=frames.shape[-1], colorspace=3, encoded_image_string=gif_bytes(frames)
+            )
             self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
             lines.append(f"| `{tag}` | {caption.replace('|', '/')} |")
         table = f"{samples.tag}\n\n| sample | caption |\n|---|---|\n" + "\n".join(lines)

@@ -31,8 +31,9 @@ class WandbTracker:
         try:
             import wandb
         except ImportError as e:
-            raise TrackerError(f"{FIELD}: wandb needs the wandb package (pip install 'fgrpo[tracking]' or pip install "
-                               f"wandb): {e}") from None
+            raise TrackerError(
+                f"{FIELD}: wandb needs the wandb package (pip install 'fgrpo[tracking]' or pip install wandb): {e}"
+            ) from None
         self.wandb, self.folder = wandb, folder
         state = folder.read_tracking()
         mine = state.get("wandb") or {}
@@ -45,15 +46,22 @@ class WandbTracker:
         self._save()
         try:
             self.run = wandb.init(
-                project=project, entity=entity, id=mine["id"], name=folder.path.name, config=config,
-                dir=str(folder.wandb_parent), resume="allow",
+                project=project,
+                entity=entity,
+                id=mine["id"],
+                name=folder.path.name,
+                config=config,
+                dir=str(folder.wandb_parent),
+                resume="allow",
                 settings=wandb.Settings(console="off", quiet=True, save_code=False, x_disable_stats=True),
             )
         except wandb.errors.UsageError as e:
             if "api key" in str(e).lower() or "api_key" in str(e).lower():
-                raise TrackerError(f"{FIELD}: wandb has no API key: set WANDB_API_KEY or run `wandb login`, or log "
-                                   f"offline with WANDB_MODE=offline (files in {folder.path}/wandb; `wandb sync` "
-                                   "uploads them later)") from None
+                raise TrackerError(
+                    f"{FIELD}: wandb has no API key: set WANDB_API_KEY or run `wandb login`, or log "
+                    f"offline with WANDB_MODE=offline (files in {folder.path}/wandb; `wandb sync` "
+                    "uploads them later)"
+                ) from None
             raise TrackerError(f"{FIELD}: wandb could not start: {e}") from None
         except Exception as e:  # noqa: BLE001 - no network, a bad entity: the run goes on without W&B
             raise TrackerError(f"{FIELD}: wandb could not start ({type(e).__name__}: {str(e).strip()[:300]})") from None

@@ -19,8 +19,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: caught by name
 
 from fgrpo.distributed import process_group as dist
-from fgrpo.run_folder.checkpoints import (checkpoint_path, complete_checkpoints, partial_checkpoint_path,
-                                          write_manifest)
+from fgrpo.run_folder.checkpoints import checkpoint_path, complete_checkpoints, partial_checkpoint_path, write_manifest
 
 
 class CheckpointSaveError(RuntimeError):
@@ -64,8 +63,10 @@ def save(state: dict, ckpt_dir: Path, step: int, keep_last: int, recipe_fingerpr
         except OSError as e:
             error = e
     if dist.any_rank(error is not None):  # agreed, so no rank waits in a collective alone
-        raise CheckpointSaveError(f"checkpoint step-{step} not saved: "
-                                  f"{describe_save_error(error, ckpt_dir) if error else 'rank 0 could not create it'}")
+        raise CheckpointSaveError(
+            f"checkpoint step-{step} not saved: "
+            f"{describe_save_error(error, ckpt_dir) if error else 'rank 0 could not create it'}"
+        )
     try:
         dcp.save(state, checkpoint_id=str(partial))
         dist.barrier()

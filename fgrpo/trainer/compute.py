@@ -29,15 +29,22 @@ a killed launch did past its checkpoint are not counted: those steps are redone.
 from __future__ import annotations
 
 import dataclasses
-
 import resource
 import time
 from dataclasses import dataclass
 
 import torch
 
-KEYS = ("compute/optimizer_steps", "compute/videos", "compute/forward_passes", "compute/flops_rollout",
-        "compute/flops_train", "compute/flops", "compute/wall_s", "compute/device_s")
+KEYS = (
+    "compute/optimizer_steps",
+    "compute/videos",
+    "compute/forward_passes",
+    "compute/flops_rollout",
+    "compute/flops_train",
+    "compute/flops",
+    "compute/wall_s",
+    "compute/device_s",
+)
 
 
 @dataclass
@@ -60,8 +67,10 @@ def _cpu_attention_formulas() -> dict:
         return fc.sdpa_backward_flop_count(grad_out, query, key, value)
 
     aten, out = torch.ops.aten, {}
-    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", forward),
-                          ("_scaled_dot_product_flash_attention_for_cpu_backward", backward)):
+    for name, formula in (
+        ("_scaled_dot_product_flash_attention_for_cpu", forward),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", backward),
+    ):
         if hasattr(aten, name):
             out[getattr(aten, name)] = formula
     return out
@@ -170,7 +179,14 @@ class ComputeMeter:
     def snapshot(self) -> dict:
         """The totals now (wall and device seconds up to this moment)."""
         elapsed = time.time() - self.started
-        cost = {} if self.cost is None else {f"compute/step_{f.name}": getattr(self.cost, f.name)
-                                             for f in dataclasses.fields(self.cost)}
-        return {**self.totals, "compute/wall_s": round(self.base_wall + elapsed, 3),
-                "compute/device_s": round(self.base_device + elapsed * self.world, 3), **cost}
+        cost = (
+            {}
+            if self.cost is None
+            else {f"compute/step_{f.name}": getattr(self.cost, f.name) for f in dataclasses.fields(self.cost)}
+        )
+        return {
+            **self.totals,
+            "compute/wall_s": round(self.base_wall + elapsed, 3),
+            "compute/device_s": round(self.base_device + elapsed * self.world, 3),
+            **cost,
+        }

@@ -56,8 +56,10 @@ def failure_reason(error: BaseException, collective_timeout_s: float) -> str:
 
     if not timed_out(error):
         return first_line(error)
-    return (f"a collective waited launch.collective_timeout_s = {collective_timeout_s:g} s for a rank that stopped "
-            f"answering (stopped, hung, or its node lost; see the other ranks' logs): {first_line(error)}")
+    return (
+        f"a collective waited launch.collective_timeout_s = {collective_timeout_s:g} s for a rank that stopped "
+        f"answering (stopped, hung, or its node lost; see the other ranks' logs): {first_line(error)}"
+    )
 
 
 def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
@@ -93,9 +95,11 @@ def train_run(run_dir: Path, stop: StopFlag | None = None, recipe=None) -> int:
     if dist.rank() == 0:
         try:  # a requeued job's predecessor may still be exiting: wait for it a little
             if not lock.acquire(job_identity(), wait_s=float(os.environ.get("FGRPO_LOCK_WAIT_S", "30"))):
-                print(f"fgrpo: warning: {folder.path} is on a filesystem without working locks; a second job "
-                      "on this run folder is refused only while the scheduler reports the first as active",
-                      file=sys.stderr)
+                print(
+                    f"fgrpo: warning: {folder.path} is on a filesystem without working locks; a second job "
+                    "on this run folder is refused only while the scheduler reports the first as active",
+                    file=sys.stderr,
+                )
         except RunLockedError as e:
             refused = e
     if dist.any_rank(refused is not None):  # the folder is another job's: write nothing into it
@@ -144,8 +148,10 @@ def _train_locked(folder: RunFolder, recipe, stop: StopFlag, started: float) -> 
         folder.write_status("cancelled", "fgrpo cancel; checkpoint saved")
     elif code == EXIT_REQUEUE:
         why = "its launcher exited" if parent_gone() else f"signal {stop.signum}"
-        folder.write_status("stopped", "; ".join(x for x in (f"{why}: checkpoint saved, waiting to be resumed",
-                                                              trainer.resume_note) if x))
+        folder.write_status(
+            "stopped",
+            "; ".join(x for x in (f"{why}: checkpoint saved, waiting to be resumed", trainer.resume_note) if x),
+        )
         timeline.mark("exit")
         timeline.write(folder, "stop", signal=stop.time, signum=stop.signum)
     else:

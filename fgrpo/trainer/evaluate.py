@@ -18,8 +18,8 @@ from fgrpo.algorithm import wan_sigmas
 from fgrpo.distributed import process_group as dist
 from fgrpo.recipe.config import Recipe
 
-from .policy import Policy
 from .failures import agree_on_scores, submit_safely
+from .policy import Policy
 from .reward_scoring import not_scored
 from .rollout import initial_latents, sample, video_generators
 from .samples import write_samples
@@ -57,12 +57,26 @@ def evaluate_heldout(policy: Policy, rewards, recipe: Recipe, prompts: list[str]
     context, neg = policy.encode(local_prompts), policy.negative_context(len(local_prompts))
     no_sde = torch.zeros(len(local_prompts), r.eval.steps, dtype=torch.bool)
     with policy.rollout():
-        finals, _ = sample(policy.transformer, latents, context, neg, sigmas, no_sde, policy.noise,
-                           policy.cfg_scale, gens, r.rollout.micro_batch, policy.compute_dtype)
+        finals, _ = sample(
+            policy.transformer,
+            latents,
+            context,
+            neg,
+            sigmas,
+            no_sde,
+            policy.noise,
+            policy.cfg_scale,
+            gens,
+            r.rollout.micro_batch,
+            policy.compute_dtype,
+        )
     mb = r.rollout.micro_batch
-    frames = torch.cat([policy.decode(finals[i:i + mb]) for i in range(0, len(local_prompts), mb)])
-    pending = submit_safely(rewards.submit, frames, local_prompts) if dims.scores_videos else not_scored(
-        len(local_prompts), rewards.names)
+    frames = torch.cat([policy.decode(finals[i : i + mb]) for i in range(0, len(local_prompts), mb)])
+    pending = (
+        submit_safely(rewards.submit, frames, local_prompts)
+        if dims.scores_videos
+        else not_scored(len(local_prompts), rewards.names)
+    )
     scored = agree_on_scores([pending])[0]  # a failure on any rank is raised on every rank
     total = dims.gather_dp(scored[0].to(policy.device).float()).cpu()[:total_videos]
     components = {k: dims.gather_dp(v.to(policy.device).float()).cpu()[:total_videos] for k, v in scored[1].items()}
@@ -98,14 +112,23 @@ def load_trained_weights(policy: Policy, checkpoint_path: Path, weights: str = "
     params = trainable_parameters(policy.transformer)
     missing = [n for n in params if f"{weights}.{n}" not in saved]
     if missing:
-        raise RuntimeError(f"{checkpoint_path} lacks {weights} weights {missing[:5]}...: a checkpoint of another recipe?")
+        raise RuntimeError(
+            f"{checkpoint_path} lacks {weights} weights {missing[:5]}...: a checkpoint of another recipe?"
+        )
     with torch.no_grad():
         dcp.load({weights: params}, checkpoint_id=str(checkpoint_path))
     return weights
 
 
-def evaluate_checkpoint(recipe: Recipe, run_dir: Path, checkpoint_path: Path, prompts: list[str], samples: Path,
-                        weights: str = "ema", tag: str = "videos") -> dict:
+def evaluate_checkpoint(
+    recipe: Recipe,
+    run_dir: Path,
+    checkpoint_path: Path,
+    prompts: list[str],
+    samples: Path,
+    weights: str = "ema",
+    tag: str = "videos",
+) -> dict:
     """Held-out evaluation of one checkpoint: the policy and the rewards, no optimizer. Text
     encodings come from (or go into) the runs folder's cache. Returns evaluate_heldout's result
     plus "weights" (which were used)."""

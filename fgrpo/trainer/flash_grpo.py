@@ -20,13 +20,12 @@ from fgrpo.algorithm import (
     rectification_weights,
     sample_step_indices,
 )
-
 from fgrpo.distributed.process_group import global_mean, max_over_ranks, mean_over_ranks
 from fgrpo.models.wan.parallelize import compiled_graph_count
 from fgrpo.recipe.config import Recipe
 
-from .policy import Policy
 from .failures import agree_on_scores, submit_safely
+from .policy import Policy
 from .reward_scoring import not_scored
 from .rollout import (
     Transitions,
@@ -73,12 +72,14 @@ def _training_micro_batches(policy: Policy, trans: Transitions, size: int, check
 
 
 def _log_prob(policy: Policy, mb: Transitions, context, neg):
-    return transition_log_prob(policy.transformer, mb, context, neg, policy.sigmas, policy.noise, policy.cfg_scale,
-                               policy.compute_dtype)
+    return transition_log_prob(
+        policy.transformer, mb, context, neg, policy.sigmas, policy.noise, policy.cfg_scale, policy.compute_dtype
+    )
 
 
-def with_recomputed_old_log_prob(policy: Policy, trans: Transitions, context, neg, size: int,
-                                 check_stop, compiled: bool = False) -> tuple[Transitions, float]:
+def with_recomputed_old_log_prob(
+    policy: Policy, trans: Transitions, context, neg, size: int, check_stop, compiled: bool = False
+) -> tuple[Transitions, float]:
     """log pi_old recomputed by the training pass's forward on the same micro-batches (same shapes,
     same row positions, same kernels), so an on-policy ratio is exactly 1 (verl's "recompute old
     log-prob"). Returns the transitions with it, and max |log pi_rollout - log pi_recomputed|.
@@ -104,9 +105,20 @@ def shared_prefix(policy: Policy, recipe: Recipe, step: int, local: slice, mask:
     first = torch.tensor([int((local_group == g).nonzero()[0]) for g in range(len(groups))])
     gens = video_generators([step_seed(recipe.prompts.seed, step, salt=500_000 + int(g)) for g in groups])
     start = shared_prefix_starts(mask, local_group)
-    x, _ = sample(policy.transformer, initial_latents(policy.latent_shape, gens).to(policy.device), context[first],
-                  neg[first], policy.sigmas, torch.zeros_like(mask[first]), policy.noise, policy.cfg_scale, gens,
-                  recipe.rollout.micro_batch, policy.compute_dtype, end=start[first])
+    x, _ = sample(
+        policy.transformer,
+        initial_latents(policy.latent_shape, gens).to(policy.device),
+        context[first],
+        neg[first],
+        policy.sigmas,
+        torch.zeros_like(mask[first]),
+        policy.noise,
+        policy.cfg_scale,
+        gens,
+        recipe.rollout.micro_batch,
+        policy.compute_dtype,
+        end=start[first],
+    )
     return x[local_group], start
 
 
@@ -126,17 +138,36 @@ class Rollout:
 
     def state_dict(self) -> dict:
         t = self.trans
-        return {"step": self.step, "prompts": list(self.prompts), "indices": self.indices,
-                "all_rewards": self.all_rewards, "components": dict(self.components), "times": dict(self.times),
-                "trans": {"video": t.video, "step": t.step, "x": t.x.cpu(), "x_next": t.x_next.cpu(),
-                          "log_prob": t.log_prob.cpu()}}
+        return {
+            "step": self.step,
+            "prompts": list(self.prompts),
+            "indices": self.indices,
+            "all_rewards": self.all_rewards,
+            "components": dict(self.components),
+            "times": dict(self.times),
+            "trans": {
+                "video": t.video,
+                "step": t.step,
+                "x": t.x.cpu(),
+                "x_next": t.x_next.cpu(),
+                "log_prob": t.log_prob.cpu(),
+            },
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "Rollout":
         t = state["trans"]
         trans = Transitions(t["video"], t["step"], t["x"], t["x_next"], t["log_prob"])
-        return cls(int(state["step"]), list(state["prompts"]), state["indices"], trans, state["all_rewards"],
-                   dict(state["components"]), dict(state["times"]), resumed=True)
+        return cls(
+            int(state["step"]),
+            list(state["prompts"]),
+            state["indices"],
+            trans,
+            state["all_rewards"],
+            dict(state["components"]),
+            dict(state["times"]),
+            resumed=True,
+        )
 
 
 class StopAfterRollout(StopRequested):
@@ -158,8 +189,16 @@ def _video_text(policy: Policy, prompts: list[str], group_size: int, local: slic
     return video_prompts, policy.encode(video_prompts), policy.negative_context(len(video_prompts))
 
 
-def flash_grpo_step(policy: Policy, update: PolicyUpdate, rewards, recipe: Recipe, step: int, prompts: list[str],
-                    check_stop, kept: Rollout | None = None) -> StepResult:
+def flash_grpo_step(
+    policy: Policy,
+    update: PolicyUpdate,
+    rewards,
+    recipe: Recipe,
+    step: int,
+    prompts: list[str],
+    check_stop,
+    kept: Rollout | None = None,
+) -> StepResult:
     """One optimizer step (`step` = optimizer steps done so far) on the global batch `prompts`;
     from `kept` rollouts of this very step (a resumed job) instead of rolling out, when given.
     A stop seen after the rollouts raises StopAfterRollout, which carries them."""
@@ -197,16 +236,30 @@ def roll_out(policy: Policy, rewards, recipe: Recipe, step: int, prompts: list[s
         for s in range(0, n_local, ro.micro_batch):  # micro-batches, with a stop check between them
             check_stop()
             sl = slice(s, s + ro.micro_batch)
-            f, tr = sample(policy.transformer, latents[sl], context[sl], neg[sl], policy.sigmas, mask[sl],
-                           policy.noise, policy.cfg_scale, gens[sl], ro.micro_batch, policy.compute_dtype,
-                           start=None if start is None else start[sl])
+            f, tr = sample(
+                policy.transformer,
+                latents[sl],
+                context[sl],
+                neg[sl],
+                policy.sigmas,
+                mask[sl],
+                policy.noise,
+                policy.cfg_scale,
+                gens[sl],
+                ro.micro_batch,
+                policy.compute_dtype,
+                start=None if start is None else start[sl],
+            )
             tr.video += s
             parts.append(tr)
             # Sent now: a reward server scores this micro-batch while the next one is rolled out.
             # sp and tp replicas hold the same videos: one rank of the slice scores them (gather_dp keeps
             # its scores).
-            pending.append(submit_safely(rewards.submit, policy.decode(f), video_prompts[sl]) if dims.scores_videos
-                           else not_scored(len(video_prompts[sl]), rewards.names))
+            pending.append(
+                submit_safely(rewards.submit, policy.decode(f), video_prompts[sl])
+                if dims.scores_videos
+                else not_scored(len(video_prompts[sl]), rewards.names)
+            )
     trans = Transitions.cat(parts)
     del parts  # the records live on in `trans` only: kept twice they cost GiBs (fgrpo plan showed it)
     inline = sum(p.inline_s for p in pending)  # in-process scoring happened inside the loop above
@@ -248,8 +301,9 @@ def train_on(policy: Policy, update: PolicyUpdate, recipe: Recipe, rollout: Roll
     n_trans = len(trans)
     drift = 0.0
     if alg.recompute_old_log_prob:
-        trans, drift = with_recomputed_old_log_prob(policy, trans, context, neg, ro.micro_batch, check_stop,
-                                                    compiled=r.parallelism.compile)
+        trans, drift = with_recomputed_old_log_prob(
+            policy, trans, context, neg, ro.micro_batch, check_stop, compiled=r.parallelism.compile
+        )
     sums = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "ratio_dev": 0.0}
     ratio_dev_max = 0.0  # on-policy (first use of a rollout) it must stay far below clip_range
     for idx, mb in _training_micro_batches(policy, trans, ro.micro_batch, check_stop):
@@ -259,8 +313,15 @@ def train_on(policy: Policy, update: PolicyUpdate, recipe: Recipe, rollout: Roll
             with torch.no_grad(), policy.reference():
                 ref = _log_prob(policy, mb, context, neg)
             kl = kl_to_reference(out.mean, ref.mean, out.std)
-        total = policy_loss(out.log_prob, mb.log_prob, adv_local[mb.video].to(policy.device), alg.clip_range,
-                            weights=w[idx].to(policy.device), kl=kl, beta=alg.kl_beta)
+        total = policy_loss(
+            out.log_prob,
+            mb.log_prob,
+            adv_local[mb.video].to(policy.device),
+            alg.clip_range,
+            weights=w[idx].to(policy.device),
+            kl=kl,
+            beta=alg.kl_beta,
+        )
         frac = len(idx) / n_trans  # each micro-batch's share of this rank's mean
         (total.loss * frac).backward()
         dev = (total.ppo.ratio.detach() - 1).abs()

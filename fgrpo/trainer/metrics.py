@@ -51,8 +51,13 @@ class ReportRefresher:
         self.folder.logs.mkdir(parents=True, exist_ok=True)
         with open(self.folder.report_log, "a") as log:
             env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-            self.proc = subprocess.Popen([sys.executable, "-m", "fgrpo", "report", str(self.folder.path), "--quiet"],
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fgrpo", "report", str(self.folder.path), "--quiet"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
 
     def finish(self, timeout_s: float = 300) -> bool:
         """Wait for the running refresh (and a pending one): True when the report is current."""

@@ -18,10 +18,10 @@ from fgrpo.algorithm import wan_sigmas
 from fgrpo.distributed.parallel_dims import ParallelDims
 from fgrpo.distributed.precision import PrecisionPolicy
 from fgrpo.distributed.unsharded import decide_for, unsharded_weights
+from fgrpo.models.model_folder import model_folder
 from fgrpo.models.wan import latent_shape, load_wan
 from fgrpo.models.wan.attention import apply_attention_backend, rollout_attention
 from fgrpo.models.wan.cross_attention_cache import cached_text_projections
-from fgrpo.models.model_folder import model_folder
 from fgrpo.models.wan.loading import WanComponents
 from fgrpo.models.wan.sharded_loading import build_on_meta, materialize, prepare_on_meta
 from fgrpo.models.wan.text_cache import TextEmbeddingCache, cache_key, default_cache_folder
@@ -75,9 +75,11 @@ class Policy:
         self.transformer.eval()
         try:
             keep = decide_for(self.transformer, self.rollout_unsharded, self.device)
-            with unsharded_weights(self.transformer, enabled=keep), \
-                    rollout_attention(self.transformer, self.rollout_attention_backend), \
-                    cached_text_projections(self.transformer):
+            with (
+                unsharded_weights(self.transformer, enabled=keep),
+                rollout_attention(self.transformer, self.rollout_attention_backend),
+                cached_text_projections(self.transformer),
+            ):
                 yield
         finally:
             self.transformer.train()
@@ -99,8 +101,9 @@ def lora_shape(recipe: Recipe) -> tuple[int, float, tuple[str, ...]] | None:
     return (lo.rank, lo.alpha, tuple(lo.target_modules)) if lo.enabled else None
 
 
-def encode_prompts_once(recipe: Recipe, folder: Path, prompts: list[str], cache_root: Path,
-                        device: torch.device, dtype: torch.dtype) -> TextEmbeddingCache:
+def encode_prompts_once(
+    recipe: Recipe, folder: Path, prompts: list[str], cache_root: Path, device: torch.device, dtype: torch.dtype
+) -> TextEmbeddingCache:
     """Every prompt encoded once (1/world of them per rank) into the runs folder's cache; the
     encoder is loaded only if the cache lacks some, and freed before anything else allocates."""
     m = recipe.model
@@ -112,26 +115,53 @@ def encode_prompts_once(recipe: Recipe, folder: Path, prompts: list[str], cache_
         encoder.free()
 
 
-def build_policy(recipe: Recipe, dims: ParallelDims, device: torch.device, prompts: list[str],
-                 cache_root: Path) -> Policy:
+def build_policy(
+    recipe: Recipe, dims: ParallelDims, device: torch.device, prompts: list[str], cache_root: Path
+) -> Policy:
     """Put a run's model together on this rank (collective: every rank calls it)."""
     precision = PrecisionPolicy.from_name(recipe.model.dtype)
     folder = model_folder(recipe.model)
-    components = load_wan(folder, recipe.model.dtype, recipe.model.max_text_tokens, str(device),
-                          with_transformer=False, with_text_encoder=False)
+    components = load_wan(
+        folder,
+        recipe.model.dtype,
+        recipe.model.max_text_tokens,
+        str(device),
+        with_transformer=False,
+        with_text_encoder=False,
+    )
     # Encoded before the transformer and an optimizer allocate: the encoder's memory is free again.
     text = encode_prompts_once(recipe, folder, ["", *prompts], cache_root, device, precision.compute)
     # Built on the meta device and parallelised there; each rank then reads only its shards.
-    transformer = prepare_on_meta(build_on_meta(folder), dims, precision, lora_shape(recipe),
-                                  recipe.parallelism.activation_checkpointing, recipe.parallelism.compile)
+    transformer = prepare_on_meta(
+        build_on_meta(folder),
+        dims,
+        precision,
+        lora_shape(recipe),
+        recipe.parallelism.activation_checkpointing,
+        recipe.parallelism.compile,
+    )
     # Seeded: every rank, layout and restart creates identical adapter weights.
     materialize(transformer, folder, device, lora_seed=recipe.prompts.seed)
     # Both backends checked here (package, device, dtype, backward), before any step runs.
-    apply_attention_backend(transformer, recipe.model.attention_backend, recipe.model.rollout_attention_backend,
-                            device=device, dtype=precision.compute)
+    apply_attention_backend(
+        transformer,
+        recipe.model.attention_backend,
+        recipe.model.rollout_attention_backend,
+        device=device,
+        dtype=precision.compute,
+    )
     components.transformer = transformer
     ro = recipe.rollout
-    return Policy(components, text, precision, dims, device, wan_sigmas(ro.steps, ro.flow_shift),
-                  NoiseConfig(ro.noise_schedule, ro.noise_constant), ro.cfg_scale,
-                  latent_shape(ro.frames, ro.height, ro.width), recipe.parallelism.rollout_unsharded,
-                  rollout_attention_backend=recipe.model.rollout_attention_backend)
+    return Policy(
+        components,
+        text,
+        precision,
+        dims,
+        device,
+        wan_sigmas(ro.steps, ro.flow_shift),
+        NoiseConfig(ro.noise_schedule, ro.noise_constant),
+        ro.cfg_scale,
+        latent_shape(ro.frames, ro.height, ro.width),
+        recipe.parallelism.rollout_unsharded,
+        rollout_attention_backend=recipe.model.rollout_attention_backend,
+    )

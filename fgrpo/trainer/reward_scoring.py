@@ -83,13 +83,23 @@ class RemoteRewards:
 
     where = "server"
 
-    def __init__(self, url: str, names: list[str], expected: list[dict], timeout_s: float, retries: int,
-                 reconnect: Callable[[], str] | None = None, token: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        names: list[str],
+        expected: list[dict],
+        timeout_s: float,
+        retries: int,
+        reconnect: Callable[[], str] | None = None,
+        token: str | None = None,
+    ) -> None:
         self.client = RewardClient(url, timeout_s=timeout_s, retries=retries, reconnect=reconnect, token=token)
         served = self.client.health().get("rewards", [])
         if served != names:
-            raise ValueError(f"reward server {url} serves rewards {served}, but the recipe's rewards are {names}; "
-                             "start it with the recipe's rewards (fgrpo reward-server --recipe-file RECIPE)")
+            raise ValueError(
+                f"reward server {url} serves rewards {served}, but the recipe's rewards are {names}; "
+                "start it with the recipe's rewards (fgrpo reward-server --recipe-file RECIPE)"
+            )
         self.names = names
         self.identity = self.client.handshake(expected)  # the server refuses (409: ValueError) any other
 
@@ -108,9 +118,14 @@ class RemoteRewards:
         self.client.close()
 
 
-def connect_rewards(recipe, run_dir: Path, check_stop: Callable[[], None] = lambda: None,
-                    all_agree: Callable[[bool], bool] = lambda ok: ok,
-                    local_stop: Callable[[], None] = lambda: None, expected: list[dict] | None = None):
+def connect_rewards(
+    recipe,
+    run_dir: Path,
+    check_stop: Callable[[], None] = lambda: None,
+    all_agree: Callable[[bool], bool] = lambda ok: ok,
+    local_stop: Callable[[], None] = lambda: None,
+    expected: list[dict] | None = None,
+):
     """In-process rewards, or a client of the configured server once it answers (waiting while a
     launched server loads its models; ``check_stop`` may abandon the wait). If the server becomes
     unreachable later, the client waits for it to come back (``local_stop`` may abandon that).
@@ -121,6 +136,7 @@ def connect_rewards(recipe, run_dir: Path, check_stop: Callable[[], None] = lamb
     if not rs.url and not rs.launch:
         return InProcessRewards(recipe.rewards)
     if rs.url:
+
         def find_url():
             return rs.url
     else:
@@ -128,6 +144,7 @@ def connect_rewards(recipe, run_dir: Path, check_stop: Callable[[], None] = lamb
 
         def find_url():
             return os.environ.get(REWARD_URL_ENV) or folder.read_server_address()
+
     url = wait_for_server(find_url, rs.startup_timeout_s, check_stop, all_agree=all_agree)
 
     def reconnect() -> str:
@@ -137,5 +154,12 @@ def connect_rewards(recipe, run_dir: Path, check_stop: Callable[[], None] = lamb
 
     if expected is None:
         expected = reward_identities(recipe.rewards, fingerprint=False)
-    return RemoteRewards(url, WeightedRewards.keys(recipe.rewards), expected, rs.timeout_s, rs.retries, reconnect,
-                         token=reward_token(Path(run_dir)))
+    return RemoteRewards(
+        url,
+        WeightedRewards.keys(recipe.rewards),
+        expected,
+        rs.timeout_s,
+        rs.retries,
+        reconnect,
+        token=reward_token(Path(run_dir)),
+    )

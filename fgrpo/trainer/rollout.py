@@ -13,8 +13,9 @@ import torch
 from fgrpo.algorithm import noise_scale, ode_step, sde_step
 
 
-def velocity(transformer, x, sigma, context, neg_context=None, cfg_scale: float = 1.0,
-             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def velocity(
+    transformer, x, sigma, context, neg_context=None, cfg_scale: float = 1.0, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """v = v_u + cfg·(v_c − v_u), with the conditional and unconditional passes in one batch.
 
     Latents and text context enter in the compute `dtype` (the precision policy's); Wan's timestep
@@ -149,7 +150,9 @@ def sample(
                 step = torch.full((len(rows),), i, dtype=torch.long)
                 s_t = step_noise_std_scale(sig.cpu(), step, noise).to(device)
                 out = sde_step(xa[rows], v[rows], s[rows], s_next[rows], s_t, noise=eps.to(device))
-                records.append(Transitions(videos + first, step, xa[rows].clone(), out.prev_sample.float(), out.log_prob))
+                records.append(
+                    Transitions(videos + first, step, xa[rows].clone(), out.prev_sample.float(), out.log_prob)
+                )
                 x_new[rows] = out.prev_sample.float()
             if whole:
                 x = x_new
@@ -160,7 +163,9 @@ def sample(
         trans = Transitions.cat(records)
     else:
         empty = latents.new_zeros((0, *latents.shape[1:]))
-        trans = Transitions(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), empty, empty, latents.new_zeros(0))
+        trans = Transitions(
+            torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), empty, empty, latents.new_zeros(0)
+        )
     return torch.cat(finals), trans
 
 
@@ -174,7 +179,13 @@ def shared_prefix_starts(sde_mask: torch.Tensor, group: torch.Tensor) -> torch.T
 
 
 def transition_log_prob(
-    transformer, trans: Transitions, context, neg_context, sigmas: torch.Tensor, noise: NoiseConfig, cfg_scale: float,
+    transformer,
+    trans: Transitions,
+    context,
+    neg_context,
+    sigmas: torch.Tensor,
+    noise: NoiseConfig,
+    cfg_scale: float,
     dtype: torch.dtype = torch.float32,
 ):
     """Recompute log π_θ(x_{i+1} | x_i) for recorded transitions (with gradients); returns the SDEStep."""

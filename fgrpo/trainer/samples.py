@@ -23,8 +23,15 @@ def reward_caption(now: float, before: float | None) -> str:
     return f"reward {before:+.3f} -> {now:+.3f}" if before is not None else f"reward {now:+.3f}"
 
 
-def write_samples(samples: Path, tag: str, thumbs: torch.Tensor, prompts: list[str], rewards: torch.Tensor,
-                  videos_per_prompt: int, step: int | None = None) -> dict:
+def write_samples(
+    samples: Path,
+    tag: str,
+    thumbs: torch.Tensor,
+    prompts: list[str],
+    rewards: torch.Tensor,
+    videos_per_prompt: int,
+    step: int | None = None,
+) -> dict:
     """`thumbs` ``[B, F, 3, h, w]`` uint8, `prompts` and `rewards` per video (each prompt's
     `videos_per_prompt` seeds in a row). Writes samples/<tag>/prompt-NN.mp4, samples/<tag>.mp4 and,
     last, samples/<tag>.json; returns that index."""
@@ -32,7 +39,7 @@ def write_samples(samples: Path, tag: str, thumbs: torch.Tensor, prompts: list[s
     n = max(1, videos_per_prompt)
     frames = thumbs.float() / 255
     b, _, _, h, w = frames.shape
-    per_prompt = [(prompts[i], frames[i:i + n], [float(x) for x in rewards[i:i + n]]) for i in range(0, b, n)]
+    per_prompt = [(prompts[i], frames[i : i + n], [float(x) for x in rewards[i : i + n]]) for i in range(0, b, n)]
     before = folder.read_index("before") if tag != "before" else None
     before_means = None
     if before and before.get("prompts") == [p for p, _, _ in per_prompt]:
@@ -42,14 +49,25 @@ def write_samples(samples: Path, tag: str, thumbs: torch.Tensor, prompts: list[s
     for i, (prompt, videos, scores) in enumerate(per_prompt):
         path = write_video(make_video_grid(videos, nrow=n, upscale=up, padding=0), folder.video(tag, i), FPS)
         mean = sum(scores) / len(scores)
-        entries.append({"prompt": prompt, "reward": mean, "rewards": scores,
-                        "video": str(path.relative_to(folder.path)),
-                        "reward_before": before_means[i] if before_means else None})
+        entries.append(
+            {
+                "prompt": prompt,
+                "reward": mean,
+                "rewards": scores,
+                "video": str(path.relative_to(folder.path)),
+                "reward_before": before_means[i] if before_means else None,
+            }
+        )
     captions = [[e["prompt"], reward_caption(e["reward"], e["reward_before"])] for e in entries]
-    grid = write_video(captioned_grid(torch.stack([v[0] for _, v, _ in per_prompt]), captions, min_cell_px=MIN_PX),
-                       folder.grid(tag), FPS)
+    grid = write_video(
+        captioned_grid(torch.stack([v[0] for _, v, _ in per_prompt]), captions, min_cell_px=MIN_PX),
+        folder.grid(tag),
+        FPS,
+    )
     index = {
-        "tag": tag, "step": step, "videos_per_prompt": n,
+        "tag": tag,
+        "step": step,
+        "videos_per_prompt": n,
         "prompts": [e["prompt"] for e in entries],
         "rewards": [e["reward"] for e in entries],
         "rewards_before": before_means,

@@ -55,7 +55,14 @@ def write(folder, kind: str, **extra) -> None:
         return
     _written.add(kind)
     try:
-        folder.record_timings({"kind": kind, "time": time.time(), **_marks, **extra,
-                               "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)})
+        folder.record_timings(
+            {
+                "kind": kind,
+                "time": time.time(),
+                **_marks,
+                **extra,
+                "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+            }
+        )
     except OSError:
         pass  # a measurement: never the reason a run fails

@@ -18,9 +18,8 @@ from fgrpo.models.wan.lora import trainable_parameters
 from fgrpo.recipe.config import Recipe
 from fgrpo.recipe.io import training_fingerprint
 from fgrpo.rewards.identity import rewards_changed
-from fgrpo.run_folder.pending import drop_rollouts, load_rollouts, save_rollouts
 from fgrpo.run_folder import RunFolder, check_checkpoint_format, checkpoint_problem, manifest_fingerprint
-
+from fgrpo.run_folder.pending import drop_rollouts, load_rollouts, save_rollouts
 from fgrpo.tracking import SampleSet, open_trackers
 
 from . import checkpoint, timeline
@@ -32,9 +31,8 @@ from .flash_grpo import Rollout, StopRequested, flash_grpo_step
 from .metrics import MetricsLog, ReportRefresher, console_line
 from .policy import build_policy
 from .reward_scoring import connect_rewards
-from .update import PolicyUpdate
 from .signals import EXIT_REQUEUE, StopFlag
-
+from .update import PolicyUpdate
 
 # FSDP2 warns that Wan's output is a view; nothing here modifies it in place (velocity() casts it).
 warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
@@ -89,9 +87,20 @@ class Trainer:
         step's `kept` rollouts when a stop kept them (fgrpo.run_folder.pending)."""
         # Rank 0 counts the FLOPs and forwards of its first step of each launch that rolls out
         # (fgrpo.trainer.compute).
-        return self.compute.run_step(self.policy.transformer, lambda: flash_grpo_step(
-            self.policy, self.update, self.rewards, self.recipe, self.step, prompts, check_stop or self._check_stop,
-            kept), measure=self.is_main and kept is None)
+        return self.compute.run_step(
+            self.policy.transformer,
+            lambda: flash_grpo_step(
+                self.policy,
+                self.update,
+                self.rewards,
+                self.recipe,
+                self.step,
+                prompts,
+                check_stop or self._check_stop,
+                kept,
+            ),
+            measure=self.is_main and kept is None,
+        )
 
     def kept_rollouts(self, prompts: list[str]) -> Rollout | None:
         """This step's rollouts kept by a stop, when every rank has its share for these prompts."""
@@ -99,11 +108,17 @@ class Trainer:
         usable = state is not None and int(state["step"]) == self.step and list(state["prompts"]) == prompts
         if not dist.all_ranks(usable):
             if state is not None or why:
-                self.console.print(f"rolling out step {self.step + 1} again: its kept rollouts are not usable "
-                                   f"({why or 'another rank has none, or the prompts differ'})", markup=False)
+                self.console.print(
+                    f"rolling out step {self.step + 1} again: its kept rollouts are not usable "
+                    f"({why or 'another rank has none, or the prompts differ'})",
+                    markup=False,
+                )
             return None
-        self.console.print(f"step {self.step + 1}: training on the rollouts kept when the last job stopped "
-                           f"({float(state['times']['rollout']):.1f} s of rollout not repeated)", markup=False)
+        self.console.print(
+            f"step {self.step + 1}: training on the rollouts kept when the last job stopped "
+            f"({float(state['times']['rollout']):.1f} s of rollout not repeated)",
+            markup=False,
+        )
         return Rollout.from_state_dict(state)
 
     def keep_rollouts(self, rollout: Rollout) -> None:
@@ -121,7 +136,11 @@ class Trainer:
             "model": model_sd,
             "optim": optim_sd,
             "lr_schedule": self.update.lr_schedule.state_dict(),
-            "trainer": {"step": self.step, "nonfinite_total": self.nonfinite_total, "sampler": self.sampler.state_dict()},
+            "trainer": {
+                "step": self.step,
+                "nonfinite_total": self.nonfinite_total,
+                "sampler": self.sampler.state_dict(),
+            },
         }
         if self.ema:
             state["ema"] = self.ema.state_dict()
@@ -145,9 +164,11 @@ class Trainer:
             check_checkpoint_format(ckpt)  # a newer fgrpo's checkpoint: refused, never skipped
             other = manifest_fingerprint(ckpt)
             if other not in (None, self.fingerprint):
-                raise RuntimeError(f"{ckpt} was trained with a different recipe (fingerprint {other}, this run's is "
-                                   f"{self.fingerprint}); refusing to adopt it. Launch with another "
-                                   "--logging.run-name, or restore the run's recipe.json")
+                raise RuntimeError(
+                    f"{ckpt} was trained with a different recipe (fingerprint {other}, this run's is "
+                    f"{self.fingerprint}); refusing to adopt it. Launch with another "
+                    "--logging.run-name, or restore the run's recipe.json"
+                )
             problem = checkpoint_problem(ckpt)
             if problem is None:
                 try:
@@ -157,19 +178,27 @@ class Trainer:
                     problem = f"DCP could not read it: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
             skipped.append((ckpt, problem))
             if self.is_main:
-                self.console.print(f"[bold red]WARNING[/] checkpoint {escape(str(ckpt))} is unusable: {escape(str(problem))}")
+                self.console.print(
+                    f"[bold red]WARNING[/] checkpoint {escape(str(ckpt))} is unusable: {escape(str(problem))}"
+                )
         else:
-            raise RuntimeError("no usable checkpoint in " + str(self.ckpt_dir) + ": "
-                               + "; ".join(f"{c.name}: {p}" for c, p in skipped)
-                               + ". Move the checkpoints folder aside to start the run over")
+            raise RuntimeError(
+                "no usable checkpoint in "
+                + str(self.ckpt_dir)
+                + ": "
+                + "; ".join(f"{c.name}: {p}" for c, p in skipped)
+                + ". Move the checkpoints folder aside to start the run over"
+            )
         if skipped:
             if self.is_main:
                 for ckpt, _ in skipped:
                     if path is None:
                         ckpt.rename(ckpt.with_name(f"corrupt-{ckpt.name}"))
-            self.resume_note = (f"resumed from step {self.step}, skipping damaged checkpoint(s) "
-                                + ", ".join(f"{c.name} ({p})" for c, p in skipped)
-                                + (" moved to corrupt-step-N" if path is None else ""))
+            self.resume_note = (
+                f"resumed from step {self.step}, skipping damaged checkpoint(s) "
+                + ", ".join(f"{c.name} ({p})" for c, p in skipped)
+                + (" moved to corrupt-step-N" if path is None else "")
+            )
             if self.is_main:
                 self.console.print(f"[bold red]WARNING[/] {escape(str(self.resume_note))}")
         dist.barrier()
@@ -181,10 +210,15 @@ class Trainer:
         state = checkpoint.load(self.state(), ckpt)
         missing = set(self.params) - set(state["model"])
         if missing:
-            raise RuntimeError(f"{ckpt} lacks trained weights {sorted(missing)[:5]}...: a checkpoint of another recipe?")
+            raise RuntimeError(
+                f"{ckpt} lacks trained weights {sorted(missing)[:5]}...: a checkpoint of another recipe?"
+            )
         # strict=False because frozen weights are not in the checkpoint (they come from model.path).
         set_state_dict(
-            self.policy.transformer, self.update.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+            self.policy.transformer,
+            self.update.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
             options=StateDictOptions(ignore_frozen_params=True, strict=False),
         )
         self.update.lr_schedule.load_state_dict(state["lr_schedule"])
@@ -206,8 +240,14 @@ class Trainer:
 
     def connect_rewards(self) -> None:
         if self.rewards is None:
-            self.rewards = connect_rewards(self.recipe, self.run_dir, self._check_stop, dist.all_ranks,
-                                           self._check_local_stop, expected=self.folder.read_rewards())
+            self.rewards = connect_rewards(
+                self.recipe,
+                self.run_dir,
+                self._check_stop,
+                dist.all_ranks,
+                self._check_local_stop,
+                expected=self.folder.read_rewards(),
+            )
             if self.is_main and self.rewards.where == "server":
                 self.console.print(f"rewards scored by the reward server at {self.rewards.url}", markup=False)
         if not self.rewards_checked:
@@ -229,11 +269,20 @@ class Trainer:
         ctx = self.ema.swapped_in() if self.ema else nullcontext()
         t0 = time.perf_counter()
         with ctx:
-            result = evaluate_heldout(self.policy, self.rewards, self.recipe, self.heldout_prompts,
-                                      self.folder.samples, tag)
-        self.metrics.write({"kind": "eval", "step": self.step, "tag": tag, **result,
-                            "time_eval": time.perf_counter() - t0, **self.compute.snapshot()},
-                           SampleSet(self.folder.sample_folder, tag) if self.is_main else None)
+            result = evaluate_heldout(
+                self.policy, self.rewards, self.recipe, self.heldout_prompts, self.folder.samples, tag
+            )
+        self.metrics.write(
+            {
+                "kind": "eval",
+                "step": self.step,
+                "tag": tag,
+                **result,
+                "time_eval": time.perf_counter() - t0,
+                **self.compute.snapshot(),
+            },
+            SampleSet(self.folder.sample_folder, tag) if self.is_main else None,
+        )
         if self.report is not None:
             self.report.refresh()
         if self.is_main:
@@ -246,7 +295,9 @@ class Trainer:
             self.connect_rewards()
             timeline.mark("rewards")
         except StopRequested:
-            self.console.print(f"stopped by signal {self.stop.signum} while waiting for the reward server; exit {EXIT_REQUEUE}")
+            self.console.print(
+                f"stopped by signal {self.stop.signum} while waiting for the reward server; exit {EXIT_REQUEUE}"
+            )
             return EXIT_REQUEUE
         ok = False
         try:
@@ -266,13 +317,18 @@ class Trainer:
         if self.is_main:  # every step and evaluation appears once in metrics.jsonl, however often killed
             moved = self.folder.rewind_metrics(self.step if resumed else -1)
             if moved:
-                self.console.print(f"{moved} metrics record(s) past step {self.step if resumed else 0} "
-                                   "moved to metrics.rewound.jsonl")
+                self.console.print(
+                    f"{moved} metrics record(s) past step {self.step if resumed else 0} moved to metrics.rewound.jsonl"
+                )
             if resumed:  # cumulative compute continues from the checkpoint's records
-                self.compute.restore(next((x for x in reversed(self.folder.read_metrics()) if "compute/wall_s" in x),
-                                          None), self.step)
-            self.metrics.open(open_trackers(self.folder, r, self.step if resumed else None,
-                                            lambda msg: self.console.print(msg, markup=False)))
+                self.compute.restore(
+                    next((x for x in reversed(self.folder.read_metrics()) if "compute/wall_s" in x), None), self.step
+                )
+            self.metrics.open(
+                open_trackers(
+                    self.folder, r, self.step if resumed else None, lambda msg: self.console.print(msg, markup=False)
+                )
+            )
         if resumed:
             self.console.print(f"resumed from {self.ckpt_dir}/step-{self.step}", markup=False)
             if self.resume_note:
@@ -280,8 +336,12 @@ class Trainer:
         elif self.heldout_prompts:
             self.evaluate("before")
         progress = Progress(
-            TextColumn("[bold blue]flash-grpo"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=self.console, disable=not self.is_main,
+            TextColumn("[bold blue]flash-grpo"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.is_main,
         )
         last_saved = self.step if resumed else None
         checked_kept = False  # kept rollouts can only be for the first step after a resume
@@ -338,8 +398,9 @@ class Trainer:
         elif self.report.finish():
             self.console.print(f"report: {where}", markup=False)
         else:
-            self.console.print(f"report: the refresh of {where} failed or is still running; see "
-                               f"{self.folder.report_log}", markup=False)
+            self.console.print(
+                f"report: the refresh of {where} failed or is still running; see {self.folder.report_log}", markup=False
+            )
 
     def _stop(self, last_saved: int | None, rollout: Rollout | None = None) -> int:
         # The unfinished step is dropped: the sampler position is rolled back with it. Its rollouts,
@@ -392,8 +453,9 @@ class Trainer:
                     f"{self.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient; stopping. "
                     f"The last good checkpoint is {self.folder.latest_checkpoint()}"
                 )
-        m.update({"kind": "train", "time": time.time(), "nonfinite_total": self.nonfinite_total,
-                  **self.compute.snapshot()})
+        m.update(
+            {"kind": "train", "time": time.time(), "nonfinite_total": self.nonfinite_total, **self.compute.snapshot()}
+        )
         self.metrics.write(m)
         if self.is_main:  # heartbeat.json: `fgrpo status` says "last step N min ago", or stalled
             with suppress(OSError):  # a monitoring aid, never a reason to stop training

@@ -25,8 +25,10 @@ from ..base import Backend, LaunchJob, is_active  # noqa: F401  (is_active re-ex
 RUN_LABEL = "fgrpo.dev/run"
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 # rendered kind -> (job id kind, (group, version, plural), label that names the workload on its pods)
-WORKLOADS = {"JobSet": ("jobset", ("jobset.x-k8s.io", "v1alpha2", "jobsets"), "jobset.sigs.k8s.io/jobset-name"),
-             "Job": ("job", ("batch", "v1", "jobs"), "job-name")}
+WORKLOADS = {
+    "JobSet": ("jobset", ("jobset.x-k8s.io", "v1alpha2", "jobsets"), "jobset.sigs.k8s.io/jobset-name"),
+    "Job": ("job", ("batch", "v1", "jobs"), "job-name"),
+}
 BY_ID_KIND = {v[0]: (k, *v[1:]) for k, v in WORKLOADS.items()}
 CORE = {"ConfigMap": "config_map", "Secret": "secret", "Service": "service"}
 CREATE_ORDER = {"ConfigMap": 0, "Secret": 0, "Service": 1}  # then the workload, whose pods need them
@@ -144,7 +146,8 @@ class KubernetesBackend(Backend):
             except config.ConfigException as e:
                 raise KubernetesError(
                     f"cannot load Kubernetes credentials (context {self.context or '?'}, from {source}): {e}; "
-                    "refresh them (`kubectl get pods` / log in to the cluster again) or set KUBECONFIG") from e
+                    "refresh them (`kubectl get pods` / log in to the cluster again) or set KUBECONFIG"
+                ) from e
             self._api = client.ApiClient(cfg)
         return self._api
 
@@ -159,8 +162,10 @@ class KubernetesBackend(Backend):
         except KubernetesError:
             raise
         except Exception as e:  # noqa: BLE001 - unreachable, TLS, 401/403: all mean no access from here
-            raise KubernetesError(f"the API server of context {self.context or '?'} did not answer: "
-                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+            raise KubernetesError(
+                f"the API server of context {self.context or '?'} did not answer: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from e
         return info.git_version
 
     def _core(self):
@@ -191,7 +196,8 @@ class KubernetesBackend(Backend):
                     raise KubernetesError(
                         f"{doing}: the Kubernetes API refused the credentials of context {self.context!r} "
                         f"({e.status} {e.reason}: {_message(e)}); they have expired or lack permission: refresh "
-                        "them (`kubectl get pods` re-runs the login plugin, or log in again) and retry") from e
+                        "them (`kubectl get pods` re-runs the login plugin, or log in again) and retry"
+                    ) from e
                 if e.status != 429 and not (e.status or 0) >= 500:
                     if not e.status:  # the client's own failure (TLS), not an HTTP answer
                         raise KubernetesError(f"{doing}: {e.reason}") from e
@@ -200,9 +206,11 @@ class KubernetesBackend(Backend):
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 last = f"{type(e).__name__}: {e}"
             if attempt + 1 < tries:
-                time.sleep(self.backoff_s * 2 ** attempt)
-        raise KubernetesError(f"{doing}: the Kubernetes API at {self._client().configuration.host} failed "
-                              f"{tries} time(s) (last: {last}); it may be overloaded or unreachable, try again later")
+                time.sleep(self.backoff_s * 2**attempt)
+        raise KubernetesError(
+            f"{doing}: the Kubernetes API at {self._client().configuration.host} failed "
+            f"{tries} time(s) (last: {last}); it may be overloaded or unreachable, try again later"
+        )
 
     # -- objects ----------------------------------------------------------------------------
     def _create(self, obj: dict) -> None:
@@ -212,8 +220,11 @@ class KubernetesBackend(Backend):
         else:
             (g, v, plural), fn = WORKLOADS[kind][1], self._custom().create_namespaced_custom_object
             args = (g, v, ns, plural, obj)
-        _body(self._call(f"creating {kind} {ns}/{obj['metadata']['name']}", fn, *args, retry=False,
-                         _preload_content=False))
+        _body(
+            self._call(
+                f"creating {kind} {ns}/{obj['metadata']['name']}", fn, *args, retry=False, _preload_content=False
+            )
+        )
 
     def _delete(self, kind: str, ns: str, name: str) -> None:
         """Delete one object, its dependents first (Foreground: no pod outlives its Job); gone is fine."""
@@ -222,16 +233,30 @@ class KubernetesBackend(Backend):
         else:
             (g, v, plural), fn = WORKLOADS[kind][1], self._custom().delete_namespaced_custom_object
             args = (g, v, ns, plural, name)
-        resp = self._call(f"deleting {kind} {ns}/{name}", fn, *args, missing_ok=True,
-                          propagation_policy="Foreground", _preload_content=False)
+        resp = self._call(
+            f"deleting {kind} {ns}/{name}",
+            fn,
+            *args,
+            missing_ok=True,
+            propagation_policy="Foreground",
+            _preload_content=False,
+        )
         if resp is not None:
             _body(resp)
 
     def _get(self, job_id: str) -> dict | None:
         kind, ns, name = parse_job_id(job_id)
         group, version, plural = BY_ID_KIND[kind][1]
-        return self._call(f"reading {job_id}", self._custom().get_namespaced_custom_object, group, version, ns,
-                          plural, name, missing_ok=True)
+        return self._call(
+            f"reading {job_id}",
+            self._custom().get_namespaced_custom_object,
+            group,
+            version,
+            ns,
+            plural,
+            name,
+            missing_ok=True,
+        )
 
     def _render(self, job: LaunchJob) -> list[dict]:
         from .manifests import render
@@ -270,18 +295,23 @@ class KubernetesBackend(Backend):
 
         what = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
         if not isinstance(e, ApiException):
-            return KubernetesError(f"{e} (rolled back: {rollback})") if isinstance(e, KubernetesError) else \
-                KubernetesError(f"creating {what} failed: {type(e).__name__}: {e} (rolled back: {rollback})")
+            return (
+                KubernetesError(f"{e} (rolled back: {rollback})")
+                if isinstance(e, KubernetesError)
+                else KubernetesError(f"creating {what} failed: {type(e).__name__}: {e} (rolled back: {rollback})")
+            )
         if e.status == 409:
             return KubernetesError(
                 f"run {job.run_dir.name} already exists on the cluster ({what}: {_message(e)}); nothing new was "
                 f"started (rolled back: {rollback}). See `fgrpo status {job.run_dir}`; continue a finished run with "
-                f"`fgrpo resume {job.run_dir}`, or stop it with `fgrpo cancel {job.run_dir}`")
+                f"`fgrpo resume {job.run_dir}`, or stop it with `fgrpo cancel {job.run_dir}`"
+            )
         hint = ""
         if e.status == 404 and obj["kind"] == "JobSet":
             hint = " (is JobSet installed on the cluster? without it, use --launch.k8s.api indexed-job)"
-        return KubernetesError(f"creating {what} was refused: {e.status} {e.reason}: {_message(e)}{hint} "
-                               f"(rolled back: {rollback})")
+        return KubernetesError(
+            f"creating {what} was refused: {e.status} {e.reason}: {_message(e)}{hint} (rolled back: {rollback})"
+        )
 
     def _clear_finished(self, job_id: str, objs: list[dict]) -> None:
         state = self.state(job_id)
@@ -292,8 +322,10 @@ class KubernetesBackend(Backend):
         deadline = time.monotonic() + self.delete_wait_s
         while self._get(job_id) is not None:  # Foreground: the object stays until its pods are gone
             if time.monotonic() > deadline:
-                raise KubernetesError(f"{job_id} of the previous attempt was not deleted within "
-                                      f"{self.delete_wait_s:.0f} s; try again shortly")
+                raise KubernetesError(
+                    f"{job_id} of the previous attempt was not deleted within "
+                    f"{self.delete_wait_s:.0f} s; try again shortly"
+                )
             time.sleep(1.0)
 
     # -- Backend ----------------------------------------------------------------------------
@@ -307,11 +339,13 @@ class KubernetesBackend(Backend):
         job_id = self._submit(job, objs)
         kind, ns, name = parse_job_id(job_id)
         k8s, run = job.recipe.launch.k8s, job.run_dir
-        print(f"created {BY_ID_KIND[kind][0]} {ns}/{name} (job {job_id})\n"
-              f"  run folder: {run} (on the cluster: {run.name}/ on PVC {k8s.runs_pvc})\n"
-              f"  follow: fgrpo status {run} | fgrpo logs {run} -f | fgrpo cancel {run}\n"
-              f"  kubectl: kubectl -n {ns} get {kind} {name}; kubectl -n {ns} get pods -l "
-              f"{BY_ID_KIND[kind][2]}={name}")
+        print(
+            f"created {BY_ID_KIND[kind][0]} {ns}/{name} (job {job_id})\n"
+            f"  run folder: {run} (on the cluster: {run.name}/ on PVC {k8s.runs_pvc})\n"
+            f"  follow: fgrpo status {run} | fgrpo logs {run} -f | fgrpo cancel {run}\n"
+            f"  kubectl: kubectl -n {ns} get {kind} {name}; kubectl -n {ns} get pods -l "
+            f"{BY_ID_KIND[kind][2]}={name}"
+        )
         return 0
 
     def submit_array(self, runs: list[LaunchJob]) -> list[str]:
@@ -323,9 +357,11 @@ class KubernetesBackend(Backend):
         cap = len(runs) if la.k8s.kueue_queue else max(1, la.array_parallelism)
         ids = [self._submit(r, self._render(r)) for r in runs[:cap]]
         if len(runs) > cap:
-            print(f"{len(runs) - cap} point(s) wait (launch.array_parallelism={cap} and no launch.k8s.kueue_queue): "
-                  "run the same `fgrpo sweep` again when points finish to submit them: "
-                  + ", ".join(r.run_dir.name for r in runs[cap:]))
+            print(
+                f"{len(runs) - cap} point(s) wait (launch.array_parallelism={cap} and no launch.k8s.kueue_queue): "
+                "run the same `fgrpo sweep` again when points finish to submit them: "
+                + ", ".join(r.run_dir.name for r in runs[cap:])
+            )
         return ids
 
     def state(self, job_id: str) -> str:
@@ -340,8 +376,18 @@ class KubernetesBackend(Backend):
         core = self._core()
         for kind_ in ("Service", "ConfigMap"):
             lister = getattr(core, f"list_namespaced_{CORE[kind_]}")
-            items = _body(self._call(f"listing {kind_}s of {job_id}", lister, ns, label_selector=f"{RUN_LABEL}={run}",
-                                     _preload_content=False)).get("items") or []
+            items = (
+                _body(
+                    self._call(
+                        f"listing {kind_}s of {job_id}",
+                        lister,
+                        ns,
+                        label_selector=f"{RUN_LABEL}={run}",
+                        _preload_content=False,
+                    )
+                ).get("items")
+                or []
+            )
             for item in items:
                 self._delete(kind_, ns, item["metadata"]["name"])
         # The token Secret by name, never by listing (a list returns every Secret's data).
@@ -370,21 +416,42 @@ class KubernetesBackend(Backend):
 
         kind, ns, name = parse_job_id(job_id)
         core = self._core()
-        pods = _body(self._call(f"listing the pods of {job_id}", core.list_namespaced_pod, ns,
-                                label_selector=f"{BY_ID_KIND[kind][2]}={name}", _preload_content=False))
-        mine = [p for p in pods.get("items") or []
-                if str(index) in ((p["metadata"].get("labels") or {}).get(INDEX_KEY),
-                                  (p["metadata"].get("annotations") or {}).get(INDEX_KEY))]
+        pods = _body(
+            self._call(
+                f"listing the pods of {job_id}",
+                core.list_namespaced_pod,
+                ns,
+                label_selector=f"{BY_ID_KIND[kind][2]}={name}",
+                _preload_content=False,
+            )
+        )
+        mine = [
+            p
+            for p in pods.get("items") or []
+            if str(index)
+            in (
+                (p["metadata"].get("labels") or {}).get(INDEX_KEY),
+                (p["metadata"].get("annotations") or {}).get(INDEX_KEY),
+            )
+        ]
         if not mine:
             raise KubernetesError(f"no pod for node rank {index} of {job_id} (job state: {self.state(job_id)})")
         pod = max(mine, key=lambda p: p["metadata"].get("creationTimestamp") or "")  # newest attempt
         pod_name = pod["metadata"]["name"]
         try:
-            resp = self._call(f"reading the log of pod {ns}/{pod_name}", core.read_namespaced_pod_log, pod_name, ns,
-                              container=pod["spec"]["containers"][0]["name"], follow=follow,
-                              _preload_content=False, _request_timeout=None if follow else (10, 300))
+            resp = self._call(
+                f"reading the log of pod {ns}/{pod_name}",
+                core.read_namespaced_pod_log,
+                pod_name,
+                ns,
+                container=pod["spec"]["containers"][0]["name"],
+                follow=follow,
+                _preload_content=False,
+                _request_timeout=None if follow else (10, 300),
+            )
         except ApiException as e:
             phase = (pod.get("status") or {}).get("phase", "?")
-            raise KubernetesError(f"pod {ns}/{pod_name} (node rank {index}, {phase}) has no log yet: "
-                                  f"{e.status} {_message(e)}") from e
+            raise KubernetesError(
+                f"pod {ns}/{pod_name} (node rank {index}, {phase}) has no log yet: {e.status} {_message(e)}"
+            ) from e
         return _lines(resp)

@@ -86,8 +86,18 @@ def reward_server_args(recipe: Recipe, name: str) -> list[str]:
     """`fgrpo reward-server` arguments of the reward pod: the recipe from the ConfigMap (the run
     folder's copy may not exist yet: rank 0 writes it), the recipe's port, the stable DNS name."""
     host = reward_url(recipe, name).split("//")[1].rsplit(":", 1)[0]
-    return ["--recipe-file", "$(FGRPO_RECIPE_FILE)", "--run-dir", "$(FGRPO_RUN_DIR)", "--host", "0.0.0.0",
-            "--port", str(recipe.reward_server.port), "--advertise-host", host]
+    return [
+        "--recipe-file",
+        "$(FGRPO_RECIPE_FILE)",
+        "--run-dir",
+        "$(FGRPO_RUN_DIR)",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(recipe.reward_server.port),
+        "--advertise-host",
+        host,
+    ]
 
 
 def parse_toleration(text: str) -> dict:
@@ -128,8 +138,10 @@ def _check(recipe: Recipe, run_name: str, recipe_json: str) -> None:
     if recipe.procs_per_node < 1:
         raise ValueError(f"launch.procs_per_node: must be >= 1 (got {recipe.procs_per_node})")
     if la.gpus_per_node < 0 or (la.gpus_per_node and recipe.procs_per_node > la.gpus_per_node):
-        raise ValueError(f"launch.gpus_per_node: {la.gpus_per_node} GPUs cannot serve "
-                         f"{recipe.procs_per_node} processes per node (one GPU each)")
+        raise ValueError(
+            f"launch.gpus_per_node: {la.gpus_per_node} GPUs cannot serve "
+            f"{recipe.procs_per_node} processes per node (one GPU each)"
+        )
     if k.max_restarts < 0:
         raise ValueError(f"launch.k8s.max_restarts: must be >= 0 (got {k.max_restarts})")
     if k.termination_grace_period_s < 1:
@@ -146,15 +158,19 @@ def _check(recipe: Recipe, run_name: str, recipe_json: str) -> None:
         raise ValueError(f"launch.k8s.kueue_queue: {k.kueue_queue!r} is not a valid LocalQueue name")
     for field in ("cpu", "memory", "shm_size"):
         if not _QUANTITY.match(str(getattr(k, field))):
-            raise ValueError(f"launch.k8s.{field}: {getattr(k, field)!r} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)")
+            raise ValueError(
+                f"launch.k8s.{field}: {getattr(k, field)!r} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)"
+            )
     for key, value in k.node_selector.items():
         if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value) or len(value) > 63:
             raise ValueError(f"launch.k8s.node_selector: bad label {key!r}: {value!r}")
     if recipe.reward_server.launch and recipe.reward_server.mem_gb <= 0:
         raise ValueError("reward_server.mem_gb: the reward server's pod needs a memory limit (> 0 GB)")
     if recipe.reward_server.launch and k.api != "jobset":
-        raise ValueError("reward_server.launch: on Kubernetes the reward server runs as a replicated job of the "
-                         "JobSet; set --launch.k8s.api jobset, or start a server and pass --reward-server.url")
+        raise ValueError(
+            "reward_server.launch: on Kubernetes the reward server runs as a replicated job of the "
+            "JobSet; set --launch.k8s.api jobset, or start a server and pass --reward-server.url"
+        )
     if len(recipe_json.encode()) > 1_000_000:
         raise ValueError("recipe JSON exceeds the 1 MB ConfigMap limit")
 
@@ -165,8 +181,10 @@ def _env(recipe: Recipe, name: str, run_name: str) -> list[dict]:
         # Indexed Jobs (and so JobSet's child Jobs) inject this too; the Job controller skips
         # the injection when the container already defines it. Set explicitly, and first, so
         # the `$(JOB_COMPLETION_INDEX)` reference in args does not depend on controller details.
-        {"name": "JOB_COMPLETION_INDEX",
-         "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}}},
+        {
+            "name": "JOB_COMPLETION_INDEX",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}},
+        },
         {"name": "MASTER_ADDR", "value": master_addr(recipe, name)},
         {"name": "FGRPO_RUN_DIR", "value": f"{RUNS_MOUNT}/{run_name}"},
         {"name": "FGRPO_RECIPE_FILE", "value": RECIPE_FILE},
@@ -189,8 +207,11 @@ def _env(recipe: Recipe, name: str, run_name: str) -> list[dict]:
 def _pod_template(recipe: Recipe, name: str, run_name: str, subdomain: str | None) -> dict:
     k, la = recipe.launch.k8s, recipe.launch
     args = [
-        f"--nnodes={la.nodes}", f"--nproc-per-node={recipe.procs_per_node}",
-        "--node-rank=$(JOB_COMPLETION_INDEX)", "--master-addr=$(MASTER_ADDR)", f"--master-port={MASTER_PORT}",
+        f"--nnodes={la.nodes}",
+        f"--nproc-per-node={recipe.procs_per_node}",
+        "--node-rank=$(JOB_COMPLETION_INDEX)",
+        "--master-addr=$(MASTER_ADDR)",
+        f"--master-port={MASTER_PORT}",
         # On SIGTERM torchrun forwards the signal to its workers and SIGKILLs them after its
         # shutdown timeout (default 30 s; torch 2.13: --shutdown-timeout, env PET_SHUTDOWN_TIMEOUT
         # or TORCH_ELASTIC_SHUTDOWN_TIMEOUT). Match the pod's grace period so a checkpoint save
@@ -198,8 +219,15 @@ def _pod_template(recipe: Recipe, name: str, run_name: str, subdomain: str | Non
         f"--shutdown-timeout={k.termination_grace_period_s}",
         # Each rank's output also goes to the run folder on the PVC (the pod log keeps it too):
         # RUN/logs/torchrun/<run id>_*/attempt_N/<local rank>/{stdout,stderr}.log.
-        "--log-dir=$(FGRPO_RUN_DIR)/logs/torchrun", "--tee=3",
-        "-m", "fgrpo", "train", "--run-dir", "$(FGRPO_RUN_DIR)", "--recipe-file", "$(FGRPO_RECIPE_FILE)",
+        "--log-dir=$(FGRPO_RUN_DIR)/logs/torchrun",
+        "--tee=3",
+        "-m",
+        "fgrpo",
+        "train",
+        "--run-dir",
+        "$(FGRPO_RUN_DIR)",
+        "--recipe-file",
+        "$(FGRPO_RECIPE_FILE)",
     ]
     limits = {"cpu": str(k.cpu), "memory": str(k.memory)}
     if la.gpus_per_node > 0:
@@ -272,15 +300,17 @@ def _reward_pod_template(recipe: Recipe, name: str, run_name: str) -> dict:
     limits = {"cpu": str(rs.cpus), "memory": f"{rs.mem_gb:g}Gi"}
     if rs.gpus:
         limits["nvidia.com/gpu"] = str(rs.gpus)
-    container.update({
-        "name": "reward-server",
-        "command": ["python"],
-        "args": ["-m", "fgrpo", "reward-server", *reward_server_args(recipe, name)],
-        "ports": [{"name": "reward", "containerPort": rs.port, "protocol": "TCP"}],
-        "resources": {"requests": dict(limits), "limits": limits},
-        # Ready once the reward models are loaded and it answers; the trainers wait for that too.
-        "readinessProbe": {"httpGet": {"path": "/health", "port": rs.port}, "periodSeconds": 10},
-    })
+    container.update(
+        {
+            "name": "reward-server",
+            "command": ["python"],
+            "args": ["-m", "fgrpo", "reward-server", *reward_server_args(recipe, name)],
+            "ports": [{"name": "reward", "containerPort": rs.port, "protocol": "TCP"}],
+            "resources": {"requests": dict(limits), "limits": limits},
+            # Ready once the reward models are loaded and it answers; the trainers wait for that too.
+            "readinessProbe": {"httpGet": {"path": "/health", "port": rs.port}, "periodSeconds": 10},
+        }
+    )
     container["env"] = [e for e in container["env"] if e["name"] != "FGRPO_REWARD_URL"]
     return template
 
@@ -291,8 +321,12 @@ def _metadata(recipe: Recipe, name: str, run_name: str, queue: bool = False) -> 
         # Kueue's webhook creates the workload suspended and un-suspends it on admission; on
         # preemption it suspends it again (pods are deleted, not failed). Nothing else needed.
         labels[QUEUE_LABEL] = recipe.launch.k8s.kueue_queue
-    return {"name": name, "namespace": recipe.launch.k8s.namespace, "labels": labels,
-            "annotations": {RUN_ANNOTATION: run_name}}
+    return {
+        "name": name,
+        "namespace": recipe.launch.k8s.namespace,
+        "labels": labels,
+        "annotations": {RUN_ANNOTATION: run_name},
+    }
 
 
 def _configmap(recipe: Recipe, name: str, run_name: str, recipe_json: str) -> dict:
@@ -335,18 +369,29 @@ def _jobset(recipe: Recipe, name: str, run_name: str) -> dict:
         "podFailurePolicy": {"rules": [{"action": "FailJob", "onPodConditions": [dict(_DISRUPTED)]}]},
         "template": _pod_template(recipe, name, run_name, subdomain=None),  # JobSet sets subdomain
     }
-    replicated = [{
-        "name": REPLICATED_JOB,
-        "replicas": 1,
-        "template": {"metadata": {"labels": {RUN_LABEL: name}}, "spec": job_spec},
-    }]
+    replicated = [
+        {
+            "name": REPLICATED_JOB,
+            "replicas": 1,
+            "template": {"metadata": {"labels": {RUN_LABEL: name}}, "spec": job_spec},
+        }
+    ]
     if recipe.reward_server.launch:
         # Beside the workers, on its own node and GPUs. Not in the success policy: the set succeeds
         # when training does; the server then sees the run's final status and exits by itself.
-        server_spec = {**job_spec, "parallelism": 1, "completions": 1,
-                       "template": _reward_pod_template(recipe, name, run_name)}
-        replicated.append({"name": REWARD_JOB, "replicas": 1,
-                           "template": {"metadata": {"labels": {RUN_LABEL: name}}, "spec": server_spec}})
+        server_spec = {
+            **job_spec,
+            "parallelism": 1,
+            "completions": 1,
+            "template": _reward_pod_template(recipe, name, run_name),
+        }
+        replicated.append(
+            {
+                "name": REWARD_JOB,
+                "replicas": 1,
+                "template": {"metadata": {"labels": {RUN_LABEL: name}}, "spec": server_spec},
+            }
+        )
     return {
         "apiVersion": "jobset.x-k8s.io/v1alpha2",
         "kind": "JobSet",
@@ -359,8 +404,11 @@ def _jobset(recipe: Recipe, name: str, run_name: str) -> dict:
                 "maxRestarts": k.max_restarts,
                 "restartStrategy": "BlockingRecreate",
                 "rules": [
-                    {"name": "Disruption", "action": "RestartJobSetAndIgnoreMaxRestarts",
-                     "onJobFailureReasons": ["PodFailurePolicy"]},
+                    {
+                        "name": "Disruption",
+                        "action": "RestartJobSetAndIgnoreMaxRestarts",
+                        "onJobFailureReasons": ["PodFailurePolicy"],
+                    },
                     {"name": "Failure", "action": "RestartJobSet"},
                 ],
             },

@@ -12,7 +12,6 @@ from fgrpo.algorithm import (
     sde_step,
     wan_sigmas,
 )
-
 from fgrpo.distributed.process_group import global_mean
 
 SIG = wan_sigmas(20, 3.0)

@@ -102,7 +102,9 @@ def test_sde_per_sample_matches_individual_calls():
     s_t = noise_scale("wan", sig[idx], float(sig[1]), 0.0)
     batch = sde_step(x, v, sig[idx], sig[idx + 1], s_t, noise=eps)
     for b, i in enumerate(idx.tolist()):
-        one = sde_step(x[b : b + 1], v[b : b + 1], float(sig[i]), float(sig[i + 1]), float(s_t[b]), noise=eps[b : b + 1])
+        one = sde_step(
+            x[b : b + 1], v[b : b + 1], float(sig[i]), float(sig[i + 1]), float(s_t[b]), noise=eps[b : b + 1]
+        )
         torch.testing.assert_close(batch.prev_sample[b : b + 1], one.prev_sample)
         torch.testing.assert_close(batch.log_prob[b : b + 1], one.log_prob)
 
@@ -172,12 +174,15 @@ def test_flow_grpo_first_step_is_sane_on_wans_grid():
     assert float(sig[0]) == pytest.approx(0.99967, abs=1e-5)
     std = _flow_grpo_step_std(sig, ro.noise_constant)
     assert float(std[0]) == pytest.approx(0.693, abs=1e-3)  # was 5.03
-    assert float(noise_scale("flow-grpo", float(sig[0]), float(sig[1]), ro.noise_constant)) == pytest.approx(5.278, abs=1e-3)
+    assert float(noise_scale("flow-grpo", float(sig[0]), float(sig[1]), ro.noise_constant)) == pytest.approx(
+        5.278, abs=1e-3
+    )
     assert float(std[0]) == pytest.approx(float(std[1]), rel=0.05)
     assert torch.all(std < ro.noise_constant * 1.05)
     # below the second sigma nothing changes: a * sqrt(sigma / (1 - sigma))
-    torch.testing.assert_close(noise_scale("flow-grpo", sig[1:-1], float(sig[1]), 0.7),
-                               0.7 * torch.sqrt(sig[1:-1] / (1 - sig[1:-1])))
+    torch.testing.assert_close(
+        noise_scale("flow-grpo", sig[1:-1], float(sig[1]), 0.7), 0.7 * torch.sqrt(sig[1:-1] / (1 - sig[1:-1]))
+    )
 
 
 def test_flow_grpo_at_sigma_one_matches_flow_grpo():

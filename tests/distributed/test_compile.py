@@ -19,23 +19,50 @@ from tests.helpers.runs import launch_tiny, train_metrics
 # (processes, arguments): LoRA + activation checkpointing on one rank; FSDP2 full fine-tune;
 # tensor parallel; sequence parallel (Ulysses all-to-all inside the compiled block).
 CASES = {
-    "one-lora-ac": (1, ["--lora.enabled", "--lora.rank", "4", "--lora.alpha", "8",
-                      "--parallelism.activation-checkpointing"]),
-    "fsdp2-full-ac": (2, ["--parallelism.dp-shard", "2", "--lora.no-enabled",
-                              "--parallelism.activation-checkpointing"]),
-    "tp2-lora": (2, ["--parallelism.dp-shard", "1", "--parallelism.tp", "2",
-                      "--lora.enabled", "--lora.rank", "4", "--lora.alpha", "8"]),
+    "one-lora-ac": (
+        1,
+        ["--lora.enabled", "--lora.rank", "4", "--lora.alpha", "8", "--parallelism.activation-checkpointing"],
+    ),
+    "fsdp2-full-ac": (
+        2,
+        ["--parallelism.dp-shard", "2", "--lora.no-enabled", "--parallelism.activation-checkpointing"],
+    ),
+    "tp2-lora": (
+        2,
+        [
+            "--parallelism.dp-shard",
+            "1",
+            "--parallelism.tp",
+            "2",
+            "--lora.enabled",
+            "--lora.rank",
+            "4",
+            "--lora.alpha",
+            "8",
+        ],
+    ),
     "sp2-full": (2, ["--parallelism.dp-shard", "1", "--parallelism.sp", "2", "--lora.no-enabled"]),
 }
-COMMON = ["--model.dtype", "bfloat16", "--rollout.micro-batch", "16", "--eval.interval", "1000",
-          "--checkpoint.interval", "1000", "--algorithm.clip-range", "1e-3"]
+COMMON = [
+    "--model.dtype",
+    "bfloat16",
+    "--rollout.micro-batch",
+    "16",
+    "--eval.interval",
+    "1000",
+    "--checkpoint.interval",
+    "1000",
+    "--algorithm.clip-range",
+    "1e-3",
+]
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_compiled_blocks_train_without_recompiles(case, tiny_model_dir, tmp_path):
     procs, args = CASES[case]
-    compiled = train_metrics(launch_tiny(tiny_model_dir, tmp_path / "compiled", procs, 3, *COMMON, *args,
-                                         "--parallelism.compile"))
+    compiled = train_metrics(
+        launch_tiny(tiny_model_dir, tmp_path / "compiled", procs, 3, *COMMON, *args, "--parallelism.compile")
+    )
     # inductor's cache lives in the runs folder (a resumed job on another node finds it)
     assert any(p.is_file() for p in (tmp_path / "compiled" / ".cache" / "inductor").rglob("*"))
     assert [m["step"] for m in compiled] == [1, 2, 3]

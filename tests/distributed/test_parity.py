@@ -13,9 +13,24 @@ def test_issue_command_runs_four_local_processes(tiny_model_dir, tmp_path):
 
     from tests.conftest import REPO, run_fgrpo
 
-    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--parallelism.dp-shard", "2", "--parallelism.tp", "2",
-                    "--model.path", str(tiny_model_dir), "--logging.runs-dir", str(tmp_path), "--optim.max-steps", "2",
-                    "--eval.steps", "2", cwd=tmp_path, timeout=300)
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--parallelism.dp-shard",
+        "2",
+        "--parallelism.tp",
+        "2",
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(tmp_path),
+        "--optim.max-steps",
+        "2",
+        "--eval.steps",
+        "2",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     (run,) = [p for p in tmp_path.iterdir() if (p / "launch.json").exists()]
     assert json.loads((run / "launch.json").read_text())["world_size"] == 4

@@ -78,8 +78,10 @@ def test_cell(tiny_model_dir, tmp_path, references, layout, dtype, tuning):
     for m in metrics:
         assert all(torch.isfinite(torch.tensor([m["loss"], m["grad_norm"], m["reward_mean"]])))
     first = metrics[0]
-    print(f"\n{layout} {dtype} {tuning}: max|ratio-1| on-policy = {first['ratio_dev_max']:.3g}, "
-          f"rollout-vs-training log-prob drift = {first['old_log_prob_drift']:.3g}")
+    print(
+        f"\n{layout} {dtype} {tuning}: max|ratio-1| on-policy = {first['ratio_dev_max']:.3g}, "
+        f"rollout-vs-training log-prob drift = {first['old_log_prob_drift']:.3g}"
+    )
     assert first["ratio_dev_max"] == 0.0 and first["clip_frac"] == 0.0
 
     weights = checkpoint_state(run, 2, "model.")

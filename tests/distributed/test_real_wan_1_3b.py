@@ -18,11 +18,37 @@ from tests.helpers.runs import train_metrics
 PRESET = "wan2.1-t2v-1.3b"
 # The paper recipe with a tiny video, one prompt group, 2 sampling steps and a programmatic reward
 # (HPSv3's 7B weights do not exist here); LoRA r16/a32 on to_q, to_k, to_v, to_out.0 as the paper.
-ARGS = ["--rollout.frames", "5", "--rollout.height", "64", "--rollout.width", "64", "--rollout.steps", "2",
-        "--rollout.group-size", "2", "--rollout.prompts-per-step", "2", "--rollout.micro-batch", "1",
-        "--timesteps.window", "0", "1", "--model.max-text-tokens", "32", "--optim.max-steps", "1",
-        "--rewards.0.name", "brightness", "--rewards.0.frame-aggregation", "mean", "--prompts.heldout", "0",
-        "--checkpoint.interval", "1"]
+ARGS = [
+    "--rollout.frames",
+    "5",
+    "--rollout.height",
+    "64",
+    "--rollout.width",
+    "64",
+    "--rollout.steps",
+    "2",
+    "--rollout.group-size",
+    "2",
+    "--rollout.prompts-per-step",
+    "2",
+    "--rollout.micro-batch",
+    "1",
+    "--timesteps.window",
+    "0",
+    "1",
+    "--model.max-text-tokens",
+    "32",
+    "--optim.max-steps",
+    "1",
+    "--rewards.0.name",
+    "brightness",
+    "--rewards.0.frame-aggregation",
+    "mean",
+    "--prompts.heldout",
+    "0",
+    "--checkpoint.interval",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +59,31 @@ def real_model_dir(tmp_path_factory):
 
 
 def launch(model_dir, runs, procs, *extra):
-    res = run_fgrpo("launch", str(REPO / "recipes" / "wan1_3b.py"), "--model.path", str(model_dir),
-                    "--logging.runs-dir", str(runs), "--logging.run-name", "run",
-                    "--launch.procs-per-node", str(procs), *ARGS, *extra, cwd=runs.parent, timeout=900)
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes" / "wan1_3b.py"),
+        "--model.path",
+        str(model_dir),
+        "--logging.runs-dir",
+        str(runs),
+        "--logging.run-name",
+        "run",
+        "--launch.procs-per-node",
+        str(procs),
+        *ARGS,
+        *extra,
+        cwd=runs.parent,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     return runs / "run"
 
 
-@pytest.mark.parametrize("procs,layout", [(1, []), (4, ["--parallelism.dp-shard", "2", "--parallelism.tp", "2"])],
-                         ids=["1-process", "dp_shard=2,tp=2"])
+@pytest.mark.parametrize(
+    "procs,layout",
+    [(1, []), (4, ["--parallelism.dp-shard", "2", "--parallelism.tp", "2"])],
+    ids=["1-process", "dp_shard=2,tp=2"],
+)
 def test_real_1_3b_step_export_and_pipeline(real_model_dir, tmp_path, procs, layout):
     from diffusers import WanPipeline, WanTransformer3DModel
 
@@ -59,9 +101,11 @@ def test_real_1_3b_step_export_and_pipeline(real_model_dir, tmp_path, procs, lay
     transformer = WanTransformer3DModel.from_pretrained(out / "transformer", torch_dtype=torch.bfloat16)
     assert transformer.config.num_layers == 30 and transformer.config.num_attention_heads == 12
     assert transformer.config.attention_head_dim == 128 and transformer.config.text_dim == 4096
-    pipe = WanPipeline.from_pretrained(real_model_dir, transformer=transformer, torch_dtype=torch.bfloat16,
-                                       local_files_only=True)
-    video = pipe("a red kite over a beach", height=64, width=64, num_frames=5, num_inference_steps=1,
-                 output_type="pt").frames
+    pipe = WanPipeline.from_pretrained(
+        real_model_dir, transformer=transformer, torch_dtype=torch.bfloat16, local_files_only=True
+    )
+    video = pipe(
+        "a red kite over a beach", height=64, width=64, num_frames=5, num_inference_steps=1, output_type="pt"
+    ).frames
     assert video.shape[1:] == (5, 3, 64, 64) and torch.isfinite(video.float()).all()
     pipe.load_lora_weights(out / "lora")  # the adapter on its own loads too

@@ -15,11 +15,28 @@ from tests.helpers.runs import BASE_ARGS, launch_tiny, train_metrics, trained_we
 
 
 def start_tiny(tiny_model_dir, runs, procs, steps, name="run", *extra):
-    args = [sys.executable, "-m", "fgrpo", "launch", str(REPO / "recipes" / "tiny.py"), "--model.path",
-            str(tiny_model_dir), "--logging.runs-dir", str(runs), "--logging.run-name", name,
-            "--launch.procs-per-node", str(procs), "--optim.max-steps", str(steps), *BASE_ARGS, *extra]
-    return subprocess.Popen(args, cwd=runs.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "fgrpo",
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(runs),
+        "--logging.run-name",
+        name,
+        "--launch.procs-per-node",
+        str(procs),
+        "--optim.max-steps",
+        str(steps),
+        *BASE_ARGS,
+        *extra,
+    ]
+    return subprocess.Popen(
+        args, cwd=runs.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def wait_for(predicate, timeout=240, interval=0.05):

@@ -25,7 +25,6 @@ import torch
 import torch.distributed as dist
 
 from fgrpo.distributed.unsharded import SAFE_FRACTION, fits_unsharded, rollout_unsharded_decision
-
 from tests.helpers.spawn import spawn_ranks
 
 GIB = 2**30
@@ -36,16 +35,19 @@ STEPS, VIDEOS, MICRO_BATCH = 4, 2, 1
 # ---------------------------------------------------------------- (a) the decision
 
 
-@pytest.mark.parametrize("setting,device,gathered,free,expected", [
-    ("on", "cuda", 100 * GIB, 1 * GIB, True),  # on: whatever the memory
-    ("off", "cpu", 1, 100 * GIB, False),
-    ("auto", "cpu", 100 * GIB, None, True),  # CPU: always
-    ("auto", "cuda", 28 * GIB, 70 * GIB, True),  # 14B bf16 gathered, an 80 GB GPU after the shards
-    ("auto", "cuda", 28 * GIB, 50 * GIB, False),  # more than half the free memory
-    ("auto", "cuda", 25 * GIB, 50 * GIB, True),  # exactly half: kept
-    ("auto", "cuda", 1, None, False),  # free memory unknown
-    ("auto", "mps", 1, 100 * GIB, False),  # other devices: never automatically
-])
+@pytest.mark.parametrize(
+    "setting,device,gathered,free,expected",
+    [
+        ("on", "cuda", 100 * GIB, 1 * GIB, True),  # on: whatever the memory
+        ("off", "cpu", 1, 100 * GIB, False),
+        ("auto", "cpu", 100 * GIB, None, True),  # CPU: always
+        ("auto", "cuda", 28 * GIB, 70 * GIB, True),  # 14B bf16 gathered, an 80 GB GPU after the shards
+        ("auto", "cuda", 28 * GIB, 50 * GIB, False),  # more than half the free memory
+        ("auto", "cuda", 25 * GIB, 50 * GIB, True),  # exactly half: kept
+        ("auto", "cuda", 1, None, False),  # free memory unknown
+        ("auto", "mps", 1, 100 * GIB, False),  # other devices: never automatically
+    ],
+)
 def test_decision(setting, device, gathered, free, expected):
     assert rollout_unsharded_decision(setting, device, gathered, free) is expected
 
@@ -99,8 +101,19 @@ def _rollout(model):
     gens = video_generators([11 + v for v in range(VIDEOS)])
     mask = torch.zeros(VIDEOS, STEPS, dtype=torch.bool)
     mask[0, 1] = mask[1, 2] = True
-    return sample(model, initial_latents((16, 2, 4, 4), gens), ctx, neg, wan_sigmas(STEPS, 1.0), mask,
-                  NoiseConfig("dance-grpo", 1.0), 2.0, gens, MICRO_BATCH, torch.bfloat16)
+    return sample(
+        model,
+        initial_latents((16, 2, 4, 4), gens),
+        ctx,
+        neg,
+        wan_sigmas(STEPS, 1.0),
+        mask,
+        NoiseConfig("dance-grpo", 1.0),
+        2.0,
+        gens,
+        MICRO_BATCH,
+        torch.bfloat16,
+    )
 
 
 def _train_pass(model):
@@ -112,8 +125,9 @@ def _train_pass(model):
     g = torch.Generator().manual_seed(5)
     ctx, neg = torch.randn(VIDEOS, 8, 32, generator=g), torch.randn(VIDEOS, 8, 32, generator=g)
     model.train()
-    out = transition_log_prob(model, trans, ctx, neg, wan_sigmas(STEPS, 1.0), NoiseConfig("dance-grpo", 1.0), 2.0,
-                              torch.bfloat16)
+    out = transition_log_prob(
+        model, trans, ctx, neg, wan_sigmas(STEPS, 1.0), NoiseConfig("dance-grpo", 1.0), 2.0, torch.bfloat16
+    )
     out.log_prob.sum().backward()
     model.zero_grad(set_to_none=True)
     model.eval()
@@ -176,19 +190,36 @@ def _scenario() -> dict:
     root = model._get_fsdp_state()._fsdp_param_groups
     root_bytes = sum(fp.padded_sharded_param_size.numel() * WORLD * 2 for g in root for fp in g.fsdp_params)
     return {
-        "groups": len(groups), "root_groups": len(root), "root_bytes": root_bytes,
-        "gathered": gathered_weight_bytes(model), "gathered_padded": gathered_weight_bytes(model, padded=True),
-        "plain": [plain.count, plain.bytes], "kept": [kept.count, kept.bytes],
+        "groups": len(groups),
+        "root_groups": len(root),
+        "root_bytes": root_bytes,
+        "gathered": gathered_weight_bytes(model),
+        "gathered_padded": gathered_weight_bytes(model, padded=True),
+        "plain": [plain.count, plain.bytes],
+        "kept": [kept.count, kept.bytes],
         "plain_again": [plain_again.count, plain_again.bytes],
-        "train_before": [train_before.count, train_before.bytes], "train_after": [train_after.count, train_after.bytes],
-        "ops": sorted(plain.by_op), "sharded_after": sharded_after, "sharded_after_error": sharded_after_error,
-        "raised": raised, "recovered": [recovered.count, recovered.bytes],
-        "equal": {k: torch.equal(a, b) for k, a, b in [
-            ("latents", final, final_u), ("x", trans.x, trans_u.x), ("x_next", trans.x_next, trans_u.x_next),
-            ("log_prob", trans.log_prob, trans_u.log_prob), ("again", final, final_again),
-            ("log_prob_again", trans.log_prob, trans_again.log_prob), ("after_error", final, final_r),
-            ("log_prob_after_error", trans.log_prob, trans_r.log_prob)]},
-        "log_prob_dtype": str(trans.log_prob.dtype), "transitions": len(trans),
+        "train_before": [train_before.count, train_before.bytes],
+        "train_after": [train_after.count, train_after.bytes],
+        "ops": sorted(plain.by_op),
+        "sharded_after": sharded_after,
+        "sharded_after_error": sharded_after_error,
+        "raised": raised,
+        "recovered": [recovered.count, recovered.bytes],
+        "equal": {
+            k: torch.equal(a, b)
+            for k, a, b in [
+                ("latents", final, final_u),
+                ("x", trans.x, trans_u.x),
+                ("x_next", trans.x_next, trans_u.x_next),
+                ("log_prob", trans.log_prob, trans_u.log_prob),
+                ("again", final, final_again),
+                ("log_prob_again", trans.log_prob, trans_again.log_prob),
+                ("after_error", final, final_r),
+                ("log_prob_after_error", trans.log_prob, trans_r.log_prob),
+            ]
+        },
+        "log_prob_dtype": str(trans.log_prob.dtype),
+        "transitions": len(trans),
     }
 
 
@@ -203,7 +234,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     finally:
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
         dist.destroy_process_group()
-
 
 
 @pytest.fixture(scope="module")
@@ -224,14 +254,18 @@ def test_unsharded_rollout_is_bitwise_identical(ranks):
 def test_unsharded_rollout_gathers_each_group_once(ranks):
     forwards = STEPS * VIDEOS // MICRO_BATCH
     for r in ranks:
-        print(f"\nall-gathers per rollout: plain {r['plain']}, unsharded {r['kept']} (count, bytes); "
-              f"{r['groups']} groups, gathered weights {r['gathered']} B ({r['gathered_padded']} B padded)")
+        print(
+            f"\nall-gathers per rollout: plain {r['plain']}, unsharded {r['kept']} (count, bytes); "
+            f"{r['groups']} groups, gathered weights {r['gathered']} B ({r['gathered_padded']} B padded)"
+        )
         assert r["ops"] == ["c10d::_allgather_base_"]  # FSDP2's unshard, seen by the meter
         assert r["kept"] == [r["groups"], r["gathered_padded"]]
         # The root (one group) keeps its weights after forward: gathered once either way.
         assert r["root_groups"] == 1
-        assert r["plain"] == [forwards * (r["groups"] - 1) + 1,
-                              forwards * (r["gathered_padded"] - r["root_bytes"]) + r["root_bytes"]]
+        assert r["plain"] == [
+            forwards * (r["groups"] - 1) + 1,
+            forwards * (r["gathered_padded"] - r["root_bytes"]) + r["root_bytes"],
+        ]
         assert r["gathered"] <= r["gathered_padded"] < 1.01 * r["gathered"]
 
 
@@ -255,8 +289,10 @@ def test_planner_line():
     # 80 GiB GPU; the rollout holds 20 GiB besides one gathered block (1) and activations (5).
     rollout = Phase("rollout", 26 * GIB, {"weights": 20 * GIB, "gathered": 1 * GIB, "activations": 5 * GIB})
     line = rollout_unsharded_note("auto", 28 * GIB, rollout, 80 * GIB, "gpu")
-    assert line == ("rollout weights gathered: 28.00 GiB per GPU; rollout_unsharded=auto keeps them for the whole "
-                    "rollout (at most 50% of the ~60.00 GiB free at its start); rollout peak then ~53.00 GiB")
+    assert line == (
+        "rollout weights gathered: 28.00 GiB per GPU; rollout_unsharded=auto keeps them for the whole "
+        "rollout (at most 50% of the ~60.00 GiB free at its start); rollout peak then ~53.00 GiB"
+    )
     assert "more than 50% of the ~20.00 GiB free" in rollout_unsharded_note("auto", 28 * GIB, rollout, 40 * GIB, "gpu")
     assert rollout_unsharded_note("off", 28 * GIB, rollout, 80 * GIB, "gpu").endswith("reshards after every block")
     assert "keeps" in rollout_unsharded_note("auto", 28 * GIB, rollout, 1 * GIB, "cpu")

@@ -70,8 +70,10 @@ CELLS = {
     "sp=2,tp=2": (4, ["--parallelism.sp", "2", "--parallelism.tp", "2"], "float32", False),
     "sp=2,bf16": (2, ["--parallelism.sp", "2"], "bfloat16", False),
 }
-TOL = {"float32": dict(update=1e-4, grad_norm=1e-4, reward=1e-6, loss=1e-6, eval_reward=1e-5),
-       "bfloat16": dict(update=0.15, grad_norm=0.1, reward=None, loss=None, eval_reward=None)}
+TOL = {
+    "float32": dict(update=1e-4, grad_norm=1e-4, reward=1e-6, loss=1e-6, eval_reward=1e-5),
+    "bfloat16": dict(update=0.15, grad_norm=0.1, reward=None, loss=None, eval_reward=None),
+}
 
 
 # ---------------------------------------------------------------- 1. rollout and gradient, in 4 processes
@@ -125,8 +127,19 @@ def _rollout_and_gradient(model, dtype=torch.float32):
     gens = video_generators([11, 12])
     mask = torch.zeros(2, 4, dtype=torch.bool)
     mask[0, 1] = mask[1, 2] = True
-    final, trans = sample(model, initial_latents((16, 2, 4, 4), gens), ctx, neg, sigmas, mask, noise, 2.0, gens,
-                          micro_batch=2, dtype=dtype)
+    final, trans = sample(
+        model,
+        initial_latents((16, 2, 4, 4), gens),
+        ctx,
+        neg,
+        sigmas,
+        mask,
+        noise,
+        2.0,
+        gens,
+        micro_batch=2,
+        dtype=dtype,
+    )
     out = transition_log_prob(model, trans, ctx, neg, sigmas, noise, 2.0, dtype)
     (out.log_prob * torch.tensor([1.0, -0.5])).sum().backward()
     return final, trans
@@ -163,7 +176,8 @@ def _scenario(rep: int, shard: int, tp: int, sp: int, lora: bool) -> dict:
         "latents": float((final - final_ref).abs().max()) / float(final_ref.abs().max()),
         "x_next": float((trans.x_next - trans_ref.x_next).abs().max()) / float(trans_ref.x_next.abs().max()),
         "log_prob": float((trans.log_prob - trans_ref.log_prob).abs().max()) / float(trans_ref.log_prob.abs().max()),
-        "same_steps": trans.step.tolist() == trans_ref.step.tolist() and trans.video.tolist() == trans_ref.video.tolist(),
+        "same_steps": trans.step.tolist() == trans_ref.step.tolist()
+        and trans.video.tolist() == trans_ref.video.tolist(),
         "sp_group_spread": max(float((p - final).abs().max()) for p in peers),
         "grad": max(grads.values()) / scale,
         "grad_worst": max(grads, key=grads.get),
@@ -189,7 +203,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-
 @pytest.fixture(scope="module")
 def direct(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("sp")
@@ -202,8 +215,10 @@ def test_rollout_and_gradient_match_one_process(direct, layout):
         r = results.get(layout)
         assert r is not None, f"rank {rank} did not run {layout}"
         assert "error" not in r, r["error"]
-        print(f"\n{layout} rank {rank}: latents {r['latents']:.2g}, x_next {r['x_next']:.2g}, "
-              f"log-prob {r['log_prob']:.2g}, gradient {r['grad']:.2g} ({r['grad_worst']})")
+        print(
+            f"\n{layout} rank {rank}: latents {r['latents']:.2g}, x_next {r['x_next']:.2g}, "
+            f"log-prob {r['log_prob']:.2g}, gradient {r['grad']:.2g} ({r['grad_worst']})"
+        )
         assert r["processors"] == ["UlyssesWanAttnProcessor"]
         assert r["same_steps"] and r["sp_group_spread"] == 0.0
         assert r["trained"] == (32 if LAYOUTS[layout][4] else r["trained"]) > 0  # LoRA: A and B of 2 x 2 x 4 linears
@@ -220,7 +235,11 @@ def cell_args(dtype: str) -> list[str]:
 
 
 def run_result(run) -> dict:
-    return {"train": train_metrics(run), "eval": train_metrics(run, "eval"), "weights": checkpoint_state(run, 2, "model.")}
+    return {
+        "train": train_metrics(run),
+        "eval": train_metrics(run, "eval"),
+        "weights": checkpoint_state(run, 2, "model."),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -268,8 +287,10 @@ def test_sequence_parallel_matches_one_process(tiny_model_dir, tmp_path, referen
     ref_evals = {e["tag"]: e["eval_rewards"] for e in ref["eval"]}
     assert set(evals) == set(ref_evals) == {"before", "final"}
     eval_err = max(abs(x - y) for tag in evals for x, y in zip(evals[tag], ref_evals[tag], strict=True))
-    print(f"\n{cell} {dtype}: update {update:.3g}, grad norm {gn:.3g}, rewards {rewards:.3g}, "
-          f"loss {loss:.3g}, eval rewards {eval_err:.3g}")
+    print(
+        f"\n{cell} {dtype}: update {update:.3g}, grad norm {gn:.3g}, rewards {rewards:.3g}, "
+        f"loss {loss:.3g}, eval rewards {eval_err:.3g}"
+    )
 
     assert update <= tol["update"], f"update differs from one process by {update:.3g}"
     assert gn <= tol["grad_norm"], f"gradient norm differs from one process by {gn:.3g}"
@@ -278,21 +299,73 @@ def test_sequence_parallel_matches_one_process(tiny_model_dir, tmp_path, referen
             assert value <= tol[name], f"{name} differs from one process by {value:.3g}"
 
 
-@pytest.mark.parametrize("override, message, problems", [
-    (["--parallelism.sp", "3", "--launch.procs-per-node", "3"],
-     "parallelism.sp: 3 does not divide the 4 attention heads of tiny", 2),  # and its 8 tokens
-    (["--parallelism.sp", "4", "--rollout.frames", "1", "--rollout.height", "48", "--launch.procs-per-node", "4"],
-     "parallelism.sp: 4 does not divide the 6 tokens of a video", 1),
-    (["--model.preset", "wan2.1-t2v-14b", "--rollout.frames", "81", "--rollout.height", "480", "--rollout.width", "832",
-      "--parallelism.sp", "3", "--launch.procs-per-node", "3"],
-     "parallelism.sp: 3 does not divide the 40 attention heads of wan2.1-t2v-14b", 1),  # 32,760 tokens = 3 x 10,920
-    (["--model.preset", "wan2.1-t2v-1.3b", "--parallelism.tp", "4", "--parallelism.sp", "2", "--launch.procs-per-node", "8"],
-     "parallelism.sp: 2 does not divide the 3 heads of each tensor-parallel rank (parallelism.tp=4)", 1),
-], ids=["tiny-sp=3", "tokens", "14b-sp=3", "1.3b-tp=4,sp=2"])
+@pytest.mark.parametrize(
+    "override, message, problems",
+    [
+        (
+            ["--parallelism.sp", "3", "--launch.procs-per-node", "3"],
+            "parallelism.sp: 3 does not divide the 4 attention heads of tiny",
+            2,
+        ),  # and its 8 tokens
+        (
+            [
+                "--parallelism.sp",
+                "4",
+                "--rollout.frames",
+                "1",
+                "--rollout.height",
+                "48",
+                "--launch.procs-per-node",
+                "4",
+            ],
+            "parallelism.sp: 4 does not divide the 6 tokens of a video",
+            1,
+        ),
+        (
+            [
+                "--model.preset",
+                "wan2.1-t2v-14b",
+                "--rollout.frames",
+                "81",
+                "--rollout.height",
+                "480",
+                "--rollout.width",
+                "832",
+                "--parallelism.sp",
+                "3",
+                "--launch.procs-per-node",
+                "3",
+            ],
+            "parallelism.sp: 3 does not divide the 40 attention heads of wan2.1-t2v-14b",
+            1,
+        ),  # 32,760 tokens = 3 x 10,920
+        (
+            [
+                "--model.preset",
+                "wan2.1-t2v-1.3b",
+                "--parallelism.tp",
+                "4",
+                "--parallelism.sp",
+                "2",
+                "--launch.procs-per-node",
+                "8",
+            ],
+            "parallelism.sp: 2 does not divide the 3 heads of each tensor-parallel rank (parallelism.tp=4)",
+            1,
+        ),
+    ],
+    ids=["tiny-sp=3", "tokens", "14b-sp=3", "1.3b-tp=4,sp=2"],
+)
 def test_bad_sp_is_refused_before_launch(tmp_path, override, message, problems):
     """Exit code 2, a message naming parallelism.sp, nothing written."""
-    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--logging.runs-dir", str(tmp_path / "runs"), *override,
-                    cwd=tmp_path)
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+        *override,
+        cwd=tmp_path,
+    )
     assert res.returncode == 2, res.stderr
     assert message in res.stderr, res.stderr
     assert sum("parallelism.sp:" in line for line in res.stderr.splitlines()) == problems, res.stderr

@@ -22,7 +22,6 @@ import torch.distributed as dist
 
 from tests.helpers.spawn import spawn_ranks
 
-
 WORLD = 4
 TOL = 1e-5
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -37,9 +36,18 @@ def _tiny_transformer(seed: int = 0):
 
     torch.manual_seed(seed)
     model = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=32, ffn_dim=128, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        patch_size=(1, 2, 2),
+        num_attention_heads=4,
+        attention_head_dim=16,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=128,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
     ).float()
     # Non-trivial norm weights: a q/k norm weight sharded differently from the heads would show.
     with torch.no_grad():
@@ -145,9 +153,12 @@ def _scenario_lora(mesh) -> dict:
         "lora_effect": _max_err(out_ref, no_lora),
         "grads": _grad_errors(model, ref),
         "layout": {
-            "q.base": is_dt(a1.to_q.base_layer), "q.A": is_dt(a1.to_q.lora_A["default"]),
-            "q.B": is_dt(a1.to_q.lora_B["default"]), "out.base": is_dt(a2.to_out[0].base_layer),
-            "out.A": is_dt(a2.to_out[0].lora_A["default"]), "out.B": is_dt(a2.to_out[0].lora_B["default"]),
+            "q.base": is_dt(a1.to_q.base_layer),
+            "q.A": is_dt(a1.to_q.lora_A["default"]),
+            "q.B": is_dt(a1.to_q.lora_B["default"]),
+            "out.base": is_dt(a2.to_out[0].base_layer),
+            "out.A": is_dt(a2.to_out[0].lora_A["default"]),
+            "out.B": is_dt(a2.to_out[0].lora_B["default"]),
         },
     }
 
@@ -212,8 +223,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=120))
     results = {}
     try:
-        scenarios = {"plain": _scenario_plain, "lora": _scenario_lora, "naive": _scenario_naive,
-                     "bad_degree": _scenario_bad_degree}
+        scenarios = {
+            "plain": _scenario_plain,
+            "lora": _scenario_lora,
+            "naive": _scenario_naive,
+            "bad_degree": _scenario_bad_degree,
+        }
         for scenario, tp in JOBS:
             mesh = _mesh(tp)  # every rank creates every mesh (group creation is collective)
             if rank >= tp * (WORLD // tp):
@@ -228,7 +243,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 # ---------------------------------------------------------------- parent side
-
 
 
 @pytest.fixture(scope="module")
@@ -274,8 +288,14 @@ def test_lora_forward_and_grads_match_unsharded(results, tp):
         assert g["n_sharded"] + g["n_replicated"] == 32 and g["n_sharded"] == 16, g
         tol = min(TOL, 1e-4 * g["ref_max"])
         assert g["sharded"] < tol and g["replicated"] < tol, g
-        assert r["layout"] == {"q.base": True, "q.A": False, "q.B": True,
-                               "out.base": True, "out.A": True, "out.B": False}
+        assert r["layout"] == {
+            "q.base": True,
+            "q.A": False,
+            "q.B": True,
+            "out.base": True,
+            "out.A": True,
+            "out.B": False,
+        }
 
 
 @pytest.mark.parametrize("tp", [2, 4])

@@ -66,7 +66,10 @@ LAYOUTS = [(8, 1, 4, 2, 1), (8, 1, 1, 8, 1), (32, 2, 4, 4, 1), (8, 1, 2, 1, 4), 
 
 def tp_dim(name: str) -> int | None:
     """The dimension tensor parallelism shards (None: replicated), from the plan in tensor_parallel.py."""
-    colwise = any(f"{a}.{p}." in name for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v")) or "ffn.net.0.proj." in name
+    colwise = (
+        any(f"{a}.{p}." in name for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v"))
+        or "ffn.net.0.proj." in name
+    )
     rowwise = any(f"{a}.to_out.0." in name for a in ("attn1", "attn2")) or "ffn.net.2." in name
     if ".norm_q." in name or ".norm_k." in name:
         return 0
@@ -94,12 +97,20 @@ def expected_local(shape: list[int], name: str, tp: int, tp_rank: int, shard: in
 
 
 @pytest.mark.parametrize("lora", [1, 0], ids=["lora", "full"])
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: f"world={l[0]},dp_rep={l[1]},dp_shard={l[2]},tp={l[3]}"
-                         + (f",sp={l[4]}" if l[4] > 1 else ""))
+@pytest.mark.parametrize(
+    "layout",
+    LAYOUTS,
+    ids=lambda l: f"world={l[0]},dp_rep={l[1]},dp_shard={l[2]},tp={l[3]}" + (f",sp={l[4]}" if l[4] > 1 else ""),
+)
 def test_14b_shards(layout, lora):
     world, rep, shard, tp, sp = layout
-    res = subprocess.run([sys.executable, "-c", SCRIPT, *(str(v) for v in (world, rep, shard, tp, sp, lora))],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *(str(v) for v in (world, rep, shard, tp, sp, lora))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     results = [json.loads(line.removeprefix("RESULT")) for line in res.stdout.splitlines() if line.startswith("RESULT")]
     assert len(results) == 2  # ranks 0 and world - 1

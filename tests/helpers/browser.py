@@ -9,10 +9,22 @@ from pathlib import Path
 
 def _chromium(binary: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
     """Headless, with every host name unresolvable: the page must not need the network."""
-    return subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={tmp / 'chromium-profile'}",
-                           "--virtual-time-budget=20000", *args],
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--user-data-dir={tmp / 'chromium-profile'}",
+            "--virtual-time-budget=20000",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def rendered_dom(binary: str, page: Path, tmp: Path) -> str:

@@ -7,20 +7,52 @@ import time
 from pathlib import Path
 
 import torch
+
 from tests.conftest import REPO, run_fgrpo
 
 # Small and quick, identical for every layout; checkpoint every step.
-BASE_ARGS = ["--rollout.prompts-per-step", "2", "--rollout.group-size", "4", "--rollout.micro-batch", "4",
-             "--eval.interval", "1000", "--checkpoint.interval", "1", "--checkpoint.keep-last", "10",
-             "--prompts.heldout", "2", "--eval.steps", "2", "--eval.videos-per-prompt", "1"]
+BASE_ARGS = [
+    "--rollout.prompts-per-step",
+    "2",
+    "--rollout.group-size",
+    "4",
+    "--rollout.micro-batch",
+    "4",
+    "--eval.interval",
+    "1000",
+    "--checkpoint.interval",
+    "1",
+    "--checkpoint.keep-last",
+    "10",
+    "--prompts.heldout",
+    "2",
+    "--eval.steps",
+    "2",
+    "--eval.videos-per-prompt",
+    "1",
+]
 
 
 def launch_tiny(tiny_model_dir: Path, runs: Path, procs: int, steps: int, *extra: str, name: str = "run"):
     runs.mkdir(parents=True, exist_ok=True)
-    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir),
-                    "--logging.runs-dir", str(runs), "--logging.run-name", name,
-                    "--launch.procs-per-node", str(procs), "--optim.max-steps", str(steps), *BASE_ARGS, *extra,
-                    cwd=runs.parent, timeout=500)
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(runs),
+        "--logging.run-name",
+        name,
+        "--launch.procs-per-node",
+        str(procs),
+        "--optim.max-steps",
+        str(steps),
+        *BASE_ARGS,
+        *extra,
+        cwd=runs.parent,
+        timeout=500,
+    )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     return runs / name
 
@@ -41,9 +73,22 @@ def train_metrics(run_dir: Path, kind: str = "train") -> list[dict]:
 
 def tiny_launch_args(tiny_model_dir: Path, runs: Path, steps: int, *extra: str, name: str = "run") -> list[str]:
     """`fgrpo launch` arguments of a small tiny-recipe run, without periodic checkpoints."""
-    return ["launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir),
-            "--logging.runs-dir", str(runs), "--logging.run-name", name, "--optim.max-steps", str(steps),
-            *BASE_ARGS, "--checkpoint.interval", "1000", *extra]
+    return [
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(runs),
+        "--logging.run-name",
+        name,
+        "--optim.max-steps",
+        str(steps),
+        *BASE_ARGS,
+        "--checkpoint.interval",
+        "1000",
+        *extra,
+    ]
 
 
 def wait_for(predicate, timeout: float = 240, what: str = "condition") -> None:
@@ -62,8 +107,11 @@ def checkpoint_state(run_dir, step: int, prefix: str) -> dict[str, torch.Tensor]
 
     path = run_dir / "checkpoints" / f"step-{step}"
     meta = FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    full = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
-            if k.startswith(prefix) and hasattr(m, "size")}
+    full = {
+        k: torch.empty(m.size, dtype=m.properties.dtype)
+        for k, m in meta.items()
+        if k.startswith(prefix) and hasattr(m, "size")
+    }
     dcp.load(full, checkpoint_id=str(path), no_dist=True)
     return full
 

@@ -6,15 +6,38 @@ import time
 from tests.conftest import REPO, run_fgrpo
 from tests.helpers.runs import BASE_ARGS, train_metrics
 
-
-SLURM = ["--backend", "slurm", "--launch.nodes", "2", "--launch.procs-per-node", "2", "--launch.time-limit",
-         "00:30:00", "--launch.signal-delay-s", "30"]
+SLURM = [
+    "--backend",
+    "slurm",
+    "--launch.nodes",
+    "2",
+    "--launch.procs-per-node",
+    "2",
+    "--launch.time-limit",
+    "00:30:00",
+    "--launch.signal-delay-s",
+    "30",
+]
 
 
 def submit(tiny_model_dir, runs, steps, *extra, name="run"):
-    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir),
-                    "--logging.runs-dir", str(runs), "--logging.run-name", name, "--optim.max-steps", str(steps),
-                    *BASE_ARGS, *SLURM, *extra, cwd=runs.parent, timeout=120)
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(runs),
+        "--logging.run-name",
+        name,
+        "--optim.max-steps",
+        str(steps),
+        *BASE_ARGS,
+        *SLURM,
+        *extra,
+        cwd=runs.parent,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     return runs / name, json.loads((runs / name / "jobs.jsonl").read_text().splitlines()[-1])["job_id"]
 

@@ -17,8 +17,7 @@ def spawn_ranks(worker, world: int, out_dir: Path, what: str, timeout_s: float =
     """Run `worker(rank, port, out_dir)` in `world` spawned processes (a free port for their
     rendezvous); each writes `out_dir/rank{rank}.json`. Returns those, rank order. Fails the test
     naming `what` if the processes outlive `timeout_s`; stragglers are terminated."""
-    ctx = mp.start_processes(worker, args=(free_port(), str(out_dir)), nprocs=world, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(worker, args=(free_port(), str(out_dir)), nprocs=world, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout_s
     try:
         while not ctx.join(timeout=2):

@@ -31,9 +31,22 @@ CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-QWEN2VL_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-                    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-                    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+QWEN2VL_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 PROMPTS = ["a red cat on the grass", "a blue dog runs in the sky", "the car"]
 PATCH, MERGE = 14, 2
 
@@ -48,13 +61,15 @@ def make_tokenizer(extra_special_tokens: tuple[str, ...] = ()):
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=700, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=700, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     bpe.train_from_iterator([instruction(""), prompt_text(""), *PROMPTS, "You are a helpful assistant."], trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    tok = Qwen2Tokenizer(vocab=model["vocab"], merges=merges,
-                         extra_special_tokens=QWEN2VL_SPECIALS[1:] + list(extra_special_tokens))
+    tok = Qwen2Tokenizer(
+        vocab=model["vocab"], merges=merges, extra_special_tokens=QWEN2VL_SPECIALS[1:] + list(extra_special_tokens)
+    )
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -64,15 +79,34 @@ def tiny_config(tok, vocab_size: int, tie: bool = False):
 
     ids = dict(zip(QWEN2VL_SPECIALS, tok.convert_tokens_to_ids(QWEN2VL_SPECIALS)))
     return Qwen2VLConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         # head_dim 16: mrope sections (t, h, w) must sum to head_dim / 2
-                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], initializer_range=0.2),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, patch_size=PATCH,
-                           spatial_merge_size=MERGE, temporal_patch_size=2, initializer_range=0.2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            # head_dim 16: mrope sections (t, h, w) must sum to head_dim / 2
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            initializer_range=0.2,
+        ),
+        vision_config=dict(
+            depth=2,
+            embed_dim=32,
+            hidden_size=64,
+            num_heads=4,
+            patch_size=PATCH,
+            spatial_merge_size=MERGE,
+            temporal_patch_size=2,
+            initializer_range=0.2,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=tie,
     )
 
@@ -106,7 +140,7 @@ def make_reward_model(base, reward_tokens: tuple[str, ...], head: torch.nn.Modul
     base.resize_token_embeddings(len(tok))
     torch.manual_seed(seed)
     with torch.no_grad():  # distinct trained-like rows for the new tokens
-        base.get_input_embeddings().weight[-len(reward_tokens):] = torch.randn(len(reward_tokens), 64)
+        base.get_input_embeddings().weight[-len(reward_tokens) :] = torch.randn(len(reward_tokens), 64)
         for p in head.parameters():
             p.copy_(torch.randn_like(p) * 0.3)
     return base, head.float().eval(), tok
@@ -117,9 +151,9 @@ def legacy_state_dict(model, head: torch.nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     for k, v in model.state_dict().items():
         if k.startswith("model.language_model."):
-            k = "model." + k[len("model.language_model."):]
+            k = "model." + k[len("model.language_model.") :]
         elif k.startswith("model.visual."):
-            k = k[len("model."):]
+            k = k[len("model.") :]
         out[k] = v.clone().contiguous()
     out.update({f"rm_head.{k}": v.clone() for k, v in head.state_dict().items()})
     return out
@@ -153,8 +187,14 @@ def save_tiny_hpsv3(root: Path):
     from fgrpo.rewards.hpsv3 import REWARD_TOKEN
 
     base = save_base(Path(root) / "Qwen2-VL-7B-Instruct")
-    head = torch.nn.Sequential(torch.nn.Linear(64, 1024), torch.nn.ReLU(), torch.nn.Dropout(0.05),
-                               torch.nn.Linear(1024, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    head = torch.nn.Sequential(
+        torch.nn.Linear(64, 1024),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.05),
+        torch.nn.Linear(1024, 16),
+        torch.nn.ReLU(),
+        torch.nn.Linear(16, 2),
+    )
     model, head, tok = make_reward_model(base, (REWARD_TOKEN,), head)
     save_file(legacy_state_dict(model, head), Path(root) / "HPSv3.safetensors")
     return str(Path(root) / "Qwen2-VL-7B-Instruct"), str(Path(root) / "HPSv3.safetensors"), model, head, tok

@@ -25,12 +25,12 @@ def wandb_records(path: Path) -> list:
         if left < HEADER:  # the block's tail is padding
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
         pos += HEADER
         if kind == 0 and length == 0:  # zero padding to the block's end
             pos += left - HEADER
             continue
-        chunk, pos = data[pos:pos + length], pos + length
+        chunk, pos = data[pos : pos + length], pos + length
         if kind == FULL:
             out.append(chunk)
         elif kind == FIRST:

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from fgrpo.recipe.io import load_recipe_file
+from fgrpo.run_folder import RunFolder
 from launchers.base import LaunchJob
 from launchers.k8s.backend import KubernetesBackend, KubernetesError, workload_state
-from fgrpo.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "fgrpo"
@@ -59,8 +59,15 @@ class FakeKube:
                 url = urlsplit(self.path)
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n)) if n else None
-                fake.requests.append({"method": self.command, "path": url.path, "query": parse_qs(url.query),
-                                      "body": body, "auth": self.headers.get("Authorization")})
+                fake.requests.append(
+                    {
+                        "method": self.command,
+                        "path": url.path,
+                        "query": parse_qs(url.query),
+                        "body": body,
+                        "auth": self.headers.get("Authorization"),
+                    }
+                )
                 status, obj = fake.respond(self.command, url.path, parse_qs(url.query), body)
                 if status == "log":
                     self.send_response(200)
@@ -98,8 +105,15 @@ class FakeKube:
 
     @staticmethod
     def status(code: int, reason: str, message: str) -> tuple[int, dict]:
-        return code, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                      "message": message, "reason": reason, "code": code}
+        return code, {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code,
+        }
 
     def respond(self, method, path, query, body):
         for f in self.faults:
@@ -108,7 +122,7 @@ class FakeKube:
                 return self.status(f[2], "Injected", f"injected {f[2]}")
         parts = path.strip("/").split("/")
         i = parts.index("namespaces")
-        coll, rest = "/" + "/".join(parts[: i + 3]), parts[i + 3:]
+        coll, rest = "/" + "/".join(parts[: i + 3]), parts[i + 3 :]
         if not rest and method == "POST":
             key = (coll, body["metadata"]["name"])
             if key in self.objects:
@@ -117,8 +131,11 @@ class FakeKube:
             return 201, body
         if not rest and method == "GET":
             want = dict(kv.split("=", 1) for kv in query.get("labelSelector", [""])[0].split(",") if kv)
-            items = [o for (c, _), o in self.objects.items() if c == coll
-                     and all((o["metadata"].get("labels") or {}).get(k) == v for k, v in want.items())]
+            items = [
+                o
+                for (c, _), o in self.objects.items()
+                if c == coll and all((o["metadata"].get("labels") or {}).get(k) == v for k, v in want.items())
+            ]
             return 200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items}
         key = (coll, rest[0])
         if key not in self.objects:
@@ -131,20 +148,33 @@ class FakeKube:
 
 
 def write_kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "mock-ctx",
-        "clusters": [{"name": "mock", "cluster": {"server": server}}],
-        "users": [{"name": "tester", "user": {"token": "test-token"}}],
-        "contexts": [{"name": "mock-ctx", "context": {"cluster": "mock", "user": "tester", "namespace": NS}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "mock-ctx",
+                "clusters": [{"name": "mock", "cluster": {"server": server}}],
+                "users": [{"name": "tester", "user": {"token": "test-token"}}],
+                "contexts": [{"name": "mock-ctx", "context": {"cluster": "mock", "user": "tester", "namespace": NS}}],
+            }
+        )
+    )
     return path
 
 
 @pytest.fixture
 def kube(tmp_path, monkeypatch):
     fake = FakeKube()
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy",
-                "KUBERNETES_SERVICE_HOST"):
+    for var in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "KUBERNETES_SERVICE_HOST",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", fake.url)))
     yield fake
@@ -157,15 +187,38 @@ def meta(name: str, run: str = RUN) -> dict:
 
 def objects(api: str = "jobset", run: str = RUN) -> list[dict]:
     """Hand-made objects of the shape `launchers.k8s.manifests.render` returns."""
-    pod = {"metadata": {"labels": {"fgrpo.dev/run": run}}, "spec": {"restartPolicy": "Never", "containers": [
-        {"name": "trainer", "image": "example.com/fgrpo:1", "resources": {"limits": {"nvidia.com/gpu": 8}}}]}}
+    pod = {
+        "metadata": {"labels": {"fgrpo.dev/run": run}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {"name": "trainer", "image": "example.com/fgrpo:1", "resources": {"limits": {"nvidia.com/gpu": 8}}}
+            ],
+        },
+    }
     job_spec = {"parallelism": 2, "completions": 2, "completionMode": "Indexed", "backoffLimit": 0, "template": pod}
-    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(f"{run}-recipe", run), "data": {"recipe.json": "{}\n"}}
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(f"{run}-recipe", run),
+        "data": {"recipe.json": "{}\n"},
+    }
     if api == "jobset":
-        return [cm, {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "metadata": meta(run, run),
-                     "spec": {"replicatedJobs": [{"name": "workers", "replicas": 1, "template": {"spec": job_spec}}]}}]
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": meta(run, run),
-           "spec": {"clusterIP": "None", "selector": {"fgrpo.dev/run": run}, "publishNotReadyAddresses": True}}
+        return [
+            cm,
+            {
+                "apiVersion": "jobset.x-k8s.io/v1alpha2",
+                "kind": "JobSet",
+                "metadata": meta(run, run),
+                "spec": {"replicatedJobs": [{"name": "workers", "replicas": 1, "template": {"spec": job_spec}}]},
+            },
+        ]
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(run, run),
+        "spec": {"clusterIP": "None", "selector": {"fgrpo.dev/run": run}, "publishNotReadyAddresses": True},
+    }
     return [cm, svc, {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta(run, run), "spec": job_spec}]
 
 
@@ -187,10 +240,13 @@ def backend(api: str = "jobset") -> KubernetesBackend:
     return b
 
 
-@pytest.mark.parametrize("api,paths", [
-    ("jobset", [CONFIGMAPS, JOBSETS]),
-    ("indexed-job", [CONFIGMAPS, SERVICES, JOBS]),
-])
+@pytest.mark.parametrize(
+    "api,paths",
+    [
+        ("jobset", [CONFIGMAPS, JOBSETS]),
+        ("indexed-job", [CONFIGMAPS, SERVICES, JOBS]),
+    ],
+)
 def test_launch_creates_objects_in_order(kube, tmp_path, capsys, api, paths):
     job = make_job(tmp_path)
     assert backend(api).launch(job) == 0
@@ -199,7 +255,9 @@ def test_launch_creates_objects_in_order(kube, tmp_path, capsys, api, paths):
     assert [r["body"] for r in posts] == objects(api)  # unchanged: e.g. the integer GPU limit
     assert {r["auth"] for r in kube.requests} == {"Bearer test-token"}
     kind = "jobset" if api == "jobset" else "job"
-    assert [(j["backend"], j["job_id"], j["kind"]) for j in RunFolder(job.run_dir).jobs()] == [("k8s", f"{kind}/{NS}/{RUN}", "launch")]
+    assert [(j["backend"], j["job_id"], j["kind"]) for j in RunFolder(job.run_dir).jobs()] == [
+        ("k8s", f"{kind}/{NS}/{RUN}", "launch")
+    ]
     out = capsys.readouterr().out
     assert f"{NS}/{RUN}" in out and f"fgrpo logs {job.run_dir} -f" in out and f"fgrpo cancel {job.run_dir}" in out
 
@@ -210,7 +268,9 @@ def test_launch_real_manifests(kube, tmp_path, api):
     job = make_job(tmp_path, api=api)
     b = KubernetesBackend(backoff_s=0.01)
     job_id = b._submit(job, b._render(job))
-    want = manifests.render(job.recipe, RUN, json.dumps(dataclasses.asdict(job.recipe), indent=2, sort_keys=True) + "\n")
+    want = manifests.render(
+        job.recipe, RUN, json.dumps(dataclasses.asdict(job.recipe), indent=2, sort_keys=True) + "\n"
+    )
     assert [r["body"] for r in kube.requests if r["method"] == "POST"] == want
     assert job_id.split("/")[:2] == ["jobset" if api == "jobset" else "job", NS]
     assert yaml.safe_load_all(b.describe(job)) and list(yaml.safe_load_all(b.describe(job))) == want
@@ -245,8 +305,9 @@ JOB_CASES = [
 ]
 
 
-@pytest.mark.parametrize("api,spec,status,want", [("jobset", *c) for c in JOBSET_CASES]
-                         + [("indexed-job", *c) for c in JOB_CASES])
+@pytest.mark.parametrize(
+    "api,spec,status,want", [("jobset", *c) for c in JOBSET_CASES] + [("indexed-job", *c) for c in JOB_CASES]
+)
 def test_state_over_http(kube, api, spec, status, want):
     obj = objects(api)[-1]
     obj["spec"].update(spec)
@@ -259,19 +320,28 @@ def test_state_over_http(kube, api, spec, status, want):
 
 
 def pod(name: str, index: int, created: str, label: str = "jobset.sigs.k8s.io/jobset-name") -> dict:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": NS, "creationTimestamp": created,
-                         "labels": {label: RUN, "batch.kubernetes.io/job-completion-index": str(index)},
-                         "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
-            "spec": {"containers": [{"name": "trainer", "image": "x"}]}, "status": {"phase": "Running"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "creationTimestamp": created,
+            "labels": {label: RUN, "batch.kubernetes.io/job-completion-index": str(index)},
+            "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+        },
+        "spec": {"containers": [{"name": "trainer", "image": "x"}]},
+        "status": {"phase": "Running"},
+    }
 
 
 def run_with_recipe(tmp_path: Path, procs_per_node: int) -> Path:
     """A local run folder as `fgrpo launch` leaves it: the recipe says how many ranks share a pod."""
     job = make_job(tmp_path)
     r = job.recipe
-    RunFolder(job.run_dir).write_recipe(dataclasses.replace(
-        r, launch=dataclasses.replace(r.launch, nodes=2, procs_per_node=procs_per_node)))
+    RunFolder(job.run_dir).write_recipe(
+        dataclasses.replace(r, launch=dataclasses.replace(r.launch, nodes=2, procs_per_node=procs_per_node))
+    )
     return job.run_dir
 
 
@@ -411,4 +481,3 @@ def test_in_cluster_config(tmp_path, monkeypatch):
     cfg = b._client().configuration
     assert cfg.host == "https://10.0.0.1:443" and b.context == "in-cluster service account"
     assert "sa-token" in str(cfg.api_key)
-

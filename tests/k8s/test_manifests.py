@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 # 1.31: the oldest release where everything emitted is GA (podFailurePolicy and the
 # DisruptionTarget pod condition went GA in 1.31); plus the newest schema kubernetes-validate ships.
 
+
 def _versions() -> list[str]:
     kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
     return [OLDEST, kv.latest_version()]
@@ -34,9 +35,12 @@ def build(api="jobset", run=RUN, **k8s_changes):
 def jobset_as_job(jobset: dict) -> dict:
     """The replicatedJob template wrapped into the batch/v1 Job that JobSet will create."""
     rj = jobset["spec"]["replicatedJobs"][0]
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": f"{jobset['metadata']['name']}-{rj['name']}-0", **rj["template"].get("metadata", {})},
-            "spec": rj["template"]["spec"]}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": f"{jobset['metadata']['name']}-{rj['name']}-0", **rj["template"].get("metadata", {})},
+        "spec": rj["template"]["spec"],
+    }
 
 
 def pod_spec(objs) -> dict:
@@ -51,6 +55,7 @@ def container(objs) -> dict:
 
 
 # --- schema validation --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("api", ["jobset", "indexed-job"])
 def test_objects_in_creation_order(api):
@@ -81,8 +86,15 @@ def test_jobset_validates_against_schema():
 def test_model_pvc_and_defaults_also_validate():
     kv = pytest.importorskip("kubernetes_validate")
 
-    _, objs = build("indexed-job", model_pvc="fgrpo-models", node_selector={"pool": "h100"},
-                    priority_class="training", tolerations=("dedicated=gpu:NoExecute",), secret_env={}, kueue_queue=None)
+    _, objs = build(
+        "indexed-job",
+        model_pvc="fgrpo-models",
+        node_selector={"pool": "h100"},
+        priority_class="training",
+        tolerations=("dedicated=gpu:NoExecute",),
+        secret_env={},
+        kueue_queue=None,
+    )
     for version in _versions():
         for obj in objs:
             kv.validate(obj, version, strict=True)
@@ -108,14 +120,18 @@ def test_official_client_models_keep_every_field(api):
 
 # --- broken objects must fail (the checks above can fail) ---------------------------------------
 
-@pytest.mark.parametrize("breakage", [
-    lambda js: js["spec"]["failurePolicy"].update(maxRestart=3),                    # misspelled field
-    lambda js: js["spec"]["failurePolicy"]["rules"][0].update(action="RestartJobset"),  # not an action
-    lambda js: js["spec"]["network"].update(enableDnsHostnames=True),
-    lambda js: js["spec"]["replicatedJobs"][0].update(replica=1),
-    lambda js: js["spec"]["successPolicy"].update(operator="Every"),
-    lambda js: js["metadata"].update(name="Not_A_DNS_Name"),
-])
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda js: js["spec"]["failurePolicy"].update(maxRestart=3),  # misspelled field
+        lambda js: js["spec"]["failurePolicy"]["rules"][0].update(action="RestartJobset"),  # not an action
+        lambda js: js["spec"]["network"].update(enableDnsHostnames=True),
+        lambda js: js["spec"]["replicatedJobs"][0].update(replica=1),
+        lambda js: js["spec"]["successPolicy"].update(operator="Every"),
+        lambda js: js["metadata"].update(name="Not_A_DNS_Name"),
+    ],
+)
 def test_broken_jobset_fails_schema(breakage):
     jsonschema = pytest.importorskip("jsonschema")
 
@@ -126,11 +142,14 @@ def test_broken_jobset_fails_schema(breakage):
         schema_validator().validate(js)
 
 
-@pytest.mark.parametrize("breakage", [
-    lambda job: job["spec"]["template"]["spec"]["containers"][0].update(imagePullPolicyy="Always"),
-    lambda job: job["spec"]["template"]["spec"].update(restartpolicy="Never"),
-    lambda job: job["spec"].update(backoffLimit="zero"),
-])
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda job: job["spec"]["template"]["spec"]["containers"][0].update(imagePullPolicyy="Always"),
+        lambda job: job["spec"]["template"]["spec"].update(restartpolicy="Never"),
+        lambda job: job["spec"].update(backoffLimit="zero"),
+    ],
+)
 def test_broken_job_fails_kubernetes_validate(breakage):
     kv = pytest.importorskip("kubernetes_validate")
 
@@ -158,6 +177,7 @@ def test_pod_condition_status_is_needed_before_1_35():
 
 # --- behaviour-bearing fields -------------------------------------------------------------------
 
+
 def test_jobset_structure_and_failure_policy():
     recipe, objs = build("jobset")
     js = by_kind(objs)["JobSet"]
@@ -168,7 +188,8 @@ def test_jobset_structure_and_failure_policy():
     assert job["parallelism"] == job["completions"] == recipe.launch.nodes == 2
     assert job["completionMode"] == "Indexed" and job["backoffLimit"] == 0
     assert job["podFailurePolicy"]["rules"] == [
-        {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+        {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    ]
     assert spec["network"]["enableDNSHostnames"] is True
     fp = spec["failurePolicy"]
     assert fp["maxRestarts"] == recipe.launch.k8s.max_restarts
@@ -192,7 +213,8 @@ def test_indexed_job_structure():
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["backoffLimit"] == 4 * 2
     assert job["spec"]["podFailurePolicy"]["rules"] == [
-        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    ]
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
     pod_labels = job["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= pod_labels.items()
@@ -232,15 +254,25 @@ def test_torchrun_command(api):
     assert opts["master-addr"] == "$(MASTER_ADDR)" and opts["master-port"] == "29500"
     assert int(opts["shutdown-timeout"]) == recipe.launch.k8s.termination_grace_period_s
     i = args.index("-m")
-    assert args[i:] == ["-m", "fgrpo", "train", "--run-dir", "$(FGRPO_RUN_DIR)", "--recipe-file", "$(FGRPO_RECIPE_FILE)"]
+    assert args[i:] == [
+        "-m",
+        "fgrpo",
+        "train",
+        "--run-dir",
+        "$(FGRPO_RUN_DIR)",
+        "--recipe-file",
+        "$(FGRPO_RECIPE_FILE)",
+    ]
     env = {e["name"]: e for e in c["env"]}
     for ref in re.findall(r"\$\((\w+)\)", " ".join(args)):
         assert ref in env, ref
     assert env["FGRPO_RUN_DIR"]["value"] == f"/runs/{RUN}"
     assert env["FGRPO_RECIPE_FILE"]["value"] == "/etc/fgrpo/recipe.json"
     assert env["OMP_NUM_THREADS"]["value"] == "1"
-    assert env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
-        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert (
+        env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
 
 
 def test_torchrun_accepts_the_shutdown_timeout_option():
@@ -284,8 +316,10 @@ def test_secrets_only_as_references(api, monkeypatch):
     text = json.dumps(objs)
     assert "sk-live-should-never-leak" not in text
     env = {e["name"]: e for e in container(objs)["env"]}
-    assert env["WANDB_API_KEY"] == {"name": "WANDB_API_KEY",
-                                    "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "api-key"}}}
+    assert env["WANDB_API_KEY"] == {
+        "name": "WANDB_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "api-key"}},
+    }
     assert not any(o["kind"] == "Secret" for o in objs)
 
 
@@ -295,8 +329,11 @@ def test_security_context_resources_and_volumes(api):
     spec, c = pod_spec(objs), container(objs)
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] == spec["securityContext"]["fsGroup"] == 1000
-    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                                    "seccompProfile": {"type": "RuntimeDefault"}}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     assert spec["restartPolicy"] == "Never"
     assert spec["terminationGracePeriodSeconds"] == recipe.launch.k8s.termination_grace_period_s
     assert spec["serviceAccountName"] == "fgrpo" and spec["automountServiceAccountToken"] is False
@@ -310,7 +347,10 @@ def test_security_context_resources_and_volumes(api):
     assert "subPath" not in mounts["/runs"] and not mounts["/runs"].get("readOnly")
     assert mounts["/etc/fgrpo"]["readOnly"] is True
     assert mounts["/models"]["readOnly"] is True
-    assert volumes[mounts["/models"]["name"]]["persistentVolumeClaim"] == {"claimName": "fgrpo-models", "readOnly": True}
+    assert volumes[mounts["/models"]["name"]]["persistentVolumeClaim"] == {
+        "claimName": "fgrpo-models",
+        "readOnly": True,
+    }
 
 
 def test_no_gpu_request_without_gpus_and_no_model_volume_by_default():
@@ -324,8 +364,11 @@ def test_no_gpu_request_without_gpus_and_no_model_volume_by_default():
 
 # --- names and input validation -----------------------------------------------------------------
 
-@pytest.mark.parametrize("run", ["tiny", "Tiny", "tiny__lr=0.001", "9lives", "x" * 200, "a.b,c+d",
-                                 "wan1_3b__" + "lr=0.0001_" * 9 + "__0123456789"])
+
+@pytest.mark.parametrize(
+    "run",
+    ["tiny", "Tiny", "tiny__lr=0.001", "9lives", "x" * 200, "a.b,c+d", "wan1_3b__" + "lr=0.0001_" * 9 + "__0123456789"],
+)
 def test_object_names_are_dns_labels(run):
     name = object_name(run)
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= manifests.MAX_NAME
@@ -340,31 +383,37 @@ def test_distinct_runs_get_distinct_names():
     assert object_name("tiny") == "tiny"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("nvidia.com/gpu:NoSchedule", {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}),
-    ("dedicated=gpu:NoExecute", {"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoExecute"}),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("nvidia.com/gpu:NoSchedule", {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}),
+        ("dedicated=gpu:NoExecute", {"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoExecute"}),
+    ],
+)
 def test_parse_toleration(text, expected):
     assert parse_toleration(text) == expected
 
 
-@pytest.mark.parametrize("changes, field", [
-    (dict(image=""), "launch.k8s.image: required for --backend k8s"),
-    (dict(tolerations=("nvidia.com/gpu",)), "launch.k8s.tolerations"),
-    (dict(tolerations=("gpu=:NoSchedule",)), "launch.k8s.tolerations"),
-    (dict(tolerations=("gpu:NoScheduleX",)), "launch.k8s.tolerations"),
-    (dict(secret_env={"WANDB_API_KEY": "wandb"}), "launch.k8s.secret_env['WANDB_API_KEY']: bad secret ref"),
-    (dict(secret_env={"WANDB_API_KEY": "Wandb/key"}), "bad secret ref"),
-    (dict(secret_env={"BAD-NAME": "wandb/key"}), "launch.k8s.secret_env['BAD-NAME']"),
-    (dict(secret_env={"MASTER_ADDR": "x/y"}), "set by fgrpo"),
-    (dict(memory="64 GB"), "launch.k8s.memory"),
-    (dict(shm_size="lots"), "launch.k8s.shm_size"),
-    (dict(api="volcano"), "launch.k8s.api"),
-    (dict(max_restarts=-1), "launch.k8s.max_restarts"),
-    (dict(namespace="Team_A"), "launch.k8s.namespace"),
-    (dict(kueue_queue="Team A"), "launch.k8s.kueue_queue"),
-    (dict(run_as_user=0), "launch.k8s.run_as_user"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(image=""), "launch.k8s.image: required for --backend k8s"),
+        (dict(tolerations=("nvidia.com/gpu",)), "launch.k8s.tolerations"),
+        (dict(tolerations=("gpu=:NoSchedule",)), "launch.k8s.tolerations"),
+        (dict(tolerations=("gpu:NoScheduleX",)), "launch.k8s.tolerations"),
+        (dict(secret_env={"WANDB_API_KEY": "wandb"}), "launch.k8s.secret_env['WANDB_API_KEY']: bad secret ref"),
+        (dict(secret_env={"WANDB_API_KEY": "Wandb/key"}), "bad secret ref"),
+        (dict(secret_env={"BAD-NAME": "wandb/key"}), "launch.k8s.secret_env['BAD-NAME']"),
+        (dict(secret_env={"MASTER_ADDR": "x/y"}), "set by fgrpo"),
+        (dict(memory="64 GB"), "launch.k8s.memory"),
+        (dict(shm_size="lots"), "launch.k8s.shm_size"),
+        (dict(api="volcano"), "launch.k8s.api"),
+        (dict(max_restarts=-1), "launch.k8s.max_restarts"),
+        (dict(namespace="Team_A"), "launch.k8s.namespace"),
+        (dict(kueue_queue="Team A"), "launch.k8s.kueue_queue"),
+        (dict(run_as_user=0), "launch.k8s.run_as_user"),
+    ],
+)
 def test_bad_inputs_name_the_field(changes, field):
     with pytest.raises(ValueError) as e:
         build(**changes)
@@ -385,6 +434,7 @@ def test_too_few_gpus_for_processes():
 
 
 # --- the ready-to-apply k8s/ folder --------------------------------------------------------------
+
 
 def _docs(name: str) -> list[dict]:
     return [d for d in yaml.safe_load_all((REPO / "k8s" / name).read_text()) if d]
@@ -408,12 +458,22 @@ def test_rbac_is_least_privilege():
     docs = {(d["kind"], d["metadata"]["name"]): d for d in _docs("rbac.yaml")}
     sa = docs[("ServiceAccount", "fgrpo")]
     assert sa["automountServiceAccountToken"] is False
-    rules = {(g, r): set(rule["verbs"]) for rule in docs[("Role", "fgrpo-launcher")]["rules"]
-             for g in rule["apiGroups"] for r in rule["resources"]}
+    rules = {
+        (g, r): set(rule["verbs"])
+        for rule in docs[("Role", "fgrpo-launcher")]["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
     crud = {"create", "get", "list", "watch", "delete"}
-    assert rules == {("", "configmaps"): crud, ("", "services"): crud, ("batch", "jobs"): crud,
-                     ("jobset.x-k8s.io", "jobsets"): crud, ("", "pods"): {"get", "list", "watch"},
-                     ("", "pods/log"): {"get"}, ("", "secrets"): {"create", "delete"}}
+    assert rules == {
+        ("", "configmaps"): crud,
+        ("", "services"): crud,
+        ("batch", "jobs"): crud,
+        ("jobset.x-k8s.io", "jobsets"): crud,
+        ("", "pods"): {"get", "list", "watch"},
+        ("", "pods/log"): {"get"},
+        ("", "secrets"): {"create", "delete"},
+    }
     binding = docs[("RoleBinding", "fgrpo-launcher")]
     assert binding["subjects"] == [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "fgrpo-users"}]
     assert binding["roleRef"]["name"] == "fgrpo-launcher"

@@ -33,11 +33,16 @@ def pod_processes(tiny_model_dir, tmp_path, steps, port, reward_port: int | None
 
     r = load_recipe_file(REPO / "recipes" / "tiny.py")
     R = dataclasses.replace
-    r = R(r, model=R(r.model, path=str(tiny_model_dir)), optim=R(r.optim, max_steps=steps),
-          rollout=R(r.rollout, prompts_per_step=2, group_size=4, micro_batch=4),
-          eval=R(r.eval, interval=1000, steps=2, videos_per_prompt=1), prompts=R(r.prompts, heldout=2),
-          checkpoint=R(r.checkpoint, interval=1000),
-          launch=R(r.launch, nodes=2, procs_per_node=1, k8s=R(r.launch.k8s, image="fgrpo:test")))
+    r = R(
+        r,
+        model=R(r.model, path=str(tiny_model_dir)),
+        optim=R(r.optim, max_steps=steps),
+        rollout=R(r.rollout, prompts_per_step=2, group_size=4, micro_batch=4),
+        eval=R(r.eval, interval=1000, steps=2, videos_per_prompt=1),
+        prompts=R(r.prompts, heldout=2),
+        checkpoint=R(r.checkpoint, interval=1000),
+        launch=R(r.launch, nodes=2, procs_per_node=1, k8s=R(r.launch.k8s, image="fgrpo:test")),
+    )
     if reward_port is not None:
         r = R(r, reward_server=R(r.reward_server, launch=True, port=reward_port))
     objects = render(r, "tiny-k8s", json.dumps(to_dict(r)))
@@ -52,8 +57,11 @@ def pod_processes(tiny_model_dir, tmp_path, steps, port, reward_port: int | None
         (mounted / key).write_text(text)
 
     def start(container: dict, index: int) -> subprocess.Popen:
-        env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "JOB_COMPLETION_INDEX": str(index),
-               "HOME": os.environ.get("HOME", "/root")}
+        env = {
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "JOB_COMPLETION_INDEX": str(index),
+            "HOME": os.environ.get("HOME", "/root"),
+        }
         if os.environ.get("FGRPO_CACHE"):
             env["FGRPO_CACHE"] = os.environ["FGRPO_CACHE"]
         for e in container["env"]:
@@ -64,14 +72,23 @@ def pod_processes(tiny_model_dir, tmp_path, steps, port, reward_port: int | None
         env["FGRPO_RECIPE_FILE"] = str(mounted / "recipe.json")
         if "FGRPO_REWARD_URL" in env:  # the reward pod's stable DNS name, resolved to localhost
             env["FGRPO_REWARD_URL"] = re.sub(r"//[^:]+:", "//127.0.0.1:", env["FGRPO_REWARD_URL"])
-        argv = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a)
-                for a in container["command"] + container.get("args", [])]
+        argv = [
+            re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a)
+            for a in container["command"] + container.get("args", [])
+        ]
         argv = [re.sub(r"--master-port=\d+", f"--master-port={port}", a) for a in argv]
         if "--advertise-host" in argv:
             argv[argv.index("--advertise-host") + 1] = "127.0.0.1"
         assert "$(" not in " ".join(argv), argv
-        return subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        return subprocess.Popen(
+            argv,
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
 
     server = None
     if len(jobs) > 1:  # the reward pod first: a test that hangs waiting for it would say nothing

@@ -17,17 +17,40 @@ from tests.conftest import REPO, run_fgrpo
 
 KUBECONFIG = os.environ.get("FGRPO_K8S_KUBECONFIG")
 IMAGE = os.environ.get("FGRPO_K8S_IMAGE")
-pytestmark = pytest.mark.skipif(not (KUBECONFIG and IMAGE),
-                                reason="set FGRPO_K8S_KUBECONFIG and FGRPO_K8S_IMAGE to run on a real cluster")
+pytestmark = pytest.mark.skipif(
+    not (KUBECONFIG and IMAGE), reason="set FGRPO_K8S_KUBECONFIG and FGRPO_K8S_IMAGE to run on a real cluster"
+)
 
 
 def test_tiny_recipe_on_a_real_cluster(tmp_path):
     env = {"KUBECONFIG": os.path.expanduser(KUBECONFIG)}
     name = f"tiny-e2e-{int(time.time())}"
-    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--backend", "k8s", "--launch.k8s.image", IMAGE,
-                    "--launch.nodes", "2", "--launch.procs-per-node", "1", "--launch.k8s.cpu", "2",
-                    "--launch.k8s.memory", "4Gi", "--launch.k8s.shm-size", "1Gi", "--optim.max-steps", "5",
-                    "--logging.runs-dir", str(tmp_path), "--logging.run-name", name, cwd=tmp_path, env=env)
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--backend",
+        "k8s",
+        "--launch.k8s.image",
+        IMAGE,
+        "--launch.nodes",
+        "2",
+        "--launch.procs-per-node",
+        "1",
+        "--launch.k8s.cpu",
+        "2",
+        "--launch.k8s.memory",
+        "4Gi",
+        "--launch.k8s.shm-size",
+        "1Gi",
+        "--optim.max-steps",
+        "5",
+        "--logging.runs-dir",
+        str(tmp_path),
+        "--logging.run-name",
+        name,
+        cwd=tmp_path,
+        env=env,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     deadline = time.time() + 1800
     state = None

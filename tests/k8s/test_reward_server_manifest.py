@@ -23,9 +23,12 @@ def build_with_server(api="jobset", **server):
 
 
 def as_job(jobset: dict, rj: dict) -> dict:
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": f"{jobset['metadata']['name']}-{rj['name']}-0", **rj["template"].get("metadata", {})},
-            "spec": rj["template"]["spec"]}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": f"{jobset['metadata']['name']}-{rj['name']}-0", **rj["template"].get("metadata", {})},
+        "spec": rj["template"]["spec"],
+    }
 
 
 def test_jobset_gets_a_reward_replicated_job():
@@ -41,8 +44,21 @@ def test_jobset_gets_a_reward_replicated_job():
     name = js["metadata"]["name"]
     host = f"{name}-{manifests.REWARD_JOB}-0-0.{name}"
     assert c["command"] == ["python"]
-    assert c["args"] == ["-m", "fgrpo", "reward-server", "--recipe-file", "$(FGRPO_RECIPE_FILE)", "--run-dir",
-                         "$(FGRPO_RUN_DIR)", "--host", "0.0.0.0", "--port", "8123", "--advertise-host", host]
+    assert c["args"] == [
+        "-m",
+        "fgrpo",
+        "reward-server",
+        "--recipe-file",
+        "$(FGRPO_RECIPE_FILE)",
+        "--run-dir",
+        "$(FGRPO_RUN_DIR)",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8123",
+        "--advertise-host",
+        host,
+    ]
     assert c["resources"]["limits"] == {"cpu": "6", "memory": "48Gi", "nvidia.com/gpu": "1"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8123}
     assert "FGRPO_REWARD_URL" not in {e["name"] for e in c["env"]}

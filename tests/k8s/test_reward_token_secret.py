@@ -21,8 +21,10 @@ SECRETS = f"/api/v1/namespaces/{NS}/secrets"
 
 
 def _containers(jobset: dict) -> dict[str, dict]:
-    return {rj["name"]: rj["template"]["spec"]["template"]["spec"]["containers"][0]
-            for rj in jobset["spec"]["replicatedJobs"]}
+    return {
+        rj["name"]: rj["template"]["spec"]["template"]["spec"]["containers"][0]
+        for rj in jobset["spec"]["replicatedJobs"]
+    }
 
 
 def test_manifests_reference_a_token_secret_without_data():
@@ -33,7 +35,10 @@ def test_manifests_reference_a_token_secret_without_data():
     assert secret["metadata"]["name"] == manifests.token_secret_name(name) == f"{name}-reward-token"
     assert secret["metadata"]["labels"][manifests.RUN_LABEL] == name  # deleted with the run
     assert "data" not in secret and "stringData" not in secret
-    ref = {"name": "FGRPO_REWARD_TOKEN", "valueFrom": {"secretKeyRef": {"name": f"{name}-reward-token", "key": "token"}}}
+    ref = {
+        "name": "FGRPO_REWARD_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": f"{name}-reward-token", "key": "token"}},
+    }
     for role, c in _containers(js).items():
         assert ref in c["env"], role  # the server and every trainer, by reference only
     # A recipe's own secret_env cannot take the variable over.

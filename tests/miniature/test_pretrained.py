@@ -19,11 +19,15 @@ VAE_CEILING_BAND = (0.55, 0.75)
 def test_builds_and_loads_through_from_pretrained(miniature_model_dir):
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-    transformer = WanTransformer3DModel.from_pretrained(miniature_model_dir, subfolder="transformer",
-                                                        local_files_only=True)
+    transformer = WanTransformer3DModel.from_pretrained(
+        miniature_model_dir, subfolder="transformer", local_files_only=True
+    )
     for key, value in PRESETS["miniature"].transformer_config().items():
-        assert tuple(value) == tuple(transformer.config[key]) if isinstance(value, (list, tuple)) else \
-            transformer.config[key] == value, key
+        assert (
+            tuple(value) == tuple(transformer.config[key])
+            if isinstance(value, (list, tuple))
+            else transformer.config[key] == value
+        ), key
     vae = AutoencoderKLWan.from_pretrained(miniature_model_dir, subfolder="vae", local_files_only=True)
     # Its own latent statistics, measured after training (not Wan's defaults).
     assert len(vae.config.latents_std) == 16 and vae.config.latents_std != AutoencoderKLWan().config.latents_std

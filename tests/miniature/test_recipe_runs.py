@@ -12,10 +12,25 @@ from tests.conftest import REPO, run_fgrpo
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_miniature_recipe_trains_and_records_gold(miniature_model_dir, tmp_path, dtype):
-    res = run_fgrpo("launch", str(REPO / "recipes" / "miniature.py"), "--backend", "local", "--model.dtype", dtype,
-                    "--optim.max-steps", "2", "--eval.interval", "2", "--logging.runs-dir", str(tmp_path / "runs"),
-                    "--logging.run-name", "m", cwd=tmp_path, timeout=600,
-                    env={"FGRPO_CACHE": str(miniature_model_dir.parent)})
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes" / "miniature.py"),
+        "--backend",
+        "local",
+        "--model.dtype",
+        dtype,
+        "--optim.max-steps",
+        "2",
+        "--eval.interval",
+        "2",
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+        "--logging.run-name",
+        "m",
+        cwd=tmp_path,
+        timeout=600,
+        env={"FGRPO_CACHE": str(miniature_model_dir.parent)},
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run = tmp_path / "runs" / "m"
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -15,16 +15,24 @@ from fgrpo.rewards.miniature import miniature_faithfulness, miniature_gold, mini
 # Gold's chance level per attribute when a video is scored against a random prompt: 1 / (number of
 # classes), except size, whose gold also needs the area of the prompt's shape (a triangle has half a
 # square's area), so a random prompt's shape fails it too about a third of the time: ~1/3.
-CHANCE = {"count": 1 / 2, "size": 1 / 3, "colour": 1 / 4, "shape": 1 / 3, "direction": 1 / 4, "speed": 1 / 2,
-          "background": 1 / 2}
+CHANCE = {
+    "count": 1 / 2,
+    "size": 1 / 3,
+    "colour": 1 / 4,
+    "shape": 1 / 3,
+    "direction": 1 / 4,
+    "speed": 1 / 2,
+    "background": 1 / 2,
+}
 
 
 def compose(scenes, seeds, colour=None, background=None):
     """Videos [B, F, 3, H, W] of the scenes' objects, in their colours or the ones given."""
     cover = torch.stack([W.coverage(s, k) for s, k in zip(scenes, seeds)])[:, :, None]
     fg = torch.tensor([colour(s) if colour else COLOURS[s.colour] for s in scenes])[:, None, :, None, None]
-    bg = torch.tensor([background(s) if background else BACKGROUNDS[s.background]
-                       for s in scenes])[:, None, :, None, None]
+    bg = torch.tensor([background(s) if background else BACKGROUNDS[s.background] for s in scenes])[
+        :, None, :, None, None
+    ]
     return bg * (1 - cover) + fg * cover
 
 
@@ -40,8 +48,11 @@ def world():
 
 
 def test_rewards_are_registered_per_video():
-    for name, fn in (("miniature_faithfulness", miniature_faithfulness), ("miniature_gold", miniature_gold),
-                     ("miniature_proxy", miniature_proxy)):
+    for name, fn in (
+        ("miniature_faithfulness", miniature_faithfulness),
+        ("miniature_gold", miniature_gold),
+        ("miniature_proxy", miniature_proxy),
+    ):
         info = R.get_reward_info(name)
         assert info.fn is fn and info.per_frame is False and info.required_args == ()
 
@@ -54,10 +65,12 @@ def test_shapes_and_ranges(world):
         assert out.shape == (4,) and out.dtype == torch.float32 and torch.isfinite(out).all()
     for scores in (faithfulness_scores(v, p), gold_scores(v, p)):
         assert list(scores) == list(ATTRIBUTES)
-        assert all(s.shape == (4,) and s.dtype == torch.float32 and (0 <= s).all() and (s <= 1).all()
-                   for s in scores.values())
-    total, parts = R.build_rewards([{"name": "miniature_gold"}, {"name": "miniature_faithfulness",
-                                                                 "args": {"attribute": "colour"}}])(v, p)
+        assert all(
+            s.shape == (4,) and s.dtype == torch.float32 and (0 <= s).all() and (s <= 1).all() for s in scores.values()
+        )
+    total, parts = R.build_rewards(
+        [{"name": "miniature_gold"}, {"name": "miniature_faithfulness", "args": {"attribute": "colour"}}]
+    )(v, p)
     assert total.shape == (4,) and set(parts) == {"miniature_gold", "miniature_faithfulness"}
 
 
@@ -149,5 +162,6 @@ def test_saturation_values():
     grey = torch.full((1, 2, 3, 4, 4), 0.5)
     red = torch.zeros(1, 2, 3, 4, 4)
     red[:, :, 0] = 0.8
-    torch.testing.assert_close(saturation(torch.cat([grey, red, torch.zeros_like(grey)])),
-                               torch.tensor([0.0, 1.0, 0.0]))
+    torch.testing.assert_close(
+        saturation(torch.cat([grey, red, torch.zeros_like(grey)])), torch.tensor([0.0, 1.0, 0.0])
+    )

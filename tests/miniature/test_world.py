@@ -8,8 +8,17 @@ import torch
 
 from fgrpo.miniature import detect as D
 from fgrpo.miniature import world as W
-from fgrpo.miniature.world import (ATTRIBUTES, BACKGROUNDS, COLOURS, SIZES, SPEEDS, Scene, all_scenes, parse_prompt,
-                                   render)
+from fgrpo.miniature.world import (
+    ATTRIBUTES,
+    BACKGROUNDS,
+    COLOURS,
+    SIZES,
+    SPEEDS,
+    Scene,
+    all_scenes,
+    parse_prompt,
+    render,
+)
 
 BASE = Scene("a", "large", "red", "square", "right", "slowly", "black")
 
@@ -40,11 +49,16 @@ def test_prompts_round_trip_every_scene_and_refuse_other_text():
     scenes = all_scenes()
     assert len(scenes) == 768 == len({s.prompt for s in scenes})
     assert all(parse_prompt(s.prompt) == s for s in scenes)
-    assert parse_prompt("  Two LARGE red triangles moving left quickly on a black background ") == \
-        Scene("two", "large", "red", "triangle", "left", "quickly", "black")
-    for text in ("a red car", "", "three small red circles moving up slowly on a black background",
-                 "a small purple circle moving up slowly on a black background",
-                 "a small red circle moving up slowly"):
+    assert parse_prompt("  Two LARGE red triangles moving left quickly on a black background ") == Scene(
+        "two", "large", "red", "triangle", "left", "quickly", "black"
+    )
+    for text in (
+        "a red car",
+        "",
+        "three small red circles moving up slowly on a black background",
+        "a small purple circle moving up slowly on a black background",
+        "a small red circle moving up slowly",
+    ):
         with pytest.raises(ValueError, match="not a miniature-world prompt") as exc:
             parse_prompt(text)
         assert repr(text) in str(exc.value)
@@ -100,8 +114,9 @@ def test_each_attribute_changes_the_video_as_it_says():
     for shape, factor in D.AREA_FACTOR.items():
         for size, half in SIZES.items():
             _, v = vary(shape=shape, size=size)
-            area = (v - torch.tensor(BACKGROUNDS["black"]).view(1, 3, 1, 1)).norm(dim=1).sum(dim=(1, 2)) / \
-                (torch.tensor(COLOURS["red"]) - torch.tensor(BACKGROUNDS["black"])).norm()
+            area = (v - torch.tensor(BACKGROUNDS["black"]).view(1, 3, 1, 1)).norm(dim=1).sum(dim=(1, 2)) / (
+                torch.tensor(COLOURS["red"]) - torch.tensor(BACKGROUNDS["black"])
+            ).norm()
             assert torch.allclose(area, torch.full_like(area, factor * half**2), rtol=0.03), (shape, size)
     # direction and speed: centroid displacement = unit direction * speed * (F - 1).
     for direction, (ux, uy) in W.DIRECTIONS.items():

@@ -40,8 +40,9 @@ def test_a_second_plan_of_the_same_recipe_and_layout_is_read_from_the_cache(fake
     assert len(fake_runs) == 1
     assert second.to_dict() == first.to_dict() and len(list(plan_cache_dir().iterdir())) == 1
     # Settings the fake run never reads share the entry; the layout and what it reads do not.
-    moved = replace(recipe, model=replace(recipe.model, path="/elsewhere"),
-                    logging=replace(recipe.logging, runs_dir="/other/runs"))
+    moved = replace(
+        recipe, model=replace(recipe.model, path="/elsewhere"), logging=replace(recipe.logging, runs_dir="/other/runs")
+    )
     plan(moved, 2, Gpu(), cache=True)
     assert len(fake_runs) == 1
     plan(recipe, 1, Gpu(), cache=True)
@@ -64,8 +65,15 @@ def test_a_damaged_cache_entry_is_planned_again_and_replaced(fake_runs):
 def test_a_second_dry_run_with_the_preflight_does_not_plan_again(fake_runs, tmp_path):
     from fgrpo.cli import main
 
-    argv = ["launch", str(REPO / "recipes" / "tiny.py"), "--backend", "slurm", "--dry-run",
-            "--logging.runs-dir", str(tmp_path / "runs")]
+    argv = [
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--backend",
+        "slurm",
+        "--dry-run",
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+    ]
     for _ in range(2):
         with redirect_stdout(io.StringIO()) as out:
             assert main(argv) == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from tests.conftest import run_fgrpo
 
@@ -26,8 +25,20 @@ def test_plan_json_never_touches_model_path(tmp_path):
 
 def test_plan_needs_no_model_path_or_reward_files():
     """The paper recipes require --model.path and the HPSv3 files to launch, not to plan."""
-    res = run_fgrpo("plan", "recipes/wan1_3b.py", "--gpus", "8", "--json", "--rollout.frames", "5",
-                    "--rollout.height", "64", "--rollout.width", "64", timeout=600)
+    res = run_fgrpo(
+        "plan",
+        "recipes/wan1_3b.py",
+        "--gpus",
+        "8",
+        "--json",
+        "--rollout.frames",
+        "5",
+        "--rollout.height",
+        "64",
+        "--rollout.width",
+        "64",
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     plan = json.loads(res.stdout)
     assert plan["layout"]["dp_shard"] == 8
@@ -38,8 +49,17 @@ def test_plan_needs_no_model_path_or_reward_files():
 
 def test_preflight_refuses_a_recipe_that_does_not_fit(tmp_path):
     runs = tmp_path / "runs"
-    args = ("launch", "recipes/tiny.py", "--backend", "slurm", "--dry-run", "--logging.runs-dir", str(runs),
-            "--launch.gpu-memory-gb", "0.01")
+    args = (
+        "launch",
+        "recipes/tiny.py",
+        "--backend",
+        "slurm",
+        "--dry-run",
+        "--logging.runs-dir",
+        str(runs),
+        "--launch.gpu-memory-gb",
+        "0.01",
+    )
     res = run_fgrpo(*args, timeout=300)
     assert res.returncode == 2, (res.stdout, res.stderr[-3000:])
     assert "pre-flight: this recipe will not fit in launch.gpu_memory_gb=0.01" in res.stderr
@@ -52,7 +72,15 @@ def test_preflight_refuses_a_recipe_that_does_not_fit(tmp_path):
 
 
 def test_local_launch_has_no_preflight(tmp_path):
-    res = run_fgrpo("launch", "recipes/tiny.py", "--dry-run", "--logging.runs-dir", str(tmp_path / "runs"),
-                    "--launch.gpu-memory-gb", "0.01", timeout=120)
+    res = run_fgrpo(
+        "launch",
+        "recipes/tiny.py",
+        "--dry-run",
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+        "--launch.gpu-memory-gb",
+        "0.01",
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "pre-flight" not in res.stderr

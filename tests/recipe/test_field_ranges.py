@@ -20,8 +20,13 @@ FIELDS = numeric_fields(Recipe)
 def test_every_numeric_field_declares_its_range():
     assert len(FIELDS) > 50  # the walk reaches every section, rewards.0 and launch.k8s included
     names = {name for name, *_ in FIELDS}
-    assert {"optim.betas", "timesteps.weights", "rewards.0.weight", "launch.k8s.max_restarts",
-            "launch.procs_per_node"} <= names
+    assert {
+        "optim.betas",
+        "timesteps.weights",
+        "rewards.0.weight",
+        "launch.k8s.max_restarts",
+        "launch.procs_per_node",
+    } <= names
     missing = [name for name, f, *_ in FIELDS if not isinstance(f.metadata.get(RANGE_KEY), Range)]
     assert missing == [], f"declare a range with within(...) beside: {missing}"
     assert range_problems(Recipe()) == []
@@ -33,8 +38,9 @@ def test_a_numeric_field_without_a_range_is_reported():
         declared: float = within("(0, 1)", 0.5)
         undeclared: int = 3
 
-    assert range_problems(Section()) == ["undeclared: no valid range declared (declare it with "
-                                         "fgrpo.recipe.ranges.within)"]
+    assert range_problems(Section()) == [
+        "undeclared: no valid range declared (declare it with fgrpo.recipe.ranges.within)"
+    ]
 
 
 def test_range_notation():
@@ -68,7 +74,7 @@ def _set(obj, dotted: str, value):
     head, _, rest = dotted.partition(".")
     if isinstance(obj, tuple):  # rewards.0...
         i = int(head)
-        return obj[:i] + (_set(obj[i], rest, value),) + obj[i + 1:]
+        return obj[:i] + (_set(obj[i], rest, value),) + obj[i + 1 :]
     new = _set(getattr(obj, head), rest, value) if rest else value
     return dataclasses.replace(obj, **{head: new})
 
@@ -107,7 +113,8 @@ def test_wrong_types_in_a_recipe_file_are_named():
     assert recipe_problems(_set(recipe, "rollout.steps", 2.5)) == ["rollout.steps: must be an integer, got 2.5"]
     assert recipe_problems(_set(recipe, "optim.lr", "fast")) == ["optim.lr: must be a number, got 'fast'"]
     assert recipe_problems(_set(recipe, "rollout.group_size", True)) == [
-        "rollout.group_size: must be an integer, got True"]
+        "rollout.group_size: must be an integer, got True"
+    ]
     assert recipe_problems(_set(recipe, "optim.lr", None)) == ["optim.lr: must be a number, got None"]
     assert recipe_problems(_set(recipe, "launch.procs_per_node", None)) == []  # None is its default
 
@@ -136,8 +143,9 @@ def test_one_message_per_field():
 )
 def test_reported_values_are_refused_by_launch(tmp_path, override, message):
     for dry in ([], ["--dry-run"]):
-        res = run_fgrpo("launch", str(TINY), "--logging.runs-dir", str(tmp_path / "runs"), *override, *dry,
-                        cwd=tmp_path)
+        res = run_fgrpo(
+            "launch", str(TINY), "--logging.runs-dir", str(tmp_path / "runs"), *override, *dry, cwd=tmp_path
+        )
         assert res.returncode == 2, res.stdout + res.stderr
         assert message in res.stderr, res.stderr
         assert not (tmp_path / "runs").exists()
@@ -145,10 +153,17 @@ def test_reported_values_are_refused_by_launch(tmp_path, override, message):
 
 def test_show_refuses_every_reported_value():
     overrides = {
-        "--rollout.flow-shift": ["nan"], "--rollout.noise-constant": ["nan"], "--algorithm.clip-range": ["nan"],
-        "--optim.grad-clip": ["-1"], "--algorithm.adv-clip": ["inf"], "--optim.betas": ["2", "2"],
-        "--optim.weight-decay": ["nan"], "--optim.warmup-steps": ["-5"], "--prompts.heldout": ["-3"],
-        "--optim.max-nonfinite-steps": ["0"], "--model.max-text-tokens": ["0"],
+        "--rollout.flow-shift": ["nan"],
+        "--rollout.noise-constant": ["nan"],
+        "--algorithm.clip-range": ["nan"],
+        "--optim.grad-clip": ["-1"],
+        "--algorithm.adv-clip": ["inf"],
+        "--optim.betas": ["2", "2"],
+        "--optim.weight-decay": ["nan"],
+        "--optim.warmup-steps": ["-5"],
+        "--prompts.heldout": ["-3"],
+        "--optim.max-nonfinite-steps": ["0"],
+        "--model.max-text-tokens": ["0"],
         "--timesteps.weights": ["nan", "1", "1", "1", "1"],
     }
     res = run_fgrpo("show", str(TINY), *[x for k, v in overrides.items() for x in (k, *v)])
@@ -159,8 +174,20 @@ def test_show_refuses_every_reported_value():
         assert any(line.startswith(f"  {field}: ") and "must be in" in line for line in lines), (flag, res.stderr)
 
 
-RUN_NAMES = ["../../etc", "/tmp/elsewhere", ".", "..", "   ", "a/b", "a\\b", "-rf", ".hidden", "a b", "a\x01b",
-             "x" * 201]
+RUN_NAMES = [
+    "../../etc",
+    "/tmp/elsewhere",
+    ".",
+    "..",
+    "   ",
+    "a/b",
+    "a\\b",
+    "-rf",
+    ".hidden",
+    "a b",
+    "a\x01b",
+    "x" * 201,
+]
 
 
 @pytest.mark.parametrize("name", RUN_NAMES)
@@ -176,8 +203,15 @@ def test_ordinary_run_names_are_accepted(name):
     assert recipe_problems(_set(load_recipe_file(TINY), "logging.run_name", name)) == []
 
 
-@pytest.mark.parametrize("flags", [["--logging.run-name", "../../etc"], ["--logging.run-name", ".."],
-                                   ["--logging.run-name", "/abs"], ["--name", "../up"]])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--logging.run-name", "../../etc"],
+        ["--logging.run-name", ".."],
+        ["--logging.run-name", "/abs"],
+        ["--name", "../up"],
+    ],
+)
 def test_launch_never_writes_outside_the_runs_folder(tmp_path, flags):
     work = tmp_path / "a" / "b"
     work.mkdir(parents=True)
@@ -203,7 +237,8 @@ def test_too_few_training_prompts_for_one_step_are_refused(tmp_path):
     # 10 prompts, 8 held out: 2 to train on, tiny draws 4 per step
     assert _with_prompts(tmp_path, f) == [
         f"rollout.prompts_per_step: 4 prompts per step, but {f} has only 2 training prompts "
-        "(10 minus prompts.heldout=8); a step would repeat prompts"]
+        "(10 minus prompts.heldout=8); a step would repeat prompts"
+    ]
     assert _with_prompts(tmp_path, f, **{"prompts.heldout": 6}) == []
     assert _with_prompts(tmp_path, f, **{"prompts.heldout": 10})[0].startswith("prompts.heldout: 10 held out")
 
@@ -219,9 +254,16 @@ def test_a_folder_binary_or_empty_prompt_file_is_named(tmp_path):
     assert _with_prompts(tmp_path, empty) == [f"prompts.file: {empty} holds no prompts"]
 
 
-@pytest.mark.parametrize("field, value, ok", [("frames", 4093, True), ("frames", 4097, False),
-                                              ("height", 16384, True), ("height", 16400, False),
-                                              ("width", 16400, False)])
+@pytest.mark.parametrize(
+    "field, value, ok",
+    [
+        ("frames", 4093, True),
+        ("frames", 4097, False),
+        ("height", 16384, True),
+        ("height", 16400, False),
+        ("width", 16400, False),
+    ],
+)
 def test_sizes_beyond_wans_rotary_table_are_refused(field, value, ok):
     recipe = load_recipe_file(TINY)
     recipe = dataclasses.replace(recipe, rollout=dataclasses.replace(recipe.rollout, **{field: value}))

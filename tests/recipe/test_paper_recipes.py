@@ -49,14 +49,22 @@ def test_paper_recipes_are_valid_once_the_paths_are_set(name, paper_files):
     recipe = load_recipe_file(REPO / "recipes" / f"{name}.py")
     args = {"model_path": paper_files["model_path"], "checkpoint": paper_files["checkpoint"]}
     recipe = dataclasses.replace(
-        recipe, model=dataclasses.replace(recipe.model, path=paper_files["model.path"]),
-        rewards=(dataclasses.replace(recipe.rewards[0], args=args),))
+        recipe,
+        model=dataclasses.replace(recipe.model, path=paper_files["model.path"]),
+        rewards=(dataclasses.replace(recipe.rewards[0], args=args),),
+    )
     assert recipe_problems(recipe) == []
     # One missing HPSv3 file is named on its own; a given path that does not exist is still refused.
-    only = dataclasses.replace(recipe, rewards=(dataclasses.replace(recipe.rewards[0], args={"model_path": args["model_path"]}),))
+    only = dataclasses.replace(
+        recipe, rewards=(dataclasses.replace(recipe.rewards[0], args={"model_path": args["model_path"]}),)
+    )
     assert fields(recipe_problems(only)) == ["rewards.0.args.checkpoint"]
-    gone = dataclasses.replace(recipe, rewards=(dataclasses.replace(
-        recipe.rewards[0], args={**args, "checkpoint": "/nonexistent/HPSv3.safetensors"}),))
+    gone = dataclasses.replace(
+        recipe,
+        rewards=(
+            dataclasses.replace(recipe.rewards[0], args={**args, "checkpoint": "/nonexistent/HPSv3.safetensors"}),
+        ),
+    )
     assert recipe_problems(gone) == ["rewards.0.args.checkpoint: /nonexistent/HPSv3.safetensors does not exist"]
 
 
@@ -64,7 +72,9 @@ def test_a_running_reward_server_holds_the_reward_args():
     """As for the path checks: a server at reward_server.url was started with its own args; a server
     the backend launches (reward_server.launch) gets the recipe's, so they are still required."""
     recipe = load_recipe_file(REPO / "recipes" / "wan1_3b.py")
-    served = dataclasses.replace(recipe, reward_server=dataclasses.replace(recipe.reward_server, url="http://rewards:8000"))
+    served = dataclasses.replace(
+        recipe, reward_server=dataclasses.replace(recipe.reward_server, url="http://rewards:8000")
+    )
     assert fields(recipe_problems(served)) == ["model.path"]
     launched = dataclasses.replace(recipe, reward_server=dataclasses.replace(recipe.reward_server, launch=True))
     assert fields(recipe_problems(launched)) == REQUIRED
@@ -74,8 +84,9 @@ def test_a_running_reward_server_holds_the_reward_args():
 @pytest.mark.parametrize("name", PAPER_RECIPES)
 def test_missing_paths_are_refused_with_the_fields_named_and_nothing_written(tmp_path, name, command):
     runs = tmp_path / "runs"
-    res = run_fgrpo(command[0], str(REPO / "recipes" / f"{name}.py"), *command[1:], "--logging.runs-dir", str(runs),
-                    cwd=tmp_path)
+    res = run_fgrpo(
+        command[0], str(REPO / "recipes" / f"{name}.py"), *command[1:], "--logging.runs-dir", str(runs), cwd=tmp_path
+    )
     assert res.returncode != 0
     for field in REQUIRED:
         assert f"\n  {field}: " in res.stderr, res.stderr
@@ -86,24 +97,51 @@ def test_missing_paths_are_refused_with_the_fields_named_and_nothing_written(tmp
 
 @pytest.mark.parametrize("name", PAPER_RECIPES)
 def test_show_resolves_the_paper_recipe_with_hpsv3(tmp_path, name, paper_files):
-    res = run_fgrpo("show", str(REPO / "recipes" / f"{name}.py"), "--logging.runs-dir", str(tmp_path / "runs"),
-                    "--model.path", paper_files["model.path"],
-                    "--rewards.0.args", "model_path", paper_files["model_path"], "checkpoint", paper_files["checkpoint"],
-                    cwd=tmp_path, env={"COLUMNS": "1000"})  # rich would wrap the long paths at 80 columns
+    res = run_fgrpo(
+        "show",
+        str(REPO / "recipes" / f"{name}.py"),
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+        "--model.path",
+        paper_files["model.path"],
+        "--rewards.0.args",
+        "model_path",
+        paper_files["model_path"],
+        "checkpoint",
+        paper_files["checkpoint"],
+        cwd=tmp_path,
+        env={"COLUMNS": "1000"},
+    )  # rich would wrap the long paths at 80 columns
     assert res.returncode == 0, res.stderr
     shown = json.loads(res.stdout[: res.stdout.index("run folder:")])
     assert shown["model"]["path"] == paper_files["model.path"]
-    assert shown["rewards"] == [{"name": "hpsv3", "weight": 1.0, "frame_aggregation": "topk:0.3",
-                                 "args": {"model_path": paper_files["model_path"],
-                                          "checkpoint": paper_files["checkpoint"]}}]
+    assert shown["rewards"] == [
+        {
+            "name": "hpsv3",
+            "weight": 1.0,
+            "frame_aggregation": "topk:0.3",
+            "args": {"model_path": paper_files["model_path"], "checkpoint": paper_files["checkpoint"]},
+        }
+    ]
     assert not (tmp_path / "runs").exists()
 
 
 def test_dry_run_launch_of_the_paper_recipe_with_its_paths(tmp_path, paper_files):
-    res = run_fgrpo("launch", str(REPO / "recipes" / "wan1_3b.py"), "--dry-run",
-                    "--logging.runs-dir", str(tmp_path / "runs"), "--model.path", paper_files["model.path"],
-                    "--rewards.0.args", "model_path", paper_files["model_path"], "checkpoint", paper_files["checkpoint"],
-                    cwd=tmp_path)
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes" / "wan1_3b.py"),
+        "--dry-run",
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+        "--model.path",
+        paper_files["model.path"],
+        "--rewards.0.args",
+        "model_path",
+        paper_files["model_path"],
+        "checkpoint",
+        paper_files["checkpoint"],
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert '"name": "hpsv3"' in res.stdout and '"frame_aggregation": "topk:0.3"' in res.stdout
     assert "8 local process(es)" in res.stdout and not (tmp_path / "runs").exists()

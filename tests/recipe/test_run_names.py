@@ -11,8 +11,9 @@ from tests.conftest import REPO, run_fgrpo
 def _wan14b(model: str, qwen: str, ckpt: str, **optim):
     base = load_recipe_file(REPO / "recipes" / "wan14b.py")
     reward = replace(base.rewards[0], args={"model_path": qwen, "checkpoint": ckpt})
-    return base, replace(base, model=replace(base.model, path=model), rewards=(reward,),
-                         optim=replace(base.optim, **optim))
+    return base, replace(
+        base, model=replace(base.model, path=model), rewards=(reward,), optim=replace(base.optim, **optim)
+    )
 
 
 def test_paths_are_left_out_of_the_readable_name_but_tell_runs_apart():
@@ -23,7 +24,9 @@ def test_paths_are_left_out_of_the_readable_name_but_tell_runs_apart():
         assert word not in name, name
     # Other files: another folder, never the same one silently.
     _, moved = _wan14b("/scratch/Wan2.1-T2V-14B-Diffusers", "/models/Qwen2-VL-7B-Instruct", "/models/HPSv3.safetensors")
-    _, other_ckpt = _wan14b("/data/Wan2.1-T2V-14B-Diffusers", "/models/Qwen2-VL-7B-Instruct", "/models/other.safetensors")
+    _, other_ckpt = _wan14b(
+        "/data/Wan2.1-T2V-14B-Diffusers", "/models/Qwen2-VL-7B-Instruct", "/models/other.safetensors"
+    )
     assert len({name, run_name(base, moved), run_name(base, other_ckpt)}) == 3
     assert run_name(base, a) == name  # a pure function: a relaunch finds the same folder
 
@@ -53,9 +56,19 @@ def test_show_prints_a_readable_run_folder_for_the_paper_recipe(tmp_path):
         (models / "Wan2.1-T2V-14B-Diffusers" / sub).mkdir(parents=True)
     (models / "Qwen2-VL-7B-Instruct").mkdir()
     (models / "HPSv3.safetensors").write_bytes(b"")
-    res = run_fgrpo("show", "recipes/wan14b.py", "--model.path", str(models / "Wan2.1-T2V-14B-Diffusers"),
-                    "--rewards.0.args", "model_path", str(models / "Qwen2-VL-7B-Instruct"), "checkpoint",
-                    str(models / "HPSv3.safetensors"), "--logging.runs-dir", str(tmp_path / "runs"))
+    res = run_fgrpo(
+        "show",
+        "recipes/wan14b.py",
+        "--model.path",
+        str(models / "Wan2.1-T2V-14B-Diffusers"),
+        "--rewards.0.args",
+        "model_path",
+        str(models / "Qwen2-VL-7B-Instruct"),
+        "checkpoint",
+        str(models / "HPSv3.safetensors"),
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+    )
     assert res.returncode == 0, res.stderr
     folder = Path(res.stdout.strip().splitlines()[-1].removeprefix("run folder: "))
     assert folder.parent == tmp_path / "runs" and re.fullmatch(r"wan14b__[0-9a-f]{10}", folder.name), folder

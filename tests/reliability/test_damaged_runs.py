@@ -59,8 +59,17 @@ def test_only_damaged_checkpoints_stop_the_run_and_say_which(tiny_model_dir, run
 
 def test_damage_is_reported_in_status(tiny_model_dir, tmp_path):
     runs = tmp_path / "runs"
-    args = ["launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir), "--logging.runs-dir",
-            str(runs), "--logging.run-name", "run", *BASE_ARGS]
+    args = [
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(runs),
+        "--logging.run-name",
+        "run",
+        *BASE_ARGS,
+    ]
     assert run_fgrpo(*args, "--optim.max-steps", "2", cwd=tmp_path).returncode == 0
     run = RunFolder(runs / "run")
     damage(run.checkpoint(2), "garbage-metadata")
@@ -103,8 +112,18 @@ def test_a_before_evaluation_of_a_killed_run_is_not_repeated(tiny_model_dir, tmp
 
 
 def launch_args(tiny_model_dir, runs, *extra):
-    return ["launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir), "--logging.runs-dir",
-            str(runs), "--optim.max-steps", "1", *BASE_ARGS, *extra]
+    return [
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(runs),
+        "--optim.max-steps",
+        "1",
+        *BASE_ARGS,
+        *extra,
+    ]
 
 
 def test_recipe_json_torn_is_named_and_status_still_shows_the_other_runs(tiny_model_dir, tmp_path):
@@ -118,8 +137,11 @@ def test_recipe_json_torn_is_named_and_status_still_shows_the_other_runs(tiny_mo
     rows = {r["run"]: r for r in map(json.loads, res.stdout.splitlines())}
     assert rows["good"]["run_state"] == "completed" and rows["good"]["max_steps"] == 1
     assert str(torn) in rows["torn"]["reason"] and "unreadable recipe" in rows["torn"]["reason"]
-    for cmd in (["eval", str(runs / "torn")], ["export", str(runs / "torn"), str(tmp_path / "out")],
-                ["resume", str(runs / "torn")]):
+    for cmd in (
+        ["eval", str(runs / "torn")],
+        ["export", str(runs / "torn"), str(tmp_path / "out")],
+        ["resume", str(runs / "torn")],
+    ):
         res = run_fgrpo(*cmd)
         assert res.returncode != 0 and str(torn) in res.stderr, (cmd, res.stderr)
     res = run_fgrpo(*launch_args(tiny_model_dir, runs, "--logging.run-name", "torn"), cwd=tmp_path)
@@ -136,8 +158,9 @@ def test_checkpoints_are_not_adopted_without_their_recipe(tiny_model_dir, tmp_pa
     # Put back a recipe.json of another recipe by hand: the checkpoints' manifests still refuse it.
     from fgrpo.cli.launch import RecipeArgs, parse_recipe_args
 
-    _, args = parse_recipe_args("show", launch_args(tiny_model_dir, runs, "--logging.run-name", "r", "--optim.lr",
-                                                    "0.5")[1:], RecipeArgs)
+    _, args = parse_recipe_args(
+        "show", launch_args(tiny_model_dir, runs, "--logging.run-name", "r", "--optim.lr", "0.5")[1:], RecipeArgs
+    )
     RunFolder(runs / "r").write_recipe(args.recipe)
     res = run_fgrpo(*launch_args(tiny_model_dir, runs, "--logging.run-name", "r", "--optim.lr", "0.5"), cwd=tmp_path)
     assert res.returncode == 2 and "was trained with a different recipe" in res.stderr

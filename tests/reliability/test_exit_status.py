@@ -17,10 +17,10 @@ from fgrpo.processes import ProcessId
 from fgrpo.run_folder import RunFolder
 from tests.conftest import REPO, run_fgrpo
 from tests.helpers.faulty import small_disk
-from tests.helpers.runs import tiny_launch_args as launch_args, wait_for
+from tests.helpers.runs import tiny_launch_args as launch_args
+from tests.helpers.runs import wait_for
 
 ENV = {"PYTHONPATH": str(REPO)}
-
 
 
 def status_row(run_dir):
@@ -32,8 +32,23 @@ def status_row(run_dir):
 @pytest.mark.parametrize("mode", ["raise", "not-finite"])
 def test_failing_reward_records_failed_and_keeps_the_last_completed_step(tiny_model_dir, tmp_path, mode):
     # Calls: 1 held-out evaluation, then 2 per step; the 6th call is step 3's first micro-batch.
-    res = run_fgrpo(*launch_args(tiny_model_dir, tmp_path / "runs", 5, "--rewards.0.name", "tests.helpers.faulty:flaky",
-                                 "--rewards.0.args", "fail_at", "6", "mode", mode), cwd=tmp_path, env=ENV, timeout=300)
+    res = run_fgrpo(
+        *launch_args(
+            tiny_model_dir,
+            tmp_path / "runs",
+            5,
+            "--rewards.0.name",
+            "tests.helpers.faulty:flaky",
+            "--rewards.0.args",
+            "fail_at",
+            "6",
+            "mode",
+            mode,
+        ),
+        cwd=tmp_path,
+        env=ENV,
+        timeout=300,
+    )
     run = RunFolder(tmp_path / "runs" / "run")
     assert res.returncode == 1, res.stdout + res.stderr  # a failure, not a bad recipe (2)
     status = run.read_status()
@@ -46,11 +61,15 @@ def test_failing_reward_records_failed_and_keeps_the_last_completed_step(tiny_mo
     assert row["run_state"] == "failed" and want in row["reason"]
 
 
-
 def test_sigkilled_trainer_shows_as_killed(tiny_model_dir, tmp_path):
     runs = tmp_path / "runs"
-    proc = subprocess.Popen([sys.executable, "-m", "fgrpo", *launch_args(tiny_model_dir, runs, 400)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fgrpo", *launch_args(tiny_model_dir, runs, 400)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     run = RunFolder(runs / "run")
     try:
         wait_for(lambda: len(run.read_metrics("train")) >= 1, what="step 1")

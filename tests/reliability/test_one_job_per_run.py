@@ -16,16 +16,20 @@ from fgrpo.processes import ProcessId
 from fgrpo.run_folder import RunFolder, RunLock, RunLockedError
 from launchers.local import LocalBackend
 from tests.conftest import REPO, run_fgrpo
-from tests.helpers.runs import tiny_launch_args as launch_args, wait_for
-
+from tests.helpers.runs import tiny_launch_args as launch_args
+from tests.helpers.runs import wait_for
 
 
 def start(tiny_model_dir, runs, steps):
     runs.mkdir(parents=True, exist_ok=True)
     with open(runs.parent / "launcher.out", "ab") as out:  # a file: an unread pipe would fill and block
-        return subprocess.Popen([sys.executable, "-m", "fgrpo", *launch_args(tiny_model_dir, runs, steps)],
-                                cwd=runs.parent, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
+        return subprocess.Popen(
+            [sys.executable, "-m", "fgrpo", *launch_args(tiny_model_dir, runs, steps)],
+            cwd=runs.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 # ----- the lock itself
@@ -42,8 +46,10 @@ def test_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
 
 
 def test_lock_dies_with_its_holder(tmp_path):
-    code = ("import sys, time; from fgrpo.run_folder import RunLock; "
-            f"RunLock({str(tmp_path / '.lock')!r}).acquire({{'backend': 'local'}}); print('held', flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; from fgrpo.run_folder import RunLock; "
+        f"RunLock({str(tmp_path / '.lock')!r}).acquire({{'backend': 'local'}}); print('held', flush=True); time.sleep(60)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     assert RunLock(tmp_path / ".lock").probe() == "held"
@@ -65,8 +71,10 @@ def test_filesystem_without_locks_runs_unlocked(tmp_path, monkeypatch):
 def hold_lock(lock_path, seconds):
     """A process that holds the run's lock for `seconds`, then exits (a trainer saving after its
     job was cancelled)."""
-    code = ("import sys, time; from fgrpo.run_folder import RunLock; "
-            f"RunLock({str(lock_path)!r}).acquire({{'backend': 'local'}}); print('held', flush=True); time.sleep({seconds})")
+    code = (
+        "import sys, time; from fgrpo.run_folder import RunLock; "
+        f"RunLock({str(lock_path)!r}).acquire({{'backend': 'local'}}); print('held', flush=True); time.sleep({seconds})"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
@@ -106,7 +114,10 @@ def test_second_launch_is_refused_while_the_first_trains_and_cancel_stops_it(tin
         assert launcher.pid == first.pid and launcher.start
         res = run_fgrpo(*launch_args(tiny_model_dir, runs, 400), cwd=tmp_path)
         assert res.returncode == 3, res.stdout + res.stderr
-        assert f"is in use by local job {launcher}" in res.stderr and f"pid {run.read_launch()['pids'][0].split(':')[1]}" in res.stderr
+        assert (
+            f"is in use by local job {launcher}" in res.stderr
+            and f"pid {run.read_launch()['pids'][0].split(':')[1]}" in res.stderr
+        )
         res = run_fgrpo("resume", str(run.path), cwd=tmp_path)
         assert res.returncode == 3 and "is in use by local job" in res.stderr
         assert len(run.jobs()) == 1  # nothing was submitted
@@ -176,12 +187,29 @@ def test_cancel_of_a_local_sweep_point_touches_only_that_point(tiny_model_dir, t
     from tests.helpers.runs import BASE_ARGS, wait_for
 
     runs = tmp_path / "runs"
-    args = [sys.executable, "-m", "fgrpo", "sweep", str(REPO / "recipes" / "tiny.py"), "--grid",
-            "optim.lr=0.001,0.002,0.003", "--model.path", str(tiny_model_dir), "--logging.runs-dir", str(runs),
-            *BASE_ARGS, "--optim.max-steps", "6", "--checkpoint.interval", "1000"]
-    sweep = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "fgrpo",
+        "sweep",
+        str(REPO / "recipes" / "tiny.py"),
+        "--grid",
+        "optim.lr=0.001,0.002,0.003",
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(runs),
+        *BASE_ARGS,
+        "--optim.max-steps",
+        "6",
+        "--checkpoint.interval",
+        "1000",
+    ]
+    sweep = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
+
         def point(lr: str) -> Path:  # named by its overrides (lr, ...): found by its lr
             wait_for(lambda: list(runs.glob(f"tiny__*lr={lr}_*")), timeout=120, what=f"point lr={lr}")
             return next(runs.glob(f"tiny__*lr={lr}_*"))

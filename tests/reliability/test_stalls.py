@@ -35,8 +35,9 @@ def running_run(tmp_path, timeout_s=60.0, started_ago=0.0):
 
 
 def fake_beat(folder, step, ago, longest_gap_s=5.0, owner=ME):
-    (folder.path / "heartbeat.json").write_text(json.dumps(
-        {"step": step, "time": time.time() - ago, "longest_gap_s": longest_gap_s, "owner": owner}))
+    (folder.path / "heartbeat.json").write_text(
+        json.dumps({"step": step, "time": time.time() - ago, "longest_gap_s": longest_gap_s, "owner": owner})
+    )
 
 
 def snapshot(folder):
@@ -143,16 +144,25 @@ def test_a_process_group_timeout_names_the_recipe_field():
 
 def test_every_process_group_takes_the_recipe_timeout(tmp_path):
     """The default group and init_device_mesh's sub-groups (torch's own default: 30 min)."""
-    code = ("import torch, torch.distributed as d\n"
-            "from torch.distributed.device_mesh import init_device_mesh\n"
-            "from fgrpo.distributed.process_group import init_distributed, shutdown\n"
-            "init_distributed(7)\n"
-            "mesh = init_device_mesh('cpu', (1, 1), mesh_dim_names=('a', 'b'))\n"
-            "groups = (d.group.WORLD, mesh.get_group('a'), mesh.get_group('b'), d.new_group([0]))\n"
-            "print([g._get_backend(torch.device('cpu')).options._timeout.total_seconds() for g in groups])\n"
-            "shutdown()\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    code = (
+        "import torch, torch.distributed as d\n"
+        "from torch.distributed.device_mesh import init_device_mesh\n"
+        "from fgrpo.distributed.process_group import init_distributed, shutdown\n"
+        "init_distributed(7)\n"
+        "mesh = init_device_mesh('cpu', (1, 1), mesh_dim_names=('a', 'b'))\n"
+        "groups = (d.group.WORLD, mesh.get_group('a'), mesh.get_group('b'), d.new_group([0]))\n"
+        "print([g._get_backend(torch.device('cpu')).options._timeout.total_seconds() for g in groups])\n"
+        "shutdown()\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split("\n")[-2] == "[7.0, 7.0, 7.0, 7.0]", res.stdout

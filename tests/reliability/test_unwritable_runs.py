@@ -49,8 +49,9 @@ def fgrpo_as_reader(*args: str, cwd: Path) -> subprocess.CompletedProcess:
             pytest.skip("root ignores permissions, and setpriv (to run as nobody) is not installed")
         prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     env = {**os.environ, "HOME": str(cwd), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([*prefix, sys.executable, "-m", "fgrpo", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "fgrpo", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def listing(path: Path) -> list[str]:
@@ -77,11 +78,12 @@ def test_launch_into_a_runs_folder_this_user_cannot_write_names_the_setting(shar
     runs = shared_tmp / "runs"
     runs.mkdir()
     read_only(runs)
-    res = fgrpo_as_reader("launch", str(REPO / "recipes" / "tiny.py"), "--logging.runs-dir", str(runs),
-                          cwd=shared_tmp)
+    res = fgrpo_as_reader("launch", str(REPO / "recipes" / "tiny.py"), "--logging.runs-dir", str(runs), cwd=shared_tmp)
     assert res.returncode == 2, res.stderr
-    assert res.stderr.strip() == (f"fgrpo: error: logging.runs_dir: {runs} is not writable by this user, so the "
-                                  f"run folder {runs}/tiny cannot be made in it"), res.stderr
+    assert res.stderr.strip() == (
+        f"fgrpo: error: logging.runs_dir: {runs} is not writable by this user, so the "
+        f"run folder {runs}/tiny cannot be made in it"
+    ), res.stderr
     assert listing(runs) == []
 
 
@@ -105,8 +107,9 @@ def test_sweep_into_a_runs_folder_that_is_a_file_names_the_setting(shared_tmp, c
 
     runs = shared_tmp / "runs"
     runs.write_text("not a folder\n")
-    code = main(["sweep", str(REPO / "recipes" / "tiny.py"), "--grid", "optim.lr=1e-3,2e-3",
-                 "--logging.runs-dir", str(runs)])
+    code = main(
+        ["sweep", str(REPO / "recipes" / "tiny.py"), "--grid", "optim.lr=1e-3,2e-3", "--logging.runs-dir", str(runs)]
+    )
     assert code == 2
     assert f"logging.runs_dir: {runs} is not a folder, so the run folder {runs}/tiny__lr=" in capsys.readouterr().err
     assert listing(shared_tmp) == ["runs"]

@@ -55,9 +55,11 @@ def test_a_newer_format_is_refused_naming_the_file_and_both_versions(tmp_path, r
     with pytest.raises(RunFormatError) as refused:
         run.check_format()
     message = str(refused.value)
-    assert message.startswith(f"{run.path / record} was written by fgrpo 9.0.0 in run-folder format "
-                              f"{RUN_FORMAT_VERSION + 1}, newer than this fgrpo ({fgrpo.__version__}) reads "
-                              f"(format {RUN_FORMAT_VERSION})"), message
+    assert message.startswith(
+        f"{run.path / record} was written by fgrpo 9.0.0 in run-folder format "
+        f"{RUN_FORMAT_VERSION + 1}, newer than this fgrpo ({fgrpo.__version__}) reads "
+        f"(format {RUN_FORMAT_VERSION})"
+    ), message
     with pytest.raises(RunFormatError, match="newer than this fgrpo"):  # `fgrpo launch` of the same run
         check_existing_run(run.path, recipe)
     assert train_run(run.path, StopFlag(signals=())) == 2  # the in-job entry: bad input, nothing written
@@ -69,8 +71,10 @@ def test_fgrpo_resume_refuses_a_newer_run_folder_with_exit_2(tmp_path):
     rewrite(run.path / "status.json", fgrpo_version="9.0.0", format_version=RUN_FORMAT_VERSION + 1)
     res = run_fgrpo("resume", str(run.path), cwd=tmp_path, timeout=120)
     assert res.returncode == 2, res.stdout + res.stderr
-    assert (f"fgrpo: error: {run.path / 'status.json'} was written by fgrpo 9.0.0 in run-folder format "
-            f"{RUN_FORMAT_VERSION + 1}") in res.stderr
+    assert (
+        f"fgrpo: error: {run.path / 'status.json'} was written by fgrpo 9.0.0 in run-folder format "
+        f"{RUN_FORMAT_VERSION + 1}"
+    ) in res.stderr
 
 
 def test_records_carry_versions_and_an_old_folder_without_them_resumes(tiny_model_dir, tmp_path):

@@ -79,10 +79,18 @@ def test_baseline_selection():
 def run_data(seed: int, values: list[float] | None, n: int = 1, flops: float = 1e9) -> RunData:
     ev = {"kind": "eval", "step": 2, "eval_reward": statistics.fmean(values) if values else 0.25}
     if values is not None:
-        ev |= {"eval_rewards": values, "eval_component_values": {"gold": [2 * v for v in values]},
-               "eval/gold": 2 * statistics.fmean(values)}
-    return RunData(Path(f"run{seed}"), {"prompts.seed": seed, "eval.videos_per_prompt": n},
-                   [{"kind": "train", "step": 2, "compute/flops": flops}], [{"kind": "eval", "step": 0}, ev], {})
+        ev |= {
+            "eval_rewards": values,
+            "eval_component_values": {"gold": [2 * v for v in values]},
+            "eval/gold": 2 * statistics.fmean(values),
+        }
+    return RunData(
+        Path(f"run{seed}"),
+        {"prompts.seed": seed, "eval.videos_per_prompt": n},
+        [{"kind": "train", "step": 2, "compute/flops": flops}],
+        [{"kind": "eval", "step": 0}, ev],
+        {},
+    )
 
 
 def test_runs_pair_by_seed_and_series_without_videos_get_no_interval():
@@ -133,8 +141,11 @@ def make_runs(root: Path) -> Path:
     base = dataclasses.replace(base, eval=dataclasses.replace(base.eval, videos_per_prompt=N))
     for mode in MODES:
         for seed in SEEDS:
-            recipe = dataclasses.replace(base, algorithm=dataclasses.replace(base.algorithm, mode=mode),
-                                         prompts=dataclasses.replace(base.prompts, seed=seed))
+            recipe = dataclasses.replace(
+                base,
+                algorithm=dataclasses.replace(base.algorithm, mode=mode),
+                prompts=dataclasses.replace(base.prompts, seed=seed),
+            )
             folder = RunFolder(root / f"tiny__mode={mode}_seed={seed}")
             folder.write_recipe(recipe)
             log = JsonlTracker(folder.metrics_file)
@@ -143,9 +154,17 @@ def make_runs(root: Path) -> Path:
                 log.log({"kind": "train", "step": s, "reward_mean": 0.1 * s, "compute/flops": per_step * s})
             total = video_scores(mode, seed)
             gold = [round(1 - x, 6) for x in total]
-            log.log({"kind": "eval", "step": STEPS, "tag": "final", "eval_reward": statistics.fmean(total),
-                     "eval_rewards": total, "eval/miniature_gold": statistics.fmean(gold),
-                     "eval_component_values": {"miniature_gold": gold, "miniature_faithfulness": total}})
+            log.log(
+                {
+                    "kind": "eval",
+                    "step": STEPS,
+                    "tag": "final",
+                    "eval_reward": statistics.fmean(total),
+                    "eval_rewards": total,
+                    "eval/miniature_gold": statistics.fmean(gold),
+                    "eval_component_values": {"miniature_gold": gold, "miniature_faithfulness": total},
+                }
+            )
             folder.write_status("completed")
     return root
 
@@ -154,8 +173,11 @@ def expected(metric) -> dict:
     vals = {m: {s: [metric(x) for x in video_scores(m, s)] for s in SEEDS} for m in MODES}
     per_run = {m: [statistics.fmean(vals[m][s]) for s in SEEDS] for m in MODES}
     diff = statistics.fmean(a - b for s in SEEDS for a, b in zip(vals["fast"][s], vals["flash"][s]))
-    return {"mean": {m: statistics.fmean(v) for m, v in per_run.items()},
-            "std": {m: statistics.stdev(v) for m, v in per_run.items()}, "diff": diff}
+    return {
+        "mean": {m: statistics.fmean(v) for m, v in per_run.items()},
+        "std": {m: statistics.stdev(v) for m, v in per_run.items()},
+        "diff": diff,
+    }
 
 
 def test_report_shows_the_paired_comparison(tmp_path):
@@ -165,9 +187,12 @@ def test_report_shows_the_paired_comparison(tmp_path):
     want = expected(lambda x: x)
     cell = '<td class="">'
     for mode, diff, pairs, flops in (("flash", r"\(baseline\)", "-", "3.00"), ("fast", "([^<]*)", "3", "6.00")):
-        found = re.search(rf'<td class="l">algorithm.mode={mode}</td>{cell}3</td>{cell}([-+.\d]+) ± ([.\d]+)</td>'
-                          rf'{cell}{diff}</td>{cell}{pairs}</td>{cell}{flops} GFLOP</td>', html)
-        assert found, html[html.find("Paired comparison"):][:3000]
+        found = re.search(
+            rf'<td class="l">algorithm.mode={mode}</td>{cell}3</td>{cell}([-+.\d]+) ± ([.\d]+)</td>'
+            rf"{cell}{diff}</td>{cell}{pairs}</td>{cell}{flops} GFLOP</td>",
+            html,
+        )
+        assert found, html[html.find("Paired comparison") :][:3000]
         assert float(found.group(1)) == pytest.approx(want["mean"][mode], abs=1e-4)
         assert float(found.group(2)) == pytest.approx(want["std"][mode], abs=1e-4)
     diff, lo, hi = map(float, re.fullmatch(r"([-+.\d]+) \[([-+.\d]+), ([-+.\d]+)\]", found.group(3)).groups())
@@ -198,8 +223,9 @@ def test_cli_prints_the_comparison_of_a_component(tmp_path, capsys):
     assert out.splitlines()[-1] == f"report: {runs / 'report.html'}"
     assert cmd_report([str(runs), "--metric", "eval/miniature_gold", "--baseline", "mode=fast"]) == 0
     lines = capsys.readouterr().out.split("\n\n")[1].splitlines()
-    assert lines[2].split()[0] == "algorithm.mode=fast" and float(lines[3].split()[5]) == pytest.approx(-want["diff"],
-                                                                                                         abs=1e-4)
+    assert lines[2].split()[0] == "algorithm.mode=fast" and float(lines[3].split()[5]) == pytest.approx(
+        -want["diff"], abs=1e-4
+    )
     assert cmd_report([str(runs), "--quiet", "--metric", "miniature_gold"]) == 0
     assert "paired comparison" not in capsys.readouterr().out
     with pytest.raises(ValueError, match="miniature_faithfulness, miniature_gold"):

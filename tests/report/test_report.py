@@ -17,9 +17,8 @@ from fgrpo.run_folder import RunFolder
 from fgrpo.tracking import JsonlTracker
 from fgrpo.trainer.samples import write_samples
 from tests.conftest import REPO, run_fgrpo
-from tests.helpers.runs import tiny_launch_args
-
 from tests.helpers.browser import assert_not_blank, assert_rendered, rendered_dom, screenshot
+from tests.helpers.runs import tiny_launch_args
 
 
 def figures(html: str) -> list[dict]:
@@ -28,8 +27,9 @@ def figures(html: str) -> list[dict]:
 
 def test_report_of_a_trained_run(tiny_model_dir, tmp_path, chromium):
     runs = tmp_path / "runs"
-    res = run_fgrpo(*tiny_launch_args(tiny_model_dir, runs, 2, "--logging.report", name="reported"), cwd=tmp_path,
-                    timeout=500)
+    res = run_fgrpo(
+        *tiny_launch_args(tiny_model_dir, runs, 2, "--logging.report", name="reported"), cwd=tmp_path, timeout=500
+    )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     run = runs / "reported"
     page = RunFolder(run).report_file
@@ -40,8 +40,17 @@ def test_report_of_a_trained_run(tiny_model_dir, tmp_path, chromium):
     ours = re.sub(r"<script>/\* plotly\.js.*?</script>", "", html, count=1, flags=re.S)  # the library's own links aside
     assert len(ours) < len(html) - 4_000_000 and not re.search(r"""(src|href)=["']?(https?:)?//""", ours)  # offline
     names = [f["id"] for f in figures(html)]
-    assert {"train-reward", "heldout-reward", "grad-norm", "clip-frac", "ratio-dev", "adv-std", "timesteps",
-            "phases", "memory"} <= set(names)
+    assert {
+        "train-reward",
+        "heldout-reward",
+        "grad-norm",
+        "clip-frac",
+        "ratio-dev",
+        "adv-std",
+        "timesteps",
+        "phases",
+        "memory",
+    } <= set(names)
     assert "a orange lantern" in html or "prompt-00" in html or "<video" in html
     dom = rendered_dom(chromium, page, tmp_path)
     attrs = assert_rendered(dom)
@@ -51,8 +60,14 @@ def test_report_of_a_trained_run(tiny_model_dir, tmp_path, chromium):
 
 
 MODES = ("flash", "full-trajectory", "fast")
-FINAL = {("flash", 0): -0.20, ("flash", 1): -0.24, ("full-trajectory", 0): -0.26, ("full-trajectory", 1): -0.30,
-         ("fast", 0): -0.25, ("fast", 1): -0.27}
+FINAL = {
+    ("flash", 0): -0.20,
+    ("flash", 1): -0.24,
+    ("full-trajectory", 0): -0.26,
+    ("full-trajectory", 1): -0.30,
+    ("fast", 0): -0.25,
+    ("fast", 1): -0.27,
+}
 STEPS, PROMPTS = 4, ["a red kite", "a blue car at night"]
 
 
@@ -61,8 +76,11 @@ def make_sweep(root):
     base = load_recipe_file(REPO / "recipes" / "tiny.py")
     runs = []
     for (mode, seed), final in FINAL.items():
-        recipe = dataclasses.replace(base, algorithm=dataclasses.replace(base.algorithm, mode=mode),
-                                     prompts=dataclasses.replace(base.prompts, seed=seed))
+        recipe = dataclasses.replace(
+            base,
+            algorithm=dataclasses.replace(base.algorithm, mode=mode),
+            prompts=dataclasses.replace(base.prompts, seed=seed),
+        )
         folder = RunFolder(root / f"tiny__mode={mode}_seed={seed}")
         folder.write_recipe(recipe)
         log = JsonlTracker(folder.metrics_file)
@@ -70,13 +88,36 @@ def make_sweep(root):
         before = -0.33
         log.log({"kind": "eval", "step": 0, "tag": "before", "eval_reward": before, "time_eval": 1.0})
         for s in range(1, STEPS + 1):
-            log.log({"kind": "train", "step": s, "reward_mean": before + (final - before) * s / STEPS + 0.01 * seed,
-                     "grad_norm": 0.01 * s, "clip_frac": 0.0, "ratio_dev": 1e-4, "adv_std": 0.5,
-                     "timestep_indices": [1 + (s + seed) % 4, 2], "time_rollout": 0.5, "time_reward": 0.1,
-                     "time_train": 2.0 if mode == "full-trajectory" else 0.3, "peak_memory_per_rank": [6e8],
-                     "memory_kind": "cpu_max_rss", "compute/flops": per_step * s, "compute/wall_s": 3.0 * s})
-        log.log({"kind": "eval", "step": STEPS, "tag": "final", "eval_reward": final, "time_eval": 1.0,
-                 "compute/flops": per_step * STEPS, "compute/wall_s": 3.0 * STEPS})
+            log.log(
+                {
+                    "kind": "train",
+                    "step": s,
+                    "reward_mean": before + (final - before) * s / STEPS + 0.01 * seed,
+                    "grad_norm": 0.01 * s,
+                    "clip_frac": 0.0,
+                    "ratio_dev": 1e-4,
+                    "adv_std": 0.5,
+                    "timestep_indices": [1 + (s + seed) % 4, 2],
+                    "time_rollout": 0.5,
+                    "time_reward": 0.1,
+                    "time_train": 2.0 if mode == "full-trajectory" else 0.3,
+                    "peak_memory_per_rank": [6e8],
+                    "memory_kind": "cpu_max_rss",
+                    "compute/flops": per_step * s,
+                    "compute/wall_s": 3.0 * s,
+                }
+            )
+        log.log(
+            {
+                "kind": "eval",
+                "step": STEPS,
+                "tag": "final",
+                "eval_reward": final,
+                "time_eval": 1.0,
+                "compute/flops": per_step * STEPS,
+                "compute/wall_s": 3.0 * STEPS,
+            }
+        )
         gen = torch.Generator().manual_seed(seed)
         for tag, reward in (("before", before), ("final", final)):
             thumbs = torch.randint(0, 256, (2, 5, 3, 16, 16), generator=gen, dtype=torch.uint8)
@@ -98,13 +139,19 @@ def test_sweep_report_ranks_runs_and_averages_seeds(tmp_path, chromium):
     board = [line.split() for line in res.stdout.split("\n\n")[0].splitlines()]  # then the paired comparison
     assert "paired comparison (latest evaluation): eval_reward" in res.stdout
     assert [(int(r[0]), float(r[1]), r[2]) for r in board] == [
-        (1, -0.20, "tiny__mode=flash_seed=0"), (2, -0.24, "tiny__mode=flash_seed=1"),
+        (1, -0.20, "tiny__mode=flash_seed=0"),
+        (2, -0.24, "tiny__mode=flash_seed=1"),
         (3, -0.25, "tiny__mode=fast_seed=0"),
-        (4, -0.26, "tiny__mode=full-trajectory_seed=0"), (5, -0.27, "tiny__mode=fast_seed=1"),
-        (6, -0.30, "tiny__mode=full-trajectory_seed=1")]
+        (4, -0.26, "tiny__mode=full-trajectory_seed=0"),
+        (5, -0.27, "tiny__mode=fast_seed=1"),
+        (6, -0.30, "tiny__mode=full-trajectory_seed=1"),
+    ]
     html = page.read_text()
-    for label, mean in (("algorithm.mode=flash", -0.22), ("algorithm.mode=fast", -0.26),
-                        ("algorithm.mode=full-trajectory", -0.28)):
+    for label, mean in (
+        ("algorithm.mode=flash", -0.22),
+        ("algorithm.mode=fast", -0.26),
+        ("algorithm.mode=full-trajectory", -0.28),
+    ):
         row = rf"<td class=\"l\">{re.escape(label)}</td><td class=\"\">2</td><td class=\"\">{mean:+.4f}</td>"
         assert re.search(row, html), label
     figs = {f["id"]: f for f in figures(html)}
@@ -115,8 +162,9 @@ def test_sweep_report_ranks_runs_and_averages_seeds(tmp_path, chromium):
         assert len(means) == 3
     flash = next(t for t in figs["eval_reward-compute"]["data"] if t.get("name", "").startswith("algorithm.mode=flash"))
     assert flash["x"] == [4e9] and flash["y"] == pytest.approx([-0.22])  # the final evaluation, at its FLOPs
-    full = next(t for t in figs["reward_mean-compute"]["data"]
-                if t.get("name", "").startswith("algorithm.mode=full-trajectory"))
+    full = next(
+        t for t in figs["reward_mean-compute"]["data"] if t.get("name", "").startswith("algorithm.mode=full-trajectory")
+    )
     assert full["x"] == [4e9 * s for s in range(1, STEPS + 1)]
     dom = rendered_dom(chromium, page, tmp_path)
     attrs = assert_rendered(dom)
@@ -143,10 +191,26 @@ def test_report_with_non_finite_metrics(tmp_path):
         folder = RunFolder(tmp_path / "runs" / f"tiny__seed={seed}")
         folder.write_recipe(dataclasses.replace(base, prompts=dataclasses.replace(base.prompts, seed=seed)))
         records = [{"kind": "eval", "step": 0, "tag": "before", "eval_reward": -0.3, "eval_rewards": [-0.3, -0.3]}]
-        records += [{"kind": "train", "step": s, "reward_mean": 0.1 * s, "loss": float("inf") if s == 2 else 0.1,
-                     "grad_norm": float("nan") if s == 2 else 1.0, "compute/flops": 1e9 * s} for s in range(1, 4)]
-        records.append({"kind": "eval", "step": 3, "tag": "final", "eval_reward": float("nan"),
-                        "eval_rewards": [float("nan"), -0.2]})
+        records += [
+            {
+                "kind": "train",
+                "step": s,
+                "reward_mean": 0.1 * s,
+                "loss": float("inf") if s == 2 else 0.1,
+                "grad_norm": float("nan") if s == 2 else 1.0,
+                "compute/flops": 1e9 * s,
+            }
+            for s in range(1, 4)
+        ]
+        records.append(
+            {
+                "kind": "eval",
+                "step": 3,
+                "tag": "final",
+                "eval_reward": float("nan"),
+                "eval_rewards": [float("nan"), -0.2],
+            }
+        )
         # As a trainer of an older version (or a hand edit) leaves them: NaN and Infinity literals.
         folder.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in records))
     one = run_fgrpo("report", str(tmp_path / "runs" / "tiny__seed=0"))

@@ -47,7 +47,7 @@ def test_shape_finite_and_deterministic(scorer):
 def test_batching_invariance(scorer):
     frames = _frames()
     batched = scorer.score_frames(frames, PROMPTS, batch_size=5)  # chunks cross video boundaries
-    single = torch.cat([scorer.score_frames(frames[i:i + 1], PROMPTS[i:i + 1], batch_size=1) for i in range(3)])
+    single = torch.cat([scorer.score_frames(frames[i : i + 1], PROMPTS[i : i + 1], batch_size=1) for i in range(3)])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
 
 
@@ -59,7 +59,7 @@ def test_formula_matches_model(scorer):
     with torch.no_grad():
         out = model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"], pixel_values=pix)
     # logits_per_image[i, j] = scale * cos(image_i, text_j); frame (b, f) goes with prompt b.
-    want = torch.stack([out.logits_per_image[b * 2:(b + 1) * 2, b] for b in range(2)])
+    want = torch.stack([out.logits_per_image[b * 2 : (b + 1) * 2, b] for b in range(2)])
     torch.testing.assert_close(scorer.score_frames(frames, PROMPTS[:2]), want, atol=1e-4, rtol=1e-4)
 
 
@@ -67,7 +67,7 @@ def test_preprocessing_matches_processor(scorer):
     from PIL import Image
 
     # uint8-exact frames so both paths start from identical pixels; 48x64 needs a resize + crop.
-    frames = (torch.randint(0, 256, (5, 3, 48, 64), generator=torch.Generator().manual_seed(2)) / 255.0)
+    frames = torch.randint(0, 256, (5, 3, 48, 64), generator=torch.Generator().manual_seed(2)) / 255.0
     frames = torch.nn.functional.avg_pool2d(frames, 3, stride=1, padding=1)  # smoother, like real video
     frames = (frames * 255).round() / 255
     mine = scorer.preprocess(frames)
@@ -101,5 +101,6 @@ def test_missing_folder(tmp_path):
 
 
 def test_served_equals_in_process(clip_dir):
-    assert_served_equals_in_process({"name": "clip", "args": {"model_path": clip_dir}, "frame_aggregation": "topk:0.3"},
-                                    _frames(), PROMPTS)
+    assert_served_equals_in_process(
+        {"name": "clip", "args": {"model_path": clip_dir}, "frame_aggregation": "topk:0.3"}, _frames(), PROMPTS
+    )

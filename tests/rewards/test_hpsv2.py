@@ -94,8 +94,14 @@ def tiny(oc, tmp_path_factory):
     root = tmp_path_factory.mktemp("hpsv2")
     torch.save({"state_dict": model.state_dict()}, root / "HPS_tiny.pt")  # HPSv2's wrapping
     tok.save_pretrained(root / "tokenizer")
-    return SimpleNamespace(model=model, tok=tok, ckpt=str(root / "HPS_tiny.pt"), tok_dir=str(root / "tokenizer"),
-                           sd=model.state_dict(), root=root)
+    return SimpleNamespace(
+        model=model,
+        tok=tok,
+        ckpt=str(root / "HPS_tiny.pt"),
+        tok_dir=str(root / "tokenizer"),
+        sd=model.state_dict(),
+        root=root,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +157,7 @@ def test_shape_deterministic_and_batching(scorer):
     assert s1.shape == (3, 4) and s1.dtype == torch.float32
     assert torch.isfinite(s1).all() and torch.equal(s1, s2) and s1.std() > 0
     batched = scorer.score_frames(frames, PROMPTS, batch_size=5)  # chunks cross video boundaries
-    single = torch.cat([scorer.score_frames(frames[i:i + 1], PROMPTS[i:i + 1], batch_size=1) for i in range(3)])
+    single = torch.cat([scorer.score_frames(frames[i : i + 1], PROMPTS[i : i + 1], batch_size=1) for i in range(3)])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
 
 
@@ -165,8 +171,13 @@ def test_preprocessing_is_open_clip_val_transform(oc, scorer):
 
     size = json.loads((oc.folder / "model_configs" / "ViT-H-14.json").read_text())["vision_cfg"]["image_size"]
     mean, std = list(oc.constants.OPENAI_DATASET_MEAN), list(oc.constants.OPENAI_DATASET_STD)
-    ref_proc = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                                  resample=PILImageResampling.BICUBIC, image_mean=mean, image_std=std)
+    ref_proc = CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        resample=PILImageResampling.BICUBIC,
+        image_mean=mean,
+        image_std=std,
+    )
     ip = hpsv2_mod.open_clip_val_processor(scorer.tokenizer, size).image_processor
     assert (ip.size["shortest_edge"], ip.crop_size["height"], ip.crop_size["width"]) == (size, size, size)
     assert ip.resample == PILImageResampling.BICUBIC
@@ -177,8 +188,9 @@ def test_preprocessing_is_open_clip_val_transform(oc, scorer):
     frames = torch.randint(0, 256, (3, 3, 240, 320), generator=torch.Generator().manual_seed(2)) / 255.0
     frames = F.avg_pool2d(frames, 3, stride=1, padding=1)  # smoother, like real video
     frames = (frames * 255).round() / 255  # uint8-exact, so both paths start from identical pixels
-    s224 = ClipScorer.from_model(scorer.model, hpsv2_mod.open_clip_val_processor(scorer.tokenizer, size),
-                                 use_logit_scale=False)
+    s224 = ClipScorer.from_model(
+        scorer.model, hpsv2_mod.open_clip_val_processor(scorer.tokenizer, size), use_logit_scale=False
+    )
     mine = s224.preprocess(frames)
     pil = [Image.fromarray((f.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for f in frames]
     ref = ref_proc(images=pil, return_tensors="pt")["pixel_values"]
@@ -246,10 +258,22 @@ def test_vit_h_14_geometry(oc):
         sd = oc.model.CLIP(**cfg).state_dict()
     config = hpsv2_mod.infer_config(sd)
     v, t = config.vision_config, config.text_config
-    assert (v.hidden_size, v.num_hidden_layers, v.num_attention_heads, v.patch_size, v.image_size,
-            v.intermediate_size) == (1280, 32, 16, 14, 224, 5120)
-    assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.max_position_embeddings,
-            t.vocab_size, t.intermediate_size) == (1024, 24, 16, 77, 49408, 4096)
+    assert (
+        v.hidden_size,
+        v.num_hidden_layers,
+        v.num_attention_heads,
+        v.patch_size,
+        v.image_size,
+        v.intermediate_size,
+    ) == (1280, 32, 16, 14, 224, 5120)
+    assert (
+        t.hidden_size,
+        t.num_hidden_layers,
+        t.num_attention_heads,
+        t.max_position_embeddings,
+        t.vocab_size,
+        t.intermediate_size,
+    ) == (1024, 24, 16, 77, 49408, 4096)
     assert config.projection_dim == 1024 and v.hidden_act == t.hidden_act == "gelu"  # no quick_gelu in ViT-H-14
     assert (t.bos_token_id, t.eos_token_id) == (49406, 49407)
     with torch.device("meta"):
@@ -261,5 +285,6 @@ def test_vit_h_14_geometry(oc):
 
 def test_served_equals_in_process(tiny):
     args = {"checkpoint": tiny.ckpt, "tokenizer_path": tiny.tok_dir, **HEADS}
-    assert_served_equals_in_process({"name": "hpsv2", "args": args, "frame_aggregation": "topk:0.3"},
-                                    _frames(), PROMPTS)
+    assert_served_equals_in_process(
+        {"name": "hpsv2", "args": args, "frame_aggregation": "topk:0.3"}, _frames(), PROMPTS
+    )

@@ -8,7 +8,6 @@ from torch import nn
 from fgrpo.rewards import WeightedRewards, aggregate_frames
 from fgrpo.rewards import hpsv3 as hps
 from fgrpo.rewards.qwen2vl import chat_text
-
 from tests.helpers.served import assert_served_equals_in_process
 from tests.helpers.tiny_qwen2vl import PROMPTS, image_processor, reward_at_tokens, save_tiny_hpsv3
 
@@ -56,8 +55,15 @@ def _pil(frames):
 
 
 def _messages(prompts):
-    return [[{"role": "user", "content": [{"type": "image", "image": "frame"},
-                                          {"type": "text", "text": hps.instruction(p)}]}] for p in prompts]
+    return [
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": "frame"}, {"type": "text", "text": hps.instruction(p)}],
+            }
+        ]
+        for p in prompts
+    ]
 
 
 def test_shape_deterministic_and_prompt_dependent(scorer, hps_files):
@@ -74,8 +80,9 @@ def test_shape_deterministic_and_prompt_dependent(scorer, hps_files):
 def test_batching_invariance(scorer):
     frames = _frames()
     batched = scorer.score_frames(frames, PROMPTS, batch_size=4, **KW)  # chunks cross videos, rows padded
-    single = torch.cat([scorer.score_frames(frames[i:i + 1], PROMPTS[i:i + 1], batch_size=1, **KW)
-                        for i in range(3)])
+    single = torch.cat(
+        [scorer.score_frames(frames[i : i + 1], PROMPTS[i : i + 1], batch_size=1, **KW) for i in range(3)]
+    )
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
 
 
@@ -87,8 +94,9 @@ def test_preprocessing_matches_processor(scorer, processor):
     ref = processor(text=texts, images=_pil(frames), padding=True, return_tensors="pt")
     torch.testing.assert_close(torch.cat([p for p, _ in ours]), ref["pixel_values"], atol=1e-5, rtol=1e-5)
     assert torch.equal(torch.tensor([g for _, g in ours]), ref["image_grid_thw"])
-    chats = [chat_text(hps.instruction(p), "<|image_pad|>", scorer.n_vision_tokens(g))
-             for p, (_, g) in zip(PROMPTS, ours)]
+    chats = [
+        chat_text(hps.instruction(p), "<|image_pad|>", scorer.n_vision_tokens(g)) for p, (_, g) in zip(PROMPTS, ours)
+    ]
     assert chats == [t.replace("<|image_pad|>", "<|image_pad|>" * scorer.n_vision_tokens(ours[0][1])) for t in texts]
     ids, mask = scorer.encode(chats)
     assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"])
@@ -153,5 +161,6 @@ def test_errors(hps_files, tmp_path):
 
 def test_served_equals_in_process(hps_files):
     args = {"model_path": hps_files[0], "checkpoint": hps_files[1], "dtype": "float32", **KW}
-    assert_served_equals_in_process({"name": "hpsv3", "args": args, "frame_aggregation": "topk:0.3"},
-                                    _frames(f=4), PROMPTS)
+    assert_served_equals_in_process(
+        {"name": "hpsv3", "args": args, "frame_aggregation": "topk:0.3"}, _frames(f=4), PROMPTS
+    )

@@ -124,6 +124,4 @@ def test_bad_inputs_rejected():
 
 def test_accepts_half_precision():
     x = torch.rand(2, 2, 3, 4, 4)
-    torch.testing.assert_close(
-        colour(x.bfloat16(), ["red", "blue"]), colour(x.bfloat16().float(), ["red", "blue"])
-    )
+    torch.testing.assert_close(colour(x.bfloat16(), ["red", "blue"]), colour(x.bfloat16().float(), ["red", "blue"]))

@@ -66,6 +66,7 @@ def test_register_decorator_and_duplicates(clean_registry):
     assert R.get_reward_info("ones").per_frame and ones.per_frame is True
 
     with pytest.raises(ValueError, match="already registered"):
+
         @R.register_reward("ones")
         def other(frames, prompts):
             return torch.zeros(frames.shape[0])
@@ -98,8 +99,7 @@ def test_import_path_errors_name_the_spec(user_module, suffix, needle):
 
 
 def test_aggregate_frames_hand_made():
-    scores = torch.tensor([[3.0, 9.0, 1.0, 7.0, 0.0, 8.0, 2.0, 4.0, 6.0, 5.0],
-                           [1.0] * 9 + [11.0]])
+    scores = torch.tensor([[3.0, 9.0, 1.0, 7.0, 0.0, 8.0, 2.0, 4.0, 6.0, 5.0], [1.0] * 9 + [11.0]])
     torch.testing.assert_close(R.aggregate_frames(scores, "topk:0.3"), torch.tensor([8.0, 13.0 / 3]))
     torch.testing.assert_close(R.aggregate_frames(scores, "mean"), torch.tensor([4.5, 2.0]))
     torch.testing.assert_close(R.aggregate_frames(scores, "min"), torch.tensor([0.0, 1.0]))
@@ -147,10 +147,15 @@ def test_learned_rewards_declare_their_required_args():
 
 def test_missing_reward_args(clean_registry, user_module):
     assert R.missing_reward_args(spec("hpsv3")) == {
-        "model_path": "a local Qwen2-VL-7B-Instruct folder", "checkpoint": "the HPSv3.safetensors file"}
+        "model_path": "a local Qwen2-VL-7B-Instruct folder",
+        "checkpoint": "the HPSv3.safetensors file",
+    }
     # None and "" are unset too; any other value counts as given (existence is the recipe's check)
     assert list(R.missing_reward_args(spec("hpsv3", args={"model_path": "/m", "checkpoint": ""}))) == ["checkpoint"]
-    assert list(R.missing_reward_args({"name": "hpsv2", "args": {"checkpoint": None}})) == ["checkpoint", "tokenizer_path"]
+    assert list(R.missing_reward_args({"name": "hpsv2", "args": {"checkpoint": None}})) == [
+        "checkpoint",
+        "tokenizer_path",
+    ]
     assert R.missing_reward_args(spec("clip", args={"model_path": "/m/pick"})) == {}
     assert R.missing_reward_args(spec("colour")) == {}
     # a user callable declares them as an attribute, a registered one with register_reward

@@ -30,8 +30,9 @@ def weights(tmp_path, content: bytes, name="w.bin"):
 
 def test_identity_holds_name_weight_aggregation_settings_and_weights(tmp_path):
     w = weights(tmp_path, b"weights-v1")
-    spec = RewardSpec(name="test_file_backed", weight=0.5, args={"weights_path": str(w), "scale": 2},
-                      frame_aggregation="topk:0.3")
+    spec = RewardSpec(
+        name="test_file_backed", weight=0.5, args={"weights_path": str(w), "scale": 2}, frame_aggregation="topk:0.3"
+    )
     (got,) = reward_identities([spec])
     assert got["key"] == got["name"] == "test_file_backed"
     assert got["weight"] == 0.5 and got["frame_aggregation"] == "topk:0.3"
@@ -41,7 +42,10 @@ def test_identity_holds_name_weight_aggregation_settings_and_weights(tmp_path):
     assert json.loads(json.dumps(got)) == got  # recorded as JSON, compared after reading it back
     assert reward_identities([spec], fingerprint=False)[0]["files"] == {}
     assert reward_identities([RewardSpec(name="brightness")])[0]["settings"] == {
-        "bright_target": 0.85, "dark_target": 0.15, "default_target": 0.5}
+        "bright_target": 0.85,
+        "dark_target": 0.15,
+        "default_target": 0.5,
+    }
 
 
 def test_weights_are_compared_by_content_not_by_path(tmp_path):
@@ -79,8 +83,9 @@ def test_a_large_file_is_fingerprinted_by_samples_that_still_see_a_change(tmp_pa
 
 def test_differences_name_the_reward_and_how_it_changed():
     was = reward_identities([RewardSpec(name="brightness"), RewardSpec(name="contrast")])
-    now = reward_identities([RewardSpec(name="brightness", weight=2.0, args={"bright_target": 0.9}),
-                             RewardSpec(name="contrast")])
+    now = reward_identities(
+        [RewardSpec(name="brightness", weight=2.0, args={"bright_target": 0.9}), RewardSpec(name="contrast")]
+    )
     assert identity_differences(was, now) == ["reward brightness: weight 1.0 -> 2.0; args.bright_target 0.85 -> 0.9"]
     assert identity_differences(was, was[:1]) == ["rewards ['brightness'] instead of ['brightness', 'contrast']"]
     assert rewards_changed(None, now, "rewards.json") is None  # nothing recorded yet: the first start

@@ -10,13 +10,15 @@ import uuid
 import pytest
 import torch
 
+from fgrpo.cli.reward_server import RewardServerArgs, cmd_reward_server, parse_args, reward_specs
 from fgrpo.recipe.config import RewardSpec
 from fgrpo.rewards import WeightedRewards, register_reward
-from fgrpo.cli.reward_server import RewardServerArgs, cmd_reward_server, parse_args, reward_specs
 from fgrpo.rewards.server import RewardClient, RewardServer, dequantize, quantize
 
-SPECS = [RewardSpec(name="brightness", weight=1.0, frame_aggregation="mean"),
-         RewardSpec(name="colour", weight=0.5, frame_aggregation="mean")]
+SPECS = [
+    RewardSpec(name="brightness", weight=1.0, frame_aggregation="mean"),
+    RewardSpec(name="colour", weight=0.5, frame_aggregation="mean"),
+]
 PROMPTS = ["a red car at night", "a bright blue sky", "a green field"]
 
 
@@ -34,8 +36,7 @@ def _frames(seed=0, b=3):
 
 
 def _post(url, body: bytes):
-    req = urllib.request.Request(url + "/score", data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url + "/score", data=body, method="POST", headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -94,8 +95,10 @@ def test_submit_and_concurrent(server):
             torch.testing.assert_close(comps["colour"], ref_comps["colour"], atol=1e-6, rtol=0)
         # Plain threads hitting score() at once also work.
         results = {}
-        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, client.score(batches[i], PROMPTS)[0]))
-                   for i in range(4)]
+        threads = [
+            threading.Thread(target=lambda i=i: results.__setitem__(i, client.score(batches[i], PROMPTS)[0]))
+            for i in range(4)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -110,8 +113,13 @@ def test_submit_and_concurrent(server):
 def test_malformed_requests_get_400(server):
     u8 = quantize(_frames())
     import base64
-    good = {"prompts": PROMPTS, "shape": list(u8.shape), "dtype": "uint8",
-            "frames": base64.b64encode(u8.numpy().tobytes()).decode()}
+
+    good = {
+        "prompts": PROMPTS,
+        "shape": list(u8.shape),
+        "dtype": "uint8",
+        "frames": base64.b64encode(u8.numpy().tobytes()).decode(),
+    }
     assert _post(server.url, json.dumps(good).encode())[0] == 200
     bad = {
         "not json": b"{not json",
@@ -190,11 +198,27 @@ def test_cli_serves_a_recipes_rewards_and_stops_on_sigterm(tmp_path):
     recipe = load_recipe_file(REPO / "recipes" / "tiny.py")
     specs = (RewardSpec(name="brightness", weight=2.0), RewardSpec(name="contrast"))
     save_recipe_json(dataclasses.replace(recipe, rewards=specs), tmp_path / "recipe.json")
-    proc = subprocess.Popen([sys.executable, "-m", "fgrpo", "reward-server", "--recipe-file", str(tmp_path / "recipe.json"),
-                             "--port", "0", "--address-file", str(tmp_path / "addr.json")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fgrpo",
+            "reward-server",
+            "--recipe-file",
+            str(tmp_path / "recipe.json"),
+            "--port",
+            "0",
+            "--address-file",
+            str(tmp_path / "addr.json"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        url = wait_for_server(lambda: RunFolder(tmp_path).read_server_address(tmp_path / "addr.json"), timeout_s=60, poll_s=0.1)
+        url = wait_for_server(
+            lambda: RunFolder(tmp_path).read_server_address(tmp_path / "addr.json"), timeout_s=60, poll_s=0.1
+        )
         total, comps = RewardClient(url).score(_frames(), PROMPTS)
         want_total, want = WeightedRewards(specs)(dequantize(quantize(_frames())), PROMPTS)
         torch.testing.assert_close(total, want_total, atol=1e-6, rtol=0)
@@ -219,9 +243,11 @@ def test_cli_argument_errors(tmp_path, capsys):
 
 
 def test_model_path_fills_every_reward_without_one():
-    a = RewardServerArgs(reward=("clip", "hpsv3"),
-                         arg=(("hpsv3", "checkpoint", "/m/HPSv3.safetensors"), ("clip", "model_path", "/m/pick")),
-                         model_path="/m/qwen")
+    a = RewardServerArgs(
+        reward=("clip", "hpsv3"),
+        arg=(("hpsv3", "checkpoint", "/m/HPSv3.safetensors"), ("clip", "model_path", "/m/pick")),
+        model_path="/m/qwen",
+    )
     clip_spec, hps_spec = reward_specs(a)
     assert clip_spec.args == {"model_path": "/m/pick"}
     assert hps_spec.args == {"checkpoint": "/m/HPSv3.safetensors", "model_path": "/m/qwen"}
@@ -229,9 +255,31 @@ def test_model_path_fills_every_reward_without_one():
 
 def test_repeated_flags_and_typed_values():
     """`--reward`, `--weight NAME W` and `--arg NAME KEY VALUE` repeat; VALUE is JSON when it parses."""
-    a = parse_args(["--reward", "clip", "--reward", "colour", "--weight", "colour", "0.5",
-                    "--arg", "colour", "target", "[1, 0, 0]", "--arg", "colour", "gamma", "2.2",
-                    "--arg", "clip", "model_path", "/m/pick", "--port", "0"])
+    a = parse_args(
+        [
+            "--reward",
+            "clip",
+            "--reward",
+            "colour",
+            "--weight",
+            "colour",
+            "0.5",
+            "--arg",
+            "colour",
+            "target",
+            "[1, 0, 0]",
+            "--arg",
+            "colour",
+            "gamma",
+            "2.2",
+            "--arg",
+            "clip",
+            "model_path",
+            "/m/pick",
+            "--port",
+            "0",
+        ]
+    )
     clip_spec, colour_spec = reward_specs(a)
     assert (clip_spec.name, clip_spec.weight, clip_spec.args) == ("clip", 1.0, {"model_path": "/m/pick"})
     assert (colour_spec.weight, colour_spec.args) == (0.5, {"target": [1, 0, 0], "gamma": 2.2})

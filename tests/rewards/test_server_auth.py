@@ -111,13 +111,20 @@ def test_a_run_server_makes_the_run_token_and_its_trainers_use_it(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     recipe = load_recipe_file(REPO / "recipes" / "tiny.py")
-    recipe = dataclasses.replace(recipe, rewards=tuple(SPECS),
-                                 reward_server=dataclasses.replace(recipe.reward_server, launch=True,
-                                                                   startup_timeout_s=60))
+    recipe = dataclasses.replace(
+        recipe,
+        rewards=tuple(SPECS),
+        reward_server=dataclasses.replace(recipe.reward_server, launch=True, startup_timeout_s=60),
+    )
     save_recipe_json(recipe, RunFolder(run).recipe_file)
     env = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, REWARD_URL_ENV)}
-    proc = subprocess.Popen([sys.executable, "-m", "fgrpo", "reward-server", "--run-dir", str(run), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fgrpo", "reward-server", "--run-dir", str(run), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         url = wait_for_server(lambda: RunFolder(run).read_server_address(), timeout_s=60, poll_s=0.1)
         folder = RunFolder(run)

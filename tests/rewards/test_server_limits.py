@@ -37,13 +37,13 @@ def _frames(b=2):
     return torch.rand(b, 2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
-def _stall(url: str, sent: bytes = b"x" * 10, length: int = 1_000_000, headers: bool = True,
-           ctype: str = BINARY_TYPE) -> socket.socket:
+def _stall(
+    url: str, sent: bytes = b"x" * 10, length: int = 1_000_000, headers: bool = True, ctype: str = BINARY_TYPE
+) -> socket.socket:
     """A client that starts a request and then sends nothing more."""
     u = urlsplit(url)
     s = socket.create_connection((u.hostname, u.port), timeout=10)
-    head = (f"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()
+    head = (f"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {length}\r\n\r\n").encode()
     s.sendall(head + sent if headers else head[:30])
     return s
 

@@ -55,10 +55,12 @@ def test_nine_wan_videos_score_like_in_process():
         assert srv.scored == (math.ceil(b / per_request), b)
     rewards, start = WeightedRewards(specs), time.perf_counter()
     for i in range(b):  # one video at a time: a float32 copy of all nine would be 3.5 GB
-        want_total, want = rewards(dequantize(u8[i:i + 1]), prompts[i:i + 1])
-        torch.testing.assert_close(total[i:i + 1], want_total, atol=1e-6, rtol=0)
+        want_total, want = rewards(dequantize(u8[i : i + 1]), prompts[i : i + 1])
+        torch.testing.assert_close(total[i : i + 1], want_total, atol=1e-6, rtol=0)
         for k in want:
-            torch.testing.assert_close(comps[k][i:i + 1], want[k], atol=1e-6, rtol=0)
-    print(f"9 Wan videos: {took:.1f} s through the server ({srv.scored[0]} requests), "
-          f"{time.perf_counter() - start:.1f} s in-process")
+            torch.testing.assert_close(comps[k][i : i + 1], want[k], atol=1e-6, rtol=0)
+    print(
+        f"9 Wan videos: {took:.1f} s through the server ({srv.scored[0]} requests), "
+        f"{time.perf_counter() - start:.1f} s in-process"
+    )
     assert total.std() > 0.01  # the scores do tell the videos apart

@@ -10,17 +10,23 @@ from torch import nn
 from fgrpo.rewards import WeightedRewards
 from fgrpo.rewards import videoalign as va
 from fgrpo.rewards.qwen2vl import chat_text, patchify
-
 from tests.helpers.served import assert_served_equals_in_process
 from tests.helpers.tiny_qwen2vl import PROMPTS, legacy_state_dict, make_reward_model, reward_at_tokens, save_base
 
 KW = dict(min_pixels=56 * 56)  # tiny stand-in for 128*28*28; model_config caps frames at 56*84 pixels
 NORM = {"VQ_mean": 0.1, "VQ_std": 2.0, "MQ_mean": -0.2, "MQ_std": 0.5, "TA_mean": 0.3, "TA_std": 1.5}
-MODEL_CONFIG = {"data_config": {"fps": 2.0, "num_frames": None, "max_frame_pixels": 56 * 84,
-                                "eval_dim": ["VQ", "MQ", "TA"], "prompt_template_type": "detailed_special",
-                                "sample_type": "uniform"},
-                "model_config": {"output_dim": 1, "use_special_tokens": True, "reward_token": "special"},
-                "inference_config": NORM}
+MODEL_CONFIG = {
+    "data_config": {
+        "fps": 2.0,
+        "num_frames": None,
+        "max_frame_pixels": 56 * 84,
+        "eval_dim": ["VQ", "MQ", "TA"],
+        "prompt_template_type": "detailed_special",
+        "sample_type": "uniform",
+    },
+    "model_config": {"output_dim": 1, "use_special_tokens": True, "reward_token": "special"},
+    "inference_config": NORM,
+}
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +77,7 @@ def test_outputs_norm_and_prompt_dependence(scorer):
 def test_batching_invariance(scorer):
     frames = _frames()
     batched = scorer.score(frames, PROMPTS, batch_size=3, **KW)
-    single = [scorer.score(frames[i:i + 1], PROMPTS[i:i + 1], batch_size=1, **KW) for i in range(3)]
+    single = [scorer.score(frames[i : i + 1], PROMPTS[i : i + 1], batch_size=1, **KW) for i in range(3)]
     for k in batched:
         torch.testing.assert_close(batched[k], torch.cat([s[k] for s in single]), atol=1e-5, rtol=1e-5)
 
@@ -83,8 +89,9 @@ def test_scores_equal_reference_forward(scorer, va_files):
     frames = _frames(seed=3)
     idx = va.sample_indices(8, 16.0, 2.0)
     vis = [scorer.visual_inputs(v[idx], 56 * 56, 56 * 84) for v in frames]
-    ids, mask = scorer.encode([chat_text(va.prompt_text(p), "<|video_pad|>", scorer.n_vision_tokens(g))
-                               for p, (_, g) in zip(PROMPTS, vis)])
+    ids, mask = scorer.encode(
+        [chat_text(va.prompt_text(p), "<|video_pad|>", scorer.n_vision_tokens(g)) for p, (_, g) in zip(PROMPTS, vis)]
+    )
     vision = dict(pixel_values_videos=torch.cat([p for p, _ in vis]), video_grid_thw=torch.tensor([g for _, g in vis]))
     want = reward_at_tokens(model, head, ids, mask, scorer.reward_ids, **vision)[..., 0]
     got = scorer.score(frames, PROMPTS, use_norm=False, **KW)
@@ -110,7 +117,7 @@ def test_video_patchify_matches_direct_reference():
                 for r in range(2):
                     for c in range(2):
                         y, x = (2 * br + r) * 14, (2 * bc + c) * 14
-                        rows.append(padded[2 * t:2 * t + 2, :, y:y + 14, x:x + 14].transpose(0, 1).flatten())
+                        rows.append(padded[2 * t : 2 * t + 2, :, y : y + 14, x : x + 14].transpose(0, 1).flatten())
     assert torch.equal(ours, torch.stack(rows))
 
 
@@ -120,8 +127,10 @@ def test_frame_sampling(scorer):
     assert va.sample_indices(8, 16.0, None, num_frames=5).tolist() == [0, 2, 5, 7]  # an even count
     assert va.sample_indices(6, 16.0, None).tolist() == list(range(6))
     frames = _frames(b=1)
-    torch.testing.assert_close(scorer.score(frames, PROMPTS[:1], **KW)["overall"],
-                               scorer.score(frames[:, [0, 2, 5, 7]], PROMPTS[:1], num_frames=4, **KW)["overall"])
+    torch.testing.assert_close(
+        scorer.score(frames, PROMPTS[:1], **KW)["overall"],
+        scorer.score(frames[:, [0, 2, 5, 7]], PROMPTS[:1], num_frames=4, **KW)["overall"],
+    )
 
 
 def test_bf16_close_to_fp32(scorer, va_files):
@@ -154,8 +163,9 @@ def test_self_contained_folder(scorer, tmp_path):
     (folder / "model_config.json").write_text(json.dumps(MODEL_CONFIG))
     merged = va.VideoAlignScorer(str(folder), None, dtype="float32")
     frames = _frames(b=2)
-    torch.testing.assert_close(merged.score(frames, PROMPTS[:2], **KW)["overall"],
-                               scorer.score(frames, PROMPTS[:2], **KW)["overall"])
+    torch.testing.assert_close(
+        merged.score(frames, PROMPTS[:2], **KW)["overall"], scorer.score(frames, PROMPTS[:2], **KW)["overall"]
+    )
 
 
 def test_errors(va_files, tmp_path):

@@ -5,9 +5,23 @@ import subprocess
 
 def test_two_nodes_two_tasks(slurm_cluster):
     res = subprocess.run(
-        ["srun", "-p", "debug", "-N", "2", "--ntasks-per-node", "2", "--time", "5",
-         "bash", "-c", "echo $SLURM_PROCID $SLURMD_NODENAME"],
-        capture_output=True, text=True, timeout=300,
+        [
+            "srun",
+            "-p",
+            "debug",
+            "-N",
+            "2",
+            "--ntasks-per-node",
+            "2",
+            "--time",
+            "5",
+            "bash",
+            "-c",
+            "echo $SLURM_PROCID $SLURMD_NODENAME",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr
     rows = [line.split() for line in res.stdout.splitlines() if line.strip()]

@@ -9,8 +9,17 @@ from tests.conftest import run_fgrpo
 from tests.helpers.slurm import status, submit, wait_state, wait_steps
 
 # Training on one node (2 tasks = its 2 CPUs); the server gets a CPU of the other node.
-SERVED = ["--launch.nodes", "1", "--launch.procs-per-node", "2", "--reward-server.launch",
-          "--reward-server.cpus", "1", "--reward-server.mem-gb", "0"]
+SERVED = [
+    "--launch.nodes",
+    "1",
+    "--launch.procs-per-node",
+    "2",
+    "--reward-server.launch",
+    "--reward-server.cpus",
+    "1",
+    "--reward-server.mem-gb",
+    "0",
+]
 
 
 def slurm_state(job_id: str) -> str:
@@ -67,16 +76,41 @@ def test_dry_run_shows_both_jobs(tmp_path):
     """No cluster needed: submitit's own script writer renders both sbatch scripts."""
     from tests.conftest import REPO
 
-    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--backend", "slurm", "--dry-run",
-                    "--launch.nodes", "2", "--launch.gpus-per-node", "8", "--launch.partition", "gpu",
-                    "--reward-server.launch", "--reward-server.gpus", "2", "--reward-server.cpus", "16",
-                    "--reward-server.mem-gb", "200", "--logging.runs-dir", str(tmp_path / "runs"))
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--backend",
+        "slurm",
+        "--dry-run",
+        "--launch.nodes",
+        "2",
+        "--launch.gpus-per-node",
+        "8",
+        "--launch.partition",
+        "gpu",
+        "--reward-server.launch",
+        "--reward-server.gpus",
+        "2",
+        "--reward-server.cpus",
+        "16",
+        "--reward-server.mem-gb",
+        "200",
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+    )
     assert res.returncode == 0, res.stderr
     train, server = res.stdout.split("# and, beside it, the reward server's job:")
     for line in ("--nodes=2", "--gpus-per-node=8", "--ntasks-per-node=8", "--partition=gpu", "--job-name=tiny\n"):
         assert f"#SBATCH {line}" in train
-    for line in ("--nodes=1", "--gpus-per-node=2", "--cpus-per-task=16", "--mem=200GB", "--partition=gpu",
-                 "--job-name=tiny-reward", "--requeue"):
+    for line in (
+        "--nodes=1",
+        "--gpus-per-node=2",
+        "--cpus-per-task=16",
+        "--mem=200GB",
+        "--partition=gpu",
+        "--job-name=tiny-reward",
+        "--requeue",
+    ):
         assert f"#SBATCH {line}" in server
     assert not (tmp_path / "runs").exists()
 

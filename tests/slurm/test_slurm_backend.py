@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tests.conftest import REPO, run_fgrpo
-from tests.helpers.slurm import status, submit, wait_state, wait_steps
 from tests.helpers.runs import BASE_ARGS, launch_tiny, train_metrics, trained_weights
+from tests.helpers.slurm import status, submit, wait_state, wait_steps
 
 
 def test_two_nodes_two_tasks_complete(slurm_cluster, tiny_model_dir, tmp_path):
@@ -22,8 +22,9 @@ def test_two_nodes_two_tasks_complete(slurm_cluster, tiny_model_dir, tmp_path):
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_model_dir, tmp_path_factory):
     """The same 4 processes (dp_shard=4) run straight through, locally."""
-    return trained_weights(launch_tiny(tiny_model_dir, tmp_path_factory.mktemp("ref") / "runs", 4, 8,
-                                       "--checkpoint.interval", "1000"))
+    return trained_weights(
+        launch_tiny(tiny_model_dir, tmp_path_factory.mktemp("ref") / "runs", 4, 8, "--checkpoint.interval", "1000")
+    )
 
 
 def _usr2(job):
@@ -36,8 +37,10 @@ def _requeue(job):
 
 def _preempt(job):
     # A job in the higher-priority partition that needs both nodes: Slurm preempts (requeues) ours.
-    subprocess.run(["sbatch", "-p", "urgent", "-N", "2", "--ntasks-per-node", "1", "-o", "/dev/null",
-                    "--wrap", "sleep 3"], check=True)
+    subprocess.run(
+        ["sbatch", "-p", "urgent", "-N", "2", "--ntasks-per-node", "1", "-o", "/dev/null", "--wrap", "sleep 3"],
+        check=True,
+    )
 
 
 @pytest.mark.parametrize("interrupt", [_usr2, _requeue, _preempt], ids=["usr2", "scontrol-requeue", "preemption"])
@@ -62,10 +65,27 @@ def test_interruption_requeues_and_resumes_bitwise(slurm_cluster, tiny_model_dir
 
 def test_sweep_is_one_array_and_idempotent(slurm_cluster, tiny_model_dir, tmp_path):
     runs = tmp_path / "runs"
-    args = ["sweep", str(REPO / "recipes" / "tiny.py"), "--grid", "optim.lr=1e-3,2e-3", "--grid",
-            "rollout.group-size=2,4", "--backend", "slurm", "--model.path", str(tiny_model_dir),
-            "--logging.runs-dir", str(runs), "--optim.max-steps", "2", *BASE_ARGS, "--launch.procs-per-node", "1",
-            "--launch.array-parallelism", "4"]
+    args = [
+        "sweep",
+        str(REPO / "recipes" / "tiny.py"),
+        "--grid",
+        "optim.lr=1e-3,2e-3",
+        "--grid",
+        "rollout.group-size=2,4",
+        "--backend",
+        "slurm",
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(runs),
+        "--optim.max-steps",
+        "2",
+        *BASE_ARGS,
+        "--launch.procs-per-node",
+        "1",
+        "--launch.array-parallelism",
+        "4",
+    ]
     res = run_fgrpo(*args, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     (sweep,) = runs.glob("tiny-sweep-*")
@@ -100,9 +120,22 @@ def test_real_failures_are_requeued_a_bounded_number_of_times(slurm_cluster, tin
     requeued `launch.max_failures` times, then marked failed with the reason in `fgrpo status`."""
     empty = tmp_path / "empty-clip"
     empty.mkdir()
-    run, job = submit(tiny_model_dir, tmp_path / "runs", 3, "--launch.nodes", "1", "--launch.procs-per-node", "1",
-                      "--launch.max-failures", "1", "--rewards.0.name", "clip",
-                      "--rewards.0.args", "model_path", str(empty))
+    run, job = submit(
+        tiny_model_dir,
+        tmp_path / "runs",
+        3,
+        "--launch.nodes",
+        "1",
+        "--launch.procs-per-node",
+        "1",
+        "--launch.max-failures",
+        "1",
+        "--rewards.0.name",
+        "clip",
+        "--rewards.0.args",
+        "model_path",
+        str(empty),
+    )
     deadline = time.time() + 300
     while time.time() < deadline and status(run)[0]["run_state"] != "failed":
         time.sleep(2)

@@ -28,13 +28,16 @@ def source_and_run(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
 def test_a_failing_daemons_log_tail_and_reason_are_printed(tmp_path):
     log = tmp_path / "slurmctld.log"
     log.write_text("".join(f"old line {i}\n" for i in range(5)))
-    res = source_and_run(tmp_path, f"""
+    res = source_and_run(
+        tmp_path,
+        f"""
         from=$(log_size "{log}")
         for i in $(seq 1 40); do echo "new line $i" >>"{log}"; done
         echo "fatal: CLUSTER NAME MISMATCH." >>"{log}"
         daemon_failed slurmctld "{log}" "$from" "exited at start (status 1)"
         echo "not reached"
-    """)
+    """,
+    )
     assert res.returncode == 1
     assert "not reached" not in res.stdout
     shown = res.stderr
@@ -54,11 +57,14 @@ def test_nothing_new_in_the_log_shows_its_last_lines(tmp_path):
 
 def test_start_slurmctld_that_exits_at_once_shows_its_log(tmp_path):
     # slurmctld stands for the real one: it logs a fatal error and exits 1 before daemonizing.
-    res = source_and_run(tmp_path, """
+    res = source_and_run(
+        tmp_path,
+        """
         slurmctld() { echo "fatal: CLUSTER NAME MISMATCH." >>"$LOGDIR/slurmctld.log"; return 1; }
         start_slurmctld
         echo "not reached"
-    """)
+    """,
+    )
     assert res.returncode == 1 and "not reached" not in res.stdout
     assert "fatal: CLUSTER NAME MISMATCH." in res.stderr
     assert "ERROR: slurmctld exited at start (status 1): fatal: CLUSTER NAME MISMATCH." in res.stderr
@@ -66,19 +72,24 @@ def test_start_slurmctld_that_exits_at_once_shows_its_log(tmp_path):
 
 def test_start_slurmctld_that_dies_after_daemonizing_shows_its_log(tmp_path):
     # This one returns 0 like a daemon that forked, but no slurmctld process is left to answer.
-    res = source_and_run(tmp_path, """
+    res = source_and_run(
+        tmp_path,
+        """
         slurmctld() { echo "fatal: Unable to bind listen port (6817): Address already in use" >>"$LOGDIR/slurmctld.log"; }
         scontrol() { return 1; }
         start_slurmctld
         echo "not reached"
-    """)
+    """,
+    )
     assert res.returncode == 1 and "not reached" not in res.stdout
     assert "ERROR: slurmctld died after it started: fatal: Unable to bind listen port" in res.stderr
 
 
 def test_foreign_state_is_recognised_by_its_cluster_name(tmp_path):
     state = tmp_path / "state"
-    res = source_and_run(tmp_path, f'foreign_cluster "{state}" && echo "foreign: $(foreign_cluster "{state}")"; echo ok')
+    res = source_and_run(
+        tmp_path, f'foreign_cluster "{state}" && echo "foreign: $(foreign_cluster "{state}")"; echo ok'
+    )
     assert res.stdout.strip() == "ok"  # no state yet: nothing foreign
     state.mkdir()
     (state / "clustername").write_text("fgrpo\n")
@@ -134,8 +145,9 @@ def test_start_resets_a_slurm_mariadb_user_left_by_another_set_up(our_cluster):
         res = run_script("start")
         assert res.returncode == 0, res.stdout + res.stderr
         assert "reset MariaDB user 'slurm'@'localhost'" in res.stdout
-        clusters = subprocess.run(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"],
-                                  capture_output=True, text=True, timeout=60)
+        clusters = subprocess.run(
+            ["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"], capture_output=True, text=True, timeout=60
+        )
         assert "fgrpo" in clusters.stdout.split()
     finally:  # leave a working cluster whatever happened
         if run_script("status").returncode != 0 or not (RUN / "slurmdbd.pid").exists():

@@ -63,11 +63,31 @@ def test_a_tracker_failing_while_logging_is_dropped(tmp_path):
 def test_wandb_without_an_api_key_does_not_stop_the_run(tiny_model_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(tmp_path / "home"), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"))  # no key anywhere
-    res = subprocess.run([sys.executable, "-m", "fgrpo", "launch", str(REPO / "recipes" / "tiny.py"), "--model.path",
-                          str(tiny_model_dir), "--logging.runs-dir", str(tmp_path / "runs"),
-                          "--logging.run-name", "nokey",
-                          "--optim.max-steps", "1", *BASE_ARGS, "--logging.trackers", "wandb"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=500, env=env)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fgrpo",
+            "launch",
+            str(REPO / "recipes" / "tiny.py"),
+            "--model.path",
+            str(tiny_model_dir),
+            "--logging.runs-dir",
+            str(tmp_path / "runs"),
+            "--logging.run-name",
+            "nokey",
+            "--optim.max-steps",
+            "1",
+            *BASE_ARGS,
+            "--logging.trackers",
+            "wandb",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=500,
+        env=env,
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert "logging.trackers: wandb has no API key: set WANDB_API_KEY or run `wandb login`" in out

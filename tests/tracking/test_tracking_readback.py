@@ -20,10 +20,26 @@ P, G, N, CFG_PASSES = 2, 4, 8, 2  # BASE_ARGS: 2 prompts x 4 videos; tiny: 8 ste
 
 
 def launch(model, runs, steps):
-    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(model),
-                    "--logging.runs-dir", str(runs), "--logging.run-name", "tracked", "--optim.max-steps", str(steps),
-                    *BASE_ARGS, "--logging.trackers", "jsonl", "tensorboard", "wandb",
-                    cwd=runs.parent, timeout=500, env={"WANDB_MODE": "offline"})
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--model.path",
+        str(model),
+        "--logging.runs-dir",
+        str(runs),
+        "--logging.run-name",
+        "tracked",
+        "--optim.max-steps",
+        str(steps),
+        *BASE_ARGS,
+        "--logging.trackers",
+        "jsonl",
+        "tensorboard",
+        "wandb",
+        cwd=runs.parent,
+        timeout=500,
+        env={"WANDB_MODE": "offline"},
+    )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     return res
 
@@ -74,8 +90,16 @@ def test_tensorboard_has_every_step_once(tracked_run):
     assert [e.step for e in acc.Scalars("eval/reward")] == [0, 3]
     assert [e.value for e in acc.Scalars("eval/reward")] == pytest.approx([e["eval_reward"] for e in evals])
     assert [e.value for e in acc.Scalars("train/compute/flops")] == pytest.approx([m["compute/flops"] for m in train])
-    for tag in ("train/grad_norm", "train/clip_frac", "train/ratio_dev", "train/adv_std", "train/reward/brightness",
-                "eval/brightness", "train/compute/wall_s", "train/peak_memory_per_rank/rank-0"):
+    for tag in (
+        "train/grad_norm",
+        "train/clip_frac",
+        "train/ratio_dev",
+        "train/adv_std",
+        "train/reward/brightness",
+        "eval/brightness",
+        "train/compute/wall_s",
+        "train/peak_memory_per_rank/rank-0",
+    ):
         assert tag in tags["scalars"], tag
     assert "train/timestep_indices" in tags["histograms"]
     # held-out samples: the captioned grid and one video per prompt, animated, at each evaluation

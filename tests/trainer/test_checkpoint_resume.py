@@ -16,7 +16,9 @@ from tests.helpers.recipes import small_recipe
 
 
 def trained_state(trainer):
-    return {k: v.detach().clone() for k, v in trainer.params.items()}, {k: v.clone() for k, v in trainer.ema.shadow.items()}
+    return {k: v.detach().clone() for k, v in trainer.params.items()}, {
+        k: v.clone() for k, v in trainer.ema.shadow.items()
+    }
 
 
 def test_resume_continues_bitwise(tiny_model_dir, tmp_path):
@@ -56,12 +58,27 @@ def _train_lines(path):
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c", "hang-up"])
 def test_signal_stops_at_a_step_boundary_and_resume_finishes(tiny_model_dir, tmp_path, how):
     runs = tmp_path / "runs"
-    args = [sys.executable, "-m", "fgrpo", "launch", str(REPO / "recipes" / "tiny.py"), "--model.path",
-            str(tiny_model_dir), "--logging.runs-dir", str(runs), "--optim.max-steps", "400",
-            "--checkpoint.interval", "1000", "--eval.interval", "1000"]
+    args = [
+        sys.executable,
+        "-m",
+        "fgrpo",
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(runs),
+        "--optim.max-steps",
+        "400",
+        "--checkpoint.interval",
+        "1000",
+        "--eval.interval",
+        "1000",
+    ]
     # Own session: Ctrl-C in a terminal sends SIGINT to the whole foreground process group.
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     run_dir = None
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -86,6 +103,6 @@ def test_signal_stops_at_a_step_boundary_and_resume_finishes(tiny_model_dir, tmp
     args[args.index("400")] = str(done + 2)
     res = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert f"resumed from" in res.stdout
+    assert "resumed from" in res.stdout
     steps = [m["step"] for m in _train_lines(run_dir / "metrics.jsonl")]
     assert steps[-2:] == [done + 1, done + 2]

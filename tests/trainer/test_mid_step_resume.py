@@ -11,13 +11,15 @@ from fgrpo.run_folder.pending import load_rollouts, rollouts_dir
 from fgrpo.trainer import flash_grpo
 from fgrpo.trainer.signals import EXIT_REQUEUE, StopFlag
 from fgrpo.trainer.trainer import Trainer
-from tests.helpers.recipes import small_recipe
 from tests.conftest import REPO, run_fgrpo
+from tests.helpers.recipes import small_recipe
 from tests.helpers.runs import BASE_ARGS, launch_tiny, train_metrics, trained_weights
 
 
 def _state(trainer):
-    return {k: v.detach().clone() for k, v in trainer.params.items()}, {k: v.clone() for k, v in trainer.ema.shadow.items()}
+    return {k: v.detach().clone() for k, v in trainer.params.items()}, {
+        k: v.clone() for k, v in trainer.ema.shadow.items()
+    }
 
 
 def _stop_while_scoring(monkeypatch, stop: StopFlag, at_call: int):
@@ -72,8 +74,9 @@ def test_stop_after_the_rollouts_keeps_them_and_the_resumed_update_is_bitwise(ti
         assert torch.equal(ea[k], eb[k]), k
     train = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
     assert [(m["step"], m["rollout_resumed"]) for m in train] == [(1, 0), (2, 1), (3, 0)]
-    straight_train = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
-                      if '"train"' in x]
+    straight_train = [
+        json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines() if '"train"' in x
+    ]
     assert [m["loss"] for m in train] == [m["loss"] for m in straight_train]
     assert train[-1]["compute/flops"] == straight_train[-1]["compute/flops"]  # the kept step is counted whole
 
@@ -118,9 +121,25 @@ def test_sharded_layout_resumes_mid_step_bitwise(tiny_model_dir, tmp_path, monke
     runs = tmp_path / "b" / "runs"
     runs.mkdir(parents=True)
     env = {**os.environ, "FAULTY_PREEMPT_AT_CALL": "3"}  # the before-evaluation, step 1, then step 2's
-    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir),
-                    "--logging.runs-dir", str(runs), "--logging.run-name", "run", "--launch.procs-per-node", "2",
-                    "--optim.max-steps", "3", *BASE_ARGS, *reward, cwd=runs.parent, env=env, timeout=500)
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(runs),
+        "--logging.run-name",
+        "run",
+        "--launch.procs-per-node",
+        "2",
+        "--optim.max-steps",
+        "3",
+        *BASE_ARGS,
+        *reward,
+        cwd=runs.parent,
+        env=env,
+        timeout=500,
+    )
     assert res.returncode == EXIT_REQUEUE, res.stdout[-3000:] + res.stderr[-3000:]
     run = runs / "run"
     kept = sorted(p.name for p in rollouts_dir(run / "checkpoints", 1).glob("*.pt"))

@@ -45,12 +45,18 @@ def test_storage_compute_and_gradient_dtypes(tiny_model_dir, tmp_path, lora):
             tensors = [a for a in flat if isinstance(a, torch.Tensor)]
             weight = getattr(module, "weight", None)
             seen[name] = ([x.dtype for x in tensors], None if weight is None else local(weight).dtype)
+
         return hook
 
-    watched = {"patch_embedding": tr.patch_embedding, "time_embedder.linear_1": tr.condition_embedder.time_embedder.linear_1,
-               "text_embedder": tr.condition_embedder.text_embedder.linear_1, "blocks.0": tr.blocks[0],
-               "blocks.0.norm2": tr.blocks[0].norm2, "blocks.0.attn1.to_q": tr.blocks[0].attn1.to_q,
-               "blocks.0.ffn": tr.blocks[0].ffn.net[0].proj}
+    watched = {
+        "patch_embedding": tr.patch_embedding,
+        "time_embedder.linear_1": tr.condition_embedder.time_embedder.linear_1,
+        "text_embedder": tr.condition_embedder.text_embedder.linear_1,
+        "blocks.0": tr.blocks[0],
+        "blocks.0.norm2": tr.blocks[0].norm2,
+        "blocks.0.attn1.to_q": tr.blocks[0].attn1.to_q,
+        "blocks.0.ffn": tr.blocks[0].ffn.net[0].proj,
+    }
     for name, module in watched.items():
         module.register_forward_pre_hook(record(name), with_kwargs=True)
     x = torch.randn(2, *t.policy.latent_shape)

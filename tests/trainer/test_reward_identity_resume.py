@@ -48,8 +48,11 @@ def test_in_process_rewards_are_recorded_and_a_change_is_refused(tiny_model_dir,
     connected(recipe, run)  # the same rewards: resumes
 
     weights.write_bytes(b"reward weights v2")  # replaced under the same path
-    with pytest.raises(ValueError, match=r"reward test_weights_file: args.weights_path: the weights at .*reward.bin "
-                                         r"changed .*17 -> 17 bytes"):
+    with pytest.raises(
+        ValueError,
+        match=r"reward test_weights_file: args.weights_path: the weights at .*reward.bin "
+        r"changed .*17 -> 17 bytes",
+    ):
         connected(recipe, run)
     weights.write_bytes(b"reward weights v1")
 
@@ -57,8 +60,11 @@ def test_in_process_rewards_are_recorded_and_a_change_is_refused(tiny_model_dir,
     record = json.loads(RunFolder(run).rewards_file.read_text())
     record["rewards"][0]["settings"]["scale"] = 2.0
     RunFolder(run).rewards_file.write_text(json.dumps(record))
-    with pytest.raises(ValueError, match=r"rewards changed since this run started .*then -> now\): "
-                                         r"reward test_weights_file: args.scale 2.0 -> 1.0"):
+    with pytest.raises(
+        ValueError,
+        match=r"rewards changed since this run started .*then -> now\): "
+        r"reward test_weights_file: args.scale 2.0 -> 1.0",
+    ):
         connected(recipe, run)
 
 
@@ -74,8 +80,11 @@ def test_served_rewards_are_recorded_and_checked_by_the_handshake(tiny_model_dir
 
     weights.write_bytes(b"served weights v2")
     with RewardServer(specs) as srv:  # requeued, its weights replaced meanwhile
-        with pytest.raises(ValueError, match=r"\(409\).*reward test_weights_file: args.weights_path: the weights "
-                                             r"at .*reward.bin changed"):
+        with pytest.raises(
+            ValueError,
+            match=r"\(409\).*reward test_weights_file: args.weights_path: the weights "
+            r"at .*reward.bin changed",
+        ):
             connected(recipe_with(tiny_model_dir, weights, url=srv.url), run)
 
     other = R(specs[0], args={**specs[0].args, "scale": 3.0})

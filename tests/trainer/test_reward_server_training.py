@@ -12,8 +12,8 @@ import torch
 
 from fgrpo.recipe.config import RewardSpec
 from fgrpo.rewards import register_reward
-from fgrpo.rewards.server_lifecycle import wait_for_server
 from fgrpo.rewards.server import RewardServer
+from fgrpo.rewards.server_lifecycle import wait_for_server
 from fgrpo.run_folder import RunFolder
 from fgrpo.trainer import flash_grpo as flash_mod
 from fgrpo.trainer.reward_scoring import RemoteRewards
@@ -112,10 +112,24 @@ def test_stop_while_waiting_for_a_launched_server(tiny_model_dir, tmp_path):
 def test_launch_with_reward_server_end_to_end(tiny_model_dir, tmp_path):
     """`fgrpo launch --reward-server.launch` on the local backend: every reward of the run comes
     from the server process the launcher started, which stops with the run."""
-    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir),
-                    "--logging.runs-dir", str(tmp_path / "runs"), "--logging.run-name", "served",
-                    "--optim.max-steps", "2", "--eval.interval", "100", "--reward-server.launch",
-                    "--rollout.micro-batch", "16", cwd=tmp_path)
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+        "--logging.run-name",
+        "served",
+        "--optim.max-steps",
+        "2",
+        "--eval.interval",
+        "100",
+        "--reward-server.launch",
+        "--rollout.micro-batch",
+        "16",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     run = tmp_path / "runs" / "served"
     assert "rewards scored by the reward server at http://127.0.0.1:" in res.stdout
@@ -182,12 +196,37 @@ def test_paper_reward_through_a_launched_server(tiny_model_dir, tmp_path):
     from tests.helpers.tiny_qwen2vl import save_tiny_hpsv3
 
     base, ckpt = save_tiny_hpsv3(tmp_path / "hpsv3")[:2]
-    res = run_fgrpo("launch", str(REPO / "recipes" / "tiny.py"), "--model.path", str(tiny_model_dir),
-                    "--logging.runs-dir", str(tmp_path / "runs"), "--logging.run-name", "hps",
-                    "--optim.max-steps", "1", "--eval.interval", "100", "--prompts.heldout", "2",
-                    "--rewards.0.name", "hpsv3", "--rewards.0.args", "model_path", base, "checkpoint", ckpt,
-                    "min_pixels", "3136", "max_pixels", "3136", "--rewards.0.frame-aggregation", "topk:0.3",
-                    "--reward-server.launch", cwd=tmp_path)
+    res = run_fgrpo(
+        "launch",
+        str(REPO / "recipes" / "tiny.py"),
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+        "--logging.run-name",
+        "hps",
+        "--optim.max-steps",
+        "1",
+        "--eval.interval",
+        "100",
+        "--prompts.heldout",
+        "2",
+        "--rewards.0.name",
+        "hpsv3",
+        "--rewards.0.args",
+        "model_path",
+        base,
+        "checkpoint",
+        ckpt,
+        "min_pixels",
+        "3136",
+        "max_pixels",
+        "3136",
+        "--rewards.0.frame-aggregation",
+        "topk:0.3",
+        "--reward-server.launch",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     run = tmp_path / "runs" / "hps"
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -15,8 +15,12 @@ from tests.helpers.recipes import small_recipe
 def _trainer(tiny_model_dir, tmp_path, share_prefix: bool, mode: str = "flash") -> Trainer:
     r = small_recipe(tiny_model_dir, max_steps=1)
     R = dataclasses.replace
-    r = R(r, rollout=R(r.rollout, share_prefix=share_prefix), algorithm=R(r.algorithm, mode=mode),
-          timesteps=R(r.timesteps, window=(1, 3)))  # a prefix of at least one step
+    r = R(
+        r,
+        rollout=R(r.rollout, share_prefix=share_prefix),
+        algorithm=R(r.algorithm, mode=mode),
+        timesteps=R(r.timesteps, window=(1, 3)),
+    )  # a prefix of at least one step
     return Trainer(r, tmp_path)
 
 
@@ -110,4 +114,3 @@ def test_share_prefix_off_draws_noise_per_video(tiny_model_dir, tmp_path, monkey
     r = t.recipe
     t.run_step(t.sampler.next(r.rollout.prompts_per_step), lambda: None)
     assert sum(rows) == r.rollout.prompts_per_step * r.rollout.group_size * r.rollout.steps
-

@@ -23,37 +23,59 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 
-__all__ = ["FORWARD_ONLY_BACKENDS", "TRAINABLE_BACKENDS", "apply_attention_backend", "attention_processors",
-           "check_backend_here", "rollout_attention", "training_problem"]
+__all__ = [
+    "FORWARD_ONLY_BACKENDS",
+    "TRAINABLE_BACKENDS",
+    "apply_attention_backend",
+    "attention_processors",
+    "check_backend_here",
+    "rollout_attention",
+    "training_problem",
+]
 
 # Which of the backends fgrpo offers (ModelConfig.attention_backend's Literal in fgrpo/recipe/config.py,
 # the union of the two tables) can run backward. diffusers has no flag for it: its registry
 # (`_AttentionBackendRegistry.register`) records constraints and context-parallel support only. Decided
 # from each registered function in diffusers 0.42's attention_dispatch.py and what it calls:
-TRAINABLE_BACKENDS = frozenset({
-    # torch.nn.functional.scaled_dot_product_attention (with an `sdpa_kernel` choice for the `_native_*`
-    # ones): autograd formulas in torch itself.
-    "native", "_native_flash", "_native_efficient", "_native_cudnn", "_native_math",
-    # torch's flex_attention: differentiable (on a GPU; torch raises "FlexAttention does not support
-    # backward on CPU", which the setup probe of `apply_attention_backend` reports).
-    "flex",
-    # flash-attn 2's `flash_attn_func` is a torch.autograd.Function with a backward; diffusers also
-    # registers `_flash_attention_backward_op` for context parallelism.
-    "flash",
-    # The Hub kernels' `flash_attn_func` (flash-attn 2 / 3), autograd Functions; diffusers resolves
-    # their `_flash_attn_backward` (`wrapped_backward_attr` in `_HUB_KERNELS_REGISTRY`).
-    "flash_hub", "_flash_3_hub",
-    # xformers' `memory_efficient_attention`: differentiable.
-    "xformers",
-})
+TRAINABLE_BACKENDS = frozenset(
+    {
+        # torch.nn.functional.scaled_dot_product_attention (with an `sdpa_kernel` choice for the `_native_*`
+        # ones): autograd formulas in torch itself.
+        "native",
+        "_native_flash",
+        "_native_efficient",
+        "_native_cudnn",
+        "_native_math",
+        # torch's flex_attention: differentiable (on a GPU; torch raises "FlexAttention does not support
+        # backward on CPU", which the setup probe of `apply_attention_backend` reports).
+        "flex",
+        # flash-attn 2's `flash_attn_func` is a torch.autograd.Function with a backward; diffusers also
+        # registers `_flash_attention_backward_op` for context parallelism.
+        "flash",
+        # The Hub kernels' `flash_attn_func` (flash-attn 2 / 3), autograd Functions; diffusers resolves
+        # their `_flash_attn_backward` (`wrapped_backward_attr` in `_HUB_KERNELS_REGISTRY`).
+        "flash_hub",
+        "_flash_3_hub",
+        # xformers' `memory_efficient_attention`: differentiable.
+        "xformers",
+    }
+)
 FORWARD_ONLY_BACKENDS: dict[str, str] = {
-    **{name: "SageAttention's quantized kernels have no backward (diffusers' `_sage_attention_backward_op` "
-             "raises NotImplementedError)"
-       for name in ("sage", "sage_hub", "_sage_qk_int8_pv_fp8_cuda", "_sage_qk_int8_pv_fp8_cuda_sm90",
-                    "_sage_qk_int8_pv_fp16_cuda", "_sage_qk_int8_pv_fp16_triton")},
+    **{
+        name: "SageAttention's quantized kernels have no backward (diffusers' `_sage_attention_backward_op` "
+        "raises NotImplementedError)"
+        for name in (
+            "sage",
+            "sage_hub",
+            "_sage_qk_int8_pv_fp8_cuda",
+            "_sage_qk_int8_pv_fp8_cuda_sm90",
+            "_sage_qk_int8_pv_fp16_cuda",
+            "_sage_qk_int8_pv_fp16_triton",
+        )
+    },
     "_flash_3": "diffusers calls FlashAttention-3 through a torch.library custom op "
-                "(`_diffusers_flash_attn_3::_flash_attn_forward`) with no autograd registered; "
-                "`_flash_3_hub` trains with FA3",
+    "(`_diffusers_flash_attn_3::_flash_attn_forward`) with no autograd registered; "
+    "`_flash_3_hub` trains with FA3",
 }
 
 
@@ -74,8 +96,11 @@ def attention_processors(transformer) -> list:
 
     seen, out = set(), []
     for module in transformer.modules():
-        proc = getattr(module, "processor", None) if isinstance(module, (Attention, MochiAttention,
-                                                                             AttentionModuleMixin)) else None
+        proc = (
+            getattr(module, "processor", None)
+            if isinstance(module, (Attention, MochiAttention, AttentionModuleMixin))
+            else None
+        )
         if proc is not None and id(proc) not in seen:
             seen.add(id(proc))
             out.append(proc)
@@ -100,8 +125,10 @@ def _check_runs(name: str, field: str, device, dtype, head_dim: int, backward: b
                 out.float().sum().backward()
     except Exception as e:  # noqa: BLE001 - any failure means the backend cannot run here
         what = "forward and backward" if backward else "forward"
-        raise ValueError(f"{field}: backend {name!r} cannot run attention ({what}) on {torch.device(device)} "
-                         f"in {dtype}: {type(e).__name__}: {e}") from e
+        raise ValueError(
+            f"{field}: backend {name!r} cannot run attention ({what}) on {torch.device(device)} "
+            f"in {dtype}: {type(e).__name__}: {e}"
+        ) from e
 
 
 def _requirements(name: str, field: str):
@@ -133,9 +160,16 @@ def check_backend_here(name: str, field: str, device, dtype, head_dim: int, back
     _check_runs(name, field, device, dtype, head_dim, backward)
 
 
-def apply_attention_backend(transformer, name: str, rollout: str | None = None, *, device=None, dtype=None,
-                            field: str = "model.attention_backend",
-                            rollout_field: str = "model.rollout_attention_backend") -> None:
+def apply_attention_backend(
+    transformer,
+    name: str,
+    rollout: str | None = None,
+    *,
+    device=None,
+    dtype=None,
+    field: str = "model.attention_backend",
+    rollout_field: str = "model.rollout_attention_backend",
+) -> None:
     """Give every attention processor of `transformer` the backend `name` (diffusers'
     `set_attention_backend`), before or after sequence parallelism, on meta or real weights.
 
@@ -151,8 +185,10 @@ def apply_attention_backend(transformer, name: str, rollout: str | None = None, 
 
     problem = training_problem(name)
     if problem:
-        raise ValueError(f"{field}: {problem}; training needs gradients through attention (name a "
-                         f"forward-only backend in {rollout_field} for sampling only)")
+        raise ValueError(
+            f"{field}: {problem}; training needs gradients through attention (name a "
+            f"forward-only backend in {rollout_field} for sampling only)"
+        )
     _requirements(name, field)  # the same checks as set_attention_backend, with the field's name
     if rollout is not None:
         _requirements(rollout, rollout_field)

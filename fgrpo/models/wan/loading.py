@@ -60,12 +60,19 @@ def load_transformer(path: str | Path, dtype: str = "bfloat16"):
     from diffusers import WanTransformer3DModel
 
     _checked(path)
-    return WanTransformer3DModel.from_pretrained(path, subfolder="transformer", torch_dtype=DTYPES[dtype],
-                                                 local_files_only=True)
+    return WanTransformer3DModel.from_pretrained(
+        path, subfolder="transformer", torch_dtype=DTYPES[dtype], local_files_only=True
+    )
 
 
-def load_wan(path: str | Path, dtype: str = "bfloat16", max_text_tokens: int = 512, device: str = "cpu",
-             with_transformer: bool = True, with_text_encoder: bool = True) -> WanComponents:
+def load_wan(
+    path: str | Path,
+    dtype: str = "bfloat16",
+    max_text_tokens: int = 512,
+    device: str = "cpu",
+    with_transformer: bool = True,
+    with_text_encoder: bool = True,
+) -> WanComponents:
     """`from_pretrained` each component from a local folder; never touches the network.
 
     `with_transformer=False` leaves `transformer` None: the trainer builds it on the meta device and

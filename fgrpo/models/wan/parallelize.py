@@ -20,8 +20,9 @@ from fgrpo.distributed.parallel_dims import ParallelDims
 from fgrpo.distributed.precision import PrecisionPolicy, keep_fp32_modules
 
 
-def parallelize_wan(transformer, dims: ParallelDims, policy: PrecisionPolicy, activation_checkpointing: bool,
-                    compile: bool = False) -> None:
+def parallelize_wan(
+    transformer, dims: ParallelDims, policy: PrecisionPolicy, activation_checkpointing: bool, compile: bool = False
+) -> None:
     """In place, on real or meta parameters. Order matters: TP changes the blocks' modules and
     parameters (DTensors on the TP mesh) before FSDP2 shards every parameter over the dp mesh.
     Call `policy.apply_storage` first: FSDP2 keeps each parameter's storage dtype as its master.

@@ -42,14 +42,21 @@ class TextEncoderSpec:
 
 # The small Wan VAE every random build uses (same latent interface as Wan2.1's: 16 channels, 4x
 # temporal / 8x spatial), as `AutoencoderKLWan` keyword arguments.
-SMALL_VAE_CONFIG = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                        temperal_downsample=[False, True, True])
+SMALL_VAE_CONFIG = dict(
+    base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+)
 
 
 def text_encoder_config(spec: TextEncoderSpec, d_model: int) -> dict:
     """`UMT5Config` keyword arguments of a random build's text encoder of width `d_model`."""
-    return dict(vocab_size=TOKENIZER_VOCAB, d_model=d_model, d_kv=spec.d_kv, d_ff=spec.d_ff,
-                num_layers=spec.num_layers, num_heads=spec.num_heads)
+    return dict(
+        vocab_size=TOKENIZER_VOCAB,
+        d_model=d_model,
+        d_kv=spec.d_kv,
+        d_ff=spec.d_ff,
+        num_layers=spec.num_layers,
+        num_heads=spec.num_heads,
+    )
 
 
 def identity_plus_noise_(conv: nn.Module, generator: torch.Generator, noise: float = 0.3) -> None:
@@ -143,9 +150,15 @@ def fast_random_transformer(preset: str, seed: int = 0, dtype: torch.dtype = tor
     return model
 
 
-def build_components(preset: str, seed: int = 0, *, text: TextEncoderSpec = TextEncoderSpec(),
-                     dtype: torch.dtype = torch.bfloat16, fast_init: bool = True,
-                     corpus: list[str] | None = None) -> dict:
+def build_components(
+    preset: str,
+    seed: int = 0,
+    *,
+    text: TextEncoderSpec = TextEncoderSpec(),
+    dtype: torch.dtype = torch.bfloat16,
+    fast_init: bool = True,
+    corpus: list[str] | None = None,
+) -> dict:
     """Transformer, VAE, UMT5 text encoder, tokenizer and scheduler: the components of a WanPipeline.
 
     The transformer and text encoder are in `dtype`, except the transformer's keep-in-fp32 modules;
@@ -178,8 +191,9 @@ def build_components(preset: str, seed: int = 0, *, text: TextEncoderSpec = Text
     return dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
 
-def save_components(path: str | Path, components: dict, marker: str, marker_text: str,
-                    max_shard_size: str | None = None) -> Path:
+def save_components(
+    path: str | Path, components: dict, marker: str, marker_text: str, max_shard_size: str | None = None
+) -> Path:
     """Save a WanPipeline folder (safetensors) plus a marker file, atomically.
 
     Written to a temporary sibling and renamed, so an interrupted build never leaves a folder that
@@ -236,8 +250,14 @@ def _random_marker_text(preset: str, seed: int, text_layers: int, dtype: torch.d
     return f"{RANDOM_FORMAT_VERSION} preset={preset} seed={seed} text_layers={text_layers} dtype={dtype}\n"
 
 
-def save_random_model(path: str | Path, preset: str, seed: int = 0, text_layers: int = 1,
-                      dtype: torch.dtype = torch.bfloat16, max_shard_size: str | None = DEFAULT_SHARD_SIZE) -> Path:
+def save_random_model(
+    path: str | Path,
+    preset: str,
+    seed: int = 0,
+    text_layers: int = 1,
+    dtype: torch.dtype = torch.bfloat16,
+    max_shard_size: str | None = DEFAULT_SHARD_SIZE,
+) -> Path:
     """Save `preset`'s real transformer architecture with random weights as a diffusers folder.
 
     The transformer goes to `transformer/diffusion_pytorch_model-0000i-of-0000n.safetensors` with

@@ -69,8 +69,14 @@ class UlyssesWanAttnProcessor:
         self.sp_mesh = sp_mesh
         self._attention_backend = attention_backend
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, rotary_emb=None) -> torch.Tensor:
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb=None,
+    ) -> torch.Tensor:
         from diffusers.models.attention_dispatch import dispatch_attention_fn
 
         if encoder_hidden_states is not None or attention_mask is not None:
@@ -83,8 +89,9 @@ class UlyssesWanAttnProcessor:
         # One all-to-all for q, k and v (stacked along the batch).
         b = query.shape[0]
         query, key, value = seq_to_heads(torch.cat([query, key, value]), self.sp_mesh).split(b)
-        out = dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
-                                    backend=self._attention_backend)
+        out = dispatch_attention_fn(
+            query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=self._attention_backend
+        )
         out = heads_to_seq(out, self.sp_mesh).flatten(2, 3).type_as(query)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)

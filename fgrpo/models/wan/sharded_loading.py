@@ -29,8 +29,9 @@ def build_on_meta(folder: str | Path):
     """The transformer of a diffusers folder, built from its config on the meta device."""
     from diffusers import WanTransformer3DModel
 
-    return meta_transformer(WanTransformer3DModel.load_config(Path(folder), subfolder="transformer",
-                                                              local_files_only=True))
+    return meta_transformer(
+        WanTransformer3DModel.load_config(Path(folder), subfolder="transformer", local_files_only=True)
+    )
 
 
 def meta_transformer(config: dict):
@@ -41,8 +42,14 @@ def meta_transformer(config: dict):
         return WanTransformer3DModel.from_config(config)
 
 
-def prepare_on_meta(transformer, dims, precision, lora: tuple[int, float, tuple[str, ...]] | None,
-                    activation_checkpointing: bool, compile: bool = False):
+def prepare_on_meta(
+    transformer,
+    dims,
+    precision,
+    lora: tuple[int, float, tuple[str, ...]] | None,
+    activation_checkpointing: bool,
+    compile: bool = False,
+):
     """What every rank does to the meta-device transformer before reading its shards (the trainer,
     the capacity planner and the layout tests share it): LoRA `(rank, alpha, target_modules)`
     attached, or every weight trainable when `lora` is None; storage dtypes from the precision

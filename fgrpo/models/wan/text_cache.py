@@ -48,7 +48,6 @@ _SAMPLE_BYTES = 64 << 10  # weight files: their first MiB (header) and 16 sample
 _SAMPLES = 16
 
 
-
 # ----------------------------------------------------------------------------- keys
 
 
@@ -100,8 +99,10 @@ def cache_key(encoder: str | os.PathLike, prompts: Iterable[str], max_text_token
     import transformers
 
     h = hashlib.sha256()
-    h.update(f"fgrpo-text-cache v{FORMAT_VERSION}\n{encoder_identity(encoder)}\n{int(max_text_tokens)}\n"
-             f"{_dtype_name(dtype)}\ntransformers {transformers.__version__}\n".encode())
+    h.update(
+        f"fgrpo-text-cache v{FORMAT_VERSION}\n{encoder_identity(encoder)}\n{int(max_text_tokens)}\n"
+        f"{_dtype_name(dtype)}\ntransformers {transformers.__version__}\n".encode()
+    )
     for p in sorted(set(prompts) | {NEGATIVE_PROMPT}):
         b = p.encode("utf-8")
         h.update(f"{len(b)}:".encode() + b)
@@ -233,10 +234,18 @@ class TextEmbeddingCache:
         return cls(folder, index)
 
     @classmethod
-    def build(cls, encode_fn: EncodeFn, prompts: Iterable[str], folder: str | os.PathLike,
-              rank: int | None = None, world_size: int | None = None, batch_size: int = 16,
-              key: str | None = None, part_bytes: int = 1 << 30,
-              stale_after_s: float = STALE_AFTER_S) -> "TextEmbeddingCache":
+    def build(
+        cls,
+        encode_fn: EncodeFn,
+        prompts: Iterable[str],
+        folder: str | os.PathLike,
+        rank: int | None = None,
+        world_size: int | None = None,
+        batch_size: int = 16,
+        key: str | None = None,
+        part_bytes: int = 1 << 30,
+        stale_after_s: float = STALE_AFTER_S,
+    ) -> "TextEmbeddingCache":
         """Collective (every rank calls it): make ``folder`` hold every prompt's embedding, then open it.
 
         ``encode_fn(prompts) -> (embeddings [B, L, D], lengths [B])`` (see
@@ -273,8 +282,10 @@ class TextEmbeddingCache:
             cache = cls.open(folder, wait_s=60.0)
             lacking = [p for p in unique if p not in cache]
             if lacking:
-                raise ValueError(f"{folder} was built for another prompt set (it lacks {len(lacking)}, e.g. "
-                                 f"{lacking[0]!r}): name cache folders by cache_key()")
+                raise ValueError(
+                    f"{folder} was built for another prompt set (it lacks {len(lacking)}, e.g. "
+                    f"{lacking[0]!r}): name cache folders by cache_key()"
+                )
             return cache
 
         partial = folder.parent / f".{folder.name}.{nonce:012x}.partial"
@@ -288,9 +299,14 @@ class TextEmbeddingCache:
             _together(start if rank == 0 else None, world_size, f"creating {partial}")
             encoded = _together(
                 lambda: _write_rank_parts(encode_fn, unique, partial, rank, world_size, batch_size, part_bytes),
-                world_size, f"encoding prompts into {partial}")
-            _together((lambda: _finish(partial, folder, unique, world_size, key)) if rank == 0 else None,
-                      world_size, f"finishing {folder}")
+                world_size,
+                f"encoding prompts into {partial}",
+            )
+            _together(
+                (lambda: _finish(partial, folder, unique, world_size, key)) if rank == 0 else None,
+                world_size,
+                f"finishing {folder}",
+            )
         except BaseException:
             if rank == 0:
                 shutil.rmtree(partial, ignore_errors=True)
@@ -348,13 +364,14 @@ class TextEmbeddingCache:
         return out
 
 
-def _write_rank_parts(encode_fn: EncodeFn, unique: list[str], partial: Path, rank: int, world_size: int,
-                      batch_size: int, part_bytes: int) -> int:
+def _write_rank_parts(
+    encode_fn: EncodeFn, unique: list[str], partial: Path, rank: int, world_size: int, batch_size: int, part_bytes: int
+) -> int:
     """Encode this rank's batches; write parts and a manifest (prompt -> entry). Returns #prompts."""
     from safetensors.torch import save_file
 
     batches = [list(range(i, min(i + batch_size, len(unique)))) for i in range(0, len(unique), batch_size)]
-    mine = batches[rank * len(batches) // world_size:(rank + 1) * len(batches) // world_size]
+    mine = batches[rank * len(batches) // world_size : (rank + 1) * len(batches) // world_size]
     manifest: dict[str, list] = {}
     shape = {}
     buffer: dict[str, torch.Tensor] = {}
@@ -381,8 +398,9 @@ def _write_rank_parts(encode_fn: EncodeFn, unique: list[str], partial: Path, ran
         batch = [unique[i] for i in idx]
         emb, lengths = encode_fn(batch)
         if emb.dim() != 3 or emb.shape[0] != len(batch) or lengths.shape != (len(batch),):
-            raise ValueError(f"encode_fn returned {tuple(emb.shape)} and {tuple(lengths.shape)} "
-                             f"for {len(batch)} prompts")
+            raise ValueError(
+                f"encode_fn returned {tuple(emb.shape)} and {tuple(lengths.shape)} for {len(batch)} prompts"
+            )
         shape = {"max_text_tokens": int(emb.shape[1]), "dim": int(emb.shape[2]), "dtype": _dtype_name(emb.dtype)}
         emb = emb.cpu()
         for row, (i, prompt, n) in enumerate(zip(idx, batch, lengths.tolist())):

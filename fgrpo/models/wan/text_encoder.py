@@ -18,8 +18,9 @@ EncodeFn = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 
 
 @torch.no_grad()
-def encode_with_lengths(tokenizer, text_encoder: torch.nn.Module, prompts: list[str], max_text_tokens: int,
-                        dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_with_lengths(
+    tokenizer, text_encoder: torch.nn.Module, prompts: list[str], max_text_tokens: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``WanComponents.encode_prompts`` (the same tokenizer call and masking), plus the lengths.
 
     Returns ``(embeddings [B, max_text_tokens, D] in dtype, zero past each prompt's length;
@@ -56,8 +57,13 @@ class LazyTextEncoder:
     first call (as ``load_wan`` does: same ``from_pretrained`` calls, frozen, eval), so a run whose
     cache is already complete never loads the 11 GB encoder. :meth:`free` releases it."""
 
-    def __init__(self, model_path: str | os.PathLike, dtype: torch.dtype | str, max_text_tokens: int,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        dtype: torch.dtype | str,
+        max_text_tokens: int,
+        device: torch.device | str = "cpu",
+    ):
         self.model_path, self.max_text_tokens, self.device = Path(model_path), int(max_text_tokens), device
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.tokenizer = self.text_encoder = None
@@ -70,8 +76,9 @@ class LazyTextEncoder:
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         kw = dict(local_files_only=True)
-        encoder = UMT5EncoderModel.from_pretrained(self.model_path, subfolder="text_encoder", torch_dtype=self.dtype,
-                                                   **kw)
+        encoder = UMT5EncoderModel.from_pretrained(
+            self.model_path, subfolder="text_encoder", torch_dtype=self.dtype, **kw
+        )
         self.text_encoder = encoder.requires_grad_(False).eval().to(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, subfolder="tokenizer", **kw)
 

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import torch
 
-from .random_build import TOKENIZER_VOCAB, TextEncoderSpec, build_components, build_tokenizer, cached_build, save_components
+from .random_build import (
+    TOKENIZER_VOCAB,
+    TextEncoderSpec,
+    build_components,
+    build_tokenizer,
+    cached_build,
+    save_components,
+)
 
 TINY_FORMAT_VERSION = 1  # bump when the tiny model changes, so cached folders are rebuilt
 TINY_VOCAB = TOKENIZER_VOCAB
@@ -50,5 +57,6 @@ def tiny_cache_name(seed: int = 0) -> str:
 
 def tiny_model_path(seed: int = 0) -> Path:
     """The cached tiny model folder, built on first use ($FGRPO_CACHE, default ~/.cache/fgrpo)."""
-    return cached_build(tiny_cache_name(seed), TINY_MARKER, _marker_text(seed),
-                        lambda path: save_tiny_model(path, seed))
+    return cached_build(
+        tiny_cache_name(seed), TINY_MARKER, _marker_text(seed), lambda path: save_tiny_model(path, seed)
+    )
