@@ -1,7 +1,7 @@
 """Pure tensor functions of Flash-GRPO (see docs/flash-grpo.md): schedule, SDE step,
 timestep choice, gradient rectification, advantages and the PPO loss."""
 
-from fgrpo.algorithm.advantages import STD_MODES, group_advantages
+from fgrpo.algorithm.advantages import STD_MODES, group_advantages, zero_variance_share
 from fgrpo.algorithm.loss import PolicyLoss, TotalLoss, policy_loss, ppo_clip_loss
 from fgrpo.algorithm.rectification import lambda_t, rectification_weights
 from fgrpo.algorithm.schedule import (
@@ -23,6 +23,7 @@ __all__ = [
     "SDEStep",
     "TotalLoss",
     "group_advantages",
+    "zero_variance_share",
     "kl_to_reference",
     "lambda_t",
     "noise_scale",

@@ -44,3 +44,10 @@ def group_advantages(
         std = groups.std(dim=1, correction=0, keepdim=True)
     adv = (centred / (std + eps)).reshape(-1)
     return adv.clamp(-clip, clip) if clip is not None else adv
+
+
+def zero_variance_share(rewards: Tensor, group_size: int) -> float:
+    """Share of prompt groups whose G rewards are all equal: max - min == 0 within the group, so
+    every advantage of the group is 0 and it teaches nothing (`rewards` as in group_advantages)."""
+    groups = rewards.reshape(-1, group_size)
+    return float((groups.amax(dim=1) == groups.amin(dim=1)).float().mean())

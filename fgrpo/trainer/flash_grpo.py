@@ -19,6 +19,7 @@ from fgrpo.algorithm import (
     policy_loss,
     rectification_weights,
     sample_step_indices,
+    zero_variance_share,
 )
 from fgrpo.distributed.process_group import global_mean, max_over_ranks, mean_over_ranks
 from fgrpo.models.wan.parallelize import compiled_graph_count
@@ -347,6 +348,8 @@ def train_on(policy: Policy, update: PolicyUpdate, recipe: Recipe, rollout: Roll
         "reward_std": float(all_rewards.std(correction=0)),
         "adv_std": float(advantages.std(correction=0)),
         "adv_abs_mean": float(advantages.abs().mean()),
+        # prompt groups whose G rewards are all equal: zero advantage everywhere, nothing learned
+        "zero_variance_groups": zero_variance_share(all_rewards, G),
         "loss": sums["loss"],
         "clip_frac": sums["clip"],
         "ratio_dev": sums["ratio_dev"],

@@ -62,3 +62,12 @@ def test_validation():
         group_advantages(torch.ones(2, 4), 4)
     with pytest.raises(ValueError, match="std_mode"):
         group_advantages(torch.ones(8), 4, std_mode="batch")
+
+
+def test_zero_variance_share_counts_groups_whose_rewards_are_all_equal():
+    from fgrpo.algorithm import zero_variance_share
+
+    r = torch.tensor([1.0, 1.0, 1.0, 0.5, 0.2, 0.3, 0.7, 0.7, 0.7])  # 3 groups of 3: the 1st and 3rd are flat
+    assert zero_variance_share(r, 3) == pytest.approx(2 / 3)
+    assert zero_variance_share(torch.tensor([0.0, 1e-7]), 2) == 0.0  # any difference teaches something
+    assert (group_advantages(r, 3)[:3] == 0).all()  # what "teaches nothing" means
