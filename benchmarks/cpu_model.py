@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-TRANSFORMER = dict(
+# WanTransformer3DModel's keyword arguments (values of mixed types).
+TRANSFORMER: dict[str, Any] = dict(
     patch_size=(1, 2, 2),
     num_attention_heads=8,
     attention_head_dim=32,
@@ -58,7 +60,7 @@ def save_cpu_model(folder: str | Path, seed: int = 0) -> Path:
     components["transformer"] = transformer
     components["text_encoder"] = UMT5EncoderModel(
         UMT5Config(**text_encoder_config(TextEncoderSpec(), TRANSFORMER["text_dim"]))
-    ).to(torch.bfloat16)
+    ).bfloat16()  # as .to(torch.bfloat16), which transformers' stubs mistype
     return save_components(folder, components, "FGRPO_CPU_BENCH_MODEL", f"seed {seed}")
 
 

@@ -59,6 +59,7 @@ def time_mode(recipe: Recipe, mode: str, steps: int) -> dict[str, float]:
             t.step += 1
             if i > 0:  # the first step is warm-up
                 samples.append(res.metrics)
+        assert t.rewards is not None  # connect_rewards connected them
         t.rewards.close()
     keys = ("time_rollout", "time_reward", "time_train")
     return {k: statistics.mean(m[k] for m in samples) for k in keys}

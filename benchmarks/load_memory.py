@@ -50,6 +50,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -212,6 +213,7 @@ def worker(args) -> None:
     import transformers
     from diffusers import AutoencoderKLWan, WanTransformer3DModel  # noqa: F401
     from peft import LoraConfig  # noqa: F401
+    from torch.distributed.tensor import DTensor
     from transformers import AutoTokenizer, UMT5EncoderModel  # noqa: F401
 
     from fgrpo.distributed import process_group as dist
@@ -238,7 +240,7 @@ def worker(args) -> None:
 
     def transformer_phase(monitor: RssMonitor) -> dict:
         monitor.mark("build_on_meta")
-        transformer = build_on_meta(folder)
+        transformer = cast(WanTransformer3DModel, build_on_meta(folder))  # from_config types a tuple too
         monitor.mark("add_lora")
         if args.full:
             transformer.requires_grad_(True)
@@ -258,7 +260,7 @@ def worker(args) -> None:
         keep["transformer"] = transformer
         local = global_ = trainable = 0
         for p in transformer.parameters():
-            t = p.to_local() if hasattr(p, "to_local") else p
+            t = p.to_local() if isinstance(p, DTensor) else p
             local += t.numel() * t.element_size()
             global_ += p.numel() * p.element_size()
             trainable += p.numel() if p.requires_grad else 0
@@ -285,7 +287,7 @@ def worker(args) -> None:
     run = {"transformer": transformer_phase, "vae": vae_phase, "text_encoder": text_phase}
     gc.collect()
     tdist.barrier()
-    result = dict(rank=rank, world=world, baseline=read_status()["VmRSS"], phases={})
+    result: dict[str, Any] = dict(rank=rank, world=world, baseline=read_status()["VmRSS"], phases={})
     for phase in PHASES[args.order]:
         gc.collect()
         tdist.barrier()

@@ -42,7 +42,6 @@ from fgrpo.rewards import WeightedRewards  # noqa: E402
 from fgrpo.rewards.server import RewardClient  # noqa: E402
 from fgrpo.rewards.server_lifecycle import wait_for_server  # noqa: E402
 from fgrpo.run_folder import RunFolder  # noqa: E402
-from fgrpo.trainer.flash_grpo import flash_grpo_step  # noqa: E402
 from fgrpo.trainer.trainer import Trainer  # noqa: E402
 from tests.helpers.tiny_clip_tokenizer import save_tiny_clip  # noqa: E402
 from tests.helpers.tiny_qwen2vl import save_tiny_hpsv3  # noqa: E402
@@ -99,10 +98,11 @@ def train_steps(recipe, tmp: Path, steps: int) -> dict[str, float]:
     t.connect_rewards()
     samples = []
     for i in range(steps + 1):
-        res = flash_grpo_step(t, t.sampler.next(recipe.rollout.prompts_per_step), lambda: None)
+        res = t.run_step(t.sampler.next(recipe.rollout.prompts_per_step), lambda: None)
         t.step += 1
         if i:  # the first step warms up
             samples.append(res.metrics)
+    assert t.rewards is not None  # connect_rewards connected them
     t.rewards.close()
     keys = ("time_rollout", "time_reward", "time_reward_wait", "time_train")
     return {k: statistics.mean(m[k] for m in samples) for k in keys}

@@ -140,7 +140,7 @@ def _free_port() -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument(
         "--preset", default="tiny", help="Wan preset (fgrpo.models.wan.presets): tiny, wan2.1-t2v-1.3b, ..."
     )

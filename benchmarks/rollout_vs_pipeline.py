@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -43,6 +44,8 @@ from cpu_model import parameter_count, save_cpu_model  # noqa: E402
 
 def fgrpo_sampler(folder: Path, args):
     """The trainer's model on a one-process group, and a function that runs one rollout."""
+    from diffusers import WanTransformer3DModel
+
     from fgrpo.algorithm import wan_sigmas
     from fgrpo.distributed.parallel_dims import ParallelDims
     from fgrpo.distributed.precision import PrecisionPolicy
@@ -56,7 +59,8 @@ def fgrpo_sampler(folder: Path, args):
     dims = ParallelDims.from_config(1, -1, 1, 1)
     dims.build_mesh(device.type)
     precision = PrecisionPolicy.from_name(args.dtype)
-    transformer = prepare_on_meta(build_on_meta(folder), dims, precision, None, False, compile=args.compile)
+    meta = cast(WanTransformer3DModel, build_on_meta(folder))  # from_config types a tuple too
+    transformer = prepare_on_meta(meta, dims, precision, None, False, compile=args.compile)
     materialize(transformer, folder, device)
     transformer.eval()
     sigmas = wan_sigmas(args.steps, args.flow_shift)
@@ -87,7 +91,9 @@ def pipeline_sampler(folder: Path, args):
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=args.flow_shift
     )
-    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=transformer)
+    # diffusers types every component as required and the scheduler as FlowMatchEuler; a latent-only
+    # run from embeddings needs no tokenizer, text encoder or VAE, and Wan's own scheduler is UniPC.
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=transformer)  # pyright: ignore[reportArgumentType]
     pipe.set_progress_bar_config(disable=True)
 
     def run(latents, context, neg):
@@ -114,7 +120,7 @@ def timed(fn, *inputs) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per side, alternating")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     p.add_argument(
@@ -156,7 +162,8 @@ def main() -> None:
         inputs = (latents, context, neg)
         print(
             f"model: Wan architecture, {MODEL['num_layers']} blocks, width "
-            f"{MODEL['num_attention_heads'] * MODEL['attention_head_dim']}, {parameter_count() / 1e6:.2f} M parameters, "
+            f"{MODEL['num_attention_heads'] * MODEL['attention_head_dim']}, "
+            f"{parameter_count() / 1e6:.2f} M parameters, "
             f"{args.dtype}; {args.videos} videos {args.frames}x{args.size}x{args.size}, {args.steps} steps, "
             f"CFG {args.cfg}; fgrpo compile={args.compile} rollout_unsharded={args.unsharded} "
             f"text_cache={args.text_cache}; "

@@ -137,7 +137,7 @@ class RewardServerJob(submitit.helpers.Checkpointable):
         from fgrpo.rewards.server import RewardServer
         from fgrpo.rewards.server_lifecycle import reward_token, serve_until_done
 
-        folder = RunFolder(self.run_dir)
+        folder = RunFolder(Path(self.run_dir))
         if folder.cancel_requested():
             return 0
         server = RewardServer(

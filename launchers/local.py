@@ -131,8 +131,9 @@ class LocalBackend(Backend):
         are all stopped, e.g. by SIGSTOP: they would never exit), then kill them."""
         while True:
             codes = [p.poll() for p in procs]
-            if all(c is not None for c in codes):
-                return codes
+            done = [c for c in codes if c is not None]
+            if len(done) == len(codes):
+                return done
             if any(c not in (None, 0) for c in codes):
                 deadline = time.time() + 60
                 while time.time() < deadline and any(p.poll() is None and not is_stopped(p.pid) for p in procs):

@@ -19,7 +19,7 @@ from .base import Backend, LaunchJob, is_active
 from .job import RewardServerJob, TrainJob
 from .slurm_executor import (
     make_executor,  # noqa: F401
-    )
+)
 
 
 def sbatch_script(folder: Path, recipe: Recipe, name: str, server: bool = False) -> str:
