@@ -19,13 +19,18 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
 from fgrpo.run_folder import RunFolder
 
 Weights = Literal["ema", "model"]
+ROTATION_RETRIES = 3  # times the newest checkpoint is looked up again after it went mid-read
+
+
+class CheckpointRotated(RuntimeError):
+    """The checkpoint went while it was read: a running job's rotation (checkpoint.keep_last)."""
 
 
 def _find_checkpoint(folder: RunFolder, step: int | None) -> tuple[int, Path]:
@@ -43,6 +48,8 @@ def load_trained_transformer(run_dir: Path, step: int | None = None, weights: We
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     from fgrpo.distributed.precision import PrecisionPolicy
     from fgrpo.models.model_folder import model_folder
@@ -53,12 +60,7 @@ def load_trained_transformer(run_dir: Path, step: int | None = None, weights: We
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', not {weights!r}")
     recipe = folder.read_recipe()  # FileNotFoundError when the folder has no recipe.json
-    step, ckpt = _find_checkpoint(folder, step)
-    saved = FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
-    if weights == "ema" and not any(k.startswith("ema.") for k in saved):
-        warnings.warn(f"{ckpt} has no EMA weights (ema disabled in the recipe?); exporting the model weights instead")
-        weights = "model"
-
+    folder.usable_checkpoint(step)  # no checkpoint, or a damaged named one: said before the model is built
     transformer = load_transformer(model_folder(recipe.model), recipe.model.dtype)
     if recipe.lora.enabled:
         add_lora(transformer, recipe.lora.rank, recipe.lora.alpha, recipe.lora.target_modules)
@@ -67,18 +69,49 @@ def load_trained_transformer(run_dir: Path, step: int | None = None, weights: We
         PrecisionPolicy.from_name(recipe.model.dtype).apply_storage(transformer)
     else:
         params = dict(transformer.named_parameters())
-    missing = [n for n in params if f"{weights}.{n}" not in saved]
-    if missing:
-        raise RuntimeError(f"{ckpt} lacks {weights} weights {missing[:5]}...: a checkpoint of another recipe?")
-    # Full-shape tensors in the saved dtype (EMA is float32); DCP gathers every rank's shards into them.
-    sd = {weights: {n: torch.empty(p.shape, dtype=saved[f"{weights}.{n}"].properties.dtype) for n, p in params.items()}}
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(sd, checkpoint_id=str(ckpt), no_dist=True)
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(sd[weights][n])
-    return transformer.eval(), recipe, step, weights
+
+    def read(ckpt: Path) -> Weights:
+        """Load `ckpt`'s trained weights into `params`; returns which weights it had."""
+        saved = FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+        used: Weights = weights
+        if used == "ema" and not any(k.startswith("ema.") for k in saved):
+            warnings.warn(
+                f"{ckpt} has no EMA weights (ema disabled in the recipe?); exporting the model weights instead",
+                stacklevel=3,
+            )
+            used = "model"
+        missing = [n for n in params if f"{used}.{n}" not in saved]
+        if missing:
+            raise RuntimeError(f"{ckpt} lacks {used} weights {missing[:5]}...: a checkpoint of another recipe?")
+        # Full-shape tensors in the saved dtype (EMA is float32); DCP gathers every rank's shards into them.
+        # A parameter's entry is a tensor's (the metadata's other kind is for pickled bytes).
+        dtypes = {n: cast(TensorStorageMetadata, saved[f"{used}.{n}"]).properties.dtype for n in params}
+        sd = {used: {n: torch.empty(p.shape, dtype=dtypes[n]) for n, p in params.items()}}
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(sd, checkpoint_id=str(ckpt), no_dist=True)
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(sd[used][n])
+        return used
+
+    # A running job removes old checkpoints after each save (checkpoint.keep_last): the one being
+    # read may go mid-read. Then the newest is found again; a step asked for by number is refused.
+    for _ in range(ROTATION_RETRIES + 1):
+        found, ckpt = _find_checkpoint(folder, step)
+        try:
+            return transformer.eval(), recipe, found, read(ckpt)
+        except (Exception, CheckpointException) as e:  # DCP's error is a BaseException
+            if ckpt.exists():
+                raise
+            note = (
+                f"{ckpt} was removed while it was read: the running job rotates its checkpoints "
+                f"(checkpoint.keep_last = {recipe.checkpoint.keep_last})"
+            )
+            if step is not None:
+                raise CheckpointRotated(f"{note}; export a step it keeps, or the newest (no step)") from e
+            print(f"fgrpo: {note}; reading the newest again", file=sys.stderr)
+    raise CheckpointRotated(f"{run_dir}: the newest checkpoint was rotated away during {ROTATION_RETRIES + 1} reads")
 
 
 def export_run(run_dir: Path, out_dir: Path, step: int | None = None, weights: Weights = "ema") -> Path:
@@ -104,7 +137,8 @@ def export_run(run_dir: Path, out_dir: Path, step: int | None = None, weights: W
             # (without it diffusers would assume alpha = rank and scale the update wrongly).
             WanPipeline.save_lora_weights(
                 tmp / "lora",
-                transformer_lora_layers=get_peft_model_state_dict(transformer),
+                # dict(): diffusers types this dict's values as modules or tensors (a dict is invariant).
+                transformer_lora_layers=dict(get_peft_model_state_dict(transformer)),
                 transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
             )
             transformer.fuse_lora()  # W += (alpha / r) B A, through peft's merge

@@ -129,7 +129,9 @@ def write_video(frames: torch.Tensor, path: Path | str, fps: int = 8) -> Path:
             return _atomic_save(images, path.with_suffix(".mp4"), fps)
         except Exception as e:  # noqa: BLE001 - an encoder that fails: GIF still shows the samples
             if not _warned_fallback:
-                warnings.warn(f"MP4 writing failed ({type(e).__name__}: {e}); writing GIF samples instead")
+                warnings.warn(
+                    f"MP4 writing failed ({type(e).__name__}: {e}); writing GIF samples instead", stacklevel=2
+                )
                 _warned_fallback = True
     return _atomic_save(images, path.with_suffix(".gif"), fps)
 

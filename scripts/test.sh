@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up (if needed), start a local Slurm cluster (if we can), run the whole test suite, stop the
-# cluster again if this script started it.
+# Set up (if needed), start a local Slurm cluster (if we can), run the guards (ruff, pyright) and
+# the whole test suite, stop the cluster again if this script started it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -20,4 +20,8 @@ fi
 bash scripts/chromium.sh >/dev/null || echo "no chromium: the report's browser test will be skipped" >&2
 stop_slurm() { if [ "$started_slurm" = 1 ]; then bash scripts/slurm-local.sh stop || true; fi; }
 trap stop_slurm EXIT
+# The repository's own guards first (configured in pyproject.toml): a finding fails the run.
+.venv/bin/ruff check fgrpo launchers benchmarks tests recipes
+.venv/bin/ruff format --check fgrpo launchers benchmarks tests recipes
+.venv/bin/pyright
 .venv/bin/python -m pytest -q "$@"

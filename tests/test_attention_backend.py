@@ -9,9 +9,11 @@ import dataclasses
 import typing
 from collections import Counter
 from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import torch
+from torch.distributed.device_mesh import DeviceMesh
 
 from fgrpo.models.wan.attention import (
     FORWARD_ONLY_BACKENDS,
@@ -24,6 +26,7 @@ from fgrpo.recipe.config import AttentionBackend
 from fgrpo.recipe.io import load_recipe_file
 from fgrpo.recipe.validate import recipe_problems
 from tests.conftest import REPO, run_fgrpo
+from tests.helpers.wan import wan_blocks
 
 
 def tiny_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -32,7 +35,9 @@ def tiny_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
     from fgrpo.models.wan.presets import PRESETS
 
     torch.manual_seed(seed)
-    return WanTransformer3DModel(**PRESETS["tiny"].transformer_config()).to(dtype).eval()
+    model = WanTransformer3DModel(**PRESETS["tiny"].transformer_config())
+    # diffusers declares `to` with functools.wraps(nn.Module.to): pyright reads `self` as unbound
+    return model.to(dtype).eval()  # pyright: ignore[reportArgumentType]
 
 
 def tiny_inputs(dtype: torch.dtype = torch.float32):
@@ -81,7 +86,8 @@ def test_offered_backends_are_diffusers_backends_each_classified():
     assert not TRAINABLE_BACKENDS & set(FORWARD_ONLY_BACKENDS)
     assert offered <= {b.value for b in AttentionBackendName}
     with pytest.raises(NotImplementedError):  # the source of the sage family's classification
-        _sage_attention_backward_op(None, None)
+        unused: Any = None
+        _sage_attention_backward_op(unused, unused)
 
 
 def test_sage_is_refused_for_training_naming_the_field(tmp_path):
@@ -181,14 +187,16 @@ def test_policy_rollout_uses_the_rollout_backend(calls):
 
     model = tiny_transformer()
     apply_attention_backend(model, "_native_math")
+    components: Any = SimpleNamespace(transformer=model)  # rollout() reads only the transformer
+    unused: Any = None
     policy = Policy(
-        SimpleNamespace(transformer=model),
-        None,
-        None,
-        None,
+        components,
+        unused,
+        unused,
+        unused,
         torch.device("cpu"),
-        None,
-        None,
+        unused,
+        unused,
         1.0,
         (16, 2, 8, 8),
         rollout_attention_backend="_native_flash",
@@ -202,7 +210,8 @@ def test_policy_rollout_uses_the_rollout_backend(calls):
 
 
 class OneRankMesh:
-    """A 1-D sequence-parallel mesh of one rank: Ulysses' exchanges are identities, no process group."""
+    """A 1-D sequence-parallel mesh of one rank: Ulysses' exchanges are identities, no process group.
+    (It stands in for a `DeviceMesh`: `one_rank_mesh()` gives it that type.)"""
 
     ndim = 1
 
@@ -213,6 +222,10 @@ class OneRankMesh:
         return 0
 
 
+def one_rank_mesh() -> DeviceMesh:
+    return cast(DeviceMesh, OneRankMesh())
+
+
 @pytest.mark.parametrize("order", ["backend-then-sp", "sp-then-backend"])
 def test_backend_reaches_the_sequence_parallel_processor(calls, order):
     from fgrpo.models.wan.sequence_parallel import UlyssesWanAttnProcessor, apply_sequence_parallel
@@ -221,11 +234,11 @@ def test_backend_reaches_the_sequence_parallel_processor(calls, order):
     reference = forward(model)
     if order == "backend-then-sp":
         apply_attention_backend(model, "_native_math")
-        apply_sequence_parallel(model, OneRankMesh())
+        apply_sequence_parallel(model, one_rank_mesh())
     else:
-        apply_sequence_parallel(model, OneRankMesh())
+        apply_sequence_parallel(model, one_rank_mesh())
         apply_attention_backend(model, "_native_math")
-    assert all(isinstance(b.attn1.processor, UlyssesWanAttnProcessor) for b in model.blocks)
+    assert all(isinstance(b.attn1.processor, UlyssesWanAttnProcessor) for b in wan_blocks(model))
     calls.clear()
     out = forward(model)
     assert calls == {"_native_math": 4}

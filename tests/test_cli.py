@@ -110,8 +110,7 @@ def test_sweep_dry_run_resolves_every_point(tmp_path, capsys):
 def _private_imports(path: Path) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        ours = isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in PACKAGES)
-        if ours:
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in PACKAGES):
             found += [
                 f"{path.relative_to(REPO)}:{node.lineno} {alias.name}"
                 for alias in node.names

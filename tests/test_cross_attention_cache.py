@@ -12,6 +12,7 @@ from fgrpo.models.wan.cross_attention_cache import cached_text_projections
 from fgrpo.models.wan.lora import add_lora
 from fgrpo.models.wan.random_build import fast_random_transformer
 from fgrpo.trainer.rollout import NoiseConfig, sample, video_generators
+from tests.helpers.wan import wan_blocks, wan_transformer
 
 STEPS, VIDEOS, MB = 4, 4, 2
 LATENT = (16, 2, 4, 4)
@@ -25,7 +26,7 @@ def tiny(lora: bool):
             for name, p in model.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
-    return model
+    return wan_transformer(model)
 
 
 def rollout(model, seed: int = 0):
@@ -64,7 +65,7 @@ def count_calls(modules) -> list[int]:
 @pytest.mark.parametrize("lora", [False, True], ids=["base", "lora"])
 def test_same_samples_with_projections_computed_once_per_micro_batch(lora):
     model = tiny(lora)
-    key_projections = count_calls([b.attn2.to_k for b in model.blocks])
+    key_projections = count_calls([b.attn2.to_k for b in wan_blocks(model)])
     text = count_calls([model.condition_embedder.text_embedder.linear_1])  # inside its (cached) forward
     plain_final, plain_trans = rollout(model)
     assert key_projections[0] == len(model.blocks) * STEPS * (VIDEOS // MB) and text[0] == STEPS * (VIDEOS // MB)
@@ -82,10 +83,10 @@ def test_everything_is_restored_and_state_dicts_never_change():
     with cached_text_projections(model):
         rollout(model)
         assert list(model.state_dict()) == keys  # no module replaced, the real ones held outside the tree
-        assert all(b.attn2.fused_projections for b in model.blocks)
+        assert all(b.attn2.fused_projections for b in wan_blocks(model))
     assert list(model.state_dict()) == keys
-    assert all(not hasattr(b.attn2, "to_kv") and not b.attn2.fused_projections for b in model.blocks)
-    assert all("forward" not in vars(b.attn2.norm_k) for b in model.blocks)
+    assert all(not hasattr(b.attn2, "to_kv") and not b.attn2.fused_projections for b in wan_blocks(model))
+    assert all("forward" not in vars(b.attn2.norm_k) for b in wan_blocks(model))
     assert "forward" not in vars(model.condition_embedder.text_embedder)
 
 

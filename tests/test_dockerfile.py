@@ -8,6 +8,8 @@ import dataclasses
 import re
 import shlex
 import tomllib
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
 from dockerfile_parse import DockerfileParser
@@ -22,7 +24,7 @@ def dockerfile() -> DockerfileParser:
     return DockerfileParser(str(REPO / "Dockerfile"))
 
 
-def final_stage(df: DockerfileParser) -> list[dict]:
+def final_stage(df: DockerfileParser) -> Sequence[Mapping[str, Any]]:
     froms = [i for i, ins in enumerate(df.structure) if ins["instruction"] == "FROM"]
     assert froms, "no FROM"
     return df.structure[froms[-1] :]

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from typing import cast
 
 import pytest
 import torch
@@ -55,6 +56,7 @@ def assert_close(a, b):
 @pytest.mark.parametrize("weights", ["model", "ema"])
 def test_lora_export_matches_trained_model(lora_run, tiny_model_dir, tmp_path, weights):
     from diffusers import WanPipeline, WanTransformer3DModel
+    from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 
     run_dir, trainer = lora_run
     out = export_run(run_dir, tmp_path / "export", weights=weights)
@@ -90,13 +92,13 @@ def test_lora_export_matches_trained_model(lora_run, tiny_model_dir, tmp_path, w
 
     # (b) diffusers' own LoRA loader on the base pipeline gives the same model
     pipe = WanPipeline.from_pretrained(tiny_model_dir)
-    pipe.load_lora_weights(out / "lora")
+    pipe.load_lora_weights(str(out / "lora"))
     assert any("lora" in n for n, _ in pipe.transformer.named_parameters())
     assert_close(forward(pipe.transformer.eval()), got)
 
     # the merged transformer drops into a WanPipeline
     pipe = WanPipeline.from_pretrained(tiny_model_dir, transformer=merged)
-    video = pipe(
+    output = pipe(
         "a red ball",
         height=32,
         width=32,
@@ -105,7 +107,8 @@ def test_lora_export_matches_trained_model(lora_run, tiny_model_dir, tmp_path, w
         max_sequence_length=16,
         output_type="pt",
         generator=torch.Generator().manual_seed(0),
-    ).frames
+    )
+    video = cast(WanPipelineOutput, output).frames  # return_dict defaults to True
     assert video.shape[1:3] == (5, 3) and torch.isfinite(video).all()
 
 
@@ -148,5 +151,6 @@ def test_full_finetune_export(tiny_model_dir, tmp_path):
     merged = load_exported(out)
     assert_close(forward(merged), forward(trainer.policy.transformer.eval()))
     for n, p in trainer.policy.transformer.named_parameters():  # DTensors: FSDP2 on one rank too
-        full = p.detach().full_tensor() if isinstance(p, DTensor) else p.detach()  # (unsharded after a forward)
+        detached = p.detach()
+        full = detached.full_tensor() if isinstance(detached, DTensor) else detached  # (unsharded after a forward)
         assert torch.equal(merged.state_dict()[n], full), n

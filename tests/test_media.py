@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from PIL import Image, ImageSequence
+from PIL import GifImagePlugin, Image, ImageSequence
 
 from fgrpo import media
 from fgrpo.media import make_video_grid, save_video, save_video_grid
@@ -16,6 +16,7 @@ def distinct_video(f=5, h=16, w=12):
 
 def read_gif(path):
     with Image.open(path) as im:
+        assert isinstance(im, GifImagePlugin.GifImageFile), im.format
         frames = [fr.convert("RGB").copy() for fr in ImageSequence.Iterator(im)]
         return frames, im.info.get("loop"), im.n_frames
 
@@ -59,7 +60,8 @@ def test_grid_size_and_layout(tmp_path):
     assert frames[0].size == (3 * w * 2, 2 * h * 2)
     # video 4 sits at row 1, col 1; the empty cell (row 1, col 2) is black
     cell_h, cell_w = 2 * h, 2 * w
-    assert frames[0].getpixel((cell_w + 1, cell_h + 1))[0] == round(255 * 5 / 5)
+    pixel = frames[0].getpixel((cell_w + 1, cell_h + 1))
+    assert isinstance(pixel, tuple) and pixel[0] == round(255 * 5 / 5)
     assert frames[0].getpixel((2 * cell_w + 1, cell_h + 1)) == (0, 0, 0)
 
 

@@ -32,9 +32,10 @@ def rectification_weights(inv_lambda_local: Tensor, global_mean: Tensor | None =
 
     Multiplying sample k's loss by 1/lambda(t_k) cancels the timestep-dependent gradient scale,
     so every timestep contributes gradients of the same magnitude. Dividing by the global mean
-    (pass the mean over all ranks, `fgrpo.distributed.process_group.global_mean`, when running on several) makes the weights
-    average 1 over the whole batch, so the learning rate keeps its meaning. With
-    global_mean=None the local mean is used (single process). Weights are detached constants.
+    (pass the mean over all ranks, `fgrpo.distributed.process_group.global_mean`, when running on
+    several) makes the weights average 1 over the whole batch, so the learning rate keeps its
+    meaning. With global_mean=None the local mean is used (single process). Weights are detached
+    constants.
     """
     inv = inv_lambda_local.detach()
     denom = inv.mean() if global_mean is None else global_mean.detach().to(inv)

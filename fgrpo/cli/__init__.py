@@ -5,6 +5,7 @@
     fgrpo/cli/plan.py           plan                             (memory per GPU, FLOPs, GPU-hours)
     fgrpo/cli/doctor.py         doctor                           (is this machine or cluster ready? checks:
                                                                   doctor_checks.py, doctor_files.py, doctor_smoke.py)
+    fgrpo/cli/reward_audit.py   reward-audit                     (what the recipe's rewards prefer, before training)
     fgrpo/cli/sweep.py          sweep                            (many points, one job array each)
     fgrpo/cli/runs.py           status, logs, cancel, resume     (a launched run, any backend)
     fgrpo/cli/eval.py           eval, export                     (a trained run's checkpoints)
@@ -64,6 +65,13 @@ COMMANDS: dict[str, Command] = {
         "doctor [RECIPE.py] [--backend local|slurm|k8s] [--no-smoke] [--section.field VALUE ...]",
         "check this machine or cluster before a run: torch/CUDA/NCCL, "
         "GPUs, bf16, attention, memory, scheduler, model and reward files, a 1-step tiny run",
+    ),
+    "reward-audit": Command(
+        "reward_audit",
+        "cmd_reward_audit",
+        "reward-audit RECIPE.py [--videos N] [--no-samples] [--json PATH] [--run RUN_DIR] [--section.field VALUE ...]",
+        "score held-out probe videos under controlled edits (blur, noise, saturation, frozen...) with every "
+        "reward; flag rewards that prefer degenerate edits or are motion-blind",
     ),
     "sweep": Command(
         "sweep",

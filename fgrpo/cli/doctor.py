@@ -153,7 +153,9 @@ def parse(argv: list[str]) -> tuple[Recipe | None, DoctorOptions]:
     if argv and not argv[0].startswith("-"):
         _, args = parse_recipe_args("doctor", argv, DoctorArgs)
         return args.recipe, args.options
-    summary = " ".join(DoctorArgs.__doc__.split("`fgrpo doctor --help`")[0].split())  # less the pointer to this help
+    summary = " ".join(
+        (DoctorArgs.__doc__ or "").split("`fgrpo doctor --help`")[0].split()
+    )  # less the pointer to this help
     options = tyro.cli(DoctorOptions, args=argv, prog="fgrpo doctor [RECIPE.py]", description=f"{summary}\n\n{CHECKS}")
     return None, options
 

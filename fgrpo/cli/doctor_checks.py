@@ -113,6 +113,8 @@ def torch_check() -> Check:
             "; ".join(parts) + "; torch.distributed is missing from this build: every fgrpo run uses a process group",
         )
     if dist.is_nccl_available():
+        import torch.cuda.nccl  # loaded by torch already; torch.cuda's own module does not import it
+
         version = torch.cuda.nccl.version()  # a tuple (an int in older releases)
         parts.append("NCCL " + (".".join(map(str, version)) if isinstance(version, tuple) else str(version)))
     else:

@@ -142,10 +142,14 @@ class ExportArgs:
 
 
 def cmd_export(argv: list[str]) -> int:
-    from fgrpo.export import export_run
+    from fgrpo.export import CheckpointRotated, export_run
 
     a = tyro.cli(ExportArgs, args=argv, prog="fgrpo export")
-    print(export_run(Path(a.run_dir), Path(a.out_dir), a.step, a.weights))
+    try:
+        print(export_run(Path(a.run_dir), Path(a.out_dir), a.step, a.weights))
+    except CheckpointRotated as e:  # a running job's rotation took the checkpoint: not bad input
+        print(f"fgrpo: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

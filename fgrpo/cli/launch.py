@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal, Protocol, TypeVar
 
 import tyro
 
@@ -62,7 +62,16 @@ class LaunchArgs:
     written or submitted, when a phase exceeds launch.gpu_memory_gb. Local launches are not checked."""
 
 
-Args = TypeVar("Args", RecipeArgs, LaunchArgs)
+class _RecipeCommandArgs(Protocol):
+    """A command's arguments dataclass whose first field is the recipe (RecipeArgs, LaunchArgs,
+    PlanArgs, DoctorArgs)."""
+
+    recipe: Recipe
+
+    def __init__(self, recipe: Recipe) -> None: ...
+
+
+Args = TypeVar("Args", bound=_RecipeCommandArgs)
 
 
 def parse_recipe_args(command: str, argv: list[str], args_type: type[Args]) -> tuple[Recipe, Args]:
@@ -74,13 +83,13 @@ def parse_recipe_args(command: str, argv: list[str], args_type: type[Args]) -> t
     if not argv or argv[0].startswith("-"):
         if argv and argv[0] in ("-h", "--help"):
             print(
-                f"usage: fgrpo {COMMANDS[command].usage}\n\n{' '.join(args_type.__doc__.split())}\n\n"
+                f"usage: fgrpo {COMMANDS[command].usage}\n\n{' '.join((args_type.__doc__ or '').split())}\n\n"
                 f"`fgrpo {command} RECIPE.py --help` lists every field with its value in that recipe."
             )
             raise SystemExit(0)
         raise RecipeError(f"usage: fgrpo {command} RECIPE.py [--section.field VALUE ...]")
     base = load_recipe_file(argv[0])
-    doc = " ".join(args_type.__doc__.split())
+    doc = " ".join((args_type.__doc__ or "").split())
     args = tyro.cli(
         args_type,
         default=args_type(recipe=base),
@@ -156,6 +165,7 @@ def refuse_if_running(folder: RunFolder, grace_s: float = 120.0) -> None:
     state = scheduler_state(job) if job is not None else None
     active = state is not None and is_active(state)
     if held and state is not None and not active:  # ended, by a scheduler that could be asked
+        assert job is not None  # state came from it
         print(
             f"waiting up to {grace_s:g} s for the ended {job['backend']} job {job['job_id']} to finish saving "
             f"{folder.path}",
@@ -172,6 +182,7 @@ def refuse_if_running(folder: RunFolder, grace_s: float = 120.0) -> None:
             f"wait for it to end, or stop it with fgrpo cancel {folder.path}"
         )
     if active:
+        assert job is not None  # state came from it
         raise RunLockedError(
             f"{folder.path} has {job['backend']} job {job['job_id']} still {state}; "
             f"wait for it to end, or stop it with fgrpo cancel {folder.path}"

@@ -98,14 +98,17 @@ def reward_specs(a: RewardServerArgs) -> list:
     from fgrpo.recipe.config import RewardSpec
     from fgrpo.recipe.io import load_recipe_json
 
-    recipe_file = Path(a.recipe_file) if a.recipe_file else (RunFolder(a.run_dir).recipe_file if a.run_dir else None)
+    recipe_file = (
+        Path(a.recipe_file) if a.recipe_file else (RunFolder(Path(a.run_dir)).recipe_file if a.run_dir else None)
+    )
     if recipe_file is not None:
         if a.reward:
             raise ValueError("give rewards either with --reward or from a recipe (--recipe-file/--run-dir), not both")
         if not recipe_file.is_file():
             raise ValueError(f"recipe file {recipe_file} does not exist")
         if not a.recipe_file:  # the run's own: read as the run folder reads it (its format checked)
-            return list(RunFolder(a.run_dir).read_recipe().rewards)
+            assert a.run_dir is not None  # recipe_file came from it
+            return list(RunFolder(Path(a.run_dir)).read_recipe().rewards)
         return list(load_recipe_json(recipe_file).rewards)
     if not a.reward:
         raise ValueError("name at least one --reward (or serve a run's rewards with --run-dir RUN)")

@@ -99,7 +99,7 @@ def cmd_sweep(argv: list[str]) -> int:
     for _, _, run_dir in resolved:  # every point's folder, before the first is written
         check_writable(run_dir)
     groups: dict[str, list[LaunchJob]] = {}
-    for pt, recipe, run_dir in resolved:
+    for _, recipe, run_dir in resolved:
         check_existing_run(run_dir, recipe)
         run = RunFolder(run_dir)
         job = run.latest_job() if run_dir.exists() else None

@@ -11,11 +11,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_PROMPTS = REPO_ROOT / "prompts" / "tiny.txt"
+T = TypeVar("T")  # a prompt, or a prompt record
 
 
 def resolve_prompt_file(file: str) -> Path:
@@ -67,7 +69,7 @@ def read_prompts(path: str | Path) -> list[str]:
     return [r["prompt"] for r in read_prompt_records(path)]
 
 
-def split_prompts(prompts: list[str], heldout: int) -> tuple[list[str], list[str]]:
+def split_prompts(prompts: list[T], heldout: int) -> tuple[list[T], list[T]]:
     """(train, heldout): the last `heldout` prompts are held out."""
     if heldout <= 0:
         return prompts, []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import cast
+
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
@@ -28,7 +31,7 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
         if not isinstance(g, DTensor):
             squares.append(g.detach().float().pow(2).sum())
         elif any(p.is_partial() for p in g.placements):  # pending reduction: the full tensor is needed
-            squares.append(g.detach().float().full_tensor().pow(2).sum())
+            squares.append(cast(DTensor, g.detach().float()).full_tensor().pow(2).sum())  # detach/float keep DTensor
         else:  # insertion order is the parameter order: the same group order on every rank
             groups.setdefault((id(g.device_mesh), tuple(g.placements)), []).append(g)
     for members in groups.values():
@@ -46,7 +49,7 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     return total
 
 
-def local_state_bytes(params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> int:
+def local_state_bytes(params: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> int:
     """Bytes this rank holds for trained parameters, their gradients and the optimizer state."""
     total = 0
     for p in params.values():

@@ -67,8 +67,16 @@ class ParallelDims:
         self._fsdp_sp_mesh = None
         return self.mesh
 
+    def _built_mesh(self) -> DeviceMesh:
+        assert self.mesh is not None, "ParallelDims.build_mesh() must run first"
+        return self.mesh
+
     def _coord(self) -> list[int]:
-        return self.mesh.get_coordinate() if self.mesh is not None else [0, 0, 0, 0]
+        if self.mesh is None:
+            return [0, 0, 0, 0]
+        coord = self.mesh.get_coordinate()
+        assert coord is not None, "this rank is outside the global mesh"  # built over every rank
+        return list(coord)
 
     @property
     def dp_rank(self) -> int:
@@ -102,24 +110,25 @@ class ParallelDims:
         then yields (1/dp) x the sum of the dp slices' gradients: what FSDP over the dp ranks alone
         gives without sp, and one process's gradient on a one-slice layout. No loss scaling needed.
         """
+        mesh = self._built_mesh()
         if self.sp == 1:
-            return self.mesh["dp_replicate", "dp_shard"] if self.dp_replicate > 1 else self.mesh["dp_shard"]
-        if getattr(self, "_fsdp_sp_mesh", None) is None:  # built once per mesh, kept (torch asks callers
+            return mesh["dp_replicate", "dp_shard"] if self.dp_replicate > 1 else mesh["dp_shard"]
+        flat: DeviceMesh | None = getattr(self, "_fsdp_sp_mesh", None)
+        if flat is None:  # built once per mesh, kept (torch asks callers
             # to keep flattened meshes rather than slice them from the root mesh again)
             if self.dp_replicate == 1:
-                self._fsdp_sp_mesh = self.mesh["dp_shard", "sp"]._flatten(FSDP_SP_DIM)
+                flat = mesh["dp_shard", "sp"]._flatten(FSDP_SP_DIM)
             else:
-                dp = self.mesh["dp_replicate", "dp_shard", "sp"]._flatten("dp_replicate_shard_sp")
-                self._fsdp_sp_mesh = dp._unflatten(
-                    0, (self.dp_replicate, self.dp_shard * self.sp), ("dp_replicate", FSDP_SP_DIM)
-                )
-        return self._fsdp_sp_mesh
+                dp = mesh["dp_replicate", "dp_shard", "sp"]._flatten("dp_replicate_shard_sp")
+                flat = dp._unflatten(0, (self.dp_replicate, self.dp_shard * self.sp), ("dp_replicate", FSDP_SP_DIM))
+            self._fsdp_sp_mesh = flat
+        return flat
 
     def sp_mesh(self) -> DeviceMesh:
-        return self.mesh["sp"]
+        return self._built_mesh()["sp"]
 
     def tp_mesh(self) -> DeviceMesh:
-        return self.mesh["tp"]
+        return self._built_mesh()["tp"]
 
     def gather_dp(self, local: torch.Tensor) -> torch.Tensor:
         """Concatenate each data-parallel slice once, in dp-rank order (sp and tp replicas deduplicated)."""

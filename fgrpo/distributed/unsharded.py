@@ -19,11 +19,12 @@ done inside the rollout and the allocator's fragmentation; and only if that hold
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Iterator, Literal, cast
 
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
+from torch.distributed.fsdp._fully_shard._fsdp_common import FSDPMeshInfo
 
 __all__ = [
     "SAFE_FRACTION",
@@ -64,7 +65,7 @@ def gathered_weight_bytes(module: torch.nn.Module, padded: bool = False) -> int:
                 if fp.mp_policy.param_dtype is not None and dtype.is_floating_point:
                     dtype = fp.mp_policy.param_dtype
                 if padded:
-                    numel = fp.padded_sharded_param_size.numel() * group.mesh_info.shard_mesh_size
+                    numel = fp.padded_sharded_param_size.numel() * cast(FSDPMeshInfo, group.mesh_info).shard_mesh_size
                 else:
                     numel = fp._orig_size.numel()
                 total += numel * dtype.itemsize
@@ -113,7 +114,7 @@ def _settle_roots(mods: list[FSDPModule]) -> list[FSDPModule]:
     root and that the root keeps its weights after forward, which must be settled before the
     reshard-after-forward settings are saved, or a first forward inside the block would be lost.
     Returns the roots."""
-    inner = {id(c) for m in mods for c in m.modules() if c is not m}
+    inner = {id(c) for m in mods for c in cast(torch.nn.Module, m).modules() if c is not m}  # FSDPModule: a mixin
     roots = [m for m in mods if id(m) not in inner]
     for m in roots:
         m._get_fsdp_state()._lazy_init()

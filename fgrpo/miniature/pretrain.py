@@ -26,6 +26,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -43,11 +44,14 @@ from fgrpo.models.wan.random_build import (
     text_encoder_config,
 )
 
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKLWan
+
 MINIATURE_VERSION = 1  # bump with any change to what a build produces (cached folders are rebuilt)
 MINIATURE_MARKER = "FGRPO_MINIATURE_VERSION"
 QUALITY_FILE = "miniature_quality.json"
 MAX_TEXT_TOKENS = 16
-VAE_CONFIG = dict(
+VAE_CONFIG: dict[str, Any] = dict(
     base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
 )
 TEXT_ENCODER = TextEncoderSpec(d_kv=16, d_ff=128, num_layers=2, num_heads=4)
@@ -128,18 +132,18 @@ def init_vae_(vae: nn.Module, seed: int) -> None:
                     w[c, c, :] += 1.0 / 3.0
 
 
-def vae_loss(vae: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def vae_loss(vae: AutoencoderKLWan, x: torch.Tensor) -> torch.Tensor:
     """L1 + L2 reconstruction, object pixels weighted 5x (the objects are what prompts talk about and
     a few percent of the pixels), of a latent jittered by a tenth of the posterior's std (a smoother
     latent space for the transformer; measured without the jitter, the held-out gold of the VAE's
     reconstructions fell from 0.64 to 0.56), plus a tiny pull of the latent mean towards 0."""
-    post = vae.encode(x).latent_dist
-    rec = vae.decode(post.mean + 0.1 * post.std * torch.randn_like(post.mean)).sample
+    post = vae.encode(x, return_dict=False)[0]
+    rec = vae.decode(post.mean + 0.1 * post.std * torch.randn_like(post.mean), return_dict=False)[0]
     weight = 1 + 4 * ((x - x[..., :1, :1]).abs().amax(1, keepdim=True) > 0.2).float()
     return (weight * ((rec - x).abs() + (rec - x).square())).mean() + 1e-5 * post.mean.square().mean()
 
 
-def train_vae(cfg: PretrainConfig, scenes: list[Scene], progress) -> nn.Module:
+def train_vae(cfg: PretrainConfig, scenes: list[Scene], progress) -> AutoencoderKLWan:
     """An AutoencoderKLWan trained in two phases, each with its own cosine learning-rate decay:
     single frames first (the causal VAE encodes a first frame alone: a ninth of a video's cost, so
     many more steps learn the spatial code), then whole videos (the temporal (de)compression)."""
@@ -173,7 +177,7 @@ def train_vae(cfg: PretrainConfig, scenes: list[Scene], progress) -> nn.Module:
 
 @torch.no_grad()
 def encode_dataset(
-    vae: nn.Module, cfg: PretrainConfig, scenes: list[Scene], progress, batch: int = 16
+    vae: AutoencoderKLWan, cfg: PretrainConfig, scenes: list[Scene], progress, batch: int = 16
 ) -> tuple[torch.Tensor, list[int], list[float], list[float]]:
     """Every scene rendered `dataset_seeds` times and encoded (posterior mean), normalised per channel.
     Returns (latents [N, 16, F', H', W'], the scene index of each, latents_mean, latents_std)."""
@@ -183,7 +187,7 @@ def encode_dataset(
     for s in range(0, len(items), batch):
         chunk = items[s : s + batch]
         x = _videos([scenes[i] for i, _ in chunk], [1_000_000 * cfg.seed + 1000 * seed + i for i, seed in chunk])
-        latents.append(vae.encode(x).latent_dist.mean)
+        latents.append(vae.encode(x, return_dict=False)[0].mean)
         progress.update(task, advance=len(chunk))
     z = torch.cat(latents)
     mean = z.mean(dim=(0, 2, 3, 4))
@@ -206,7 +210,7 @@ def train_transformer(
     scene_of_t = torch.tensor(scene_of)
     task = progress.add_task("transformer", total=cfg.dit_steps, info="")
     ema_loss = None
-    for step in range(cfg.dit_steps):
+    for _ in range(cfg.dit_steps):
         idx = torch.randint(0, len(latents), (cfg.dit_batch,), generator=gen)
         x0 = latents[idx]
         ctx = text[scene_of_t[idx]].clone()
@@ -337,15 +341,16 @@ def heldout_quality(path: str | Path, cfg: PretrainConfig = PretrainConfig(), vi
         vae,
         c.encode_prompts(prompts),
         c.encode_prompts([""]),
-        vae.config.latents_mean,
-        vae.config.latents_std,
+        vae.config["latents_mean"],
+        vae.config["latents_std"],
         cfg.eval_steps,
         cfg.flow_shift,
         cfg.eval_cfg,
         seed=cfg.seed,
     )
     with torch.no_grad():
-        rec = vae.decode(vae.encode(_videos(scenes, list(range(len(scenes))))).latent_dist.mean).sample
+        latent = vae.encode(_videos(scenes, list(range(len(scenes)))), return_dict=False)[0].mean
+        rec = vae.decode(latent, return_dict=False)[0]
     rec = (rec.clamp(-1, 1) * 0.5 + 0.5).permute(0, 2, 1, 3, 4)
     gold, ceiling = gold_scores(frames, prompts), gold_scores(rec, prompts)
 

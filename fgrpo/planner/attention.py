@@ -30,6 +30,7 @@ kernel too (out + logsumexp, no scores).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -119,8 +120,12 @@ def _register_flops() -> None:
         (torch.ops.fgrpo.flash_attention_backward, _backward_flops),
         (aten._scaled_dot_product_flash_attention_for_cpu_backward, _backward_flops),
     ):
-        if op not in flop_registry:
-            register_flop_formula(op)(formula)
+        _register_once(op, formula)
+
+
+def _register_once(op, formula: Callable[..., int]) -> None:
+    if op not in flop_registry:
+        register_flop_formula(op)(formula)
 
 
 _register_flops()

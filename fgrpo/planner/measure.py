@@ -107,6 +107,7 @@ class PhaseMeter:
             return
         rss = _status("VmHWM") - self.baseline_rss
         tensors = self.tracker.peak_total()
+        assert self._flops is not None and self._stack is not None  # set by begin(name)
         flops = self._flops.get_total_flops()
         self._stack.close()
         self._active, self._stack, self._flops = None, None, None
@@ -211,6 +212,8 @@ def measure_run(recipe, run_dir: Path, evaluate: bool = True) -> dict:
     with _patched(meter), meter.tracker:
         t = Trainer(recipe, Path(run_dir))
         t.connect_rewards()
+        rewards = t.rewards
+        assert rewards is not None  # connect_rewards set it
         try:
             for step in range(2):
                 meter.recording = step == 1  # step 0 is the warm-up: AdamW's moments appear in it
@@ -219,5 +222,5 @@ def measure_run(recipe, run_dir: Path, evaluate: bool = True) -> dict:
             if evaluate and t.heldout_prompts:
                 t.evaluate("measured")
         finally:
-            t.rewards.close()
+            rewards.close()
     return {**meter.results, "baseline_rss": meter.baseline_rss}

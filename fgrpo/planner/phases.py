@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -41,6 +42,9 @@ from fgrpo.trainer.rollout import guided_velocity, text_input, velocity
 from fgrpo.trainer.update import PolicyUpdate
 
 from .world import PhaseTracker, count_flops, storage_bytes
+
+if TYPE_CHECKING:
+    from diffusers import WanTransformer3DModel
 
 TEXT_BATCH = inspect.signature(TextEmbeddingCache.build).parameters["batch_size"].default
 
@@ -129,12 +133,16 @@ class Rank:
         from diffusers import AutoencoderKLWan
 
         self.recipe, self.dims, self.precision, self.fake, self.sizes = recipe, dims, precision, fake, sizes
-        self.transformer = prepare_on_meta(
-            meta_transformer(spec.transformer),
-            dims,
-            precision,
-            lora_shape(recipe),
-            recipe.parallelism.activation_checkpointing,
+        # cast: diffusers types from_config (behind meta_transformer) as the model or a tuple; it is the model.
+        self.transformer = cast(
+            "WanTransformer3DModel",
+            prepare_on_meta(
+                meta_transformer(spec.transformer),
+                dims,
+                precision,
+                lora_shape(recipe),
+                recipe.parallelism.activation_checkpointing,
+            ),
         )
         with torch.device("meta"):
             vae = AutoencoderKLWan(**spec.vae)

@@ -18,12 +18,15 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fgrpo.recipe.config import Recipe
 
 from .phases import Phase, Sizes
 from .spec import ModelSpec, RewardWeights
+
+if TYPE_CHECKING:
+    from fgrpo.distributed.unsharded import Setting
 
 __all__ = ["FakeRun", "Gpu", "Plan", "fake_run", "parse_bytes", "plan", "planning_problems"]
 
@@ -309,7 +312,7 @@ def plan(
     )
 
 
-def rollout_unsharded_note(setting: str, gathered: int, rollout: Phase, memory: int, target: str) -> str:
+def rollout_unsharded_note(setting: Setting, gathered: int, rollout: Phase, memory: int, target: str) -> str:
     """One line on parallelism.rollout_unsharded: the rank's gathered weights, whether the setting
     keeps them through the rollout (`auto` on a GPU: the decision fgrpo.distributed.unsharded
     takes, with the free memory at the rollout's start taken as the GPU's memory less what the

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .plan import GIB, Plan
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 PARTS = (
     "weights",
@@ -61,12 +66,13 @@ def render(p: Plan, console=None) -> None:
         mem.add_row(k, *(f"{ph.parts.get(k, 0) / scale:,.2f}" for ph in p.phases))
     console.print(mem)
     flops = Table(title=f"Compute (at {p.gpu.tflops:g} TFLOP/s per GPU and {p.gpu.mfu:.0%} MFU)")
-    for col, just in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("work", "left"),
         ("FLOPs per GPU doing it", "right"),
         ("FLOPs, all GPUs", "right"),
         ("GPU-minutes", "right"),
-    ):
+    )
+    for col, just in columns:
         flops.add_column(col, justify=just)
     for k, label in (
         ("rollout", "rollout, per step"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -136,7 +137,7 @@ _QWEN2_VL = {
         tie_word_embeddings=True,
     ),
 }
-_CLIP_VIT_H_14 = dict(
+_CLIP_VIT_H_14: dict[str, Any] = dict(
     text_config=dict(
         hidden_size=1024,
         intermediate_size=4096,
@@ -170,13 +171,14 @@ def _qwen_reward_params(size: str, model_path: str | None, head: str, output_dim
 
     from fgrpo.rewards.qwen2vl import reward_model_class
 
-    local = model_path and (Path(model_path) / "config.json").is_file()
-    if local:
+    if model_path and (Path(model_path) / "config.json").is_file():
         config, what = AutoConfig.from_pretrained(model_path, local_files_only=True), f"{model_path}/config.json"
     else:
         config = Qwen2VLConfig(
             **_QWEN2_VL[size],
-            rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+            # transformers 5's strict config dataclasses take config.json's legacy keys through
+            # **kwargs, which their typed __init__ does not show.
+            rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},  # pyright: ignore[reportCallIssue]
             vision_config={**_QWEN2_VL_VISION, "hidden_size": _QWEN2_VL[size]["hidden_size"]},
         )
         what = f"Qwen2-VL-{size}-Instruct config"
@@ -189,7 +191,8 @@ def _clip_params(model_path: str | None) -> tuple[int, str]:
     from transformers import AutoConfig, CLIPConfig, CLIPModel
 
     if model_path and (Path(model_path) / "config.json").is_file():
-        config, what = AutoConfig.from_pretrained(model_path, local_files_only=True), f"{model_path}/config.json"
+        config = cast(CLIPConfig, AutoConfig.from_pretrained(model_path, local_files_only=True))
+        what = f"{model_path}/config.json"
     else:
         config, what = CLIPConfig(**_CLIP_VIT_H_14), "CLIP ViT-H-14 config (PickScore, HPSv2)"
     with torch.device("meta"):

@@ -16,6 +16,7 @@ phase, and FLOP counting that sees each rank's local work.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import cast
 
 import torch.distributed as dist
 from torch._guards import active_fake_mode
@@ -23,6 +24,7 @@ from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.module_tracker import ModuleTracker
 
 from fgrpo.distributed.parallel_dims import ParallelDims
 
@@ -116,7 +118,7 @@ def count_flops():
     block's intermediate tensors alive (1.3B, one CFG micro-batch: 122 GiB of activations instead
     of 13 GiB), so counting would change the memory being measured."""
     counter = FlopCounterMode(display=False)
-    counter.mod_tracker = _NoModuleTracking()
+    counter.mod_tracker = cast(ModuleTracker, _NoModuleTracking())  # duck-typed: the parts FlopCounterMode uses
     entry = active_fake_mode()
     count = counter._count_flops
 

@@ -247,7 +247,8 @@ class RewardServerConfig:
     url: str | None = None
     """Use a server that is already running, e.g. http://host:8000."""
     launch: bool = False
-    """Let the backend start a server with the recipe's rewards beside the job: a local process, a Slurm job of its own, or a replicated job in the JobSet."""
+    """Let the backend start a server with the recipe's rewards beside the job: a local process, a Slurm
+    job of its own, or a replicated job in the JobSet."""
     gpus: int = within("[0, inf)", 0)
     """GPUs for a launched server (its own node on Slurm and Kubernetes)."""
     cpus: int = within("[1, inf)", 4)

@@ -42,9 +42,10 @@ def to_dict(recipe: Recipe) -> dict:
     return dataclasses.asdict(recipe)
 
 
-def _build(tp, value):
+def _build(tp: typing.Any, value: typing.Any) -> typing.Any:
+    """`value` (JSON data) rebuilt as type hint `tp`: dataclasses and tuples restored."""
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a hint is a class, never an instance
         hints = typing.get_type_hints(tp)
         unknown = set(value) - {f.name for f in dataclasses.fields(tp)}
         if unknown:

@@ -11,10 +11,13 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import Any, TypeVar, overload
 
 RANGE_KEY = "fgrpo.range"  # dataclasses.field metadata key
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,15 @@ class Range:
         return self.text
 
 
-def within(text: str, default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING):
+# Overloads so a field declared `x: int = within("[0, inf)", 0)` types as its default, as
+# dataclasses.field's own stubs do (the dataclass machinery, not the caller, sees the Field).
+@overload
+def within(text: str, default: T) -> T: ...
+@overload
+def within(text: str, *, default_factory: Callable[[], T]) -> T: ...
+@overload
+def within(text: str) -> Any: ...
+def within(text: str, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field whose valid values are `text` (see `Range`)."""
     return dataclasses.field(default=default, default_factory=default_factory, metadata={RANGE_KEY: Range.parse(text)})
 

@@ -4,15 +4,17 @@
     fgrpo report SWEEP               -> SWEEP/report.html (its runs: SWEEP/sweep.json)
     fgrpo report RUN RUN ... --out F -> F
 
-One run: its recipe, reward curves (train and held-out, with their components), grad norm, clip
-fraction, |ratio - 1|, advantage spread, a histogram of the SDE step indices trained, seconds per
-phase, memory per rank, and the held-out sample videos before and after training with their
-prompts and rewards. Several runs add a leaderboard ranked by held-out reward and curves
-overlaid against step, compute (FLOPs) and wall time; runs that differ only in seed are one
-series (mean and min-max band), and series are compared to a baseline series at their latest
-evaluation, paired by seed and held-out video, with a bootstrap CI (fgrpo.report.comparison).
-Data comes from the run folders alone (fgrpo.report.data), charts are Plotly specs
-(fgrpo.report.charts), the page embeds everything (fgrpo.report.render).
+One run: its recipe, reward curves (train and held-out, with their components), guardrails (pixel
+statistics of the held-out videos, fgrpo.report.guardrails), grad norm, clip fraction, |ratio - 1|,
+advantage spread, a histogram of the SDE step indices trained, seconds per phase, memory per rank,
+and the held-out sample videos before and after training with their prompts and rewards. Several
+runs add a leaderboard ranked by held-out reward and curves overlaid against step, compute (FLOPs)
+and wall time; runs that differ only in seed are one series (mean and min-max band), and series are
+compared to a baseline series at their latest evaluation, paired by seed and held-out video, with a
+bootstrap CI (fgrpo.report.comparison). Data comes from the run folders alone (fgrpo.report.data),
+charts are Plotly specs (fgrpo.report.charts), the page embeds everything (fgrpo.report.render).
+A run folder holding reward-audit.json (`fgrpo reward-audit RECIPE.py --run RUN`) gets a "Reward
+audit" section (fgrpo.report.audit).
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import html
 from pathlib import Path
 
 from fgrpo.fileio import atomic_write_text
+from fgrpo.run_folder import RunFolder
 
+from .audit import audit_section
 from .charts import run_charts
 from .comparison import HEADER, TOTAL, comparison_cells, comparison_rows, metric_name
 from .data import RunData, group_board, label_runs, leaderboard, load_run, resolve_targets
+from .guardrails import guardrail_table, with_guardrail_chart
 from .render import compute_cell as _compute_cell
 from .render import fmt, page, samples_section, table
 
@@ -129,6 +134,9 @@ def build(
         run = runs[0]
         title, subtitle = f"fgrpo report: {run.name}", html.escape(str(run.path))
         sections.append(("Summary", summary_table(run)))
+        reward_audit = RunFolder(run.path).read_reward_audit()  # fgrpo reward-audit --run RUN
+        if reward_audit is not None:
+            sections.append(("Reward audit", audit_section(reward_audit)))
         after.append(("Held-out samples, before and after", samples_section(run, per_prompt=True)))
     else:
         title = f"fgrpo report: {len(runs)} runs"
@@ -167,7 +175,11 @@ def build(
                 "\n".join(samples_section(r, per_prompt=False) for r in runs),
             )
         )
-    return page(title, subtitle, sections, run_charts(series), after), default, board, compared
+    guards = guardrail_table(runs)
+    if guards is not None:
+        sections.append(("Guardrails (held-out video statistics)", guards))
+    figures = with_guardrail_chart(run_charts(series), runs)
+    return page(title, subtitle, sections, figures, after), default, board, compared
 
 
 def write_report(

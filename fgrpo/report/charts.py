@@ -218,7 +218,7 @@ def memory(runs: list[RunData]) -> dict:
                 "marker": {"color": PALETTE[i % len(PALETTE)]},
             }
         )
-    kind = next((rec.get("memory_kind") for r in runs for rec in r.train if rec.get("memory_kind")), "")
+    kind = next((rec["memory_kind"] for r in runs for rec in r.train if rec.get("memory_kind")), "")
     what = {"cuda_max_allocated": "CUDA max allocated", "cpu_max_rss": "peak RSS (CPU)"}.get(kind, kind)
     return figure("memory", f"Peak memory per rank ({what})", data, "", "GiB", barmode="group", hovermode="closest")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fgrpo.fileio import read_json
 from fgrpo.run_folder import SWEEP_INDEX, RunFolder, report_file
@@ -41,7 +42,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
 @dataclass
 class RunData:
     path: Path
-    recipe: dict[str, object]  # flattened: {"algorithm.mode": "flash", ...}
+    recipe: dict[str, Any]  # flattened: {"algorithm.mode": "flash", ...}
     train: list[dict]
     evals: list[dict]
     status: dict
@@ -134,7 +135,7 @@ class Series:
         return len(self.runs)
 
     def heldout(self) -> float | None:
-        vals = [r.heldout() for r in self.runs if r.heldout() is not None]
+        vals = [v for r in self.runs if (v := r.heldout()) is not None]
         return sum(vals) / len(vals) if vals else None
 
 
@@ -179,7 +180,7 @@ def group_board(series: list[Series]) -> list[dict]:
     """One row per series of several seeds: mean and range of the held-out reward."""
     rows = []
     for s in series:
-        vals = [r.heldout() for r in s.runs if r.heldout() is not None]
+        vals = [v for r in s.runs if (v := r.heldout()) is not None]
         if len(s.runs) < 2 or not vals:
             continue
         rows.append(

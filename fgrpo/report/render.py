@@ -17,6 +17,7 @@ import html
 import json
 import math
 import time
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -163,7 +164,11 @@ def finite(value):
 
 
 def page(
-    title: str, subtitle: str, sections: list[tuple[str, str]], figures: list[dict], after: list[tuple[str, str]] = ()
+    title: str,
+    subtitle: str,
+    sections: list[tuple[str, str]],
+    figures: list[dict],
+    after: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The page: `sections`, the charts, then `after` (the sample videos)."""
     js, version = plotly_js()

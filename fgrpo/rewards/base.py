@@ -23,7 +23,7 @@ import importlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -138,8 +138,9 @@ def get_reward_info(spec: str) -> RewardInfo:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ValueError(f"reward {spec!r}: {attr!r} is not callable (got {type(obj).__name__})")
+    fn = cast(RewardFn, obj)  # a user's callable: its return type is its contract (checked when scoring)
     return RewardInfo(
-        spec, obj, bool(getattr(obj, "per_frame", False)), _required(spec, getattr(obj, "required_args", None))
+        spec, fn, bool(getattr(fn, "per_frame", False)), _required(spec, getattr(fn, "required_args", None))
     )
 
 

@@ -206,7 +206,8 @@ def _build_model(sd: dict[str, torch.Tensor], config: Any) -> Any:
     model.load_state_dict(weights, strict=True, assign=True)
     # Non-persistent buffers are not in any state dict: rebuild them off the meta device.
     for emb in (model.text_model.embeddings, model.vision_model.embeddings):
-        emb.position_ids = torch.arange(emb.position_embedding.num_embeddings).expand(1, -1)
+        position_ids = torch.arange(emb.position_embedding.num_embeddings).expand(1, -1)
+        emb.register_buffer("position_ids", position_ids, persistent=False)
     return model
 
 

@@ -36,12 +36,17 @@ import os
 import re
 from collections.abc import Sequence
 from functools import cache
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fgrpo.rewards.scorers import cached_scorer, resolve_dtype
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLPreTrainedModel
 
 __all__ = [
     "Qwen2VLRewardScorer",
@@ -182,8 +187,9 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
         state = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state.get("model"), dict):  # {"model": state_dict} as HPSv3's loader accepts
-        state = state["model"]
+    nested = state.get("model")
+    if isinstance(nested, dict):  # {"model": state_dict} as HPSv3's loader accepts
+        state = nested
     out = {}
     for key, value in state.items():
         if not key.startswith("lm_head."):
@@ -201,7 +207,7 @@ def load_reward_model(
     output_dim: int,
     dtype: str | torch.dtype = "auto",
     device: str = "cpu",
-) -> tuple[nn.Module, object, list[int]]:
+) -> tuple[Qwen2VLPreTrainedModel, PreTrainedTokenizerBase, list[int]]:
     """Load ``(model, tokenizer, reward_token_ids)``; the reward tokens are added to the tokenizer if absent."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -270,7 +276,8 @@ class Qwen2VLRewardScorer:
         self.model, self.tokenizer, self.reward_ids = load_reward_model(
             model_path, checkpoint, reward_tokens, head, output_dim, dtype, str(self.device)
         )
-        vc = self.model.config.vision_config
+        # cast: a Qwen2VLVisionConfig, whose annotations also allow a dict (before init) and list sizes
+        vc = cast(Any, self.model.config.vision_config)
         self.patch, self.merge, self.temporal = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
         from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
@@ -282,9 +289,10 @@ class Qwen2VLRewardScorer:
             mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.pad_id = cast(int, pad_id)  # one token's id
 
     def visual_inputs(
         self, frames: torch.Tensor, min_pixels: int, max_pixels: int

@@ -14,7 +14,8 @@ What holds it up under real use:
   another reward than it started with, or another than its recipe names.
 * Authentication: with a ``token``, ``POST /score`` and ``/handshake`` need
   ``Authorization: Bearer <token>`` (401 otherwise; compared in constant time). ``GET /health``
-  stays open (readiness probes; it tells only the reward names). Binding a non-loopback address without a token is refused.
+  stays open (readiness probes; it tells only the reward names). Binding a non-loopback address
+  without a token is refused.
 * Threads: at most ``max_connections`` connections are served at once, each by a worker thread of
   a fixed pool; up to ``max_waiting`` more wait, accepted but unread, until a worker is free (a
   client then just sees a slower answer); beyond that a connection gets 503 at once.
@@ -88,6 +89,16 @@ class _PooledHTTPServer(HTTPServer):
     """HTTPServer whose connections are served by a fixed pool of worker threads (a bounded thread
     count, unlike ThreadingHTTPServer's thread per connection), with a bounded wait queue."""
 
+    # Set by RewardServer once bound; read by the handlers (`self.server`).
+    rewards: WeightedRewards
+    identity: list[dict[str, Any]]
+    lock: threading.Lock
+    verbose: bool
+    token: bytes | None
+    read_timeout_s: float
+    scored_batches: int
+    scored_videos: int
+
     def __init__(self, address: tuple[str, int], workers: int, waiting: int) -> None:
         super().__init__(address, _Handler)
         self.max_waiting, self._capacity = waiting, workers + waiting
@@ -139,7 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: Any
 
     def setup(self) -> None:
-        self.timeout = self.server.read_timeout_s  # StreamRequestHandler.setup applies it to the socket
+        # typeshed marks `timeout` a ClassVar, but StreamRequestHandler.setup reads it per instance
+        self.timeout = self.server.read_timeout_s  # pyright: ignore[reportAttributeAccessIssue]
         super().setup()
 
     def log_request(self, code: Any = "-", size: Any = "-") -> None:  # every request only when verbose

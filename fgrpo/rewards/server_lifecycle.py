@@ -67,6 +67,7 @@ def wait_for_server(
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 last = str(exc)
         if all_agree(ok):
+            assert url is not None  # all_agree(ok) holds only if this rank's ok does
             return url
         if not all_agree(time.monotonic() <= deadline):
             raise ConnectionError(f"reward server did not come up within {timeout_s:.0f} s: {last}")

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import math
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
@@ -112,7 +113,7 @@ def check_header(req: Any) -> tuple[list[str], list[int]]:
 class Body:
     """The request body on the socket: exact reads, and how much of it is still unread."""
 
-    def __init__(self, rfile: BinaryIO, length: int) -> None:
+    def __init__(self, rfile: io.BufferedIOBase, length: int) -> None:
         self.rfile, self.remaining = rfile, length
 
     def readinto(self, view: memoryview) -> None:
@@ -150,7 +151,7 @@ def read_binary_request(body: Body) -> tuple[torch.Tensor, list[str]]:
     if body.remaining != math.prod(shape):
         raise BadRequest(f"frames have {body.remaining} bytes but shape {shape} needs {math.prod(shape)}")
     u8 = torch.empty(shape, dtype=torch.uint8)
-    body.readinto(memoryview(u8.numpy()).cast("B"))
+    body.readinto(u8.numpy().data.cast("B"))
     return u8, prompts
 
 
@@ -169,7 +170,7 @@ def decode_json_request(data: bytes | bytearray) -> tuple[torch.Tensor, list[str
     if len(raw) != math.prod(shape):
         raise BadRequest(f"'frames' has {len(raw)} bytes but shape {shape} needs {math.prod(shape)}")
     u8 = torch.empty(shape, dtype=torch.uint8)
-    memoryview(u8.numpy()).cast("B")[:] = raw
+    u8.numpy().data.cast("B")[:] = raw
     return u8, prompts
 
 
@@ -178,5 +179,5 @@ def encode_request(u8: torch.Tensor, prompts: list[str]) -> tuple[list, int]:
     copy; keep ``u8`` alive while sending), and its total length."""
     u8 = u8.contiguous()
     header = json.dumps({"prompts": list(prompts), "shape": list(u8.shape), "dtype": "uint8"}).encode()
-    frames = memoryview(u8.numpy()).cast("B")
+    frames = u8.numpy().data.cast("B")
     return [len(header).to_bytes(4, "big") + header, frames], 4 + len(header) + len(frames)

@@ -5,6 +5,8 @@
       prompts.json         the prompt file's identity when the run started
       rewards.json         each reward's identity (name, settings, weights' fingerprint) when the run
                            started; a resume that would score with another is refused (fgrpo.rewards.identity)
+      reward-audit.json    `fgrpo reward-audit RECIPE.py --run RUN`: each reward's score change under
+                           controlled edits and its flags (fgrpo.rewards.audit); the report shows it
       status.json          running, completed, stopped, failed, cancelled; killed when it said running
                            and no process holds the run any more
       metrics.jsonl        one record per optimizer step and per evaluation (append-only; on resume,
@@ -59,6 +61,7 @@ from .checkpoints import (
     manifest_fingerprint,
     partial_checkpoint_path,
 )
+from .inputs import PROMPTS, REWARD_AUDIT, REWARDS, RunInputs  # noqa: F401 - re-exported
 from .lock import RunLock, RunLockedError, exclusive
 from .samples import SampleFolder
 from .server_files import RewardServerFiles
@@ -67,8 +70,6 @@ from .versions import RUN_FORMAT_VERSION, RunFormatError, check_format, version_
 
 RECIPE, STATUS, METRICS, JOBS = "recipe.json", "status.json", "metrics.jsonl", "jobs.jsonl"
 LAUNCH, FAILURES, CANCEL = "launch.json", "failures.json", "CANCEL_REQUESTED"
-PROMPTS = "prompts.json"  # the prompt file's identity when the run started
-REWARDS = "rewards.json"  # the rewards' identities when the run started
 CHECKPOINTS, SAMPLES, EVAL, LOGS = "checkpoints", "samples", "eval", "logs"
 SUBMITIT, SUBMITIT_ARRAYS = "submitit", ".submitit-arrays"  # the second beside the run folders, shared
 SERVER_KIND = "reward-server"  # a reward server the backend started beside the training job
@@ -87,7 +88,7 @@ def report_file(folder: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class RunFolder(RewardServerFiles):
+class RunFolder(RewardServerFiles, RunInputs):
     path: Path
 
     def __post_init__(self):
@@ -211,41 +212,6 @@ class RunFolder(RewardServerFiles):
         except OSError:
             pass
         atomic_write_text(self.recipe_file, text)
-
-    # ----- the prompt file a run started with (its held-out set must not shift under a resume)
-    def record_prompts(self, identity: dict) -> None:
-        """Written once, when the run first starts; later launches compare against it."""
-        if not (self.path / PROMPTS).exists():
-            self.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.path / PROMPTS, identity)
-
-    def prompts_problem(self, identity: dict) -> str | None:
-        """Why this run must not continue with the prompt file `identity` describes (None: fine)."""
-        recorded = read_json(self.path / PROMPTS, None)
-        if not isinstance(recorded, dict) or recorded.get("sha256") in (None, identity["sha256"]):
-            return None
-        return (
-            f"prompts.file: {identity['file']} changed since this run started (sha256 "
-            f"{str(recorded['sha256'])[:12]}... -> {identity['sha256'][:12]}..., {recorded.get('bytes')} -> "
-            f"{identity['bytes']} bytes): its training and held-out prompts would shift under the run. "
-            "Restore the file, or start a new run with --logging.run-name NEW_NAME"
-        )
-
-    # ----- the rewards a run started with (fgrpo.rewards.identity compares them)
-    @property
-    def rewards_file(self) -> Path:
-        return self.path / REWARDS
-
-    def record_rewards(self, identities: list[dict]) -> None:
-        """Written once, when the run first scores; later starts compare against it."""
-        if not (self.path / REWARDS).exists():
-            atomic_write_json(self.path / REWARDS, {**version_stamp(), "rewards": identities})
-
-    def read_rewards(self) -> list[dict] | None:
-        """The reward identities recorded when the run started (None: not yet, or a run from
-        before they were recorded)."""
-        found = (read_json(self.path / REWARDS, None) or {}).get("rewards")
-        return found if isinstance(found, list) else None
 
     # ----- versions: which fgrpo wrote the folder's records (fgrpo.run_folder.versions)
     def check_format(self) -> None:

@@ -39,10 +39,10 @@ def keeps_failure(held: dict, since: float, consequence: bool) -> bool:
     """Whether status `held` keeps its place against a new failure: it is a failure of this job
     (written at or after `since`, the job's start), and either the new failure is a consequence
     or the held one is not."""
-    time = held.get("time")
+    time = _number(held.get("time"))
     return (
         held.get("state") == "failed"
-        and _number(time) is not None
+        and time is not None
         and time >= since
         and (consequence or not held.get("consequence"))
     )
@@ -51,10 +51,9 @@ def keeps_failure(held: dict, since: float, consequence: bool) -> bool:
 def next_beat(previous: dict | None, step: int, now: float, owner: str) -> dict:
     """The heartbeat of `step`, finished at `now`. The gap to the previous beat counts only within
     one job: the time from a job's start to its first step is loading, not a step."""
-    same_job = (
-        isinstance(previous, dict) and previous.get("owner") == owner and _number(previous.get("time")) is not None
-    )
-    longest = max(_number(previous.get("longest_gap_s")) or 0.0, now - previous["time"]) if same_job else 0.0
+    prev = previous if isinstance(previous, dict) else {}
+    same_job = prev.get("owner") == owner and _number(prev.get("time")) is not None
+    longest = max(_number(prev.get("longest_gap_s")) or 0.0, now - prev["time"]) if same_job else 0.0
     return {"step": step, "time": now, "longest_gap_s": longest, "owner": owner}
 
 

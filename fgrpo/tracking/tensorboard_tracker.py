@@ -42,9 +42,11 @@ class TensorBoardTracker:
         self.writer.flush()
 
     def _samples(self, samples: SampleSet, step: int) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary
+        # protobuf builds its message classes when the module loads; tensorboard ships no stubs for them.
+        from tensorboard.compat.proto.summary_pb2 import Summary  # pyright: ignore[reportAttributeAccessIssue]
 
-        items = ([("samples/grid", *samples.grid())] if samples.grid() else []) + [
+        grid = samples.grid()
+        items = ([("samples/grid", *grid)] if grid else []) + [
             (f"samples/prompt-{i:02d}", path, caption) for i, (path, caption) in enumerate(samples.videos())
         ]
         lines = []
@@ -53,7 +55,9 @@ class TensorBoardTracker:
             image = Summary.Image(
                 height=frames.shape[-2], width=frames.shape[-1], colorspace=3, encoded_image_string=gif_bytes(frames)
             )
-            self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+            file_writer = self.writer.file_writer
+            assert file_writer is not None  # SummaryWriter holds one until close()
+            file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
             lines.append(f"| `{tag}` | {caption.replace('|', '/')} |")
         table = f"{samples.tag}\n\n| sample | caption |\n|---|---|\n" + "\n".join(lines)
         self.writer.add_text("samples/captions", table, step)

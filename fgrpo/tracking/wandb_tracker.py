@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from typing import Any
 
 from fgrpo.run_folder import RunFolder
 
@@ -30,13 +31,14 @@ class WandbTracker:
     def __init__(self, folder: RunFolder, config: dict, project: str, entity: str | None, fresh_start: bool):
         try:
             import wandb
+            from wandb.errors import UsageError
         except ImportError as e:
             raise TrackerError(
                 f"{FIELD}: wandb needs the wandb package (pip install 'fgrpo[tracking]' or pip install wandb): {e}"
             ) from None
         self.wandb, self.folder = wandb, folder
         state = folder.read_tracking()
-        mine = state.get("wandb") or {}
+        mine: dict[str, Any] = state.get("wandb") or {}
         if fresh_start and mine.get("logged"):  # steps restart at 0: W&B would drop them from the old run
             mine = {}
         if not mine.get("id"):
@@ -55,7 +57,7 @@ class WandbTracker:
                 resume="allow",
                 settings=wandb.Settings(console="off", quiet=True, save_code=False, x_disable_stats=True),
             )
-        except wandb.errors.UsageError as e:
+        except UsageError as e:
             if "api key" in str(e).lower() or "api_key" in str(e).lower():
                 raise TrackerError(
                     f"{FIELD}: wandb has no API key: set WANDB_API_KEY or run `wandb login`, or log "

@@ -25,6 +25,8 @@ from fgrpo.run_folder.checkpoints import checkpoint_path, complete_checkpoints, 
 class CheckpointSaveError(RuntimeError):
     """Saving failed on some rank (raised on every rank: DCP gathers the failures)."""
 
+    consequence = False  # True on the ranks that only report another rank's failure (set when raised)
+
 
 def causes(exc: BaseException):
     """`exc` and everything behind it: chained exceptions and DCP's per-rank failures."""

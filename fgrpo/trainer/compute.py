@@ -138,11 +138,12 @@ class ComputeMeter:
             self.totals["compute/optimizer_steps"] = step
             return
         cost = [record.get(f"compute/step_{f.name}") for f in dataclasses.fields(StepCost)]
-        if all(isinstance(c, (int, float)) for c in cost):
+        numbers = [c for c in cost if isinstance(c, (int, float))]
+        if len(numbers) == len(cost):
             # Measured by an earlier launch: not again. Measuring runs the step under
             # FlopCounterMode, whose dispatch path can round differently, and a resumed run must
             # repeat the uninterrupted one bit for bit (only the run's first step is measured).
-            self.cost = StepCost(*(int(c) for c in cost))
+            self.cost = StepCost(*(int(c) for c in numbers))
         for k in KEYS:
             if isinstance(record.get(k), (int, float)):
                 self.totals[k] = record[k]

@@ -19,6 +19,7 @@ from fgrpo.distributed import process_group as dist
 from fgrpo.recipe.config import Recipe
 
 from .failures import agree_on_scores, submit_safely
+from .guardrails import guard_record, per_video_table
 from .policy import Policy
 from .reward_scoring import not_scored
 from .rollout import initial_latents, sample, video_generators
@@ -39,9 +40,10 @@ def thumbnails(frames: torch.Tensor, longest: int = THUMBNAIL_PX) -> torch.Tenso
 
 
 @torch.no_grad()
-def evaluate_heldout(policy: Policy, rewards, recipe: Recipe, prompts: list[str], samples: Path, tag: str) -> dict:
-    """Mean reward of the held-out `prompts` (ODE, `eval.steps` steps); rank 0 writes samples/<tag>.mp4
-    (the captioned grid), samples/<tag>/prompt-NN.mp4 and samples/<tag>.json (fgrpo.trainer.samples)."""
+def heldout_frames(policy: Policy, recipe: Recipe, prompts: list[str]) -> tuple[list[str], torch.Tensor]:
+    """This rank's share of the held-out videos of `prompts` (`eval.videos_per_prompt` each, ODE with
+    `eval.steps` steps, fixed seeds by global index; the last shares padded with the last video):
+    (their prompts, decoded frames [b, F, 3, H, W] in [0, 1] on the policy's device)."""
     r, dims = recipe, policy.dims
     n = r.eval.videos_per_prompt
     prompts = [p for p in prompts for _ in range(n)]
@@ -71,7 +73,17 @@ def evaluate_heldout(policy: Policy, rewards, recipe: Recipe, prompts: list[str]
             policy.compute_dtype,
         )
     mb = r.rollout.micro_batch
-    frames = torch.cat([policy.decode(finals[i : i + mb]) for i in range(0, len(local_prompts), mb)])
+    return local_prompts, torch.cat([policy.decode(finals[i : i + mb]) for i in range(0, len(local_prompts), mb)])
+
+
+@torch.no_grad()
+def evaluate_heldout(policy: Policy, rewards, recipe: Recipe, prompts: list[str], samples: Path, tag: str) -> dict:
+    """Mean reward of the held-out `prompts` (ODE, `eval.steps` steps); rank 0 writes samples/<tag>.mp4
+    (the captioned grid), samples/<tag>/prompt-NN.mp4 and samples/<tag>.json (fgrpo.trainer.samples)."""
+    dims, n = policy.dims, recipe.eval.videos_per_prompt
+    local_prompts, frames = heldout_frames(policy, recipe, prompts)
+    prompts = [p for p in prompts for _ in range(n)]
+    total_videos = len(prompts)
     pending = (
         submit_safely(rewards.submit, frames, local_prompts)
         if dims.scores_videos
@@ -81,6 +93,7 @@ def evaluate_heldout(policy: Policy, rewards, recipe: Recipe, prompts: list[str]
     total = dims.gather_dp(scored[0].to(policy.device).float()).cpu()[:total_videos]
     components = {k: dims.gather_dp(v.to(policy.device).float()).cpu()[:total_videos] for k, v in scored[1].items()}
     grid = dims.gather_dp(thumbnails(frames).to(policy.device)).cpu()[:total_videos]
+    guards = dims.gather_dp(per_video_table(frames).to(policy.device)).cpu()[:total_videos]
     if dist.rank() == 0:
         write_samples(Path(samples), tag, grid, prompts, total, n)
     return {
@@ -91,6 +104,7 @@ def evaluate_heldout(policy: Policy, rewards, recipe: Recipe, prompts: list[str]
         # each reward's score per video, in the same order (weight-0 rewards too: a metric recorded
         # beside the trained reward is compared video by video, like the total)
         "eval_component_values": {k: [round(float(x), 6) for x in v] for k, v in components.items()},
+        **guard_record(guards, grid, n),  # guard/...: pixel statistics, no model (fgrpo.trainer.guardrails)
     }
 
 
@@ -107,7 +121,9 @@ def load_trained_weights(policy: Policy, checkpoint_path: Path, weights: str = "
 
     saved = FileSystemReader(str(checkpoint_path)).read_metadata().state_dict_metadata
     if weights == "ema" and not any(k.startswith("ema.") for k in saved):
-        warnings.warn(f"{checkpoint_path} has no EMA weights (ema disabled in the recipe?); using the model weights")
+        warnings.warn(
+            f"{checkpoint_path} has no EMA weights (ema disabled in the recipe?); using the model weights", stacklevel=2
+        )
         weights = "model"
     params = trainable_parameters(policy.transformer)
     missing = [n for n in params if f"{weights}.{n}" not in saved]

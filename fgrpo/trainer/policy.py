@@ -11,13 +11,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from fgrpo.algorithm import wan_sigmas
 from fgrpo.distributed.parallel_dims import ParallelDims
 from fgrpo.distributed.precision import PrecisionPolicy
-from fgrpo.distributed.unsharded import decide_for, unsharded_weights
+from fgrpo.distributed.unsharded import Setting, decide_for, unsharded_weights
 from fgrpo.models.model_folder import model_folder
 from fgrpo.models.wan import latent_shape, load_wan
 from fgrpo.models.wan.attention import apply_attention_backend, rollout_attention
@@ -29,6 +30,9 @@ from fgrpo.models.wan.text_encoder import LazyTextEncoder
 from fgrpo.recipe.config import Recipe
 
 from .rollout import NoiseConfig
+
+if TYPE_CHECKING:
+    from diffusers import WanTransformer3DModel
 
 
 @dataclass
@@ -42,12 +46,14 @@ class Policy:
     noise: NoiseConfig
     cfg_scale: float
     latent_shape: tuple[int, int, int, int]
-    rollout_unsharded: str = "auto"  # parallelism.rollout_unsharded: FSDP2 weights kept gathered in rollout()
+    rollout_unsharded: Setting = "auto"  # parallelism.rollout_unsharded: FSDP2 weights kept gathered in rollout()
     rollout_attention_backend: str | None = None  # model.rollout_attention_backend, inside rollout(); None: unchanged
 
     @property
     def transformer(self) -> torch.nn.Module:
-        return self.components.transformer
+        transformer = self.components.transformer
+        assert transformer is not None, "a Policy's components hold its transformer (build_policy sets it)"
+        return transformer
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -87,11 +93,12 @@ class Policy:
     @contextmanager
     def reference(self):
         """The reference policy: the base model, LoRA adapters disabled (for the KL term)."""
-        self.transformer.disable_adapters()
+        transformer = cast("WanTransformer3DModel", self.transformer)  # diffusers' PEFT integration
+        transformer.disable_adapters()
         try:
             yield
         finally:
-            self.transformer.enable_adapters()
+            transformer.enable_adapters()
 
 
 def lora_shape(recipe: Recipe) -> tuple[int, float, tuple[str, ...]] | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from functools import cached_property
 from pathlib import Path
 
@@ -34,11 +35,12 @@ class PendingScore:
     """A submitted batch: ``result()`` blocks until it is scored. ``inline_s``: seconds spent scoring
     inside ``submit`` (in-process), which the step books as reward time, not rollout time."""
 
-    def __init__(self, future=None, scores: Scores | None = None, inline_s: float = 0.0) -> None:
+    def __init__(self, future: Future | None = None, scores: Scores | None = None, inline_s: float = 0.0) -> None:
         self._future, self._result, self.inline_s = future, scores, inline_s
 
     def result(self) -> Scores:
         if self._result is None:
+            assert self._future is not None  # made with a future or with its scores
             self._result = self._future.result()
         return self._result
 
@@ -137,12 +139,12 @@ def connect_rewards(
         return InProcessRewards(recipe.rewards)
     if rs.url:
 
-        def find_url():
+        def find_url() -> str | None:
             return rs.url
     else:
         folder = RunFolder(run_dir)
 
-        def find_url():
+        def find_url() -> str | None:
             return os.environ.get(REWARD_URL_ENV) or folder.read_server_address()
 
     url = wait_for_server(find_url, rs.startup_timeout_s, check_stop, all_agree=all_agree)

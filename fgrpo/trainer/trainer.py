@@ -28,9 +28,10 @@ from .ema import EMA
 from .evaluate import evaluate_heldout
 from .failures import CollectiveError, NonFiniteError
 from .flash_grpo import Rollout, StopRequested, flash_grpo_step
+from .guardrails import before_of, drift
 from .metrics import MetricsLog, ReportRefresher, console_line
 from .policy import build_policy
-from .reward_scoring import connect_rewards
+from .reward_scoring import RemoteRewards, connect_rewards
 from .signals import EXIT_REQUEUE, StopFlag
 from .update import PolicyUpdate
 
@@ -114,6 +115,7 @@ class Trainer:
                     markup=False,
                 )
             return None
+        assert state is not None  # usable on every rank, this one included
         self.console.print(
             f"step {self.step + 1}: training on the rollouts kept when the last job stopped "
             f"({float(state['times']['rollout']):.1f} s of rollout not repeated)",
@@ -160,7 +162,7 @@ class Trainer:
         if not candidates:
             return False
         skipped = []
-        for step, ckpt in candidates:
+        for _, ckpt in candidates:
             check_checkpoint_format(ckpt)  # a newer fgrpo's checkpoint: refused, never skipped
             other = manifest_fingerprint(ckpt)
             if other not in (None, self.fingerprint):
@@ -248,7 +250,7 @@ class Trainer:
                 self._check_local_stop,
                 expected=self.folder.read_rewards(),
             )
-            if self.is_main and self.rewards.where == "server":
+            if self.is_main and isinstance(self.rewards, RemoteRewards):
                 self.console.print(f"rewards scored by the reward server at {self.rewards.url}", markup=False)
         if not self.rewards_checked:
             self.check_reward_identity()
@@ -256,6 +258,7 @@ class Trainer:
     def check_reward_identity(self) -> None:
         """The rewards must be those the run started with (RUN/rewards.json, recorded by rank 0 at
         the first start): a run never silently changes reward. The ranks refuse together."""
+        assert self.rewards is not None  # connect_rewards() first
         recorded = self.folder.read_rewards()
         problem = rewards_changed(recorded, self.rewards.identity, self.folder.rewards_file)
         if dist.any_rank(problem is not None):
@@ -272,6 +275,9 @@ class Trainer:
             result = evaluate_heldout(
                 self.policy, self.rewards, self.recipe, self.heldout_prompts, self.folder.samples, tag
             )
+        if self.is_main:  # drift against "before": this one, or (after a resume too) metrics.jsonl's
+            before = result if tag == "before" else before_of(self.folder.read_metrics("eval"))
+            result = {**result, **drift(result, before)}
         self.metrics.write(
             {
                 "kind": "eval",
@@ -299,6 +305,7 @@ class Trainer:
                 f"stopped by signal {self.stop.signum} while waiting for the reward server; exit {EXIT_REQUEUE}"
             )
             return EXIT_REQUEUE
+        assert self.rewards is not None  # connect_rewards() set it
         ok = False
         try:
             code = self._train()

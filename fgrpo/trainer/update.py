@@ -38,7 +38,7 @@ class PolicyUpdate:
 
     @property
     def lr(self) -> float:
-        return self.lr_schedule.get_last_lr()[0]
+        return float(self.lr_schedule.get_last_lr()[0])  # torch's stubs allow a tensor lr
 
     def state_bytes(self) -> int:
         """Bytes this rank holds for trained parameters, their gradients and the optimizer state."""

@@ -39,7 +39,8 @@ def test_wan_sigmas_shift_one_is_linear_and_validation():
 def test_per_sample_reshape():
     like = torch.zeros(SHAPE)
     t = torch.arange(3.0)
-    assert per_sample(t, like).shape == (3, 1, 1, 1, 1)
+    reshaped = per_sample(t, like)
+    assert isinstance(reshaped, torch.Tensor) and reshaped.shape == (3, 1, 1, 1, 1)
     assert per_sample(0.5, like) == 0.5
     with pytest.raises(ValueError):
         per_sample(torch.arange(2.0), like)

@@ -62,4 +62,4 @@ def test_weights_respected():
 )
 def test_validation(args):
     with pytest.raises(ValueError):
-        sample_step_indices(*args, True, _gen(0))
+        sample_step_indices(*args, iso_temporal=True, generator=_gen(0))

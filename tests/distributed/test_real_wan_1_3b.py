@@ -8,6 +8,7 @@ samples from. A tiny video (5 frames at 64x64: 32 tokens) keeps it to minutes on
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import pytest
 import torch
@@ -86,6 +87,7 @@ def launch(model_dir, runs, procs, *extra):
 )
 def test_real_1_3b_step_export_and_pipeline(real_model_dir, tmp_path, procs, layout):
     from diffusers import WanPipeline, WanTransformer3DModel
+    from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 
     from fgrpo.export import export_run
 
@@ -99,13 +101,13 @@ def test_real_1_3b_step_export_and_pipeline(real_model_dir, tmp_path, procs, lay
 
     out = export_run(run, tmp_path / "export", weights="model")
     transformer = WanTransformer3DModel.from_pretrained(out / "transformer", torch_dtype=torch.bfloat16)
-    assert transformer.config.num_layers == 30 and transformer.config.num_attention_heads == 12
-    assert transformer.config.attention_head_dim == 128 and transformer.config.text_dim == 4096
+    config = transformer.config
+    assert config["num_layers"] == 30 and config["num_attention_heads"] == 12
+    assert config["attention_head_dim"] == 128 and config["text_dim"] == 4096
     pipe = WanPipeline.from_pretrained(
         real_model_dir, transformer=transformer, torch_dtype=torch.bfloat16, local_files_only=True
     )
-    video = pipe(
-        "a red kite over a beach", height=64, width=64, num_frames=5, num_inference_steps=1, output_type="pt"
-    ).frames
+    output = pipe("a red kite over a beach", height=64, width=64, num_frames=5, num_inference_steps=1, output_type="pt")
+    video = cast(WanPipelineOutput, output).frames  # return_dict defaults to True
     assert video.shape[1:] == (5, 3, 64, 64) and torch.isfinite(video.float()).all()
-    pipe.load_lora_weights(out / "lora")  # the adapter on its own loads too
+    pipe.load_lora_weights(str(out / "lora"))  # the adapter on its own loads too

@@ -71,7 +71,8 @@ def test_sigterm_to_one_rank_then_resume_is_bitwise_identical(tiny_model_dir, tm
     assert proc.returncode == 75, out
     stopped_at = steps_done(run)
     assert stopped_at < 6, "the run finished before the signal: nothing was tested"
-    assert RunFolder(run).latest_checkpoint()[0] == stopped_at
+    latest = RunFolder(run).latest_checkpoint()
+    assert latest is not None and latest[0] == stopped_at
     resumed = launch_tiny(tiny_model_dir, runs, 2, 6)
     assert [m["step"] for m in train_metrics(resumed)] == list(range(1, 7))
     a, b = trained_weights(straight), trained_weights(resumed)
@@ -105,7 +106,7 @@ def test_kill9_during_checkpoint_save_keeps_the_previous_one(tiny_model_dir, tmp
     proc.wait(timeout=30)
     n = int(partial.name.split("-")[1].split(".")[0])
     latest = RunFolder(runs / "run").latest_checkpoint()
-    assert latest[0] in (n - 1, n)  # n only if the rename beat the kill
+    assert latest is not None and latest[0] in (n - 1, n)  # n only if the rename beat the kill
     # every folder that looks complete is complete: it loads
     for step, _ in complete_checkpoints(ckpts):
         trained_weights(runs / "run", step)

@@ -19,6 +19,7 @@ import os
 import traceback
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import torch
@@ -60,7 +61,7 @@ def test_fits_is_the_safe_fraction_of_free_memory():
 
 def test_decision_refuses_unknown_settings():
     with pytest.raises(ValueError, match="rollout_unsharded"):
-        rollout_unsharded_decision("yes", "cpu", 0)
+        rollout_unsharded_decision(cast(Any, "yes"), "cpu", 0)  # not a Setting, on purpose
 
 
 def test_policy_takes_the_recipe_setting():

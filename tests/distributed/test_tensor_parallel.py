@@ -15,12 +15,14 @@ import os
 import traceback
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import torch
 import torch.distributed as dist
 
 from tests.helpers.spawn import spawn_ranks
+from tests.helpers.wan import wan_blocks
 
 WORLD = 4
 TOL = 1e-5
@@ -94,7 +96,7 @@ def _grad_errors(tp_model, ref_model) -> dict:
             continue
         kind = "sharded" if isinstance(p, DTensor) else "replicated"
         assert isinstance(p.grad, DTensor) == (kind == "sharded"), name
-        full = p.grad.full_tensor() if kind == "sharded" else p.grad
+        full = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
         out[kind] = max(out[kind], _max_err(full, ref[name].grad))
         out[f"n_{kind}"] += 1
         out["ref_max"] = max(out["ref_max"], float(ref[name].grad.abs().max()))
@@ -103,6 +105,8 @@ def _grad_errors(tp_model, ref_model) -> dict:
 
 
 def _scenario_plain(mesh) -> dict:
+    from torch.distributed.tensor import DTensor
+
     from fgrpo.models.wan.tensor_parallel import apply_tensor_parallel
 
     model = _tiny_transformer()
@@ -110,20 +114,23 @@ def _scenario_plain(mesh) -> dict:
     apply_tensor_parallel(model, mesh)
     inputs = _inputs()
     blk_in = _block_inputs(ref, inputs)
-    res = {"block": _max_err(model.blocks[0](*blk_in), ref.blocks[0](*blk_in))}
+    res: dict[str, Any] = {"block": _max_err(model.blocks[0](*blk_in), ref.blocks[0](*blk_in))}
     out, out_ref = model(**inputs).sample, ref(**inputs).sample
     res["model"], res["scale"] = _max_err(out, out_ref), float(out_ref.detach().abs().max())
     (out**2).mean().backward()
     (out_ref**2).mean().backward()
     res["grads"] = _grad_errors(model, ref)
-    attn = model.blocks[0].attn1
+    attn = wan_blocks(model)[0].attn1
     res["heads"], res["inner_dim"] = attn.heads, attn.inner_dim
-    res["norm_q_placements"] = str(attn.norm_q.weight.placements)
-    res["norm_q_local_shape"] = list(attn.norm_q.weight.to_local().shape)
+    norm_q_weight = attn.norm_q.weight
+    assert isinstance(norm_q_weight, DTensor), type(norm_q_weight)
+    res["norm_q_placements"] = str(norm_q_weight.placements)
+    res["norm_q_local_shape"] = list(norm_q_weight.to_local().shape)
     return res
 
 
 def _scenario_lora(mesh) -> dict:
+    from peft.tuners.lora import Linear as LoraLinear
     from torch.distributed.tensor import DTensor
 
     from fgrpo.models.wan.lora import add_lora
@@ -146,26 +153,28 @@ def _scenario_lora(mesh) -> dict:
         ref.enable_adapters()
     (out**2).mean().backward()
     (out_ref**2).mean().backward()
-    a1, a2 = model.blocks[0].attn1, model.blocks[0].attn2
+    a1, a2 = wan_blocks(model)[0].attn1, wan_blocks(model)[0].attn2
+    q, out_proj = cast(LoraLinear, a1.to_q), cast(LoraLinear, a2.to_out[0])  # add_lora replaced them
     is_dt = lambda m: isinstance(m.weight, DTensor)  # noqa: E731
     return {
         "model": _max_err(out, out_ref),
         "lora_effect": _max_err(out_ref, no_lora),
         "grads": _grad_errors(model, ref),
         "layout": {
-            "q.base": is_dt(a1.to_q.base_layer),
-            "q.A": is_dt(a1.to_q.lora_A["default"]),
-            "q.B": is_dt(a1.to_q.lora_B["default"]),
-            "out.base": is_dt(a2.to_out[0].base_layer),
-            "out.A": is_dt(a2.to_out[0].lora_A["default"]),
-            "out.B": is_dt(a2.to_out[0].lora_B["default"]),
+            "q.base": is_dt(q.base_layer),
+            "q.A": is_dt(q.lora_A["default"]),
+            "q.B": is_dt(q.lora_B["default"]),
+            "out.base": is_dt(out_proj.base_layer),
+            "out.A": is_dt(out_proj.lora_A["default"]),
+            "out.B": is_dt(out_proj.lora_B["default"]),
         },
     }
 
 
 def _scenario_naive(mesh) -> dict:
     """What a plain colwise/rowwise plan gives, and what a wrongly sharded norm weight gives."""
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
 
     from fgrpo.models.wan.tensor_parallel import apply_tensor_parallel
 
@@ -173,9 +182,9 @@ def _scenario_naive(mesh) -> dict:
     naive = _tiny_transformer()
     out_ref = naive(**inputs).sample
     col, row = ColwiseParallel, RowwiseParallel
-    plan = {f"attn{i}.{p}": col() for i in (1, 2) for p in ("to_q", "to_k", "to_v")}
+    plan: dict[str, ParallelStyle] = {f"attn{i}.{p}": col() for i in (1, 2) for p in ("to_q", "to_k", "to_v")}
     plan.update({"attn1.to_out.0": row(), "attn2.to_out.0": row(), "ffn.net.0.proj": col(), "ffn.net.2": row()})
-    for block in naive.blocks:
+    for block in wan_blocks(naive):
         parallelize_module(block, mesh, plan)
         for attn in (block.attn1, block.attn2):
             attn.heads //= tp
@@ -191,7 +200,9 @@ def _scenario_naive(mesh) -> dict:
     with torch.no_grad():  # every rank uses the first shard of the norm weight
         for m in wrong.modules():
             if type(m).__name__ == "HeadShardedRMSNorm":
-                m.weight.to_local().copy_(m.weight.full_tensor().chunk(tp)[0])
+                weight = m.weight
+                assert isinstance(weight, DTensor), type(weight)
+                weight.to_local().copy_(weight.full_tensor().chunk(tp)[0])
     res["wrong_norm_shard"] = _max_err(wrong(**inputs).sample, out_ref)
     return res
 
@@ -203,7 +214,7 @@ def _scenario_bad_degree(mesh) -> dict:
     try:
         apply_tensor_parallel(model, mesh)
     except ValueError as e:
-        return {"raised": "ValueError", "message": str(e), "heads_untouched": model.blocks[0].attn1.heads}
+        return {"raised": "ValueError", "message": str(e), "heads_untouched": wan_blocks(model)[0].attn1.heads}
     return {"raised": None}
 
 

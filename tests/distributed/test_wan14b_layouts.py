@@ -96,12 +96,13 @@ def expected_local(shape: list[int], name: str, tp: int, tp_rank: int, shard: in
     return s
 
 
+def layout_id(layout) -> str:
+    world, rep, shard, tp, sp = layout
+    return f"world={world},dp_rep={rep},dp_shard={shard},tp={tp}" + (f",sp={sp}" if sp > 1 else "")
+
+
 @pytest.mark.parametrize("lora", [1, 0], ids=["lora", "full"])
-@pytest.mark.parametrize(
-    "layout",
-    LAYOUTS,
-    ids=lambda l: f"world={l[0]},dp_rep={l[1]},dp_shard={l[2]},tp={l[3]}" + (f",sp={l[4]}" if l[4] > 1 else ""),
-)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=layout_id)
 def test_14b_shards(layout, lora):
     world, rep, shard, tp, sp = layout
     res = subprocess.run(

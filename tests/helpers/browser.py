@@ -41,7 +41,9 @@ def screenshot(binary: str, page: Path, out: Path, size: str = "1400,2400") -> P
 
 
 def body_attrs(dom: str) -> dict[str, str]:
-    body = re.search(r"<body([^>]*)>", dom).group(1)
+    match = re.search(r"<body([^>]*)>", dom)
+    assert match, "no <body> tag in the DOM"
+    body = match.group(1)
     return dict(re.findall(r'([\w-]+)="([^"]*)"', body))
 
 
@@ -67,5 +69,6 @@ def assert_not_blank(png: Path) -> None:
     with Image.open(png) as im:
         rgb = im.convert("RGB")
         colours = rgb.getcolors(maxcolors=1 << 20)
+        assert colours is not None, "more than 2**20 colours"  # getcolors gives None past maxcolors
         top = max(colours)[0] / (rgb.width * rgb.height)
     assert len(colours) > 200 and top < 0.9, (len(colours), top)  # charts, text and videos, not one flat colour

@@ -104,13 +104,14 @@ def checkpoint_state(run_dir, step: int, prefix: str) -> dict[str, torch.Tensor]
     """Every tensor under `prefix` in checkpoint step-N, gathered into full tensors in this process."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     path = run_dir / "checkpoints" / f"step-{step}"
     meta = FileSystemReader(str(path)).read_metadata().state_dict_metadata
     full = {
         k: torch.empty(m.size, dtype=m.properties.dtype)
         for k, m in meta.items()
-        if k.startswith(prefix) and hasattr(m, "size")
+        if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)
     }
     dcp.load(full, checkpoint_id=str(path), no_dist=True)
     return full

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import time
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch.multiprocessing as mp
@@ -18,13 +20,14 @@ def spawn_ranks(worker, world: int, out_dir: Path, what: str, timeout_s: float =
     rendezvous); each writes `out_dir/rank{rank}.json`. Returns those, rank order. Fails the test
     naming `what` if the processes outlive `timeout_s`; stragglers are terminated."""
     ctx = mp.start_processes(worker, args=(free_port(), str(out_dir)), nprocs=world, join=False, start_method="spawn")
+    assert ctx is not None  # join=False returns the context
     deadline = time.monotonic() + timeout_s
     try:
         while not ctx.join(timeout=2):
             if time.monotonic() > deadline:
                 pytest.fail(f"{what} worker processes timed out")
     finally:
-        for p in ctx.processes:
+        for p in cast(list[BaseProcess], ctx.processes):  # torch infers list[None] from its `[None] * n`
             if p.is_alive():
                 p.terminate()
     return [json.loads((Path(out_dir) / f"rank{r}.json").read_text()) for r in range(world)]

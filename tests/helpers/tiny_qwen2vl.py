@@ -67,8 +67,11 @@ def make_tokenizer(extra_special_tokens: tuple[str, ...] = ()):
     bpe.train_from_iterator([instruction(""), prompt_text(""), *PROMPTS, "You are a helpful assistant."], trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    # merges as (a, b) pairs is what tokenizers' BPE takes; transformers annotates list[str] only
     tok = Qwen2Tokenizer(
-        vocab=model["vocab"], merges=merges, extra_special_tokens=QWEN2VL_SPECIALS[1:] + list(extra_special_tokens)
+        vocab=model["vocab"],
+        merges=merges,  # pyright: ignore[reportArgumentType]
+        extra_special_tokens=QWEN2VL_SPECIALS[1:] + list(extra_special_tokens),
     )
     tok.chat_template = CHAT_TEMPLATE
     return tok

@@ -41,7 +41,8 @@ def wandb_records(path: Path) -> list:
             out.append(pending + chunk)
     records = []
     for raw in out:
-        rec = pb.Record()
+        # protobuf builds its message classes at import time: pyright cannot see them
+        rec = pb.Record()  # pyright: ignore[reportAttributeAccessIssue]
         rec.ParseFromString(raw)
         records.append(rec)
     return records

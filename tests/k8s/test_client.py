@@ -1,5 +1,6 @@
 """KubernetesBackend over real HTTP: the kubernetes client talks to an in-memory API server
-(ThreadingHTTPServer on 127.0.0.1) through a generated kubeconfig with a token user."""
+(ThreadingHTTPServer on 127.0.0.1) through a generated kubeconfig with a token user (the `kube`
+fixture of tests/k8s/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -115,7 +117,8 @@ class FakeKube:
             "code": code,
         }
 
-    def respond(self, method, path, query, body):
+    def respond(self, method: str, path: str, query: dict, body: Any) -> tuple[int | Literal["log"], Any]:
+        """(HTTP status, JSON body), or ("log", the log's chunks)."""
         for f in self.faults:
             if f[0] == method and re.search(f[1], path) and f[3] > 0:
                 f[3] -= 1
@@ -161,24 +164,6 @@ def write_kubeconfig(path: Path, server: str) -> Path:
         )
     )
     return path
-
-
-@pytest.fixture
-def kube(tmp_path, monkeypatch):
-    fake = FakeKube()
-    for var in (
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "KUBERNETES_SERVICE_HOST",
-    ):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", fake.url)))
-    yield fake
-    fake.stop()
 
 
 def meta(name: str, run: str = RUN) -> dict:

@@ -130,6 +130,7 @@ def test_pods_train_through_the_reward_pod(tiny_model_dir, tmp_path):
     master_port = free_port()
     reward_port = next(p for p in iter(free_port, None) if p != master_port)
     procs, run, server = pod_processes(tiny_model_dir, tmp_path, 2, master_port, reward_port=reward_port)
+    assert server is not None  # a reward_port starts the reward server's pod
     try:
         outs = [p.communicate(timeout=300)[0] for p in procs]
         assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]

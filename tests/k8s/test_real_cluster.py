@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_tiny_recipe_on_a_real_cluster(tmp_path):
+    assert KUBECONFIG and IMAGE  # the skipif above
     env = {"KUBECONFIG": os.path.expanduser(KUBECONFIG)}
     name = f"tiny-e2e-{int(time.time())}"
     res = run_fgrpo(

@@ -14,7 +14,7 @@ from launchers.base import LaunchJob
 from launchers.k8s import manifests
 from launchers.k8s.backend import KubernetesBackend
 from tests.helpers.k8s import by_kind, make_recipe
-from tests.k8s.test_client import JOBSETS, NS, RUN, kube, recipe  # noqa: F401  (kube: the fake API fixture)
+from tests.k8s.test_client import JOBSETS, NS, RUN, recipe
 from tests.k8s.test_reward_server_manifest import build_with_server
 
 SECRETS = f"/api/v1/namespaces/{NS}/secrets"

@@ -30,7 +30,8 @@ def test_builds_and_loads_through_from_pretrained(miniature_model_dir):
         ), key
     vae = AutoencoderKLWan.from_pretrained(miniature_model_dir, subfolder="vae", local_files_only=True)
     # Its own latent statistics, measured after training (not Wan's defaults).
-    assert len(vae.config.latents_std) == 16 and vae.config.latents_std != AutoencoderKLWan().config.latents_std
+    latents_std = vae.config["latents_std"]
+    assert len(latents_std) == 16 and latents_std != AutoencoderKLWan().config["latents_std"]
 
 
 def test_heldout_gold_is_in_the_stated_band(miniature_model_dir):

@@ -4,6 +4,7 @@ the prompt file must be a readable text file with enough training prompts for on
 
 import dataclasses
 import math
+from typing import Any
 
 import pytest
 
@@ -70,7 +71,7 @@ def _outside(rng: Range, number: type) -> list:
     return out
 
 
-def _set(obj, dotted: str, value):
+def _set(obj: Any, dotted: str, value: Any) -> Any:
     head, _, rest = dotted.partition(".")
     if isinstance(obj, tuple):  # rewards.0...
         i = int(head)
@@ -102,7 +103,7 @@ def test_a_value_outside_the_range_is_refused_by_name(name, bad, is_tuple):
     assert "\n" not in mine[0] and "must be in" in mine[0], mine
 
 
-def _get(obj, dotted: str):
+def _get(obj: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         obj = obj[int(part)] if isinstance(obj, tuple) else getattr(obj, part)
     return obj

@@ -16,6 +16,7 @@ import pytest
 from fgrpo.processes import ProcessId
 from fgrpo.run_folder import RunFolder
 from tests.conftest import REPO, run_fgrpo
+from tests.helpers import present
 from tests.helpers.faulty import small_disk
 from tests.helpers.runs import tiny_launch_args as launch_args
 from tests.helpers.runs import wait_for
@@ -55,7 +56,9 @@ def test_failing_reward_records_failed_and_keeps_the_last_completed_step(tiny_mo
     assert status["state"] == "failed"
     want = "flaky reward gave up at call 6" if mode == "raise" else "returned non-finite scores"
     assert want in status["reason"] and "reward scoring failed" in status["reason"]
-    assert run.latest_checkpoint()[0] == 2  # steps 1-2 completed; saved although the interval is 1000
+    assert (
+        present(run.latest_checkpoint(), "checkpoint")[0] == 2
+    )  # steps 1-2 completed; saved although the interval is 1000
     assert [r["step"] for r in run.read_metrics("train")] == [1, 2]
     row = status_row(run.path)
     assert row["run_state"] == "failed" and want in row["reason"]
@@ -73,7 +76,7 @@ def test_sigkilled_trainer_shows_as_killed(tiny_model_dir, tmp_path):
     run = RunFolder(runs / "run")
     try:
         wait_for(lambda: len(run.read_metrics("train")) >= 1, what="step 1")
-        trainer = ProcessId.parse(run.read_launch()["pids"][0])
+        trainer = ProcessId.parse(present(run.read_launch(), "launch.json")["pids"][0])
         assert run.read_status()["state"] == "running"
         os.kill(trainer.pid, signal.SIGKILL)
         proc.wait(timeout=60)

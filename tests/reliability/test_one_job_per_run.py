@@ -16,6 +16,7 @@ from fgrpo.processes import ProcessId
 from fgrpo.run_folder import RunFolder, RunLock, RunLockedError
 from launchers.local import LocalBackend
 from tests.conftest import REPO, run_fgrpo
+from tests.helpers import present
 from tests.helpers.runs import tiny_launch_args as launch_args
 from tests.helpers.runs import wait_for
 
@@ -48,10 +49,11 @@ def test_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
 def test_lock_dies_with_its_holder(tmp_path):
     code = (
         "import sys, time; from fgrpo.run_folder import RunLock; "
-        f"RunLock({str(tmp_path / '.lock')!r}).acquire({{'backend': 'local'}}); print('held', flush=True); time.sleep(60)"
+        f"RunLock({str(tmp_path / '.lock')!r}).acquire({{'backend': 'local'}}); "
+        "print('held', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
+    assert present(holder.stdout, "stdout pipe").readline().strip() == "held"
     assert RunLock(tmp_path / ".lock").probe() == "held"
     holder.kill()  # SIGKILL: no clean-up runs
     holder.wait()
@@ -76,7 +78,7 @@ def hold_lock(lock_path, seconds):
         f"RunLock({str(lock_path)!r}).acquire({{'backend': 'local'}}); print('held', flush=True); time.sleep({seconds})"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
+    assert present(holder.stdout, "stdout pipe").readline().strip() == "held"
     return holder
 
 
@@ -87,7 +89,7 @@ def test_resume_waits_for_an_ended_jobs_trainer_to_let_go(tmp_path):
 
     folder = RunFolder(tmp_path / "run")
     folder.record_job("local", str(ProcessId(ProcessId.of().host, 2**22 + 7, 1)), "launch")  # beyond pid_max
-    assert LocalBackend().state(folder.latest_job()["job_id"]) == "EXITED"
+    assert LocalBackend().state(present(folder.latest_job(), "job")["job_id"]) == "EXITED"
     holder = hold_lock(folder.path / ".lock", 4)
     t0 = time.monotonic()
     refuse_if_running(folder, grace_s=60)
@@ -110,13 +112,13 @@ def test_second_launch_is_refused_while_the_first_trains_and_cancel_stops_it(tin
     run = RunFolder(runs / "run")
     try:
         wait_for(lambda: len(run.read_metrics("train")) >= 1, what="step 1")
-        launcher = ProcessId.parse(run.latest_job()["job_id"])
+        launcher = ProcessId.parse(present(run.latest_job(), "job")["job_id"])
         assert launcher.pid == first.pid and launcher.start
         res = run_fgrpo(*launch_args(tiny_model_dir, runs, 400), cwd=tmp_path)
         assert res.returncode == 3, res.stdout + res.stderr
         assert (
             f"is in use by local job {launcher}" in res.stderr
-            and f"pid {run.read_launch()['pids'][0].split(':')[1]}" in res.stderr
+            and f"pid {present(run.read_launch(), 'launch.json')['pids'][0].split(':')[1]}" in res.stderr
         )
         res = run_fgrpo("resume", str(run.path), cwd=tmp_path)
         assert res.returncode == 3 and "is in use by local job" in res.stderr
@@ -131,7 +133,7 @@ def test_second_launch_is_refused_while_the_first_trains_and_cancel_stops_it(tin
     assert run.read_status()["state"] == "cancelled"
     steps = [r["step"] for r in run.read_metrics("train")]
     assert steps == list(range(1, len(steps) + 1))  # every step once: one trainer wrote it
-    assert run.latest_checkpoint()[0] == steps[-1]
+    assert present(run.latest_checkpoint(), "checkpoint")[0] == steps[-1]
     # Nothing runs now: cancel says so, with a non-zero code, and changes nothing.
     res = run_fgrpo("cancel", str(run.path))
     assert res.returncode == 1 and "nothing to cancel" in res.stderr and "is not running (EXITED)" in res.stderr
@@ -143,14 +145,14 @@ def test_trainers_stop_and_save_when_the_launcher_is_killed(tiny_model_dir, tmp_
     launcher = start(tiny_model_dir, runs, 400)
     run = RunFolder(runs / "run")
     wait_for(lambda: len(run.read_metrics("train")) >= 1, what="step 1")
-    trainer = ProcessId.parse(run.read_launch()["pids"][0])
+    trainer = ProcessId.parse(present(run.read_launch(), "launch.json")["pids"][0])
     os.kill(launcher.pid, signal.SIGKILL)
     launcher.wait()
     wait_for(lambda: not trainer.alive(), timeout=120, what="the orphaned trainer to stop")
     status = run.read_status()
     assert status["state"] == "stopped" and "its launcher exited" in status["reason"], status
     done = run.read_metrics("train")[-1]["step"]
-    assert run.latest_checkpoint()[0] == done  # the last completed step was saved
+    assert present(run.latest_checkpoint(), "checkpoint")[0] == done  # the last completed step was saved
     res = run_fgrpo("status", str(run.path), "--json")
     assert '"state": "EXITED"' in res.stdout and '"run_state": "stopped"' in res.stdout
     # The same command continues from there; `fgrpo logs` shows rank 0's output of the run.

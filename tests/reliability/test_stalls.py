@@ -18,6 +18,7 @@ from fgrpo.run_folder.status import liveness, next_beat
 from fgrpo.trainer.entry import failure_reason, record_failure
 from launchers.local import LocalBackend, free_port
 from tests.conftest import REPO
+from tests.helpers import present
 
 ME = str(ProcessId.of())
 
@@ -86,9 +87,9 @@ def test_before_its_first_step_a_job_is_timed_from_its_start(tmp_path):
 def test_stall_threshold_is_the_longer_of_the_timeout_and_the_longest_gap():
     status = {"state": "running", "time": 0.0, "owner": ME}
     beat = {"step": 3, "time": 1000.0, "longest_gap_s": 100.0, "owner": ME}  # e.g. a slow evaluation
-    assert liveness(status, beat, 60.0, now=1150.0).stall_after_s == 200.0
-    assert not liveness(status, beat, 60.0, now=1150.0).stalled
-    assert liveness(status, beat, 60.0, now=1201.0).stalled
+    assert present(liveness(status, beat, 60.0, now=1150.0), "liveness").stall_after_s == 200.0
+    assert not present(liveness(status, beat, 60.0, now=1150.0), "liveness").stalled
+    assert present(liveness(status, beat, 60.0, now=1201.0), "liveness").stalled
     assert liveness({**status, "state": "failed"}, beat, 60.0, now=5000.0) is None
 
 

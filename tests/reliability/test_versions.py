@@ -8,6 +8,7 @@ import pytest
 
 import fgrpo
 from fgrpo.cli.launch import check_existing_run
+from fgrpo.recipe.config import Recipe
 from fgrpo.recipe.io import load_recipe_file, training_fingerprint
 from fgrpo.rewards.identity import reward_identities
 from fgrpo.run_folder import RUN_FORMAT_VERSION, RunFolder, RunFormatError
@@ -15,6 +16,7 @@ from fgrpo.run_folder.checkpoints import MANIFEST, write_manifest
 from fgrpo.trainer.entry import train_run
 from fgrpo.trainer.signals import StopFlag
 from tests.conftest import REPO, run_fgrpo
+from tests.helpers import present
 from tests.helpers.recipes import small_recipe
 
 VERSION_FIELDS = ("fgrpo_version", "format_version")
@@ -28,7 +30,7 @@ def rewrite(path, **fields):
     path.write_text(json.dumps(record))
 
 
-def stopped_run(tmp_path) -> tuple[RunFolder, object]:
+def stopped_run(tmp_path) -> tuple[RunFolder, Recipe]:
     """A run folder as this fgrpo writes it, without training: recipe, status, rewards, a checkpoint."""
     recipe = load_recipe_file(REPO / "recipes" / "tiny.py")
     run = RunFolder(tmp_path / "run")
@@ -95,9 +97,11 @@ def test_records_carry_versions_and_an_old_folder_without_them_resumes(tiny_mode
     run.rewards_file.unlink()
     run.check_format()
     assert train_run(run.path, StopFlag(signals=())) == 0
-    assert run.read_status()["state"] == "completed" and run.latest_checkpoint()[0] == 4
+    assert run.read_status()["state"] == "completed" and present(run.latest_checkpoint(), "checkpoint")[0] == 4
     assert [r["step"] for r in run.read_metrics("train")] == [1, 2, 3, 4]
-    assert run.read_rewards()[0]["name"] == "brightness"  # recorded at its first start with this fgrpo
+    assert (
+        present(run.read_rewards(), "rewards.json")[0]["name"] == "brightness"
+    )  # recorded at its first start with this fgrpo
 
     # A checkpoint of a newer format is refused, not skipped for the older one beside it.
     rewrite(run.checkpoint(4) / MANIFEST, fgrpo_version="9.0.0", format_version=RUN_FORMAT_VERSION + 1)

@@ -195,7 +195,9 @@ def test_report_shows_the_paired_comparison(tmp_path):
         assert found, html[html.find("Paired comparison") :][:3000]
         assert float(found.group(1)) == pytest.approx(want["mean"][mode], abs=1e-4)
         assert float(found.group(2)) == pytest.approx(want["std"][mode], abs=1e-4)
-    diff, lo, hi = map(float, re.fullmatch(r"([-+.\d]+) \[([-+.\d]+), ([-+.\d]+)\]", found.group(3)).groups())
+    interval = re.fullmatch(r"([-+.\d]+) \[([-+.\d]+), ([-+.\d]+)\]", found.group(3))
+    assert interval, found.group(3)
+    diff, lo, hi = map(float, interval.groups())
     assert diff == pytest.approx(want["diff"], abs=1e-4) and 0 < lo < diff < hi < 0.1
     assert rows[1]["diff"] == pytest.approx(want["diff"])
 

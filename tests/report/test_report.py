@@ -22,7 +22,9 @@ from tests.helpers.runs import tiny_launch_args
 
 
 def figures(html: str) -> list[dict]:
-    return json.loads(re.search(r"const FIGURES = (\[.*?\]);\n", html, re.S).group(1).replace("<\\/", "</"))
+    found = re.search(r"const FIGURES = (\[.*?\]);\n", html, re.S)
+    assert found, "no FIGURES in the report"
+    return json.loads(found.group(1).replace("<\\/", "</"))
 
 
 def test_report_of_a_trained_run(tiny_model_dir, tmp_path, chromium):

@@ -12,6 +12,7 @@ import sys
 import types
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TypedDict
 
 import numpy as np
 import pytest
@@ -27,7 +28,14 @@ from tests.helpers.tiny_clip_tokenizer import tiny_clip_tokenizer
 WORDS = ["a", "red", "blue", "cat", "dog", "on", "the", "grass", "sky", "car", "runs", "in"]
 PROMPTS = ["a red cat on the grass", "a blue dog", "the car runs in the sky"]
 CTX = 16  # text context length of the tiny model (ViT-H-14: 77)
-HEADS = {"vision_heads": 2, "text_heads": 2}  # the tiny model's head width is 32, not open_clip's 64/80
+
+
+class Heads(TypedDict):
+    vision_heads: int
+    text_heads: int
+
+
+HEADS = Heads(vision_heads=2, text_heads=2)  # the tiny model's head width is 32, not open_clip's 64/80
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +57,10 @@ def oc():
     from transformers.modeling_outputs import BaseModelOutput  # noqa: F401
 
     pkg = types.ModuleType("open_clip")
+    assert spec.submodule_search_locations is not None  # open_clip is a package
     pkg.__path__ = list(spec.submodule_search_locations)
     stubs = {n: types.ModuleType(n) for n in ("torchvision", "torchvision.ops", "torchvision.ops.misc")}
-    stubs["torchvision.ops.misc"].FrozenBatchNorm2d = type("FrozenBatchNorm2d", (), {})
+    vars(stubs["torchvision.ops.misc"])["FrozenBatchNorm2d"] = type("FrozenBatchNorm2d", (), {})
     assert not any(n in sys.modules for n in stubs)
     sys.modules["open_clip"] = pkg
     sys.modules.update(stubs)

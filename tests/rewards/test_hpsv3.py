@@ -130,8 +130,8 @@ def test_scores_equal_reference_forward(scorer, processor, hps_files):
 
 def test_bf16_close_to_fp32(scorer, hps_files):
     bf16 = hps.get_scorer(hps_files[0], hps_files[1], dtype="bfloat16")
-    assert bf16.model.model.language_model.embed_tokens.weight.dtype == torch.bfloat16
-    assert all(p.dtype == torch.float32 for p in bf16.model.rm_head.parameters())
+    assert bf16.model.get_parameter("model.language_model.embed_tokens.weight").dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in bf16.model.get_submodule("rm_head").parameters())
     frames = _frames()
     ref, low = scorer.score_frames(frames, PROMPTS, **KW), bf16.score_frames(frames, PROMPTS, **KW)
     assert low.dtype == torch.float32

@@ -2,6 +2,7 @@
 
 import uuid
 from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import torch
@@ -169,7 +170,7 @@ def test_missing_reward_args(clean_registry, user_module):
     assert needs_two.required_args == {"a": "the a file", "b": "the b folder"}
     assert R.missing_reward_args(spec("needs_two", args={"b": "x"})) == {"a": "the a file"}
     with pytest.raises(ValueError, match="required_args"):
-        R.register_reward("bad_required", required_args=["model_path"])
+        R.register_reward("bad_required", required_args=cast(Any, ["model_path"]))  # not a mapping, on purpose
     with pytest.raises(ValueError, match="no_such_reward"):
         R.missing_reward_args(spec("no_such_reward"))
 

@@ -3,6 +3,7 @@ reward server's handshake refuses a client that expects another."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from fgrpo.rewards import identity as identity_mod
 from fgrpo.rewards import register_reward
 from fgrpo.rewards.identity import file_fingerprint, identity_differences, reward_identities, rewards_changed
 from fgrpo.rewards.server import RewardClient, RewardServer
+from tests.helpers import present
 
 TOKEN = "identity-test-token"
 
@@ -88,8 +90,8 @@ def test_differences_name_the_reward_and_how_it_changed():
     )
     assert identity_differences(was, now) == ["reward brightness: weight 1.0 -> 2.0; args.bright_target 0.85 -> 0.9"]
     assert identity_differences(was, was[:1]) == ["rewards ['brightness'] instead of ['brightness', 'contrast']"]
-    assert rewards_changed(None, now, "rewards.json") is None  # nothing recorded yet: the first start
-    message = rewards_changed(was, now, "RUN/rewards.json")
+    assert rewards_changed(None, now, Path("rewards.json")) is None  # nothing recorded yet: the first start
+    message = present(rewards_changed(was, now, Path("RUN/rewards.json")), "refusal")
     assert "reward brightness: weight 1.0 -> 2.0" in message and "delete RUN/rewards.json" in message
 
 

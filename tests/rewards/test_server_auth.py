@@ -11,6 +11,7 @@ import signal
 import stat
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import pytest

@@ -28,6 +28,7 @@ from fgrpo.rewards import WeightedRewards
 from fgrpo.rewards.server import RewardClient, RewardServer, dequantize, quantize
 from fgrpo.rewards.wire import BINARY_TYPE, MAX_JSON_BYTES
 from tests.conftest import REPO
+from tests.helpers import present
 
 SPECS = [RewardSpec(name="brightness"), RewardSpec(name="colour", weight=0.5)]
 PROMPTS = ["a red car at night", "a bright blue sky"]
@@ -160,7 +161,8 @@ SERVE = textwrap.dedent("""
 
 def _memory(pid: int) -> dict[str, int]:
     text = open(f"/proc/{pid}/status").read()
-    return {k: int(re.search(rf"{k}:\s+(\d+) kB", text).group(1)) << 10 for k in ("VmRSS", "VmHWM")}
+    found = {k: re.search(rf"{k}:\s+(\d+) kB", text) for k in ("VmRSS", "VmHWM")}
+    return {k: int(present(m, f"{k} in /proc/{pid}/status").group(1)) << 10 for k, m in found.items()}
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the server's peak RSS from /proc")
@@ -170,7 +172,7 @@ def test_peak_memory_of_a_200_mb_request():
     frames the rewards score). Bound: 6x."""
     proc = subprocess.Popen([sys.executable, "-c", SERVE], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        url = proc.stdout.readline().strip()
+        url = present(proc.stdout, "stdout pipe").readline().strip()
         client = RewardClient(url, timeout_s=120, max_request_bytes=1 << 30)
         client.score(torch.zeros(1, 1, 3, 2, 2, dtype=torch.uint8), ["warm-up"])
         u8 = torch.randint(0, 256, (2, 65, 3, 480, 832), dtype=torch.uint8)  # 2 x 77.3 MiB

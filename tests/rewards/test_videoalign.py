@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from typing import TypedDict
 
 import pytest
 import torch
@@ -13,7 +14,12 @@ from fgrpo.rewards.qwen2vl import chat_text, patchify
 from tests.helpers.served import assert_served_equals_in_process
 from tests.helpers.tiny_qwen2vl import PROMPTS, legacy_state_dict, make_reward_model, reward_at_tokens, save_base
 
-KW = dict(min_pixels=56 * 56)  # tiny stand-in for 128*28*28; model_config caps frames at 56*84 pixels
+
+class PixelArgs(TypedDict):
+    min_pixels: int
+
+
+KW = PixelArgs(min_pixels=56 * 56)  # tiny stand-in for 128*28*28; model_config caps frames at 56*84 pixels
 NORM = {"VQ_mean": 0.1, "VQ_std": 2.0, "MQ_mean": -0.2, "MQ_std": 0.5, "TA_mean": 0.3, "TA_std": 1.5}
 MODEL_CONFIG = {
     "data_config": {
@@ -93,7 +99,7 @@ def test_scores_equal_reference_forward(scorer, va_files):
         [chat_text(va.prompt_text(p), "<|video_pad|>", scorer.n_vision_tokens(g)) for p, (_, g) in zip(PROMPTS, vis)]
     )
     vision = dict(pixel_values_videos=torch.cat([p for p, _ in vis]), video_grid_thw=torch.tensor([g for _, g in vis]))
-    want = reward_at_tokens(model, head, ids, mask, scorer.reward_ids, **vision)[..., 0]
+    want = reward_at_tokens(model, head, ids, mask, scorer.reward_ids, sequential=True, **vision)[..., 0]
     got = scorer.score(frames, PROMPTS, use_norm=False, **KW)
     got = torch.stack([got["vq"], got["mq"], got["ta"]], dim=1)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
@@ -135,8 +141,8 @@ def test_frame_sampling(scorer):
 
 def test_bf16_close_to_fp32(scorer, va_files):
     bf16 = va.get_scorer(va_files[0], va_files[1], dtype="bfloat16")
-    assert bf16.model.model.visual.patch_embed.proj.weight.dtype == torch.bfloat16
-    assert bf16.model.rm_head.weight.dtype == torch.float32
+    assert bf16.model.get_parameter("model.visual.patch_embed.proj.weight").dtype == torch.bfloat16
+    assert bf16.model.get_parameter("rm_head.weight").dtype == torch.float32
     frames = _frames()
     ref = scorer.score(frames, PROMPTS, use_norm=False, **KW)
     low = bf16.score(frames, PROMPTS, use_norm=False, **KW)

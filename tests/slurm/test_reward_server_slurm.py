@@ -6,6 +6,7 @@ import time
 
 from fgrpo.run_folder import RunFolder
 from tests.conftest import run_fgrpo
+from tests.helpers import present
 from tests.helpers.slurm import status, submit, wait_state, wait_steps
 
 # Training on one node (2 tasks = its 2 CPUs); the server gets a CPU of the other node.
@@ -49,7 +50,7 @@ def test_reward_server_job_beside_training(slurm_cluster, tiny_model_dir, tmp_pa
     rows = wait_state(run, {"COMPLETED"})
     assert rows[0]["step"] == 3 and rows[0]["run_state"] == "completed"
     # The server was on the other node, and the trainers used it.
-    host = RunFolder(run).read_server_address()
+    host = present(RunFolder(run).read_server_address(), "server address")
     assert host.startswith("http://")
     out = "".join(p.read_text() for p in (run / "submitit").glob(f"{job}_0_log.out"))
     assert f"rewards scored by the reward server at {host}" in out

@@ -75,7 +75,9 @@ def test_start_slurmctld_that_dies_after_daemonizing_shows_its_log(tmp_path):
     res = source_and_run(
         tmp_path,
         """
-        slurmctld() { echo "fatal: Unable to bind listen port (6817): Address already in use" >>"$LOGDIR/slurmctld.log"; }
+        slurmctld() {
+            echo "fatal: Unable to bind listen port (6817): Address already in use" >>"$LOGDIR/slurmctld.log"
+        }
         scontrol() { return 1; }
         start_slurmctld
         echo "not reached"
@@ -159,7 +161,9 @@ def test_start_resets_a_slurm_mariadb_user_left_by_another_set_up(our_cluster):
 
 def state_save_location() -> Path:
     conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text()
-    return Path(re.search(r"^StateSaveLocation=(\S+)", conf, re.M)[1])
+    found = re.search(r"^StateSaveLocation=(\S+)", conf, re.M)
+    assert found, "no StateSaveLocation in slurm.conf"
+    return Path(found[1])
 
 
 def test_start_moves_another_clusters_state_aside(our_cluster):

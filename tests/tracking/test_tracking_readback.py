@@ -9,7 +9,7 @@ import io
 import shutil
 
 import pytest
-from PIL import Image
+from PIL import GifImagePlugin, Image
 
 from fgrpo.run_folder import RunFolder
 from tests.conftest import run_fgrpo
@@ -107,7 +107,8 @@ def test_tensorboard_has_every_step_once(tracked_run):
     grid = acc.Images("samples/grid")
     assert [g.step for g in grid] == [0, 3]
     with Image.open(io.BytesIO(grid[-1].encoded_image_string)) as im:
-        assert im.format == "GIF" and im.n_frames == 5 and im.size == (grid[-1].width, grid[-1].height)
+        assert im.format == "GIF" and isinstance(im, GifImagePlugin.GifImageFile)
+        assert im.n_frames == 5 and im.size == (grid[-1].width, grid[-1].height)
     captions = acc.Tensors("samples/captions/text_summary")
     text = captions[-1].tensor_proto.string_val[0].decode()
     prompts = (RunFolder(run).sample_folder.read_index("final") or {})["prompts"]

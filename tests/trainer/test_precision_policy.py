@@ -11,6 +11,7 @@ from torch.distributed.tensor import DTensor
 
 from fgrpo.trainer.rollout import velocity
 from tests.helpers.recipes import small_recipe
+from tests.helpers.wan import wan_blocks, wan_transformer
 
 R = dataclasses.replace
 
@@ -30,7 +31,7 @@ def local(p):
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 def test_storage_compute_and_gradient_dtypes(tiny_model_dir, tmp_path, lora):
     t = bf16_trainer(tiny_model_dir, tmp_path, lora)
-    tr = t.policy.transformer
+    tr = wan_transformer(t.policy.transformer)
     for name, p in tr.named_parameters():
         kept = any(k in name.split(".") for k in ("time_embedder", "scale_shift_table", "norm2"))
         expected = torch.float32 if p.requires_grad or kept else torch.bfloat16
@@ -52,10 +53,10 @@ def test_storage_compute_and_gradient_dtypes(tiny_model_dir, tmp_path, lora):
         "patch_embedding": tr.patch_embedding,
         "time_embedder.linear_1": tr.condition_embedder.time_embedder.linear_1,
         "text_embedder": tr.condition_embedder.text_embedder.linear_1,
-        "blocks.0": tr.blocks[0],
-        "blocks.0.norm2": tr.blocks[0].norm2,
-        "blocks.0.attn1.to_q": tr.blocks[0].attn1.to_q,
-        "blocks.0.ffn": tr.blocks[0].ffn.net[0].proj,
+        "blocks.0": wan_blocks(tr)[0],
+        "blocks.0.norm2": wan_blocks(tr)[0].norm2,
+        "blocks.0.attn1.to_q": wan_blocks(tr)[0].attn1.to_q,
+        "blocks.0.ffn": wan_blocks(tr)[0].ffn.net[0].proj,
     }
     for name, module in watched.items():
         module.register_forward_pre_hook(record(name), with_kwargs=True)
@@ -83,7 +84,9 @@ def test_sigma_reaches_the_model_in_fp32(tiny_model_dir, tmp_path):
     """σ·1000 = 982.6 would be 984 in bf16: the timestep input stays fp32."""
     t = bf16_trainer(tiny_model_dir, tmp_path, lora=True)
     got = []
-    t.policy.transformer.condition_embedder.timesteps_proj.register_forward_pre_hook(lambda m, a: got.append(a[0]))
+    wan_transformer(t.policy.transformer).condition_embedder.timesteps_proj.register_forward_pre_hook(
+        lambda m, a: got.append(a[0])
+    )
     x, ctx = torch.randn(1, *t.policy.latent_shape), t.policy.encode(t.train_prompts[:1])
     velocity(t.policy.transformer, x, torch.tensor([0.9826]), ctx, None, 1.0, t.policy.compute_dtype)
     assert got[0].dtype == torch.float32 and float(got[0][0]) == pytest.approx(982.6, abs=1e-3)

@@ -14,6 +14,7 @@ from fgrpo.rewards import register_reward
 from fgrpo.rewards.server import RewardServer
 from fgrpo.run_folder import RunFolder
 from fgrpo.trainer.trainer import Trainer
+from tests.helpers import present
 from tests.helpers.recipes import small_recipe
 
 R = dataclasses.replace
@@ -42,7 +43,7 @@ def test_in_process_rewards_are_recorded_and_a_change_is_refused(tiny_model_dir,
     weights.write_bytes(b"reward weights v1")
     recipe = recipe_with(tiny_model_dir, weights)
     connected(recipe, run)
-    (recorded,) = RunFolder(run).read_rewards()
+    (recorded,) = present(RunFolder(run).read_rewards(), "rewards.json")
     assert recorded["name"] == "test_weights_file" and recorded["settings"]["scale"] == 1.0
     assert recorded["files"]["weights_path"]["bytes"] == len(b"reward weights v1")
     connected(recipe, run)  # the same rewards: resumes
@@ -74,7 +75,7 @@ def test_served_rewards_are_recorded_and_checked_by_the_handshake(tiny_model_dir
     specs = recipe_with(tiny_model_dir, weights).rewards
     with RewardServer(specs) as srv:
         t = connected(recipe_with(tiny_model_dir, weights, url=srv.url), run)
-        assert t.rewards.where == "server"
+        assert present(t.rewards, "connected rewards").where == "server"
     # recorded as the server sees them: its files' fingerprints too
     assert RunFolder(run).read_rewards() == json.loads(json.dumps(srv.identity))
 

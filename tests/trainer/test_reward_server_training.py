@@ -20,6 +20,7 @@ from fgrpo.trainer.reward_scoring import RemoteRewards
 from fgrpo.trainer.signals import EXIT_REQUEUE, StopFlag
 from fgrpo.trainer.trainer import Trainer
 from tests.conftest import REPO, run_fgrpo
+from tests.helpers import present
 from tests.helpers.recipes import small_recipe
 
 R = dataclasses.replace
@@ -142,7 +143,7 @@ def test_launch_with_reward_server_end_to_end(tiny_model_dir, tmp_path):
     # 2 steps in micro-batches of 16, plus held-out evaluation before and after (one batch each).
     videos, batches = 2 * per_step + 2 * per_eval, 2 * (per_step // 16) + 2
     assert f"reward server stopped after scoring {videos} videos in {batches} batches" in log, log
-    assert RunFolder(run).read_server_address().startswith("http://127.0.0.1:")
+    assert present(RunFolder(run).read_server_address(), "server address").startswith("http://127.0.0.1:")
     assert torch.isfinite(torch.tensor([m["reward_mean"] for m in train])).all()
 
 
@@ -167,7 +168,7 @@ def test_a_restarted_server_is_found_again(tiny_model_dir, tmp_path):
         timer.join()
         second.stop()
     assert servers[0].scored == (4, 8) and second.scored == (4, 8)
-    assert t.rewards.client.url == second.url
+    assert isinstance(t.rewards, RemoteRewards) and t.rewards.client.url == second.url
     assert torch.isfinite(torch.tensor(metrics["reward_mean"]))
 
 

@@ -26,17 +26,20 @@ micro-batch 1: 40 x 2 x 10 MiB).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from diffusers.models.transformers.transformer_wan import WanAttention
 
 
 class _SameInputSameOutput:
     """A forward that returns its previous output when called again with the very same tensor
     (without gradients only: with them it computes afresh, and keeps nothing)."""
 
-    def __init__(self, forward):
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor]):
         self.forward = forward
         self.last_input: torch.Tensor | None = None
         self.last_output: torch.Tensor | None = None
@@ -44,7 +47,7 @@ class _SameInputSameOutput:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return self.forward(x)
-        if x is not self.last_input:
+        if x is not self.last_input or self.last_output is None:
             self.last_output = self.forward(x)
             self.last_input = x
         return self.last_output
@@ -55,18 +58,18 @@ class _CachedKeyValue(nn.Module):
     dimension, computed once per text tensor. Holds the real modules outside the module tree, so
     state dicts and FSDP2 never see them twice."""
 
-    def __init__(self, attn: nn.Module, norm_k):
+    def __init__(self, attn: WanAttention, norm_k):
         super().__init__()
         cache = _SameInputSameOutput(lambda text: torch.cat([norm_k(attn.to_k(text)), attn.to_v(text)], dim=-1))
         # Disabled here, not by a decorator: importing this module must not initialise dynamo
         # (which fixes inductor's cache folder before the trainer can place it, policy.py).
-        self._cached = torch._dynamo.disable(cache)
+        self._cached = cast(Callable[[torch.Tensor], torch.Tensor], torch._dynamo.disable(cache))  # untyped
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         return self._cached(text)
 
 
-def cross_attentions(transformer) -> list[nn.Module]:
+def cross_attentions(transformer) -> list[WanAttention]:
     """Each block's cross-attention module (Wan: `attn2`)."""
     return [block.attn2 for block in transformer.blocks]
 
@@ -88,7 +91,8 @@ def cached_text_projections(transformer, enabled: bool = True) -> Iterator[None]
     text_embedder.forward = _SameInputSameOutput(text_embedder.forward)
     try:
         for attn, _ in saved:
-            attn.to_kv = _CachedKeyValue(attn, attn.norm_k.forward)
+            # cast: diffusers declares `to_kv` an nn.Linear; any module with its call signature does
+            cast(nn.Module, attn).to_kv = _CachedKeyValue(attn, attn.norm_k.forward)
             attn.norm_k.forward = _identity  # the cached key is normalised already
             attn.fused_projections = True
         yield

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from fgrpo.distributed.precision import DTYPES
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKLWan
 
 REQUIRED_SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
 
@@ -25,7 +29,7 @@ class WanComponents:
     """The pieces of a Wan T2V pipeline that training uses (we run our own sampler)."""
 
     transformer: torch.nn.Module | None
-    vae: torch.nn.Module
+    vae: AutoencoderKLWan
     text_encoder: torch.nn.Module | None
     tokenizer: object | None
     dtype: torch.dtype
@@ -36,14 +40,16 @@ class WanComponents:
         """UMT5 embeddings [B, L, D], zero past each prompt's length (as diffusers' WanPipeline)."""
         from .text_encoder import encode_with_lengths
 
+        if self.text_encoder is None:  # freed, or loaded with with_text_encoder=False
+            raise AttributeError("these components hold no text encoder (freed, or with_text_encoder=False)")
         return encode_with_lengths(self.tokenizer, self.text_encoder, prompts, self.max_text_tokens, self.dtype)[0]
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [B, 16, F', H', W'] (normalised space) -> frames [B, F, 3, H, W] in [0, 1]."""
         vae = self.vae
-        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents)
-        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents)
+        mean = torch.tensor(vae.config["latents_mean"]).view(1, -1, 1, 1, 1).to(latents)
+        std = torch.tensor(vae.config["latents_std"]).view(1, -1, 1, 1, 1).to(latents)
         z = (latents * std + mean).to(next(vae.parameters()).dtype)
         video = vae.decode(z, return_dict=False)[0]  # [B, 3, F, H, W] in [-1, 1]
         return (video.float().clamp(-1, 1) * 0.5 + 0.5).permute(0, 2, 1, 3, 4).contiguous()
@@ -92,7 +98,8 @@ def load_wan(
     text = LazyTextEncoder(path, torch_dtype, max_text_tokens, device)
     if with_text_encoder:
         text.load()
+    # cast: diffusers wraps `to` in functools.wraps(Module.to), which pyright reads as unbound
     if transformer is not None:
-        transformer.to(device)
-    vae.to(device)
+        cast(torch.nn.Module, transformer).to(device)
+    cast(torch.nn.Module, vae).to(device)
     return WanComponents(transformer, vae, text.text_encoder, text.tokenizer, torch_dtype, max_text_tokens)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
+
+if TYPE_CHECKING:
+    from diffusers import WanTransformer3DModel
 
 
 def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, target_modules: tuple[str, ...]) -> None:
@@ -11,9 +16,14 @@ def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, target_modul
     from peft import LoraConfig
 
     transformer.requires_grad_(False)
-    transformer.add_adapter(
-        LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), init_lora_weights=True)
+    # peft annotates lora_alpha as int, yet scales by lora_alpha / r: a float alpha is meant to work
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,  # pyright: ignore[reportArgumentType]
+        target_modules=list(target_modules),
+        init_lora_weights=True,
     )
+    cast("WanTransformer3DModel", transformer).add_adapter(config)  # diffusers' PEFT integration
     for name, p in transformer.named_parameters():
         if "lora_" in name:
             p.requires_grad_(True)

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, cast
 
 import torch
 import torch.nn as nn
@@ -42,7 +42,7 @@ class TextEncoderSpec:
 
 # The small Wan VAE every random build uses (same latent interface as Wan2.1's: 16 channels, 4x
 # temporal / 8x spatial), as `AutoencoderKLWan` keyword arguments.
-SMALL_VAE_CONFIG = dict(
+SMALL_VAE_CONFIG: dict[str, Any] = dict(
     base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
 )
 
@@ -59,7 +59,7 @@ def text_encoder_config(spec: TextEncoderSpec, d_model: int) -> dict:
     )
 
 
-def identity_plus_noise_(conv: nn.Module, generator: torch.Generator, noise: float = 0.3) -> None:
+def identity_plus_noise_(conv: nn.Conv2d | nn.Conv3d, generator: torch.Generator, noise: float = 0.3) -> None:
     """Re-initialise a conv as a centred Dirac (identity) kernel plus small noise, bias 0.
 
     Why: with PyTorch's default init a random Wan VAE decodes every latent to nearly the same grey
@@ -137,7 +137,7 @@ def fast_random_transformer(preset: str, seed: int = 0, dtype: torch.dtype = tor
         p.data = p.data.to(storage_dtype(name, dtype))
     model.to_empty(device="cpu")
     cfg = model.config
-    model.rope = WanRotaryPosEmbed(cfg.attention_head_dim, cfg.patch_size, cfg.rope_max_seq_len)
+    model.rope = WanRotaryPosEmbed(cfg["attention_head_dim"], cfg["patch_size"], cfg["rope_max_seq_len"])
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -183,7 +183,9 @@ def build_components(
     for module in vae.modules():
         if isinstance(module, (nn.Conv2d, nn.Conv3d)):
             identity_plus_noise_(module, gen)
-    text_encoder = UMT5EncoderModel(UMT5Config(**text_encoder_config(text, PRESETS[preset].text_dim))).to(dtype)
+    text_encoder = UMT5EncoderModel(UMT5Config(**text_encoder_config(text, PRESETS[preset].text_dim)))
+    # transformers wraps `to` with functools.wraps(Module.to), which pyright reads as the unbound method
+    text_encoder = cast(nn.Module, text_encoder).to(dtype)
     from fgrpo.data.prompts import bundled_prompt_corpus
 
     tokenizer = build_tokenizer(corpus or bundled_prompt_corpus())
@@ -206,7 +208,7 @@ def save_components(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
     try:
-        kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+        kw: dict[str, Any] = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
         WanPipeline(**components).save_pretrained(tmp, **kw)
         (tmp / marker).write_text(marker_text)
         if path.exists():

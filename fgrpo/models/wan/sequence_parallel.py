@@ -33,11 +33,17 @@ in ~100 lines that fgrpo controls.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Iterable, cast
+
 import torch
 import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from fgrpo.distributed.sequence_parallel import gather_tokens, heads_to_seq, seq_to_heads, split_tokens
+
+if TYPE_CHECKING:
+    from diffusers import WanTransformer3DModel
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
 __all__ = ["UlyssesWanAttnProcessor", "apply_sequence_parallel"]
 
@@ -98,7 +104,7 @@ class UlyssesWanAttnProcessor:
 
 
 def _check_sequence_parallel(transformer: nn.Module, sp: int) -> None:
-    for i, block in enumerate(transformer.blocks):
+    for i, block in enumerate(cast("Iterable[WanTransformerBlock]", transformer.blocks)):
         attn = block.attn1
         if attn.heads % sp:
             divisors = [d for d in range(1, attn.heads + 1) if attn.heads % d == 0]
@@ -142,10 +148,13 @@ def apply_sequence_parallel(transformer: nn.Module, sp_mesh: DeviceMesh) -> None
     def gather_output(module, args, out: torch.Tensor) -> torch.Tensor:
         return gather_tokens(out, 1, sp_mesh)
 
-    transformer.patch_embedding.register_forward_hook(split_patches)
-    transformer.rope.register_forward_hook(split_rope)
-    transformer.proj_out.register_forward_hook(gather_output)
-    for block in transformer.blocks:
-        old = block.attn1.processor
-        block.attn1.set_processor(UlyssesWanAttnProcessor(sp_mesh, getattr(old, "_attention_backend", None)))
-    transformer._fgrpo_sp_mesh = sp_mesh
+    wan = cast("WanTransformer3DModel", transformer)
+    wan.patch_embedding.register_forward_hook(split_patches)
+    wan.rope.register_forward_hook(split_rope)
+    wan.proj_out.register_forward_hook(gather_output)
+    for block in cast("Iterable[WanTransformerBlock]", wan.blocks):
+        processor = UlyssesWanAttnProcessor(sp_mesh, getattr(block.attn1.processor, "_attention_backend", None))
+        # diffusers types processors as a closed union of its own classes; custom ones are supported
+        block.attn1.set_processor(processor)  # pyright: ignore[reportArgumentType]
+    # nn.Module.__setattr__'s stub admits only tensors and modules; a plain attribute is fine at runtime
+    transformer._fgrpo_sp_mesh = sp_mesh  # pyright: ignore[reportArgumentType]

@@ -17,29 +17,33 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import HuggingFaceStorageReader
 
+if TYPE_CHECKING:
+    from diffusers import WanTransformer3DModel
+
 LORA_PARTS = (".lora_A.", ".lora_B.")
 
 
-def build_on_meta(folder: str | Path):
+def build_on_meta(folder: str | Path) -> WanTransformer3DModel:
     """The transformer of a diffusers folder, built from its config on the meta device."""
     from diffusers import WanTransformer3DModel
 
-    return meta_transformer(
-        WanTransformer3DModel.load_config(Path(folder), subfolder="transformer", local_files_only=True)
-    )
+    # cast: diffusers annotates load_config as a tuple, but it returns the dict alone without return_* flags
+    config = WanTransformer3DModel.load_config(Path(folder), subfolder="transformer", local_files_only=True)
+    return meta_transformer(cast(dict[str, Any], config))
 
 
-def meta_transformer(config: dict):
+def meta_transformer(config: dict) -> WanTransformer3DModel:
     """A `WanTransformer3DModel` built from its config (a folder's or a preset's) on the meta device."""
     from diffusers import WanTransformer3DModel
 
-    with torch.device("meta"):
-        return WanTransformer3DModel.from_config(config)
+    with torch.device("meta"):  # cast: without return_unused_kwargs, from_config returns the model alone
+        return cast(WanTransformer3DModel, WanTransformer3DModel.from_config(config))
 
 
 def prepare_on_meta(
@@ -120,4 +124,6 @@ def materialize(transformer, folder: str | Path, device: torch.device, lora_seed
         recompute_rope(transformer)
     lora = lora_init_tensors(transformer, lora_seed)
     if lora:
-        set_model_state_dict(transformer, lora, options=StateDictOptions(full_state_dict=True, strict=False))
+        # cast: torch wants a dict of its state-dict value union (dicts are invariant); tensors are one member
+        state = cast(dict[str, Any], lora)
+        set_model_state_dict(transformer, state, options=StateDictOptions(full_state_dict=True, strict=False))

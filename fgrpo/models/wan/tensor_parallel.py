@@ -26,12 +26,19 @@ Sharded parameters become DTensors on the TP mesh, so torch.distributed.checkpoi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Iterable, TypeGuard, cast
+
 import torch
 import torch.distributed._functional_collectives as funcol
 import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Shard, distribute_tensor
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+if TYPE_CHECKING:
+    from diffusers.models.activations import GELU
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+    from peft.tuners.lora import LoraLayer
 
 __all__ = ["HeadShardedRMSNorm", "apply_tensor_parallel"]
 
@@ -80,14 +87,14 @@ class HeadShardedRMSNorm(nn.Module):
         sum_sq = funcol.all_reduce(sum_sq, "sum", self.tp_mesh)
         y = xf * torch.rsqrt(sum_sq / self.full_dim + eps)
         if self.weight is not None:
-            y = y * self.weight.to_local()
+            y = y * cast(DTensor, self.weight).to_local()  # a Parameter holding the DTensor built in __init__
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"full_dim={self.full_dim}, eps={self.eps}, tp={self.tp_mesh.size()}"
 
 
-def _is_lora_layer(module: nn.Module) -> bool:
+def _is_lora_layer(module: nn.Module) -> TypeGuard[LoraLayer]:
     """True for a peft LoRA layer wrapping a linear (`base_layer`, `lora_A`, `lora_B`)."""
     try:
         from peft.tuners.lora import LoraLayer
@@ -97,7 +104,16 @@ def _is_lora_layer(module: nn.Module) -> bool:
 
 
 def _out_features(linear: nn.Module) -> int:
-    return (linear.base_layer if _is_lora_layer(linear) else linear).out_features
+    return cast(nn.Linear, linear.base_layer if _is_lora_layer(linear) else linear).out_features
+
+
+def _blocks(transformer: nn.Module) -> Iterable[WanTransformerBlock]:
+    return cast("Iterable[WanTransformerBlock]", transformer.blocks)
+
+
+def _ffn_linears(block: WanTransformerBlock) -> tuple[nn.Module, nn.Module]:
+    """The FFN's input projection (`ffn.net.0.proj`, inside diffusers' GELU) and output linear (`ffn.net.2`)."""
+    return cast("GELU", block.ffn.net[0]).proj, block.ffn.net[2]
 
 
 def _linear_plan(path: str, module: nn.Module, columnwise: bool) -> dict:
@@ -127,7 +143,7 @@ def _check_divisible(transformer: nn.Module, tp: int) -> None:
     Uneven shards are not an option: a head split across ranks breaks attention, and DTensor's
     row-wise input (`from_local` with `Shard(-1)`) assumes even shards.
     """
-    for i, block in enumerate(transformer.blocks):
+    for i, block in enumerate(_blocks(transformer)):
         for name in ("attn1", "attn2"):
             attn = getattr(block, name)
             if attn.heads % tp:
@@ -140,7 +156,7 @@ def _check_divisible(transformer: nn.Module, tp: int) -> None:
                 raise ValueError(f"blocks.{i}.{name}: unfuse the q/k/v projections before tensor parallelism")
             if getattr(attn, "add_k_proj", None) is not None:
                 raise NotImplementedError(f"blocks.{i}.{name}: image-conditioned (I2V) attention is not supported")
-        ffn_dim = _out_features(block.ffn.net[0].proj)
+        ffn_dim = _out_features(_ffn_linears(block)[0])
         if ffn_dim % tp:
             raise ValueError(f"parallelism.tp={tp} does not divide the FFN width ({ffn_dim}) of blocks.{i}")
 
@@ -173,15 +189,16 @@ def apply_tensor_parallel(transformer: nn.Module, tp_mesh: DeviceMesh) -> None:
     tp = tp_mesh.size()
     _check_divisible(transformer, tp)
 
-    for block in transformer.blocks:
+    for block in _blocks(transformer):
         plan: dict = {}
         for name in ("attn1", "attn2"):
             attn = getattr(block, name)
             for proj in ("to_q", "to_k", "to_v"):
                 plan.update(_linear_plan(f"{name}.{proj}", getattr(attn, proj), columnwise=True))
             plan.update(_linear_plan(f"{name}.to_out.0", attn.to_out[0], columnwise=False))
-        plan.update(_linear_plan("ffn.net.0.proj", block.ffn.net[0].proj, columnwise=True))
-        plan.update(_linear_plan("ffn.net.2", block.ffn.net[2], columnwise=False))
+        ffn_in, ffn_out = _ffn_linears(block)
+        plan.update(_linear_plan("ffn.net.0.proj", ffn_in, columnwise=True))
+        plan.update(_linear_plan("ffn.net.2", ffn_out, columnwise=False))
         parallelize_module(block, tp_mesh, plan)
 
         for name in ("attn1", "attn2"):

@@ -31,6 +31,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as tdist
@@ -38,6 +39,9 @@ import torch.distributed as tdist
 from fgrpo.fileio import atomic_write_text
 
 from .text_encoder import EncodeFn
+
+if TYPE_CHECKING:
+    from safetensors import safe_open
 
 FORMAT_VERSION = 1
 INDEX = "index.json"
@@ -205,7 +209,7 @@ class TextEmbeddingCache:
         self.dim: int = int(index["dim"])
         self.dtype: torch.dtype = getattr(torch, index["dtype"])
         self._entries: dict[str, list] = index["prompts"]
-        self._files: dict[str, object] = {}
+        self._files: dict[str, safe_open] = {}
         # Filled in by build(): what this rank did.
         self.encoded = 0  # prompts this rank encoded (0 when the cache already existed)
         self.build_s = 0.0
@@ -334,7 +338,7 @@ class TextEmbeddingCache:
     def nbytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
 
-    def _file(self, part: str):
+    def _file(self, part: str) -> safe_open:
         f = self._files.get(part)
         if f is None:
             from safetensors import safe_open

@@ -11,6 +11,7 @@ import gc
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -75,21 +76,22 @@ class LazyTextEncoder:
     def load(self) -> None:
         from transformers import AutoTokenizer, UMT5EncoderModel
 
-        kw = dict(local_files_only=True)
         encoder = UMT5EncoderModel.from_pretrained(
-            self.model_path, subfolder="text_encoder", torch_dtype=self.dtype, **kw
+            self.model_path, subfolder="text_encoder", torch_dtype=self.dtype, local_files_only=True
         )
-        self.text_encoder = encoder.requires_grad_(False).eval().to(self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, subfolder="tokenizer", **kw)
+        # cast: transformers wraps `to` in functools.wraps(Module.to), which pyright reads as unbound
+        self.text_encoder = cast(torch.nn.Module, encoder.requires_grad_(False).eval()).to(self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, subfolder="tokenizer", local_files_only=True)
 
     def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.loaded:
+        if self.text_encoder is None:
             self.load()
+        assert self.text_encoder is not None  # load() sets it
         return encode_with_lengths(self.tokenizer, self.text_encoder, prompts, self.max_text_tokens, self.dtype)
 
     def free(self) -> int:
         """Release the encoder (if loaded); returns the bytes released."""
-        nbytes = free_module(self.text_encoder) if self.loaded else 0
+        nbytes = free_module(self.text_encoder) if self.text_encoder is not None else 0
         self.text_encoder = self.tokenizer = None
         return nbytes
 

@@ -1,0 +1,290 @@
+"""`fgrpo reward-audit`: the controlled edits, the flag rules, and the audit of known rewards.
+
+The miniature world supplies probe videos without a model (its ground-truth renders) and rewards
+whose weaknesses are known: `miniature_proxy` pays for HSV saturation, `miniature_gold` is strict,
+a per-frame reward aggregated over frames cannot see frame order.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fgrpo.cli import main
+from fgrpo.cli.reward_audit import ground_truth_probes, heldout_prompts
+from fgrpo.miniature.scoring import saturation
+from fgrpo.recipe.io import load_recipe_file
+from fgrpo.rewards import WeightedRewards
+from fgrpo.rewards import audit_edits as E
+from fgrpo.rewards.audit import (
+    MOTION_BLIND,
+    PREFERS,
+    AuditRules,
+    audit,
+    edit_rows,
+    reward_flags,
+    score_probes,
+)
+from fgrpo.rewards.programmatic import luminance
+from fgrpo.run_folder import RunFolder
+from tests.conftest import REPO, run_fgrpo
+from tests.helpers.tiny_clip_tokenizer import save_tiny_clip
+
+
+def synthetic(b: int = 2, f: int = 9, h: int = 24, w: int = 32, seed: int = 0) -> torch.Tensor:
+    """Smooth coloured videos with a moving bright square: colour, edges and motion to edit."""
+    g = torch.Generator().manual_seed(seed)
+    base = 0.25 + 0.5 * torch.rand(b, 1, 3, 1, 1, generator=g)
+    ramp = torch.linspace(-0.15, 0.15, w).view(1, 1, 1, 1, w)
+    x = (base + ramp).expand(b, f, 3, h, w).clone()
+    for t in range(f):
+        x[:, t, :, 6:14, 2 + 2 * t : 10 + 2 * t] = torch.tensor([0.9, 0.3, 0.2]).view(1, 3, 1, 1)
+    return x.clamp(0, 1)
+
+
+def edge_energy(x: torch.Tensor) -> float:
+    return float((x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean())
+
+
+# ----- the edits
+@pytest.mark.parametrize("edit", E.EDITS, ids=E.edit_names())
+def test_every_edit_keeps_layout_and_range_and_leaves_its_input(edit):
+    x = synthetic()
+    before = x.clone()
+    y = edit(x)
+    frames = (x.shape[1] - 1) // 2 + 1 if edit.name == "fewer_frames" else x.shape[1]
+    assert y.shape == (x.shape[0], frames, *x.shape[2:]) and y.dtype == torch.float32
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    assert torch.equal(x, before)
+    assert y.shape != x.shape or not torch.equal(y, x)  # it edits
+    assert torch.equal(edit(x), y)  # seeded: an audit is repeatable
+    assert edit.fn.__doc__
+
+
+def test_temporal_edits():
+    x = synthetic()
+    frozen = E.frozen(x)
+    assert float((frozen[:, 1:] - frozen[:, :-1]).abs().max()) == 0.0 and torch.equal(frozen[:, 0], x[:, 0])
+    assert float((x[:, 1:] - x[:, :-1]).abs().max()) > 0  # the original moves
+    assert torch.equal(E.frame_reversal(x), torch.stack([x[:, x.shape[1] - 1 - t] for t in range(x.shape[1])], 1))
+    order = E.shuffle_order(x.shape[1])
+    assert sorted(order.tolist()) == list(range(x.shape[1])) and order.tolist() != list(range(x.shape[1]))
+    assert torch.equal(E.frame_shuffle(x), x[:, order])
+    assert E.shuffle_order(2).tolist() == [1, 0]  # never the identity, even where the draw is
+    dup = E.duplicated_frames(x)
+    assert all(torch.equal(dup[:, t], x[:, t // 2]) for t in range(x.shape[1]))
+    assert torch.equal(E.fewer_frames(x), x[:, ::2])  # F = 4k + 1: exactly every other frame
+    assert E.fewer_frames(x[:, :1]).shape[1] == 1
+
+
+def test_colour_edits_move_what_they_name():
+    x = synthetic()
+    luma = luminance(x)
+    assert saturation(E.saturation_up(x)).gt(saturation(x)).all()
+    assert saturation(E.saturation_down(x)).lt(saturation(x)).all()
+    assert luminance(E.brightness_up(x)).mean() > luma.mean() > luminance(E.brightness_down(x)).mean()
+    spread = luma.flatten(2).std(dim=-1).mean()
+    assert luminance(E.contrast_up(x)).flatten(2).std(dim=-1).mean() > spread
+    assert luminance(E.contrast_down(x)).flatten(2).std(dim=-1).mean() < spread
+
+
+def test_detail_edits():
+    x = synthetic()
+    assert edge_energy(E.blur(x)) < edge_energy(x) < edge_energy(E.sharpen(x))
+    compressed = E.jpeg(x)
+    assert 0 < float((compressed - x).abs().mean()) < 0.1  # lossy, but the same picture
+    noisy = E.additive_noise(x, std=0.05)
+    assert 0.03 < float((noisy - x).std()) < 0.06
+
+
+def test_bad_layout_is_refused():
+    with pytest.raises(ValueError, match=r"\[B, F, 3, H, W\]"):
+        E.blur(torch.rand(9, 3, 8, 8))
+
+
+# ----- the rules, on hand-made scores
+def test_rules_flag_preferred_degrading_edits_and_motion_blindness():
+    n = 8
+    base = torch.linspace(0, 1, n)
+    raise_most = base + torch.tensor([0.2] * 6 + [-0.1] * 2)  # wins 6 of 8, mean +0.125
+    raise_few = base + torch.tensor([0.01] * 6 + [-0.5] * 2)  # wins 6 of 8, mean < 0
+    original = {"r": base}
+    edited = {
+        "blur": {"r": raise_most},  # degrading: flagged
+        "noise": {"r": raise_few},  # degrading, but the mean falls: not flagged
+        "jpeg": {"r": base + torch.tensor([1e-5] * 6 + [-1e-5] * 2)},  # wins 6 of 8 by noise: not flagged
+        "sharpen": {"r": raise_most},  # not judged
+        "shuffle": {"r": base + 1e-9},  # float rounding of a reordered mean: ties, not wins
+        "reverse": {"r": base.clone()},
+        "frozen": {"r": base - 1e-4},
+    }
+    rows = {r.edit: r for r in edit_rows(original, edited)}
+    assert rows["blur"].win_rate == 0.75 and rows["blur"].flags == (PREFERS,)
+    assert rows["blur"].mean_change == pytest.approx(0.125)
+    assert rows["noise"].win_rate == 0.75 and rows["noise"].flags == ()
+    assert rows["jpeg"].win_rate == 0.75 and 0 < rows["jpeg"].mean_change and rows["jpeg"].flags == ()
+    no_floor = {r.edit: r for r in edit_rows(original, edited, AuditRules(min_change=0.0))}
+    assert no_floor["jpeg"].flags == (PREFERS,)
+    assert rows["sharpen"].flags == ()
+    assert all(rows[m].flags == (MOTION_BLIND,) for m in ("shuffle", "reverse", "frozen"))
+    assert rows["shuffle"].win_rate == 0.0 and rows["frozen"].win_rate == 0.0
+    flags = reward_flags(list(rows.values()))["r"]
+    assert flags[0] == "prefers degenerate edits: blur" and flags[1].startswith("motion-blind")
+    # One motion edit the reward sees: the rows say which, the reward is not motion-blind.
+    edited["frozen"] = {"r": base - 0.3}
+    rows = {r.edit: r for r in edit_rows(original, edited)}
+    assert rows["frozen"].flags == () and rows["shuffle"].flags == (MOTION_BLIND,)
+    assert not any(f.startswith("motion-blind") for f in reward_flags(list(rows.values()))["r"])
+    # A stricter win rate drops the flag.
+    strict = {r.edit: r for r in edit_rows(original, edited, AuditRules(win_rate=0.8))}
+    assert strict["blur"].win_rate == 0.75 and strict["blur"].flags == ()
+
+
+def test_rules_refuse_bad_input():
+    with pytest.raises(ValueError, match="--win-rate"):
+        AuditRules(win_rate=1.0)
+    with pytest.raises(ValueError, match="--min-change"):
+        AuditRules(min_change=2.0)
+    with pytest.raises(ValueError, match="--motion-tolerance"):
+        AuditRules(motion_tolerance=-0.1)
+    with pytest.raises(ValueError, match="unknown edits"):
+        edit_rows({"r": torch.zeros(2)}, {"smudge": {"r": torch.zeros(2)}})
+    with pytest.raises(ValueError, match="scores for"):
+        edit_rows({"r": torch.zeros(2)}, {"blur": {"r": torch.zeros(3)}})
+
+
+# ----- known rewards on the miniature world's ground truth
+@pytest.fixture(scope="module")
+def renders():
+    prompts = heldout_prompts(load_recipe_file(REPO / "recipes" / "miniature.py"))
+    found = ground_truth_probes(prompts[:12], 1)
+    assert found is not None
+    return found
+
+
+def run_audit(specs, renders, edits=E.EDITS) -> dict:
+    prompts, videos = renders
+    original, edited = score_probes(WeightedRewards(specs), videos, prompts, edits=edits, batch_size=5)
+    return audit(original, edited)
+
+
+def test_hackable_proxy_is_flagged_and_gold_is_not(renders):
+    specs = [
+        {"name": "miniature_proxy"},
+        {"name": "miniature_gold"},
+        {"name": "miniature_faithfulness"},
+        {"name": "brightness", "frame_aggregation": "topk:0.3"},
+    ]
+    result = run_audit(specs, renders)
+    flags = {r["reward"]: r["flags"] for r in result["rewards"]}
+    rows = {(r["reward"], r["edit"]): r for r in result["rows"]}
+    assert PREFERS in rows["miniature_proxy", "saturation_up"]["flags"]  # what it pays for
+    assert rows["miniature_proxy", "saturation_up"]["mean_change"] > 0
+    assert any("saturation_up" in f for f in flags["miniature_proxy"])
+    assert flags["miniature_gold"] == []
+    assert not any(f.startswith("motion-blind") for f in flags["miniature_faithfulness"])  # it measures motion
+    assert any(f.startswith("motion-blind") for f in flags["brightness"])  # per frame, top-k: no order
+    assert json.loads(json.dumps(result)) == result  # JSON-ready as it is
+    assert len(result["rows"]) == len(specs) * len(E.EDITS) and result["rules"]["win_rate"] == 0.5
+
+
+def test_learned_reward_is_audited(renders, tmp_path):
+    """The CLIP adapter on a tiny random CLIPModel: per frame with the mean over frames, it cannot
+    see frame order."""
+    words = ["a", "two", "small", "large", "red", "green", "blue", "yellow", "moving", "on", "background"]
+    spec = {"name": "clip", "args": {"model_path": save_tiny_clip(tmp_path / "clip", words)}}
+    edits = [e for e in E.EDITS if e.name in ("blur", "shuffle", "reverse")]
+    result = run_audit([spec], renders, edits)
+    rows = {r["edit"]: r for r in result["rows"]}
+    assert set(rows) == {"blur", "shuffle", "reverse"}
+    assert rows["blur"]["mean_abs_change"] > 0 and all(
+        torch.isfinite(torch.tensor(r["mean_change"])) for r in rows.values()
+    )
+    assert MOTION_BLIND in rows["shuffle"]["flags"] and MOTION_BLIND in rows["reverse"]["flags"]
+
+
+# ----- the command
+def test_cli_end_to_end_on_the_miniature_renders(tmp_path):
+    out, run = tmp_path / "audit.json", tmp_path / "runs" / "miniature"
+    res = run_fgrpo(
+        "reward-audit", "recipes/miniature.py", "--no-samples", "--videos", "1", "--json", str(out), "--run", str(run)
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "fgrpo reward-audit" in res.stdout and "saturation_up" in res.stdout and "win rate" in res.stdout
+    written = json.loads(out.read_text())
+    assert written["probe_videos"] == {"renders": 24} and written["recipe"] == "miniature"
+    assert [r["reward"] for r in written["rewards"]] == ["miniature_faithfulness", "miniature_gold"]
+    assert len(written["rows"]) == 2 * len(E.EDITS)
+    stored = RunFolder(run).read_reward_audit()
+    assert stored is not None and stored["rows"] == written["rows"]
+    # The report of the run shows it.
+    from fgrpo.report import build
+
+    RunFolder(run).write_recipe(load_recipe_file(REPO / "recipes" / "miniature.py"))
+    page = build([run])[0]
+    assert "<h2>Reward audit</h2>" in page and "miniature_gold" in page and "saturation_up" in page
+
+
+def test_cli_samples_the_recipes_model(tiny_model_dir, tmp_path):
+    """The tiny recipe: no ground truth, its model's own samples; its per-frame brightness reward
+    (mean over frames) cannot see frame order."""
+    out = tmp_path / "audit.json"
+    res = run_fgrpo(
+        "reward-audit",
+        str(REPO / "recipes" / "tiny.py"),
+        "--videos",
+        "1",
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    written = json.loads(out.read_text())
+    prompts = heldout_prompts(load_recipe_file(REPO / "recipes" / "tiny.py"))
+    assert written["probe_videos"] == {"samples": len(prompts)} and written["scored"] == "in-process"
+    rows = {r["edit"]: r for r in written["rows"]}
+    assert MOTION_BLIND in rows["shuffle"]["flags"] and MOTION_BLIND in rows["reverse"]["flags"]
+    assert rows["brightness_up"]["mean_abs_change"] > 0
+
+
+def test_report_without_an_audit_has_no_section(tmp_path):
+    from fgrpo.report import build
+
+    run = tmp_path / "run"
+    RunFolder(run).write_recipe(load_recipe_file(REPO / "recipes" / "miniature.py"))
+    assert "Reward audit" not in build([run])[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["tiny.py", "--no-samples"], "no ground-truth renders"),
+        (["miniature.py", "--no-samples", "--videos", "0"], "--videos: must be >= 1"),
+        (["miniature.py", "--no-samples", "--win-rate", "1.5"], "--win-rate"),
+        (["miniature.py", "--no-samples", "--prompts.heldout", "0"], "prompts.heldout"),
+    ],
+)
+def test_cli_refuses_bad_input_before_writing(args, message, tmp_path, capsys):
+    out = tmp_path / "audit.json"
+    recipe, *rest = args
+    assert (
+        main(
+            ["reward-audit", str(REPO / "recipes" / recipe), *rest, "--json", str(out), "--run", str(tmp_path / "run")]
+        )
+        == 2
+    )
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_a_run_folder_that_is_a_file(tmp_path, capsys):
+    path = tmp_path / "file"
+    path.write_text("x")
+    assert main(["reward-audit", str(REPO / "recipes" / "miniature.py"), "--no-samples", "--run", str(path)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
