@@ -249,6 +249,11 @@ def test_memory_short_of_the_plans_peak():
 
 def test_memory_plans_the_recipe_for_the_detected_gpu():
     """The real planner (as `fgrpo plan`) on the tiny recipe, against a fake GPU with 1 MiB free."""
+    from fgrpo.distributed.process_group import shutdown
+
+    # `fgrpo doctor` plans in a fresh process; in-process trainer tests before this one leave their
+    # (one-rank) process group behind, which the planner refuses to run beside.
+    shutdown()
     check = plan_memory_check(tiny_recipe(), [R(H100, free=2**20)])
     assert check.status == "fail" and "exceeds GPU 0 (1.0 MiB free)" in check.detail
     assert plan_memory_check(tiny_recipe(), []).status == "skip"
