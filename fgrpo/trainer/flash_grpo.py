@@ -136,6 +136,8 @@ class Rollout:
     components: dict[str, torch.Tensor]  # this rank's per-reward scores
     times: dict[str, float]
     resumed: bool = False
+    # this rank's text and negative context, as rolled out (not kept: a resumed job looks them up)
+    text: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def state_dict(self) -> dict:
         t = self.trans
@@ -274,7 +276,8 @@ def roll_out(policy: Policy, rewards, recipe: Recipe, step: int, prompts: list[s
     components = {k: torch.cat([c[k].to(policy.device) for _, c in scored]) for k in scored[0][1]}
     all_rewards = dims.gather_dp(local_rewards).cpu()
     times["reward"] = time.perf_counter() - t0 + inline
-    return Rollout(step, list(prompts), indices, trans, all_rewards, {k: v.cpu() for k, v in components.items()}, times)
+    components = {k: v.cpu() for k, v in components.items()}
+    return Rollout(step, list(prompts), indices, trans, all_rewards, components, times, text=(context, neg))
 
 
 def train_on(policy: Policy, update: PolicyUpdate, recipe: Recipe, rollout: Rollout, check_stop) -> StepResult:
@@ -284,7 +287,7 @@ def train_on(policy: Policy, update: PolicyUpdate, recipe: Recipe, rollout: Roll
     local = _local_videos(policy, recipe)
     trans, all_rewards, indices, times = rollout.trans, rollout.all_rewards, rollout.indices, dict(rollout.times)
     iso = alg.iso_temporal if alg.mode == "flash" else False
-    _, context, neg = _video_text(policy, rollout.prompts, G, local)
+    context, neg = rollout.text if rollout.text is not None else _video_text(policy, rollout.prompts, G, local)[1:]
     advantages = group_advantages(all_rewards, G, alg.adv_std, alg.adv_clip)
     adv_local = advantages[local]
 

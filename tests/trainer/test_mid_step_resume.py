@@ -113,9 +113,10 @@ def test_a_damaged_kept_file_is_rolled_out_again(tiny_model_dir, tmp_path, monke
 
 
 def test_sharded_layout_resumes_mid_step_bitwise(tiny_model_dir, tmp_path, monkeypatch):
-    """Two processes, dp_shard=2: a preemption while step 2's rewards are scored (SIGTERM to each
+    """Two processes, dp_shard=2, bf16: a preemption while step 2's rewards are scored (SIGTERM to each
     trainer, from the reward); each rank keeps its share; the resumed update is the uninterrupted one."""
-    reward = ["--rewards.0.name", "tests.helpers.faulty:preempting"]
+    # bf16, as the paper recipes run: the kept transitions are fp32 states, the update bitwise all the same
+    reward = ["--rewards.0.name", "tests.helpers.faulty:preempting", "--model.dtype", "bfloat16"]
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the trainers import the reward from tests/
     straight = launch_tiny(tiny_model_dir, tmp_path / "a" / "runs", 2, 3, *reward)
     runs = tmp_path / "b" / "runs"

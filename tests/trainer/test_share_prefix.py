@@ -2,6 +2,7 @@
 once, the SDE step and everything after stay per video, and the update stays on-policy."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -114,3 +115,16 @@ def test_share_prefix_off_draws_noise_per_video(tiny_model_dir, tmp_path, monkey
     r = t.recipe
     t.run_step(t.sampler.next(r.rollout.prompts_per_step), lambda: None)
     assert sum(rows) == r.rollout.prompts_per_step * r.rollout.group_size * r.rollout.steps
+
+
+def test_share_prefix_on_two_processes_in_bf16(tiny_model_dir, tmp_path):
+    """dp_shard=2 in bf16 (how the paper recipes run), 3 groups of 2 videos on 2 ranks: the middle
+    group is split, and each rank integrates its prefix for its own videos; the update stays on-policy."""
+    from tests.helpers.runs import launch_tiny, train_metrics
+
+    args = ["--rollout.share-prefix", "--model.dtype", "bfloat16", "--rollout.prompts-per-step", "3"]
+    args += ["--rollout.group-size", "2", "--timesteps.window", "1", "3"]
+    run = launch_tiny(tiny_model_dir, tmp_path / "runs", 2, 2, *args)
+    train = train_metrics(run)
+    assert [m["step"] for m in train] == [1, 2]
+    assert all(m["ratio_dev_max"] == 0.0 and math.isfinite(m["loss"]) for m in train)
