@@ -24,4 +24,7 @@ trap stop_slurm EXIT
 .venv/bin/ruff check fgrpo launchers benchmarks tests recipes
 .venv/bin/ruff format --check fgrpo launchers benchmarks tests recipes
 .venv/bin/pyright
-.venv/bin/python -m pytest -q "$@"
+# Two workers (pytest-xdist): much of the suite waits (on Slurm's scheduler, on process start-up),
+# and one worker's waiting is the other's compute. Tests that share the local Slurm cluster or need
+# the real 1.3B architecture's memory run one after another (tests/conftest.py, SERIAL_GROUPS).
+.venv/bin/python -m pytest -q -n 2 --dist loadgroup "$@"

@@ -11,6 +11,21 @@ REPO = Path(__file__).resolve().parents[1]
 _INDUCTOR_CACHE_SET_BY_USER = "TORCHINDUCTOR_CACHE_DIR" in os.environ
 
 
+# Tests that share one machine-wide resource run one after another on one pytest-xdist worker
+# (scripts/test.sh runs the suite on two): the local Slurm cluster's two nodes, and the memory of
+# the real 1.3B architecture's layouts. The other tests spread over the workers, so one worker's
+# waiting (Slurm's scheduler, process start-up) is the other's compute.
+SERIAL_GROUPS = {"tests/slurm/": "slurm", "tests/distributed/test_real_wan_1_3b.py": "real-1.3b"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath)).relative_to(REPO).as_posix()
+        for prefix, group in SERIAL_GROUPS.items():
+            if path.startswith(prefix):
+                item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny Wan model saved as a diffusers folder (built once per test session)."""
