@@ -18,7 +18,9 @@ Design, fixed before any run (COMPARISON_VERSION; do not change it because of an
 * Score: held-out gold faithfulness (`miniature_gold`, never trained on) at the final evaluation:
   24 held-out prompts x 2 fixed evaluation seeds, deterministic ODE, EMA weights. Per arm the
   mean +- std over seeds; against flash the paired difference (same seed, same held-out video)
-  with a 95 % two-way bootstrap interval over seeds and prompts (fgrpo.report.comparison).
+  with a 95 % two-way bootstrap interval over seeds and prompts (fgrpo.report.comparison); and
+  the same at one matched FLOPs budget, with a verdict per arm (distinguishable from seed noise or
+  not) and about how many seeds or prompts would settle it (fgrpo.report.equal_compute).
 
 Prints the table and writes RUNS_DIR/comparison.html (`fgrpo report` over every run, with the
 paired comparison section) and RUNS_DIR/comparison.json. Run again, it resumes: finished runs
@@ -90,8 +92,11 @@ def step_flops(arm: str, runs: Path) -> float:
 
 
 def main() -> int:
+    from rich.console import Console
+
     from fgrpo.report.comparison import comparison_rows, comparison_text
     from fgrpo.report.data import label_runs, load_run
+    from fgrpo.report.equal_compute import significance_at_budget, significance_table
 
     a = tyro.cli(Args)
     root = Path(a.runs_dir).resolve()
@@ -134,6 +139,7 @@ def main() -> int:
         str(root / "comparison.html"),
     )
     rows = comparison_rows(series, a.metric, baseline)
+    matched = significance_at_budget(series, a.metric, baseline)
     out = {
         "comparison_version": COMPARISON_VERSION,
         "seeds": a.seeds,
@@ -142,9 +148,12 @@ def main() -> int:
         "flops_per_step": flops,
         "steps": steps,
         "rows": rows,
+        "significance": matched,
     }
     (root / "comparison.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
     print("\n".join(comparison_text(rows, a.metric)))
+    if matched is not None:
+        Console(width=240).print(significance_table(matched))
     return 0
 
 

@@ -105,7 +105,7 @@ COMMANDS: dict[str, Command] = {
     "export": Command(
         "eval",
         "cmd_export",
-        "export RUN_DIR OUT_DIR [--step N] [--weights ema|model]",
+        "export RUN_DIR OUT_DIR [--step N | --best gold] [--weights ema|model]",
         "trained transformer (LoRA merged) as a diffusers folder + the LoRA safetensors",
     ),
     "reward-server": Command(

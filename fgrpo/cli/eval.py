@@ -1,7 +1,7 @@
 """`fgrpo eval` and `fgrpo export`: what a trained run's checkpoints are worth, and taking them out.
 
 fgrpo eval RUN_OR_CHECKPOINT [--prompts FILE] [--steps 50] [--weights ema|model] [--reward-url URL]
-fgrpo export RUN_DIR OUT_DIR [--step N] [--weights ema|model]
+fgrpo export RUN_DIR OUT_DIR [--step N | --best gold] [--weights ema|model]
 """
 
 from __future__ import annotations
@@ -129,7 +129,9 @@ def cmd_eval(argv: list[str]) -> int:
 class ExportArgs:
     """Export a trained run from one checkpoint: the transformer with the LoRA merged as a
     diffusers folder (OUT_DIR/transformer, for `WanTransformer3DModel.from_pretrained`), the LoRA
-    alone as a diffusers LoRA file (OUT_DIR/lora, LoRA runs only) and OUT_DIR/export.json."""
+    alone as a diffusers LoRA file (OUT_DIR/lora, LoRA runs only) and OUT_DIR/export.json.
+    `--best gold` exports the checkpoint of the best held-out gold evaluation (eval.gold_rewards;
+    rotation keeps it, checkpoints/best-gold.json names it) instead of the newest."""
 
     run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
     """Run folder (holds recipe.json and checkpoints/)."""
@@ -137,20 +139,46 @@ class ExportArgs:
     """Where to write transformer/, lora/ and export.json."""
     step: int | None = None
     """Checkpoint step; None = the newest complete one."""
+    best: Literal["gold"] | None = None
+    """Export the checkpoint with the best held-out score on this metric (gold: eval.gold_rewards)."""
     weights: Literal["ema", "model"] = "ema"
     """Export the EMA weights (what evaluation uses) or the raw trained weights."""
+
+
+def best_checkpoint_step(run_dir: Path, metric: str) -> int:
+    """The step of the kept checkpoint with the best `metric` (checkpoints/best-<metric>.json);
+    ValueError saying why when the run has no such metric or no such checkpoint."""
+    from fgrpo.run_folder.checkpoints import best_marker, checkpoint_path, read_best
+
+    folder = RunFolder(run_dir)
+    recipe = folder.read_recipe()  # FileNotFoundError when RUN_DIR is no run folder
+    marker, where = read_best(folder.checkpoints, metric), best_marker(folder.checkpoints, metric)
+    if marker is None and not recipe.eval.gold_rewards:
+        raise ValueError(f"--best {metric}: {run_dir} has no {metric} metric (its recipe's eval.gold_rewards is empty)")
+    if marker is None:
+        raise ValueError(
+            f"--best {metric}: {run_dir} has no kept best-{metric} checkpoint ({where} "
+            "is missing or unreadable: no evaluation has recorded the metric yet?)"
+        )
+    step = marker["step"]
+    if not checkpoint_path(folder.checkpoints, step).is_dir():
+        raise ValueError(f"--best {metric}: checkpoint step-{step}, which {where} names, is gone")
+    return step
 
 
 def cmd_export(argv: list[str]) -> int:
     from fgrpo.export import CheckpointRotated, export_run
 
     a = tyro.cli(ExportArgs, args=argv, prog="fgrpo export")
+    if a.best is not None and a.step is not None:
+        raise ValueError("--step and --best name the checkpoint both ways: give one")
+    step = best_checkpoint_step(Path(a.run_dir), a.best) if a.best is not None else a.step
     try:
-        print(export_run(Path(a.run_dir), Path(a.out_dir), a.step, a.weights))
+        print(export_run(Path(a.run_dir), Path(a.out_dir), step, a.weights))
     except CheckpointRotated as e:  # a running job's rotation took the checkpoint: not bad input
         print(f"fgrpo: error: {e}", file=sys.stderr)
         return 1
     return 0
 
 
-__all__ = ["EvalArgs", "ExportArgs", "cmd_eval", "cmd_export", "per_video", "resolve_target"]
+__all__ = ["EvalArgs", "ExportArgs", "best_checkpoint_step", "cmd_eval", "cmd_export", "per_video", "resolve_target"]

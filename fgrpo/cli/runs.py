@@ -74,7 +74,7 @@ def run_row(run_dir: Path) -> dict:
     except ValueError as e:
         max_steps, reason = "?", "; ".join(x for x in (str(e), reason) if x)
     live = liveness(status, folder.read_heartbeat(), timeout_s, time.time())  # reads only: stalled is shown
-    reason = "; ".join(x for x in (liveness_note(live), reason) if x)
+    reason = "; ".join(x for x in (liveness_note(live), divergence_note(folder.read_metrics("eval")), reason) if x)
     return {
         "run": run_dir.name,
         "backend": job["backend"] if job else "-",
@@ -91,6 +91,28 @@ def run_row(run_dir: Path) -> dict:
         "reward_server": server,
         "report": str(folder.report_file) if folder.report_file.is_file() else None,
     }
+
+
+def divergence_note(evals: list[dict]) -> str:
+    """ "gold diverged from the trained reward at step N ..." from the evaluations at which the
+    divergence rule fired (eval.gold_rewards, fgrpo.algorithm.divergence): the first and the latest
+    (its numbers); "" when it never did."""
+    hits = [e["divergence"] for e in evals if isinstance(e.get("divergence"), dict)]
+    if not hits:
+        return ""
+    first, found = hits[0], hits[-1]
+    try:
+        since = (
+            f"since step {first['step']}, latest at step {found['step']}"
+            if len(hits) > 1
+            else f"at step {found['step']}"
+        )
+        return (
+            f"gold diverged from the trained reward {since} (gold {found['gold']:.4f}, best {found['best_gold']:.4f} "
+            f"at step {found['best_step']}; checkpoint kept: fgrpo export RUN OUT --best gold)"
+        )
+    except (KeyError, TypeError, ValueError):  # a damaged record: say so, never fail the table
+        return "gold diverged from the trained reward (its record in metrics.jsonl is damaged)"
 
 
 def ago(seconds: float) -> str:

@@ -104,7 +104,8 @@ def cmd_sweep(argv: list[str]) -> int:
         run = RunFolder(run_dir)
         job = run.latest_job() if run_dir.exists() else None
         p = run.progress() if run_dir.exists() else None
-        if p and p["status"].get("state") == "completed" and p["step"] >= recipe.optim.max_steps:
+        finished = p and (p["step"] >= recipe.optim.max_steps or p["status"].get("stopped_early"))  # eval.on_divergence
+        if p and p["status"].get("state") == "completed" and finished:
             print(f"done     {run_dir.name}")
             continue
         if job and is_active(get_backend(job["backend"]).state(job["job_id"])):

@@ -294,8 +294,21 @@ class CheckpointConfig:
     interval: int = within("[1, inf)", 50)
     """Save every this many optimizer steps (and at the end)."""
     keep_last: int = within("[1, inf)", 3)
-    """Keep the newest k complete checkpoints."""
+    """Keep the newest k complete checkpoints (and, with eval.gold_rewards, the best-gold one)."""
 
+    gold_rewards: tuple[RewardSpec, ...] = ()
+    """Gold metrics: rewards scored on the held-out videos at every evaluation, never trained on
+    (in the training processes, also with a reward server). Recorded as `eval/<name>` and, weighted
+    and summed, `eval_gold`; they guard the trained reward (docs/design.md, "A gold metric that
+    guards the proxy")."""
+    divergence_window: int = within("[2, inf)", 3)
+    """The divergence rule looks at the last this many evaluations (fgrpo.algorithm.divergence)."""
+    divergence_tolerance: float = within("[0, inf)", 0.0)
+    """The divergence rule fires only while `eval_gold` is below its best by more than this (in the
+    gold reward's units)."""
+    on_divergence: Literal["warn", "stop"] = "warn"
+    """When the rule fires: warn (console, metrics.jsonl, fgrpo status), or stop the run cleanly
+    (final checkpoint; status completed, saying why)."""
 
 @dataclass
 class LoggingConfig:

@@ -172,11 +172,40 @@ def _sequence_parallel_problems(recipe: Recipe, preset) -> list[str]:
             f"whole heads, choose one of {sizes}"
         )
     if (ro.frames - 1) % 4 == 0 and ro.height % 16 == 0 and ro.width % 16 == 0:  # else reported above
+    errs += _gold_reward_problems(recipe)
         _, f, h, w = latent_shape(ro.frames, ro.height, ro.width)
         grid = (f // PATCH[0], h // PATCH[1], w // PATCH[2])
         tokens = grid[0] * grid[1] * grid[2]
         if tokens % par.sp:
             errs.append(
+def _gold_reward_problems(recipe: Recipe) -> list[str]:
+    """eval.gold_rewards: rewards that resolve, with their required args, never also trained on (a
+    gold metric the policy optimises guards nothing), on held-out prompts that exist."""
+    from fgrpo.rewards import WeightedRewards, missing_reward_args, validate_reward_spec
+
+    gold = recipe.eval.gold_rewards
+    if not gold:
+        return []
+    errs = [] if recipe.prompts.heldout > 0 else ["eval.gold_rewards: needs held-out prompts (prompts.heldout > 0)"]
+    trained = set(WeightedRewards.keys(recipe.rewards))
+    for i, spec in enumerate(gold):
+        try:
+            validate_reward_spec(spec)
+            missing = missing_reward_args(spec)
+        except ValueError as e:
+            errs.append(f"eval.gold_rewards.{i}: {e}")
+            continue
+        errs += [
+            f"eval.gold_rewards.{i}.args.{k}: required by the {spec.name} reward ({w})" for k, w in missing.items()
+        ]
+        if spec.name in trained:
+            errs.append(
+                f"eval.gold_rewards.{i}.name: {spec.name} is also in rewards (trained on, even at weight 0 "
+                "it is recorded under the same name); a gold metric is never trained on: drop it from rewards"
+            )
+    return errs
+
+
                 f"parallelism.sp: {par.sp} does not divide the {tokens} tokens of a video (latent frames x "
                 f"patch rows x patch columns = {grid[0]} x {grid[1]} x {grid[2]} for rollout.frames="
                 f"{ro.frames}, height={ro.height}, width={ro.width}); sequence parallelism splits every "

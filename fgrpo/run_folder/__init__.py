@@ -24,6 +24,8 @@
       reward-server.json   where the run's reward server listens (a requeued one announces anew)
       reward-server.token  the shared secret of the run's reward server (mode 0600, never printed)
       checkpoints/step-N/  DCP checkpoints; complete once `.metadata` exists (`.step-N.partial` before)
+      checkpoints/best-gold.json  the step of the best held-out gold evaluation (eval.gold_rewards):
+                           rotation keeps its checkpoint, `fgrpo export RUN OUT --best gold` exports it
       samples/<tag>.mp4    held-out samples of each evaluation: the captioned grid, samples/<tag>/prompt-NN.mp4
                            (one video per prompt) and samples/<tag>.json (their index); GIF where no
                            MP4 writer is installed (fgrpo.run_folder.samples)

@@ -9,6 +9,9 @@ while copying), a garbled `.metadata` or a checkpoint of another recipe is found
 reads it. Data files are checked by size,
 not hashed: hashing hundreds of GB at every save costs minutes, and DCP's own read errors still
 send the resume to an older checkpoint.
+
+Rotation (checkpoint.keep_last) keeps the newest k checkpoints and the one `best-gold.json` names:
+the checkpoint whose held-out gold evaluation is the best so far (eval.gold_rewards).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .versions import check_format, version_stamp
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "fgrpo-manifest.json"
+BEST = "best-{metric}.json"  # checkpoints/best-gold.json: the checkpoint rotation keeps (eval.gold_rewards)
 
 
 def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
@@ -115,3 +119,34 @@ def check_checkpoint_format(folder: Path) -> None:
     """RunFormatError when the checkpoint was written in a newer format than this fgrpo reads: it
     is refused, not skipped for an older one (that would quietly throw the newer steps away)."""
     check_format(read_manifest(folder) or {}, Path(folder) / MANIFEST)
+
+
+def best_marker(ckpt_dir: Path, metric: str = "gold") -> Path:
+    """checkpoints/best-<metric>.json: {"step", "metric", "value", "tag"} of the checkpoint whose
+    evaluation scored best on `metric` so far; rotation never removes the checkpoint it names."""
+    return Path(ckpt_dir) / BEST.format(metric=metric)
+
+
+def read_best(ckpt_dir: Path, metric: str = "gold") -> dict | None:
+    """The best-`metric` marker; None when absent, unreadable or without an integer step."""
+    try:
+        found = json.loads(best_marker(ckpt_dir, metric).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(found, dict) and isinstance(found.get("step"), int) and not isinstance(found["step"], bool)
+    return found if ok else None
+
+
+def write_best(ckpt_dir: Path, step: int, value: float, tag: str, metric: str = "gold") -> None:
+    """Rank 0: name checkpoint step-`step` the best on `metric` (atomically: a reader sees the old
+    marker or the new one, never half of one)."""
+    Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(best_marker(ckpt_dir, metric), {"step": step, "metric": metric, "value": value, "tag": tag})
+
+
+def rotated_out(ckpt_dir: Path, keep_last: int) -> list[Path]:
+    """The complete checkpoints rotation removes: all but the newest `keep_last` and the one a best
+    marker names (checkpoint.keep_last; the best-gold checkpoint is kept whatever it says)."""
+    best = read_best(ckpt_dir)
+    kept = {best["step"]} if best else set()
+    return [path for step, path in complete_checkpoints(ckpt_dir)[:-keep_last] if step not in kept]

@@ -19,7 +19,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: caught by name
 
 from fgrpo.distributed import process_group as dist
-from fgrpo.run_folder.checkpoints import checkpoint_path, complete_checkpoints, partial_checkpoint_path, write_manifest
+from fgrpo.run_folder.checkpoints import checkpoint_path, partial_checkpoint_path, rotated_out, write_manifest
 
 
 class CheckpointSaveError(RuntimeError):
@@ -88,10 +88,16 @@ def save(state: dict, ckpt_dir: Path, step: int, keep_last: int, recipe_fingerpr
         failed.consequence = error is None  # the rank that failed names why (fgrpo.trainer.failures.is_consequence)
         raise failed from error
     if dist.rank() == 0:
-        for _, old in complete_checkpoints(ckpt_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        rotate(ckpt_dir, keep_last)
     dist.barrier()
     return final
+
+
+def rotate(ckpt_dir: Path, keep_last: int) -> None:
+    """Rank 0: remove all but the newest `keep_last` checkpoints and the best-gold one
+    (fgrpo.run_folder.checkpoints.rotated_out)."""
+    for old in rotated_out(ckpt_dir, keep_last):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load(state: dict, path: Path) -> dict:

@@ -155,5 +155,9 @@ def _train_locked(folder: RunFolder, recipe, stop: StopFlag, started: float) -> 
         timeline.mark("exit")
         timeline.write(folder, "stop", signal=stop.time, signum=stop.signum)
     else:
-        folder.write_status("completed", trainer.resume_note)  # a skipped damaged checkpoint stays on record
+        # a skipped damaged checkpoint stays on record; an early stop (eval.on_divergence) says why
+        early = {"stopped_early": True} if trainer.gold.stop_note else {}  # a sweep does not run it again
+        folder.write_status(
+            "completed", "; ".join(x for x in (trainer.gold.stop_note, trainer.resume_note) if x), **early
+        )
     return code

@@ -21,7 +21,7 @@ from fgrpo.recipe.config import Recipe
 from .failures import agree_on_scores, submit_safely
 from .guardrails import guard_record, per_video_table
 from .policy import Policy
-from .reward_scoring import not_scored
+from .reward_scoring import InProcessRewards, not_scored
 from .rollout import initial_latents, sample, video_generators
 from .samples import write_samples
 
@@ -76,22 +76,38 @@ def heldout_frames(policy: Policy, recipe: Recipe, prompts: list[str]) -> tuple[
     return local_prompts, torch.cat([policy.decode(finals[i : i + mb]) for i in range(0, len(local_prompts), mb)])
 
 
+def gold_scorer(recipe: Recipe) -> InProcessRewards | None:
+    """eval.gold_rewards, scored in this process (also when a reward server scores the trained
+    rewards: gold metrics are meant to be cheap references); None when the recipe has none."""
+    return InProcessRewards(recipe.eval.gold_rewards) if recipe.eval.gold_rewards else None
+
+
 @torch.no_grad()
-def evaluate_heldout(policy: Policy, rewards, recipe: Recipe, prompts: list[str], samples: Path, tag: str) -> dict:
+def evaluate_heldout(
+    policy: Policy, rewards, recipe: Recipe, prompts: list[str], samples: Path, tag: str, gold=None
+) -> dict:
     """Mean reward of the held-out `prompts` (ODE, `eval.steps` steps); rank 0 writes samples/<tag>.mp4
-    (the captioned grid), samples/<tag>/prompt-NN.mp4 and samples/<tag>.json (fgrpo.trainer.samples)."""
+    (the captioned grid), samples/<tag>/prompt-NN.mp4 and samples/<tag>.json (fgrpo.trainer.samples).
+    `gold` (gold_scorer) scores the same videos: `eval_gold` (its weighted total) and `eval/<name>`."""
     dims, n = policy.dims, recipe.eval.videos_per_prompt
     local_prompts, frames = heldout_frames(policy, recipe, prompts)
     prompts = [p for p in prompts for _ in range(n)]
     total_videos = len(prompts)
-    pending = (
-        submit_safely(rewards.submit, frames, local_prompts)
+    scorers = [rewards] if gold is None else [rewards, gold]
+    pending = [
+        submit_safely(s.submit, frames, local_prompts)
         if dims.scores_videos
-        else not_scored(len(local_prompts), rewards.names)
-    )
-    scored = agree_on_scores([pending])[0]  # a failure on any rank is raised on every rank
-    total = dims.gather_dp(scored[0].to(policy.device).float()).cpu()[:total_videos]
-    components = {k: dims.gather_dp(v.to(policy.device).float()).cpu()[:total_videos] for k, v in scored[1].items()}
+        else not_scored(len(local_prompts), s.names)
+        for s in scorers
+    ]
+    scored = agree_on_scores(pending)  # a failure on any rank is raised on every rank
+
+    def gathered(x: torch.Tensor) -> torch.Tensor:
+        return dims.gather_dp(x.to(policy.device).float()).cpu()[:total_videos]
+
+    total = gathered(scored[0][0])
+    components = {k: gathered(v) for _, parts in scored for k, v in parts.items()}  # gold keys never clash (validate)
+    gold_total = {"eval_gold": float(gathered(scored[1][0]).mean())} if gold is not None else {}
     grid = dims.gather_dp(thumbnails(frames).to(policy.device)).cpu()[:total_videos]
     guards = dims.gather_dp(per_video_table(frames).to(policy.device)).cpu()[:total_videos]
     if dist.rank() == 0:
@@ -99,6 +115,7 @@ def evaluate_heldout(policy: Policy, rewards, recipe: Recipe, prompts: list[str]
     return {
         "tag": tag,
         "eval_reward": float(total.mean()),
+        **gold_total,
         "eval_rewards": [round(float(x), 6) for x in total],  # per video, fixed seeds: paired comparisons
         **{f"eval/{k}": float(v.mean()) for k, v in components.items()},
         # each reward's score per video, in the same order (weight-0 rewards too: a metric recorded
@@ -161,6 +178,7 @@ def evaluate_checkpoint(
     used = load_trained_weights(policy, checkpoint_path, weights)
     rewards = connect_rewards(recipe, Path(run_dir))
     try:
-        return {**evaluate_heldout(policy, rewards, recipe, prompts, samples, tag), "weights": used}
+        result = evaluate_heldout(policy, rewards, recipe, prompts, samples, tag, gold_scorer(recipe))
+        return {**result, "weights": used}
     finally:
         rewards.close()

@@ -28,6 +28,7 @@ from .ema import EMA
 from .evaluate import evaluate_heldout
 from .failures import CollectiveError, NonFiniteError
 from .flash_grpo import Rollout, StopRequested, flash_grpo_step
+from .gold_guard import GoldGuard
 from .guardrails import before_of, drift
 from .metrics import MetricsLog, ReportRefresher, console_line
 from .policy import build_policy
@@ -82,6 +83,7 @@ class Trainer:
         self.report = ReportRefresher(self.folder) if recipe.logging.report and self.is_main else None
         self.fingerprint = training_fingerprint(recipe)
         self.resume_note = ""  # what resume had to skip, for the console and the status
+        self.gold = GoldGuard(recipe, self.folder, self.is_main, self.console.print)  # eval.gold_rewards
 
     def run_step(self, prompts: list[str], check_stop=None, kept: Rollout | None = None):
         """One Flash-GRPO optimizer step on `prompts` (the loop's; tests call it directly), from the
@@ -273,11 +275,12 @@ class Trainer:
         t0 = time.perf_counter()
         with ctx:
             result = evaluate_heldout(
-                self.policy, self.rewards, self.recipe, self.heldout_prompts, self.folder.samples, tag
+                self.policy, self.rewards, self.recipe, self.heldout_prompts, self.folder.samples, tag, self.gold.scorer
             )
         if self.is_main:  # drift against "before": this one, or (after a resume too) metrics.jsonl's
-            before = result if tag == "before" else before_of(self.folder.read_metrics("eval"))
-            result = {**result, **drift(result, before)}
+            earlier = self.folder.read_metrics("eval")
+            before = result if tag == "before" else before_of(earlier)
+            result = {**result, **drift(result, before), **self.gold.judge({**result, "step": self.step}, earlier)}
         self.metrics.write(
             {
                 "kind": "eval",
@@ -292,7 +295,9 @@ class Trainer:
         if self.report is not None:
             self.report.refresh()
         if self.is_main:
-            self.console.print(f"[bold]eval[/] step {self.step}: held-out reward {result['eval_reward']:+.4f}")
+            gold = f", gold {result['eval_gold']:+.4f}" if "eval_gold" in result else ""
+            self.console.print(f"[bold]eval[/] step {self.step}: held-out reward {result['eval_reward']:+.4f}{gold}")
+        self.gold.act(result, self.step, self.save)  # best-gold checkpoint, divergence (collective)
         return result
 
     def run(self) -> int:
@@ -350,7 +355,7 @@ class Trainer:
             console=self.console,
             disable=not self.is_main,
         )
-        last_saved = self.step if resumed else None
+        last_saved = self.step if resumed or self.gold.saved_step == self.step else None
         checked_kept = False  # kept rollouts can only be for the first step after a resume
         try:
             with progress:
@@ -376,6 +381,9 @@ class Trainer:
                         last_saved = self.step
                     if self.heldout_prompts and self.step % r.eval.interval == 0 and self.step < r.optim.max_steps:
                         self.evaluate(f"step-{self.step:06d}")
+                        last_saved = self.step if self.gold.saved_step == self.step else last_saved
+                        if self.gold.stop_note:  # eval.on_divergence = stop: this evaluation was the last
+                            break
         except StopRequested as e:
             return self._stop(last_saved, getattr(e, "rollout", None))
         except CollectiveError:
@@ -391,8 +399,10 @@ class Trainer:
             raise
         if last_saved != self.step:
             self.save()
-        if self.heldout_prompts and not self.folder.has_final_eval(self.step):
+        if self.heldout_prompts and not self.folder.has_final_eval(self.step) and not self.gold.stop_note:
             self.evaluate("final")
+        if self.gold.stop_note:
+            self.console.print(f"{self.gold.stop_note}; checkpoint at step {self.step}", markup=False)
         self._say_where_the_report_is()
         return 0
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fgrpo.recipe.config import Recipe
+from fgrpo.recipe.config import Recipe, RewardSpec
 from fgrpo.recipe.io import load_recipe_file
 from fgrpo.recipe.ranges import RANGE_KEY, Range, numeric_fields, range_problems, within
 from fgrpo.recipe.validate import recipe_problems
@@ -90,6 +90,8 @@ CASES = [
 @pytest.mark.parametrize("name, bad, is_tuple", CASES)
 def test_a_value_outside_the_range_is_refused_by_name(name, bad, is_tuple):
     recipe = load_recipe_file(TINY)
+    if name.startswith("eval.gold_rewards."):  # none in the recipe: one to set the field of
+        recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, gold_rewards=(RewardSpec(),)))
     if is_tuple:  # one bad element is enough
         current = _get(recipe, name) or (1,)
         value = (bad, *current[1:])
