@@ -83,6 +83,9 @@ class Plan:
     target: str
     heads: int = 0
     notes: list[str] = field(default_factory=list)
+    rollout_evaluations: float = 0.0
+    """Model evaluations per rollout video (rollout_evaluations): rollout.steps unless ode_steps or
+    share_prefix save some."""
 
     def phase(self, name: str) -> Phase:
         return next(p for p in self.phases if p.name == name)
@@ -150,6 +153,7 @@ class Plan:
             "ranks_doing": {k: self.ranks_doing(k) for k in self.flops},
             "flops_per_step": self.step_flops,
             "gpu_minutes_per_step": self.gpu_minutes_per_step,
+            "rollout_evaluations_per_video": self.rollout_evaluations,
             "steps": self.steps,
             "evaluations": self.evaluations,
             "gpu_hours": self.gpu_hours,
@@ -285,6 +289,7 @@ def plan(
     layout = {**run.layout, "activation_checkpointing": recipe.parallelism.activation_checkpointing}
     notes = [
         f"architecture: {spec.source}; attention: flash (out + fp32 logsumexp kept, no N^2 scores)",
+        rollout_note(recipe),
         "reward models: weights from their configs; their activations are not modelled",
         rollout_unsharded_note(
             recipe.parallelism.rollout_unsharded,
@@ -309,6 +314,7 @@ def plan(
         target,
         spec.heads,
         notes,
+        float(rollout_evaluations(recipe)),
     )
 
 
@@ -339,15 +345,42 @@ def rollout_unsharded_note(setting: Setting, gathered: int, rollout: Phase, memo
     return line
 
 
+def rollout_evaluations(recipe: Recipe) -> Fraction:
+    """Model evaluations (forwards, CFG's halves batched as one) per rollout video, averaged over the
+    SDE step's draw: what `rollout.sample` makes with the recipe's ode_steps and share_prefix
+    (fgrpo.algorithm.ode_grid counts them for both)."""
+    from fgrpo.algorithm.ode_grid import expected_evaluations_per_video
+
+    ro, alg, ts = recipe.rollout, recipe.algorithm, recipe.timesteps
+    return expected_evaluations_per_video(
+        ro.steps,
+        ro.ode_steps,
+        alg.mode == "full-trajectory",
+        (int(ts.window[0]), int(ts.window[1])),
+        list(ts.weights),
+        ro.group_size,
+        alg.mode == "flash" and alg.iso_temporal,
+        ro.share_prefix,
+    )
+
+
+def rollout_note(recipe: Recipe) -> str:
+    ro = recipe.rollout
+    return (
+        f"rollout: {float(rollout_evaluations(recipe)):.2f} model evaluations per video (the grid has "
+        f"{ro.steps} steps; ode_solver={ro.ode_solver}, ode_steps={ro.ode_steps}, share_prefix={ro.share_prefix})"
+    )
+
+
 def step_flops(recipe: Recipe, s: Sizes, phases: list[Phase]) -> dict[str, int]:
     """Per rank. Each phase counted one micro-batch; FLOPs are linear in the batch."""
     by = {p.name: p.flops for p in phases}
-    steps = recipe.rollout.steps
+    evals = rollout_evaluations(recipe)
     train_mb = min(s.micro_batch, s.transitions)
     out = {
         # the first step's forward computes the text-side projections, later steps' reuse them
         "rollout": int(
-            Fraction((by["rollout"]["first"] + by["rollout"]["later"] * (steps - 1)) * s.videos, s.micro_batch)
+            Fraction((by["rollout"]["first"] + by["rollout"]["later"] * (evals - 1)) * s.videos, s.micro_batch)
         ),
         "VAE decode": int(Fraction(by["VAE decode"]["decode"] * s.videos, s.micro_batch)),
         "training": int(

@@ -143,6 +143,15 @@ class RolloutConfig:
     """The G videos of a prompt start from the same initial noise (DanceGRPO), so the deterministic
     prefix up to the group's SDE step is computed once per prompt; the group then differs only by
     the SDE step's noise. Flash-GRPO's own code draws each video's initial noise."""
+    ode_solver: Literal["euler", "unipc", "dpmpp_2m"] = "euler"
+    """Solver of the deterministic steps (the prefix before the SDE step and the suffix after it):
+    `euler` (the recipe's own step), `unipc` (Wan's UniPC, 2nd order) or `dpmpp_2m` (DPM-Solver++ 2M),
+    the latter two through diffusers' schedulers. The SDE step stays sigma_k -> sigma_{k+1} on the
+    grid. flash/fast only (full-trajectory has no deterministic step)."""
+    ode_steps: int | None = within("[1, inf)", None)
+    """Steps of the deterministic sub-grid over sigma_0 -> 0 (at most rollout.steps; unset: every grid
+    step): the grid's points round(j*steps/ode_steps), plus the SDE step's two sigmas, so a video
+    takes about ode_steps + 1 model evaluations. flash/fast only."""
 
 
 @dataclass
@@ -287,15 +296,6 @@ class EvalConfig:
     """ODE steps for evaluation sampling."""
     videos_per_prompt: int = within("[1, inf)", 1)
     """Fixed seeds per held-out prompt."""
-
-
-@dataclass
-class CheckpointConfig:
-    interval: int = within("[1, inf)", 50)
-    """Save every this many optimizer steps (and at the end)."""
-    keep_last: int = within("[1, inf)", 3)
-    """Keep the newest k complete checkpoints (and, with eval.gold_rewards, the best-gold one)."""
-
     gold_rewards: tuple[RewardSpec, ...] = ()
     """Gold metrics: rewards scored on the held-out videos at every evaluation, never trained on
     (in the training processes, also with a reward server). Recorded as `eval/<name>` and, weighted
@@ -309,6 +309,15 @@ class CheckpointConfig:
     on_divergence: Literal["warn", "stop"] = "warn"
     """When the rule fires: warn (console, metrics.jsonl, fgrpo status), or stop the run cleanly
     (final checkpoint; status completed, saying why)."""
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = within("[1, inf)", 50)
+    """Save every this many optimizer steps (and at the end)."""
+    keep_last: int = within("[1, inf)", 3)
+    """Keep the newest k complete checkpoints (and, with eval.gold_rewards, the best-gold one)."""
+
 
 @dataclass
 class LoggingConfig:

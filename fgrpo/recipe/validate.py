@@ -41,6 +41,32 @@ def run_name_problem(name: str) -> str | None:
     return None
 
 
+def _ode_problems(recipe: Recipe) -> list[str]:
+    """rollout.ode_solver / ode_steps: a known solver, a sub-grid no finer than the grid, and neither
+    in full-trajectory mode, where every step is an SDE step (no deterministic step to solve)."""
+    from fgrpo.algorithm.ode_grid import ODE_SOLVERS
+
+    ro, errs = recipe.rollout, []
+    if ro.ode_solver not in ODE_SOLVERS:
+        errs.append(f"rollout.ode_solver: one of {ODE_SOLVERS}, got {ro.ode_solver!r}")
+    if isinstance(ro.ode_steps, int) and ro.ode_steps > ro.steps:
+        errs.append(
+            f"rollout.ode_steps: at most rollout.steps={ro.steps} (a sub-grid of the recipe's grid), got {ro.ode_steps}"
+        )
+    if recipe.algorithm.mode == "full-trajectory":
+        if ro.ode_solver != "euler":
+            errs.append(
+                f"rollout.ode_solver: {ro.ode_solver!r} needs deterministic steps, but algorithm.mode=full-trajectory "
+                "takes an SDE step at every step; use euler"
+            )
+        if ro.ode_steps is not None and ro.ode_steps != ro.steps:
+            errs.append(
+                f"rollout.ode_steps: algorithm.mode=full-trajectory takes an SDE step at every one of the "
+                f"{ro.steps} steps; leave it unset, got {ro.ode_steps}"
+            )
+    return errs
+
+
 def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     """Every problem found, each starting with the dotted field name it concerns."""
     from fgrpo.algorithm import NOISE_SCHEDULES
@@ -79,6 +105,7 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
             )
     if ro.noise_schedule not in NOISE_SCHEDULES:
         errs.append(f"rollout.noise_schedule: one of {NOISE_SCHEDULES}, got {ro.noise_schedule!r}")
+    errs += _ode_problems(recipe)
 
     start, end = ts.window
     if not (0 <= start < end <= ro.steps):
@@ -145,39 +172,12 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
                     errs.append(f"rewards.{i}.args.{key}: {path} does not exist")
 
     errs += _reward_server_problems(recipe.reward_server)
+    errs += _gold_reward_problems(recipe)
     errs += _prompt_problems(recipe)
     reported = {e.split(":", 1)[0] for e in ranged}  # one message per field: its range says enough
     return ranged + [e for e in errs if e.split(":", 1)[0] not in reported]
 
 
-def _sequence_parallel_problems(recipe: Recipe, preset) -> list[str]:
-    """Ulysses gives each sp rank whole heads (of its tp rank's heads) and an even run of every
-    video's tokens; fgrpo does not pad, so both must divide."""
-    from fgrpo.models.wan import latent_shape
-    from fgrpo.models.wan.presets import PATCH
-
-    par, ro, heads = recipe.parallelism, recipe.rollout, preset.num_heads
-    if par.sp == 1:
-        return []
-    errs = []
-    if heads % (par.tp * par.sp):
-        per_tp = (
-            f"the {heads // par.tp} heads of each tensor-parallel rank (parallelism.tp={par.tp})"
-            if par.tp > 1
-            else f"the {heads} attention heads of {recipe.model.preset}"
-        )
-        sizes = [d for d in range(1, heads // par.tp + 1) if (heads // par.tp) % d == 0]
-        errs.append(
-            f"parallelism.sp: {par.sp} does not divide {per_tp}; sequence parallelism gives each sp rank "
-            f"whole heads, choose one of {sizes}"
-        )
-    if (ro.frames - 1) % 4 == 0 and ro.height % 16 == 0 and ro.width % 16 == 0:  # else reported above
-    errs += _gold_reward_problems(recipe)
-        _, f, h, w = latent_shape(ro.frames, ro.height, ro.width)
-        grid = (f // PATCH[0], h // PATCH[1], w // PATCH[2])
-        tokens = grid[0] * grid[1] * grid[2]
-        if tokens % par.sp:
-            errs.append(
 def _gold_reward_problems(recipe: Recipe) -> list[str]:
     """eval.gold_rewards: rewards that resolve, with their required args, never also trained on (a
     gold metric the policy optimises guards nothing), on held-out prompts that exist."""
@@ -206,6 +206,33 @@ def _gold_reward_problems(recipe: Recipe) -> list[str]:
     return errs
 
 
+def _sequence_parallel_problems(recipe: Recipe, preset) -> list[str]:
+    """Ulysses gives each sp rank whole heads (of its tp rank's heads) and an even run of every
+    video's tokens; fgrpo does not pad, so both must divide."""
+    from fgrpo.models.wan import latent_shape
+    from fgrpo.models.wan.presets import PATCH
+
+    par, ro, heads = recipe.parallelism, recipe.rollout, preset.num_heads
+    if par.sp == 1:
+        return []
+    errs = []
+    if heads % (par.tp * par.sp):
+        per_tp = (
+            f"the {heads // par.tp} heads of each tensor-parallel rank (parallelism.tp={par.tp})"
+            if par.tp > 1
+            else f"the {heads} attention heads of {recipe.model.preset}"
+        )
+        sizes = [d for d in range(1, heads // par.tp + 1) if (heads // par.tp) % d == 0]
+        errs.append(
+            f"parallelism.sp: {par.sp} does not divide {per_tp}; sequence parallelism gives each sp rank "
+            f"whole heads, choose one of {sizes}"
+        )
+    if (ro.frames - 1) % 4 == 0 and ro.height % 16 == 0 and ro.width % 16 == 0:  # else reported above
+        _, f, h, w = latent_shape(ro.frames, ro.height, ro.width)
+        grid = (f // PATCH[0], h // PATCH[1], w // PATCH[2])
+        tokens = grid[0] * grid[1] * grid[2]
+        if tokens % par.sp:
+            errs.append(
                 f"parallelism.sp: {par.sp} does not divide the {tokens} tokens of a video (latent frames x "
                 f"patch rows x patch columns = {grid[0]} x {grid[1]} x {grid[2]} for rollout.frames="
                 f"{ro.frames}, height={ro.height}, width={ro.width}); sequence parallelism splits every "

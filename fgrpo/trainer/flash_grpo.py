@@ -26,6 +26,7 @@ from fgrpo.models.wan.parallelize import compiled_graph_count
 from fgrpo.recipe.config import Recipe
 
 from .failures import agree_on_scores, submit_safely
+from .ode_solvers import OdeConfig
 from .policy import Policy
 from .reward_scoring import not_scored
 from .rollout import (
@@ -119,6 +120,7 @@ def shared_prefix(policy: Policy, recipe: Recipe, step: int, local: slice, mask:
         recipe.rollout.micro_batch,
         policy.compute_dtype,
         end=start[first],
+        ode=OdeConfig.from_rollout(recipe.rollout),
     )
     return x[local_group], start
 
@@ -252,6 +254,7 @@ def roll_out(policy: Policy, rewards, recipe: Recipe, step: int, prompts: list[s
                 ro.micro_batch,
                 policy.compute_dtype,
                 start=None if start is None else start[sl],
+                ode=OdeConfig.from_rollout(ro),
             )
             tr.video += s
             parts.append(tr)

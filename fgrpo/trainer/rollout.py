@@ -11,6 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from fgrpo.algorithm import noise_scale, ode_step, sde_step
+from fgrpo.algorithm.ode_grid import subgrid_indices, trajectory_nodes
+
+from .ode_solvers import EULER_EVERY_STEP, OdeConfig, SegmentSolver
 
 
 def velocity(
@@ -94,6 +97,46 @@ def initial_latents(shape: tuple[int, ...], generators: list[torch.Generator]) -
     return torch.stack([torch.randn(shape, generator=g) for g in generators])
 
 
+@dataclass(frozen=True)
+class _RowPlan:
+    """One row's steps in a `sample` call: the next node after each node it is evaluated at, and
+    the deterministic segment (its nodes) each non-SDE step belongs to."""
+
+    next: dict[int, int]
+    segment: dict[int, tuple[int, ...]]
+
+    @classmethod
+    def of(cls, grid: list[int], start: int, end: int, sde_row: torch.Tensor) -> "_RowPlan":
+        sde = set(sde_row.nonzero().flatten().tolist())
+        nodes = trajectory_nodes(grid, start, end, sde)
+        segments, current = [], [nodes[0]]
+        for a, b in zip(nodes[:-1], nodes[1:]):
+            if a in sde:  # the SDE step a -> a + 1 = b closes the segment before it
+                segments.append(current)
+                current = [b]
+            else:
+                current.append(b)
+        segments.append(current)
+        segment = {i: tuple(seg) for seg in segments for i in seg[:-1]}
+        return cls(dict(zip(nodes[:-1], nodes[1:])), segment)
+
+
+def _solver_steps(solvers, solver: str, plans, active, i: int, sig, xa, v, x_new) -> None:
+    """The active rows' deterministic steps from grid step i by their segments' multistep solvers
+    (rows with the same segment share one), written into x_new; SDE rows are left as they are."""
+    by_segment: dict[tuple[int, ...], list[int]] = {}
+    for pos, r in enumerate(active.tolist()):
+        seg = plans[r].segment.get(i)
+        if seg is not None:
+            by_segment.setdefault(seg, []).append(pos)
+    for seg, pos in by_segment.items():
+        if seg not in solvers:
+            solvers[seg] = SegmentSolver(solver, sig[list(seg)])
+        x_new[pos] = solvers[seg].step(v[pos], xa[pos])
+        if solvers[seg].steps_left == 0:
+            del solvers[seg]
+
+
 @torch.no_grad()
 def sample(
     transformer,
@@ -109,6 +152,7 @@ def sample(
     dtype: torch.dtype = torch.float32,
     start: torch.Tensor | None = None,
     end: torch.Tensor | None = None,
+    ode: OdeConfig = EULER_EVERY_STEP,
 ) -> tuple[torch.Tensor, Transitions]:
     """Integrate every video from σ_start to σ_end (default σ_0 to 0); SDE at (video, step) where
     `sde_mask` is True.
@@ -117,6 +161,11 @@ def sample(
     bool; start/end [B] step indices (a row takes steps start[b] <= i < end[b]: a shared prefix ends
     where its group's first SDE step is, and the group's videos start there). One generator per video
     supplies its SDE noise. Returns the latents at σ_end and the recorded SDE transitions.
+
+    `ode` (rollout.ode_solver, rollout.ode_steps): the deterministic steps between σ_start, the SDE
+    steps and σ_end take the sub-grid of fgrpo.algorithm.ode_grid (every grid step by default), by
+    Euler or a diffusers multistep solver (fgrpo.trainer.ode_solvers); an SDE step i always goes
+    σ_i → σ_{i+1} on the grid. A row is evaluated at grid step i only when i is one of its nodes.
     """
     device = latents.device
     sig = sigmas.to(device=device, dtype=torch.float32)
@@ -124,6 +173,7 @@ def sample(
     n = latents.shape[0]
     start = torch.zeros(n, dtype=torch.long) if start is None else start.long().cpu()
     end = torch.full((n,), n_steps, dtype=torch.long) if end is None else end.long().cpu()
+    grid = subgrid_indices(n_steps, ode.steps)
     finals, records = [], []
     for first in range(0, n, micro_batch):
         sl = slice(first, first + micro_batch)
@@ -131,8 +181,10 @@ def sample(
         neg = None if neg_context is None else neg_context[sl]
         text, scale = text_input(context[sl], neg, cfg_scale, dtype)  # one tensor for all steps
         active_text, active_key = text, None
+        plans = [_RowPlan.of(grid, int(st[r]), int(en[r]), mask[r]) for r in range(x.shape[0])]
+        solvers: dict[tuple[int, ...], SegmentSolver] = {}  # per segment of nodes, for its rows
         for i in range(int(st.min()), int(en.max())):
-            active = ((st <= i) & (i < en)).nonzero().flatten()
+            active = torch.tensor([r for r, p in enumerate(plans) if i in p.next], dtype=torch.long)
             if active.numel() == 0:
                 continue
             whole = active.numel() == x.shape[0]
@@ -140,9 +192,12 @@ def sample(
                 active_key = active.tolist()
                 active_text, _ = text_input(context[sl][active], None if neg is None else neg[active], cfg_scale, dtype)
             xa = x if whole else x[active]
-            s, s_next = sig[i].expand(xa.shape[0]), sig[i + 1].expand(xa.shape[0])
+            s = sig[i].expand(xa.shape[0])
+            s_next = sig[torch.tensor([plans[r].next[i] for r in active.tolist()], device=device)]
             v = guided_velocity(transformer, xa, s, text if whole else active_text, scale, dtype)
             x_new = ode_step(xa, v, s, s_next)
+            if ode.solver != "euler":
+                _solver_steps(solvers, ode.solver, plans, active, i, sig, xa, v, x_new)
             rows = mask[active, i].nonzero().flatten().tolist()  # positions among the active rows
             if rows:
                 videos = active[rows]

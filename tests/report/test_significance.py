@@ -39,6 +39,7 @@ from fgrpo.report.significance import (
 from fgrpo.run_folder import SWEEP_INDEX, RunFolder
 from fgrpo.tracking import JsonlTracker
 from tests.conftest import REPO
+from tests.helpers import present
 
 PROMPTS, VIDEOS = 6, 2  # held-out prompts, videos per prompt
 
@@ -88,17 +89,17 @@ def test_the_budget_picks_the_latest_evaluation_at_or_below_it():
     dear = [{"step": t, "compute/flops": 2.5e9 * t, "eval_rewards": [0.2 * t]} for t in range(0, 4)]
     assert reached_flops(cheap, "eval_reward") == 6e9 and reached_flops(dear, "eval_reward") == 7.5e9
     budget = common_budget([reached_flops(cheap, "eval_reward"), reached_flops(dear, "eval_reward"), None])
-    assert budget == 6e9  # the largest every run reached; a run without FLOPs does not count
-    assert at_budget(cheap, budget, "eval_reward")["step"] == 6
-    assert at_budget(dear, budget, "eval_reward")["step"] == 2  # 5e9: step 3 (7.5e9) is over
-    assert at_budget(dear, 7.2e9, "eval_reward")["step"] == 3  # within 5 % above the budget
-    assert at_budget(dear, 7.2e9, "eval_reward", tolerance=0.0)["step"] == 2
+    assert budget is not None and budget == 6e9  # the largest every run reached; a run without FLOPs does not count
+    assert present(at_budget(cheap, budget, "eval_reward"), "evaluation")["step"] == 6
+    assert present(at_budget(dear, budget, "eval_reward"), "evaluation")["step"] == 2  # 5e9: step 3 (7.5e9) is over
+    assert present(at_budget(dear, 7.2e9, "eval_reward"), "evaluation")["step"] == 3  # within 5 % above the budget
+    assert present(at_budget(dear, 7.2e9, "eval_reward", tolerance=0.0), "evaluation")["step"] == 2
     assert at_budget(dear[1:], 1e9, "eval_reward") is None  # every evaluation above it
     # evaluations without FLOPs or without the metric never count; on a tie the later record wins
     mixed = [{"step": 9, "eval_rewards": [1.0]}, {"step": 4, "compute/flops": 4e9}, *cheap[:2]]
-    assert at_budget(mixed, 1e10, "eval_reward")["step"] == 2
+    assert present(at_budget(mixed, 1e10, "eval_reward"), "evaluation")["step"] == 2
     tie = [{"step": 2, "tag": "step-2", "compute/flops": 2e9, "eval_rewards": [0.0]}, {**cheap[1], "tag": "final"}]
-    assert at_budget(tie, 3e9, "eval_reward")["tag"] == "final"
+    assert present(at_budget(tie, 3e9, "eval_reward"), "evaluation")["tag"] == "final"
     with pytest.raises(ValueError, match="tolerance"):
         at_budget(cheap, budget, "eval_reward", tolerance=-0.1)
 
@@ -108,7 +109,7 @@ def test_configurations_are_read_at_the_common_budget_not_their_last_evaluation(
     # where full has done 3 steps. Both improve by 0.01 a GFLOP spent: equal at equal compute.
     flash = arm("flash", 3, 1e9, 9, lambda t: 0.01 * t, 0.0, 1)
     full = arm("full", 3, 3e9, 5, lambda t: 0.03 * t, 0.0, 2)
-    result = significance_at_budget([flash, full], "miniature_gold", resamples=500)
+    result = present(significance_at_budget([flash, full], "miniature_gold", resamples=500), "significance")
     assert result["budget_flops"] == 9e9 and result["budget_from"] == "the largest budget every run reached"
     base, other = result["rows"]
     assert (base["label"], base["steps"], base["flops"]) == ("flash", [9], 9e9)
@@ -116,11 +117,15 @@ def test_configurations_are_read_at_the_common_budget_not_their_last_evaluation(
     assert abs(other["diff"]) < 0.01 and other["verdict"] == NOT_DISTINGUISHABLE
     at_last = full.runs[0].evals[-1]["eval_reward"] - flash.runs[0].evals[-1]["eval_reward"]
     assert at_last > 0.05  # what the latest evaluations would have claimed
-    explicit = significance_at_budget([flash, full], "miniature_gold", budget_flops=6e9, resamples=200)
+    explicit = present(
+        significance_at_budget([flash, full], "miniature_gold", budget_flops=6e9, resamples=200), "significance"
+    )
     assert [r["steps"] for r in explicit["rows"]] == [[6], [2]] and explicit["budget_from"] == "--budget-flops"
     for r in full.runs:  # no "before" evaluation: at 2 GFLOP full has none at or below the budget
         r.evals = r.evals[1:]
-    low = significance_at_budget([flash, full], "miniature_gold", budget_flops=2e9, resamples=200)["rows"][1]
+    low = present(
+        significance_at_budget([flash, full], "miniature_gold", budget_flops=2e9, resamples=200), "significance"
+    )["rows"][1]
     assert (low["seeds"], low["above_budget"], low["diff"]) == (0, ["full-0", "full-1", "full-2"], None)
     assert low["note"] == "no evaluation at or below the budget"
     for r in flash.runs:
@@ -135,7 +140,7 @@ def test_configurations_are_read_at_the_common_budget_not_their_last_evaluation(
 def test_a_clear_effect_is_distinguishable():
     base = arm("flash", 3, 1e9, 2, lambda t: 0.0, 0.02, 3)
     better = arm("fast", 3, 1e9, 2, lambda t: 0.1 * t, 0.02, 4)  # +0.2 at the budget: 10 seed sds
-    row = significance_at_budget([base, better], resamples=1000)["rows"][1]
+    row = present(significance_at_budget([base, better], resamples=1000), "significance")["rows"][1]
     assert row["verdict"] == DISTINGUISHABLE and 0 < row["lo"] < row["diff"] < row["hi"]
     assert row["diff"] == pytest.approx(0.2, abs=0.06)
     assert (row["pairs"], row["prompts"]) == (3, PROMPTS)
@@ -145,7 +150,7 @@ def test_a_clear_effect_is_distinguishable():
 def test_identical_arms_are_not_distinguishable_and_get_an_estimate():
     base = arm("flash", 3, 1e9, 2, lambda t: 0.0, 0.02, 5)
     same = arm("copy", 3, 1e9, 2, lambda t: 0.0, 0.02, 6)
-    row = significance_at_budget([base, same], resamples=1000)["rows"][1]
+    row = present(significance_at_budget([base, same], resamples=1000), "significance")["rows"][1]
     assert row["verdict"] == NOT_DISTINGUISHABLE and row["lo"] < 0 < row["hi"]
     assert row["seeds_needed"] is not None and row["seeds_needed"] > 3
 
@@ -154,14 +159,20 @@ def test_the_seeds_estimate_settles_a_small_effect():
     """A true effect of 0.02 under seed noise of sd 0.02: 3 seeds do not show it; drawing as many
     seeds as the estimate says, from the same process, does."""
     effect = lambda t: 0.01 * t  # noqa: E731
-    few = significance_at_budget(
-        [arm("flash", 3, 1e9, 2, lambda t: 0.0, 0.02, 7), arm("arm", 3, 1e9, 2, effect, 0.02, 8)], resamples=1000
+    few = present(
+        significance_at_budget(
+            [arm("flash", 3, 1e9, 2, lambda t: 0.0, 0.02, 7), arm("arm", 3, 1e9, 2, effect, 0.02, 8)], resamples=1000
+        ),
+        "significance",
     )["rows"][1]
     assert few["verdict"] == NOT_DISTINGUISHABLE
     n = few["seeds_needed"]
     assert n is not None and 3 < n < 200
-    many = significance_at_budget(
-        [arm("flash", n, 1e9, 2, lambda t: 0.0, 0.02, 7), arm("arm", n, 1e9, 2, effect, 0.02, 8)], resamples=1000
+    many = present(
+        significance_at_budget(
+            [arm("flash", n, 1e9, 2, lambda t: 0.0, 0.02, 7), arm("arm", n, 1e9, 2, effect, 0.02, 8)], resamples=1000
+        ),
+        "significance",
     )["rows"][1]
     assert many["verdict"] == DISTINGUISHABLE and many["lo"] > 0
 
@@ -270,7 +281,9 @@ def test_report_of_a_sweep_compares_at_equal_compute(sweep, capsys):
     assert DISTINGUISHABLE in line and f"{SEEDS} × {PROMPTS}" in line
 
     # without the tolerance, full-trajectory has reached only its "before" evaluation at this budget
-    strict = build_report([sweep], "miniature_gold", budget_flops=None, tolerance=0.0).significance
+    strict = present(
+        build_report([sweep], "miniature_gold", budget_flops=None, tolerance=0.0).significance, "significance"
+    )
     full = next(r for r in strict["rows"] if "full-trajectory" in r["label"])
     assert full["steps"] == [0] and full["flops"] == 0 and full["verdict"] == NOT_DISTINGUISHABLE
 
