@@ -18,6 +18,9 @@ recipe = replace(
     base,
     name="proxy",
     rewards=(RewardSpec(name="miniature_proxy", args={{"saturation_bonus": 2.0}}),),
+    # the setting this test was measured in (guided rollouts, a short EMA): independent of the recipe's
+    rollout=replace(base.rollout, cfg_scale=4.0),
+    ema=EmaConfig(decay=0.5, interval=1),
     optim=replace(base.optim, lr=3e-4, max_steps=24),
     eval=EvalConfig(
         interval=2,

@@ -46,7 +46,10 @@ def test_miniature_recipe_trains_and_records_gold(miniature_model_dir, tmp_path,
         per_video = e["eval_component_values"]
         assert len(per_video["miniature_gold"]) == len(e["eval_rewards"]) == 24 * 2
         assert e["eval/miniature_gold"] == pytest.approx(sum(per_video["miniature_gold"]) / 48, abs=1e-5)
-    # The pre-trained model, not noise: its held-out gold is where the build measured it.
+    # The pre-trained model, not noise: a video without an object scores 1/7 (its background alone).
+    # The recipe samples without guidance, so it scores below the build's guided measurement (CFG 4;
+    # docs/miniature.md: 0.43 against 0.53), not above it.
     quality = json.loads((miniature_model_dir / "miniature_quality.json").read_text())
-    assert evals[0]["eval/miniature_gold"] == pytest.approx(quality["heldout_gold"]["overall"], abs=0.1)
+    assert quality["sampler"]["cfg"] > 1
+    assert 0.35 < evals[0]["eval/miniature_gold"] <= quality["heldout_gold"]["overall"] + 0.02
     assert (run / "samples" / "before.mp4").is_file() and (run / "samples" / "final.mp4").is_file()
