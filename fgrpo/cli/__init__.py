@@ -99,8 +99,8 @@ COMMANDS: dict[str, Command] = {
     "report": Command(
         "report",
         "cmd_report",
-        "report RUN | SWEEP | RUN RUN ... [--out FILE.html]",
-        "one self-contained HTML report: curves, leaderboard, sample videos",
+        "report RUN | SWEEP | RUN RUN ... [--out FILE.html] [--metric M] [--baseline L] [--budget-flops F] [--json]",
+        "one self-contained HTML report: curves, leaderboard, sample videos, paired comparison at equal compute",
     ),
     "export": Command(
         "eval",
