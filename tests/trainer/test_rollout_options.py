@@ -20,6 +20,7 @@ from fgrpo.trainer import rollout as rollout_mod
 from fgrpo.trainer.ode_solvers import OdeConfig
 from fgrpo.trainer.rollout import sample, step_noise_std_scale, video_generators
 from fgrpo.trainer.trainer import Trainer
+from tests.helpers.forward_rows import sampling_forward_rows
 from tests.helpers.recipes import small_recipe
 
 SOLVERS = ("euler", "unipc", "dpmpp_2m")
@@ -207,35 +208,13 @@ def test_fewer_steps_change_the_samples_but_not_wildly(tiny_model_dir, tmp_path)
 # --- a Flash-GRPO step end to end ---------------------------------------------------------------
 
 
-def _rollout_rows(monkeypatch) -> list[int]:
-    rows: list[int] = []
-    sampling = [False]
-    real_velocity, real_sample = rollout_mod.guided_velocity, rollout_mod.sample
-
-    def counting(transformer, x, *a, **kw):
-        if sampling[0]:
-            rows.append(x.shape[0])
-        return real_velocity(transformer, x, *a, **kw)
-
-    def flagged(*a, **kw):
-        sampling[0] = True
-        try:
-            return real_sample(*a, **kw)
-        finally:
-            sampling[0] = False
-
-    monkeypatch.setattr(rollout_mod, "guided_velocity", counting)
-    monkeypatch.setattr("fgrpo.trainer.flash_grpo.sample", flagged)
-    return rows
-
-
 @pytest.mark.parametrize("share_prefix", [False, True])
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_a_flash_step_with_fewer_steps_stays_on_policy(tiny_model_dir, tmp_path, monkeypatch, solver, share_prefix):
     t = _trainer(tiny_model_dir, tmp_path, ode_solver=solver, ode_steps=3, share_prefix=share_prefix)
     r = t.recipe
     P, G = r.rollout.prompts_per_step, r.rollout.group_size
-    rows = _rollout_rows(monkeypatch)
+    rows = sampling_forward_rows(monkeypatch, "fgrpo.trainer.flash_grpo.sample")
     res = t.run_step(t.sampler.next(P), lambda: None)
     m = res.metrics
     assert res.applied and m["ratio_dev_max"] == 0.0 and m["clip_frac"] == 0.0

@@ -10,6 +10,7 @@ import torch
 from fgrpo.trainer import rollout as rollout_mod
 from fgrpo.trainer.rollout import sample, shared_prefix_starts
 from fgrpo.trainer.trainer import Trainer
+from tests.helpers.forward_rows import sampling_forward_rows
 from tests.helpers.recipes import small_recipe
 
 
@@ -50,29 +51,6 @@ def test_sample_in_two_pieces_equals_sample_in_one(tiny_model_dir, tmp_path):
     torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-5)
 
 
-def _forward_rows(monkeypatch) -> list[int]:
-    """Rows of every transformer call made while sampling (not the training pass's)."""
-    rows: list[int] = []
-    sampling = [False]
-    real_velocity, real_sample = rollout_mod.guided_velocity, rollout_mod.sample
-
-    def counting(transformer, x, *a, **kw):
-        if sampling[0]:
-            rows.append(x.shape[0])
-        return real_velocity(transformer, x, *a, **kw)
-
-    def flagged(*a, **kw):
-        sampling[0] = True
-        try:
-            return real_sample(*a, **kw)
-        finally:
-            sampling[0] = False
-
-    monkeypatch.setattr(rollout_mod, "guided_velocity", counting)
-    monkeypatch.setattr(rollout_mod, "sample", flagged)
-    return rows
-
-
 @pytest.mark.parametrize("mode", ["flash", "full-trajectory"])
 def test_a_group_shares_its_prefix_and_differs_after_it(tiny_model_dir, tmp_path, monkeypatch, mode):
     t = _trainer(tiny_model_dir, tmp_path, share_prefix=True, mode=mode)
@@ -85,7 +63,7 @@ def test_a_group_shares_its_prefix_and_differs_after_it(tiny_model_dir, tmp_path
         recorded.append(trans)
         return final, trans
 
-    rows = _forward_rows(monkeypatch)
+    rows = sampling_forward_rows(monkeypatch)
     monkeypatch.setattr("fgrpo.trainer.flash_grpo.sample", spy)
     res = t.run_step(t.sampler.next(P), lambda: None)
     assert res.applied
@@ -110,7 +88,7 @@ def test_a_group_shares_its_prefix_and_differs_after_it(tiny_model_dir, tmp_path
 
 def test_share_prefix_off_draws_noise_per_video(tiny_model_dir, tmp_path, monkeypatch):
     t = _trainer(tiny_model_dir, tmp_path, share_prefix=False)
-    rows = _forward_rows(monkeypatch)
+    rows = sampling_forward_rows(monkeypatch)
     monkeypatch.setattr("fgrpo.trainer.flash_grpo.sample", rollout_mod.sample)
     r = t.recipe
     t.run_step(t.sampler.next(r.rollout.prompts_per_step), lambda: None)
