@@ -4,6 +4,7 @@ timestep choice, gradient rectification, advantages and the PPO loss."""
 from fgrpo.algorithm.advantages import STD_MODES, group_advantages, zero_variance_share
 from fgrpo.algorithm.loss import PolicyLoss, TotalLoss, policy_loss, ppo_clip_loss
 from fgrpo.algorithm.rectification import lambda_t, rectification_weights
+from fgrpo.algorithm.refill import refill_batch_size, refill_pairs, video_sources, zero_variance_mask
 from fgrpo.algorithm.schedule import (
     NOISE_SCHEDULES,
     SDEStep,
@@ -31,8 +32,12 @@ __all__ = [
     "policy_loss",
     "ppo_clip_loss",
     "rectification_weights",
+    "refill_batch_size",
+    "refill_pairs",
     "sample_step_indices",
     "sde_log_prob",
     "sde_step",
+    "video_sources",
     "wan_sigmas",
+    "zero_variance_mask",
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fgrpo.algorithm.refill import zero_variance_mask
+
 STD_MODES: tuple[str, ...] = ("global", "group")
 
 
@@ -49,5 +51,4 @@ def group_advantages(
 def zero_variance_share(rewards: Tensor, group_size: int) -> float:
     """Share of prompt groups whose G rewards are all equal: max - min == 0 within the group, so
     every advantage of the group is 0 and it teaches nothing (`rewards` as in group_advantages)."""
-    groups = rewards.reshape(-1, group_size)
-    return float((groups.amax(dim=1) == groups.amin(dim=1)).float().mean())
+    return float(zero_variance_mask(rewards, group_size).float().mean())

@@ -152,6 +152,12 @@ class RolloutConfig:
     """Steps of the deterministic sub-grid over sigma_0 -> 0 (at most rollout.steps; unset: every grid
     step): the grid's points round(j*steps/ode_steps), plus the SDE step's two sigmas, so a video
     takes about ode_steps + 1 model evaluations. flash/fast only."""
+    refill_zero_variance: int = within("[0, inf)", 0)
+    """Refill rounds per step (0: off): prompt groups whose G rewards are all equal (zero advantage,
+    `zero_variance_groups`) are replaced by fresh prompts from the prompt stream, rolled out and scored
+    within the step, so it trains on prompts_per_step groups that teach; after this many rounds the
+    groups still all-equal are kept. Each round rolls out about as many groups as remain all-equal
+    (counted in `compute/flops`). flash/fast only."""
 
 
 @dataclass

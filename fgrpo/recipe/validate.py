@@ -8,6 +8,7 @@ from pathlib import Path
 from .config import Recipe
 from .io import REWARD_PATH_ARGS, RecipeError
 from .ranges import is_type_problem, range_problems
+from .refill import refill_problems
 
 
 def time_limit_minutes(text: str) -> int:
@@ -112,6 +113,7 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
         errs.append(f"timesteps.window: [start, end) must lie within the {ro.steps} rollout steps, got {ts.window}")
     if ts.weights and len(ts.weights) != end - start:
         errs.append(f"timesteps.weights: need {end - start} weights for window {ts.window}, got {len(ts.weights)}")
+    errs += refill_problems(recipe)
     elif ts.weights and sum(ts.weights) <= 0:
         errs.append(f"timesteps.weights: must have a positive sum, got {ts.weights}")
 

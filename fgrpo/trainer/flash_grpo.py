@@ -7,6 +7,7 @@ rectification weights are computed over the global batch.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from fgrpo.recipe.config import Recipe
 from .failures import agree_on_scores, submit_safely
 from .ode_solvers import OdeConfig
 from .policy import Policy
+from .refill import RefillStats, refill_salt, refill_zero_variance
 from .reward_scoring import not_scored
 from .rollout import (
     Transitions,
@@ -62,6 +64,7 @@ def step_seed(seed: int, step: int, salt: int = 0) -> int:
 class StepResult:
     metrics: dict
     applied: bool  # False when the step was skipped (non-finite loss or gradient)
+    refill_videos: int = 0  # videos rolled out beyond the step's batch (rollout.refill_zero_variance)
 
 
 def _training_micro_batches(policy: Policy, trans: Transitions, size: int, check_stop):
@@ -96,7 +99,9 @@ def with_recomputed_old_log_prob(
     return Transitions(trans.video, trans.step, trans.x, trans.x_next, old), drift
 
 
-def shared_prefix(policy: Policy, recipe: Recipe, step: int, local: slice, mask: torch.Tensor, context, neg):
+def shared_prefix(
+    policy: Policy, recipe: Recipe, step: int, local: slice, mask: torch.Tensor, context, neg, round_: int = 0
+):
     """`rollout.share_prefix`: the G videos of a prompt start from the same noise (drawn per prompt),
     so their deterministic prefix up to the group's SDE step is one ODE integration per prompt (on
     each rank that holds videos of it), copied to its videos. Returns the local videos' latents at
@@ -105,7 +110,9 @@ def shared_prefix(policy: Policy, recipe: Recipe, step: int, local: slice, mask:
     group = torch.arange(local.start, local.stop) // G
     groups, local_group = torch.unique(group, return_inverse=True)
     first = torch.tensor([int((local_group == g).nonzero()[0]) for g in range(len(groups))])
-    gens = video_generators([step_seed(recipe.prompts.seed, step, salt=500_000 + int(g)) for g in groups])
+    gens = video_generators(
+        [step_seed(recipe.prompts.seed, step, salt=refill_salt(500_000 + int(g), round_)) for g in groups]
+    )
     start = shared_prefix_starts(mask, local_group)
     x, _ = sample(
         policy.transformer,
@@ -140,6 +147,10 @@ class Rollout:
     resumed: bool = False
     # this rank's text and negative context, as rolled out (not kept: a resumed job looks them up)
     text: tuple[torch.Tensor, torch.Tensor] | None = None
+    # the prompts the step drew (None: `prompts`; they differ where rollout.refill_zero_variance
+    # replaced groups), and what the refill did
+    drawn: list[str] | None = None
+    refill: RefillStats = RefillStats()
 
     def state_dict(self) -> dict:
         t = self.trans
@@ -150,6 +161,9 @@ class Rollout:
             "all_rewards": self.all_rewards,
             "components": dict(self.components),
             "times": dict(self.times),
+            # None unless a refill replaced groups (then the resumed job matches what it draws with it)
+            "drawn": None if self.drawn in (None, self.prompts) else list(self.drawn),
+            "refill": dataclasses.asdict(self.refill),
             "trans": {
                 "video": t.video,
                 "step": t.step,
@@ -172,6 +186,8 @@ class Rollout:
             dict(state["components"]),
             dict(state["times"]),
             resumed=True,
+            drawn=list(state.get("drawn") or state["prompts"]),
+            refill=RefillStats(**state.get("refill", {})),
         )
 
 
@@ -183,8 +199,10 @@ class StopAfterRollout(StopRequested):
         self.rollout = rollout
 
 
-def _local_videos(policy: Policy, recipe: Recipe) -> slice:
-    n_local = recipe.rollout.prompts_per_step * recipe.rollout.group_size // policy.dims.dp
+def _local_videos(policy: Policy, recipe: Recipe, num_prompts: int | None = None) -> slice:
+    """This rank's slice of a global batch of `num_prompts` (default prompts_per_step) x G videos."""
+    P = recipe.rollout.prompts_per_step if num_prompts is None else num_prompts
+    n_local = P * recipe.rollout.group_size // policy.dims.dp
     return slice(policy.dims.dp_rank * n_local, (policy.dims.dp_rank + 1) * n_local)
 
 
@@ -203,27 +221,58 @@ def flash_grpo_step(
     prompts: list[str],
     check_stop,
     kept: Rollout | None = None,
+    draw=None,
 ) -> StepResult:
     """One optimizer step (`step` = optimizer steps done so far) on the global batch `prompts`;
     from `kept` rollouts of this very step (a resumed job) instead of rolling out, when given.
+    `draw(n)` gives n fresh prompts (the prompt sampler's) for rollout.refill_zero_variance.
     A stop seen after the rollouts raises StopAfterRollout, which carries them."""
     rollout = kept if kept is not None else roll_out(policy, rewards, recipe, step, prompts, check_stop)
+    if kept is None and recipe.rollout.refill_zero_variance > 0:
+        if draw is None:
+            raise ValueError("rollout.refill_zero_variance needs fresh prompts: pass draw (the prompt sampler's next)")
+        rollout = _refilled(policy, rewards, recipe, step, rollout, check_stop, draw)
     try:
-        return train_on(policy, update, recipe, rollout, check_stop)
+        result = train_on(policy, update, recipe, rollout, check_stop)
     except StopRequested as e:
         raise StopAfterRollout(rollout) from e
+    result.refill_videos = rollout.refill.videos
+    return result
 
 
-def roll_out(policy: Policy, rewards, recipe: Recipe, step: int, prompts: list[str], check_stop) -> Rollout:
-    """The step's rollouts on this rank (no grad), scored, with the rewards gathered to the global batch."""
+def _refilled(policy: Policy, rewards, recipe: Recipe, step: int, rollout: Rollout, check_stop, draw) -> Rollout:
+    """The step's rollout with its all-equal groups replaced (fgrpo.trainer.refill)."""
+
+    def roll(prompts: list[str], round_: int) -> Rollout:
+        return roll_out(policy, rewards, recipe, step, prompts, check_stop, round_)
+
+    drawn = list(rollout.prompts)
+    out, stats = refill_zero_variance(
+        rollout,
+        roll,
+        draw,
+        recipe.rollout.refill_zero_variance,
+        recipe.rollout.group_size,
+        policy.dims,
+        policy.device,
+        _local_videos(policy, recipe),
+    )
+    return dataclasses.replace(out, drawn=drawn, refill=stats)
+
+
+def roll_out(
+    policy: Policy, rewards, recipe: Recipe, step: int, prompts: list[str], check_stop, round_: int = 0
+) -> Rollout:
+    """The step's rollouts of the global batch `prompts` on this rank (no grad), scored, with the
+    rewards gathered to the global batch; `round_` > 0: a refill round's (its own seeds)."""
     r, ro, alg, dims = recipe, recipe.rollout, recipe.algorithm, policy.dims
-    P, G = ro.prompts_per_step, ro.group_size
-    local = _local_videos(policy, recipe)
+    P, G = len(prompts), ro.group_size
+    local = _local_videos(policy, recipe, P)
     n_local = local.stop - local.start
     times = {}
 
     # --- timestep indices: identical on every rank (same seed), one per prompt when iso-temporal
-    gen = torch.Generator().manual_seed(step_seed(r.prompts.seed, step, salt=1))
+    gen = torch.Generator().manual_seed(step_seed(r.prompts.seed, step, salt=refill_salt(1, round_)))
     iso = alg.iso_temporal if alg.mode == "flash" else False
     indices = sample_step_indices(P, G, r.timesteps.window, list(r.timesteps.weights) or None, iso, gen)
     mask = sde_mask(alg.mode, indices, ro.steps)[local]
@@ -231,10 +280,12 @@ def roll_out(policy: Policy, rewards, recipe: Recipe, step: int, prompts: list[s
     # --- rollouts (no grad)
     t0 = time.perf_counter()
     video_prompts, context, neg = _video_text(policy, prompts, G, local)
-    gens = video_generators([step_seed(r.prompts.seed, step, salt=1000 + v) for v in range(local.start, local.stop)])
+    gens = video_generators(
+        [step_seed(r.prompts.seed, step, salt=refill_salt(1000 + v, round_)) for v in range(local.start, local.stop)]
+    )
     with policy.rollout():  # eval mode, and what only sampling wants (Policy.rollout)
         if ro.share_prefix:
-            latents, start = shared_prefix(policy, r, step, local, mask, context, neg)
+            latents, start = shared_prefix(policy, r, step, local, mask, context, neg, round_)
         else:
             latents, start = initial_latents(policy.latent_shape, gens).to(policy.device), None
         pending, parts = [], []
@@ -375,6 +426,8 @@ def train_on(policy: Policy, update: PolicyUpdate, recipe: Recipe, rollout: Roll
         "rollout_resumed": int(rollout.resumed),
         "state_bytes_per_rank": state_bytes,
     }
+    if ro.refill_zero_variance > 0:  # the trained batch's zero_variance_groups is after the refill
+        metrics.update(rollout.refill.metrics())
     if r.parallelism.compile:
         metrics["compile/graphs"] = compiled_graph_count()
     return StepResult(metrics, finite)

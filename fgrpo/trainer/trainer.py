@@ -101,14 +101,20 @@ class Trainer:
                 prompts,
                 check_stop or self._check_stop,
                 kept,
+                self.sampler.next,  # fresh prompts for rollout.refill_zero_variance
             ),
             measure=self.is_main and kept is None,
         )
 
     def kept_rollouts(self, prompts: list[str]) -> Rollout | None:
-        """This step's rollouts kept by a stop, when every rank has its share for these prompts."""
+        """This step's rollouts kept by a stop, when every rank has its share for these prompts; the
+        sampler then moves past the fresh prompts their refill drew, as the rolled-out step did."""
         state, why = load_rollouts(self.ckpt_dir, self.step, dist.rank(), dist.world_size())
-        usable = state is not None and int(state["step"]) == self.step and list(state["prompts"]) == prompts
+        usable = (
+            state is not None
+            and int(state["step"]) == self.step
+            and list(state.get("drawn") or state["prompts"]) == prompts  # drawn: before a refill
+        )
         if not dist.all_ranks(usable):
             if state is not None or why:
                 self.console.print(
@@ -118,12 +124,14 @@ class Trainer:
                 )
             return None
         assert state is not None  # usable on every rank, this one included
+        kept = Rollout.from_state_dict(state)
+        self.sampler.next(kept.refill.draws)
         self.console.print(
             f"step {self.step + 1}: training on the rollouts kept when the last job stopped "
             f"({float(state['times']['rollout']):.1f} s of rollout not repeated)",
             markup=False,
         )
-        return Rollout.from_state_dict(state)
+        return kept
 
     def keep_rollouts(self, rollout: Rollout) -> None:
         """Save this rank's share of a stopped step's finished rollouts (beside checkpoint step-N)."""
@@ -455,7 +463,9 @@ class Trainer:
         m = result.metrics
         peak, kind = peak_memory_bytes(self.device)  # a collective: before anything can raise
         m.update({"peak_memory_per_rank": gather_per_rank(peak, self.device), "memory_kind": kind})
-        self.compute.add_step(result.applied)
+        refill_flops = self.compute.add_step(result.applied, result.refill_videos)
+        if self.recipe.rollout.refill_zero_variance > 0 and refill_flops is not None:
+            m["refill_flops"] = refill_flops  # in compute/flops too: equal-compute comparisons stay fair
         if result.applied:
             self.step += 1
             self.nonfinite_in_a_row = 0
