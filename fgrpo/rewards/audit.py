@@ -18,7 +18,9 @@ Flags (:class:`AuditRules`, stated in `fgrpo reward-audit --help` and the JSON):
 * ``motion-blind`` (a row): a motion edit (frozen, shuffle, reverse) moves the score by a mean
   |change| of at most ``motion_tolerance`` (2%) of the reward's score range (a constant reward is
   blind to everything). The reward is motion-blind when every motion edit is: it cannot tell a video from
-  a still or scrambled one (per-frame rewards are blind to order by construction).
+  a still or scrambled one. It is *order-blind* when the reorderings (shuffle, reverse) are but a
+  still video is not: per-frame rewards, blind to order by construction (a still video changes
+  which frames they score, so it moves them).
 
 The rules are pure functions of the scores (:func:`edit_rows`, :func:`reward_flags`);
 :func:`score_probes` is the one part that calls rewards.
@@ -45,6 +47,7 @@ __all__ = [
 ]
 
 PREFERS, MOTION_BLIND = "prefers", "motion-blind"
+REORDERING = ("shuffle", "reverse")  # the motion edits that keep every frame, in another order
 TIE = 1e-6  # changes within this share of the reward's score range are ties (float rounding)
 Scores = dict[str, torch.Tensor]  # reward key -> one score per probe video, [N]
 ScoreFn = Callable[[torch.Tensor, list[str]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -142,8 +145,15 @@ def reward_flags(rows: Sequence[EditRow]) -> dict[str, list[str]]:
         preferred = [r.edit for r in mine if PREFERS in r.flags]
         motion = [r for r in mine if r.motion]
         found = [f"prefers degenerate edits: {', '.join(preferred)}"] if preferred else []
+        reordered = [r for r in motion if r.edit in REORDERING]
         if motion and all(MOTION_BLIND in r.flags for r in motion):
             found.append(f"motion-blind: {', '.join(r.edit for r in motion)} score as the originals")
+        elif reordered and all(MOTION_BLIND in r.flags for r in reordered):
+            # A still video changes which frames a per-frame reward sees; reordering them does not.
+            found.append(
+                f"order-blind: {', '.join(r.edit for r in reordered)} score as the originals "
+                "(the same frames in another order: it scores frames, not their motion)"
+            )
         out[reward] = found
     return out
 

@@ -201,3 +201,40 @@ def save_tiny_hpsv3(root: Path):
     model, head, tok = make_reward_model(base, (REWARD_TOKEN,), head)
     save_file(legacy_state_dict(model, head), Path(root) / "HPSv3.safetensors")
     return str(Path(root) / "Qwen2-VL-7B-Instruct"), str(Path(root) / "HPSv3.safetensors"), model, head, tok
+
+
+# A VideoReward model_config.json for the tiny model: 56x56..56x84-pixel frames (the release: 128*28*28 and more).
+VIDEOALIGN_NORM = {"VQ_mean": 0.1, "VQ_std": 2.0, "MQ_mean": -0.2, "MQ_std": 0.5, "TA_mean": 0.3, "TA_std": 1.5}
+VIDEOALIGN_CONFIG = {
+    "data_config": {
+        "fps": 2.0,
+        "num_frames": None,
+        "max_frame_pixels": 56 * 84,
+        "eval_dim": ["VQ", "MQ", "TA"],
+        "prompt_template_type": "detailed_special",
+        "sample_type": "uniform",
+    },
+    "model_config": {"output_dim": 1, "use_special_tokens": True, "reward_token": "special"},
+    "inference_config": VIDEOALIGN_NORM,
+}
+
+
+def save_tiny_videoalign(root: Path):
+    """A tiny VideoReward release: the base folder (tied embeddings, as Qwen2-VL-2B) and a release
+    folder with model_config.json and two checkpoint-<step>/model.pth, the older with the head negated
+    (only the latest step may be used).
+
+    Returns (base folder, release folder, reference transformers model, reference head).
+    """
+    from fgrpo.rewards.videoalign import REWARD_TOKENS
+
+    base = save_base(Path(root) / "Qwen2-VL-2B-Instruct", tie=True)
+    model, head, _ = make_reward_model(base, REWARD_TOKENS, torch.nn.Linear(64, 1, bias=False))
+    release = Path(root) / "VideoReward"
+    for step, scale in ((3, -1.0), (11352, 1.0)):
+        (release / f"checkpoint-{step}").mkdir(parents=True)
+        state = legacy_state_dict(model, head)
+        state["rm_head.weight"] = state["rm_head.weight"] * scale
+        torch.save(state, release / f"checkpoint-{step}" / "model.pth")
+    (release / "model_config.json").write_text(json.dumps(VIDEOALIGN_CONFIG))
+    return str(Path(root) / "Qwen2-VL-2B-Instruct"), str(release), model, head

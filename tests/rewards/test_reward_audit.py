@@ -8,6 +8,7 @@ a per-frame reward aggregated over frames cannot see frame order.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from fgrpo.cli import main
 from fgrpo.cli.reward_audit import ground_truth_probes, heldout_prompts
 from fgrpo.miniature.scoring import saturation
 from fgrpo.recipe.io import load_recipe_file
-from fgrpo.rewards import WeightedRewards
+from fgrpo.rewards import WeightedRewards, get_reward_info, list_rewards
 from fgrpo.rewards import audit_edits as E
 from fgrpo.rewards.audit import (
     MOTION_BLIND,
@@ -31,6 +32,8 @@ from fgrpo.rewards.programmatic import luminance
 from fgrpo.run_folder import RunFolder
 from tests.conftest import REPO, run_fgrpo
 from tests.helpers.tiny_clip_tokenizer import save_tiny_clip
+from tests.helpers.tiny_hpsv2 import HEADS, open_clip_installed, open_clip_modules, save_tiny_hpsv2
+from tests.helpers.tiny_qwen2vl import save_tiny_hpsv3, save_tiny_videoalign
 
 
 def synthetic(b: int = 2, f: int = 9, h: int = 24, w: int = 32, seed: int = 0) -> torch.Tensor:
@@ -136,7 +139,13 @@ def test_rules_flag_preferred_degrading_edits_and_motion_blindness():
     edited["frozen"] = {"r": base - 0.3}
     rows = {r.edit: r for r in edit_rows(original, edited)}
     assert rows["frozen"].flags == () and rows["shuffle"].flags == (MOTION_BLIND,)
-    assert not any(f.startswith("motion-blind") for f in reward_flags(list(rows.values()))["r"])
+    found = reward_flags(list(rows.values()))["r"]
+    assert not any(f.startswith("motion-blind") for f in found)
+    # ... but it cannot see frame order (a per-frame reward): said as a whole.
+    assert any(f.startswith("order-blind: shuffle, reverse") for f in found)
+    edited["reverse"] = {"r": base - 0.3}
+    rows = {r.edit: r for r in edit_rows(original, edited)}
+    assert not any(f.startswith(("motion-blind", "order-blind")) for f in reward_flags(list(rows.values()))["r"])
     # A stricter win rate drops the flag.
     strict = {r.edit: r for r in edit_rows(original, edited, AuditRules(win_rate=0.8))}
     assert strict["blur"].win_rate == 0.75 and strict["blur"].flags == ()
@@ -190,19 +199,84 @@ def test_hackable_proxy_is_flagged_and_gold_is_not(renders):
     assert len(result["rows"]) == len(specs) * len(E.EDITS) and result["rules"]["win_rate"] == 0.5
 
 
-def test_learned_reward_is_audited(renders, tmp_path):
-    """The CLIP adapter on a tiny random CLIPModel: per frame with the mean over frames, it cannot
-    see frame order."""
-    words = ["a", "two", "small", "large", "red", "green", "blue", "yellow", "moving", "on", "background"]
-    spec = {"name": "clip", "args": {"model_path": save_tiny_clip(tmp_path / "clip", words)}}
-    edits = [e for e in E.EDITS if e.name in ("blur", "shuffle", "reverse")]
+# ----- learned rewards on their tiny random test models
+TINY_PIXELS = 56 * 56  # the Qwen2-VL rewards' pixel budget for the tiny models (4 merged tokens a frame)
+LEARNED = ("clip", "hpsv2", "hpsv3", "videoalign")
+CLIP_WORDS = ["a", "two", "small", "large", "red", "green", "blue", "yellow", "moving", "on", "background"]
+
+
+@pytest.fixture(scope="module")
+def tiny_hpsv3(tmp_path_factory) -> tuple[str, str]:
+    """(Qwen2-VL base folder, HPSv3.safetensors) of the tiny HPSv3 release, built once for this module."""
+    return save_tiny_hpsv3(tmp_path_factory.mktemp("tiny-hpsv3"))[:2]
+
+
+def hpsv3_args(folders: tuple[str, str]) -> dict:
+    model_path, checkpoint = folders
+    return {
+        "model_path": model_path,
+        "checkpoint": checkpoint,
+        "dtype": "float32",
+        "min_pixels": TINY_PIXELS,
+        "max_pixels": TINY_PIXELS,
+    }
+
+
+def learned_spec(name: str, root: Path, request) -> dict:
+    """The reward spec of `name` on its tiny random model (tests/helpers), saved under `root`."""
+    if name == "clip":
+        return {"name": "clip", "args": {"model_path": save_tiny_clip(root / "clip", CLIP_WORDS)}}
+    if name == "hpsv2":
+        if not open_clip_installed():
+            pytest.skip("open_clip_torch is not installed (scripts/setup.sh installs it with --no-deps)")
+        with open_clip_modules() as oc:  # open_clip builds the checkpoint; the reward loads it without
+            tiny = save_tiny_hpsv2(oc, root / "hpsv2")
+        return {"name": "hpsv2", "args": {"checkpoint": tiny.ckpt, "tokenizer_path": tiny.tok_dir, **HEADS}}
+    if name == "hpsv3":  # the paper's aggregation (the official code: the top 30% of frames)
+        return {
+            "name": "hpsv3",
+            "args": hpsv3_args(request.getfixturevalue("tiny_hpsv3")),
+            "frame_aggregation": "topk:0.3",
+        }
+    assert name == "videoalign"
+    base, release = save_tiny_videoalign(root / "videoalign")[:2]
+    return {
+        "name": "videoalign",
+        "args": {"model_path": base, "checkpoint": release, "dtype": "float32", "min_pixels": TINY_PIXELS},
+    }
+
+
+def test_every_learned_reward_is_audited_below():
+    """The built-in rewards that load a model (they require args naming its files) are the ones
+    audited on their tiny models below: a new adapter must be added there."""
+    builtin = [get_reward_info(n) for n in list_rewards() if get_reward_info(n).fn.__module__.startswith("fgrpo.")]
+    assert sorted(r.name for r in builtin if r.required_args) == sorted(LEARNED)
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_learned_reward_is_audited(name, renders, tmp_path, request):
+    """Each learned adapter through the audit on its tiny random model: finite changes, blur moves
+    the score, and the per-frame ones (CLIP, HPSv2, HPSv3: frames scored one by one, then mean or
+    top-k over frames) are motion-blind on shuffle and reverse, the same frames in another order.
+    VideoAlign sees frame order: it samples frames in order, patchifies them in pairs
+    (temporal_patch_size 2) and reads them as one token sequence with positions; no motion edit
+    leaves it unmoved."""
+    spec = learned_spec(name, tmp_path, request)
+    edits = [e for e in E.EDITS if e.name in ("blur", "shuffle", "reverse", "frozen")]
     result = run_audit([spec], renders, edits)
     rows = {r["edit"]: r for r in result["rows"]}
-    assert set(rows) == {"blur", "shuffle", "reverse"}
-    assert rows["blur"]["mean_abs_change"] > 0 and all(
-        torch.isfinite(torch.tensor(r["mean_change"])) for r in rows.values()
-    )
-    assert MOTION_BLIND in rows["shuffle"]["flags"] and MOTION_BLIND in rows["reverse"]["flags"]
+    assert set(rows) == {"blur", "shuffle", "reverse", "frozen"} and all(r["reward"] == name for r in rows.values())
+    (reward,) = result["rewards"]
+    numbers = [reward["original_mean"], *(r[k] for r in rows.values() for k in ("mean_change", "mean_abs_change"))]
+    assert torch.isfinite(torch.tensor(numbers)).all()
+    assert rows["blur"]["mean_abs_change"] > 1e-4 * max(1.0, abs(reward["original_mean"]))  # not float rounding
+    blind = {e: MOTION_BLIND in rows[e]["flags"] for e in ("shuffle", "reverse", "frozen")}
+    if get_reward_info(name).per_frame:
+        assert blind["shuffle"] and blind["reverse"]
+        assert rows["shuffle"]["win_rate"] == rows["reverse"]["win_rate"] == 0.0  # ties: the same frames
+    else:
+        assert name == "videoalign" and blind == {"shuffle": False, "reverse": False, "frozen": False}
+        assert not any(f.startswith("motion-blind") for f in reward["flags"])
 
 
 # ----- the command
@@ -251,6 +325,42 @@ def test_cli_samples_the_recipes_model(tiny_model_dir, tmp_path):
     rows = {r["edit"]: r for r in written["rows"]}
     assert MOTION_BLIND in rows["shuffle"]["flags"] and MOTION_BLIND in rows["reverse"]["flags"]
     assert rows["brightness_up"]["mean_abs_change"] > 0
+
+
+def test_cli_audits_a_learned_reward_given_on_the_command_line(tiny_model_dir, tiny_hpsv3, tmp_path):
+    """The tiny recipe with its rewards replaced on the command line by the tiny HPSv3 (its files,
+    dtype and pixel budget as --rewards.0.args pairs; top 30% of frames, as the official code):
+    one row per edit, and per frame it cannot see frame order."""
+    out = tmp_path / "audit.json"
+    args = [str(x) for pair in hpsv3_args(tiny_hpsv3).items() for x in pair]
+    res = run_fgrpo(
+        "reward-audit",
+        str(REPO / "recipes" / "tiny.py"),
+        "--videos",
+        "1",
+        "--model.path",
+        str(tiny_model_dir),
+        "--logging.runs-dir",
+        str(tmp_path / "runs"),
+        "--rewards.0.name",
+        "hpsv3",
+        "--rewards.0.args",
+        *args,
+        "--rewards.0.frame-aggregation",
+        "topk:0.3",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "hpsv3" in res.stdout and "motion-blind" in res.stdout and "order-blind" in res.stdout
+    written = json.loads(out.read_text())
+    assert [r["reward"] for r in written["rewards"]] == ["hpsv3"] and written["scored"] == "in-process"
+    rows = {r["edit"]: r for r in written["rows"]}
+    assert list(rows) == E.edit_names() and all(r["reward"] == "hpsv3" for r in rows.values())
+    assert all(torch.isfinite(torch.tensor([r["mean_change"], r["win_rate"]])).all() for r in rows.values())
+    assert MOTION_BLIND in rows["shuffle"]["flags"] and MOTION_BLIND in rows["reverse"]["flags"]
+    assert rows["blur"]["mean_abs_change"] > 0
 
 
 def test_report_without_an_audit_has_no_section(tmp_path):

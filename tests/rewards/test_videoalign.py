@@ -6,13 +6,17 @@ from typing import TypedDict
 
 import pytest
 import torch
-from torch import nn
 
 from fgrpo.rewards import WeightedRewards
 from fgrpo.rewards import videoalign as va
 from fgrpo.rewards.qwen2vl import chat_text, patchify
 from tests.helpers.served import assert_served_equals_in_process
-from tests.helpers.tiny_qwen2vl import PROMPTS, legacy_state_dict, make_reward_model, reward_at_tokens, save_base
+from tests.helpers.tiny_qwen2vl import (
+    PROMPTS,
+    VIDEOALIGN_CONFIG,
+    reward_at_tokens,
+    save_tiny_videoalign,
+)
 
 
 class PixelArgs(TypedDict):
@@ -20,35 +24,12 @@ class PixelArgs(TypedDict):
 
 
 KW = PixelArgs(min_pixels=56 * 56)  # tiny stand-in for 128*28*28; model_config caps frames at 56*84 pixels
-NORM = {"VQ_mean": 0.1, "VQ_std": 2.0, "MQ_mean": -0.2, "MQ_std": 0.5, "TA_mean": 0.3, "TA_std": 1.5}
-MODEL_CONFIG = {
-    "data_config": {
-        "fps": 2.0,
-        "num_frames": None,
-        "max_frame_pixels": 56 * 84,
-        "eval_dim": ["VQ", "MQ", "TA"],
-        "prompt_template_type": "detailed_special",
-        "sample_type": "uniform",
-    },
-    "model_config": {"output_dim": 1, "use_special_tokens": True, "reward_token": "special"},
-    "inference_config": NORM,
-}
 
 
 @pytest.fixture(scope="session")
 def va_files(tmp_path_factory):
     """(base folder, VideoReward release folder, reference transformers model, reference head)."""
-    root = tmp_path_factory.mktemp("videoalign")
-    base = save_base(root / "Qwen2-VL-2B-Instruct", tie=True)
-    model, head, _ = make_reward_model(base, va.REWARD_TOKENS, nn.Linear(64, 1, bias=False))
-    release = root / "VideoReward"
-    for step, scale in ((3, -1.0), (11352, 1.0)):  # only the latest step may be used
-        (release / f"checkpoint-{step}").mkdir(parents=True)
-        state = legacy_state_dict(model, head)
-        state["rm_head.weight"] = state["rm_head.weight"] * scale
-        torch.save(state, release / f"checkpoint-{step}" / "model.pth")
-    (release / "model_config.json").write_text(json.dumps(MODEL_CONFIG))
-    return str(root / "Qwen2-VL-2B-Instruct"), str(release), model, head
+    return save_tiny_videoalign(tmp_path_factory.mktemp("videoalign"))
 
 
 @pytest.fixture(scope="session")
@@ -166,7 +147,7 @@ def test_self_contained_folder(scorer, tmp_path):
     folder = tmp_path / "videoreward-merged"
     scorer.model.save_pretrained(folder)
     scorer.tokenizer.save_pretrained(folder)
-    (folder / "model_config.json").write_text(json.dumps(MODEL_CONFIG))
+    (folder / "model_config.json").write_text(json.dumps(VIDEOALIGN_CONFIG))
     merged = va.VideoAlignScorer(str(folder), None, dtype="float32")
     frames = _frames(b=2)
     torch.testing.assert_close(
@@ -191,7 +172,7 @@ def test_errors(va_files, tmp_path):
         va.VideoAlignScorer(base, str(lora.parent))
     other = tmp_path / "other-template"
     shutil.copytree(release, other)
-    cfg = dict(MODEL_CONFIG, data_config=dict(MODEL_CONFIG["data_config"], prompt_template_type="simple"))
+    cfg = dict(VIDEOALIGN_CONFIG, data_config=dict(VIDEOALIGN_CONFIG["data_config"], prompt_template_type="simple"))
     (other / "model_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="detailed_special"):
         va.VideoAlignScorer(base, str(other))
