@@ -363,21 +363,20 @@ class Rank:
 
 
 def rank_sizes(recipe, spec, dims) -> Sizes:
-    from fgrpo.models.wan.presets import latent_shape
+    from fgrpo.models.wan.presets import vae_latent_shape
 
     r = recipe.rollout
     videos = r.prompts_per_step * r.group_size // dims.dp
     per_video = r.steps if recipe.algorithm.mode == "full-trajectory" else 1
     held = recipe.prompts.heldout * recipe.eval.videos_per_prompt
     eval_videos = math.ceil(held / dims.dp) if held else 0
-    channels = int(spec.transformer.get("in_channels", 16))
     return Sizes(
         videos,
         min(r.micro_batch, videos),
         videos * per_video,
         per_video,
         eval_videos,
-        latent_shape(r.frames, r.height, r.width, channels),
+        vae_latent_shape(spec.vae, r.frames, r.height, r.width),
         recipe.model.max_text_tokens,
         int(spec.transformer["text_dim"]),
     )

@@ -87,11 +87,17 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
             errs.append(f"{name}: {problem}")
     if (ro.frames - 1) % 4 != 0:
         errs.append(f"rollout.frames: (frames - 1) must be a multiple of 4 (Wan VAE), got {ro.frames}")
+    preset = PRESETS.get(recipe.model.preset)
+    # A patch covers (VAE spatial factor x patch) pixels a side: 8 x 2 for Wan2.1, 4 x 4 for the miniature.
+    multiple = preset.pixel_multiple if preset else 16
     for name in ("height", "width"):
-        if getattr(ro, name) % 16:
-            errs.append(f"rollout.{name}: must be a multiple of 16, got {getattr(ro, name)}")
+        if getattr(ro, name) % multiple:
+            errs.append(
+                f"rollout.{name}: must be a multiple of {multiple} (the VAE's spatial factor x the patch "
+                f"of {recipe.model.preset}), got {getattr(ro, name)}"
+            )
     # Wan's rotary embedding has a table of rope_max_seq_len (1024) positions per axis: latent frames
-    # (F - 1)/4 + 1 and patch rows/columns H/16, W/16 must fit (beyond, diffusers fails mid-forward).
+    # (F - 1)/4 + 1 and patch rows/columns must fit (beyond, diffusers fails mid-forward).
     rope = 1024
     if (ro.frames - 1) // 4 + 1 > rope:
         errs.append(
@@ -99,27 +105,26 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
             f"got {ro.frames}"
         )
     for name in ("height", "width"):
-        if getattr(ro, name) // 16 > rope:
+        if getattr(ro, name) // multiple > rope:
             errs.append(
-                f"rollout.{name}: at most {16 * rope} (Wan's rotary table holds {rope} patches per axis), "
+                f"rollout.{name}: at most {multiple * rope} (Wan's rotary table holds {rope} patches per axis), "
                 f"got {getattr(ro, name)}"
             )
     if ro.noise_schedule not in NOISE_SCHEDULES:
         errs.append(f"rollout.noise_schedule: one of {NOISE_SCHEDULES}, got {ro.noise_schedule!r}")
     errs += _ode_problems(recipe)
+    errs += refill_problems(recipe)
 
     start, end = ts.window
     if not (0 <= start < end <= ro.steps):
         errs.append(f"timesteps.window: [start, end) must lie within the {ro.steps} rollout steps, got {ts.window}")
     if ts.weights and len(ts.weights) != end - start:
         errs.append(f"timesteps.weights: need {end - start} weights for window {ts.window}, got {len(ts.weights)}")
-    errs += refill_problems(recipe)
     elif ts.weights and sum(ts.weights) <= 0:
         errs.append(f"timesteps.weights: must have a positive sum, got {ts.weights}")
 
     if world % max(1, recipe.launch.nodes):
         errs.append(f"launch.nodes: the world size {world} does not divide over {recipe.launch.nodes} nodes")
-    preset = PRESETS.get(recipe.model.preset)
     if preset and par.tp >= 1 and preset.num_heads % par.tp:
         errs.append(
             f"parallelism.tp: {par.tp} does not divide the {preset.num_heads} attention heads of {recipe.model.preset}"
@@ -211,9 +216,6 @@ def _gold_reward_problems(recipe: Recipe) -> list[str]:
 def _sequence_parallel_problems(recipe: Recipe, preset) -> list[str]:
     """Ulysses gives each sp rank whole heads (of its tp rank's heads) and an even run of every
     video's tokens; fgrpo does not pad, so both must divide."""
-    from fgrpo.models.wan import latent_shape
-    from fgrpo.models.wan.presets import PATCH
-
     par, ro, heads = recipe.parallelism, recipe.rollout, preset.num_heads
     if par.sp == 1:
         return []
@@ -229,9 +231,9 @@ def _sequence_parallel_problems(recipe: Recipe, preset) -> list[str]:
             f"parallelism.sp: {par.sp} does not divide {per_tp}; sequence parallelism gives each sp rank "
             f"whole heads, choose one of {sizes}"
         )
-    if (ro.frames - 1) % 4 == 0 and ro.height % 16 == 0 and ro.width % 16 == 0:  # else reported above
-        _, f, h, w = latent_shape(ro.frames, ro.height, ro.width)
-        grid = (f // PATCH[0], h // PATCH[1], w // PATCH[2])
+    multiple = preset.pixel_multiple
+    if (ro.frames - 1) % 4 == 0 and ro.height % multiple == 0 and ro.width % multiple == 0:  # else reported above
+        grid = preset.tokens(ro.frames, ro.height, ro.width)
         tokens = grid[0] * grid[1] * grid[2]
         if tokens % par.sp:
             errs.append(

@@ -20,10 +20,11 @@ from fgrpo.distributed.parallel_dims import ParallelDims
 from fgrpo.distributed.precision import PrecisionPolicy
 from fgrpo.distributed.unsharded import Setting, decide_for, unsharded_weights
 from fgrpo.models.model_folder import model_folder
-from fgrpo.models.wan import latent_shape, load_wan
+from fgrpo.models.wan import load_wan
 from fgrpo.models.wan.attention import apply_attention_backend, rollout_attention
 from fgrpo.models.wan.cross_attention_cache import cached_text_projections
 from fgrpo.models.wan.loading import WanComponents
+from fgrpo.models.wan.presets import vae_latent_shape
 from fgrpo.models.wan.sharded_loading import build_on_meta, materialize, prepare_on_meta
 from fgrpo.models.wan.text_cache import TextEmbeddingCache, cache_key, default_cache_folder
 from fgrpo.models.wan.text_encoder import LazyTextEncoder
@@ -168,7 +169,7 @@ def build_policy(
         wan_sigmas(ro.steps, ro.flow_shift),
         NoiseConfig(ro.noise_schedule, ro.noise_constant),
         ro.cfg_scale,
-        latent_shape(ro.frames, ro.height, ro.width),
+        vae_latent_shape(components.vae.config, ro.frames, ro.height, ro.width),
         recipe.parallelism.rollout_unsharded,
         rollout_attention_backend=recipe.model.rollout_attention_backend,
     )

@@ -70,9 +70,12 @@ def test_render_is_deterministic_in_range_and_seeds_move_the_objects():
     assert torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
     others = [render(BASE, seed) for seed in range(4, 8)]
     assert all(not torch.equal(a, o) for o in others)
-    # A seed only places the objects: same area, same colours.
+    # A seed only places the objects: same (anti-aliased) area, same colours. The area is the summed
+    # difference from the background: a count of touched pixels depends on sub-pixel position.
+    bg = torch.tensor(BACKGROUNDS["black"]).view(1, 3, 1, 1)
+    area = (a - bg).abs().sum()
     for o in others:
-        assert abs(fg_mask(o, "black").sum() - fg_mask(a, "black").sum()) <= 0.02 * fg_mask(a, "black").sum()
+        assert abs((o - bg).abs().sum() - area) <= 0.01 * area
         assert (o.amax(dim=(0, 2, 3)) - a.amax(dim=(0, 2, 3))).abs().max() < 1e-6
 
 

@@ -46,7 +46,7 @@ class WanComponents:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents [B, 16, F', H', W'] (normalised space) -> frames [B, F, 3, H, W] in [0, 1]."""
+        """Latents [B, C, F', H', W'] (normalised space) -> frames [B, F, 3, H, W] in [0, 1]."""
         vae = self.vae
         mean = torch.tensor(vae.config["latents_mean"]).view(1, -1, 1, 1, 1).to(latents)
         std = torch.tensor(vae.config["latents_std"]).view(1, -1, 1, 1, 1).to(latents)
