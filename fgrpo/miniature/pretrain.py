@@ -35,7 +35,7 @@ from fgrpo.algorithm import ode_step, wan_sigmas
 from fgrpo.algorithm.schedule import shift_sigmas
 from fgrpo.fileio import atomic_write_text
 from fgrpo.miniature.world import FRAMES, SIZE, WORLD_VERSION, Scene, all_scenes, prompt_sets, render_batch
-from fgrpo.models.wan.presets import PRESETS
+from fgrpo.models.wan.presets import PRESETS, vae_latent_shape
 from fgrpo.models.wan.random_build import (
     TextEncoderSpec,
     build_tokenizer,
@@ -51,6 +51,9 @@ MINIATURE_VERSION = 1  # bump with any change to what a build produces (cached f
 MINIATURE_MARKER = "FGRPO_MINIATURE_VERSION"
 QUALITY_FILE = "miniature_quality.json"
 MAX_TEXT_TOKENS = 16
+# Wan2.1's compression (4x temporal, 8x spatial, 16 channels), narrow. The 4x-spatial VAEs tried for a
+# version 2 reconstruct more sharply but their latents were harder for this transformer
+# (docs/miniature.md, "Towards a version 2").
 VAE_CONFIG: dict[str, Any] = dict(
     base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
 )
@@ -180,7 +183,7 @@ def encode_dataset(
     vae: AutoencoderKLWan, cfg: PretrainConfig, scenes: list[Scene], progress, batch: int = 16
 ) -> tuple[torch.Tensor, list[int], list[float], list[float]]:
     """Every scene rendered `dataset_seeds` times and encoded (posterior mean), normalised per channel.
-    Returns (latents [N, 16, F', H', W'], the scene index of each, latents_mean, latents_std)."""
+    Returns (latents [N, C, F', H', W'], the scene index of each, latents_mean, latents_std)."""
     items = [(i, seed) for seed in range(cfg.dataset_seeds) for i in range(len(scenes))]
     task = progress.add_task("encode", total=len(items), info="")
     latents = []
@@ -251,7 +254,7 @@ def sample_videos(
     """Deterministic ODE samples (Euler on Wan's sigma grid, CFG against the empty prompt), decoded:
     [B, F, 3, H, W] in [0, 1]. The trainer's sampler does the same with more options."""
     b = text.shape[0]
-    shape = (b, 16, (FRAMES - 1) // 4 + 1, SIZE // 8, SIZE // 8)
+    shape = (b, *vae_latent_shape(vae.config, FRAMES, SIZE, SIZE))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     sigmas = wan_sigmas(steps, shift).float()
     ctx = torch.cat([text, empty.expand(b, -1, -1)])
