@@ -1,12 +1,15 @@
 """Rollout options side by side on the miniature model: evaluations, FLOPs, seconds and gold quality.
 
-    python benchmarks/rollout_options.py [--seeds 2] [--ode-steps 7 5 3] [--bootstrap 2000]
+    python benchmarks/rollout_options.py [--seeds 2] [--ode-steps 7 5 3] [--caches first_block mag taylorseer]
+        [--bootstrap 2000]
 
 recipes/miniature.py's rollout (10 steps on the shift-3 grid, CFG 4, flow-grpo noise a = 0.7, one
 SDE step per prompt drawn from the window [0, 5), the trainer's own `rollout.sample`) on the
 miniature model (its cached build), for the 24 held-out prompts x `--seeds` seeds. Every option
 starts from the same initial noise, takes the same SDE step with the same SDE noise; only the
-deterministic prefix and suffix differ (rollout.ode_solver, rollout.ode_steps). Per option:
+deterministic prefix and suffix differ (rollout.ode_solver, rollout.ode_steps, or rollout.cache on
+the full Euler grid: `mag` with ratios calibrated on the first micro-batch by
+fgrpo.trainer.rollout_cache.calibrate_mag_ratios). Per option:
 model evaluations per video (CFG's halves counted once), FLOPs per video (torch's FLOP counter,
 fgrpo.trainer.compute.measure_step), rollout seconds (one untimed warm-up, then the median of
 --repeats timed runs, without the counter), and held-out gold faithfulness of the final samples
@@ -37,6 +40,7 @@ from fgrpo.recipe.io import load_recipe_file  # noqa: E402
 from fgrpo.trainer.compute import measure_step  # noqa: E402
 from fgrpo.trainer.ode_solvers import OdeConfig  # noqa: E402
 from fgrpo.trainer.rollout import NoiseConfig, sample, video_generators  # noqa: E402
+from fgrpo.trainer.rollout_cache import CacheConfig, calibrate_mag_ratios, rollout_cache  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,17 +51,20 @@ class Args:
     """Videos per held-out prompt (seed 0..seeds-1 of its initial and SDE noise)."""
     ode_steps: list[int] = field(default_factory=lambda: [7, 5, 3])
     """Sub-grid sizes tried for unipc and dpmpp_2m (and euler)."""
+    caches: list[str] = field(default_factory=list)
+    """rollout.cache kinds tried on the full Euler grid (first_block, mag, taylorseer)."""
     bootstrap: int = 2000
     repeats: int = 1
     """Timed runs per option (the median is shown)."""
 
 
-def options(a: Args, steps: int) -> list[OdeConfig]:
-    out = [OdeConfig("euler", None)]
+def options(a: Args, steps: int) -> list[tuple[str, OdeConfig, str]]:
+    """(label, solver and sub-grid, rollout.cache) of each option, Euler on the grid first."""
+    out = [("euler grid", OdeConfig("euler", None), "none")]
     for n in a.ode_steps:
         if n < steps:
-            out += [OdeConfig("euler", n), OdeConfig("unipc", n), OdeConfig("dpmpp_2m", n)]
-    return out
+            out += [(f"{s} {n}", OdeConfig(s, n), "none") for s in ("euler", "unipc", "dpmpp_2m")]
+    return out + [(f"cache {kind}", OdeConfig("euler", None), kind) for kind in a.caches]
 
 
 def bootstrap_interval(diff: torch.Tensor, draws: int, seed: int = 0) -> tuple[float, float]:
@@ -93,25 +100,33 @@ def main() -> None:
     mask[torch.arange(n), k] = True
     mb = min(ro.micro_batch, n)
 
-    def roll(ode: OdeConfig) -> torch.Tensor:
-        gens = video_generators([90_000 + i for i in range(n)])  # the same SDE noise for every option
-        finals, _ = sample(transformer, x0, context, neg, sigmas, mask, noise, ro.cfg_scale, gens, mb, ode=ode)
+    def roll(ode: OdeConfig, cache=None, videos: int = n, sde=mask) -> torch.Tensor:
+        gens = video_generators([90_000 + i for i in range(videos)])  # the same SDE noise for every option
+        x, ctx, ng = x0[:videos], context[:videos], neg[:videos]
+        finals, _ = sample(transformer, x, ctx, ng, sigmas, sde, noise, ro.cfg_scale, gens, mb, ode=ode, cache=cache)
         return finals
 
+    ratios = ()
+    if "mag" in a.caches:  # the model's magnitude ratios, from one uncached micro-batch without SDE step
+        no_sde = torch.zeros(mb, ro.steps, dtype=torch.bool)
+        grid = OdeConfig("euler", None)
+        ratios = tuple(calibrate_mag_ratios(transformer, ro.steps, mb, lambda c: roll(grid, c, mb, no_sde)))
+        print(f"  mag ratios: {[round(x, 4) for x in ratios]}", file=sys.stderr, flush=True)
+
     rows, base = [], None
-    for ode in options(a, ro.steps):
-        _, cost = measure_step(transformer, lambda ode=ode: roll(ode), dp=1)
-        seconds = []
-        for _ in range(a.repeats):
-            t0 = time.perf_counter()
-            finals = roll(ode)
-            seconds.append(time.perf_counter() - t0)
+    for label, ode, kind in options(a, ro.steps):
+        with rollout_cache(transformer, CacheConfig(kind, ro.steps, ratios if kind == "mag" else ())) as cache:
+            _, cost = measure_step(transformer, lambda ode=ode, cache=cache: roll(ode, cache), dp=1)
+            seconds = []
+            for _ in range(a.repeats):
+                t0 = time.perf_counter()
+                finals = roll(ode, cache)
+                seconds.append(time.perf_counter() - t0)
         with torch.no_grad():
             gold = mean_score(gold_scores(c.decode(finals), video_prompts)).float().view(P, S)
         base = gold if base is None else base
         diff = gold - base
         lo, hi = bootstrap_interval(diff, a.bootstrap)
-        label = f"{ode.solver} {'grid' if ode.steps is None else ode.steps}"
         evals = cost.forward_passes / (2 * n)  # CFG: two rows per evaluation
         rows.append(
             (
@@ -131,13 +146,13 @@ def main() -> None:
         f"miniature model, {P} held-out prompts x {S} seeds, {ro.steps}-step grid, CFG {ro.cfg_scale}, "
         f"one SDE step in {r.timesteps.window}"
     )
-    head = f"{'option':<16}{'evals/video':>12}{'GFLOPs/video':>14}{'rollout s':>11}{'gold':>8}"
+    head = f"{'option':<20}{'evals/video':>12}{'GFLOPs/video':>14}{'rollout s':>11}{'gold':>8}"
     head += f"{'vs euler grid [95% CI]':>32}"
     print(head)
     print("-" * len(head))
     for label, evals, flops, sec, gold, d, lo, hi in rows:
         ci = f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-        print(f"{label:<16}{evals:>12.2f}{flops / 1e9:>14.3f}{sec:>11.2f}{gold:>8.4f}{ci:>32}")
+        print(f"{label:<20}{evals:>12.2f}{flops / 1e9:>14.3f}{sec:>11.2f}{gold:>8.4f}{ci:>32}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from .ranges import within
 ModelPreset = Literal["tiny", "miniature", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b"]
 Mode = Literal["flash", "full-trajectory", "fast"]
 NoiseSchedule = Literal["wan", "flow-grpo", "dance-grpo"]
+RolloutCacheKind = Literal["none", "first_block", "mag", "taylorseer"]
 Backend = Literal["local", "slurm", "k8s"]
 # diffusers' attention backends fgrpo offers (AttentionBackendName values); which can train is in
 # fgrpo/models/wan/attention.py (TRAINABLE_BACKENDS, FORWARD_ONLY_BACKENDS), with the reasons.
@@ -152,6 +153,20 @@ class RolloutConfig:
     """Steps of the deterministic sub-grid over sigma_0 -> 0 (at most rollout.steps; unset: every grid
     step): the grid's points round(j*steps/ode_steps), plus the SDE step's two sigmas, so a video
     takes about ode_steps + 1 model evaluations. flash/fast only."""
+    cache: RolloutCacheKind = "none"
+    """Training-free cache on the deterministic steps, through diffusers' hooks (`none`: off):
+    `first_block` (FirstBlockCache: while the first block's residual changes by under 5 %, the
+    other blocks are skipped and their last residual reused), `mag` (MagCache: every block skipped
+    while the error accumulated from the model's magnitude ratios stays under 0.06, at most 3
+    forwards in a row, never in the first 20 % of steps; needs cache_mag_ratios) or `taylorseer`
+    (TaylorSeer lite: full forwards on the first 3 steps and every 5th after, the output
+    extrapolated to first order between them). A forward holding an SDE step is always computed in
+    full, the cache is reset per micro-batch, and the training pass and evaluation never use it.
+    flash/fast only; not with parallelism.compile, tp > 1 or sp > 1."""
+    cache_mag_ratios: tuple[float, ...] = within("(0, inf)", ())
+    """MagCache's magnitude ratios of the model under this sampler, one per step (interpolated to
+    rollout.steps); read by rollout.cache=mag only. diffusers ships Flux's only: measure them with
+    calibrate_mag_ratios (fgrpo/trainer/rollout_cache.py)."""
     refill_zero_variance: int = within("[0, inf)", 0)
     """Refill rounds per step (0: off): prompt groups whose G rewards are all equal (zero advantage,
     `zero_variance_groups`) are replaced by fresh prompts from the prompt stream, rolled out and scored

@@ -68,6 +68,45 @@ def _ode_problems(recipe: Recipe) -> list[str]:
     return errs
 
 
+def _cache_problems(recipe: Recipe) -> list[str]:
+    """rollout.cache / cache_mag_ratios: a known kind, with ratios for mag, where a cache has
+    deterministic steps to act on and every rank runs its own blocks alone."""
+    from typing import get_args
+
+    from .config import RolloutCacheKind
+
+    ro, par, errs = recipe.rollout, recipe.parallelism, []
+    kinds = get_args(RolloutCacheKind)
+    if ro.cache not in kinds:
+        return [f"rollout.cache: one of {kinds}, got {ro.cache!r}"]
+    if ro.cache_mag_ratios and ro.cache != "mag":
+        errs.append(f"rollout.cache_mag_ratios: read by rollout.cache=mag only, but rollout.cache={ro.cache}")
+    if ro.cache == "none":
+        return errs
+    if ro.cache == "mag" and not ro.cache_mag_ratios:
+        errs.append(
+            "rollout.cache: mag needs the model's magnitude ratios in rollout.cache_mag_ratios; diffusers ships "
+            "them for Flux only, none for Wan: measure them with fgrpo.trainer.rollout_cache.calibrate_mag_ratios"
+        )
+    if recipe.algorithm.mode == "full-trajectory":
+        errs.append(
+            f"rollout.cache: {ro.cache!r} acts on deterministic steps, but algorithm.mode=full-trajectory takes an "
+            "SDE step at every step (never cached); use none"
+        )
+    if par.compile:
+        errs.append(
+            f"rollout.cache: {ro.cache!r} is not supported with parallelism.compile: the cache hooks branch on "
+            "Python state at every step, which dynamo guards on (recompiling the blocks)"
+        )
+    if par.tp > 1 or par.sp > 1:
+        errs.append(
+            f"rollout.cache: {ro.cache!r} is not supported with parallelism.tp > 1 or parallelism.sp > 1: the ranks "
+            "of a tensor- or sequence-parallel group must run the same blocks (each holds collectives), and each "
+            "rank decides what to skip on its own (first_block from its own activations)"
+        )
+    return errs
+
+
 def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     """Every problem found, each starting with the dotted field name it concerns."""
     from fgrpo.algorithm import NOISE_SCHEDULES
@@ -113,6 +152,7 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     if ro.noise_schedule not in NOISE_SCHEDULES:
         errs.append(f"rollout.noise_schedule: one of {NOISE_SCHEDULES}, got {ro.noise_schedule!r}")
     errs += _ode_problems(recipe)
+    errs += _cache_problems(recipe)
     errs += refill_problems(recipe)
 
     start, end = ts.window

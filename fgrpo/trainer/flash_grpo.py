@@ -40,6 +40,7 @@ from .rollout import (
     transition_log_prob,
     video_generators,
 )
+from .rollout_cache import CacheConfig, RolloutCache, rollout_cache
 from .update import PolicyUpdate
 
 
@@ -100,7 +101,15 @@ def with_recomputed_old_log_prob(
 
 
 def shared_prefix(
-    policy: Policy, recipe: Recipe, step: int, local: slice, mask: torch.Tensor, context, neg, round_: int = 0
+    policy: Policy,
+    recipe: Recipe,
+    step: int,
+    local: slice,
+    mask: torch.Tensor,
+    context,
+    neg,
+    round_: int = 0,
+    cache: RolloutCache | None = None,
 ):
     """`rollout.share_prefix`: the G videos of a prompt start from the same noise (drawn per prompt),
     so their deterministic prefix up to the group's SDE step is one ODE integration per prompt (on
@@ -128,6 +137,7 @@ def shared_prefix(
         policy.compute_dtype,
         end=start[first],
         ode=OdeConfig.from_rollout(recipe.rollout),
+        cache=cache,
     )
     return x[local_group], start
 
@@ -283,9 +293,10 @@ def roll_out(
     gens = video_generators(
         [step_seed(r.prompts.seed, step, salt=refill_salt(1000 + v, round_)) for v in range(local.start, local.stop)]
     )
-    with policy.rollout():  # eval mode, and what only sampling wants (Policy.rollout)
+    # eval mode, and what only sampling wants (Policy.rollout); rollout.cache's hooks exist only here
+    with policy.rollout(), rollout_cache(policy.transformer, CacheConfig.from_rollout(ro)) as cache:
         if ro.share_prefix:
-            latents, start = shared_prefix(policy, r, step, local, mask, context, neg, round_)
+            latents, start = shared_prefix(policy, r, step, local, mask, context, neg, round_, cache)
         else:
             latents, start = initial_latents(policy.latent_shape, gens).to(policy.device), None
         pending, parts = [], []
@@ -306,6 +317,7 @@ def roll_out(
                 policy.compute_dtype,
                 start=None if start is None else start[sl],
                 ode=OdeConfig.from_rollout(ro),
+                cache=cache,
             )
             tr.video += s
             parts.append(tr)

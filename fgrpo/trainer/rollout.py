@@ -14,6 +14,7 @@ from fgrpo.algorithm import noise_scale, ode_step, sde_step
 from fgrpo.algorithm.ode_grid import subgrid_indices, trajectory_nodes
 
 from .ode_solvers import EULER_EVERY_STEP, OdeConfig, SegmentSolver
+from .rollout_cache import RolloutCache, step_context
 
 
 def velocity(
@@ -153,6 +154,7 @@ def sample(
     start: torch.Tensor | None = None,
     end: torch.Tensor | None = None,
     ode: OdeConfig = EULER_EVERY_STEP,
+    cache: RolloutCache | None = None,
 ) -> tuple[torch.Tensor, Transitions]:
     """Integrate every video from σ_start to σ_end (default σ_0 to 0); SDE at (video, step) where
     `sde_mask` is True.
@@ -166,6 +168,9 @@ def sample(
     steps and σ_end take the sub-grid of fgrpo.algorithm.ode_grid (every grid step by default), by
     Euler or a diffusers multistep solver (fgrpo.trainer.ode_solvers); an SDE step i always goes
     σ_i → σ_{i+1} on the grid. A row is evaluated at grid step i only when i is one of its nodes.
+
+    `cache` (rollout.cache, fgrpo.trainer.rollout_cache): the deterministic steps may skip blocks;
+    a forward holding an SDE step is computed in full; its state is reset per micro-batch.
     """
     device = latents.device
     sig = sigmas.to(device=device, dtype=torch.float32)
@@ -183,6 +188,8 @@ def sample(
         active_text, active_key = text, None
         plans = [_RowPlan.of(grid, int(st[r]), int(en[r]), mask[r]) for r in range(x.shape[0])]
         solvers: dict[tuple[int, ...], SegmentSolver] = {}  # per segment of nodes, for its rows
+        if cache is not None:
+            cache.reset()  # a micro-batch's cache starts empty
         for i in range(int(st.min()), int(en.max())):
             active = torch.tensor([r for r, p in enumerate(plans) if i in p.next], dtype=torch.long)
             if active.numel() == 0:
@@ -194,11 +201,12 @@ def sample(
             xa = x if whole else x[active]
             s = sig[i].expand(xa.shape[0])
             s_next = sig[torch.tensor([plans[r].next[i] for r in active.tolist()], device=device)]
-            v = guided_velocity(transformer, xa, s, text if whole else active_text, scale, dtype)
+            rows = mask[active, i].nonzero().flatten().tolist()  # positions among the active rows
+            with step_context(cache, active.tolist(), exact=bool(rows)):  # an SDE step: every block
+                v = guided_velocity(transformer, xa, s, text if whole else active_text, scale, dtype)
             x_new = ode_step(xa, v, s, s_next)
             if ode.solver != "euler":
                 _solver_steps(solvers, ode.solver, plans, active, i, sig, xa, v, x_new)
-            rows = mask[active, i].nonzero().flatten().tolist()  # positions among the active rows
             if rows:
                 videos = active[rows]
                 eps = torch.stack([torch.randn(x.shape[1:], generator=generators[first + int(r)]) for r in videos])
@@ -214,6 +222,8 @@ def sample(
             else:
                 x[active] = x_new
         finals.append(x)
+    if cache is not None:
+        cache.reset()  # nothing kept past the rollout's forwards (decoding, scoring)
     if records:
         trans = Transitions.cat(records)
     else:
