@@ -56,7 +56,7 @@ COMMANDS: dict[str, Command] = {
         "plan",
         "cmd_plan",
         "plan RECIPE.py [--gpus N] [--gpu-memory 80GiB] [--gpu-tflops 989] "
-        "[--mfu 0.4] [--json] [--section.field VALUE ...]",
+        "[--mfu 0.4] [--rollout-options] [--json] [--section.field VALUE ...]",
         "peak memory per GPU of each phase, FLOPs per step, GPU-hours (no GPU, no weights)",
     ),
     "doctor": Command(

@@ -1,12 +1,14 @@
 """`fgrpo plan`: peak memory per GPU for each phase, FLOPs per step and GPU-hours of a recipe.
 
   fgrpo plan RECIPE.py [--section.field VALUE ...] [--gpus N] [--gpu-memory 80GiB]
-                       [--gpu-tflops 989] [--mfu 0.4] [--json]
+                       [--gpu-tflops 989] [--mfu 0.4] [--rollout-options] [--json]
 
 The recipe's architecture (its preset) is built on the meta device and parallelised for the
 target world size on a fake process group; every phase then runs on fake tensors under torch's
 memory tracker and FLOP counter (fgrpo.planner). No weights are read, `model.path` and the
-reward model files need not exist, nothing is written.
+reward model files need not exist, nothing is written. `--rollout-options` adds a table of
+GPU-minutes per step for the recipe and for each rollout option applied to it
+(fgrpo.planner.rollout_options).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from .launch import parse_recipe_args
 class PlanArgs:
     """Plan a run without a GPU: peak memory per GPU of each phase (start-up text encoding, rollout,
     VAE decode, training, evaluation), FLOPs per optimizer step and GPU-hours for optim.max_steps.
-    Only the architecture is needed (the recipe's preset); no weights are read, nothing is written."""
+    Only the architecture is needed (the recipe's preset); no weights are read, nothing is written.
+    --rollout-options: GPU-minutes per step for the recipe and with each rollout option applied."""
 
     recipe: Annotated[Recipe, tyro.conf.arg(name="")]
     gpus: int | None = None
@@ -38,6 +41,12 @@ class PlanArgs:
     """Dense bf16 TFLOP/s per GPU (H100 SXM: 989)."""
     mfu: float = 0.4
     """Model FLOPs utilisation assumed for GPU-hours."""
+    rollout_options: bool = False
+    """Also plan the recipe with each rollout option applied (rollout.share_prefix; rollout.ode_solver
+    unipc with rollout.ode_steps at 1/2 and 3/10 of rollout.steps; both together at the coarser) and
+    print evaluations per video and GPU-minutes per step (rollout, training, total, x of the recipe's);
+    an option the recipe refuses (a solver in full-trajectory mode) is listed as skipped, with why.
+    With --json: the plan's JSON plus `rollout_options`, one entry per option."""
     json: bool = False
     """Print the plan as JSON instead of tables."""
 
@@ -54,11 +63,28 @@ def cmd_plan(argv: list[str]) -> int:
     if args.gpus is not None and args.gpus < 1:
         raise ValueError(f"--gpus: must be >= 1, got {args.gpus}")
     gpu = Gpu(parse_bytes(args.gpu_memory), args.gpu_tflops, args.mfu)
+    if args.rollout_options:
+        return _plan_rollout_options(args.recipe, args.gpus, gpu, args.json)
     p = plan(args.recipe, args.gpus, gpu)
     if args.json:
         print(json.dumps(p.to_dict(), indent=2))
     else:
         render(p)
+    return 0
+
+
+def _plan_rollout_options(recipe: Recipe, gpus: int | None, gpu, as_json: bool) -> int:
+    from fgrpo.planner.report import render, render_rollout_options
+    from fgrpo.planner.rollout_options import compare_rollout_options, row_dict
+
+    rows = compare_rollout_options(recipe, gpus, gpu)
+    exact = rows[0].plan
+    assert exact is not None  # the recipe's own plan is always made
+    if as_json:
+        print(json.dumps({**exact.to_dict(), "rollout_options": [row_dict(r, exact) for r in rows]}, indent=2))
+    else:
+        render(exact)
+        render_rollout_options(rows)
     return 0
 
 

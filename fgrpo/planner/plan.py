@@ -86,6 +86,9 @@ class Plan:
     rollout_evaluations: float = 0.0
     """Model evaluations per rollout video (rollout_evaluations): rollout.steps unless ode_steps or
     share_prefix save some."""
+    run: FakeRun | None = field(default=None, repr=False, compare=False)
+    """The fake run it was computed from, for re-planning settings the fake run does not read
+    (fgrpo.planner.rollout_options); not in `to_dict`."""
 
     def phase(self, name: str) -> Phase:
         return next(p for p in self.phases if p.name == name)
@@ -252,12 +255,15 @@ def plan(
     spec: ModelSpec | None = None,
     target: Literal["gpu", "cpu"] = "gpu",
     cache: bool = False,
+    run: FakeRun | None = None,
 ) -> Plan:
     """Plan `recipe` on `gpus` GPUs (default: its world size). Runs in this process on a fake
     process group, which must not have a process group of its own. `target="cpu"` models what a
     CPU run allocates (the benchmark's comparison): AdamW's for-loop update instead of the foreach
     one GPUs use, and no flash-attention backward workspace. `cache`: reuse (and store) the fake
-    run of an identical plan in $FGRPO_CACHE/plans (fgrpo.planner.cache), as the pre-flight does."""
+    run of an identical plan in $FGRPO_CACHE/plans (fgrpo.planner.cache), as the pre-flight does.
+    `run`: the fake run of a plan of the same recipe, world and target but for settings the fake run
+    does not read (rollout_options: the rollout's solver, sub-grid and shared prefix)."""
     from fgrpo.recipe.io import RecipeError
 
     from .spec import reward_weights
@@ -268,7 +274,7 @@ def plan(
         raise RecipeError("cannot plan this recipe:\n  " + "\n  ".join(problems))
     preset = spec is None
     spec = spec or ModelSpec.from_preset(recipe.model.preset)
-    if cache and preset:  # a given spec is not in the cache's key
+    if run is None and cache and preset:  # a given spec is not in the cache's key
         from .cache import cached, plan_key
 
         run = cached(
@@ -277,7 +283,7 @@ def plan(
             FakeRun.to_dict,
             FakeRun.from_dict,
         )
-    else:
+    elif run is None:
         run = fake_run(recipe, world, spec, target)
     sizes = run.sizes
     rewards = reward_weights(recipe, on_gpu=target == "gpu")
@@ -315,6 +321,7 @@ def plan(
         spec.heads,
         notes,
         float(rollout_evaluations(recipe)),
+        run,
     )
 
 

@@ -1,10 +1,12 @@
-"""A plan as rich tables (`fgrpo plan`) and as the pre-flight refusal `fgrpo launch` prints."""
+"""A plan as rich tables (`fgrpo plan`, and its `--rollout-options` table) and as the pre-flight
+refusal `fgrpo launch` prints."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from .plan import GIB, Plan
+from .rollout_options import OptionRow, step_minutes
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -122,3 +124,45 @@ def refusal(p: Plan) -> str:
         )
         lines += [f"  - {a}" for a in p.advice(ph)]
     return "\n".join(lines)
+
+
+def render_rollout_options(rows: list[OptionRow], console=None) -> None:
+    """`fgrpo plan --rollout-options`: GPU-minutes per optimizer step with each rollout option (a
+    recipe under a tenth of a GPU-minute per step, such as tiny, in GPU-milliseconds)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    exact = rows[0].plan
+    assert exact is not None  # the recipe's own plan is always made
+    unit, scale, fmt = ("GPU-minutes", 1, ".2f") if exact.gpu_minutes_per_step >= 0.1 else ("GPU-ms", 60_000, ".2g")
+    table = Table(
+        title=f"Rollout options: {unit} per optimizer step, all {exact.world} GPUs "
+        f"(at {exact.gpu.tflops:g} TFLOP/s and {exact.gpu.mfu:.0%} MFU; total includes VAE decode)"
+    )
+    table.add_column("option", no_wrap=True)
+    for col in ("evals/\nvideo", "rollout", "share", "train", "total", "x of\nexact"):  # fits 80 columns
+        table.add_column(col, justify="right")
+    skipped = []
+    for row in rows:
+        if row.plan is None:
+            table.add_row(row.option.name, "skipped", *["-"] * 5)
+            skipped.append(f"{row.option.name}: skipped, {row.skipped}")
+            continue
+        m = step_minutes(row.plan)
+        table.add_row(
+            row.option.name,
+            f"{m['evaluations_per_video']:.2f}",
+            format(m["rollout_gpu_minutes"] * scale, fmt),
+            f"{m['rollout_share']:.0%}",
+            format(m["training_gpu_minutes"] * scale, fmt),
+            f"[bold]{format(m['gpu_minutes_per_step'] * scale, fmt)}[/]",
+            f"{m['gpu_minutes_per_step'] / exact.gpu_minutes_per_step:.2f}",
+        )
+    console.print(table)
+    console.print(
+        f"[dim]rollout, train, total: {unit} per step, all GPUs; share: rollout / total; unipc K: "
+        "rollout.ode_solver unipc with rollout.ode_steps K (euler and dpmpp_2m cost the same)[/]"
+    )
+    for line in skipped:
+        console.print(f"[dim]{line}[/]")
