@@ -3,7 +3,8 @@
     python benchmarks/rollout_options.py [--seeds 2] [--ode-steps 7 5 3] [--caches first_block mag taylorseer]
         [--bootstrap 2000]
 
-recipes/miniature.py's rollout (10 steps on the shift-3 grid, CFG 4, flow-grpo noise a = 0.7, one
+recipes/miniature.py's rollout (10 steps on the shift-3 grid, the recipe's CFG (1 now; the tables in
+docs/design.md were measured at 4), flow-grpo noise a = 0.7, one
 SDE step per prompt drawn from the window [0, 5), the trainer's own `rollout.sample`) on the
 miniature model (its cached build), for the 24 held-out prompts x `--seeds` seeds. Every option
 starts from the same initial noise, takes the same SDE step with the same SDE noise; only the

@@ -61,7 +61,7 @@ class StepCost:
     forward_passes_rollout: int = 0  # the rollout's share of them (records before it existed: 0)
 
 
-def _cpu_attention_formulas() -> dict:
+def cpu_attention_formulas() -> dict:
     """FlopCounterMode counts CUDA's SDPA kernels; CPU's flash kernel gets the same formula."""
     from torch.utils import flop_counter as fc
 
@@ -87,7 +87,7 @@ def measure_step(transformer: torch.nn.Module, run, dp: int):
     from torch.utils.flop_counter import FlopCounterMode
 
     seen = {"rows": 0, "rollout_flops": None, "rollout_rows": None}
-    counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas())
+    counter = FlopCounterMode(display=False, custom_mapping=cpu_attention_formulas())
 
     def count(module, args, kwargs):
         x = args[0] if args else kwargs.get("hidden_states")
