@@ -43,13 +43,14 @@ def test_wan1_3b_rows_are_the_planners_numbers_for_each_option(fake_runs):
     assert len(fake_runs) == 1  # every option re-planned on the recipe's fake run
     names = [r.option.name for r in rows]
     assert names == ["exact", "share_prefix", "unipc 10", "unipc 6", "share_prefix + unipc 6"]  # 20 steps
-    assert all(r.plan is not None and not r.skipped for r in rows)
-    m = {r.option.name: step_minutes(r.plan) for r in rows}
+    plans = [r.plan for r in rows if r.plan is not None and not r.skipped]
+    assert len(plans) == len(rows)
+    m = {r.option.name: step_minutes(p) for r, p in zip(rows, plans)}
 
     # The exact row is the plain plan of the recipe (the others reuse its fake run, which reads none
     # of their fields: test_the_fake_run_reads_no_rollout_option).
-    assert rows[0].plan.to_dict() == plan(recipe, 8, Gpu()).to_dict()
-    assert [r.plan.rollout_evaluations for r in rows[1:]] == [
+    assert plans[0].to_dict() == plan(recipe, 8, Gpu()).to_dict()
+    assert [p.rollout_evaluations for p in plans[1:]] == [
         float(planner.rollout_evaluations(with_rollout(recipe, r.option.overrides))) for r in rows[1:]
     ]
 
