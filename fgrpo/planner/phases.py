@@ -126,6 +126,47 @@ def text_encoding(spec, recipe, precision, fake) -> Phase:
     return Phase("text encoding", peak.get("Total", 0), parts, {"batch": flops.get_total_flops()})
 
 
+def frozen_expert(spec, dims, precision):
+    """Wan2.2 A14B's expert that is not trained: frozen weights in their storage dtypes, laid out
+    (TP, FSDP2) as the trained one, on the meta device; never run (a forward costs the same)."""
+    from fgrpo.models.wan.parallelize import parallelize_wan
+
+    expert = meta_transformer(spec.transformer)
+    expert.requires_grad_(False)
+    precision.apply_storage(expert)
+    parallelize_wan(expert, dims, precision, activation_checkpointing=False)
+    return expert
+
+
+class ImageConditioned:
+    """The transformer as diffusers' image-to-video pipelines call it: the condition channels (4
+    mask + the image's latent) appended to the latents, and the image's CLIP tokens where the
+    model has image cross-attention; one video's inputs repeated over the batch."""
+
+    def __init__(self, transformer, condition: torch.Tensor, image: torch.Tensor | None):
+        self.transformer, self.condition, self.image = transformer, condition, image
+        self.inputs = (condition,) if image is None else (condition, image)
+
+    def __call__(self, x, t, text, return_dict: bool = False):
+        n = x.shape[0]
+        x = torch.cat([x, self.condition.expand(n, *self.condition.shape[1:]).to(x.dtype)], dim=1)
+        if self.image is None:
+            return self.transformer(x, t, text, return_dict=return_dict)
+        image = self.image.expand(n, *self.image.shape[1:])
+        return self.transformer(x, t, text, encoder_hidden_states_image=image, return_dict=return_dict)
+
+
+def image_conditioned(transformer, spec, latent: tuple[int, ...], dtype: torch.dtype):
+    """The transformer itself for text-to-video, else `ImageConditioned` with fake inputs (under the fake mode)."""
+    from .spec import CLIP_IMAGE_TOKENS
+
+    if not spec.condition_channels and spec.image_dim is None:
+        return transformer
+    condition = torch.zeros(1, spec.condition_channels, *latent[1:], dtype=dtype)
+    image = None if spec.image_dim is None else torch.zeros(1, CLIP_IMAGE_TOKENS, spec.image_dim, dtype=dtype)
+    return ImageConditioned(transformer, condition, image)
+
+
 class Rank:
     """Rank 0's transformer, optimizer, EMA and VAE on fake tensors, tracked from the first step on."""
 
@@ -147,9 +188,13 @@ class Rank:
         with torch.device("meta"):
             vae = AutoencoderKLWan(**spec.vae)
         vae.requires_grad_(False).eval()
+        other = frozen_expert(spec, dims, precision) if spec.experts > 1 else None
         with fake:
             self.transformer.to_empty(device="cpu")
             vae.to_empty(device="cpu")
+            if other is not None:
+                other.to_empty(device="cpu")
+            self.model = image_conditioned(self.transformer, spec, sizes.latent, precision.compute)
             self.update = PolicyUpdate.adamw(trainable_parameters(self.transformer), recipe.optim)
             for group in self.update.optimizer.param_groups:  # GPUs take AdamW's foreach path (CPUs: for-loop)
                 group["foreach"] = foreach
@@ -161,12 +206,22 @@ class Rank:
         self.components = WanComponents(
             self.transformer, vae, None, None, precision.compute, recipe.model.max_text_tokens
         )
+        self.image_attention = spec.image_dim is not None
+        other_weights = tuple(other.parameters()) if other is not None else ()
         self.known = {
             "EMA": storage_bytes(*self.ema.shadow.values()) if self.ema else 0,
             "VAE": storage_bytes(*vae.parameters(), *vae.buffers()),
         }
+        if other_weights:
+            self.known["other expert"] = storage_bytes(*other_weights)
         self.tracker = PhaseTracker(self.transformer, self.update.optimizer)
-        self._resident = (*vae.parameters(), *vae.buffers(), *(self.ema.shadow.values() if self.ema else ()))
+        self._resident = (
+            *vae.parameters(),
+            *vae.buffers(),
+            *(self.ema.shadow.values() if self.ema else ()),
+            *other_weights,
+            *(self.model.inputs if isinstance(self.model, ImageConditioned) else ()),
+        )
 
     # ----- helpers
     def _enter(self):
@@ -213,7 +268,7 @@ class Rank:
         sigma = torch.full((x.shape[0],), 0.5)
         r = self.recipe.rollout
         self.tracker.reset_mod_stats()  # torch's tracker refuses a second root forward otherwise
-        return velocity(self.transformer, x, sigma, context, neg, r.cfg_scale, self.precision.compute), sigma
+        return velocity(self.model, x, sigma, context, neg, r.cfg_scale, self.precision.compute), sigma
 
     def _sampling_forwards(self, x, context, neg) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
         """As sample() inside Policy.rollout(): one text input for every step, the text-side
@@ -222,11 +277,12 @@ class Rank:
         sigma = torch.full((x.shape[0],), 0.5)
         text, scale = text_input(context, neg, self.recipe.rollout.cfg_scale, self.precision.compute)
         flops = {}
-        with cached_text_projections(self.transformer):
+        # diffusers' image cross-attention (Wan2.1 I2V) takes no cached projections (spec.preset_notes)
+        with cached_text_projections(self.transformer, enabled=not self.image_attention):
             for name in ("first", "later"):
                 self.tracker.reset_mod_stats()
                 with count_flops() as fc:
-                    v = guided_velocity(self.transformer, x, sigma, text, scale, self.precision.compute)
+                    v = guided_velocity(self.model, x, sigma, text, scale, self.precision.compute)
                 flops[name] = fc.get_total_flops()
                 if name == "first":
                     del v

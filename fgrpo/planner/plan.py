@@ -170,10 +170,16 @@ _NOT_PLANNED = ("model.path", "rewards.", "prompts.", "reward_server.")  # files
 
 def planning_problems(recipe: Recipe, world: int) -> list[str]:
     """recipe_problems without those about files a plan does not read (model folder, reward
-    model files, prompt file): the architecture comes from the preset."""
-    from fgrpo.recipe.validate import recipe_problems
+    model files, prompt file), the architecture coming from the preset, nor what fgrpo cannot
+    run yet but plans (two experts, image conditioning: `unsupported_model_problems`)."""
+    from fgrpo.recipe.validate import recipe_problems, unsupported_model_problems
 
-    return [p for p in recipe_problems(recipe, world) if not p.startswith(_NOT_PLANNED) and "prompts.heldout=" not in p]
+    planned = set(unsupported_model_problems(recipe))
+    return [
+        p
+        for p in recipe_problems(recipe, world)
+        if not p.startswith(_NOT_PLANNED) and "prompts.heldout=" not in p and p not in planned
+    ]
 
 
 def world_for(recipe: Recipe, gpus: int | None) -> int:
@@ -295,6 +301,7 @@ def plan(
     layout = {**run.layout, "activation_checkpointing": recipe.parallelism.activation_checkpointing}
     notes = [
         f"architecture: {spec.source}; attention: flash (out + fp32 logsumexp kept, no N^2 scores)",
+        *spec.notes,
         rollout_note(recipe),
         "reward models: weights from their configs; their activations are not modelled",
         rollout_unsharded_note(

@@ -1,11 +1,13 @@
 """What the planner builds: architecture configs only, never weights.
 
 `ModelSpec.from_preset` gives the transformer, VAE and text-encoder configs of a recipe's preset
-(Wan2.1: the preset's transformer, diffusers' default `AutoencoderKLWan` config, which is Wan2.1's
-VAE, and UMT5-XXL; `tiny`: the tiny model's own small VAE and 2-layer UMT5). `model.path` is never
-read: a plan needs no weights and no model folder. `ModelSpec.from_folder` reads the three
-config.json files of a diffusers folder, for architectures no preset names (the benchmark's
-CPU-sized models).
+(Wan: the preset's transformer, its VAE's config, diffusers' default `AutoencoderKLWan` for
+Wan2.1's VAE, and UMT5-XXL; `tiny`: the tiny model's own small VAE and 2-layer UMT5). `model.path`
+is never read: a plan needs no weights and no model folder. Presets fgrpo cannot train yet are
+planned as they would run (`ModelSpec.notes` says how): Wan2.2 A14B's second expert as frozen
+weights beside the trained one, image-to-video models with their conditioning inputs.
+`ModelSpec.from_folder` reads the three config.json files of a diffusers folder, for architectures
+no preset names (the benchmark's CPU-sized models).
 
 Reward models are not run by the planner (their inputs depend on the reward's own preprocessing):
 an in-process reward's weights are counted from its architecture config, built on the meta
@@ -22,11 +24,15 @@ from typing import Any, cast
 
 import torch
 
-from fgrpo.models.wan.presets import PRESETS
+from fgrpo.models.wan.presets import PRESETS, WanPreset
 from fgrpo.models.wan.random_build import SMALL_VAE_CONFIG, text_encoder_config
 from fgrpo.models.wan.tiny import TINY_TEXT_ENCODER
 
-__all__ = ["ModelSpec", "RewardWeights", "UMT5_XXL", "reward_weights"]
+__all__ = ["CLIP_IMAGE_TOKENS", "ModelSpec", "RewardWeights", "UMT5_XXL", "reward_weights"]
+
+# Tokens of the CLIP ViT-H/14 image features Wan2.1 I2V attends to: (224 / 14)^2 patches + the class
+# token, its penultimate hidden states as diffusers' WanImageToVideoPipeline.encode_image takes them.
+CLIP_IMAGE_TOKENS = 257
 
 # google/umt5-xxl, as Wan2.1's text_encoder/config.json holds it (5,680,910,336 parameters).
 UMT5_XXL = dict(
@@ -51,6 +57,10 @@ class ModelSpec:
     vae: dict
     text_encoder: dict
     source: str
+    experts: int = 1
+    """Transformers of this one architecture (Wan2.2 A14B: 2): one is trained, the others frozen."""
+    notes: tuple[str, ...] = ()
+    """What the plan models beyond a text-to-video forward of one transformer, in words."""
 
     @classmethod
     def from_preset(cls, preset: str) -> "ModelSpec":
@@ -73,7 +83,9 @@ class ModelSpec:
                 text_encoder_config(TEXT_ENCODER, p.text_dim),
                 f"preset {preset}",
             )
-        return cls(p.transformer_config(), {}, dict(UMT5_XXL), f"preset {preset}")
+        return cls(
+            p.transformer_config(), planning_vae(p), dict(UMT5_XXL), f"preset {preset}", p.experts, preset_notes(p)
+        )
 
     @classmethod
     def from_folder(cls, path: str | Path) -> "ModelSpec":
@@ -97,11 +109,64 @@ class ModelSpec:
             "relative_attention_max_distance",
             "tie_word_embeddings",
         )
-        return cls(read("transformer"), read("vae"), {k: te[k] for k in keys if k in te}, f"folder {path}")
+        experts = 2 if (path / "transformer_2").is_dir() else 1  # Wan2.2 A14B's low-noise expert
+        return cls(read("transformer"), read("vae"), {k: te[k] for k in keys if k in te}, f"folder {path}", experts)
 
     @property
     def heads(self) -> int:
         return int(self.transformer["num_attention_heads"])
+
+    @property
+    def condition_channels(self) -> int:
+        """Channels an image-to-video pipeline appends to the latents (4 mask + the image's latent)."""
+        t = self.transformer
+        return int(t.get("in_channels", 16)) - int(t.get("out_channels") or t.get("in_channels", 16))
+
+    @property
+    def image_dim(self) -> int | None:
+        """Width of the CLIP image tokens of image cross-attention (Wan2.1 I2V), or None."""
+        return self.transformer.get("image_dim")
+
+
+def planning_vae(preset: WanPreset) -> dict:
+    """The preset's VAE config with latents_mean/std of its channel count where diffusers' defaults
+    (16 values, Wan2.1's) do not fit: a plan never reads their values, decoding needs their length."""
+    config = preset.vae_config()
+    z = int(config.get("z_dim", 16))
+    if z != 16:
+        config = {**config, "latents_mean": [0.0] * z, "latents_std": [1.0] * z}
+    return config
+
+
+def preset_notes(preset: WanPreset) -> tuple[str, ...]:
+    """How the plan models what a text-to-video forward of one transformer does not have."""
+    notes = []
+    if preset.experts > 1:
+        notes.append(
+            f"experts: {preset.experts} of one architecture, switched at boundary_ratio {preset.boundary_ratio}; "
+            "one is planned as trained (LoRA or full, AdamW, EMA), the other's frozen weights are resident in "
+            "the compute dtype, sharded as the first ('other expert'); a forward costs one expert's FLOPs "
+            "whichever runs (fgrpo does not train two experts yet)"
+        )
+    if preset.image_to_video:
+        clip = (
+            f" and {CLIP_IMAGE_TOKENS} CLIP image tokens of width {preset.image_dim} (the cross-attention cache "
+            "is off: diffusers' image attention splits its context anew at every call)"
+            if preset.image_dim
+            else ""
+        )
+        unplanned = "the image's VAE encoding" + (" and the CLIP image encoder are" if preset.image_dim else " is")
+        notes.append(
+            f"image-to-video: the transformer's input carries {preset.condition_channels} condition channels "
+            f"(mask + the image's latent){clip}, one video's repeated over the batch; {unplanned} not planned "
+            "(fgrpo does not condition on images yet)"
+        )
+    if preset.expand_timesteps:
+        notes.append(
+            "timesteps: one per video, as fgrpo samples text-to-video (TI2V's per-token timesteps are all "
+            "equal without an image)"
+        )
+    return tuple(notes)
 
 
 # ----------------------------------------------------------------------------- reward models

@@ -14,7 +14,17 @@ from typing import Literal
 
 from .ranges import within
 
-ModelPreset = Literal["tiny", "miniature", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b"]
+ModelPreset = Literal[
+    "tiny",
+    "miniature",
+    "wan2.1-t2v-1.3b",
+    "wan2.1-t2v-14b",
+    "wan2.1-i2v-14b-480p",
+    "wan2.1-i2v-14b-720p",
+    "wan2.2-ti2v-5b",
+    "wan2.2-t2v-a14b",
+    "wan2.2-i2v-a14b",
+]
 Mode = Literal["flash", "full-trajectory", "fast"]
 NoiseSchedule = Literal["wan", "flow-grpo", "dance-grpo"]
 RolloutCacheKind = Literal["none", "first_block", "mag", "taylorseer"]
@@ -44,12 +54,16 @@ AttentionBackend = Literal[
 
 @dataclass
 class ModelConfig:
-    """Which Wan2.1 text-to-video model to align."""
+    """Which Wan model to align (text-to-video)."""
 
     preset: ModelPreset = "wan2.1-t2v-1.3b"
     """Architecture preset. `miniature`: the miniature world's text-to-video model, pre-trained by fgrpo on
     first use and cached (a few minutes on a CPU; fgrpo/miniature/pretrain.py); `tiny`: a small random
-    Wan-architecture model (colour noise; tests that need the smallest model)."""
+    Wan-architecture model (colour noise; tests that need the smallest model). Wan2.1-T2V 1.3B and
+    14B; Wan2.2-TI2V-5B in its text-to-video mode (the same sampler: without an image its per-token
+    timesteps are all equal). Wan2.2's two-expert A14B models and the image-to-video models (Wan2.1
+    I2V 480p/720p, Wan2.2 I2V) can be planned but are refused at launch: two experts and image
+    conditioning are not implemented yet. Their numbers and sources: fgrpo/models/wan/presets.py."""
     path: str | None = None
     """Local diffusers-format folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/).
     Required for the Wan presets; for `tiny` and `miniature`, None builds (and caches) their folders."""

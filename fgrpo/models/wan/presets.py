@@ -1,17 +1,54 @@
-"""Wan2.1 T2V architecture presets (diffusers `WanTransformer3DModel` configs).
+"""Wan architecture presets (diffusers `WanTransformer3DModel` and `AutoencoderKLWan` configs).
 
-The large presets are used to validate recipes (head counts for tensor parallel, latent shapes)
-before anything is loaded; their weights always come from a local diffusers-format folder.
+The large presets are used to validate and plan recipes (head counts for tensor parallel, latent
+shapes, the planner's meta-device models) before anything is loaded; their weights always come
+from a local diffusers-format folder. Each preset's numbers say where they come from beside it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 VAE_TEMPORAL_FACTOR = 4  # Wan2.1's VAE; a model folder's own VAE says its factors in its config
 VAE_SPATIAL_FACTOR = 8
 PATCH = (1, 2, 2)
+
+# The VAEs' `AutoencoderKLWan` configs, by name. Wan2.1's is diffusers' default config. Wan2.2's
+# (TI2V-5B only; the A14B models use Wan2.1's VAE): `vae22_diffusers_config` of diffusers'
+# convert_wan_to_diffusers.py (huggingface/diffusers@58eb52c, in its scripts folder) and Wan2.2's
+# wan/configs/wan_ti2v_5B.py `vae_stride = (4, 16, 16)` (Wan-Video/Wan2.2@42bf4cf): a 2x2 pixel
+# patchify (12 channels in and out) ahead of the 8x VAE, 48 latent channels. Its latents_mean and
+# latents_std (48 values each) are the model folder's to give; a plan reads only their length.
+VAE_CONFIGS: dict[str, dict[str, Any]] = {
+    "wan2.1": {},
+    "wan2.2": dict(
+        base_dim=160,
+        decoder_base_dim=256,
+        z_dim=48,
+        is_residual=True,
+        in_channels=12,
+        out_channels=12,
+        patch_size=2,
+        scale_factor_temporal=4,
+        scale_factor_spatial=16,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the model is released to sample (its official generate defaults); the recipes start from
+    these. Height and width in pixels (Wan's `--size W*H` is width first)."""
+
+    frames: int
+    height: int
+    width: int
+    fps: int
+    flow_shift: float
+    steps: int
+    guidance: float | tuple[float, float]  # two experts: (low-noise, high-noise), as Wan2.2 orders them
 
 
 @dataclass(frozen=True)
@@ -26,6 +63,14 @@ class WanPreset:
     patch: tuple[int, int, int] = PATCH
     vae_spatial_factor: int = VAE_SPATIAL_FACTOR  # the VAE's compression, as its config's scale_factor_*
     vae_temporal_factor: int = VAE_TEMPORAL_FACTOR
+    vae: str = "wan2.1"  # its VAE_CONFIGS entry (the planner's VAE)
+    in_channels: int | None = None  # the transformer's input when above latent_channels (I2V: + mask + image latent)
+    image_dim: int | None = None  # CLIP image-feature width of image cross-attention (Wan2.1 I2V)
+    added_kv_proj_dim: int | None = None  # that image attention's key/value input width
+    experts: int = 1  # Wan2.2 A14B: two transformers, high noise then low noise
+    boundary_ratio: float | None = None  # the expert switch: high-noise expert while t >= ratio x 1000
+    expand_timesteps: bool = False  # TI2V: a timestep per token (the image's first-frame tokens at t=0)
+    sampling: Sampling | None = None  # the official sampling defaults (None: not stated here)
 
     @property
     def width(self) -> int:
@@ -46,12 +91,29 @@ class WanPreset:
         _, f, h, w = self.latent_shape(frames, height, width)
         return f // self.patch[0], h // self.patch[1], w // self.patch[2]
 
+    @property
+    def condition_channels(self) -> int:
+        """Channels appended to the latents at the transformer's input (I2V: 4 mask + the image's latent)."""
+        return (self.in_channels or self.latent_channels) - self.latent_channels
+
+    @property
+    def image_to_video(self) -> bool:
+        """Needs an image per prompt: condition channels or image cross-attention."""
+        return self.condition_channels > 0 or self.image_dim is not None
+
+    def vae_config(self) -> dict[str, Any]:
+        """`AutoencoderKLWan` keyword arguments of the preset's VAE (no latents_mean/std)."""
+        return dict(VAE_CONFIGS[self.vae])
+
     def transformer_config(self) -> dict:
+        image = {} if self.image_dim is None else dict(image_dim=self.image_dim)
+        if self.added_kv_proj_dim is not None:
+            image["added_kv_proj_dim"] = self.added_kv_proj_dim
         return dict(
             patch_size=self.patch,
             num_attention_heads=self.num_heads,
             attention_head_dim=self.head_dim,
-            in_channels=self.latent_channels,
+            in_channels=self.in_channels or self.latent_channels,
             out_channels=self.latent_channels,
             text_dim=self.text_dim,
             freq_dim=self.freq_dim,
@@ -60,6 +122,7 @@ class WanPreset:
             cross_attn_norm=True,
             qk_norm="rms_norm_across_heads",
             rope_max_seq_len=1024,
+            **image,
         )
 
 
@@ -70,6 +133,81 @@ PRESETS: dict[str, WanPreset] = {
     "miniature": WanPreset(num_layers=4, num_heads=4, head_dim=32, ffn_dim=384, text_dim=64, freq_dim=64),
     "wan2.1-t2v-1.3b": WanPreset(num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, text_dim=4096, freq_dim=256),
     "wan2.1-t2v-14b": WanPreset(num_layers=40, num_heads=40, head_dim=128, ffn_dim=13824, text_dim=4096, freq_dim=256),
+    **{
+        # Wan2.1-I2V-14B-480P and -720P: one architecture, two checkpoints sampled at different sizes.
+        # Transformer: diffusers' convert_wan_to_diffusers.py (scripts folder) "Wan-I2V-14B-480p"/"-720p"
+        # (huggingface/diffusers@58eb52c): in_channels 36 (16 noise + 4 mask + 16 image latent),
+        # out_channels 16, image_dim 1280 (CLIP ViT-H/14 features), added_kv_proj_dim 5120; the same
+        # dim 5120, 40 heads, 40 layers, ffn 13824 as Wan2.1's wan/configs/wan_i2v_14B.py
+        # (Wan-Video/Wan2.1@9737cba). VAE: Wan2.1's (vae_stride (4, 8, 8)). Sampling: shared_config
+        # (81 frames is generate.py's default, sample_fps 16), generate.py: 40 steps for i2v, shift
+        # 3.0 at 832*480 and 5.0 otherwise, guide scale 5.0; sizes (Wan's W*H) 832*480 and 1280*720.
+        f"wan2.1-i2v-14b-{res}p": WanPreset(
+            num_layers=40,
+            num_heads=40,
+            head_dim=128,
+            ffn_dim=13824,
+            text_dim=4096,
+            freq_dim=256,
+            in_channels=36,
+            image_dim=1280,
+            added_kv_proj_dim=5120,
+            sampling=Sampling(frames=81, height=h, width=w, fps=16, flow_shift=shift, steps=40, guidance=5.0),
+        )
+        for res, h, w, shift in ((480, 480, 832, 3.0), (720, 720, 1280, 5.0))
+    },
+    # Wan2.2-TI2V-5B. Transformer: convert_wan_to_diffusers.py "Wan2.2-TI2V-5B" (diffusers@58eb52c):
+    # in/out_channels 48, 24 heads x 128, 30 layers, ffn 14336, and its pipeline expand_timesteps=True;
+    # wan/configs/wan_ti2v_5B.py (Wan-Video/Wan2.2@42bf4cf): dim 3072, 24 heads, 30 layers, ffn 14336,
+    # freq_dim 256, vae_stride (4, 16, 16) with Wan2.2_VAE, sample_fps 24, sample_shift 5.0,
+    # sample_steps 50, sample_guide_scale 5.0, frame_num 121; SUPPORTED_SIZES 1280*704 (Wan's W*H).
+    "wan2.2-ti2v-5b": WanPreset(
+        num_layers=30,
+        num_heads=24,
+        head_dim=128,
+        ffn_dim=14336,
+        text_dim=4096,
+        freq_dim=256,
+        latent_channels=48,
+        vae_spatial_factor=16,
+        vae="wan2.2",
+        expand_timesteps=True,
+        sampling=Sampling(frames=121, height=704, width=1280, fps=24, flow_shift=5.0, steps=50, guidance=5.0),
+    ),
+    # Wan2.2-T2V-A14B: two experts of one architecture. convert_wan_to_diffusers.py "Wan2.2-T2V-A14B"
+    # (diffusers@58eb52c): in/out_channels 16, 40 heads x 128, 40 layers, ffn 13824, transformer
+    # (high_noise_model) and transformer_2 (low_noise_model), boundary_ratio 0.875;
+    # wan/configs/wan_t2v_A14B.py (Wan2.2@42bf4cf): dim 5120, Wan2.1_VAE (4, 8, 8), boundary 0.875,
+    # sample_shift 12.0, sample_steps 40, sample_guide_scale (3.0, 4.0); shared_config: frame_num 81,
+    # sample_fps 16; generate.py's default size 1280*720 (W*H: 720 x 1280).
+    "wan2.2-t2v-a14b": WanPreset(
+        num_layers=40,
+        num_heads=40,
+        head_dim=128,
+        ffn_dim=13824,
+        text_dim=4096,
+        freq_dim=256,
+        experts=2,
+        boundary_ratio=0.875,
+        sampling=Sampling(frames=81, height=720, width=1280, fps=16, flow_shift=12.0, steps=40, guidance=(3.0, 4.0)),
+    ),
+    # Wan2.2-I2V-A14B: convert_wan_to_diffusers.py "Wan2.2-I2V-14B-720p" (diffusers@58eb52c):
+    # in_channels 36, out_channels 16, no image cross-attention (no image_dim, no CLIP encoder), two
+    # experts, boundary_ratio 0.9; wan/configs/wan_i2v_A14B.py (Wan2.2@42bf4cf): boundary 0.900,
+    # sample_shift 5.0, sample_steps 40, sample_guide_scale (3.5, 3.5), Wan2.1_VAE; frames, fps and
+    # size as T2V-A14B.
+    "wan2.2-i2v-a14b": WanPreset(
+        num_layers=40,
+        num_heads=40,
+        head_dim=128,
+        ffn_dim=13824,
+        text_dim=4096,
+        freq_dim=256,
+        in_channels=36,
+        experts=2,
+        boundary_ratio=0.9,
+        sampling=Sampling(frames=81, height=720, width=1280, fps=16, flow_shift=5.0, steps=40, guidance=(3.5, 3.5)),
+    ),
 }
 
 

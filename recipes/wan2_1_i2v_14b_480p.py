@@ -1,0 +1,29 @@
+"""Wan2.1-I2V-14B-480P: the 14B recipe's Flash-GRPO settings (12 rollout steps, window of the
+high-noise half) at the checkpoint's official sampling settings (480 x 832, 81 frames, flow shift
+3.0, guidance 5; sources in fgrpo/models/wan/presets.py) and the paper's reward, HPSv3 per frame,
+mean of the top 30 %. One recipe per checkpoint: the 480P and 720P models are separate weights
+sampled at different sizes and shifts, which must change together.
+
+Refused at launch for now, naming prompts.file: the model conditions every video on an image (and
+its CLIP features), which fgrpo's text-only prompt files cannot give. `fgrpo plan` plans it as it
+would run. Its image cross-attention has no tensor- or sequence-parallel layout: FSDP2 only. The
+paths have no defaults:
+
+    fgrpo plan recipes/wan2_1_i2v_14b_480p.py --gpus 8
+    fgrpo launch recipes/wan2_1_i2v_14b_480p.py --model.path /data/Wan2.1-I2V-14B-480P-Diffusers \\
+        --rewards.0.args model_path /models/Qwen2-VL-7B-Instruct checkpoint /models/HPSv3.safetensors
+"""
+
+from fgrpo.recipe.config import *  # noqa: F403
+
+recipe = Recipe(
+    name="wan2_1_i2v_14b_480p",
+    model=ModelConfig(preset="wan2.1-i2v-14b-480p", path=None),  # --model.path: the diffusers folder
+    parallelism=ParallelismConfig(compile=True),  # regional torch.compile of the blocks (not the paper's)
+    rollout=RolloutConfig(steps=12, height=480, width=832, frames=81, flow_shift=3.0, cfg_scale=5.0, micro_batch=1),
+    timesteps=TimestepConfig(window=(0, 6)),  # the high-noise half, as for Wan2.1-T2V-14B
+    # The paper's reward. args.model_path (Qwen2-VL-7B-Instruct folder) and args.checkpoint
+    # (HPSv3.safetensors) are yours to set: --rewards.0.args model_path DIR checkpoint FILE
+    rewards=(RewardSpec(name="hpsv3", frame_aggregation="topk:0.3"),),
+    launch=LaunchConfig(nodes=4, procs_per_node=8, gpus_per_node=8),
+)

@@ -1,0 +1,31 @@
+"""Wan2.1-I2V-14B-720P: the 14B recipe's Flash-GRPO settings (12 rollout steps, window of the
+high-noise half) at the checkpoint's official sampling settings (720 x 1280, 81 frames, flow shift
+5.0, guidance 5; sources in fgrpo/models/wan/presets.py) and the paper's reward, HPSv3 per frame,
+mean of the top 30 %. One recipe per checkpoint: the 480P and 720P models are separate weights
+sampled at different sizes and shifts, which must change together.
+
+Refused at launch for now, naming prompts.file: the model conditions every video on an image (and
+its CLIP features), which fgrpo's text-only prompt files cannot give. `fgrpo plan` plans it as it
+would run. Its image cross-attention has no tensor- or sequence-parallel layout: FSDP2 only, with
+which 720p does not fit 80 GB GPUs (`fgrpo plan --gpus 8`: training needs 132 GiB per GPU, 110 of
+them activations); sequence parallelism for it is for when image conditioning comes. The paths
+have no defaults:
+
+    fgrpo plan recipes/wan2_1_i2v_14b_720p.py --gpus 8
+    fgrpo launch recipes/wan2_1_i2v_14b_720p.py --model.path /data/Wan2.1-I2V-14B-720P-Diffusers \\
+        --rewards.0.args model_path /models/Qwen2-VL-7B-Instruct checkpoint /models/HPSv3.safetensors
+"""
+
+from fgrpo.recipe.config import *  # noqa: F403
+
+recipe = Recipe(
+    name="wan2_1_i2v_14b_720p",
+    model=ModelConfig(preset="wan2.1-i2v-14b-720p", path=None),  # --model.path: the diffusers folder
+    parallelism=ParallelismConfig(compile=True),  # regional torch.compile of the blocks (not the paper's)
+    rollout=RolloutConfig(steps=12, height=720, width=1280, frames=81, flow_shift=5.0, cfg_scale=5.0, micro_batch=1),
+    timesteps=TimestepConfig(window=(0, 6)),  # the high-noise half, as for Wan2.1-T2V-14B
+    # The paper's reward. args.model_path (Qwen2-VL-7B-Instruct folder) and args.checkpoint
+    # (HPSv3.safetensors) are yours to set: --rewards.0.args model_path DIR checkpoint FILE
+    rewards=(RewardSpec(name="hpsv3", frame_aggregation="topk:0.3"),),
+    launch=LaunchConfig(nodes=4, procs_per_node=8, gpus_per_node=8),
+)
