@@ -27,4 +27,5 @@ trap stop_slurm EXIT
 # Two workers (pytest-xdist): much of the suite waits (on Slurm's scheduler, on process start-up),
 # and one worker's waiting is the other's compute. Tests that share the local Slurm cluster or need
 # the real 1.3B architecture's memory run one after another (tests/conftest.py, SERIAL_GROUPS).
-.venv/bin/python -m pytest -q -n 2 --dist loadgroup "$@"
+# The slowest tests are listed at the end: the suite must stay within 45 minutes on 2 cores.
+.venv/bin/python -m pytest -q -n 2 --dist loadgroup --durations=40 "$@"

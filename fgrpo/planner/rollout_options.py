@@ -5,7 +5,7 @@ Each row is the planner's own plan of the recipe with those rollout fields overr
 numbers are `fgrpo plan`'s for that recipe (evaluations per video: plan.rollout_evaluations). The
 fake run, the slow part of a plan (a minute for 14B on 2 cores), reads none of these fields: they
 change how many model evaluations a rollout makes, not the shape of any forward. So every row
-re-plans on the recipe's fake run (tests/planner/test_rollout_options.py checks they are equal).
+re-plans on the recipe's fake run (tests/planner/test_plan_rollout_options.py checks they are equal).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""recipes/miniature.py runs as users run it (the README's command), in float32 and bfloat16, and it
-learns: the pre-trained model from the cache, the faithfulness reward trained on, the gold metric
-recorded per held-out video beside it (weight 0), samples written, and held-out gold higher after a
-short run than before it, over seeds (the learning regression test). How much it learns over the
-recipe's full length, and against the paper's other algorithms at equal FLOPs, is measured in
-docs/miniature.md (benchmarks/miniature_comparison.py)."""
+"""recipes/miniature.py runs as users run it (the README's command), in float32 and bfloat16, and
+in bfloat16, over two seeds, it learns (the learning regression test): the pre-trained model from the
+cache, the faithfulness reward trained on, the gold metric recorded per held-out video beside it
+(weight 0), samples written, and held-out gold higher after a short run than before it. How much it
+learns over the recipe's full length, and against the paper's other algorithms at equal FLOPs, is
+measured in docs/miniature.md (benchmarks/miniature_comparison.py)."""
 
 import json
 import statistics
@@ -20,7 +20,7 @@ SEEDS = (0, 1)
 MIN_MEAN_GAIN = 0.015
 
 
-def _launch(tmp_path, model_dir, dtype: str, seed: int) -> list[dict]:
+def _launch(tmp_path, model_dir, dtype: str, seed: int, steps: int = STEPS) -> list[dict]:
     name = f"{dtype}-{seed}"
     res = run_fgrpo(
         "launch",
@@ -32,9 +32,9 @@ def _launch(tmp_path, model_dir, dtype: str, seed: int) -> list[dict]:
         "--prompts.seed",
         str(seed),
         "--optim.max-steps",
-        str(STEPS),
+        str(steps),
         "--eval.interval",
-        str(STEPS),
+        str(steps),
         "--logging.runs-dir",
         str(tmp_path / "runs"),
         "--logging.run-name",
@@ -49,28 +49,37 @@ def _launch(tmp_path, model_dir, dtype: str, seed: int) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_miniature_recipe_learns(miniature_model_dir, tmp_path, dtype):
+def _check_records(records: list[dict], steps: int, quality: dict) -> float:
+    """The run's records as the recipe promises them; returns its held-out gold gain."""
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in train] == list(range(1, steps + 1))
+    # Trained on faithfulness alone: the weight-0 gold is recorded but adds nothing to the reward.
+    for r in train:
+        assert r["reward_mean"] == pytest.approx(r["reward/miniature_faithfulness"], abs=1e-6)
+        assert 0 <= r["reward/miniature_gold"] <= 1
+    assert [e["tag"] for e in evals] == ["before", "final"]
+    for e in evals:
+        per_video = e["eval_component_values"]
+        assert len(per_video["miniature_gold"]) == len(e["eval_rewards"]) == 24 * 2
+        assert e["eval/miniature_gold"] == pytest.approx(sum(per_video["miniature_gold"]) / 48, abs=1e-5)
+    before, after = evals[0]["eval/miniature_gold"], evals[1]["eval/miniature_gold"]
+    # The pre-trained model, not noise (a video without an object scores 1/7, its background
+    # alone). The recipe samples without guidance, so below the build's guided measurement (CFG 4).
+    assert quality["sampler"]["cfg"] > 1
+    assert 0.3 < before <= quality["heldout_gold"]["overall"] + 0.02
+    return after - before
+
+
+def test_miniature_recipe_runs_in_float32(miniature_model_dir, tmp_path):
+    """The recipe's own dtype, for two steps: the records, the samples and the gold beside the reward.
+    Whether it learns is the bfloat16 test's question (the users' dtype; in float32 the same 30-step
+    runs measured +0.032 and +0.029, docs/miniature.md)."""
     quality = json.loads((miniature_model_dir / "miniature_quality.json").read_text())
-    gains = []
-    for seed in SEEDS:
-        records = _launch(tmp_path, miniature_model_dir, dtype, seed)
-        train = [r for r in records if r["kind"] == "train"]
-        evals = [r for r in records if r["kind"] == "eval"]
-        assert [r["step"] for r in train] == list(range(1, STEPS + 1))
-        # Trained on faithfulness alone: the weight-0 gold is recorded but adds nothing to the reward.
-        for r in train:
-            assert r["reward_mean"] == pytest.approx(r["reward/miniature_faithfulness"], abs=1e-6)
-            assert 0 <= r["reward/miniature_gold"] <= 1
-        assert [e["tag"] for e in evals] == ["before", "final"]
-        for e in evals:
-            per_video = e["eval_component_values"]
-            assert len(per_video["miniature_gold"]) == len(e["eval_rewards"]) == 24 * 2
-            assert e["eval/miniature_gold"] == pytest.approx(sum(per_video["miniature_gold"]) / 48, abs=1e-5)
-        before, after = evals[0]["eval/miniature_gold"], evals[1]["eval/miniature_gold"]
-        # The pre-trained model, not noise (a video without an object scores 1/7, its background
-        # alone). The recipe samples without guidance, so below the build's guided measurement (CFG 4).
-        assert quality["sampler"]["cfg"] > 1
-        assert 0.3 < before <= quality["heldout_gold"]["overall"] + 0.02
-        gains.append(after - before)
+    _check_records(_launch(tmp_path, miniature_model_dir, "float32", 0, steps=2), 2, quality)
+
+
+def test_miniature_recipe_learns_in_bfloat16(miniature_model_dir, tmp_path):
+    quality = json.loads((miniature_model_dir / "miniature_quality.json").read_text())
+    gains = [_check_records(_launch(tmp_path, miniature_model_dir, "bfloat16", seed), STEPS, quality) for seed in SEEDS]
     assert statistics.mean(gains) >= MIN_MEAN_GAIN and min(gains) > 0, gains
