@@ -109,10 +109,13 @@ def test_a_stop_in_a_refilled_step_resumes_bitwise(tiny_model_dir, tmp_path, mon
 
 
 def test_two_ranks_take_the_same_refill_decisions_as_one(tiny_model_dir, tmp_path, monkeypatch):
-    """dp_shard=2: each rank rolls out half of every refill round, the fresh transitions are gathered
-    and each rank trains its own slice; the decisions match the 1-process run's, in lockstep."""
+    """dp_shard=2 in bfloat16, as users launch it: each rank rolls out half of every refill round, the
+    fresh transitions are gathered and each rank trains its own slice; the decisions match the
+    1-process run's, in lockstep (the reward saturates by prompt, so bf16 rounding cannot move them)."""
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the trainers import the reward from tests/
     args = [
+        "--model.dtype",
+        "bfloat16",
         "--rewards.0.name",
         "tests.helpers.saturating:saturating",
         "--rewards.0.args",
@@ -126,6 +129,7 @@ def test_two_ranks_take_the_same_refill_decisions_as_one(tiny_model_dir, tmp_pat
     keys = ("zero_variance_groups", "refilled_groups", "refill_rounds", "refill_videos", "timestep_indices")
     assert [[m[k] for k in keys] for m in two] == [[m[k] for k in keys] for m in one]
     assert sum(m["refilled_groups"] for m in two) >= 1 and all(m["zero_variance_groups"] == 0 for m in two)
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in two)
 
 
 def test_refill_cost_is_the_measured_rollout_per_video():
