@@ -1,6 +1,7 @@
 """Submitting tiny runs to the local Slurm test cluster and waiting on their state."""
 
 import json
+import subprocess
 import time
 
 from tests.conftest import REPO, run_fgrpo
@@ -55,7 +56,7 @@ def wait_state(target, states, timeout=400):
         if rows and all(r["state"] in states for r in rows):
             return rows
         time.sleep(2)
-    raise AssertionError(f"timed out waiting for {states}: {status(target)}")
+    raise AssertionError(f"timed out waiting for {states}: {status(target)}\n{diagnosis(target)}")
 
 
 def wait_steps(run_dir, n, timeout=300):
@@ -64,4 +65,18 @@ def wait_steps(run_dir, n, timeout=300):
         if (run_dir / "metrics.jsonl").exists() and len(train_metrics(run_dir)) >= n:
             return
         time.sleep(0.5)
-    raise AssertionError(f"{run_dir} never reached step {n}")
+    raise AssertionError(f"{run_dir} never reached step {n}\n{diagnosis(run_dir)}")
+
+
+def diagnosis(run_dir) -> str:
+    """What a timed-out wait saw: the run's status and jobs, the cluster's queue and the logs' tails
+    (an intermittent hang is otherwise undiagnosable after the fact)."""
+    parts = []
+    for cmd in (["status", str(run_dir), "--json"], ["logs", str(run_dir)]):
+        res = run_fgrpo(*cmd, timeout=60)
+        parts.append(f"$ fgrpo {' '.join(cmd)} (exit {res.returncode})\n{res.stdout[-3000:]}{res.stderr[-1500:]}")
+    squeue = subprocess.run(["squeue", "-o", "%i %T %R %M %N"], capture_output=True, text=True, timeout=30)
+    parts.append(f"$ squeue\n{squeue.stdout}{squeue.stderr}")
+    if (run_dir / "jobs.jsonl").exists():
+        parts.append(f"jobs.jsonl:\n{(run_dir / 'jobs.jsonl').read_text()[-2000:]}")
+    return "\n".join(parts)
