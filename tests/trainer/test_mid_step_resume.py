@@ -3,7 +3,6 @@ and the resumed job trains that step from them, bit for bit the update the unint
 
 import json
 import os
-import signal
 
 import torch
 
@@ -12,6 +11,7 @@ from fgrpo.trainer import flash_grpo
 from fgrpo.trainer.signals import EXIT_REQUEUE, StopFlag
 from fgrpo.trainer.trainer import Trainer
 from tests.conftest import REPO, run_fgrpo
+from tests.helpers.preemption import stop_while_scoring
 from tests.helpers.recipes import small_recipe
 from tests.helpers.runs import BASE_ARGS, launch_tiny, train_metrics, trained_weights
 
@@ -20,20 +20,6 @@ def _state(trainer):
     return {k: v.detach().clone() for k, v in trainer.params.items()}, {
         k: v.clone() for k, v in trainer.ema.shadow.items()
     }
-
-
-def _stop_while_scoring(monkeypatch, stop: StopFlag, at_call: int):
-    """A preemption that arrives while step `at_call`'s rewards are being gathered."""
-    calls = {"n": 0}
-    real = flash_grpo.agree_on_scores
-
-    def scoring(pending):
-        calls["n"] += 1
-        if calls["n"] == at_call:
-            stop.signum = signal.SIGTERM
-        return real(pending)
-
-    monkeypatch.setattr(flash_grpo, "agree_on_scores", scoring)
 
 
 def _count_rollouts(monkeypatch) -> dict:
@@ -54,7 +40,7 @@ def test_stop_after_the_rollouts_keeps_them_and_the_resumed_update_is_bitwise(ti
     assert straight.run() == 0
 
     stop = StopFlag(signals=())
-    _stop_while_scoring(monkeypatch, stop, at_call=2)  # step 2's rollouts done, its update not
+    stop_while_scoring(monkeypatch, stop, at_call=2)  # step 2's rollouts done, its update not
     first = Trainer(recipe, tmp_path / "b", stop)
     assert first.run() == EXIT_REQUEUE
     assert first.step == 1
@@ -84,7 +70,7 @@ def test_stop_after_the_rollouts_keeps_them_and_the_resumed_update_is_bitwise(ti
 def test_kept_rollouts_of_other_prompts_are_rolled_out_again(tiny_model_dir, tmp_path, monkeypatch):
     recipe = small_recipe(tiny_model_dir, max_steps=2)
     stop = StopFlag(signals=())
-    _stop_while_scoring(monkeypatch, stop, at_call=2)
+    stop_while_scoring(monkeypatch, stop, at_call=2)
     assert Trainer(recipe, tmp_path, stop).run() == EXIT_REQUEUE
     monkeypatch.undo()
     ckpt = tmp_path / "checkpoints"
@@ -102,7 +88,7 @@ def test_kept_rollouts_of_other_prompts_are_rolled_out_again(tiny_model_dir, tmp
 def test_a_damaged_kept_file_is_rolled_out_again(tiny_model_dir, tmp_path, monkeypatch):
     recipe = small_recipe(tiny_model_dir, max_steps=2)
     stop = StopFlag(signals=())
-    _stop_while_scoring(monkeypatch, stop, at_call=2)
+    stop_while_scoring(monkeypatch, stop, at_call=2)
     assert Trainer(recipe, tmp_path, stop).run() == EXIT_REQUEUE
     monkeypatch.undo()
     path = next(rollouts_dir(tmp_path / "checkpoints", 1).glob("rank-*.pt"))

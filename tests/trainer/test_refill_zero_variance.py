@@ -6,18 +6,17 @@ of a 2-process job takes the same decisions."""
 
 import dataclasses
 import json
-import signal
 
 import pytest
 import torch
 
 from fgrpo.recipe.config import RewardSpec
 from fgrpo.recipe.validate import recipe_problems
-from fgrpo.trainer import flash_grpo
 from fgrpo.trainer.compute import StepCost, refill_cost, without_refill
 from fgrpo.trainer.signals import EXIT_REQUEUE, StopFlag
 from fgrpo.trainer.trainer import Trainer
 from tests.conftest import REPO
+from tests.helpers.preemption import stop_while_scoring
 from tests.helpers.recipes import small_recipe
 from tests.helpers.runs import launch_tiny, train_metrics
 
@@ -68,20 +67,6 @@ def test_rounds_are_capped_and_groups_that_stay_all_equal_are_kept(tiny_model_di
     assert len(m["timestep_indices"]) == P  # the batch keeps its size
 
 
-def _stop_at_scoring(monkeypatch, stop: StopFlag, at_call: int):
-    """A preemption that arrives while the `at_call`-th batch (a step's, or a refill round's) is scored."""
-    calls = {"n": 0}
-    real = flash_grpo.agree_on_scores
-
-    def scoring(pending):
-        calls["n"] += 1
-        if calls["n"] == at_call:
-            stop.signum = signal.SIGTERM
-        return real(pending)
-
-    monkeypatch.setattr(flash_grpo, "agree_on_scores", scoring)
-
-
 @pytest.mark.parametrize("when", ["after the refill", "during the refill"])
 def test_a_stop_in_a_refilled_step_resumes_bitwise(tiny_model_dir, tmp_path, monkeypatch, when):
     recipe = _recipe(tiny_model_dir, 2, every=3)
@@ -93,7 +78,7 @@ def test_a_stop_in_a_refilled_step_resumes_bitwise(tiny_model_dir, tmp_path, mon
     # first is followed by a refill round, where the stop is seen (rolled out again).
     at_call = sum(1 + n for n in rounds[:k]) + (1 + rounds[k] if when == "after the refill" else 1)
     stop = StopFlag(signals=())
-    _stop_at_scoring(monkeypatch, stop, at_call)
+    stop_while_scoring(monkeypatch, stop, at_call)
     first = Trainer(recipe, tmp_path / "b", stop)
     assert first.run() == EXIT_REQUEUE and first.step == k
     monkeypatch.undo()
