@@ -45,11 +45,7 @@ REWARD_NEEDS: dict[tuple[str, str], tuple[Need, ...] | None] = {
     ("videoalign", "model_path"): (CONFIG, TOKENIZER),
     ("videoalign", "checkpoint"): (("checkpoint-*/model.pth",),),
 }
-ALSO_A_FILE = {("videoalign", "checkpoint")}
-BUILT_PRESETS = (
-    "tiny",
-    "miniature",
-)  # fgrpo builds these itself (fgrpo/models/model_folder.py)  # a state dict file is accepted instead of the folder
+ALSO_A_FILE = {("videoalign", "checkpoint")}  # a state dict file is accepted instead of the folder
 
 
 def read_problem(path: Path) -> str | None:
@@ -131,7 +127,7 @@ def path_problems(path: Path, needs: tuple[Need, ...] | None, file_ok: bool = Fa
 
 def model_folder_check(model) -> Check:
     """The recipe's model folder (model.path, or a preset's cached build): every file the loaders read."""
-    from fgrpo.models.model_folder import model_folder
+    from fgrpo.models.model_folder import BUILT_PRESETS, model_folder
 
     if model.path is None and model.preset not in BUILT_PRESETS:
         return Check(

@@ -75,6 +75,7 @@ def per_video(records: list[dict], videos_per_prompt: int, rewards: list[float])
 
 def cmd_eval(argv: list[str]) -> int:
     from fgrpo.data.prompts import read_prompt_records, resolve_prompt_file, split_prompts
+    from fgrpo.recipe.validate import image_prompt_problem
     from fgrpo.trainer.evaluate import evaluate_checkpoint
 
     a = tyro.cli(EvalArgs, args=argv, prog="fgrpo eval")
@@ -94,6 +95,9 @@ def cmd_eval(argv: list[str]) -> int:
         print(f"fgrpo: {note}", file=sys.stderr)
     if a.prompts:
         records = read_prompt_records(Path(a.prompts))
+        image = image_prompt_problem(recipe.model.preset, records)
+        if image:
+            raise ValueError(f"--prompts: {a.prompts}: {image}")
     else:
         everything = read_prompt_records(resolve_prompt_file(recipe.prompts.file))
         records = split_prompts(everything, recipe.prompts.heldout)[1]

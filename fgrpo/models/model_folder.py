@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+BUILT_PRESETS = ("tiny", "tiny-ti2v", "miniature")  # presets whose folder fgrpo builds itself when model.path is None
+
 
 def model_folder(model, build: bool = True) -> Path:
-    """The recipe's `model` section -> its diffusers folder (the tiny and miniature presets' cached builds).
+    """The recipe's `model` section -> its diffusers folder (the BUILT_PRESETS' cached builds).
 
     `build=False`: where a preset's build is or will be, without building it (`fgrpo doctor`
     inspects it; the miniature's build is minutes of pre-training)."""
@@ -20,13 +22,18 @@ def model_folder(model, build: bool = True) -> Path:
         from fgrpo.miniature.pretrain import miniature_cache_name
         from fgrpo.models.wan.random_build import cache_dir
         from fgrpo.models.wan.tiny import tiny_cache_name
+        from fgrpo.models.wan.tiny_ti2v import tiny_ti2v_cache_name
 
-        name = miniature_cache_name if model.preset == "miniature" else tiny_cache_name
-        return cache_dir() / name(model.seed)
+        names = {"miniature": miniature_cache_name, "tiny-ti2v": tiny_ti2v_cache_name}
+        return cache_dir() / names.get(model.preset, tiny_cache_name)(model.seed)
     if model.preset == "miniature":
         from fgrpo.miniature.pretrain import miniature_model_path
 
         return miniature_model_path(model.seed)
+    if model.preset == "tiny-ti2v":
+        from fgrpo.models.wan.tiny_ti2v import tiny_ti2v_model_path
+
+        return tiny_ti2v_model_path(model.seed)
     from fgrpo.models.wan.tiny import tiny_model_path
 
     return tiny_model_path(model.seed)

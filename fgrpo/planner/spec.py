@@ -2,7 +2,8 @@
 
 `ModelSpec.from_preset` gives the transformer, VAE and text-encoder configs of a recipe's preset
 (Wan: the preset's transformer, its VAE's config, diffusers' default `AutoencoderKLWan` for
-Wan2.1's VAE, and UMT5-XXL; `tiny`: the tiny model's own small VAE and 2-layer UMT5). `model.path`
+Wan2.1's VAE, and UMT5-XXL; `tiny`: the tiny model's own small VAE and 2-layer UMT5; `tiny-ti2v`:
+its small Wan2.2-structured VAE and the same UMT5). `model.path`
 is never read: a plan needs no weights and no model folder. Presets fgrpo cannot train yet are
 planned as they would run (`ModelSpec.notes` says how): Wan2.2 A14B's second expert as frozen
 weights beside the trained one, image-to-video models with their conditioning inputs.
@@ -73,6 +74,14 @@ class ModelSpec:
                 dict(SMALL_VAE_CONFIG),
                 text_encoder_config(TINY_TEXT_ENCODER, p.text_dim),
                 f"preset {preset}",
+            )
+        if preset == "tiny-ti2v":
+            return cls(
+                p.transformer_config(),
+                planning_vae(p),
+                text_encoder_config(TINY_TEXT_ENCODER, p.text_dim),
+                f"preset {preset}",
+                notes=preset_notes(p),
             )
         if preset == "miniature":
             from fgrpo.miniature.pretrain import TEXT_ENCODER, VAE_CONFIG

@@ -16,6 +16,7 @@ from .ranges import within
 
 ModelPreset = Literal[
     "tiny",
+    "tiny-ti2v",
     "miniature",
     "wan2.1-t2v-1.3b",
     "wan2.1-t2v-14b",
@@ -59,14 +60,16 @@ class ModelConfig:
     preset: ModelPreset = "wan2.1-t2v-1.3b"
     """Architecture preset. `miniature`: the miniature world's text-to-video model, pre-trained by fgrpo on
     first use and cached (a few minutes on a CPU; fgrpo/miniature/pretrain.py); `tiny`: a small random
-    Wan-architecture model (colour noise; tests that need the smallest model). Wan2.1-T2V 1.3B and
-    14B; Wan2.2-TI2V-5B in its text-to-video mode (the same sampler: without an image its per-token
-    timesteps are all equal). Wan2.2's two-expert A14B models and the image-to-video models (Wan2.1
-    I2V 480p/720p, Wan2.2 I2V) can be planned but are refused at launch: two experts and image
-    conditioning are not implemented yet. Their numbers and sources: fgrpo/models/wan/presets.py."""
+    Wan-architecture model (colour noise; tests that need the smallest model); `tiny-ti2v`: the same
+    for Wan2.2-TI2V-5B's architecture (its 16x VAE, heights and widths multiples of 32). Wan2.1-T2V
+    1.3B and 14B; Wan2.2-TI2V-5B in its text-to-video mode (the same sampler: without an image its
+    per-token timesteps are all equal; prompts with an `image` are refused). Wan2.2's two-expert
+    A14B models and the image-to-video models (Wan2.1 I2V 480p/720p, Wan2.2 I2V) can be planned but
+    are refused at launch: two experts and image conditioning are not implemented yet. Their numbers
+    and sources: fgrpo/models/wan/presets.py."""
     path: str | None = None
     """Local diffusers-format folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/).
-    Required for the Wan presets; for `tiny` and `miniature`, None builds (and caches) their folders."""
+    Required for the Wan presets; for `tiny`, `tiny-ti2v` and `miniature`, None builds (and caches) their folders."""
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
     """Compute dtype (the precision policy, docs/design.md): frozen weights are stored and every
     matmul runs in it, on CPU as on GPU; trained weights, optimizer state, gradient reductions,
@@ -75,7 +78,7 @@ class ModelConfig:
     max_text_tokens: int = within("[1, inf)", 512)
     """Text-encoder sequence length (UMT5, zero-padded), 512 for Wan."""
     seed: int = within("[0, 4294967295]", 0)
-    """Seed of the tiny preset's random weights, or of the miniature model's pre-training."""
+    """Seed of the tiny presets' random weights, or of the miniature model's pre-training."""
     attention_backend: AttentionBackend = "native"
     """Attention kernel of the transformer (diffusers' attention dispatcher), for everything:
     training, and rollouts and evaluation unless rollout_attention_backend says otherwise.

@@ -110,6 +110,7 @@ def _cache_problems(recipe: Recipe) -> list[str]:
 def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     """Every problem found, each starting with the dotted field name it concerns."""
     from fgrpo.algorithm import NOISE_SCHEDULES
+    from fgrpo.models.model_folder import BUILT_PRESETS
     from fgrpo.models.wan import PRESETS, check_model_folder
     from fgrpo.rewards import missing_reward_args, validate_reward_spec
 
@@ -201,7 +202,7 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
 
     if recipe.model.path is not None:
         errs += [f"model.path: {p}" for p in check_model_folder(recipe.model.path)]
-    elif recipe.model.preset not in ("tiny", "miniature"):
+    elif recipe.model.preset not in BUILT_PRESETS:
         errs.append(f"model.path: preset {recipe.model.preset} needs a local diffusers-format folder (no downloads)")
     errs += unsupported_model_problems(recipe)
     errs += _attention_backend_problems(recipe)
@@ -348,8 +349,30 @@ def _attention_backend_problems(recipe: Recipe) -> list[str]:
     return errs
 
 
+def image_prompt_problem(preset_name: str, records: list[dict]) -> str | None:
+    """Why prompt records with an `image` cannot be used by this preset, or None.
+
+    An image beside a prompt asks Wan2.2-TI2V for its image+text mode (the image's latent as the
+    first latent frame, its tokens at t = 0), which fgrpo does not implement: refused, rather than
+    trained text-to-video with the image silently dropped. For a text-to-video-only model an
+    `image` is just another field (carried into `fgrpo eval`'s results); image-to-video presets are
+    refused as a whole (unsupported_model_problems)."""
+    from fgrpo.models.wan import PRESETS
+
+    preset = PRESETS.get(preset_name)
+    with_image = [i for i, r in enumerate(records, start=1) if "image" in r]
+    if preset is None or not preset.expand_timesteps or not with_image:
+        return None
+    more = f" (and {len(with_image) - 1} more)" if len(with_image) > 1 else ""
+    return (
+        f"prompt {with_image[0]}{more} has an `image`, but fgrpo trains {preset_name} as text-to-video only: "
+        "its image+text mode (the image as the first frame, at t = 0) is not implemented yet; "
+        "remove the `image` fields"
+    )
+
+
 def _prompt_problems(recipe: Recipe) -> list[str]:
-    from fgrpo.data.prompts import read_prompts, resolve_prompt_file
+    from fgrpo.data.prompts import read_prompt_records, resolve_prompt_file
 
     pr, per_step = recipe.prompts, recipe.rollout.prompts_per_step
     path = resolve_prompt_file(pr.file)
@@ -358,11 +381,15 @@ def _prompt_problems(recipe: Recipe) -> list[str]:
     if not path.is_file():
         return [f"prompts.file: {pr.file} does not exist"]
     try:
-        n = len(read_prompts(path))
+        records = read_prompt_records(path)
     except (ValueError, OSError) as e:
         return [f"prompts.file: {e}"]
+    n = len(records)
     if n == 0:
         return [f"prompts.file: {pr.file} holds no prompts"]
+    image = image_prompt_problem(recipe.model.preset, records)
+    if image:
+        return [f"prompts.file: {pr.file}: {image}"]
     train = n - max(0, pr.heldout)
     if train < 1:
         return [f"prompts.heldout: {pr.heldout} held out of the {n} prompts of {pr.file} leaves none to train on"]

@@ -34,6 +34,22 @@ VAE_CONFIGS: dict[str, dict[str, Any]] = {
         scale_factor_temporal=4,
         scale_factor_spatial=16,
     ),
+    # The `tiny-ti2v` preset's VAE (fgrpo/models/wan/tiny_ti2v.py): Wan2.2's structure (residual
+    # blocks, 2x2 patchify of 12 channels, 3 downsamplings: 16x spatial, 4x temporal) at CPU widths,
+    # 24 latent channels (neither Wan2.1's 16 nor 5B's 48, so nothing can assume either).
+    "tiny-wan2.2": dict(
+        base_dim=8,
+        decoder_base_dim=12,
+        z_dim=24,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        is_residual=True,
+        in_channels=12,
+        out_channels=12,
+        patch_size=2,
+        scale_factor_temporal=4,
+        scale_factor_spatial=16,
+    ),
 }
 
 
@@ -129,6 +145,20 @@ class WanPreset:
 PRESETS: dict[str, WanPreset] = {
     # 4 heads so that tensor parallel degrees 2 and 4 can be tested on it.
     "tiny": WanPreset(num_layers=2, num_heads=4, head_dim=16, ffn_dim=128, text_dim=32, freq_dim=32),
+    # Wan2.2-TI2V-5B's architecture at the tiny width (tests on CPU): its VAE's structure and factors
+    # (VAE_CONFIGS["tiny-wan2.2"]) and its pipeline's per-token timesteps.
+    "tiny-ti2v": WanPreset(
+        num_layers=2,
+        num_heads=4,
+        head_dim=16,
+        ffn_dim=128,
+        text_dim=32,
+        freq_dim=32,
+        latent_channels=24,
+        vae_spatial_factor=16,
+        vae="tiny-wan2.2",
+        expand_timesteps=True,
+    ),
     # The miniature world's pre-trained model (fgrpo.miniature.pretrain): 1.1M parameters, trainable on a CPU.
     "miniature": WanPreset(num_layers=4, num_heads=4, head_dim=32, ffn_dim=384, text_dim=64, freq_dim=64),
     "wan2.1-t2v-1.3b": WanPreset(num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, text_dim=4096, freq_dim=256),

@@ -158,13 +158,16 @@ def build_components(
     dtype: torch.dtype = torch.bfloat16,
     fast_init: bool = True,
     corpus: list[str] | None = None,
+    vae_config: dict[str, Any] | None = None,
 ) -> dict:
     """Transformer, VAE, UMT5 text encoder, tokenizer and scheduler: the components of a WanPipeline.
 
     The transformer and text encoder are in `dtype`, except the transformer's keep-in-fp32 modules;
-    the VAE is float32 (loading.py always runs it in float32). `fast_init=False` uses the models'
-    default init drawn from the global RNG in this exact order, which is how the `tiny` preset has
-    always been built (its weights must not change for a given seed).
+    the VAE is float32 (loading.py always runs it in float32), built from `vae_config`
+    (AutoencoderKLWan's keyword arguments; default SMALL_VAE_CONFIG) with identity-plus-noise convs.
+    `fast_init=False` uses the models' default init drawn from the global RNG in this exact order,
+    which is how the `tiny` preset has always been built (its weights must not change for a given
+    seed).
     """
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -178,7 +181,7 @@ def build_components(
         transformer = WanTransformer3DModel(**PRESETS[preset].transformer_config())
         for name, p in transformer.named_parameters():
             p.data = p.data.to(storage_dtype(name, dtype))
-    vae = AutoencoderKLWan(**SMALL_VAE_CONFIG)
+    vae = AutoencoderKLWan(**(SMALL_VAE_CONFIG if vae_config is None else vae_config))
     gen = torch.Generator().manual_seed(seed)
     for module in vae.modules():
         if isinstance(module, (nn.Conv2d, nn.Conv3d)):
@@ -199,8 +202,10 @@ def save_components(
     """Save a WanPipeline folder (safetensors) plus a marker file, atomically.
 
     Written to a temporary sibling and renamed, so an interrupted build never leaves a folder that
-    looks complete. `max_shard_size` is passed to each component's save_pretrained (diffusers'
-    default is 10GB: one file); sharded components get a `*.safetensors.index.json`.
+    looks complete. `components` may also hold WanPipeline's own config arguments (Wan2.2-TI2V's
+    `expand_timesteps=True`, which model_index.json then records). `max_shard_size` is passed to
+    each component's save_pretrained (diffusers' default is 10GB: one file); sharded components get
+    a `*.safetensors.index.json`.
     """
     from diffusers import WanPipeline
 
