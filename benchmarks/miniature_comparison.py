@@ -31,9 +31,9 @@ video against the exact one):
   video averaged over the window's draw, 2.27x fewer, the coarsest sub-grid
   benchmarks/rollout_options.py measured, whose samples' gold was within its interval of exact's);
   `share_prefix + euler 5` (a group's prefix computed once and a 5-node sub-grid: 4.95, 2.02x fewer;
-  the combination of two milder options; counts from fgrpo.planner.plan.rollout_evaluations). Euler rather than UniPC: at every
-  sub-grid that table measured, the higher-order solvers did no better. Budget: the exact rollout's
-  FLOPs at the recipe's 40 steps (cheaper arms take more steps within it).
+  the combination of two milder options; counts from fgrpo.planner.plan.rollout_evaluations). Euler
+  rather than UniPC: at every sub-grid that table measured, the higher-order solvers did no better.
+  Budget: the exact rollout's FLOPs at the recipe's 40 steps (cheaper arms take more steps in it).
 
 Common to both:
 
