@@ -4,13 +4,15 @@ high-noise half) at the checkpoint's official sampling settings (480 x 832, 81 f
 mean of the top 30 %. One recipe per checkpoint: the 480P and 720P models are separate weights
 sampled at different sizes and shifts, which must change together.
 
-Refused at launch for now, naming prompts.file: the model conditions every video on an image (and
-its CLIP features), which fgrpo's text-only prompt files cannot give. `fgrpo plan` plans it as it
-would run. Its image cross-attention has no tensor- or sequence-parallel layout: FSDP2 only. The
-paths have no defaults:
+The model conditions every video on an image (its VAE latent as the first frame and its CLIP
+features), so `prompts.file` must be a JSONL file whose records have `prompt` and `image` (a path
+relative to the file's folder, each image exactly 832 x 480: docs/design.md, "Image-to-video");
+the default text-only file is refused. Its image cross-attention has no tensor- or sequence-parallel
+layout: FSDP2 only. The paths have no defaults:
 
     fgrpo plan recipes/wan2_1_i2v_14b_480p.py --gpus 8
     fgrpo launch recipes/wan2_1_i2v_14b_480p.py --model.path /data/Wan2.1-I2V-14B-480P-Diffusers \\
+        --prompts.file /data/i2v-prompts/prompts.jsonl \\
         --rewards.0.args model_path /models/Qwen2-VL-7B-Instruct checkpoint /models/HPSv3.safetensors
 """
 

@@ -4,15 +4,17 @@ high-noise half) at the checkpoint's official sampling settings (720 x 1280, 81 
 mean of the top 30 %. One recipe per checkpoint: the 480P and 720P models are separate weights
 sampled at different sizes and shifts, which must change together.
 
-Refused at launch for now, naming prompts.file: the model conditions every video on an image (and
-its CLIP features), which fgrpo's text-only prompt files cannot give. `fgrpo plan` plans it as it
-would run. Its image cross-attention has no tensor- or sequence-parallel layout: FSDP2 only, with
-which 720p does not fit 80 GB GPUs (`fgrpo plan --gpus 8`: training needs 132 GiB per GPU, 110 of
-them activations); sequence parallelism for it is for when image conditioning comes. The paths
-have no defaults:
+The model conditions every video on an image (its VAE latent as the first frame and its CLIP
+features), so `prompts.file` must be a JSONL file whose records have `prompt` and `image` (a path
+relative to the file's folder, each image exactly 1280 x 720: docs/design.md, "Image-to-video");
+the default text-only file is refused. Its image cross-attention has no tensor- or sequence-parallel
+layout: FSDP2 only, with which 720p does not fit 80 GB GPUs (`fgrpo plan --gpus 8`: training needs
+132 GiB per GPU, 110 of them activations); sequence parallelism for its image attention is not
+implemented. The paths have no defaults:
 
     fgrpo plan recipes/wan2_1_i2v_14b_720p.py --gpus 8
     fgrpo launch recipes/wan2_1_i2v_14b_720p.py --model.path /data/Wan2.1-I2V-14B-720P-Diffusers \\
+        --prompts.file /data/i2v-prompts/prompts.jsonl \\
         --rewards.0.args model_path /models/Qwen2-VL-7B-Instruct checkpoint /models/HPSv3.safetensors
 """
 

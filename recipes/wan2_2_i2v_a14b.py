@@ -2,10 +2,10 @@
 at the model's official sampling settings (720 x 1280, 81 frames, flow shift 5, guidance 3.5;
 sources in fgrpo/models/wan/presets.py) and the paper's reward, HPSv3 per frame, top 30 %.
 
-Refused at launch for now, naming the field: the model conditions every video on an image, which
-fgrpo's text-only prompt files cannot give (prompts.file), and it is two experts switched at
-boundary_ratio 0.9, of which fgrpo trains one (model.preset). `fgrpo plan` plans it as it would
-run. At shift 5 only the first 5 of the 12 steps are the high-noise expert's (sigma >= 0.9), hence
+Refused at launch for now, naming the field: it is two experts switched at boundary_ratio 0.9,
+of which fgrpo loads one (model.preset). Like Wan2.1 I2V it needs a JSONL prompt file with an
+`image` per prompt (prompts.file; the default text-only file is refused). `fgrpo plan` plans it as
+it would run. At shift 5 only the first 5 of the 12 steps are the high-noise expert's (sigma >= 0.9), hence
 the window (0, 5). The paths have no defaults:
 
     fgrpo plan recipes/wan2_2_i2v_a14b.py --gpus 8

@@ -42,6 +42,14 @@ def tiny_ti2v_model_dir(tmp_path_factory) -> Path:
     return save_tiny_ti2v_model(tmp_path_factory.mktemp("models") / "tiny-ti2v")
 
 
+@pytest.fixture(scope="session")
+def tiny_i2v_model_dir(tmp_path_factory) -> Path:
+    """The tiny Wan2.1-I2V model (fgrpo/models/wan/tiny_i2v.py) as a diffusers folder, once per session."""
+    from fgrpo.models.wan.tiny_i2v import save_tiny_i2v_model
+
+    return save_tiny_i2v_model(tmp_path_factory.mktemp("models") / "tiny-i2v")
+
+
 def run_fgrpo(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the `fgrpo` CLI as a user would (a separate process)."""
     full_env = {**os.environ, **(env or {})}

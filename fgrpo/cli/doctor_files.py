@@ -6,6 +6,8 @@ What the loaders read, and so what must be there and readable:
                                  them: fgrpo/models/wan/sharded_loading.py)
                    vae/, text_encoder/  config.json + weights (`from_pretrained`: loading.py, text_encoder.py)
                    tokenizer/    tokenizer files (`AutoTokenizer.from_pretrained`)
+                   image_encoder/, image_processor/  a CLIP encoder and its preprocessor config, when the
+                                 transformer has image attention (Wan2.1 I2V: fgrpo/models/wan/image_condition.py)
     rewards        clip        model_path: CLIPModel + CLIPProcessor (config, weights, preprocessor, tokenizer)
     (fgrpo/rewards/) hpsv2     checkpoint: an open_clip state dict file; tokenizer_path: a CLIP tokenizer
                    hpsv3       model_path: Qwen2-VL config + tokenizer; checkpoint: the HPSv3 state dict file
@@ -34,6 +36,11 @@ MODEL_NEEDS: dict[str, tuple[Need, ...]] = {
     "vae": (CONFIG, WEIGHTS),
     "text_encoder": (CONFIG, WEIGHTS),
     "tokenizer": (TOKENIZER,),
+}
+# Wan2.1 image-to-video folders (a transformer with `image_dim`) also hold the CLIP image encoder.
+IMAGE_MODEL_NEEDS: dict[str, tuple[Need, ...]] = {
+    "image_encoder": (CONFIG, WEIGHTS),
+    "image_processor": (("preprocessor_config.json",),),
 }
 # (reward, arg) -> what its folder must hold; None: the arg names a file.
 REWARD_NEEDS: dict[tuple[str, str], tuple[Need, ...] | None] = {
@@ -125,6 +132,15 @@ def path_problems(path: Path, needs: tuple[Need, ...] | None, file_ok: bool = Fa
     return folder_problems(path, needs)
 
 
+def model_needs(path: Path) -> dict[str, tuple[Need, ...]]:
+    """What the loaders read from this model folder (its transformer config says whether it takes images)."""
+    try:
+        image_dim = json.loads((path / "transformer" / "config.json").read_text()).get("image_dim")
+    except (OSError, ValueError):  # reported as the transformer's problem
+        image_dim = None
+    return {**MODEL_NEEDS, **(IMAGE_MODEL_NEEDS if image_dim else {})}
+
+
 def model_folder_check(model) -> Check:
     """The recipe's model folder (model.path, or a preset's cached build): every file the loaders read."""
     from fgrpo.models.model_folder import BUILT_PRESETS, model_folder
@@ -153,7 +169,7 @@ def model_folder_check(model) -> Check:
         what = "is not a folder" if path.exists() else "does not exist"
         return Check("model folder", "fail", f"{origin}: {path} {what}")
     problems, sizes = [], []
-    for sub, needs in MODEL_NEEDS.items():
+    for sub, needs in model_needs(path).items():
         found, nbytes = folder_problems(path / sub, needs)
         problems += found
         sizes.append(f"{sub} {size(nbytes)}")

@@ -74,8 +74,9 @@ def per_video(records: list[dict], videos_per_prompt: int, rewards: list[float])
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from fgrpo.data.prompts import read_prompt_records, resolve_prompt_file, split_prompts
-    from fgrpo.recipe.validate import image_prompt_problem
+    from fgrpo.data.image_prompts import prompt_images
+    from fgrpo.data.prompts import read_prompt_lines, read_prompt_records, resolve_prompt_file, split_prompts
+    from fgrpo.recipe.validate import image_prompt_problem, image_to_video_prompt_problems
     from fgrpo.trainer.evaluate import evaluate_checkpoint
 
     a = tyro.cli(EvalArgs, args=argv, prog="fgrpo eval")
@@ -93,11 +94,20 @@ def cmd_eval(argv: list[str]) -> int:
     step, checkpoint, skipped = folder.usable_checkpoint(step)
     for note in skipped:
         print(f"fgrpo: {note}", file=sys.stderr)
+    images = None  # the recipe's prompt file's (image-to-video models)
     if a.prompts:
-        records = read_prompt_records(Path(a.prompts))
+        lines = read_prompt_lines(Path(a.prompts))
+        records = [r for _, r in lines]
         image = image_prompt_problem(recipe.model.preset, records)
         if image:
             raise ValueError(f"--prompts: {a.prompts}: {image}")
+        ro = recipe.rollout
+        problems = image_to_video_prompt_problems(
+            recipe.model.preset, a.prompts, Path(a.prompts), lines, ro.width, ro.height
+        )
+        if problems:
+            raise ValueError("--prompts: " + "\n  ".join(problems))
+        images = prompt_images(Path(a.prompts), lines)
     else:
         everything = read_prompt_records(resolve_prompt_file(recipe.prompts.file))
         records = split_prompts(everything, recipe.prompts.heldout)[1]
@@ -107,7 +117,7 @@ def cmd_eval(argv: list[str]) -> int:
     out = folder.eval_dir(a.name or f"step-{step}")  # made only once everything checked out
     out.mkdir(parents=True, exist_ok=True)
     # The policy and the rewards only: no optimizer (fgrpo.trainer.evaluate.evaluate_checkpoint).
-    result = evaluate_checkpoint(recipe, run_dir, checkpoint, prompts, out / "samples", a.weights)
+    result = evaluate_checkpoint(recipe, run_dir, checkpoint, prompts, out / "samples", a.weights, images=images)
     used = result.pop("weights")
     summary = {
         "run": str(run_dir),

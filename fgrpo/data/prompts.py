@@ -1,8 +1,8 @@
 """Prompt files: one prompt per line, or JSONL with a `prompt` field.
 
 Other JSONL fields (an id, a category, ...) are ignored by training and carried into the per-video
-results of `fgrpo eval`. The last `heldout` prompts of a file are the held-out evaluation set; the
-rest are trained on.
+results of `fgrpo eval`; an image-to-video model reads each record's `image` (image_prompts.py).
+The last `heldout` prompts of a file are the held-out evaluation set; the rest are trained on.
 """
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ def prompt_file_identity(file: str) -> dict:
 def read_prompt_records(path: str | Path) -> list[dict]:
     """One dict per prompt, ``{"prompt": ..., **other JSONL fields}``; raises ValueError naming the
     file (and line, for malformed JSONL) for a folder, a binary file or malformed JSONL."""
+    return [record for _, record in read_prompt_lines(path)]
+
+
+def read_prompt_lines(path: str | Path) -> list[tuple[int, dict]]:
+    """:func:`read_prompt_records` with each record's line number in the file (blank lines skipped),
+    for messages that name the line."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a directory, not a prompt file")
@@ -48,7 +54,7 @@ def read_prompt_records(path: str | Path) -> list[dict]:
         raise ValueError(f"{path}: not a UTF-8 text file (byte {e.object[e.start]:#04x} at offset {e.start})") from e
     if "\x00" in text:
         raise ValueError(f"{path}: not a text file (it holds NUL bytes)")
-    records: list[dict] = []
+    records: list[tuple[int, dict]] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line:
@@ -56,11 +62,11 @@ def read_prompt_records(path: str | Path) -> list[dict]:
         if path.suffix == ".jsonl":
             try:
                 record = json.loads(line)
-                records.append({**record, "prompt": str(record["prompt"])})
+                records.append((lineno, {**record, "prompt": str(record["prompt"])}))
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{lineno}: expected a JSON object with a 'prompt' field ({e})") from e
         else:
-            records.append({"prompt": line})
+            records.append((lineno, {"prompt": line}))
     return records
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUILT_PRESETS = ("tiny", "tiny-ti2v", "miniature")  # presets whose folder fgrpo builds itself when model.path is None
+# presets whose folder fgrpo builds itself when model.path is None
+BUILT_PRESETS = ("tiny", "tiny-ti2v", "tiny-i2v", "miniature")
 
 
 def model_folder(model, build: bool = True) -> Path:
@@ -22,9 +23,10 @@ def model_folder(model, build: bool = True) -> Path:
         from fgrpo.miniature.pretrain import miniature_cache_name
         from fgrpo.models.wan.random_build import cache_dir
         from fgrpo.models.wan.tiny import tiny_cache_name
+        from fgrpo.models.wan.tiny_i2v import tiny_i2v_cache_name
         from fgrpo.models.wan.tiny_ti2v import tiny_ti2v_cache_name
 
-        names = {"miniature": miniature_cache_name, "tiny-ti2v": tiny_ti2v_cache_name}
+        names = {"miniature": miniature_cache_name, "tiny-ti2v": tiny_ti2v_cache_name, "tiny-i2v": tiny_i2v_cache_name}
         return cache_dir() / names.get(model.preset, tiny_cache_name)(model.seed)
     if model.preset == "miniature":
         from fgrpo.miniature.pretrain import miniature_model_path
@@ -34,6 +36,10 @@ def model_folder(model, build: bool = True) -> Path:
         from fgrpo.models.wan.tiny_ti2v import tiny_ti2v_model_path
 
         return tiny_ti2v_model_path(model.seed)
+    if model.preset == "tiny-i2v":
+        from fgrpo.models.wan.tiny_i2v import tiny_i2v_model_path
+
+        return tiny_i2v_model_path(model.seed)
     from fgrpo.models.wan.tiny import tiny_model_path
 
     return tiny_model_path(model.seed)

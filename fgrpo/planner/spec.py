@@ -2,8 +2,8 @@
 
 `ModelSpec.from_preset` gives the transformer, VAE and text-encoder configs of a recipe's preset
 (Wan: the preset's transformer, its VAE's config, diffusers' default `AutoencoderKLWan` for
-Wan2.1's VAE, and UMT5-XXL; `tiny`: the tiny model's own small VAE and 2-layer UMT5; `tiny-ti2v`:
-its small Wan2.2-structured VAE and the same UMT5). `model.path`
+Wan2.1's VAE, and UMT5-XXL; `tiny` and `tiny-i2v`: the tiny model's own small VAE and 2-layer UMT5;
+`tiny-ti2v`: its small Wan2.2-structured VAE and the same UMT5). `model.path`
 is never read: a plan needs no weights and no model folder. Presets fgrpo cannot train yet are
 planned as they would run (`ModelSpec.notes` says how): Wan2.2 A14B's second expert as frozen
 weights beside the trained one, image-to-video models with their conditioning inputs.
@@ -68,12 +68,13 @@ class ModelSpec:
         if preset not in PRESETS:
             raise ValueError(f"model.preset: unknown preset {preset!r}; known: {sorted(PRESETS)}")
         p = PRESETS[preset]
-        if preset == "tiny":
+        if preset in ("tiny", "tiny-i2v"):
             return cls(
                 p.transformer_config(),
                 dict(SMALL_VAE_CONFIG),
                 text_encoder_config(TINY_TEXT_ENCODER, p.text_dim),
                 f"preset {preset}",
+                notes=preset_notes(p),
             )
         if preset == "tiny-ti2v":
             return cls(
@@ -168,7 +169,7 @@ def preset_notes(preset: WanPreset) -> tuple[str, ...]:
         notes.append(
             f"image-to-video: the transformer's input carries {preset.condition_channels} condition channels "
             f"(mask + the image's latent){clip}, one video's repeated over the batch; {unplanned} not planned "
-            "(fgrpo does not condition on images yet)"
+            "(run once per prompt before the first step, their results cached: fgrpo.models.wan.image_cache)"
         )
     if preset.expand_timesteps:
         notes.append(

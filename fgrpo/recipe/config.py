@@ -17,6 +17,7 @@ from .ranges import within
 ModelPreset = Literal[
     "tiny",
     "tiny-ti2v",
+    "tiny-i2v",
     "miniature",
     "wan2.1-t2v-1.3b",
     "wan2.1-t2v-14b",
@@ -55,21 +56,24 @@ AttentionBackend = Literal[
 
 @dataclass
 class ModelConfig:
-    """Which Wan model to align (text-to-video)."""
+    """Which Wan model to align (text-to-video or image-to-video)."""
 
     preset: ModelPreset = "wan2.1-t2v-1.3b"
     """Architecture preset. `miniature`: the miniature world's text-to-video model, pre-trained by fgrpo on
     first use and cached (a few minutes on a CPU; fgrpo/miniature/pretrain.py); `tiny`: a small random
     Wan-architecture model (colour noise; tests that need the smallest model); `tiny-ti2v`: the same
-    for Wan2.2-TI2V-5B's architecture (its 16x VAE, heights and widths multiples of 32). Wan2.1-T2V
-    1.3B and 14B; Wan2.2-TI2V-5B in its text-to-video mode (the same sampler: without an image its
-    per-token timesteps are all equal; prompts with an `image` are refused). Wan2.2's two-expert
-    A14B models and the image-to-video models (Wan2.1 I2V 480p/720p, Wan2.2 I2V) can be planned but
-    are refused at launch: two experts and image conditioning are not implemented yet. Their numbers
-    and sources: fgrpo/models/wan/presets.py."""
+    for Wan2.2-TI2V-5B's architecture (its 16x VAE, heights and widths multiples of 32); `tiny-i2v`:
+    the same for Wan2.1-I2V-14B's (36 input channels, image cross-attention, a tiny CLIP image
+    encoder; max_text_tokens 512). Wan2.1-T2V 1.3B and 14B; Wan2.1-I2V-14B 480p and 720p
+    (image-to-video: prompts.file must give an image per prompt; parallelism.tp and sp 1);
+    Wan2.2-TI2V-5B in its text-to-video mode (the same sampler: without an image its per-token
+    timesteps are all equal; prompts with an `image` are refused). Wan2.2's two-expert A14B models
+    (T2V, I2V) can be planned but are refused at launch: two experts are not implemented yet. Their
+    numbers and sources: fgrpo/models/wan/presets.py."""
     path: str | None = None
-    """Local diffusers-format folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/).
-    Required for the Wan presets; for `tiny`, `tiny-ti2v` and `miniature`, None builds (and caches) their folders."""
+    """Local diffusers-format folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/;
+    Wan2.1 I2V also image_encoder/, image_processor/). Required for the Wan presets; for `tiny`,
+    `tiny-ti2v`, `tiny-i2v` and `miniature`, None builds (and caches) their folders."""
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
     """Compute dtype (the precision policy, docs/design.md): frozen weights are stored and every
     matmul runs in it, on CPU as on GPU; trained weights, optimizer state, gradient reductions,
@@ -317,7 +321,10 @@ class PromptsConfig:
 
     file: str = "prompts/tiny.txt"
     """Prompt file: one prompt per line, or JSONL with a `prompt` field. Relative paths resolve
-    against the current directory, then the fgrpo checkout."""
+    against the current directory, then the fgrpo checkout. Image-to-video models need JSONL whose
+    every record also has an `image`: a path relative to the file's folder (or absolute) to an
+    image of exactly rollout.width x rollout.height pixels, one image per prompt text (checked
+    before launch)."""
     heldout: int = within("[0, inf)", 8)
     """The last `heldout` prompts of the file are held out for evaluation, never trained on."""
     seed: int = within("[0, 4294967295]", 0)

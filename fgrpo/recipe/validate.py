@@ -240,7 +240,8 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
 
 def unsupported_model_problems(recipe: Recipe) -> list[str]:
     """What the recipe's preset needs that fgrpo does not implement yet: refused at launch, but
-    planned (`fgrpo plan` models these presets as they would run: fgrpo.planner.spec)."""
+    planned (`fgrpo plan` models these presets as they would run: fgrpo.planner.spec). Image-to-video
+    presets with one transformer run; their prompt files are checked by `_prompt_problems`."""
     from fgrpo.models.wan import PRESETS
 
     name, errs = recipe.model.preset, []
@@ -252,11 +253,6 @@ def unsupported_model_problems(recipe: Recipe) -> list[str]:
             f"model.preset: {name} has {preset.experts} experts (transformer for high noise, transformer_2 for low "
             f"noise, switched at boundary_ratio {preset.boundary_ratio}), but fgrpo loads and trains one "
             "transformer: two-expert rollouts are not implemented yet"
-        )
-    if preset.image_to_video:
-        errs.append(
-            f"prompts.file: {name} is an image-to-video model and needs a conditioning image with every prompt, "
-            "but prompt files hold text only: image-to-video conditioning is not implemented yet"
         )
     return errs
 
@@ -355,8 +351,8 @@ def image_prompt_problem(preset_name: str, records: list[dict]) -> str | None:
     An image beside a prompt asks Wan2.2-TI2V for its image+text mode (the image's latent as the
     first latent frame, its tokens at t = 0), which fgrpo does not implement: refused, rather than
     trained text-to-video with the image silently dropped. For a text-to-video-only model an
-    `image` is just another field (carried into `fgrpo eval`'s results); image-to-video presets are
-    refused as a whole (unsupported_model_problems)."""
+    `image` is just another field (carried into `fgrpo eval`'s results); image-to-video presets
+    condition on it (image_to_video_prompt_problems)."""
     from fgrpo.models.wan import PRESETS
 
     preset = PRESETS.get(preset_name)
@@ -371,8 +367,27 @@ def image_prompt_problem(preset_name: str, records: list[dict]) -> str | None:
     )
 
 
+def image_to_video_prompt_problems(preset_name: str, prompt_file: str, path: Path, lines, width: int, height: int):
+    """Why the prompt file cannot condition an image-to-video preset's videos (each record's image:
+    fgrpo.data.image_prompts), [] when it can or the preset takes no image. `prompt_file` is the name
+    messages give the file (as the user wrote it)."""
+    from fgrpo.data.image_prompts import image_prompt_problems
+    from fgrpo.models.wan import PRESETS
+
+    preset = PRESETS.get(preset_name)
+    if preset is None or not preset.image_to_video:
+        return []
+    if path.suffix != ".jsonl":
+        return [
+            f"{prompt_file} holds text only (one prompt per line), but {preset_name} is an image-to-video model "
+            "that conditions every video on an image: give a JSONL file whose records have `prompt` and `image` "
+            "(a path relative to the file's folder)"
+        ]
+    return image_prompt_problems(path, lines, width, height)
+
+
 def _prompt_problems(recipe: Recipe) -> list[str]:
-    from fgrpo.data.prompts import read_prompt_records, resolve_prompt_file
+    from fgrpo.data.prompts import read_prompt_lines, resolve_prompt_file
 
     pr, per_step = recipe.prompts, recipe.rollout.prompts_per_step
     path = resolve_prompt_file(pr.file)
@@ -381,15 +396,20 @@ def _prompt_problems(recipe: Recipe) -> list[str]:
     if not path.is_file():
         return [f"prompts.file: {pr.file} does not exist"]
     try:
-        records = read_prompt_records(path)
+        lines = read_prompt_lines(path)
     except (ValueError, OSError) as e:
         return [f"prompts.file: {e}"]
+    records = [r for _, r in lines]
     n = len(records)
     if n == 0:
         return [f"prompts.file: {pr.file} holds no prompts"]
     image = image_prompt_problem(recipe.model.preset, records)
     if image:
         return [f"prompts.file: {pr.file}: {image}"]
+    ro = recipe.rollout
+    images = image_to_video_prompt_problems(recipe.model.preset, pr.file, path, lines, ro.width, ro.height)
+    if images:
+        return [f"prompts.file: {p}" for p in images]
     train = n - max(0, pr.heldout)
     if train < 1:
         return [f"prompts.heldout: {pr.heldout} held out of the {n} prompts of {pr.file} leaves none to train on"]

@@ -29,6 +29,17 @@ EVAL_SEED_BASE = 10_000_000  # fixed seeds: the same noise before and after trai
 THUMBNAIL_PX = 128  # longest side of a video in the sample grid
 
 
+def condition_thumbnails(files: list[Path], size: tuple[int, int]) -> torch.Tensor:
+    """The conditioning images ``[P, 3, h, w]`` uint8 at the video thumbnails' `size` (h, w), read as
+    the policy read them (fgrpo.data.image_prompts.load_image)."""
+    import numpy as np
+
+    from fgrpo.data.image_prompts import load_image
+
+    x = torch.stack([torch.from_numpy(np.asarray(load_image(f))).permute(2, 0, 1) for f in files]).float() / 255
+    return (F.interpolate(x, size=size, mode="area").clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def thumbnails(frames: torch.Tensor, longest: int = THUMBNAIL_PX) -> torch.Tensor:
     """``[B, F, 3, H, W]`` in [0, 1] -> uint8 on CPU, the longest side at most ``longest`` pixels."""
     b, f, c, h, w = frames.shape
@@ -71,6 +82,7 @@ def heldout_frames(policy: Policy, recipe: Recipe, prompts: list[str]) -> tuple[
             gens,
             r.rollout.micro_batch,
             policy.compute_dtype,
+            image=policy.image_condition(local_prompts),
         )
     mb = r.rollout.micro_batch
     return local_prompts, torch.cat([policy.decode(finals[i : i + mb]) for i in range(0, len(local_prompts), mb)])
@@ -91,6 +103,7 @@ def evaluate_heldout(
     `gold` (gold_scorer) scores the same videos: `eval_gold` (its weighted total) and `eval/<name>`."""
     dims, n = policy.dims, recipe.eval.videos_per_prompt
     local_prompts, frames = heldout_frames(policy, recipe, prompts)
+    files = policy.image_files(prompts)
     prompts = [p for p in prompts for _ in range(n)]
     total_videos = len(prompts)
     scorers = [rewards] if gold is None else [rewards, gold]
@@ -111,7 +124,9 @@ def evaluate_heldout(
     grid = dims.gather_dp(thumbnails(frames).to(policy.device)).cpu()[:total_videos]
     guards = dims.gather_dp(per_video_table(frames).to(policy.device)).cpu()[:total_videos]
     if dist.rank() == 0:
-        write_samples(Path(samples), tag, grid, prompts, total, n)
+        size = (int(grid.shape[-2]), int(grid.shape[-1]))
+        images = None if files is None else (condition_thumbnails(files, size), [str(f) for f in files])
+        write_samples(Path(samples), tag, grid, prompts, total, n, images=images)
     return {
         "tag": tag,
         "eval_reward": float(total.mean()),
@@ -161,10 +176,12 @@ def evaluate_checkpoint(
     samples: Path,
     weights: str = "ema",
     tag: str = "videos",
+    images: dict[str, Path] | None = None,
 ) -> dict:
     """Held-out evaluation of one checkpoint: the policy and the rewards, no optimizer. Text
-    encodings come from (or go into) the runs folder's cache. Returns evaluate_heldout's result
-    plus "weights" (which were used)."""
+    encodings (and image conditions) come from (or go into) the runs folder's cache. `images`: the
+    prompts' images for an image-to-video model (default: the recipe's prompt file's). Returns
+    evaluate_heldout's result plus "weights" (which were used)."""
     from fgrpo.distributed.parallel_dims import ParallelDims
 
     from .policy import build_policy
@@ -174,7 +191,7 @@ def evaluate_checkpoint(
     par = recipe.parallelism
     dims = ParallelDims.from_config(par.dp_replicate, par.dp_shard, par.tp, dist.world_size(), sp=par.sp)
     dims.build_mesh(device.type)
-    policy = build_policy(recipe, dims, device, prompts, Path(run_dir).parent)
+    policy = build_policy(recipe, dims, device, prompts, Path(run_dir).parent, images)
     used = load_trained_weights(policy, checkpoint_path, weights)
     rewards = connect_rewards(recipe, Path(run_dir))
     try:

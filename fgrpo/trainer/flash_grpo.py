@@ -23,6 +23,7 @@ from fgrpo.algorithm import (
     zero_variance_share,
 )
 from fgrpo.distributed.process_group import global_mean, max_over_ranks, mean_over_ranks
+from fgrpo.models.wan.image_condition import ImageCondition
 from fgrpo.models.wan.parallelize import compiled_graph_count
 from fgrpo.recipe.config import Recipe
 
@@ -77,14 +78,22 @@ def _training_micro_batches(policy: Policy, trans: Transitions, size: int, check
         yield idx, trans.select(idx).to(policy.device)
 
 
-def _log_prob(policy: Policy, mb: Transitions, context, neg):
+def _log_prob(policy: Policy, mb: Transitions, context, neg, image=None):
     return transition_log_prob(
-        policy.transformer, mb, context, neg, policy.sigmas, policy.noise, policy.cfg_scale, policy.compute_dtype
+        policy.transformer,
+        mb,
+        context,
+        neg,
+        policy.sigmas,
+        policy.noise,
+        policy.cfg_scale,
+        policy.compute_dtype,
+        image,
     )
 
 
 def with_recomputed_old_log_prob(
-    policy: Policy, trans: Transitions, context, neg, size: int, check_stop, compiled: bool = False
+    policy: Policy, trans: Transitions, context, neg, size: int, check_stop, compiled: bool = False, image=None
 ) -> tuple[Transitions, float]:
     """log pi_old recomputed by the training pass's forward on the same micro-batches (same shapes,
     same row positions, same kernels), so an on-policy ratio is exactly 1 (verl's "recompute old
@@ -95,7 +104,7 @@ def with_recomputed_old_log_prob(
     old = torch.empty_like(trans.log_prob)
     for idx, mb in _training_micro_batches(policy, trans, size, check_stop):
         with torch.set_grad_enabled(compiled):
-            old[idx] = _log_prob(policy, mb, context, neg).log_prob.detach().to(old)
+            old[idx] = _log_prob(policy, mb, context, neg, image).log_prob.detach().to(old)
     drift = float((old - trans.log_prob).abs().max()) if len(trans) else 0.0
     return Transitions(trans.video, trans.step, trans.x, trans.x_next, old), drift
 
@@ -110,6 +119,7 @@ def shared_prefix(
     neg,
     round_: int = 0,
     cache: RolloutCache | None = None,
+    image=None,
 ):
     """`rollout.share_prefix`: the G videos of a prompt start from the same noise (drawn per prompt),
     so their deterministic prefix up to the group's SDE step is one ODE integration per prompt (on
@@ -138,6 +148,7 @@ def shared_prefix(
         end=start[first],
         ode=OdeConfig.from_rollout(recipe.rollout),
         cache=cache,
+        image=None if image is None else image[first],
     )
     return x[local_group], start
 
@@ -155,8 +166,9 @@ class Rollout:
     components: dict[str, torch.Tensor]  # this rank's per-reward scores
     times: dict[str, float]
     resumed: bool = False
-    # this rank's text and negative context, as rolled out (not kept: a resumed job looks them up)
-    text: tuple[torch.Tensor, torch.Tensor] | None = None
+    # this rank's text and negative context and image condition (None: text-to-video), as rolled out
+    # (not kept: a resumed job looks them up)
+    text: tuple[torch.Tensor, torch.Tensor, ImageCondition | None] | None = None
     # the prompts the step drew (None: `prompts`; they differ where rollout.refill_zero_variance
     # replaced groups), and what the refill did
     drawn: list[str] | None = None
@@ -217,9 +229,10 @@ def _local_videos(policy: Policy, recipe: Recipe, num_prompts: int | None = None
 
 
 def _video_text(policy: Policy, prompts: list[str], group_size: int, local: slice):
-    """This rank's videos' prompts, their text context and the negative context."""
+    """This rank's videos' prompts, their text context, the negative context and their image condition."""
     video_prompts = [p for p in prompts for _ in range(group_size)][local]
-    return video_prompts, policy.encode(video_prompts), policy.negative_context(len(video_prompts))
+    context, neg = policy.encode(video_prompts), policy.negative_context(len(video_prompts))
+    return video_prompts, context, neg, policy.image_condition(video_prompts)
 
 
 def flash_grpo_step(
@@ -289,14 +302,14 @@ def roll_out(
 
     # --- rollouts (no grad)
     t0 = time.perf_counter()
-    video_prompts, context, neg = _video_text(policy, prompts, G, local)
+    video_prompts, context, neg, image = _video_text(policy, prompts, G, local)
     gens = video_generators(
         [step_seed(r.prompts.seed, step, salt=refill_salt(1000 + v, round_)) for v in range(local.start, local.stop)]
     )
     # eval mode, and what only sampling wants (Policy.rollout); rollout.cache's hooks exist only here
     with policy.rollout(), rollout_cache(policy.transformer, CacheConfig.from_rollout(ro)) as cache:
         if ro.share_prefix:
-            latents, start = shared_prefix(policy, r, step, local, mask, context, neg, round_, cache)
+            latents, start = shared_prefix(policy, r, step, local, mask, context, neg, round_, cache, image)
         else:
             latents, start = initial_latents(policy.latent_shape, gens).to(policy.device), None
         pending, parts = [], []
@@ -318,6 +331,7 @@ def roll_out(
                 start=None if start is None else start[sl],
                 ode=OdeConfig.from_rollout(ro),
                 cache=cache,
+                image=None if image is None else image[sl],
             )
             tr.video += s
             parts.append(tr)
@@ -343,7 +357,7 @@ def roll_out(
     all_rewards = dims.gather_dp(local_rewards).cpu()
     times["reward"] = time.perf_counter() - t0 + inline
     components = {k: v.cpu() for k, v in components.items()}
-    return Rollout(step, list(prompts), indices, trans, all_rewards, components, times, text=(context, neg))
+    return Rollout(step, list(prompts), indices, trans, all_rewards, components, times, text=(context, neg, image))
 
 
 def train_on(policy: Policy, update: PolicyUpdate, recipe: Recipe, rollout: Rollout, check_stop) -> StepResult:
@@ -353,7 +367,8 @@ def train_on(policy: Policy, update: PolicyUpdate, recipe: Recipe, rollout: Roll
     local = _local_videos(policy, recipe)
     trans, all_rewards, indices, times = rollout.trans, rollout.all_rewards, rollout.indices, dict(rollout.times)
     iso = alg.iso_temporal if alg.mode == "flash" else False
-    context, neg = rollout.text if rollout.text is not None else _video_text(policy, rollout.prompts, G, local)[1:]
+    # A resumed or refilled rollout holds no conditions: looked up in the caches.
+    context, neg, image = rollout.text or _video_text(policy, rollout.prompts, G, local)[1:]
     advantages = group_advantages(all_rewards, G, alg.adv_std, alg.adv_clip)
     adv_local = advantages[local]
 
@@ -372,16 +387,16 @@ def train_on(policy: Policy, update: PolicyUpdate, recipe: Recipe, rollout: Roll
     drift = 0.0
     if alg.recompute_old_log_prob:
         trans, drift = with_recomputed_old_log_prob(
-            policy, trans, context, neg, ro.micro_batch, check_stop, compiled=r.parallelism.compile
+            policy, trans, context, neg, ro.micro_batch, check_stop, compiled=r.parallelism.compile, image=image
         )
     sums = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "ratio_dev": 0.0}
     ratio_dev_max = 0.0  # on-policy (first use of a rollout) it must stay far below clip_range
     for idx, mb in _training_micro_batches(policy, trans, ro.micro_batch, check_stop):
-        out = _log_prob(policy, mb, context, neg)
+        out = _log_prob(policy, mb, context, neg, image)
         kl = None
         if alg.kl_beta > 0:
             with torch.no_grad(), policy.reference():
-                ref = _log_prob(policy, mb, context, neg)
+                ref = _log_prob(policy, mb, context, neg, image)
             kl = kl_to_reference(out.mean, ref.mean, out.std)
         total = policy_loss(
             out.log_prob,

@@ -8,6 +8,7 @@ adds an optimizer on top (trainer.Trainer); evaluation does not.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from fgrpo.models.model_folder import model_folder
 from fgrpo.models.wan import load_wan
 from fgrpo.models.wan.attention import apply_attention_backend, rollout_attention
 from fgrpo.models.wan.cross_attention_cache import cached_text_projections
+from fgrpo.models.wan.image_cache import ImageConditionCache
+from fgrpo.models.wan.image_condition import ImageCondition, ImageConditioning
 from fgrpo.models.wan.loading import WanComponents
 from fgrpo.models.wan.presets import vae_latent_shape
 from fgrpo.models.wan.sharded_loading import build_on_meta, materialize, prepare_on_meta
@@ -49,6 +52,7 @@ class Policy:
     latent_shape: tuple[int, int, int, int]
     rollout_unsharded: Setting = "auto"  # parallelism.rollout_unsharded: FSDP2 weights kept gathered in rollout()
     rollout_attention_backend: str | None = None  # model.rollout_attention_backend, inside rollout(); None: unchanged
+    images: ImageConditionCache | None = None  # image-to-video models: each prompt's image condition
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -63,6 +67,14 @@ class Policy:
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Text encodings [B, L, D] from the cache (a group's G videos share one prompt)."""
         return self.text.lookup(prompts, self.device)
+
+    def image_condition(self, prompts: list[str]) -> ImageCondition | None:
+        """Each prompt's image condition from the cache (image-to-video models), else None."""
+        return None if self.images is None else self.images.lookup(prompts, self.device)
+
+    def image_files(self, prompts: list[str]) -> list[Path] | None:
+        """Each prompt's conditioning image file (image-to-video models), else None."""
+        return None if self.images is None else [self.images.files[p] for p in prompts]
 
     def negative_context(self, n: int) -> torch.Tensor:
         """The empty negative prompt's encoding, [n, L, D] (classifier-free guidance)."""
@@ -123,10 +135,62 @@ def encode_prompts_once(
         encoder.free()
 
 
+def prompt_file_images(file: str) -> dict[str, Path]:
+    """Prompt text -> image path of a prompt file's records with an `image` (fgrpo.data.image_prompts)."""
+    from fgrpo.data.image_prompts import prompt_images
+    from fgrpo.data.prompts import read_prompt_lines, resolve_prompt_file
+
+    path = resolve_prompt_file(file)
+    return prompt_images(path, read_prompt_lines(path))
+
+
+def encode_images_once(
+    recipe: Recipe,
+    folder: Path,
+    vae,
+    prompts: list[str],
+    images: Mapping[str, Path] | None,
+    cache_root: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> ImageConditionCache | None:
+    """Every prompt's image condition computed once (1/world of them per rank) into the runs folder's
+    cache, for a model that takes images (None for text-to-video); the CLIP encoder is loaded only if
+    the cache lacks some, and freed. `images` None: the recipe's prompt file's."""
+    need = ImageConditioning.of_folder(folder)
+    if not need.needed:
+        return None
+    images = prompt_file_images(recipe.prompts.file) if images is None else images
+    lacking = [p for p in dict.fromkeys(prompts) if p not in images]
+    if lacking:
+        raise ValueError(
+            f"prompts.file: {len(lacking)} prompt(s) have no `image`, e.g. {lacking[0]!r}, but {folder} is an "
+            "image-to-video model (it conditions every video on an image)"
+        )
+    ro = recipe.rollout
+    return ImageConditionCache.build(
+        folder,
+        vae,
+        {p: images[p] for p in prompts},
+        (ro.frames, ro.height, ro.width),
+        vae_latent_shape(vae.config, ro.frames, ro.height, ro.width),
+        need.image_dim is not None,
+        cache_root,
+        device,
+        dtype,
+    )
+
+
 def build_policy(
-    recipe: Recipe, dims: ParallelDims, device: torch.device, prompts: list[str], cache_root: Path
+    recipe: Recipe,
+    dims: ParallelDims,
+    device: torch.device,
+    prompts: list[str],
+    cache_root: Path,
+    images: Mapping[str, Path] | None = None,
 ) -> Policy:
-    """Put a run's model together on this rank (collective: every rank calls it)."""
+    """Put a run's model together on this rank (collective: every rank calls it). `images`: prompt ->
+    its image file, for an image-to-video model (default: the recipe's prompt file's `image` fields)."""
     precision = PrecisionPolicy.from_name(recipe.model.dtype)
     folder = model_folder(recipe.model)
     components = load_wan(
@@ -139,6 +203,9 @@ def build_policy(
     )
     # Encoded before the transformer and an optimizer allocate: the encoder's memory is free again.
     text = encode_prompts_once(recipe, folder, ["", *prompts], cache_root, device, precision.compute)
+    image_cache = encode_images_once(
+        recipe, folder, components.vae, prompts, images, cache_root, device, precision.compute
+    )
     # Built on the meta device and parallelised there; each rank then reads only its shards.
     transformer = prepare_on_meta(
         build_on_meta(folder),
@@ -172,4 +239,5 @@ def build_policy(
         vae_latent_shape(components.vae.config, ro.frames, ro.height, ro.width),
         recipe.parallelism.rollout_unsharded,
         rollout_attention_backend=recipe.model.rollout_attention_backend,
+        images=image_cache,
     )

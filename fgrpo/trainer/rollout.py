@@ -12,24 +12,34 @@ import torch
 
 from fgrpo.algorithm import noise_scale, ode_step, sde_step
 from fgrpo.algorithm.ode_grid import subgrid_indices, trajectory_nodes
+from fgrpo.models.wan.image_condition import ImageCondition
 
 from .ode_solvers import EULER_EVERY_STEP, OdeConfig, SegmentSolver
 from .rollout_cache import RolloutCache, step_context
 
 
 def velocity(
-    transformer, x, sigma, context, neg_context=None, cfg_scale: float = 1.0, dtype: torch.dtype = torch.float32
+    transformer,
+    x,
+    sigma,
+    context,
+    neg_context=None,
+    cfg_scale: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+    image: ImageCondition | None = None,
 ) -> torch.Tensor:
     """v = v_u + cfg·(v_c − v_u), with the conditional and unconditional passes in one batch.
 
     Latents and text context enter in the compute `dtype` (the precision policy's); Wan's timestep
-    input σ·1000 stays float32, as diffusers' pipeline feeds it. Returns float32.
+    input σ·1000 stays float32, as diffusers' pipeline feeds it. Returns float32. `image`: each
+    video's image condition (image-to-video models), in both passes as WanImageToVideoPipeline.
 
     Under sequence parallelism the transformer splits the tokens internally and returns the whole
     velocity on every sp rank (fgrpo.models.wan.sequence_parallel), so sampling, the SDE step and
     log-probs here run on whole latents, identically on the sp ranks of a group.
     """
-    return guided_velocity(transformer, x, sigma, *text_input(context, neg_context, cfg_scale, dtype), dtype)
+    text, scale = text_input(context, neg_context, cfg_scale, dtype)
+    return guided_velocity(transformer, x, sigma, text, scale, dtype, image_input(image, scale))
 
 
 def text_input(context, neg_context, cfg_scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, float | None]:
@@ -42,14 +52,30 @@ def text_input(context, neg_context, cfg_scale: float, dtype: torch.dtype) -> tu
     return torch.cat([context, neg_context]).to(dtype), cfg_scale
 
 
-def guided_velocity(transformer, x, sigma, text, cfg_scale: float | None, dtype: torch.dtype) -> torch.Tensor:
-    """`velocity` from a prepared `text_input`; `cfg_scale` None: no guidance (text is the context)."""
+def image_input(image: ImageCondition | None, cfg_scale: float | None) -> ImageCondition | None:
+    """The image condition `guided_velocity` takes for `text_input`'s batch: doubled with CFG (the
+    unconditional half is conditioned on the same image, as in WanImageToVideoPipeline)."""
+    return None if image is None or cfg_scale is None else image.for_cfg()
+
+
+def guided_velocity(
+    transformer, x, sigma, text, cfg_scale: float | None, dtype: torch.dtype, image: ImageCondition | None = None
+) -> torch.Tensor:
+    """`velocity` from a prepared `text_input` (and `image_input`); `cfg_scale` None: no guidance
+    (text is the context)."""
     t = (sigma * 1000.0).float()
     if cfg_scale is None:
-        return transformer(x.to(dtype), t, text, return_dict=False)[0].float()
-    out = transformer(torch.cat([x, x]).to(dtype), torch.cat([t, t]), text, return_dict=False)[0].float()
+        return _forward(transformer, x, t, text, image, dtype).float()
+    out = _forward(transformer, torch.cat([x, x]), torch.cat([t, t]), text, image, dtype).float()
     v_cond, v_uncond = out.chunk(2)
     return v_uncond + cfg_scale * (v_cond - v_uncond)
+
+
+def _forward(transformer, x, t, text, image: ImageCondition | None, dtype: torch.dtype) -> torch.Tensor:
+    if image is None:
+        return transformer(x.to(dtype), t, text, return_dict=False)[0]
+    hidden, extra = image.transformer_inputs(x, dtype)
+    return transformer(hidden, t, text, return_dict=False, **extra)[0]
 
 
 @dataclass
@@ -155,6 +181,7 @@ def sample(
     end: torch.Tensor | None = None,
     ode: OdeConfig = EULER_EVERY_STEP,
     cache: RolloutCache | None = None,
+    image: ImageCondition | None = None,
 ) -> tuple[torch.Tensor, Transitions]:
     """Integrate every video from σ_start to σ_end (default σ_0 to 0); SDE at (video, step) where
     `sde_mask` is True.
@@ -171,6 +198,8 @@ def sample(
 
     `cache` (rollout.cache, fgrpo.trainer.rollout_cache): the deterministic steps may skip blocks;
     a forward holding an SDE step is computed in full; its state is reset per micro-batch.
+
+    `image` [B] (image-to-video models): each video's image condition, in every forward.
     """
     device = latents.device
     sig = sigmas.to(device=device, dtype=torch.float32)
@@ -185,7 +214,9 @@ def sample(
         x, mask, st, en = latents[sl].float().clone(), sde_mask[sl], start[sl], end[sl]
         neg = None if neg_context is None else neg_context[sl]
         text, scale = text_input(context[sl], neg, cfg_scale, dtype)  # one tensor for all steps
-        active_text, active_key = text, None
+        img = None if image is None else image[sl]
+        img_in = image_input(img, scale)
+        active_text, active_img, active_key = text, img_in, None
         plans = [_RowPlan.of(grid, int(st[r]), int(en[r]), mask[r]) for r in range(x.shape[0])]
         solvers: dict[tuple[int, ...], SegmentSolver] = {}  # per segment of nodes, for its rows
         if cache is not None:
@@ -198,12 +229,15 @@ def sample(
             if not whole and active_key != active.tolist():  # rows finished or not yet started
                 active_key = active.tolist()
                 active_text, _ = text_input(context[sl][active], None if neg is None else neg[active], cfg_scale, dtype)
+                active_img = image_input(None if img is None else img[active], scale)
             xa = x if whole else x[active]
             s = sig[i].expand(xa.shape[0])
             s_next = sig[torch.tensor([plans[r].next[i] for r in active.tolist()], device=device)]
             rows = mask[active, i].nonzero().flatten().tolist()  # positions among the active rows
             with step_context(cache, active.tolist(), exact=bool(rows)):  # an SDE step: every block
-                v = guided_velocity(transformer, xa, s, text if whole else active_text, scale, dtype)
+                v = guided_velocity(
+                    transformer, xa, s, text if whole else active_text, scale, dtype, img_in if whole else active_img
+                )
             x_new = ode_step(xa, v, s, s_next)
             if ode.solver != "euler":
                 _solver_steps(solvers, ode.solver, plans, active, i, sig, xa, v, x_new)
@@ -252,12 +286,15 @@ def transition_log_prob(
     noise: NoiseConfig,
     cfg_scale: float,
     dtype: torch.dtype = torch.float32,
+    image: ImageCondition | None = None,
 ):
-    """Recompute log π_θ(x_{i+1} | x_i) for recorded transitions (with gradients); returns the SDEStep."""
+    """Recompute log π_θ(x_{i+1} | x_i) for recorded transitions (with gradients); returns the SDEStep.
+    `image`: the videos' image conditions (indexed like `context`, by video)."""
     device = trans.x.device
     sig = sigmas.to(device=device, dtype=torch.float32)
     s, s_next = sig[trans.step], sig[trans.step + 1]
     neg = None if neg_context is None else neg_context[trans.video]
-    v = velocity(transformer, trans.x, s, context[trans.video], neg, cfg_scale, dtype)
+    img = None if image is None else image[trans.video]
+    v = velocity(transformer, trans.x, s, context[trans.video], neg, cfg_scale, dtype, img)
     s_t = step_noise_std_scale(sigmas.cpu(), trans.step.cpu(), noise).to(device)
     return sde_step(trans.x, v, s, s_next, s_t, prev_sample=trans.x_next)

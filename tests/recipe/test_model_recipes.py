@@ -1,6 +1,7 @@
 """The Wan2.2 and image-to-video recipes: the preset's official sampling settings, refused before
 launch with the field named when the model folder is missing, and, where fgrpo cannot run the
-model yet (two experts, image conditioning), refused for that with the field named, but planned."""
+model yet (two experts), refused for that with the field named, but planned. The image-to-video
+recipes name no prompt file with images: the default text-only one is refused (prompts.file)."""
 
 import dataclasses
 
@@ -14,7 +15,8 @@ from fgrpo.recipe.validate import recipe_problems
 from tests.conftest import REPO, run_fgrpo
 from tests.recipe.test_paper_recipes import paper_files  # noqa: F401  (fixture)
 
-# recipe: its preset and what fgrpo cannot run of it yet (the fields its refusal names)
+# recipe: its preset and what fgrpo refuses of it with its paths set (the fields named: two experts
+# are not implemented; an image-to-video model needs a prompt file with images)
 RECIPES = {
     "wan2_2_ti2v_5b": ("wan2.2-ti2v-5b", []),
     "wan2_2_t2v_a14b": ("wan2.2-t2v-a14b", ["model.preset"]),
@@ -31,6 +33,16 @@ def load(name: str):
 
 def fields(problems: list[str]) -> list[str]:
     return [p.split(":", 1)[0] for p in problems]
+
+
+def refused_fields(name: str, missing: list[str]) -> list[str]:
+    """The fields recipe_problems names, in its order: the model's, the `missing` paths', the prompts'."""
+    refused = RECIPES[name][1]
+    return [
+        *(f for f in refused if f == "model.preset"),
+        *missing,
+        *(f for f in refused if f == "prompts.file"),
+    ]
 
 
 def with_paths(recipe, files):
@@ -69,7 +81,7 @@ def test_two_expert_recipes_train_the_high_noise_expert_only(name):
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_refused_without_its_model_folder_with_the_field_named(name):
     problems = recipe_problems(load(name))
-    assert fields(problems) == ["model.path", *RECIPES[name][1], *REWARD_ARGS], problems
+    assert fields(problems) == ["model.path", *refused_fields(name, REWARD_ARGS)], problems
     assert f"model.path: preset {RECIPES[name][0]} needs a local diffusers-format folder (no downloads)" in problems
 
 
@@ -80,7 +92,7 @@ def test_with_its_paths_only_what_fgrpo_cannot_run_yet_is_refused(name, paper_fi
     if "model.preset" in RECIPES[name][1]:
         assert any("two-expert rollouts are not implemented yet" in p for p in problems)
     if "prompts.file" in RECIPES[name][1]:
-        assert any("image-to-video conditioning is not implemented yet" in p for p in problems)
+        assert any("holds text only" in p and "image-to-video model" in p for p in problems)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

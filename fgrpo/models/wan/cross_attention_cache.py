@@ -78,8 +78,10 @@ def cross_attentions(transformer) -> list[WanAttention]:
 def cached_text_projections(transformer, enabled: bool = True) -> Iterator[None]:
     """Within the block, the text projection and each cross-attention's key and value are computed
     once per text tensor, in calls without gradients (sampling); calls with gradients compute
-    everything afresh, as without the context."""
-    if not enabled:
+    everything afresh, as without the context. Off for image cross-attention (Wan2.1 I2V): its
+    processor cuts the text from a context concatenated anew at every call (nothing to key on), and
+    with fused projections it would ask for a fused image projection (`to_added_kv`) that is not there."""
+    if not enabled or any(attn.add_k_proj is not None for attn in cross_attentions(transformer)):
         yield
         return
     text_embedder = transformer.condition_embedder.text_embedder

@@ -159,6 +159,20 @@ PRESETS: dict[str, WanPreset] = {
         vae="tiny-wan2.2",
         expand_timesteps=True,
     ),
+    # Wan2.1-I2V-14B's architecture at the tiny width (tests on CPU, fgrpo/models/wan/tiny_i2v.py): in 36
+    # channels (16 noise + 4 mask + 16 image latent), image cross-attention whose key/value input is the
+    # width (added_kv_proj_dim = 4 x 16, as 5120 = 40 x 128 for 14B) fed by a tiny CLIP of width 48.
+    "tiny-i2v": WanPreset(
+        num_layers=2,
+        num_heads=4,
+        head_dim=16,
+        ffn_dim=128,
+        text_dim=32,
+        freq_dim=32,
+        in_channels=36,
+        image_dim=48,
+        added_kv_proj_dim=64,
+    ),
     # The miniature world's pre-trained model (fgrpo.miniature.pretrain): 1.1M parameters, trainable on a CPU.
     "miniature": WanPreset(num_layers=4, num_heads=4, head_dim=32, ffn_dim=384, text_dim=64, freq_dim=64),
     "wan2.1-t2v-1.3b": WanPreset(num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, text_dim=4096, freq_dim=256),

@@ -197,7 +197,12 @@ def build_components(
 
 
 def save_components(
-    path: str | Path, components: dict, marker: str, marker_text: str, max_shard_size: str | None = None
+    path: str | Path,
+    components: dict,
+    marker: str,
+    marker_text: str,
+    max_shard_size: str | None = None,
+    pipeline: str = "WanPipeline",
 ) -> Path:
     """Save a WanPipeline folder (safetensors) plus a marker file, atomically.
 
@@ -205,16 +210,17 @@ def save_components(
     looks complete. `components` may also hold WanPipeline's own config arguments (Wan2.2-TI2V's
     `expand_timesteps=True`, which model_index.json then records). `max_shard_size` is passed to
     each component's save_pretrained (diffusers' default is 10GB: one file); sharded components get
-    a `*.safetensors.index.json`.
+    a `*.safetensors.index.json`. `pipeline`: the diffusers class model_index.json names
+    (`WanImageToVideoPipeline` for a folder with image_encoder/ and image_processor/).
     """
-    from diffusers import WanPipeline
+    import diffusers
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
     try:
         kw: dict[str, Any] = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
-        WanPipeline(**components).save_pretrained(tmp, **kw)
+        getattr(diffusers, pipeline)(**components).save_pretrained(tmp, **kw)
         (tmp / marker).write_text(marker_text)
         if path.exists():
             shutil.rmtree(path)
