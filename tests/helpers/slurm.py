@@ -72,11 +72,14 @@ def diagnosis(run_dir) -> str:
     """What a timed-out wait saw: the run's status and jobs, the cluster's queue and the logs' tails
     (an intermittent hang is otherwise undiagnosable after the fact)."""
     parts = []
-    for cmd in (["status", str(run_dir), "--json"], ["logs", str(run_dir)]):
+    logs = [["logs", str(run_dir), "--rank", str(r)] for r in range(4)]  # SLURM: 2 nodes x 2 tasks
+    for cmd in (["status", str(run_dir), "--json"], *logs):
         res = run_fgrpo(*cmd, timeout=60)
         parts.append(f"$ fgrpo {' '.join(cmd)} (exit {res.returncode})\n{res.stdout[-3000:]}{res.stderr[-1500:]}")
-    squeue = subprocess.run(["squeue", "-o", "%i %T %R %M %N"], capture_output=True, text=True, timeout=30)
-    parts.append(f"$ squeue\n{squeue.stdout}{squeue.stderr}")
+    for cmd in (["squeue", "-o", "%i %T %R %M %N"], ["ps", "-eo", "pid,ppid,stat,etime,args"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        lines = [x for x in out.stdout.splitlines() if cmd[0] == "squeue" or "fgrpo" in x or "submitit" in x]
+        parts.append(f"$ {cmd[0]}\n" + "\n".join(lines) + out.stderr)
     if (run_dir / "jobs.jsonl").exists():
         parts.append(f"jobs.jsonl:\n{(run_dir / 'jobs.jsonl').read_text()[-2000:]}")
     return "\n".join(parts)
