@@ -143,6 +143,12 @@ def variance_components(d: list[list[float]]) -> tuple[float | None, float | Non
     return max(0.0, (ms_s - ms_e) / p), max(0.0, (ms_p - ms_e) / s), ms_e
 
 
+def no_difference(mean: float) -> bool:
+    """A mean paired difference that is zero but for floating-point rounding: two arms that scored
+    every video alike sum their differences to ~1e-17, which would ask for ~1e14 seeds."""
+    return abs(mean) < 1e-9
+
+
 def needed(mean: float, shrinking: float, fixed: float, n_now: int, z: float = Z_SETTLE) -> int | None:
     """How many of one dimension (seeds, or prompts) would settle a difference, the other fixed.
 
@@ -154,6 +160,8 @@ def needed(mean: float, shrinking: float, fixed: float, n_now: int, z: float = Z
     z = 1.96 + 0.84 (95 % interval, 80 % power), m = the observed mean difference taken as the true
     one: a rough planning number, not a promise. None when no n would (m = 0, or the fixed part
     alone, z^2 fixed >= m^2). At least n_now + 1: the interval did not exclude 0 with n_now."""
+    if no_difference(mean):
+        return None
     room = mean * mean / (z * z) - fixed
     if room <= 0:
         return None
@@ -166,7 +174,7 @@ def both_needed(mean: float, var_mean: float, s: int, p: int, z: float = Z_SETTL
         k = z^2 Var(m) / m^2      (each term of Var(m) shrinks at least k-fold)
 
     i.e. n_needed = n (z se / |m|)^2 for each; None when m = 0."""
-    if mean == 0:
+    if no_difference(mean):
         return None
     k = z * z * var_mean / (mean * mean)
     return max(s + 1, math.ceil(k * s)), max(p + 1, math.ceil(k * p))

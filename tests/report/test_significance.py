@@ -200,11 +200,13 @@ def test_the_estimate_follows_its_formula():
     assert needed(m, 0.5, 0.5 * m**2 / Z_SETTLE**2, 4) == max(5, math.ceil(0.5 / (0.5 * m**2 / Z_SETTLE**2)))
     assert needed(m, 0.5, 1.01 * m**2 / Z_SETTLE**2, 4) is None  # the fixed part alone hides it
     assert needed(0.0, 0.5, 0.0, 4) is None  # no difference to find
+    assert needed(2e-17, 0.5, 0.0, 4) is None  # equal scores, summed in another order: still none
     assert settle_counts([[0.1, 0.3, 0.2]])["seeds"] is None  # one seed: seed noise unmeasured
     # neither alone: both grow by k = z^2 Var(m) / m^2
     k = Z_SETTLE**2 * 0.001 / m**2
     assert both_needed(m, 0.001, 4, 5) == (math.ceil(4 * k), math.ceil(5 * k))
     assert both_needed(0.0, 0.001, 4, 5) is None
+    assert both_needed(-3e-17, 0.001, 4, 5) is None
 
 
 # -- the report, end to end, on run folders shaped like the miniature comparison -----------------------
