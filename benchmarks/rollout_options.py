@@ -128,7 +128,8 @@ def main() -> None:
         base = gold if base is None else base
         diff = gold - base
         lo, hi = bootstrap_interval(diff, a.bootstrap)
-        evals = cost.forward_passes / (2 * n)  # CFG: two rows per evaluation
+        rows_per_evaluation = 1 if ro.cfg_scale == 1.0 else 2  # with CFG, two rows per evaluation
+        evals = cost.forward_passes / (rows_per_evaluation * n)
         rows.append(
             (
                 label,
