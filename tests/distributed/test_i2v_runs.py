@@ -19,7 +19,14 @@ import torch
 
 from tests.conftest import run_fgrpo
 from tests.helpers.image_prompts import write_image_prompts
-from tests.helpers.runs import checkpoint_state, initial_weights, launch_tiny, train_metrics
+from tests.helpers.runs import (
+    assert_resumed_on_policy,
+    checkpoint_state,
+    initial_weights,
+    launch_stop_and_resume,
+    train_metrics,
+    update_since,
+)
 
 FRAMES, SIZE = 5, 32  # the tiny recipe's videos
 I2V_ARGS = [
@@ -55,28 +62,17 @@ def trained(tiny_i2v_model_dir, prompts, tmp_path_factory):
             procs, extra = LAYOUTS[layout]
             folder = tmp_path_factory.mktemp(f"i2v-{procs}") / "runs"
             args = [*I2V_ARGS, "--prompts.file", str(prompts), *extra]
-            run = launch_tiny(tiny_i2v_model_dir, folder, procs, 1, *args)
-            assert (run / "checkpoints" / "step-1" / ".metadata").is_file()
-            launch_tiny(tiny_i2v_model_dir, folder, procs, 2, *args)
-            runs[layout] = run
+            runs[layout] = launch_stop_and_resume(tiny_i2v_model_dir, folder, procs, *args)
         return runs[layout]
 
     return get
-
-
-def _update(run, start: dict[str, torch.Tensor]) -> torch.Tensor:
-    weights = checkpoint_state(run, 2, "model.")
-    return torch.cat([(weights[k] - start[k]).flatten() for k in sorted(start)])
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_launch_stop_resume_on_policy(trained, tiny_i2v_model_dir, layout):
     run = trained(layout)
     metrics = train_metrics(run)
-    assert [m["step"] for m in metrics] == [1, 2], "the second launch did not resume from step 1"
-    for m in metrics:
-        assert all(torch.isfinite(torch.tensor([m["loss"], m["grad_norm"], m["reward_mean"]])))
-    assert metrics[0]["ratio_dev_max"] == 0.0 and metrics[0]["clip_frac"] == 0.0  # on-policy first step
+    assert_resumed_on_policy(metrics)
     assert (run.parent / ".cache" / "image-conditions").is_dir()
     weights = checkpoint_state(run, 2, "model.")
     names = [k.removeprefix("model.") for k in weights]
@@ -87,8 +83,8 @@ def test_launch_stop_resume_on_policy(trained, tiny_i2v_model_dir, layout):
     assert any(not torch.equal(weights[f"model.{n}"], start[f"model.{n}"]) for n in image_side)
     if layout != "1":
         reference = trained("1")
-        ref_update = _update(reference, start)
-        rel = float((_update(run, start) - ref_update).norm() / ref_update.norm())
+        ref_update = update_since(reference, start)
+        rel = float((update_since(run, start) - ref_update).norm() / ref_update.norm())
         print(f"\nI2V {layout} bf16: relative difference of the update to one process = {rel:.3g}")
         assert rel <= BF16_LAYOUT_TOLERANCE
         assert [m["timestep_indices"] for m in metrics] == [m["timestep_indices"] for m in train_metrics(reference)]

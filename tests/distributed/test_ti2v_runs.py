@@ -16,7 +16,14 @@ import pytest
 import torch
 
 from tests.conftest import run_fgrpo
-from tests.helpers.runs import checkpoint_state, initial_weights, launch_tiny, train_metrics
+from tests.helpers.runs import (
+    assert_resumed_on_policy,
+    checkpoint_state,
+    initial_weights,
+    launch_stop_and_resume,
+    train_metrics,
+    update_since,
+)
 
 FRAMES, SIZE = 5, 64  # the tiny recipe's 5 frames; 64 = 2 x the 16x VAE's patch multiple of 32
 TI2V_ARGS = [
@@ -47,28 +54,17 @@ def trained(tiny_ti2v_model_dir, tmp_path_factory):
         if layout not in runs:
             procs, extra = LAYOUTS[layout]
             folder = tmp_path_factory.mktemp(f"ti2v-{procs}") / "runs"
-            run = launch_tiny(tiny_ti2v_model_dir, folder, procs, 1, *TI2V_ARGS, *extra)
-            assert (run / "checkpoints" / "step-1" / ".metadata").is_file()
-            launch_tiny(tiny_ti2v_model_dir, folder, procs, 2, *TI2V_ARGS, *extra)
-            runs[layout] = run
+            runs[layout] = launch_stop_and_resume(tiny_ti2v_model_dir, folder, procs, *TI2V_ARGS, *extra)
         return runs[layout]
 
     return get
-
-
-def _update(run, start: dict[str, torch.Tensor]) -> torch.Tensor:
-    weights = checkpoint_state(run, 2, "model.")
-    return torch.cat([(weights[k] - start[k]).flatten() for k in sorted(start)])
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_launch_stop_resume(trained, tiny_ti2v_model_dir, layout):
     run = trained(layout)
     metrics = train_metrics(run)
-    assert [m["step"] for m in metrics] == [1, 2], "the second launch did not resume from step 1"
-    for m in metrics:
-        assert all(torch.isfinite(torch.tensor([m["loss"], m["grad_norm"], m["reward_mean"]])))
-    assert metrics[0]["ratio_dev_max"] == 0.0 and metrics[0]["clip_frac"] == 0.0  # on-policy first step
+    assert_resumed_on_policy(metrics)
     weights = checkpoint_state(run, 2, "model.")
     assert weights and all(w.dtype == torch.float32 for w in weights.values()), "trained weights are not fp32"
     names = [k.removeprefix("model.") for k in weights]
@@ -78,8 +74,8 @@ def test_launch_stop_resume(trained, tiny_ti2v_model_dir, layout):
     assert any(not torch.equal(weights[k], start[k]) for k in start), "no trained weight changed"
     if layout != "1":
         reference = trained("1")
-        ref_update = _update(reference, start)
-        rel = float((_update(run, start) - ref_update).norm() / ref_update.norm())
+        ref_update = update_since(reference, start)
+        rel = float((update_since(run, start) - ref_update).norm() / ref_update.norm())
         print(f"\nTI2V {layout} bf16: relative difference of the update to one process = {rel:.3g}")
         assert rel <= BF16_LAYOUT_TOLERANCE
         ref_metrics = train_metrics(reference)

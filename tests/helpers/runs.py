@@ -124,3 +124,25 @@ def initial_weights(tiny_model_dir, names) -> dict[str, torch.Tensor]:
 
     base = load_file(str(tiny_model_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
     return {n: base[checkpoint_key(n)].float() for n in names if checkpoint_key(n) in base}
+
+
+def launch_stop_and_resume(model_dir: Path, runs: Path, procs: int, *extra: str) -> Path:
+    """Launch one step (it checkpoints and exits), then launch again: it resumes and trains step 2."""
+    run = launch_tiny(model_dir, runs, procs, 1, *extra)
+    assert (run / "checkpoints" / "step-1" / ".metadata").is_file()
+    launch_tiny(model_dir, runs, procs, 2, *extra)
+    return run
+
+
+def assert_resumed_on_policy(metrics: list[dict]) -> None:
+    """Steps 1 and 2, the second after a resume; finite; the first step exactly on-policy."""
+    assert [m["step"] for m in metrics] == [1, 2], "the second launch did not resume from step 1"
+    for m in metrics:
+        assert all(torch.isfinite(torch.tensor([m["loss"], m["grad_norm"], m["reward_mean"]])))
+    assert metrics[0]["ratio_dev_max"] == 0.0 and metrics[0]["clip_frac"] == 0.0  # on-policy first step
+
+
+def update_since(run: Path, start: dict[str, torch.Tensor], step: int = 2) -> torch.Tensor:
+    """The trained update (checkpoint `step` minus `start`), flattened over `start`'s names."""
+    weights = checkpoint_state(run, step, "model.")
+    return torch.cat([(weights[k] - start[k]).flatten() for k in sorted(start)])
