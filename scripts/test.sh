@@ -5,9 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export FGRPO_CACHE="${FGRPO_CACHE:-$PWD/.cache/fgrpo}"
-# The miniature world's pre-trained model, built once here (minutes, then cached) rather than by the
-# first test that needs it, while the other pytest worker would wait on its lock doing nothing.
-.venv/bin/python -m fgrpo make-miniature >/dev/null
 started_slurm=0
 if ! bash scripts/slurm-local.sh status >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

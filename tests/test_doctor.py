@@ -131,7 +131,10 @@ def test_an_unbuilt_preset_is_not_a_problem(tmp_path, monkeypatch):
     monkeypatch.setenv("FGRPO_CACHE", str(tmp_path))
     tiny = model_folder_check(tiny_recipe().model)
     assert tiny.status == "ok" and "not built yet" in tiny.detail and str(tmp_path) in tiny.detail
+    # The released miniature build (seed 0) is copied in seconds; another seed is pre-trained (minutes).
     mini = model_folder_check(tiny_recipe(preset="miniature").model)
+    assert mini.status == "ok" and "copies the released build" in mini.detail, mini
+    mini = model_folder_check(tiny_recipe(preset="miniature", seed=7).model)
     assert mini.status == "warn" and "fgrpo make-miniature" in mini.detail
     assert not (tmp_path / "tiny-wan-v1-seed0").exists()  # the doctor never builds
 

@@ -143,6 +143,7 @@ def model_needs(path: Path) -> dict[str, tuple[Need, ...]]:
 
 def model_folder_check(model) -> Check:
     """The recipe's model folder (model.path, or a preset's cached build): every file the loaders read."""
+    from fgrpo.miniature.pretrain import released_model_folder
     from fgrpo.models.model_folder import BUILT_PRESETS, model_folder
 
     if model.path is None and model.preset not in BUILT_PRESETS:
@@ -155,16 +156,15 @@ def model_folder_check(model) -> Check:
     path = model_folder(model, build=False)
     origin = "model.path" if model.path is not None else f"the {model.preset} preset's cached build"
     if model.path is None and not path.exists():
-        if model.preset == "miniature":
+        if model.preset == "miniature" and not released_model_folder(model.seed).is_dir():
             return Check(
                 "model folder",
                 "warn",
                 f"{path} ({origin}) is not built yet: the first run pre-trains it "
                 "(minutes on a CPU); `fgrpo make-miniature` builds it ahead",
             )
-        return Check(
-            "model folder", "ok", f"{path} ({origin}) is not built yet: fgrpo builds it on first use (seconds)"
-        )
+        how = "copies the released build" if model.preset == "miniature" else "builds it"
+        return Check("model folder", "ok", f"{path} ({origin}) is not built yet: fgrpo {how} on first use (seconds)")
     if not path.is_dir():
         what = "is not a folder" if path.exists() else "does not exist"
         return Check("model folder", "fail", f"{origin}: {path} {what}")

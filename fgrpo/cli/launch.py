@@ -317,11 +317,13 @@ def cmd_make_tiny(argv: list[str]) -> int:
 class MakeMiniatureArgs:
     """Pre-train the miniature world's text-to-video model (fgrpo/miniature/pretrain.py: Wan's VAE,
     UMT5 and transformer, seeded, a fixed number of steps; a few minutes on 2 CPU cores) and print
-    its held-out gold faithfulness per attribute. Recipes with `model.preset miniature` build the
-    same model into $FGRPO_CACHE on first use; this command is for building it ahead, or elsewhere."""
+    its held-out gold faithfulness per attribute. Recipes with `model.preset miniature` copy the
+    released build of seed 0 (committed with fgrpo) into $FGRPO_CACHE on first use, and pre-train
+    other seeds there; this command builds it elsewhere (PATH), or fills the cache ahead."""
 
     path: Annotated[str | None, tyro.conf.Positional, tyro.conf.arg(metavar="[PATH]")] = None
-    """Folder to write (diffusers layout). None: the cache folder recipes use (built only if missing)."""
+    """Folder to write (diffusers layout), pre-trained. None: the cache folder recipes use (filled only if
+    missing: from the released build when the seed has one)."""
     seed: int = 0
     """Seed of the build (model.seed in a recipe)."""
 

@@ -398,12 +398,50 @@ def miniature_cache_name(seed: int = 0) -> str:
     return f"miniature-v{MINIATURE_VERSION}-seed{seed}"
 
 
+def released_model_folder(seed: int = 0) -> Path:
+    """The build committed with the package (fgrpo/miniature/released/): the released build of
+    `seed`, so a fresh machine copies 5 MB instead of pre-training for 10 minutes. Only seed 0 is
+    released; `benchmarks/rebuild_miniature.py` rebuilds it from this module and compares."""
+    return Path(__file__).parent / "released" / miniature_cache_name(seed)
+
+
+def install_released_or_pretrain(path: Path, cfg: PretrainConfig) -> Path:
+    """Write the miniature model of `cfg` to `path`: a copy of the released build when one is
+    committed for exactly this build (its marker equals `marker_text(cfg)`), else pre-train it.
+    The copy is made in a temporary sibling and renamed, so an interrupted copy leaves no folder
+    that looks complete."""
+    import os
+    import shutil
+    import tempfile
+
+    released = released_model_folder(cfg.seed)
+    try:
+        is_released = (released / MINIATURE_MARKER).read_text() == marker_text(cfg)
+    except OSError:
+        is_released = False
+    if not is_released:
+        return pretrain(path, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
+    try:
+        shutil.copytree(released, tmp, dirs_exist_ok=True)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
 def miniature_model_path(seed: int = 0) -> Path:
-    """The cached miniature model folder ($FGRPO_CACHE), pre-trained on first use (minutes; one
-    process builds it while the others wait on a lock)."""
+    """The cached miniature model folder ($FGRPO_CACHE), on first use copied from the released
+    build (seed 0) or pre-trained (minutes; one process builds it while the others wait on a lock)."""
     from fgrpo.models.wan.random_build import cached_build
 
     cfg = PretrainConfig(seed=seed)
     return cached_build(
-        miniature_cache_name(seed), MINIATURE_MARKER, marker_text(cfg), lambda path: pretrain(path, cfg)
+        miniature_cache_name(seed),
+        MINIATURE_MARKER,
+        marker_text(cfg),
+        lambda path: install_released_or_pretrain(path, cfg),
     )

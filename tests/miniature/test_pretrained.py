@@ -57,3 +57,60 @@ def test_make_miniature_prints_the_cached_build_and_its_quality(miniature_model_
     assert '"heldout_gold"' in res.stdout
     help_text = run_fgrpo("make-miniature", "--help").stdout
     assert "Pre-train the miniature world" in help_text and "--seed" in help_text
+
+
+# --- the released build (fgrpo/miniature/released/) ----------------------------------------------
+
+
+def test_the_released_build_is_what_the_builder_now_builds():
+    """The committed weights carry the marker of the builder's current defaults and version: a change
+    to a default or to MINIATURE_VERSION without re-releasing fails here (a change to the training
+    code itself is caught by benchmarks/rebuild_miniature.py, which rebuilds and compares)."""
+    from fgrpo.miniature.pretrain import MINIATURE_MARKER, PretrainConfig, marker_text, released_model_folder
+
+    released = released_model_folder(0)
+    assert (released / MINIATURE_MARKER).read_text() == marker_text(PretrainConfig())
+    assert json.loads((released / QUALITY_FILE).read_text())["miniature_version"] == MINIATURE_VERSION
+
+
+def test_first_use_copies_the_released_build_and_pretrains_other_seeds(tmp_path, monkeypatch):
+    import fgrpo.miniature.pretrain as pretrain_module
+
+    monkeypatch.setenv("FGRPO_CACHE", str(tmp_path))
+    built: list[int] = []
+
+    def fake_pretrain(path, cfg):
+        built.append(cfg.seed)
+        (path / pretrain_module.MINIATURE_MARKER).parent.mkdir(parents=True)
+        (path / pretrain_module.MINIATURE_MARKER).write_text(pretrain_module.marker_text(cfg))
+        return path
+
+    monkeypatch.setattr(pretrain_module, "pretrain", fake_pretrain)
+    path = pretrain_module.miniature_model_path(0)
+    released = pretrain_module.released_model_folder(0)
+    assert path == tmp_path / "miniature-v1-seed0" and built == []
+    files = sorted(p.relative_to(released) for p in released.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(path) for p in path.rglob("*") if p.is_file())
+    assert all((path / f).read_bytes() == (released / f).read_bytes() for f in files)
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["miniature-v1-seed0"]  # no temporary left
+    assert pretrain_module.miniature_model_path(3) == tmp_path / "miniature-v1-seed3" and built == [3]
+
+
+def test_the_build_script_runs_end_to_end_on_a_few_scenes(tmp_path, monkeypatch):
+    """The pre-training script itself (CI copies the released build instead of running it): every
+    phase, a few steps on a few scenes, writes a folder that loads and records its quality."""
+    import fgrpo.miniature.pretrain as pretrain_module
+    from fgrpo.miniature.world import PromptSets, prompt_sets
+
+    full = prompt_sets()
+    few = PromptSets(pretrain=full.pretrain[:8], rl_train=full.rl_train[:2], heldout=full.heldout[:2])
+    monkeypatch.setattr(pretrain_module, "prompt_sets", lambda: few)
+    cfg = pretrain_module.PretrainConfig(
+        vae_image_steps=2, vae_image_batch=2, vae_video_steps=1, vae_video_batch=1, dataset_seeds=1, dit_steps=2
+    )
+    path = pretrain_module.pretrain(tmp_path / "mini", cfg, progress=False)
+    quality = json.loads((path / QUALITY_FILE).read_text())
+    assert quality["config"]["dit_steps"] == 2 and quality["heldout_prompts"] == 2
+    assert set(quality["heldout_gold"]) >= {"overall", "colour", "shape", "size", "count", "direction", "speed"}
+    assert (path / pretrain_module.MINIATURE_MARKER).read_text() == pretrain_module.marker_text(cfg)
+    test_builds_and_loads_through_from_pretrained(path)
