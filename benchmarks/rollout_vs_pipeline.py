@@ -80,6 +80,7 @@ def fgrpo_sampler(folder: Path, args):
             )
         return finals
 
+    run.transformer = transformer  # pyright: ignore[reportFunctionMemberAccess]  # for rollout_peak.py
     return run
 
 

@@ -62,7 +62,11 @@ def apply_compile(transformer) -> None:
     evaluation each have fixed shapes; the timestep and the SDE mask are tensor data, never guards,
     so steps after the first never recompile (tests/distributed/test_compile.py holds it to that).
     Activation checkpointing (diffusers' switch) wraps the compiled block and reruns it in backward.
+    Self-attention gets a rotary embedding inductor vectorizes, bitwise diffusers' (fgrpo.models.wan.rotary).
     """
+    from .rotary import use_vectorized_rope
+
+    use_vectorized_rope(transformer)
     for block in transformer.blocks:
         block.compile(dynamic=False)
 
