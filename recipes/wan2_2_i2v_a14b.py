@@ -2,11 +2,11 @@
 at the model's official sampling settings (720 x 1280, 81 frames, flow shift 5, guidance 3.5;
 sources in fgrpo/models/wan/presets.py) and the paper's reward, HPSv3 per frame, top 30 %.
 
-Refused at launch for now, naming the field: it is two experts switched at boundary_ratio 0.9,
-of which fgrpo loads one (model.preset). Like Wan2.1 I2V it needs a JSONL prompt file with an
-`image` per prompt (prompts.file; the default text-only file is refused). `fgrpo plan` plans it as
-it would run. At shift 5 only the first 5 of the 12 steps are the high-noise expert's (sigma >= 0.9), hence
-the window (0, 5). The paths have no defaults:
+It is two experts switched at boundary_ratio 0.9 (fgrpo/models/wan/experts.py). Like Wan2.1 I2V it
+needs a JSONL prompt file with an `image` per prompt (prompts.file; the default text-only file is
+refused). `fgrpo plan` plans it as it would run. At shift 5 only the first 5 of the 12 steps are the
+high-noise expert's (sigma >= 0.9), hence the window (0, 5) and lora.experts=high (the low-noise expert
+frozen, sampling the other 7 steps). The paths have no defaults:
 
     fgrpo plan recipes/wan2_2_i2v_a14b.py --gpus 8
     fgrpo launch recipes/wan2_2_i2v_a14b.py --model.path /data/Wan2.2-I2V-A14B-Diffusers \\
@@ -23,6 +23,7 @@ recipe = Recipe(
     parallelism=ParallelismConfig(sp=4, compile=True),
     rollout=RolloutConfig(steps=12, height=720, width=1280, frames=81, flow_shift=5.0, cfg_scale=3.5, micro_batch=1),
     timesteps=TimestepConfig(window=(0, 5)),  # the high-noise expert's steps
+    lora=LoraConfig(experts="high"),  # the expert the window reaches; transformer_2 frozen
     # The paper's reward. args.model_path (Qwen2-VL-7B-Instruct folder) and args.checkpoint
     # (HPSv3.safetensors) are yours to set: --rewards.0.args model_path DIR checkpoint FILE
     rewards=(RewardSpec(name="hpsv3", frame_aggregation="topk:0.3"),),

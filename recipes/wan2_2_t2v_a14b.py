@@ -2,11 +2,12 @@
 at the model's official sampling settings (720 x 1280, 81 frames, flow shift 12; sources in
 fgrpo/models/wan/presets.py) and the paper's reward, HPSv3 per frame, mean of the top 30 %.
 
-Refused at launch for now: the model is two experts (transformer for high noise, transformer_2
-for low noise, switched at boundary_ratio 0.875) and fgrpo trains one transformer. `fgrpo plan`
-plans it (one expert trained, the other's frozen weights resident). At shift 12 the first 8 of the
-12 steps are the high-noise expert's (sigma >= 0.875), so the window trains that expert only, with
-its guidance 4.0 (the low-noise expert's is 3.0). The paths have no defaults:
+The model is two experts (transformer for high noise, transformer_2 for low noise, switched at
+boundary_ratio 0.875; fgrpo/models/wan/experts.py). At shift 12 the first 8 of the 12 steps are the
+high-noise expert's (sigma >= 0.875), so the window trains that expert only (lora.experts=high: the
+low-noise one frozen, sampling the last 4 steps), with the high-noise guidance 4.0 (one cfg_scale for
+both experts: the low-noise steps sample at 4.0 too, not Wan's 3.0). `fgrpo plan` plans it (one
+expert trained, the other's frozen weights resident). The paths have no defaults:
 
     fgrpo plan recipes/wan2_2_t2v_a14b.py --gpus 8
     fgrpo launch recipes/wan2_2_t2v_a14b.py --model.path /data/Wan2.2-T2V-A14B-Diffusers \\
@@ -23,6 +24,7 @@ recipe = Recipe(
     parallelism=ParallelismConfig(sp=4, compile=True),
     rollout=RolloutConfig(steps=12, height=720, width=1280, frames=81, flow_shift=12.0, cfg_scale=4.0, micro_batch=1),
     timesteps=TimestepConfig(window=(0, 6)),  # within the high-noise expert's first 8 steps
+    lora=LoraConfig(experts="high"),  # the expert the window reaches; transformer_2 frozen
     # The paper's reward. args.model_path (Qwen2-VL-7B-Instruct folder) and args.checkpoint
     # (HPSv3.safetensors) are yours to set: --rewards.0.args model_path DIR checkpoint FILE
     rewards=(RewardSpec(name="hpsv3", frame_aggregation="topk:0.3"),),

@@ -171,7 +171,7 @@ _NOT_PLANNED = ("model.path", "rewards.", "prompts.", "reward_server.")  # files
 def planning_problems(recipe: Recipe, world: int) -> list[str]:
     """recipe_problems without those about files a plan does not read (model folder, reward
     model files, prompt file), the architecture coming from the preset, nor what fgrpo cannot
-    run yet but plans (two experts: `unsupported_model_problems`)."""
+    run yet but plans (`unsupported_model_problems`: two experts' rollout.share_prefix and cache)."""
     from fgrpo.recipe.validate import recipe_problems, unsupported_model_problems
 
     planned = set(unsupported_model_problems(recipe))

@@ -156,7 +156,8 @@ def preset_notes(preset: WanPreset) -> tuple[str, ...]:
             f"experts: {preset.experts} of one architecture, switched at boundary_ratio {preset.boundary_ratio}; "
             "one is planned as trained (LoRA or full, AdamW, EMA), the other's frozen weights are resident in "
             "the compute dtype, sharded as the first ('other expert'); a forward costs one expert's FLOPs "
-            "whichever runs (fgrpo does not train two experts yet)"
+            "whichever runs (lora.experts high or low; with both, the second expert's trained weights, "
+            "gradients and optimizer state are not planned)"
         )
     if preset.image_to_video:
         clip = (

@@ -20,6 +20,7 @@ ModelPreset = Literal[
     "tiny",
     "tiny-ti2v",
     "tiny-i2v",
+    "tiny-a14b",
     "miniature",
     "wan2.1-t2v-1.3b",
     "wan2.1-t2v-14b",
@@ -70,12 +71,15 @@ class ModelConfig:
     (image-to-video: prompts.file must give an image per prompt; parallelism.tp and sp 1);
     Wan2.2-TI2V-5B in its text-to-video mode (the same sampler: without an image its per-token
     timesteps are all equal; prompts with an `image` are refused). Wan2.2's two-expert A14B models
-    (T2V, I2V) can be planned but are refused at launch: two experts are not implemented yet. Their
-    numbers and sources: fgrpo/models/wan/presets.py."""
+    (T2V, I2V): `transformer` for the high-noise steps, `transformer_2` for the low-noise ones,
+    switched at the folder's boundary_ratio as WanPipeline does (lora.experts: which train);
+    `tiny-a14b`: their structure at the tiny width. Their numbers and sources:
+    fgrpo/models/wan/presets.py."""
     path: str | None = None
     """Local diffusers-format folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/;
-    Wan2.1 I2V also image_encoder/, image_processor/). Required for the Wan presets; for `tiny`,
-    `tiny-ti2v`, `tiny-i2v` and `miniature`, None builds (and caches) their folders."""
+    Wan2.1 I2V also image_encoder/, image_processor/; Wan2.2 A14B also transformer_2/). Required for
+    the Wan presets; for `tiny`, `tiny-ti2v`, `tiny-i2v`, `tiny-a14b` and `miniature`, None builds
+    (and caches) their folders."""
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
     """Compute dtype (the precision policy, docs/design.md): frozen weights are stored and every
     matmul runs in it, on CPU as on GPU; trained weights, optimizer state, gradient reductions,
@@ -264,6 +268,12 @@ class LoraConfig:
     alpha: float = within("(0, inf)", 32.0)
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     """Module name suffixes that get adapters (attention projections by default)."""
+    experts: Literal["high", "low", "both"] = "both"
+    """Two-expert models (Wan2.2 A14B): which experts train, `high` (transformer, the high-noise
+    steps), `low` (transformer_2) or `both`; the other is frozen (no adapters, no gradients, no
+    optimizer state). With full fine-tuning too (enabled=false). Each SDE transition trains the
+    expert that produced it (its step's sigma against boundary_ratio), so timesteps.window must lie
+    within the trained experts' steps, and reach each of them. One-transformer models: `both`."""
 
 
 @dataclass

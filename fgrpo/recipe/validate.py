@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from .config import Recipe
+from .experts import expert_problems
 from .io import REWARD_PATH_ARGS, RecipeError
 from .ranges import is_type_problem, range_problems
 from .refill import refill_problems
@@ -205,6 +206,7 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     elif recipe.model.preset not in BUILT_PRESETS:
         errs.append(f"model.path: preset {recipe.model.preset} needs a local diffusers-format folder (no downloads)")
     errs += unsupported_model_problems(recipe)
+    errs += expert_problems(recipe)
     errs += _attention_backend_problems(recipe)
 
     if recipe.algorithm.kl_beta > 0 and not recipe.lora.enabled:
@@ -239,21 +241,23 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
 
 
 def unsupported_model_problems(recipe: Recipe) -> list[str]:
-    """What the recipe's preset needs that fgrpo does not implement yet: refused at launch, but
-    planned (`fgrpo plan` models these presets as they would run: fgrpo.planner.spec). Image-to-video
-    presets with one transformer run; their prompt files are checked by `_prompt_problems`."""
+    """What fgrpo does not implement yet for the recipe's preset: refused at launch, but planned
+    (`fgrpo plan` models these presets as they would run: fgrpo.planner.spec). Image-to-video
+    presets run; their prompt files are checked by `_prompt_problems`. Two experts run
+    (fgrpo.models.wan.experts), without the rollout options that assume one transformer."""
     from fgrpo.models.wan import PRESETS
 
-    name, errs = recipe.model.preset, []
+    name, ro, errs = recipe.model.preset, recipe.rollout, []
     preset = PRESETS.get(name)
-    if preset is None:
+    if preset is None or preset.experts == 1:
         return []
-    if preset.experts > 1:
+    if ro.share_prefix:
         errs.append(
-            f"model.preset: {name} has {preset.experts} experts (transformer for high noise, transformer_2 for low "
-            f"noise, switched at boundary_ratio {preset.boundary_ratio}), but fgrpo loads and trains one "
-            "transformer: two-expert rollouts are not implemented yet"
+            f"rollout.share_prefix: not implemented for the two experts of {name}: the ranks' shared prefixes end "
+            "at different steps, so they would switch experts (a collective gather) at different times"
         )
+    if ro.cache != "none":
+        errs.append(f"rollout.cache: {ro.cache!r} is not implemented for the two experts of {name}; use none")
     return errs
 
 

@@ -12,31 +12,37 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
 
 import torch
 
 from fgrpo.algorithm import wan_sigmas
 from fgrpo.distributed.parallel_dims import ParallelDims
 from fgrpo.distributed.precision import PrecisionPolicy
-from fgrpo.distributed.unsharded import Setting, decide_for, unsharded_weights
+from fgrpo.distributed.unsharded import Setting, decide_for
 from fgrpo.models.model_folder import model_folder
 from fgrpo.models.wan import load_wan
 from fgrpo.models.wan.attention import apply_attention_backend, rollout_attention
 from fgrpo.models.wan.cross_attention_cache import cached_text_projections
+from fgrpo.models.wan.experts import (
+    EXPERT_SUBFOLDERS,
+    WanExperts,
+    adapters_disabled,
+    experts_of,
+    folder_boundary_ratio,
+    for_each_expert,
+    rollout_weights,
+    trained_experts,
+)
 from fgrpo.models.wan.image_cache import ImageConditionCache
 from fgrpo.models.wan.image_condition import ImageCondition, ImageConditioning
 from fgrpo.models.wan.loading import WanComponents
-from fgrpo.models.wan.presets import vae_latent_shape
+from fgrpo.models.wan.presets import PRESETS, vae_latent_shape
 from fgrpo.models.wan.sharded_loading import build_on_meta, materialize, prepare_on_meta
 from fgrpo.models.wan.text_cache import TextEmbeddingCache, cache_key, default_cache_folder
 from fgrpo.models.wan.text_encoder import LazyTextEncoder
 from fgrpo.recipe.config import Recipe
 
 from .rollout import NoiseConfig
-
-if TYPE_CHECKING:
-    from diffusers import WanTransformer3DModel
 
 
 @dataclass
@@ -90,14 +96,15 @@ class Policy:
         gathered once and kept for the whole block when `rollout_unsharded` says so
         (fgrpo.distributed.unsharded): bitwise the same samples, one all-gather per group. The
         text projection and cross-attention keys and values are computed once per micro-batch,
-        not per step (fgrpo.models.wan.cross_attention_cache), also bitwise the same."""
+        not per step (fgrpo.models.wan.cross_attention_cache), also bitwise the same. Two experts
+        (fgrpo.models.wan.experts): each gathered only while it samples, and each its own cache."""
         self.transformer.eval()
         try:
-            keep = decide_for(self.transformer, self.rollout_unsharded, self.device)
+            keep = decide_for(experts_of(self.transformer)[0], self.rollout_unsharded, self.device)
             with (
-                unsharded_weights(self.transformer, enabled=keep),
+                rollout_weights(self.transformer, enabled=keep),
                 rollout_attention(self.transformer, self.rollout_attention_backend),
-                cached_text_projections(self.transformer),
+                for_each_expert(self.transformer, cached_text_projections),
             ):
                 yield
         finally:
@@ -106,12 +113,8 @@ class Policy:
     @contextmanager
     def reference(self):
         """The reference policy: the base model, LoRA adapters disabled (for the KL term)."""
-        transformer = cast("WanTransformer3DModel", self.transformer)  # diffusers' PEFT integration
-        transformer.disable_adapters()
-        try:
+        with adapters_disabled(self.transformer):
             yield
-        finally:
-            transformer.enable_adapters()
 
 
 def lora_shape(recipe: Recipe) -> tuple[int, float, tuple[str, ...]] | None:
@@ -181,6 +184,49 @@ def encode_images_once(
     )
 
 
+def build_transformer(
+    recipe: Recipe, folder: Path, dims: ParallelDims, precision: PrecisionPolicy, device: torch.device
+) -> torch.nn.Module:
+    """The folder's transformer on this rank, or its two experts as one `WanExperts` (Wan2.2 A14B:
+    each loaded and parallelised as a single transformer is, the one lora.experts leaves out frozen)."""
+    boundary = folder_boundary_ratio(folder)
+    preset = PRESETS.get(recipe.model.preset)
+    if preset is not None and preset.boundary_ratio != boundary:  # validation read the preset's
+        raise ValueError(
+            f"model.path: {folder} has boundary_ratio {boundary} (model_index.json), but model.preset "
+            f"{recipe.model.preset} has {preset.boundary_ratio}: name the preset of the folder's model"
+        )
+    trained = (0,) if boundary is None else trained_experts(recipe.lora.experts)
+
+    def load(e: int, subfolder: str) -> torch.nn.Module:
+        # Built on the meta device and parallelised there; each rank then reads only its shards.
+        transformer = prepare_on_meta(
+            build_on_meta(folder, subfolder),
+            dims,
+            precision,
+            lora_shape(recipe),
+            recipe.parallelism.activation_checkpointing,
+            recipe.parallelism.compile,
+            trainable=e in trained,
+        )
+        # Seeded: every rank, layout and restart creates identical adapter weights (per expert).
+        materialize(transformer, folder, device, lora_seed=recipe.prompts.seed + e, subfolder=subfolder)
+        # Both backends checked here (package, device, dtype, backward), before any step runs.
+        apply_attention_backend(
+            transformer,
+            recipe.model.attention_backend,
+            recipe.model.rollout_attention_backend,
+            device=device,
+            dtype=precision.compute,
+        )
+        return transformer
+
+    if boundary is None:
+        return load(0, EXPERT_SUBFOLDERS[0])
+    high, low = (load(e, sub) for e, sub in enumerate(EXPERT_SUBFOLDERS))
+    return WanExperts(high, low, boundary)
+
+
 def build_policy(
     recipe: Recipe,
     dims: ParallelDims,
@@ -206,26 +252,7 @@ def build_policy(
     image_cache = encode_images_once(
         recipe, folder, components.vae, prompts, images, cache_root, device, precision.compute
     )
-    # Built on the meta device and parallelised there; each rank then reads only its shards.
-    transformer = prepare_on_meta(
-        build_on_meta(folder),
-        dims,
-        precision,
-        lora_shape(recipe),
-        recipe.parallelism.activation_checkpointing,
-        recipe.parallelism.compile,
-    )
-    # Seeded: every rank, layout and restart creates identical adapter weights.
-    materialize(transformer, folder, device, lora_seed=recipe.prompts.seed)
-    # Both backends checked here (package, device, dtype, backward), before any step runs.
-    apply_attention_backend(
-        transformer,
-        recipe.model.attention_backend,
-        recipe.model.rollout_attention_backend,
-        device=device,
-        dtype=precision.compute,
-    )
-    components.transformer = transformer
+    components.transformer = build_transformer(recipe, folder, dims, precision, device)
     ro = recipe.rollout
     return Policy(
         components,

@@ -33,6 +33,13 @@ class PolicyUpdate:
         return clip_grad_norm(list(self.params.values()), self.grad_clip)
 
     def step(self) -> None:
+        # A trained parameter no transition reached (a two-expert model's expert none of the step's
+        # SDE steps belongs to) steps with a zero gradient, as on a rank that ran it on a dummy row
+        # only (fgrpo.models.wan.experts): every trained parameter then has AdamW state from the
+        # first step, so checkpoints hold all of it and a resumed run continues exactly.
+        for p in self.params.values():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         self.optimizer.step()
         self.lr_schedule.step()
 

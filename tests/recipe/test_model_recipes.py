@@ -1,7 +1,7 @@
 """The Wan2.2 and image-to-video recipes: the preset's official sampling settings, refused before
-launch with the field named when the model folder is missing, and, where fgrpo cannot run the
-model yet (two experts), refused for that with the field named, but planned. The image-to-video
-recipes name no prompt file with images: the default text-only one is refused (prompts.file)."""
+launch with the field named when the model folder is missing, and planned. The two-expert recipes
+train the high-noise expert their window reaches (lora.experts=high). The image-to-video recipes name
+no prompt file with images: the default text-only one is refused (prompts.file)."""
 
 import dataclasses
 
@@ -15,12 +15,12 @@ from fgrpo.recipe.validate import recipe_problems
 from tests.conftest import REPO, run_fgrpo
 from tests.recipe.test_paper_recipes import paper_files  # noqa: F401  (fixture)
 
-# recipe: its preset and what fgrpo refuses of it with its paths set (the fields named: two experts
-# are not implemented; an image-to-video model needs a prompt file with images)
+# recipe: its preset and what fgrpo refuses of it with its paths set (the fields named: an
+# image-to-video model needs a prompt file with images)
 RECIPES = {
     "wan2_2_ti2v_5b": ("wan2.2-ti2v-5b", []),
-    "wan2_2_t2v_a14b": ("wan2.2-t2v-a14b", ["model.preset"]),
-    "wan2_2_i2v_a14b": ("wan2.2-i2v-a14b", ["model.preset", "prompts.file"]),
+    "wan2_2_t2v_a14b": ("wan2.2-t2v-a14b", []),
+    "wan2_2_i2v_a14b": ("wan2.2-i2v-a14b", ["prompts.file"]),
     "wan2_1_i2v_14b_480p": ("wan2.1-i2v-14b-480p", ["prompts.file"]),
     "wan2_1_i2v_14b_720p": ("wan2.1-i2v-14b-720p", ["prompts.file"]),
 }
@@ -36,13 +36,8 @@ def fields(problems: list[str]) -> list[str]:
 
 
 def refused_fields(name: str, missing: list[str]) -> list[str]:
-    """The fields recipe_problems names, in its order: the model's, the `missing` paths', the prompts'."""
-    refused = RECIPES[name][1]
-    return [
-        *(f for f in refused if f == "model.preset"),
-        *missing,
-        *(f for f in refused if f == "prompts.file"),
-    ]
+    """The fields recipe_problems names, in its order: the `missing` paths', the prompts'."""
+    return [*missing, *(f for f in RECIPES[name][1] if f == "prompts.file")]
 
 
 def with_paths(recipe, files):
@@ -76,6 +71,7 @@ def test_two_expert_recipes_train_the_high_noise_expert_only(name):
     sigmas = wan_sigmas(recipe.rollout.steps, recipe.rollout.flow_shift)
     start, end = recipe.timesteps.window
     assert all(sigmas[k] >= boundary for k in range(start, end))
+    assert recipe.lora.experts == "high"  # the expert the window reaches; the other frozen
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -89,8 +85,6 @@ def test_refused_without_its_model_folder_with_the_field_named(name):
 def test_with_its_paths_only_what_fgrpo_cannot_run_yet_is_refused(name, paper_files):  # noqa: F811
     problems = recipe_problems(with_paths(load(name), paper_files))
     assert fields(problems) == RECIPES[name][1], problems
-    if "model.preset" in RECIPES[name][1]:
-        assert any("two-expert rollouts are not implemented yet" in p for p in problems)
     if "prompts.file" in RECIPES[name][1]:
         assert any("holds text only" in p and "image-to-video model" in p for p in problems)
 

@@ -61,13 +61,14 @@ def _checked(path: str | Path) -> None:
         raise FileNotFoundError("model.path: " + "; ".join(problems))
 
 
-def load_transformer(path: str | Path, dtype: str = "bfloat16"):
-    """Only the Wan transformer, from a local diffusers folder (what export needs)."""
+def load_transformer(path: str | Path, dtype: str = "bfloat16", subfolder: str = "transformer"):
+    """Only the Wan transformer (or `transformer_2`, Wan2.2 A14B's low-noise expert), from a local
+    diffusers folder (what export needs)."""
     from diffusers import WanTransformer3DModel
 
     _checked(path)
     return WanTransformer3DModel.from_pretrained(
-        path, subfolder="transformer", torch_dtype=DTYPES[dtype], local_files_only=True
+        path, subfolder=subfolder, torch_dtype=DTYPES[dtype], local_files_only=True
     )
 
 

@@ -173,6 +173,14 @@ PRESETS: dict[str, WanPreset] = {
         image_dim=48,
         added_kv_proj_dim=64,
     ),
+    # Wan2.2-T2V-A14B's structure at the tiny width (tests on CPU, fgrpo/models/wan/tiny_a14b.py): two
+    # experts of the tiny architecture, `transformer` for high noise and `transformer_2` for low noise.
+    # Boundary 0.7, not A14B's 0.875: on the tiny recipe's grid (8 steps, shift 1: sigma 0.999, 0.874,
+    # 0.749, 0.624, ...) steps 0-2 are the high-noise expert's and 3-7 the low-noise one's, so its
+    # window (1, 6) trains both and a 2-step evaluation samples with both.
+    "tiny-a14b": WanPreset(
+        num_layers=2, num_heads=4, head_dim=16, ffn_dim=128, text_dim=32, freq_dim=32, experts=2, boundary_ratio=0.7
+    ),
     # The miniature world's pre-trained model (fgrpo.miniature.pretrain): 1.1M parameters, trainable on a CPU.
     "miniature": WanPreset(num_layers=4, num_heads=4, head_dim=32, ffn_dim=384, text_dim=64, freq_dim=64),
     "wan2.1-t2v-1.3b": WanPreset(num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, text_dim=4096, freq_dim=256),

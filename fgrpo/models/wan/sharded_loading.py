@@ -29,12 +29,13 @@ if TYPE_CHECKING:
 LORA_PARTS = (".lora_A.", ".lora_B.")
 
 
-def build_on_meta(folder: str | Path) -> WanTransformer3DModel:
-    """The transformer of a diffusers folder, built from its config on the meta device."""
+def build_on_meta(folder: str | Path, subfolder: str = "transformer") -> WanTransformer3DModel:
+    """The transformer of a diffusers folder (or its `transformer_2`: Wan2.2 A14B's low-noise expert),
+    built from its config on the meta device."""
     from diffusers import WanTransformer3DModel
 
     # cast: diffusers annotates load_config as a tuple, but it returns the dict alone without return_* flags
-    config = WanTransformer3DModel.load_config(Path(folder), subfolder="transformer", local_files_only=True)
+    config = WanTransformer3DModel.load_config(Path(folder), subfolder=subfolder, local_files_only=True)
     return meta_transformer(cast(dict[str, Any], config))
 
 
@@ -53,17 +54,21 @@ def prepare_on_meta(
     lora: tuple[int, float, tuple[str, ...]] | None,
     activation_checkpointing: bool,
     compile: bool = False,
+    trainable: bool = True,
 ):
     """What every rank does to the meta-device transformer before reading its shards (the trainer,
     the capacity planner and the layout tests share it): LoRA `(rank, alpha, target_modules)`
-    attached, or every weight trainable when `lora` is None; storage dtypes from the precision
+    attached, or every weight trainable when `lora` is None, or nothing trainable when not `trainable`
+    (a frozen expert: lora.experts); storage dtypes from the precision
     policy; TP -> activation checkpointing -> regional compile -> FSDP2 (`parallelize_wan`; the
     capacity planner leaves `compile` off: it runs on fake tensors). Allocates nothing.
     Returns the transformer."""
     from .lora import add_lora
     from .parallelize import parallelize_wan
 
-    if lora is not None:
+    if not trainable:
+        transformer.requires_grad_(False)
+    elif lora is not None:
         add_lora(transformer, *lora)
     else:
         transformer.requires_grad_(True)
@@ -106,19 +111,21 @@ def lora_init_tensors(transformer, seed: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def materialize(transformer, folder: str | Path, device: torch.device, lora_seed: int = 0) -> None:
-    """Allocate this rank's shards on `device`, fill them from `folder/transformer/*.safetensors`,
+def materialize(
+    transformer, folder: str | Path, device: torch.device, lora_seed: int = 0, subfolder: str = "transformer"
+) -> None:
+    """Allocate this rank's shards on `device`, fill them from `folder/<subfolder>/*.safetensors`,
     initialise LoRA adapters (if any) and recompute the rotary tables. Collective (every rank)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     transformer.to_empty(device=device)
     params = dict(transformer.named_parameters())
     base = {checkpoint_key(n): p for n, p in params.items() if not is_lora(n)}
-    reader = HuggingFaceStorageReader(str(Path(folder) / "transformer"))
+    reader = HuggingFaceStorageReader(str(Path(folder) / subfolder))
     stored = set(reader.read_metadata().state_dict_metadata)
     missing = sorted(set(base) - stored)
     if missing:
-        raise RuntimeError(f"{folder}/transformer lacks weights {missing[:5]}: not a {type(transformer).__name__}?")
+        raise RuntimeError(f"{folder}/{subfolder} lacks weights {missing[:5]}: not a {type(transformer).__name__}?")
     with torch.no_grad():
         dcp.load(base, storage_reader=reader)
         recompute_rope(transformer)
