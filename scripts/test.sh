@@ -5,6 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export FGRPO_CACHE="${FGRPO_CACHE:-$PWD/.cache/fgrpo}"
+# One torch thread per process: two pytest workers already keep both cores busy, and a process with
+# two threads beside another waits at every parallel region for its second thread (measured: a
+# rollout 8.5 s at one thread, 11.6 s at two, under load; docs/design.md, "rollout_peak"). The
+# launchers pass it on to every rank and Slurm job.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# Every process of the suite imports fgrpo; with PYTHONDONTWRITEBYTECODE set (as on some CI images)
+# each would compile it from source again.
+.venv/bin/python -m compileall -q fgrpo launchers >/dev/null
 started_slurm=0
 if ! bash scripts/slurm-local.sh status >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

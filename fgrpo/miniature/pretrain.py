@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from fgrpo.algorithm import ode_step, wan_sigmas
 from fgrpo.algorithm.schedule import shift_sigmas
-from fgrpo.fileio import atomic_write_text
+from fgrpo.fileio import atomic_folder, atomic_write_text
 from fgrpo.miniature.world import FRAMES, SIZE, WORLD_VERSION, Scene, all_scenes, prompt_sets, render_batch
 from fgrpo.models.wan.presets import PRESETS, vae_latent_shape
 from fgrpo.models.wan.random_build import (
@@ -410,9 +410,7 @@ def install_released_or_pretrain(path: Path, cfg: PretrainConfig) -> Path:
     committed for exactly this build (its marker equals `marker_text(cfg)`), else pre-train it.
     The copy is made in a temporary sibling and renamed, so an interrupted copy leaves no folder
     that looks complete."""
-    import os
     import shutil
-    import tempfile
 
     released = released_model_folder(cfg.seed)
     try:
@@ -421,15 +419,8 @@ def install_released_or_pretrain(path: Path, cfg: PretrainConfig) -> Path:
         is_released = False
     if not is_released:
         return pretrain(path, cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
-    try:
+    with atomic_folder(path) as tmp:
         shutil.copytree(released, tmp, dirs_exist_ok=True)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, cast
 
 import torch
 import torch.nn as nn
+
+from fgrpo.fileio import atomic_folder
 
 from .presets import PRESETS
 
@@ -216,17 +216,10 @@ def save_components(
     import diffusers
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
-    try:
+    with atomic_folder(path) as tmp:
         kw: dict[str, Any] = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
         getattr(diffusers, pipeline)(**components).save_pretrained(tmp, **kw)
         (tmp / marker).write_text(marker_text)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
