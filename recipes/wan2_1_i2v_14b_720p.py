@@ -7,10 +7,10 @@ sampled at different sizes and shifts, which must change together.
 The model conditions every video on an image (its VAE latent as the first frame and its CLIP
 features), so `prompts.file` must be a JSONL file whose records have `prompt` and `image` (a path
 relative to the file's folder, each image exactly 1280 x 720: docs/design.md, "Image-to-video");
-the default text-only file is refused. Its image cross-attention has no tensor- or sequence-parallel
-layout: FSDP2 only, with which 720p does not fit 80 GB GPUs (`fgrpo plan --gpus 8`: training needs
-132 GiB per GPU, 110 of them activations); sequence parallelism for its image attention is not
-implemented. The paths have no defaults:
+the default text-only file is refused. With FSDP2 alone 720p does not fit 80 GB GPUs (`fgrpo plan
+--gpus 8`: training needs 132 GiB per GPU, 110 of them activations); tensor parallelism
+(`--parallelism.tp`) shards the blocks and their activations, image cross-attention included;
+sequence parallelism for its image attention is not implemented. The paths have no defaults:
 
     fgrpo plan recipes/wan2_1_i2v_14b_720p.py --gpus 8
     fgrpo launch recipes/wan2_1_i2v_14b_720p.py --model.path /data/Wan2.1-I2V-14B-720P-Diffusers \\

@@ -2,6 +2,8 @@
 GPU-hours, from the real architecture and the real parallelisation on fake tensors.
 
     text encoding  start-up: UMT5 + VAE + one batch of prompts (then the encoder is freed)
+    image encoding image-to-video only, start-up: VAE + CLIP image encoder (Wan2.1 I2V) + one
+                   prompt's image and condition video (then the CLIP encoder is freed)
     rollout        no-grad forward with CFG at rollout.micro_batch, and its ODE/SDE step
     VAE decode     a rollout micro-batch's latents to frames
     training       old log-probs recomputed, forward + backward (activation checkpointing per
@@ -201,6 +203,8 @@ class FakeRun:
     """Rollout, VAE decode, training, evaluation: without the reward model's weights."""
     gathered: int
     """Bytes of the rank's gathered transformer weights (parallelism.rollout_unsharded)."""
+    image: Phase | None = None
+    """Start-up image encoding of an image-to-video model (after the text's); None for text-to-video."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -215,6 +219,7 @@ class FakeRun:
             Phase(**d["text"]),
             [Phase(**p) for p in d["phases"]],
             int(d["gathered"]),
+            Phase(**d["image"]) if d.get("image") is not None else None,
         )
 
 
@@ -229,6 +234,7 @@ def fake_run(recipe: Recipe, world: int, spec: ModelSpec, target: Literal["gpu",
     from fgrpo.distributed.unsharded import gathered_weight_bytes
 
     from .attention import FlashAttentionRouting
+    from .image_phase import image_encoding
     from .phases import Rank, rank_sizes, text_encoding
     from .world import fake_world, parallel_dims
 
@@ -242,6 +248,7 @@ def fake_run(recipe: Recipe, world: int, spec: ModelSpec, target: Literal["gpu",
         dims.build_mesh("cpu")
         sizes = rank_sizes(recipe, spec, dims)
         text = text_encoding(spec, recipe, precision, fake)
+        image = image_encoding(spec, recipe, fake)
         rank = Rank(spec, recipe, dims, precision, fake, sizes, foreach=target == "gpu")
         phases = rank.run()
         gathered = gathered_weight_bytes(rank.transformer)
@@ -251,7 +258,7 @@ def fake_run(recipe: Recipe, world: int, spec: ModelSpec, target: Literal["gpu",
             "another attention kernel (has diffusers' Wan attention changed?)"
         )
     layout = {"dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp, "sp": dims.sp, "dp": dims.dp}
-    return FakeRun(layout, sizes, text, phases, gathered)
+    return FakeRun(layout, sizes, text, phases, gathered, image)
 
 
 def plan(
@@ -294,7 +301,8 @@ def plan(
     sizes = run.sizes
     rewards = reward_weights(recipe, on_gpu=target == "gpu")
     held = sum(r.bytes for r in rewards)
-    phases = [run.text] + [replace(p, peak=p.peak + held, parts={**p.parts, "reward model": held}) for p in run.phases]
+    startup = [run.text, *([run.image] if run.image else [])]
+    phases = startup + [replace(p, peak=p.peak + held, parts={**p.parts, "reward model": held}) for p in run.phases]
     flops = step_flops(recipe, sizes, phases)
     interval = recipe.eval.interval
     evaluations = (2 + (recipe.optim.max_steps - 1) // interval) if sizes.eval_videos and recipe.optim.max_steps else 0
@@ -402,6 +410,8 @@ def step_flops(recipe: Recipe, s: Sizes, phases: list[Phase]) -> dict[str, int]:
         ),
         "text encoding (per prompt)": int(Fraction(by["text encoding"]["batch"], _text_batch())),
     }
+    if "image encoding" in by:  # once per prompt, as the text's
+        out["image encoding (per prompt)"] = sum(by["image encoding"].values())
     if "evaluation" in by:
         e = by["evaluation"]
         out["evaluation"] = e["first"] + e["later"] * (recipe.eval.steps - 1) + e["decode"]
@@ -463,4 +473,9 @@ def advice(p: Plan, phase: Phase) -> list[str]:
         out.append("more GPUs (launch.nodes / launch.procs_per_node), for more sequence or tensor parallelism")
     if phase.name == "text encoding":
         out.append("a GPU with more memory for start-up (the UMT5 encoder is freed before training)")
+    if phase.name == "image encoding":
+        out.append(
+            "a GPU with more memory for start-up, or a smaller video (--rollout.frames, --rollout.height, "
+            "--rollout.width): the VAE encodes one condition video (the CLIP encoder is freed before training)"
+        )
     return out

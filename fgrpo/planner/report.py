@@ -23,6 +23,7 @@ PARTS = (
     "activations",
     "reward model",
     "text encoder",
+    "image encoder",
 )
 PART_HELP = {
     "weights": "this rank's transformer shards (frozen in the recipe dtype, trained fp32 masters) and buffers",
@@ -36,6 +37,7 @@ PART_HELP = {
     "activations": "forward activations, backward temporaries, decoded frames",
     "reward model": "an in-process reward model's weights (from its config; 0 when served)",
     "text encoder": "UMT5 weights, start-up only (freed before training)",
+    "image encoder": "CLIP image encoder weights (fp32; Wan2.1 I2V), start-up only (freed before training)",
 }
 
 

@@ -62,6 +62,8 @@ class ModelSpec:
     """Transformers of this one architecture (Wan2.2 A14B: 2): one is trained, the others frozen."""
     notes: tuple[str, ...] = ()
     """What the plan models beyond a text-to-video forward of one transformer, in words."""
+    image_encoder: dict | None = None
+    """`CLIPVisionConfig` keyword arguments of the CLIP image encoder (Wan2.1 I2V), or None."""
 
     @classmethod
     def from_preset(cls, preset: str) -> "ModelSpec":
@@ -75,6 +77,7 @@ class ModelSpec:
                 text_encoder_config(TINY_TEXT_ENCODER, p.text_dim),
                 f"preset {preset}",
                 notes=preset_notes(p),
+                image_encoder=preset_image_encoder(preset),
             )
         if preset == "tiny-ti2v":
             return cls(
@@ -94,7 +97,13 @@ class ModelSpec:
                 f"preset {preset}",
             )
         return cls(
-            p.transformer_config(), planning_vae(p), dict(UMT5_XXL), f"preset {preset}", p.experts, preset_notes(p)
+            p.transformer_config(),
+            planning_vae(p),
+            dict(UMT5_XXL),
+            f"preset {preset}",
+            p.experts,
+            preset_notes(p),
+            preset_image_encoder(preset),
         )
 
     @classmethod
@@ -120,7 +129,15 @@ class ModelSpec:
             "tie_word_embeddings",
         )
         experts = 2 if (path / "transformer_2").is_dir() else 1  # Wan2.2 A14B's low-noise expert
-        return cls(read("transformer"), read("vae"), {k: te[k] for k in keys if k in te}, f"folder {path}", experts)
+        clip = read("image_encoder") if (path / "image_encoder" / "config.json").is_file() else None
+        return cls(
+            read("transformer"),
+            read("vae"),
+            {k: te[k] for k in keys if k in te},
+            f"folder {path}",
+            experts,
+            image_encoder=None if clip is None else {k: clip[k] for k in CLIP_VISION_KEYS if k in clip},
+        )
 
     @property
     def heads(self) -> int:
@@ -136,6 +153,33 @@ class ModelSpec:
     def image_dim(self) -> int | None:
         """Width of the CLIP image tokens of image cross-attention (Wan2.1 I2V), or None."""
         return self.transformer.get("image_dim")
+
+
+# The `CLIPVisionConfig` fields that shape the encoder (its config.json holds more).
+CLIP_VISION_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_channels",
+    "image_size",
+    "patch_size",
+    "projection_dim",
+    "hidden_act",
+)
+
+
+def preset_image_encoder(preset: str) -> dict | None:
+    """The CLIP image encoder of a preset with image cross-attention: Wan2.1 I2V's ViT-H/14 vision
+    tower (its image_encoder/config.json: 32 layers of width 1280, 224 x 224 in 14 x 14 patches),
+    `tiny-i2v`'s own tiny one; None for a preset without image cross-attention."""
+    if PRESETS[preset].image_dim is None:
+        return None
+    if preset == "tiny-i2v":
+        from fgrpo.models.wan.tiny_i2v import tiny_clip_vision_config
+
+        return tiny_clip_vision_config()
+    return {**_CLIP_VIT_H_14["vision_config"], "hidden_act": "gelu"}
 
 
 def planning_vae(preset: WanPreset) -> dict:
@@ -166,11 +210,12 @@ def preset_notes(preset: WanPreset) -> tuple[str, ...]:
             if preset.image_dim
             else ""
         )
-        unplanned = "the image's VAE encoding" + (" and the CLIP image encoder are" if preset.image_dim else " is")
+        encoders = "the VAE" + (" and the CLIP image encoder (float32)" if preset.image_dim else "")
         notes.append(
             f"image-to-video: the transformer's input carries {preset.condition_channels} condition channels "
-            f"(mask + the image's latent){clip}, one video's repeated over the batch; {unplanned} not planned "
-            "(run once per prompt before the first step, their results cached: fgrpo.models.wan.image_cache)"
+            f"(mask + the image's latent){clip}, one video's repeated over the batch; the start-up phase "
+            f"'image encoding' holds {encoders} and encodes one prompt's image (run once per prompt before "
+            "the transformer is built, the results cached: fgrpo.models.wan.image_cache)"
         )
     if preset.expand_timesteps:
         notes.append(

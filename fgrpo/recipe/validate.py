@@ -175,11 +175,10 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
         errs.append(f"parallelism.tp: {par.tp} does not divide the FFN width {preset.ffn_dim} of {recipe.model.preset}")
     elif preset and par.tp >= 1 and par.sp >= 1:
         errs += _sequence_parallel_problems(recipe, preset)
-    if preset and preset.image_dim is not None and (par.tp > 1 or par.sp > 1):
-        which = "tp" if par.tp > 1 else "sp"
+    if preset and preset.image_dim is not None and par.sp > 1:
         errs.append(
-            f"parallelism.{which}: the image cross-attention of {recipe.model.preset} (added_kv_proj_dim) has no "
-            "tensor- or sequence-parallel layout; use parallelism.tp=1 and parallelism.sp=1"
+            f"parallelism.sp: the image cross-attention of {recipe.model.preset} (added_kv_proj_dim) has no "
+            "sequence-parallel layout; use parallelism.sp=1 (parallelism.tp shards it)"
         )
     if preset and preset.image_dim is not None and recipe.model.max_text_tokens != 512:
         errs.append(

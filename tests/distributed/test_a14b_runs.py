@@ -1,6 +1,7 @@
 """Wan2.2 A14B's two experts train end to end in fgrpo (issue 23 point 2), on the tiny two-expert
 model (fgrpo/models/wan/tiny_a14b.py: `transformer` for steps 0-2 of the tiny recipe's grid,
-`transformer_2` for 3-7) in bf16, in 1 process and on dp_shard=2: launch one step, stop, resume for
+`transformer_2` for 3-7) in bf16, in 1 process, on dp_shard=2 and on dp_shard=2 x tp=2 (each expert
+tensor-parallel on its own): launch one step, stop, resume for
 a second (on policy), `fgrpo eval`, `fgrpo export`, and the export loaded by diffusers'
 `WanPipeline.from_pretrained` with transformer_2 and boundary_ratio, and sampled. Full fine-tuning
 (the tiny recipe's), `lora.experts=both`: step 1 draws steps (1, 2) (high noise), step 2 (3, 1) (one
@@ -37,7 +38,12 @@ A14B_ARGS = [
     "--algorithm.clip-range",
     "1e-3",  # the paper's: any on-policy drift would show as clipping
 ]
-LAYOUTS = {"1": (1, []), "dp_shard=2": (2, ["--parallelism.dp-shard", "2"])}
+LAYOUTS = {
+    "1": (1, []),
+    "dp_shard=2": (2, ["--parallelism.dp-shard", "2"]),
+    # each expert sharded over the tp group on its own (fgrpo.models.wan.experts)
+    "dp_shard=2,tp=2": (4, ["--parallelism.dp-shard", "2", "--parallelism.tp", "2"]),
+}
 # Relative L2 difference of the two-step update between the layouts; bf16, as
 # tests/distributed/test_precision_matrix.py explains (the TI2V and I2V runs use the same bound).
 BF16_LAYOUT_TOLERANCE = 0.15

@@ -1,13 +1,14 @@
 """Wan2.1 image-to-video trains end to end in fgrpo (issue 23 point 4), on the tiny I2V architecture
 (fgrpo/models/wan/tiny_i2v.py: 36 input channels, image cross-attention, a CLIP image encoder) in
-bf16, in 1 process and on dp_shard=2 (its image attention has no tp/sp layout): launch one step,
+bf16, in 1 process, on dp_shard=2 and on dp_shard=2 x tp=2 (tp shards the image attention with the
+text's heads, fgrpo/models/wan/tensor_parallel.py; it has no sp layout): launch one step,
 stop, resume for a second, the first step on-policy (ratio exactly 1: the recomputed log pi_old sees
 the same image condition as the loss), `fgrpo eval`, `fgrpo export`, and the export loaded by
 diffusers' `WanImageToVideoPipeline.from_pretrained` and sampled with an image. Full fine-tuning
 (the tiny recipe's), so the image embedder and image attention train too.
 
-Suite cost: about 65 CPU-seconds (two launches per layout, the second resuming; eval and export
-once).
+Suite cost: about 65 CPU-seconds for 1 process and dp_shard=2 (two launches per layout, the second
+resuming; eval and export once); dp_shard=2 x tp=2 (4 processes) adds about 60 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ I2V_ARGS = [
     "--algorithm.clip-range",
     "1e-3",  # the paper's: any on-policy drift would show as clipping
 ]
-LAYOUTS = {"1": (1, []), "dp_shard=2": (2, ["--parallelism.dp-shard", "2"])}
+LAYOUTS = {
+    "1": (1, []),
+    "dp_shard=2": (2, ["--parallelism.dp-shard", "2"]),
+    "dp_shard=2,tp=2": (4, ["--parallelism.dp-shard", "2", "--parallelism.tp", "2"]),
+}
 # Relative L2 difference of the two-step update between the layouts; bf16, as
 # tests/distributed/test_precision_matrix.py explains (and tests/distributed/test_ti2v_runs.py uses).
 BF16_LAYOUT_TOLERANCE = 0.15

@@ -94,14 +94,17 @@ def test_planning_is_not_refused_for_what_it_models(name):
     assert planning_problems(load(name), 8) == []
 
 
-def test_image_attention_is_refused_with_tp_sp_or_a_shorter_text_context_also_for_planning():
-    """diffusers' Wan image cross-attention has no parallel layout in fgrpo and takes the context's
-    last 512 tokens as text: refused before planning, not a crash inside it."""
+def test_image_attention_is_refused_with_sp_or_a_shorter_text_context_also_for_planning():
+    """diffusers' Wan image cross-attention has no sequence-parallel layout in fgrpo (tensor
+    parallelism shards it) and takes the context's last 512 tokens as text: refused before
+    planning, not a crash inside it."""
     recipe = load("wan2_1_i2v_14b_480p")
-    for field, value in (("tp", 2), ("sp", 2)):
-        par = dataclasses.replace(recipe.parallelism, **{field: value})
-        problems = planning_problems(dataclasses.replace(recipe, parallelism=par), 8)
-        assert fields(problems) == [f"parallelism.{field}"] and "image cross-attention" in problems[0], problems
+    sp2 = dataclasses.replace(recipe.parallelism, sp=2)
+    problems = planning_problems(dataclasses.replace(recipe, parallelism=sp2), 8)
+    assert fields(problems) == ["parallelism.sp"] and "image cross-attention" in problems[0], problems
+    # Tensor parallelism shards the image cross-attention with the text's heads (fgrpo.models.wan.tensor_parallel).
+    tp2 = dataclasses.replace(recipe.parallelism, tp=2)
+    assert planning_problems(dataclasses.replace(recipe, parallelism=tp2), 8) == []
     short = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, max_text_tokens=256))
     assert fields(planning_problems(short, 8)) == ["model.max_text_tokens"]
     # Wan2.2's I2V has no image cross-attention: sequence parallelism is fine.

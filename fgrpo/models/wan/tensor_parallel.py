@@ -15,6 +15,12 @@ Two things make the plain plan numerically wrong for Wan (diffusers ships no TP 
 * `WanAttnProcessor` unflattens q/k/v with `attn.heads`, so each attention module must be told its
   per-rank head count (`heads / tp`).
 
+Wan2.1 I2V's image cross-attention (`attn2.add_k_proj` / `add_v_proj`, `norm_added_k`) is the
+text cross-attention's key/value side over the CLIP image tokens: its projections are column-wise
+by the same heads as `to_q`, `norm_added_k` (again across heads) is head-sharded, and its per-head
+output is added to the text attention's before the row-wise `to_out.0`. The image embedder, outside
+the blocks, stays replicated.
+
 LoRA (peft, attached by diffusers' `add_adapter`) is planned so that it composes with the sharded
 base layer: for a column-wise layer `y = W x + B A x`, `A` stays replicated and `B` is sharded
 column-wise like `W`; for a row-wise layer `A` is sharded row-wise like `W` (its small rank-`r`
@@ -137,6 +143,22 @@ def _linear_plan(path: str, module: nn.Module, columnwise: bool) -> dict:
     return plan
 
 
+def _has_image_attention(attn: nn.Module) -> bool:
+    """Whether `attn` also attends to image tokens (Wan2.1 I2V's `added_kv_proj_dim`)."""
+    return getattr(attn, "add_k_proj", None) is not None
+
+
+def _column_projections(attn: nn.Module) -> tuple[str, ...]:
+    """The projections of `attn` whose outputs are heads: sharded column-wise, by the same heads."""
+    image = ("add_k_proj", "add_v_proj") if _has_image_attention(attn) else ()
+    return ("to_q", "to_k", "to_v", *image)
+
+
+def _head_norms(attn: nn.Module) -> tuple[str, ...]:
+    """The norms of `attn` over the full width of its heads (across heads): head-sharded."""
+    return ("norm_q", "norm_k", "norm_added_k") if _has_image_attention(attn) else ("norm_q", "norm_k")
+
+
 def _check_divisible(transformer: nn.Module, tp: int) -> None:
     """Refuse degrees that would shard a head or the FFN unevenly, before touching the model.
 
@@ -154,8 +176,6 @@ def _check_divisible(transformer: nn.Module, tp: int) -> None:
                 )
             if getattr(attn, "fused_projections", False):
                 raise ValueError(f"blocks.{i}.{name}: unfuse the q/k/v projections before tensor parallelism")
-            if getattr(attn, "add_k_proj", None) is not None:
-                raise NotImplementedError(f"blocks.{i}.{name}: image-conditioned (I2V) attention is not supported")
         ffn_dim = _out_features(_ffn_linears(block)[0])
         if ffn_dim % tp:
             raise ValueError(f"parallelism.tp={tp} does not divide the FFN width ({ffn_dim}) of blocks.{i}")
@@ -169,6 +189,8 @@ def apply_tensor_parallel(transformer: nn.Module, tp_mesh: DeviceMesh) -> None:
         plain local tensors so the attention processor is unchanged), `to_out.0` row-wise (output
         replicated); `norm_q` / `norm_k` replaced by `HeadShardedRMSNorm`; `heads`, `inner_dim`
         and `kv_inner_dim` divided by the TP degree (the processor unflattens with `heads`).
+      * Image cross-attention (Wan2.1 I2V, `attn2.add_k_proj` / `add_v_proj`): column-wise like
+        `to_k` / `to_v`; `norm_added_k` replaced by `HeadShardedRMSNorm`.
       * `ffn.net.0.proj` column-wise, `ffn.net.2` row-wise.
       * LoRA layers (peft) on any of these: see `_linear_plan`.
 
@@ -193,7 +215,7 @@ def apply_tensor_parallel(transformer: nn.Module, tp_mesh: DeviceMesh) -> None:
         plan: dict = {}
         for name in ("attn1", "attn2"):
             attn = getattr(block, name)
-            for proj in ("to_q", "to_k", "to_v"):
+            for proj in _column_projections(attn):
                 plan.update(_linear_plan(f"{name}.{proj}", getattr(attn, proj), columnwise=True))
             plan.update(_linear_plan(f"{name}.to_out.0", attn.to_out[0], columnwise=False))
         ffn_in, ffn_out = _ffn_linears(block)
@@ -203,7 +225,7 @@ def apply_tensor_parallel(transformer: nn.Module, tp_mesh: DeviceMesh) -> None:
 
         for name in ("attn1", "attn2"):
             attn = getattr(block, name)
-            for norm_name in ("norm_q", "norm_k"):
+            for norm_name in _head_norms(attn):
                 norm = getattr(attn, norm_name)
                 if isinstance(norm, nn.RMSNorm):
                     setattr(attn, norm_name, HeadShardedRMSNorm(norm, tp_mesh))
