@@ -29,6 +29,7 @@ def main() -> None:
     import warnings
 
     from fgrpo.planner import Gpu, plan
+    from fgrpo.planner.rollout_options import EXACT, with_rollout
     from fgrpo.recipe.io import load_recipe_file
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,7 +38,9 @@ def main() -> None:
     ap.add_argument("--mfu", type=float, default=0.4)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    base = load_recipe_file(str(REPO / "recipes" / "wan1_3b.py"))
+    # The paper's exact rollout (the recipe defaults to a cheaper one since issue 22; full-trajectory
+    # has no deterministic step to make cheaper).
+    base = with_rollout(load_recipe_file(str(REPO / "recipes" / "wan1_3b.py")), EXACT)
     gpu = Gpu(tflops=args.gpu_tflops, mfu=args.mfu)
     rows = {}
     for mode in PAPER:

@@ -75,15 +75,15 @@ def cmd_plan(argv: list[str]) -> int:
 
 def _plan_rollout_options(recipe: Recipe, gpus: int | None, gpu, as_json: bool) -> int:
     from fgrpo.planner.report import render, render_rollout_options
-    from fgrpo.planner.rollout_options import compare_rollout_options, row_dict
+    from fgrpo.planner.rollout_options import compare_rollout_options, exact_plan, row_dict
 
     rows = compare_rollout_options(recipe, gpus, gpu)
-    exact = rows[0].plan
-    assert exact is not None  # the recipe's own plan is always made
+    own, exact = rows[0].plan, exact_plan(rows)
+    assert own is not None  # the recipe's own plan is always made
     if as_json:
-        print(json.dumps({**exact.to_dict(), "rollout_options": [row_dict(r, exact) for r in rows]}, indent=2))
+        print(json.dumps({**own.to_dict(), "rollout_options": [row_dict(r, exact) for r in rows]}, indent=2))
     else:
-        render(exact)
+        render(own)
         render_rollout_options(rows)
     return 0
 

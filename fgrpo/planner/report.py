@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .plan import GIB, Plan
-from .rollout_options import OptionRow, step_minutes
+from .rollout_options import OptionRow, exact_plan, step_minutes
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -137,8 +137,7 @@ def render_rollout_options(rows: list[OptionRow], console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    exact = rows[0].plan
-    assert exact is not None  # the recipe's own plan is always made
+    exact = exact_plan(rows)
     unit, scale, fmt = ("GPU-minutes", 1, ".2f") if exact.gpu_minutes_per_step >= 0.1 else ("GPU-ms", 60_000, ".2g")
     table = Table(
         title=f"Rollout options: {unit} per optimizer step, all {exact.world} GPUs "
@@ -165,7 +164,8 @@ def render_rollout_options(rows: list[OptionRow], console=None) -> None:
         )
     console.print(table)
     console.print(
-        f"[dim]rollout, train, total: {unit} per step, all GPUs; share: rollout / total; unipc K: "
+        f"[dim]rollout, train, total: {unit} per step, all GPUs; share: rollout / total; recipe: the "
+        "recipe's own rollout; the options are applied to the exact rollout; unipc K: "
         "rollout.ode_solver unipc with rollout.ode_steps K (euler and dpmpp_2m cost the same)[/]"
     )
     for line in skipped:

@@ -19,10 +19,22 @@ from fgrpo.recipe.config import Recipe
 from .plan import Gpu, Plan, plan, planning_problems
 from .spec import ModelSpec
 
-__all__ = ["OptionRow", "RolloutOption", "compare_rollout_options", "rollout_options", "row_dict", "step_minutes"]
+__all__ = [
+    "EXACT",
+    "OptionRow",
+    "RolloutOption",
+    "compare_rollout_options",
+    "exact_plan",
+    "rollout_options",
+    "row_dict",
+    "step_minutes",
+    "with_rollout",
+]
 
 # The rollout fields an option may set: none of them is read by the fake run.
 OPTION_FIELDS = ("share_prefix", "ode_solver", "ode_steps")
+# The exact rollout: every video its own initial noise, Euler on every step of the grid.
+EXACT = {"share_prefix": False, "ode_solver": "euler", "ode_steps": None}
 
 # rollout.ode_steps as fractions of rollout.steps: a half (for an even grid exactly Wan's own grid of
 # steps/2 steps), and three tenths, the coarsest sub-grid benchmarks/rollout_options.py measured
@@ -46,11 +58,11 @@ def ode_step_choices(steps: int) -> list[int]:
 
 
 def rollout_options(steps: int) -> list[RolloutOption]:
-    """exact (the recipe), share_prefix, UniPC on each sub-grid, and share_prefix with UniPC on the
-    coarsest. UniPC stands for every solver: its cost is its evaluations, the same for euler and
-    dpmpp_2m on the same sub-grid."""
+    """exact, share_prefix, UniPC on each sub-grid, and share_prefix with UniPC on the coarsest, each
+    applied to the exact rollout (EXACT). UniPC stands for every solver: its cost is its
+    evaluations, the same for euler and dpmpp_2m on the same sub-grid."""
     subgrids = ode_step_choices(steps)
-    out = [RolloutOption("exact"), RolloutOption("share_prefix", {"share_prefix": True})]
+    out = [RolloutOption("exact", dict(EXACT)), RolloutOption("share_prefix", {"share_prefix": True})]
     out += [RolloutOption(f"unipc {k}", {"ode_solver": "unipc", "ode_steps": k}) for k in subgrids]
     if subgrids:
         k = subgrids[-1]
@@ -65,7 +77,7 @@ class OptionRow:
     option: RolloutOption
     plan: Plan | None = None
     skipped: str = ""
-    """Why the option was not planned (the recipe already runs it, or a recipe problem it makes)."""
+    """Why the option was not planned (a recipe problem it makes)."""
 
 
 def step_minutes(p: Plan) -> dict[str, float]:
@@ -79,6 +91,13 @@ def step_minutes(p: Plan) -> dict[str, float]:
         "gpu_minutes_per_step": total,
         "rollout_share": rollout / total if total else 0.0,
     }
+
+
+def exact_plan(rows: list[OptionRow]) -> Plan:
+    """The exact rollout's plan, which every row's "x of exact" divides by."""
+    plan_ = next(r.plan for r in rows if r.option.name == "exact")
+    assert plan_ is not None  # the exact rollout is refused by no recipe that can be planned
+    return plan_
 
 
 def row_dict(row: OptionRow, exact: Plan) -> dict:
@@ -103,20 +122,23 @@ def compare_rollout_options(
     spec: ModelSpec | None = None,
     target: Literal["gpu", "cpu"] = "gpu",
 ) -> list[OptionRow]:
-    """One row per option of `rollout_options`, the first the recipe's own plan (RecipeError if the
-    recipe cannot be planned). An option that changes nothing, or that the recipe's other settings
-    refuse (a solver in full-trajectory mode), is skipped with the reason."""
+    """The recipe's own plan first (RecipeError if it cannot be planned), as the row `recipe` when
+    its rollout is not the exact one; then one row per option of `rollout_options`, each applied to
+    the recipe with the exact rollout (so a recipe that defaults to an option is compared with what
+    it saves). An option the recipe's other settings refuse (a solver in full-trajectory mode) is
+    skipped with the reason; the option the recipe runs is its own plan."""
     spec = spec or ModelSpec.from_preset(recipe.model.preset)
-    exact = plan(recipe, gpus, gpu, spec, target)
-    first, *others = rollout_options(recipe.rollout.steps)
-    rows = [OptionRow(first, exact)]
-    for option in others:
-        changed = with_rollout(recipe, option.overrides)
-        problems = planning_problems(changed, exact.world)
+    own = plan(recipe, gpus, gpu, spec, target)
+    base = with_rollout(recipe, EXACT)
+    recipe_row = RolloutOption("recipe", {k: getattr(recipe.rollout, k) for k in OPTION_FIELDS})
+    rows = [] if base == recipe else [OptionRow(recipe_row, own)]
+    for option in rollout_options(recipe.rollout.steps):
+        changed = with_rollout(base, option.overrides)
+        problems = planning_problems(changed, own.world)
         if changed == recipe:
-            rows.append(OptionRow(option, skipped="the recipe already runs it (the exact row)"))
+            rows.append(OptionRow(option, own))
         elif problems:
             rows.append(OptionRow(option, skipped="; ".join(problems)))
         else:
-            rows.append(OptionRow(option, plan(changed, exact.world, gpu, spec, target, run=exact.run)))
+            rows.append(OptionRow(option, plan(changed, own.world, gpu, spec, target, run=own.run)))
     return rows

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from fgrpo.planner import Gpu, plan
-from fgrpo.planner.rollout_options import OPTION_FIELDS, compare_rollout_options, step_minutes, with_rollout
+from fgrpo.planner.rollout_options import EXACT, OPTION_FIELDS, compare_rollout_options, step_minutes, with_rollout
 from fgrpo.recipe.io import load_recipe_file
 from tests.conftest import REPO, run_fgrpo
 
@@ -46,20 +46,27 @@ def test_wan1_3b_rows_are_the_planners_numbers_for_each_option(fake_runs):
     rows = compare_rollout_options(recipe, 8, Gpu())
     assert len(fake_runs) == 1  # every option re-planned on the recipe's fake run
     names = [r.option.name for r in rows]
-    assert names == ["exact", "share_prefix", "unipc 10", "unipc 6", "share_prefix + unipc 6"]  # 20 steps
+    # 20 steps; the recipe's own rollout (share_prefix, Euler on 6 nodes) first, the options applied
+    # to the exact rollout after it.
+    assert names == ["recipe", "exact", "share_prefix", "unipc 10", "unipc 6", "share_prefix + unipc 6"]
+    assert rows[0].option.overrides == {"share_prefix": True, "ode_solver": "euler", "ode_steps": 6}
     plans = [r.plan for r in rows if r.plan is not None and not r.skipped]
     assert len(plans) == len(rows)
     m = {r.option.name: step_minutes(p) for r, p in zip(rows, plans)}
 
-    # The exact row is the plain plan of the recipe (the others reuse its fake run, which reads none
-    # of their fields: test_the_fake_run_reads_no_rollout_option).
+    # The recipe row is the plain plan of the recipe, the exact row that of the recipe with the
+    # exact rollout (the others reuse the recipe's fake run, which reads none of their fields:
+    # test_the_fake_run_reads_no_rollout_option).
     assert plans[0].to_dict() == plan(recipe, 8, Gpu()).to_dict()
-    assert [p.rollout_evaluations for p in plans[1:]] == [
-        float(planner.rollout_evaluations(with_rollout(recipe, r.option.overrides))) for r in rows[1:]
+    assert plans[1].to_dict() == plan(with_rollout(recipe, EXACT), 8, Gpu()).to_dict()
+    assert [p.rollout_evaluations for p in plans[2:]] == [
+        float(planner.rollout_evaluations(with_rollout(with_rollout(recipe, EXACT), r.option.overrides)))
+        for r in rows[2:]
     ]
+    assert m["recipe"]["gpu_minutes_per_step"] < m["unipc 6"]["gpu_minutes_per_step"]  # Euler 6 + share_prefix
 
     exact = m["exact"]
-    for name in names[1:]:
+    for name in names[2:]:
         row = m[name]
         assert row["evaluations_per_video"] < exact["evaluations_per_video"]
         assert row["rollout_gpu_minutes"] < exact["rollout_gpu_minutes"]
@@ -105,8 +112,8 @@ def test_cli_table_and_refused_options(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Rollout options" in res.stdout and "share_prefix + unipc 2" in res.stdout  # tiny: 8 steps
 
-    # Full-trajectory has no deterministic step: the solver rows are skipped, saying why; an option
-    # the recipe already sets is skipped too.
+    # Full-trajectory has no deterministic step: the solver rows are skipped, saying why; the option
+    # the recipe runs is the recipe's own plan.
     res = run_fgrpo(
         "plan",
         "recipes/tiny.py",
@@ -120,9 +127,9 @@ def test_cli_table_and_refused_options(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)
     rows = {r["option"]: r for r in out["rollout_options"]}
-    assert rows["exact"]["gpu_minutes_per_step"] == out["gpu_minutes_per_step"]
+    assert rows["recipe"]["gpu_minutes_per_step"] == rows["share_prefix"]["gpu_minutes_per_step"]
+    assert rows["recipe"]["gpu_minutes_per_step"] == out["gpu_minutes_per_step"]
     assert rows["exact"]["x_of_exact"] == 1.0
-    assert "already runs it" in rows["share_prefix"]["skipped"]
     for name in ("unipc 4", "unipc 2", "share_prefix + unipc 2"):
         assert rows[name]["skipped"].startswith("rollout.ode_solver:") and "full-trajectory" in rows[name]["skipped"]
         assert "gpu_minutes_per_step" not in rows[name]
