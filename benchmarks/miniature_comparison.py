@@ -1,7 +1,8 @@
 """Arms compared at equal FLOPs on the miniature model, over seeds: the paper's comparison (flash,
 full-trajectory, fast, no-ITG, no-TGR) and the rollout options' (exact against cheaper rollouts).
 
-    python benchmarks/miniature_comparison.py [--design paper|rollout-options|rollout-options-2] [--seeds 5]
+    python benchmarks/miniature_comparison.py [--design paper|rollout-options|rollout-options-2|rollout-options-3]
+        [--seeds 5]
         [--budget-steps N] [--runs-dir DIR]
 
 Each design is fixed before any of its runs (its version; do not change it because of an outcome).
@@ -44,6 +45,15 @@ the same folder so its exact arm's runs are reused (same overrides, same run nam
 skips them). Arms: exact; `share_prefix + euler 3` (`--rollout.share-prefix --rollout.ode-steps 3`:
 3.53 evaluations per video, 2.84x fewer). The paper recipes take it as their default if its
 interval against exact holds 0 or lies above it, and not otherwise.
+
+**rollout-options-3** (version 1, fixed before any of its runs): issue 22's training-free caches,
+of which only TaylorSeer skips work on this model (benchmarks/rollout_options.py: 0.539 of 0.886
+GFLOP per video, samples' gold +0.0327 [-0.0031, +0.0774] against no cache; FirstBlockCache never
+skips at diffusers' threshold here and MagCache skips 3 %). Same recipe, budget, seeds and folder as
+rollout-options v1 (its exact arm reused). Arms: exact; `cache taylorseer` (`--rollout.cache
+taylorseer`: diffusers' TaylorSeerCache on the deterministic steps, off for the SDE step and the
+training pass). Reported whatever it shows; no default changes with it (its samples are
+approximations, unlike a sub-grid's exact ODE steps).
 
 Common to all:
 
@@ -124,13 +134,19 @@ DESIGNS = {
         },
         budget_steps=40,
     ),
+    "rollout-options-3": Design(
+        version=1,
+        recipe_overrides=[],
+        arms={"exact": [], "cache taylorseer": ["--rollout.cache", "taylorseer"]},
+        budget_steps=40,
+    ),
 }
 COMPARISON_VERSION = DESIGNS["paper"].version  # the paper design's version, as docs/miniature.md cites it
 
 
 @dataclass
 class Args:
-    design: Literal["paper", "rollout-options", "rollout-options-2"] = "paper"
+    design: Literal["paper", "rollout-options", "rollout-options-2", "rollout-options-3"] = "paper"
     """Which comparison (the module's docstring states each design)."""
     seeds: int = 5
     """Seeds per arm (prompts.seed 0 .. seeds-1)."""
