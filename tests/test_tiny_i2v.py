@@ -166,6 +166,7 @@ def test_sampler_gives_the_transformer_the_i2v_pipelines_inputs(tiny_i2v_model_d
 
     from fgrpo.data.image_prompts import load_image
     from fgrpo.models.wan.cross_attention_cache import cached_text_projections
+    from fgrpo.models.wan.image_condition import ImageCondition
 
     pipe = WanImageToVideoPipeline.from_pretrained(tiny_i2v_model_dir)
     prompts = write_image_prompts(tmp_path, 2, (SIZE, SIZE))
@@ -173,6 +174,7 @@ def test_sampler_gives_the_transformer_the_i2v_pipelines_inputs(tiny_i2v_model_d
     cache = _conditions(tiny_i2v_model_dir, pipe.vae, images, tmp_path / "runs")
     condition = cache.lookup(["a ball, scene 0"])
     other = cache.lookup(["a ball, scene 1"])
+    assert isinstance(condition, ImageCondition) and isinstance(other, ImageCondition)  # not TI2V's first frame
     assert condition.embeds is not None and other.embeds is not None
     assert not torch.equal(condition.latent[:, 4:], other.latent[:, 4:])
     assert not torch.equal(condition.embeds, other.embeds)

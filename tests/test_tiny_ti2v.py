@@ -3,7 +3,8 @@ compresses 16x into the latent shape fgrpo computes, and fgrpo's one-timestep-pe
 equals the pipeline's per-token timesteps (`expand_timesteps`) for text-only prompts.
 
 Suite cost: about 10 CPU-seconds (one tiny folder per session, forwards on 8-token videos).
-(Training, resume, eval and export on it: tests/distributed/test_ti2v_runs.py.)
+(Training, resume, eval and export on it: tests/distributed/test_ti2v_runs.py; its text+image mode:
+tests/test_ti2v_text_image.py.)
 """
 
 import json
@@ -157,15 +158,6 @@ def _recipe(tmp_path, preset: str, image: bool) -> Recipe:
         rollout=RolloutConfig(height=SIZE, width=SIZE, frames=FRAMES, prompts_per_step=2),
         prompts=PromptsConfig(file=str(prompts), heldout=2),
     )
-
-
-def test_prompts_with_an_image_are_refused_for_ti2v_only(tmp_path):
-    errs = recipe_problems(_recipe(tmp_path, "tiny-ti2v", image=True), world_size=1)
-    (err,) = [e for e in errs if e.startswith("prompts.file")]
-    assert "prompt 4 has an `image`" in err and "image+text mode" in err and "not implemented" in err
-    assert not [e for e in recipe_problems(_recipe(tmp_path, "tiny-ti2v", image=False), 1) if "prompts.file" in e]
-    # A text-to-video-only model: an `image` is one more field, carried into eval results.
-    assert not [e for e in recipe_problems(_recipe(tmp_path, "tiny", image=True), 1) if "prompts.file" in e]
 
 
 def test_tiny_ti2v_is_built_by_fgrpo_when_no_path_is_given(tmp_path):

@@ -115,16 +115,31 @@ class SDEStep(NamedTuple):
     log_prob: Tensor  # log pi(x_next | x) averaged over non-batch elements, [B]
 
 
-def sde_log_prob(sample: Tensor, mean: Tensor, std: Scalar) -> Tensor:
+def _element_mean(values: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean over the non-batch elements -> [B]; with `mask` (bool, broadcastable to `values`), over
+    the elements it marks only (the others count for nothing, gradients included)."""
+    if values.ndim <= 1:
+        return values
+    dims = tuple(range(1, values.ndim))
+    if mask is None:
+        return values.mean(dim=dims)
+    counted = mask.expand_as(values)
+    return torch.where(counted, values, 0.0).sum(dim=dims) / counted.sum(dim=dims)
+
+
+def sde_log_prob(sample: Tensor, mean: Tensor, std: Scalar, mask: Tensor | None = None) -> Tensor:
     """Gaussian log-density, averaged (not summed) over all non-batch elements -> [B].
 
     log N(x; mu, std^2) = -(x - mu)^2 / (2 std^2) - log(std) - log(2 pi) / 2.
     Averaging keeps the log-ratio O(1) regardless of the latent size (Flow-GRPO convention).
     `std` may be a number, a per-sample [B] tensor, or broadcastable to `sample`.
+    `mask` (bool, broadcastable to `sample`): the elements the step samples; the average runs over
+    them only, S = {e : mask_e}: log pi = (1 / |S|) sum_{e in S} log N(x_e; mu_e, std^2) (Wan2.2-TI2V's
+    text+image mode: its first latent frame is imposed, not sampled; fgrpo.models.wan.first_frame).
     """
     std_t = _as_tensor(std, mean)
     log_p = -((sample.to(mean.dtype) - mean) ** 2) / (2.0 * std_t**2) - torch.log(std_t) - 0.5 * math.log(2.0 * math.pi)
-    return log_p.mean(dim=tuple(range(1, log_p.ndim))) if log_p.ndim > 1 else log_p
+    return _element_mean(log_p, mask)
 
 
 def sde_step(
@@ -136,6 +151,7 @@ def sde_step(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     prev_sample: Tensor | None = None,
+    mask: Tensor | None = None,
 ) -> SDEStep:
     """Flow-GRPO's stochastic step (docs section 2), with its log-probability.
 
@@ -149,6 +165,8 @@ def sde_step(
     that stored sample under the current mean is returned. sigma, sigma_next and s_t may be
     numbers or per-sample [B] tensors. Computed in >= float32; prev_sample is returned in that
     dtype, so storing it and re-evaluating reproduces the sampling-time log-prob exactly.
+    `mask`: the elements the step samples, the only ones log_prob averages over (sde_log_prob); the
+    others are still stepped (the caller re-imposes them).
     """
     dtype = _compute_dtype(x)
     x_c, v_c = x.to(dtype), v.to(dtype)
@@ -168,19 +186,20 @@ def sde_step(
     else:
         prev_sample = prev_sample.to(dtype)
 
-    log_prob = sde_log_prob(prev_sample, mean, std)
+    log_prob = sde_log_prob(prev_sample, mean, std, mask)
     # std is 0-dim or [B, 1, ...]; report it per sample.
     batch = x.shape[0]
     std_b = std.reshape(-1).expand(batch) if std.numel() == 1 else std.reshape(batch)
     return SDEStep(prev_sample, mean, std_b, log_prob)
 
 
-def kl_to_reference(mean: Tensor, mean_ref: Tensor, std: Scalar) -> Tensor:
+def kl_to_reference(mean: Tensor, mean_ref: Tensor, std: Scalar, mask: Tensor | None = None) -> Tensor:
     """KL between the policy's and the reference policy's Gaussian steps (same std) -> [B].
 
     KL = ||mu_theta - mu_ref||^2 / (2 std^2), averaged over elements; with std = s_t sqrt|dt|
-    this is the doc's ||mu_theta - mu_ref||^2 / (2 s_t^2 |dt|).
+    this is the doc's ||mu_theta - mu_ref||^2 / (2 s_t^2 |dt|). `mask`: averaged over the sampled
+    elements only, as sde_log_prob.
     """
     std_t = _as_tensor(std, mean)
     kl = (mean - mean_ref.to(mean.dtype)) ** 2 / (2.0 * std_t**2)
-    return kl.mean(dim=tuple(range(1, kl.ndim))) if kl.ndim > 1 else kl
+    return _element_mean(kl, mask)

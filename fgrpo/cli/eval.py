@@ -76,7 +76,7 @@ def per_video(records: list[dict], videos_per_prompt: int, rewards: list[float])
 def cmd_eval(argv: list[str]) -> int:
     from fgrpo.data.image_prompts import prompt_images
     from fgrpo.data.prompts import read_prompt_lines, read_prompt_records, resolve_prompt_file, split_prompts
-    from fgrpo.recipe.validate import image_prompt_problem, image_to_video_prompt_problems
+    from fgrpo.recipe.validate import image_to_video_prompt_problems
     from fgrpo.trainer.evaluate import evaluate_checkpoint
 
     a = tyro.cli(EvalArgs, args=argv, prog="fgrpo eval")
@@ -98,9 +98,6 @@ def cmd_eval(argv: list[str]) -> int:
     if a.prompts:
         lines = read_prompt_lines(Path(a.prompts))
         records = [r for _, r in lines]
-        image = image_prompt_problem(recipe.model.preset, records)
-        if image:
-            raise ValueError(f"--prompts: {a.prompts}: {image}")
         ro = recipe.rollout
         problems = image_to_video_prompt_problems(
             recipe.model.preset, a.prompts, Path(a.prompts), lines, ro.width, ro.height

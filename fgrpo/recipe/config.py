@@ -62,15 +62,17 @@ class ModelConfig:
     """Which Wan model to align (text-to-video or image-to-video)."""
 
     preset: ModelPreset = "wan2.1-t2v-1.3b"
-    """Architecture preset. `miniature`: the miniature world's text-to-video model, pre-trained by fgrpo on
-    first use and cached (a few minutes on a CPU; fgrpo/miniature/pretrain.py); `tiny`: a small random
+    """Architecture preset. `miniature`: the miniature world's text-to-video model, pre-trained by fgrpo
+    (fgrpo/miniature/pretrain.py; seed 0's build ships with fgrpo and is copied into the cache on first
+    use, other seeds are pre-trained there, minutes on a CPU); `tiny`: a small random
     Wan-architecture model (colour noise; tests that need the smallest model); `tiny-ti2v`: the same
     for Wan2.2-TI2V-5B's architecture (its 16x VAE, heights and widths multiples of 32); `tiny-i2v`:
     the same for Wan2.1-I2V-14B's (36 input channels, image cross-attention, a tiny CLIP image
     encoder; max_text_tokens 512). Wan2.1-T2V 1.3B and 14B; Wan2.1-I2V-14B 480p and 720p
     (image-to-video: prompts.file must give an image per prompt; parallelism.tp and sp 1);
-    Wan2.2-TI2V-5B in its text-to-video mode (the same sampler: without an image its per-token
-    timesteps are all equal; prompts with an `image` are refused). Wan2.2's two-expert A14B models
+    Wan2.2-TI2V-5B text-to-video (a prompt file without images: its per-token timesteps are all
+    equal) or text+image (a JSONL with an `image` per prompt: the image is the first latent frame,
+    its tokens at t = 0; parallelism.sp 1). Wan2.2's two-expert A14B models
     (T2V, I2V): `transformer` for the high-noise steps, `transformer_2` for the low-noise ones,
     switched at the folder's boundary_ratio as WanPipeline does (lora.experts: which train);
     `tiny-a14b`: their structure at the tiny width. Their numbers and sources:

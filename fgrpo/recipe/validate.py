@@ -348,37 +348,26 @@ def _attention_backend_problems(recipe: Recipe) -> list[str]:
     return errs
 
 
-def image_prompt_problem(preset_name: str, records: list[dict]) -> str | None:
-    """Why prompt records with an `image` cannot be used by this preset, or None.
-
-    An image beside a prompt asks Wan2.2-TI2V for its image+text mode (the image's latent as the
-    first latent frame, its tokens at t = 0), which fgrpo does not implement: refused, rather than
-    trained text-to-video with the image silently dropped. For a text-to-video-only model an
-    `image` is just another field (carried into `fgrpo eval`'s results); image-to-video presets
-    condition on it (image_to_video_prompt_problems)."""
-    from fgrpo.models.wan import PRESETS
-
-    preset = PRESETS.get(preset_name)
-    with_image = [i for i, r in enumerate(records, start=1) if "image" in r]
-    if preset is None or not preset.expand_timesteps or not with_image:
-        return None
-    more = f" (and {len(with_image) - 1} more)" if len(with_image) > 1 else ""
-    return (
-        f"prompt {with_image[0]}{more} has an `image`, but fgrpo trains {preset_name} as text-to-video only: "
-        "its image+text mode (the image as the first frame, at t = 0) is not implemented yet; "
-        "remove the `image` fields"
-    )
-
-
 def image_to_video_prompt_problems(preset_name: str, prompt_file: str, path: Path, lines, width: int, height: int):
-    """Why the prompt file cannot condition an image-to-video preset's videos (each record's image:
+    """Why the prompt file cannot condition the preset's videos on images (each record's image:
     fgrpo.data.image_prompts), [] when it can or the preset takes no image. `prompt_file` is the name
-    messages give the file (as the user wrote it)."""
-    from fgrpo.data.image_prompts import image_prompt_problems
+    messages give the file (as the user wrote it).
+
+    Image-to-video presets need an image per prompt. Wan2.2-TI2V (`expand_timesteps`) takes either
+    mode: a file without images trains text-to-video; one where any record has an `image` asks for
+    its text+image mode (the image as the first latent frame, fgrpo.models.wan.first_frame), so every
+    record is checked as for image-to-video. For a text-to-video-only model an `image` is just
+    another field (carried into `fgrpo eval`'s results)."""
+    from fgrpo.data.image_prompts import IMAGE_FIELD, image_prompt_problems
     from fgrpo.models.wan import PRESETS
 
     preset = PRESETS.get(preset_name)
-    if preset is None or not preset.image_to_video:
+    if preset is None:
+        return []
+    if preset.expand_timesteps:
+        with_image = any(IMAGE_FIELD in r for _, r in lines)
+        return image_prompt_problems(path, lines, width, height) if with_image else []
+    if not preset.image_to_video:
         return []
     if path.suffix != ".jsonl":
         return [
@@ -387,6 +376,24 @@ def image_to_video_prompt_problems(preset_name: str, prompt_file: str, path: Pat
             "(a path relative to the file's folder)"
         ]
     return image_prompt_problems(path, lines, width, height)
+
+
+def first_frame_problems(recipe: Recipe, lines) -> list[str]:
+    """Wan2.2-TI2V's text+image mode feeds a timestep per token ([B, seq]); sequence parallelism splits
+    the tokens after the patch embedding but not that timestep's modulation: refused with sp > 1."""
+    from fgrpo.data.image_prompts import IMAGE_FIELD
+    from fgrpo.models.wan import PRESETS
+
+    preset = PRESETS.get(recipe.model.preset)
+    if preset is None or not preset.expand_timesteps or recipe.parallelism.sp == 1:
+        return []
+    if not any(IMAGE_FIELD in r for _, r in lines):
+        return []
+    return [
+        f"parallelism.sp: {recipe.parallelism.sp}, but prompts.file gives images, and {recipe.model.preset}'s "
+        "text+image mode feeds a timestep per token, which sequence parallelism does not split; use "
+        "parallelism.sp=1 (or a prompt file without images: text-to-video)"
+    ]
 
 
 def _prompt_problems(recipe: Recipe) -> list[str]:
@@ -406,13 +413,13 @@ def _prompt_problems(recipe: Recipe) -> list[str]:
     n = len(records)
     if n == 0:
         return [f"prompts.file: {pr.file} holds no prompts"]
-    image = image_prompt_problem(recipe.model.preset, records)
-    if image:
-        return [f"prompts.file: {pr.file}: {image}"]
     ro = recipe.rollout
     images = image_to_video_prompt_problems(recipe.model.preset, pr.file, path, lines, ro.width, ro.height)
     if images:
         return [f"prompts.file: {p}" for p in images]
+    sp = first_frame_problems(recipe, lines)
+    if sp:
+        return sp
     train = n - max(0, pr.heldout)
     if train < 1:
         return [f"prompts.heldout: {pr.heldout} held out of the {n} prompts of {pr.file} leaves none to train on"]

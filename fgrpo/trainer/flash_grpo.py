@@ -23,7 +23,7 @@ from fgrpo.algorithm import (
     zero_variance_share,
 )
 from fgrpo.distributed.process_group import global_mean, max_over_ranks, mean_over_ranks
-from fgrpo.models.wan.image_condition import ImageCondition
+from fgrpo.models.wan.first_frame import VideoCondition, log_prob_mask
 from fgrpo.models.wan.parallelize import compiled_graph_count
 from fgrpo.recipe.config import Recipe
 
@@ -168,7 +168,7 @@ class Rollout:
     resumed: bool = False
     # this rank's text and negative context and image condition (None: text-to-video), as rolled out
     # (not kept: a resumed job looks them up)
-    text: tuple[torch.Tensor, torch.Tensor, ImageCondition | None] | None = None
+    text: tuple[torch.Tensor, torch.Tensor, VideoCondition | None] | None = None
     # the prompts the step drew (None: `prompts`; they differ where rollout.refill_zero_variance
     # replaced groups), and what the refill did
     drawn: list[str] | None = None
@@ -397,7 +397,7 @@ def train_on(policy: Policy, update: PolicyUpdate, recipe: Recipe, rollout: Roll
         if alg.kl_beta > 0:
             with torch.no_grad(), policy.reference():
                 ref = _log_prob(policy, mb, context, neg, image)
-            kl = kl_to_reference(out.mean, ref.mean, out.std)
+            kl = kl_to_reference(out.mean, ref.mean, out.std, log_prob_mask(image, mb.x))  # as the log-prob
         total = policy_loss(
             out.log_prob,
             mb.log_prob,

@@ -33,8 +33,9 @@ from fgrpo.models.wan.experts import (
     rollout_weights,
     trained_experts,
 )
+from fgrpo.models.wan.first_frame import VideoCondition, expands_timesteps
 from fgrpo.models.wan.image_cache import ImageConditionCache
-from fgrpo.models.wan.image_condition import ImageCondition, ImageConditioning
+from fgrpo.models.wan.image_condition import ImageConditioning
 from fgrpo.models.wan.loading import WanComponents
 from fgrpo.models.wan.presets import PRESETS, vae_latent_shape
 from fgrpo.models.wan.sharded_loading import build_on_meta, materialize, prepare_on_meta
@@ -58,7 +59,7 @@ class Policy:
     latent_shape: tuple[int, int, int, int]
     rollout_unsharded: Setting = "auto"  # parallelism.rollout_unsharded: FSDP2 weights kept gathered in rollout()
     rollout_attention_backend: str | None = None  # model.rollout_attention_backend, inside rollout(); None: unchanged
-    images: ImageConditionCache | None = None  # image-to-video models: each prompt's image condition
+    images: ImageConditionCache | None = None  # image-to-video models, TI2V text+image: each prompt's condition
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -74,8 +75,8 @@ class Policy:
         """Text encodings [B, L, D] from the cache (a group's G videos share one prompt)."""
         return self.text.lookup(prompts, self.device)
 
-    def image_condition(self, prompts: list[str]) -> ImageCondition | None:
-        """Each prompt's image condition from the cache (image-to-video models), else None."""
+    def image_condition(self, prompts: list[str]) -> VideoCondition | None:
+        """Each prompt's image condition from the cache (image-to-video models, TI2V text+image), else None."""
         return None if self.images is None else self.images.lookup(prompts, self.device)
 
     def image_files(self, prompts: list[str]) -> list[Path] | None:
@@ -159,16 +160,25 @@ def encode_images_once(
 ) -> ImageConditionCache | None:
     """Every prompt's image condition computed once (1/world of them per rank) into the runs folder's
     cache, for a model that takes images (None for text-to-video); the CLIP encoder is loaded only if
-    the cache lacks some, and freed. `images` None: the recipe's prompt file's."""
+    the cache lacks some, and freed. `images` None: the recipe's prompt file's. Wan2.2-TI2V (its
+    pipeline's `expand_timesteps`) takes either: text+image when the prompts have images (each its
+    first latent frame, fgrpo.models.wan.first_frame), text-to-video when none has."""
     need = ImageConditioning.of_folder(folder)
-    if not need.needed:
+    first_frame = expands_timesteps(folder)
+    if not need.needed and not first_frame:
         return None
     images = prompt_file_images(recipe.prompts.file) if images is None else images
+    if first_frame and not any(p in images for p in prompts):
+        return None  # TI2V text-to-video
     lacking = [p for p in dict.fromkeys(prompts) if p not in images]
     if lacking:
+        why = (
+            "an image-to-video model (it conditions every video on an image)"
+            if need.needed
+            else "Wan2.2-TI2V, whose text+image mode takes an image for every prompt (or none: text-to-video)"
+        )
         raise ValueError(
-            f"prompts.file: {len(lacking)} prompt(s) have no `image`, e.g. {lacking[0]!r}, but {folder} is an "
-            "image-to-video model (it conditions every video on an image)"
+            f"prompts.file: {len(lacking)} prompt(s) have no `image`, e.g. {lacking[0]!r}, but {folder} is {why}"
         )
     ro = recipe.rollout
     return ImageConditionCache.build(
@@ -181,6 +191,7 @@ def encode_images_once(
         cache_root,
         device,
         dtype,
+        first_frame=first_frame,
     )
 
 

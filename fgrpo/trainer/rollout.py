@@ -12,7 +12,7 @@ import torch
 
 from fgrpo.algorithm import noise_scale, ode_step, sde_step
 from fgrpo.algorithm.ode_grid import subgrid_indices, trajectory_nodes
-from fgrpo.models.wan.image_condition import ImageCondition
+from fgrpo.models.wan.first_frame import FirstFrameCondition, VideoCondition, impose_first_frame, log_prob_mask
 
 from .ode_solvers import EULER_EVERY_STEP, OdeConfig, SegmentSolver
 from .rollout_cache import RolloutCache, step_context
@@ -26,13 +26,14 @@ def velocity(
     neg_context=None,
     cfg_scale: float = 1.0,
     dtype: torch.dtype = torch.float32,
-    image: ImageCondition | None = None,
+    image: VideoCondition | None = None,
 ) -> torch.Tensor:
     """v = v_u + cfg·(v_c − v_u), with the conditional and unconditional passes in one batch.
 
     Latents and text context enter in the compute `dtype` (the precision policy's); Wan's timestep
     input σ·1000 stays float32, as diffusers' pipeline feeds it. Returns float32. `image`: each
-    video's image condition (image-to-video models), in both passes as WanImageToVideoPipeline.
+    video's image condition (image-to-video models, and Wan2.2-TI2V's text+image mode: the first
+    frame given, fgrpo.models.wan.first_frame), in both passes as WanImageToVideoPipeline.
 
     Under sequence parallelism the transformer splits the tokens internally and returns the whole
     velocity on every sp rank (fgrpo.models.wan.sequence_parallel), so sampling, the SDE step and
@@ -52,14 +53,17 @@ def text_input(context, neg_context, cfg_scale: float, dtype: torch.dtype) -> tu
     return torch.cat([context, neg_context]).to(dtype), cfg_scale
 
 
-def image_input(image: ImageCondition | None, cfg_scale: float | None) -> ImageCondition | None:
+def image_input(image: VideoCondition | None, cfg_scale: float | None) -> VideoCondition | None:
     """The image condition `guided_velocity` takes for `text_input`'s batch: doubled with CFG (the
-    unconditional half is conditioned on the same image, as in WanImageToVideoPipeline)."""
-    return None if image is None or cfg_scale is None else image.for_cfg()
+    unconditional half is conditioned on the same image, as in WanImageToVideoPipeline), as it is
+    without (`cfg_scale` None: the one conditional pass still takes the image)."""
+    if image is None or cfg_scale is None:
+        return image
+    return image.for_cfg()
 
 
 def guided_velocity(
-    transformer, x, sigma, text, cfg_scale: float | None, dtype: torch.dtype, image: ImageCondition | None = None
+    transformer, x, sigma, text, cfg_scale: float | None, dtype: torch.dtype, image: VideoCondition | None = None
 ) -> torch.Tensor:
     """`velocity` from a prepared `text_input` (and `image_input`); `cfg_scale` None: no guidance
     (text is the context)."""
@@ -71,9 +75,12 @@ def guided_velocity(
     return v_uncond + cfg_scale * (v_cond - v_uncond)
 
 
-def _forward(transformer, x, t, text, image: ImageCondition | None, dtype: torch.dtype) -> torch.Tensor:
+def _forward(transformer, x, t, text, image: VideoCondition | None, dtype: torch.dtype) -> torch.Tensor:
     if image is None:
         return transformer(x.to(dtype), t, text, return_dict=False)[0]
+    if isinstance(image, FirstFrameCondition):  # the image as the first frame, its tokens at t = 0
+        hidden, per_token = image.transformer_inputs(x, t, dtype)
+        return transformer(hidden, per_token, text, return_dict=False)[0]
     hidden, extra = image.transformer_inputs(x, dtype)
     return transformer(hidden, t, text, return_dict=False, **extra)[0]
 
@@ -181,7 +188,7 @@ def sample(
     end: torch.Tensor | None = None,
     ode: OdeConfig = EULER_EVERY_STEP,
     cache: RolloutCache | None = None,
-    image: ImageCondition | None = None,
+    image: VideoCondition | None = None,
 ) -> tuple[torch.Tensor, Transitions]:
     """Integrate every video from σ_start to σ_end (default σ_0 to 0); SDE at (video, step) where
     `sde_mask` is True.
@@ -199,7 +206,9 @@ def sample(
     `cache` (rollout.cache, fgrpo.trainer.rollout_cache): the deterministic steps may skip blocks;
     a forward holding an SDE step is computed in full; its state is reset per micro-batch.
 
-    `image` [B] (image-to-video models): each video's image condition, in every forward.
+    `image` [B] (image-to-video models): each video's image condition, in every forward. Wan2.2-TI2V's
+    text+image mode (FirstFrameCondition): the image's latent is the first latent frame at the start
+    and after every step, ODE or SDE, and an SDE transition's log-prob leaves that frame out.
     """
     device = latents.device
     sig = sigmas.to(device=device, dtype=torch.float32)
@@ -215,6 +224,7 @@ def sample(
         neg = None if neg_context is None else neg_context[sl]
         text, scale = text_input(context[sl], neg, cfg_scale, dtype)  # one tensor for all steps
         img = None if image is None else image[sl]
+        x = impose_first_frame(x, img)  # TI2V text+image: the image is the first frame from the start
         img_in = image_input(img, scale)
         active_text, active_img, active_key = text, img_in, None
         plans = [_RowPlan.of(grid, int(st[r]), int(en[r]), mask[r]) for r in range(x.shape[0])]
@@ -246,11 +256,14 @@ def sample(
                 eps = torch.stack([torch.randn(x.shape[1:], generator=generators[first + int(r)]) for r in videos])
                 step = torch.full((len(rows),), i, dtype=torch.long)
                 s_t = step_noise_std_scale(sig.cpu(), step, noise).to(device)
-                out = sde_step(xa[rows], v[rows], s[rows], s_next[rows], s_t, noise=eps.to(device))
-                records.append(
-                    Transitions(videos + first, step, xa[rows].clone(), out.prev_sample.float(), out.log_prob)
-                )
-                x_new[rows] = out.prev_sample.float()
+                sampled = log_prob_mask(img, xa)  # TI2V text+image: the imposed first frame not counted
+                out = sde_step(xa[rows], v[rows], s[rows], s_next[rows], s_t, noise=eps.to(device), mask=sampled)
+                x_next = impose_first_frame(out.prev_sample.float(), img, videos)
+                records.append(Transitions(videos + first, step, xa[rows].clone(), x_next, out.log_prob))
+                x_new[rows] = x_next
+            # TI2V text+image: re-imposed after every step (the pipeline blends before every call and at
+            # the end; its other frames are the same, first_frame.py)
+            x_new = impose_first_frame(x_new, img, None if whole else active)
             if whole:
                 x = x_new
             else:
@@ -286,10 +299,13 @@ def transition_log_prob(
     noise: NoiseConfig,
     cfg_scale: float,
     dtype: torch.dtype = torch.float32,
-    image: ImageCondition | None = None,
+    image: VideoCondition | None = None,
 ):
     """Recompute log π_θ(x_{i+1} | x_i) for recorded transitions (with gradients); returns the SDEStep.
-    `image`: the videos' image conditions (indexed like `context`, by video)."""
+    `image`: the videos' image conditions (indexed like `context`, by video). Wan2.2-TI2V's text+image
+    mode: the log-density over every latent frame but the first (imposed, not sampled), exactly as
+    `sample` recorded it, so an on-policy ratio stays exactly 1:
+        log π(x_{i+1} | x_i) = (1 / |S|) Σ_{e ∈ S} log N(x_{i+1,e}; μ_θ,e, std²),  S = frames 1..F'-1."""
     device = trans.x.device
     sig = sigmas.to(device=device, dtype=torch.float32)
     s, s_next = sig[trans.step], sig[trans.step + 1]
@@ -297,4 +313,4 @@ def transition_log_prob(
     img = None if image is None else image[trans.video]
     v = velocity(transformer, trans.x, s, context[trans.video], neg, cfg_scale, dtype, img)
     s_t = step_noise_std_scale(sigmas.cpu(), trans.step.cpu(), noise).to(device)
-    return sde_step(trans.x, v, s, s_next, s_t, prev_sample=trans.x_next)
+    return sde_step(trans.x, v, s, s_next, s_t, prev_sample=trans.x_next, mask=log_prob_mask(image, trans.x))

@@ -195,3 +195,24 @@ def test_flow_grpo_at_sigma_one_matches_flow_grpo():
     assert float(_flow_grpo_step_std(sig, 0.7)[0]) == pytest.approx(0.7)
     # a one-step grid (second sigma 0) stays finite
     assert math.isfinite(float(noise_scale("flow-grpo", 1.0, 0.0, 0.7)))
+
+
+def test_masked_log_prob_and_kl_average_over_the_marked_elements_only():
+    """`mask` (Wan2.2-TI2V's imposed first frame): the average runs over the marked elements, what
+    lies outside changes nothing (values and gradients), and an all-True mask is the plain mean."""
+    gen = torch.Generator().manual_seed(0)
+    sample, mean = torch.randn(2, 3, 4, 5, generator=gen), torch.randn(2, 3, 4, 5, generator=gen, requires_grad=True)
+    std = torch.tensor([0.3, 0.7])[:, None, None, None]
+    frames = torch.tensor([False, True, True, True])[None, None, :, None]  # [1, 1, F, 1]: all but frame 0
+    got = sde_log_prob(sample, mean, std, frames)
+    by_hand = -((sample - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    assert torch.allclose(got, by_hand[:, :, 1:].mean(dim=(1, 2, 3)), atol=1e-6)
+    moved = sample.clone()
+    moved[:, :, 0] += 5.0
+    assert torch.equal(sde_log_prob(moved, mean, std, frames), got)
+    got.sum().backward()
+    assert mean.grad is not None and not mean.grad[:, :, 0].any() and mean.grad[:, :, 1:].abs().min() > 0
+    everything = torch.ones(1, 1, 4, 1, dtype=torch.bool)
+    assert torch.allclose(sde_log_prob(sample, mean, std, everything), sde_log_prob(sample, mean, std), atol=1e-6)
+    kl = kl_to_reference(mean.detach(), sample, std, frames)
+    assert torch.allclose(kl, ((mean.detach() - sample) ** 2 / (2 * std**2))[:, :, 1:].mean(dim=(1, 2, 3)), atol=1e-6)

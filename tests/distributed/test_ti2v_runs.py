@@ -1,11 +1,13 @@
-"""Wan2.2-TI2V trains end to end in fgrpo (issue 23 points 3 and 6, text-to-video), on the tiny TI2V
+"""Wan2.2-TI2V trains end to end in fgrpo (issue 23 points 3 and 6), on the tiny TI2V
 architecture (fgrpo/models/wan/tiny_ti2v.py: Wan2.2's 16x residual VAE, 24 latent channels,
 expand_timesteps in its pipeline config) in bf16, in 1 process and on dp_shard=2 x tp=2:
 launch one step, stop, resume for a second, `fgrpo eval`, `fgrpo export`, and the export loaded by
 diffusers' `WanPipeline.from_pretrained` (expand_timesteps=True, as Wan2.2-TI2V-5B-Diffusers) and
-sampled. Full fine-tuning (the tiny recipe's), so every parameter of the architecture trains.
+sampled. Full fine-tuning (the tiny recipe's), so every parameter of the architecture trains. Its
+text+image mode (a JSONL with an image per prompt) in 1 process: launch, stop, resume on policy, eval.
 
-Suite cost: about 100 CPU-seconds (two launches per layout, the second resuming; eval and export).
+Suite cost: about 100 CPU-seconds (two launches per layout, the second resuming; eval and export),
+plus about 40 for the text+image run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 import torch
 
 from tests.conftest import run_fgrpo
+from tests.helpers.image_prompts import write_image_prompts
 from tests.helpers.runs import (
     assert_resumed_on_policy,
     checkpoint_state,
@@ -132,10 +135,41 @@ def test_eval_export_and_diffusers_pipeline(trained, tiny_ti2v_model_dir, tmp_pa
     )
     assert not torch.equal(video, _sample(WanPipeline.from_pretrained(tiny_ti2v_model_dir, transformer=base)))
 
-    if layout == "1":  # `fgrpo eval --prompts` with an image: refused, naming the option and the prompt
+    if layout == "1":  # `fgrpo eval --prompts` with an image: the image checked, named by file and line
         from fgrpo.cli.eval import cmd_eval
 
         prompts = tmp_path / "with-image.jsonl"
         prompts.write_text('{"prompt": "a red ball", "image": "ball.png"}\n')
-        with pytest.raises(ValueError, match=r"--prompts: .*prompt 1 has an `image`.*not implemented"):
+        with pytest.raises(ValueError, match=r"--prompts: .*with-image.jsonl:1: image .*ball.png does not exist"):
             cmd_eval([str(run), "--prompts", str(prompts)])
+
+
+@pytest.fixture(scope="module")
+def image_run(tiny_ti2v_model_dir, tmp_path_factory):
+    """TI2V's text+image mode in 1 process, bf16: 6 prompts with their 64 x 64 images (4 trained, 2
+    held out), launched for step 1 (checkpoint, exit), then again to step 2 (resumed)."""
+    folder = tmp_path_factory.mktemp("ti2v-image")
+    prompts = write_image_prompts(folder, 6, (SIZE, SIZE))
+    args = [*TI2V_ARGS, "--prompts.file", str(prompts)]
+    return launch_stop_and_resume(tiny_ti2v_model_dir, folder / "runs", 1, *args), prompts
+
+
+def test_text_and_image_launch_stop_resume_on_policy(image_run, tiny_ti2v_model_dir, tmp_path):
+    """A JSONL prompt file with an image per prompt (issue 23 point 3): the image as each video's first
+    latent frame (fgrpo/models/wan/first_frame.py), launch, stop, resume; step 1 exactly on-policy
+    (log pi_old recomputed over the same sampled frames: ratio 1), the weights trained, the first-frame
+    conditions cached (one kind: no CLIP), and `fgrpo eval` samples the held-out prompts from their
+    images, shown beside their videos."""
+    run, prompts = image_run
+    assert_resumed_on_policy(train_metrics(run))
+    (cache,) = (run.parent / ".cache" / "image-conditions").iterdir()
+    assert cache.is_dir()
+    weights = checkpoint_state(run, 2, "model.")
+    names = [k.removeprefix("model.") for k in weights]
+    start = {f"model.{n}": w for n, w in initial_weights(tiny_ti2v_model_dir, names).items()}
+    assert start.keys() == weights.keys()
+    assert any(not torch.equal(weights[k], start[k]) for k in start), "no trained weight changed"
+    res = run_fgrpo("eval", str(run), "--steps", "2", cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    index = json.loads((run / "eval" / "step-2" / "samples" / "videos.json").read_text())
+    assert [e["image"] for e in index["videos"]] == [str(prompts.parent / "images" / f"{i}.png") for i in (4, 5)]

@@ -8,6 +8,8 @@ atomic folder, lookup of a batch) keyed by prompt text, one folder per kind:
 
     <runs_dir>/.cache/image-conditions/<key>/   kind "latent": [4 + C, F'·H'·W'] per prompt
     <runs_dir>/.cache/image-conditions/<key>/   kind "clip":   [T, D] per prompt (Wan2.1 I2V)
+    <runs_dir>/.cache/image-conditions/<key>/   kind "first-frame": [C, H'·W'] per prompt, float32
+                                                (Wan2.2-TI2V's text+image mode: first_frame.py)
 
 (the negative prompt the text cache always adds is stored empty: the unconditional half takes the
 prompt's image). Keys hash the components that compute them (vae/, or image_encoder/ and
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from .first_frame import FirstFrameCondition, encode_first_frame_latent
 from .image_condition import (
     ImageCondition,
     condition_pipeline,
@@ -84,6 +87,14 @@ class _Encoder:
             prompts, lambda im: encode_condition_latent(pipe, im, frames, height, width, self.device).flatten(2)
         )
 
+    def first_frames(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, C, H'·W'] (Wan2.2-TI2V: the image's one latent frame; the negative prompt's none)."""
+        pipe = condition_pipeline(self.vae, expand_timesteps=True)
+        frames, height, width = self.size
+        return self._rows(
+            prompts, lambda im: encode_first_frame_latent(pipe, im, frames, height, width, self.device).flatten(2)
+        )
+
     def clip(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.clip_pipe is None:
             self.clip_pipe = condition_pipeline(self.vae, *load_image_encoder(self.folder, self.device))
@@ -97,7 +108,8 @@ class _Encoder:
 
 
 class ImageConditionCache:
-    """Every prompt's image condition (ImageCondition), built once (collective) and looked up per batch."""
+    """Every prompt's image condition (ImageCondition, or FirstFrameCondition for Wan2.2-TI2V's
+    text+image mode), built once (collective) and looked up per batch."""
 
     def __init__(
         self,
@@ -105,9 +117,11 @@ class ImageConditionCache:
         clip: TextEmbeddingCache | None,
         latent_shape: Sequence[int],
         files: Mapping[str, Path] | None = None,
+        first_frame: bool = False,
     ):
         self.latent, self.clip, self.latent_shape = latent, clip, tuple(latent_shape)
         self.files = dict(files or {})  # prompt -> the image file its condition was computed from
+        self.first_frame = first_frame  # `latent` holds the first latent frame only (TI2V)
 
     @classmethod
     def build(
@@ -121,16 +135,21 @@ class ImageConditionCache:
         runs_dir: str | Path,
         device,
         dtype: torch.dtype,
+        first_frame: bool = False,
     ) -> "ImageConditionCache":
         """Collective (every rank calls it). `images`: prompt -> image file; `video`: (frames, height,
         width); `latent_shape`: the video latent's [C, F', H', W']; `with_clip`: the model has image
         cross-attention (Wan2.1 I2V). Stored in `dtype` (the compute dtype: the pipeline casts both to
-        the transformer's dtype before use, after concatenating the latent)."""
+        the transformer's dtype before use, after concatenating the latent). `first_frame`: Wan2.2-TI2V's
+        text+image mode, the image's latent frame stored in float32 (the pipeline blends it into its
+        float32 latents, whose first frame it then stays, and casts only the transformer's input)."""
         folder = Path(folder)
+        dtype = torch.float32 if first_frame else dtype
         encoder = _Encoder(folder, vae, images, video, device, dtype)
         try:
-            key = image_cache_key("latent", [folder / "vae"], images, "x".join(map(str, video)), dtype)
-            latent = TextEmbeddingCache.build(encoder.latents, images, image_cache_folder(runs_dir, key), key=key)
+            kind, encode = ("first-frame", encoder.first_frames) if first_frame else ("latent", encoder.latents)
+            key = image_cache_key(kind, [folder / "vae"], images, "x".join(map(str, video)), dtype)
+            latent = TextEmbeddingCache.build(encode, images, image_cache_folder(runs_dir, key), key=key)
             clip = None
             if with_clip:
                 parts = [folder / "image_encoder", folder / "image_processor"]
@@ -138,11 +157,13 @@ class ImageConditionCache:
                 clip = TextEmbeddingCache.build(encoder.clip, images, image_cache_folder(runs_dir, key), key=key)
         finally:
             encoder.free()
-        return cls(latent, clip, latent_shape, images)
+        return cls(latent, clip, latent_shape, images, first_frame)
 
-    def lookup(self, prompts: Sequence[str], device=None) -> ImageCondition:
+    def lookup(self, prompts: Sequence[str], device=None) -> ImageCondition | FirstFrameCondition:
         """The prompts' conditions, row b for prompt b (KeyError naming a prompt without one)."""
         _, f, h, w = self.latent_shape
         latent = self.latent.lookup(prompts, device)
+        if self.first_frame:
+            return FirstFrameCondition(latent.view(len(prompts), latent.shape[1], 1, h, w))
         latent = latent.view(len(prompts), latent.shape[1], f, h, w)
         return ImageCondition(latent, None if self.clip is None else self.clip.lookup(prompts, device))

@@ -76,9 +76,12 @@ class ImageCondition:
         return hidden, extra
 
 
-def condition_pipeline(vae, image_encoder=None, image_processor=None) -> WanImageToVideoPipeline:
+def condition_pipeline(
+    vae, image_encoder=None, image_processor=None, expand_timesteps: bool = False
+) -> WanImageToVideoPipeline:
     """A `WanImageToVideoPipeline` holding only what its conditioning methods read (the VAE, the
-    CLIP encoder and processor), so those methods run as diffusers wrote them."""
+    CLIP encoder and processor), so those methods run as diffusers wrote them; `expand_timesteps`:
+    Wan2.2-TI2V's path (fgrpo.models.wan.first_frame)."""
     from diffusers import WanImageToVideoPipeline
 
     absent: Any = None  # diffusers takes absent components (its optional ones); its type hints do not say so
@@ -89,6 +92,7 @@ def condition_pipeline(vae, image_encoder=None, image_processor=None) -> WanImag
         scheduler=absent,
         image_processor=absent if image_processor is None else image_processor,
         image_encoder=absent if image_encoder is None else image_encoder,
+        expand_timesteps=expand_timesteps,
     )
 
 
