@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from typing import cast
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from fgrpo.recipe.config import ModelConfig, ParallelismConfig, PromptsConfig, R
 from fgrpo.recipe.validate import recipe_problems
 from fgrpo.trainer.rollout import NoiseConfig, Transitions, sample, transition_log_prob, velocity
 from tests.helpers.image_prompts import write_image, write_image_prompts
+from tests.helpers.pipeline_parity import CFG, STEPS, parity_inputs, pipeline_latents, pipeline_sigmas
 
 PRESET = PRESETS["tiny-ti2v"]
 FRAMES, SIZE = 5, 64  # 2 latent frames of 4 x 4: a patch grid of 2 x 2 x 2 = 8 tokens, 4 in the first frame
@@ -139,27 +139,11 @@ def test_sampler_equals_the_expand_timesteps_image_pipeline(tiny_ti2v_model_dir,
     assert not torch.equal(condition.latent[0], condition.latent[1])
     pipe = WanImageToVideoPipeline.from_pretrained(tiny_ti2v_model_dir)
     assert pipe.config["expand_timesteps"] and pipe.image_encoder is None
-    gen = torch.Generator().manual_seed(1)
-    x0 = torch.randn(1, *PRESET.latent_shape(FRAMES, SIZE, SIZE), generator=gen)
-    text, negative = torch.randn(2, 1, 16, PRESET.text_dim, generator=gen)
-    steps, cfg = 4, 2.0
-    expected, pipe_calls = _calls(
-        pipe.transformer,
-        lambda: pipe(
-            load_image(images["a ball, scene 0"]),
-            prompt_embeds=text,
-            negative_prompt_embeds=negative,
-            latents=x0.clone(),
-            height=SIZE,
-            width=SIZE,
-            num_frames=FRAMES,
-            num_inference_steps=steps,
-            guidance_scale=cfg,
-            output_type="latent",
-            return_dict=False,
-        )[0],
-    )
-    sigmas = cast(torch.Tensor, pipe.scheduler.sigmas)
+    inputs = parity_inputs(PRESET, FRAMES, SIZE)
+    x0, text, negative, steps, cfg = inputs.x0, inputs.text, inputs.negative, STEPS, CFG
+    image = load_image(images["a ball, scene 0"])
+    expected, pipe_calls = _calls(pipe.transformer, lambda: pipeline_latents(pipe, inputs, FRAMES, SIZE, image))
+    sigmas = pipeline_sigmas(pipe)
     no_sde = torch.zeros(1, steps, dtype=torch.bool)
     got, our_calls = _calls(
         pipe.transformer,

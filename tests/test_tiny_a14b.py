@@ -22,6 +22,7 @@ from fgrpo.planner.spec import ModelSpec
 from fgrpo.recipe.config import LoraConfig, ModelConfig, PromptsConfig, Recipe, RolloutConfig, TimestepConfig
 from fgrpo.recipe.validate import recipe_problems
 from fgrpo.trainer.rollout import NoiseConfig, sample
+from tests.helpers.pipeline_parity import CFG, STEPS, parity_inputs, pipeline_latents, pipeline_sigmas
 
 PRESET = PRESETS["tiny-a14b"]
 FRAMES, SIZE = 5, 32  # 2 latent frames of 4 x 4: 8 tokens, as the tiny recipe's videos
@@ -110,23 +111,10 @@ def test_ode_sampler_equals_the_two_expert_pipeline(tiny_a14b_model_dir):
     from diffusers import WanPipeline
 
     pipe = WanPipeline.from_pretrained(tiny_a14b_model_dir)
-    gen = torch.Generator().manual_seed(1)
-    x0 = torch.randn(1, *PRESET.latent_shape(FRAMES, SIZE, SIZE), generator=gen)
-    text, negative = torch.randn(2, 1, 16, PRESET.text_dim, generator=gen)
-    steps, cfg = 4, 2.0
-    expected = pipe(
-        prompt_embeds=text,
-        negative_prompt_embeds=negative,
-        latents=x0.clone(),
-        height=SIZE,
-        width=SIZE,
-        num_frames=FRAMES,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        output_type="latent",
-        return_dict=False,
-    )[0]
-    sigmas = cast(torch.Tensor, pipe.scheduler.sigmas)
+    inputs = parity_inputs(PRESET, FRAMES, SIZE)
+    x0, text, negative, steps, cfg = inputs.x0, inputs.text, inputs.negative, STEPS, CFG
+    expected = pipeline_latents(pipe, inputs, FRAMES, SIZE)
+    sigmas = pipeline_sigmas(pipe)
     assert step_experts(sigmas, 0.7) == [0, 0, 1, 1]
     no_sde = torch.zeros(1, steps, dtype=torch.bool)
     got, transitions = sample(

@@ -8,7 +8,6 @@ tests/test_ti2v_text_image.py.)
 """
 
 import json
-from typing import cast
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from fgrpo.planner.spec import ModelSpec
 from fgrpo.recipe.config import ModelConfig, PromptsConfig, Recipe, RolloutConfig
 from fgrpo.recipe.validate import recipe_problems
 from fgrpo.trainer.rollout import NoiseConfig, sample
+from tests.helpers.pipeline_parity import CFG, STEPS, parity_inputs, pipeline_latents, pipeline_sigmas
 
 PRESET = PRESETS["tiny-ti2v"]
 FRAMES, SIZE = 5, 64  # 2 latent frames of 4 x 4: a patch grid of 2 x 2 x 2 = 8 tokens
@@ -121,23 +121,10 @@ def test_ode_sampler_equals_the_expand_timesteps_pipeline(tiny_ti2v_model_dir):
 
     pipe = WanPipeline.from_pretrained(tiny_ti2v_model_dir)
     assert pipe.config["expand_timesteps"]
-    gen = torch.Generator().manual_seed(1)
-    x0 = torch.randn(1, *PRESET.latent_shape(FRAMES, SIZE, SIZE), generator=gen)
-    text, negative = torch.randn(2, 1, 16, PRESET.text_dim, generator=gen)
-    steps, cfg = 4, 2.0
-    expected = pipe(
-        prompt_embeds=text,
-        negative_prompt_embeds=negative,
-        latents=x0.clone(),
-        height=SIZE,
-        width=SIZE,
-        num_frames=FRAMES,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        output_type="latent",
-        return_dict=False,
-    )[0]
-    sigmas = cast(torch.Tensor, pipe.scheduler.sigmas)
+    inputs = parity_inputs(PRESET, FRAMES, SIZE)
+    x0, text, negative, steps, cfg = inputs.x0, inputs.text, inputs.negative, STEPS, CFG
+    expected = pipeline_latents(pipe, inputs, FRAMES, SIZE)
+    sigmas = pipeline_sigmas(pipe)
     no_sde = torch.zeros(1, steps, dtype=torch.bool)
     got, transitions = sample(
         pipe.transformer, x0, text, negative, sigmas, no_sde, NoiseConfig("wan", 0.0), cfg, [torch.Generator()], 1
