@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .image_condition import ImageCondition
+from .image_condition import ImageCondition, encode_condition_latent
 
 if TYPE_CHECKING:
     from diffusers import WanImageToVideoPipeline
@@ -115,15 +115,4 @@ def encode_first_frame_latent(
     `expand_timesteps=True` (`video_processor.preprocess` to height x width, then `prepare_latents`:
     the VAE latent of the image alone, argmax of the posterior, normalised)."""
     assert pipe.config["expand_timesteps"], "a pipeline object built with expand_timesteps=True"
-    vae = pipe.vae
-    pixels = pipe.video_processor.preprocess(image, height=height, width=width).to(device, dtype=torch.float32)
-    z = int(vae.config["z_dim"])
-    latent_frames = (frames - 1) // pipe.vae_scale_factor_temporal + 1
-    shape = (1, z, latent_frames, height // pipe.vae_scale_factor_spatial, width // pipe.vae_scale_factor_spatial)
-    # `latents` given: prepare_latents draws no noise (fgrpo's sampler draws its own, per video).
-    placeholder = torch.empty(shape, dtype=torch.float32, device=device)
-    # With expand_timesteps it returns (latents, condition, first_frame_mask); its annotation says a pair.
-    outputs = pipe.prepare_latents(
-        pixels, 1, z, height, width, frames, torch.float32, torch.device(device), None, placeholder
-    )
-    return outputs[1]
+    return encode_condition_latent(pipe, image, frames, height, width, device)

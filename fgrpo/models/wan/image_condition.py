@@ -102,7 +102,9 @@ def encode_condition_latent(
 ) -> torch.Tensor:
     """[1, 4 + C, F', H', W'] float32: the pipeline's `condition` for one image (its
     `video_processor.preprocess` to height x width, then `prepare_latents`: the VAE latent of the
-    image followed by frames - 1 black frames, argmax of the posterior, normalised, behind the mask)."""
+    image followed by frames - 1 black frames, argmax of the posterior, normalised, behind the mask).
+    With `expand_timesteps` (Wan2.2 TI2V) the pipeline's condition is the image's latent alone,
+    [1, C, 1, H', W'] (fgrpo.models.wan.first_frame)."""
     vae = pipe.vae
     pixels = pipe.video_processor.preprocess(image, height=height, width=width).to(device, dtype=torch.float32)
     z = int(vae.config["z_dim"])
@@ -110,10 +112,11 @@ def encode_condition_latent(
     shape = (1, z, latent_frames, height // pipe.vae_scale_factor_spatial, width // pipe.vae_scale_factor_spatial)
     # `latents` given: prepare_latents draws no noise (fgrpo's sampler draws its own, per video).
     placeholder = torch.empty(shape, dtype=torch.float32, device=device)
-    _, condition = pipe.prepare_latents(
+    # (latents, condition), or with expand_timesteps (latents, condition, first_frame_mask).
+    outputs = pipe.prepare_latents(
         pixels, 1, z, height, width, frames, torch.float32, torch.device(device), None, placeholder
     )
-    return condition
+    return outputs[1]
 
 
 @torch.no_grad()
