@@ -24,8 +24,8 @@ from tests.conftest import run_fgrpo
 from tests.helpers.runs import (
     assert_resumed_on_policy,
     checkpoint_state,
-    launch_stop_and_resume,
     launch_tiny,
+    runs_by_layout,
     train_metrics,
 )
 
@@ -66,18 +66,7 @@ def base_weights(model_dir: Path, names) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def trained(tiny_a14b_model_dir, tmp_path_factory):
-    """Per layout, on first use: a run launched for step 1 (checkpoint, exit), then launched again to
-    step 2, which resumes from that checkpoint."""
-    runs = {}
-
-    def get(layout: str):
-        if layout not in runs:
-            procs, extra = LAYOUTS[layout]
-            folder = tmp_path_factory.mktemp(f"a14b-{procs}") / "runs"
-            runs[layout] = launch_stop_and_resume(tiny_a14b_model_dir, folder, procs, *A14B_ARGS, *extra)
-        return runs[layout]
-
-    return get
+    return runs_by_layout(tiny_a14b_model_dir, tmp_path_factory, "a14b", LAYOUTS, *A14B_ARGS)
 
 
 def _update(run: Path, start: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -24,7 +24,7 @@ from tests.helpers.runs import (
     assert_resumed_on_policy,
     checkpoint_state,
     initial_weights,
-    launch_stop_and_resume,
+    runs_by_layout,
     train_metrics,
     update_since,
 )
@@ -58,19 +58,9 @@ def prompts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tiny_i2v_model_dir, prompts, tmp_path_factory):
-    """Per layout, on first use: a run launched for step 1 (checkpoint, exit), then launched again to
-    step 2, which resumes from that checkpoint."""
-    runs = {}
-
-    def get(layout: str):
-        if layout not in runs:
-            procs, extra = LAYOUTS[layout]
-            folder = tmp_path_factory.mktemp(f"i2v-{procs}") / "runs"
-            args = [*I2V_ARGS, "--prompts.file", str(prompts), *extra]
-            runs[layout] = launch_stop_and_resume(tiny_i2v_model_dir, folder, procs, *args)
-        return runs[layout]
-
-    return get
+    return runs_by_layout(
+        tiny_i2v_model_dir, tmp_path_factory, "i2v", LAYOUTS, *I2V_ARGS, "--prompts.file", str(prompts)
+    )
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -24,6 +24,7 @@ from tests.helpers.runs import (
     checkpoint_state,
     initial_weights,
     launch_stop_and_resume,
+    runs_by_layout,
     train_metrics,
     update_since,
 )
@@ -49,18 +50,7 @@ BF16_LAYOUT_TOLERANCE = 0.15
 
 @pytest.fixture(scope="module")
 def trained(tiny_ti2v_model_dir, tmp_path_factory):
-    """Per layout, on first use: a run launched for step 1 (checkpoint, exit), then launched again to
-    step 2, which resumes from that checkpoint."""
-    runs = {}
-
-    def get(layout: str):
-        if layout not in runs:
-            procs, extra = LAYOUTS[layout]
-            folder = tmp_path_factory.mktemp(f"ti2v-{procs}") / "runs"
-            runs[layout] = launch_stop_and_resume(tiny_ti2v_model_dir, folder, procs, *TI2V_ARGS, *extra)
-        return runs[layout]
-
-    return get
+    return runs_by_layout(tiny_ti2v_model_dir, tmp_path_factory, "ti2v", LAYOUTS, *TI2V_ARGS)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -134,6 +134,21 @@ def launch_stop_and_resume(model_dir: Path, runs: Path, procs: int, *extra: str)
     return run
 
 
+def runs_by_layout(model_dir: Path, tmp_path_factory, name: str, layouts: dict, *args: str):
+    """`get(layout)`: per layout of `layouts` (name -> (procs, extra args)), on first use, a run
+    launched for step 1 (checkpoint, exit), then launched again to step 2, which resumes from it."""
+    runs: dict[str, Path] = {}
+
+    def get(layout: str) -> Path:
+        if layout not in runs:
+            procs, extra = layouts[layout]
+            folder = tmp_path_factory.mktemp(f"{name}-{procs}") / "runs"
+            runs[layout] = launch_stop_and_resume(model_dir, folder, procs, *args, *extra)
+        return runs[layout]
+
+    return get
+
+
 def assert_resumed_on_policy(metrics: list[dict]) -> None:
     """Steps 1 and 2, the second after a resume; finite; the first step exactly on-policy."""
     assert [m["step"] for m in metrics] == [1, 2], "the second launch did not resume from step 1"
