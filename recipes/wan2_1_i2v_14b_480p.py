@@ -7,8 +7,9 @@ sampled at different sizes and shifts, which must change together.
 The model conditions every video on an image (its VAE latent as the first frame and its CLIP
 features), so `prompts.file` must be a JSONL file whose records have `prompt` and `image` (a path
 relative to the file's folder, each image exactly 832 x 480: docs/design.md, "Image-to-video");
-the default text-only file is refused. Its image cross-attention has no sequence-parallel layout
-(parallelism.sp = 1); tensor parallelism shards it with the text's heads. The paths have no defaults:
+the default text-only file is refused. Its image cross-attention runs on each sequence-parallel
+rank's tokens (parallelism.sp) and tensor parallelism shards it with the text's heads. The paths
+have no defaults:
 
     fgrpo plan recipes/wan2_1_i2v_14b_480p.py --gpus 8
     fgrpo launch recipes/wan2_1_i2v_14b_480p.py --model.path /data/Wan2.1-I2V-14B-480P-Diffusers \\

@@ -9,8 +9,9 @@ features), so `prompts.file` must be a JSONL file whose records have `prompt` an
 relative to the file's folder, each image exactly 1280 x 720: docs/design.md, "Image-to-video");
 the default text-only file is refused. With FSDP2 alone 720p does not fit 80 GB GPUs (`fgrpo plan
 --gpus 8`: training needs 132 GiB per GPU, 110 of them activations); tensor parallelism
-(`--parallelism.tp`) shards the blocks and their activations, image cross-attention included;
-sequence parallelism for its image attention is not implemented. The paths have no defaults:
+(`--parallelism.tp`) shards the blocks and their activations, image cross-attention included, and
+sequence parallelism (`--parallelism.sp`) splits every video's tokens, the image cross-attention
+running on each rank's tokens. The paths have no defaults:
 
     fgrpo plan recipes/wan2_1_i2v_14b_720p.py --gpus 8
     fgrpo launch recipes/wan2_1_i2v_14b_720p.py --model.path /data/Wan2.1-I2V-14B-720P-Diffusers \\

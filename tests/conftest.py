@@ -62,6 +62,14 @@ def tiny_a14b_model_dir(tmp_path_factory) -> Path:
     return save_tiny_a14b_model(tmp_path_factory.mktemp("models") / "tiny-a14b")
 
 
+@pytest.fixture(scope="session")
+def tiny_i2v_a14b_model_dir(tmp_path_factory) -> Path:
+    """The tiny Wan2.2-I2V-A14B model (fgrpo/models/wan/tiny_i2v_a14b.py) as a diffusers folder, once per session."""
+    from fgrpo.models.wan.tiny_i2v_a14b import save_tiny_i2v_a14b_model
+
+    return save_tiny_i2v_a14b_model(tmp_path_factory.mktemp("models") / "tiny-i2v-a14b")
+
+
 def run_fgrpo(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the `fgrpo` CLI as a user would (a separate process)."""
     full_env = {**os.environ, **(env or {})}

@@ -39,7 +39,7 @@ def _recipe(prompts, sp: int = 1) -> Recipe:
 
 
 def _prompt_problems(recipe: Recipe, world_size: int = 1) -> list[str]:
-    return [e for e in recipe_problems(recipe, world_size) if e.startswith(("prompts.", "parallelism.sp: 2, but"))]
+    return [e for e in recipe_problems(recipe, world_size) if e.startswith("prompts.")]
 
 
 def test_a_text_only_file_and_an_image_per_prompt_are_both_accepted(tmp_path):
@@ -79,13 +79,16 @@ def test_image_records_are_checked_as_for_image_to_video(tmp_path):
     assert [e for e in recipe_problems(t2v, 1) if e.startswith("prompts.")] == []
 
 
-def test_sequence_parallelism_is_refused_for_text_and_image_only(tmp_path):
+def test_sequence_parallelism_is_accepted_in_both_modes(tmp_path):
+    """The per-token timesteps of text+image are split with the tokens (fgrpo.models.wan.sequence_parallel;
+    sp=2 against one process: tests/distributed/test_sequence_parallel_image.py)."""
     images = write_image_prompts(tmp_path, 6, (SIZE, SIZE))
-    (problem,) = _prompt_problems(_recipe(images, sp=2), world_size=2)
-    assert problem.startswith("parallelism.sp: 2, but prompts.file gives images") and "sp=1" in problem
     text = tmp_path / "prompts.txt"
     text.write_text("".join(f"a red ball {i}\n" for i in range(6)))
-    assert _prompt_problems(_recipe(text, sp=2), world_size=2) == []
+    for prompts in (images, text):
+        assert [
+            e for e in recipe_problems(_recipe(prompts, sp=2), 2) if e.startswith(("prompts.", "parallelism."))
+        ] == []
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,13 @@ def trajectory_nodes(subgrid: Sequence[int], start: int, end: int, sde_steps: It
     return sorted(nodes)
 
 
-def evaluations(subgrid: Sequence[int], start: int, end: int, sde_steps: Iterable[int]) -> int:
-    """Model evaluations of one video from sigma_start to sigma_end (one per node but the last)."""
-    return len(trajectory_nodes(subgrid, start, end, sde_steps)) - 1
+def evaluations(
+    subgrid: Sequence[int], start: int, end: int, sde_steps: Iterable[int], cost: Sequence[int] | None = None
+) -> int:
+    """Model evaluations of one video from sigma_start to sigma_end (one per node but the last);
+    `cost`: each grid step's weight instead of 1 (e.g. its forward passes: 1 at guidance scale 1, 2 with CFG)."""
+    nodes = trajectory_nodes(subgrid, start, end, sde_steps)[:-1]
+    return len(nodes) if cost is None else sum(cost[i] for i in nodes)
 
 
 def expected_evaluations_per_video(
@@ -51,21 +55,27 @@ def expected_evaluations_per_video(
     group_size: int,
     iso_temporal: bool,
     share_prefix: bool,
+    cost: Sequence[int] | None = None,
 ) -> Fraction:
     """Model evaluations per video (CFG's two halves count once) averaged over the SDE step's draw:
     what `rollout.sample` makes. With `share_prefix` a group's prefix (to its earliest SDE step m) is
-    integrated once for its G videos, and each video continues from m."""
+    integrated once for its G videos, and each video continues from m. `cost`: each evaluation
+    weighted by its grid step's (`evaluations`)."""
     grid = subgrid_indices(num_steps, ode_steps)
+
+    def count(start: int, end: int, sde_steps: Iterable[int]) -> int:
+        return evaluations(grid, start, end, sde_steps, cost)
+
     if full_trajectory:
-        return Fraction(evaluations(grid, 0, num_steps, range(num_steps)))
+        return Fraction(count(0, num_steps, range(num_steps)))
     start, stop = window
     raw = [Fraction(w) for w in weights] if weights else [Fraction(1)] * (stop - start)
     p = {start + j: w / sum(raw) for j, w in enumerate(raw)}
     if not share_prefix:
-        return sum((q * evaluations(grid, 0, num_steps, [k]) for k, q in p.items()), Fraction(0))
-    prefix = {m: Fraction(evaluations(grid, 0, m, []), group_size) for m in p}
+        return sum((q * count(0, num_steps, [k]) for k, q in p.items()), Fraction(0))
+    prefix = {m: Fraction(count(0, m, []), group_size) for m in p}
     if iso_temporal:  # the group's one step is everyone's: m = k
-        return sum((q * (prefix[k] + evaluations(grid, k, num_steps, [k])) for k, q in p.items()), Fraction(0))
+        return sum((q * (prefix[k] + count(k, num_steps, [k])) for k, q in p.items()), Fraction(0))
     # Independent draws: m = min(k, m') with m' the minimum of the group's other G - 1 draws.
     survive = {a: sum((q for k, q in p.items() if k >= a), Fraction(0)) for a in range(start, stop + 1)}
     others = {a: survive[a] ** (group_size - 1) - survive[a + 1] ** (group_size - 1) for a in range(start, stop)}
@@ -73,5 +83,5 @@ def expected_evaluations_per_video(
     for k, q in p.items():
         for a, r in others.items():
             m = min(k, a)
-            total += q * r * (prefix[m] + evaluations(grid, m, num_steps, [k]))
+            total += q * r * (prefix[m] + count(m, num_steps, [k]))
     return total

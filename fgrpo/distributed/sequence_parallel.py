@@ -1,10 +1,11 @@
 """Ulysses sequence parallelism: the collectives, differentiable, over a 1-D `sp` mesh.
 
 A video's tokens are split into `sp` contiguous runs, one per sp rank. Everything that acts on one
-token at a time (projections, norms, FFN, cross-attention to the replicated text) runs on the local
-run as it is. Self-attention needs every token: `seq_to_heads` trades the split over tokens for a
-split over heads (an all-to-all), so each rank holds all tokens of heads/sp heads, attention runs
-unchanged on those, and `heads_to_seq` trades back (DeepSpeed-Ulysses, arXiv 2309.14509).
+token at a time (projections, norms, FFN, cross-attention to the replicated text and image tokens, a
+per-token time embedding) runs on the local run as it is. Self-attention needs every token:
+`seq_to_heads` trades the split over tokens for a split over heads (an all-to-all), so each rank
+holds all tokens of heads/sp heads, attention runs unchanged on those, and `heads_to_seq` trades
+back (DeepSpeed-Ulysses, arXiv 2309.14509).
 
 `split_tokens` / `gather_tokens` enter and leave the sequence-parallel region. Their backward
 passes are the exact adjoints, treating each rank's copy of a replicated tensor as its own:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 # presets whose folder fgrpo builds itself when model.path is None
-BUILT_PRESETS = ("tiny", "tiny-ti2v", "tiny-i2v", "tiny-a14b", "miniature")
+BUILT_PRESETS = ("tiny", "tiny-ti2v", "tiny-i2v", "tiny-a14b", "tiny-i2v-a14b", "miniature")
 
 
 def model_folder(model, build: bool = True) -> Path:
@@ -25,6 +25,7 @@ def model_folder(model, build: bool = True) -> Path:
         from fgrpo.models.wan.tiny import tiny_cache_name
         from fgrpo.models.wan.tiny_a14b import tiny_a14b_cache_name
         from fgrpo.models.wan.tiny_i2v import tiny_i2v_cache_name
+        from fgrpo.models.wan.tiny_i2v_a14b import tiny_i2v_a14b_cache_name
         from fgrpo.models.wan.tiny_ti2v import tiny_ti2v_cache_name
 
         names = {
@@ -32,6 +33,7 @@ def model_folder(model, build: bool = True) -> Path:
             "tiny-ti2v": tiny_ti2v_cache_name,
             "tiny-i2v": tiny_i2v_cache_name,
             "tiny-a14b": tiny_a14b_cache_name,
+            "tiny-i2v-a14b": tiny_i2v_a14b_cache_name,
         }
         return cache_dir() / names.get(model.preset, tiny_cache_name)(model.seed)
     if model.preset == "miniature":
@@ -50,6 +52,10 @@ def model_folder(model, build: bool = True) -> Path:
         from fgrpo.models.wan.tiny_a14b import tiny_a14b_model_path
 
         return tiny_a14b_model_path(model.seed)
+    if model.preset == "tiny-i2v-a14b":
+        from fgrpo.models.wan.tiny_i2v_a14b import tiny_i2v_a14b_model_path
+
+        return tiny_i2v_a14b_model_path(model.seed)
     from fgrpo.models.wan.tiny import tiny_model_path
 
     return tiny_model_path(model.seed)

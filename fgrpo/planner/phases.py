@@ -41,6 +41,7 @@ from fgrpo.trainer.policy import lora_shape
 from fgrpo.trainer.rollout import guided_velocity, text_input, velocity
 from fgrpo.trainer.update import PolicyUpdate
 
+from .guidance import measured_scale
 from .world import PhaseTracker, count_flops, storage_bytes
 
 if TYPE_CHECKING:
@@ -126,6 +127,27 @@ def text_encoding(spec, recipe, precision, fake) -> Phase:
     return Phase("text encoding", peak.get("Total", 0), parts, {"batch": flops.get_total_flops()})
 
 
+def trained_expert(spec, recipe, dims, precision):
+    """A trained transformer as the trainer prepares it (`prepare_on_meta`: LoRA or full, storage
+    dtypes, TP, activation checkpointing, FSDP2), on the meta device."""
+    # cast: diffusers types from_config (behind meta_transformer) as the model or a tuple; it is the model.
+    return cast(
+        "WanTransformer3DModel",
+        prepare_on_meta(
+            meta_transformer(spec.transformer),
+            dims,
+            precision,
+            lora_shape(recipe),
+            recipe.parallelism.activation_checkpointing,
+        ),
+    )
+
+
+def trains_both_experts(spec, recipe) -> bool:
+    """Two experts and lora.experts=both: the second is trained as the first (fgrpo.models.wan.experts)."""
+    return spec.experts > 1 and recipe.lora.experts == "both"
+
+
 def frozen_expert(spec, dims, precision):
     """Wan2.2 A14B's expert that is not trained: frozen weights in their storage dtypes, laid out
     (TP, FSDP2) as the trained one, on the meta device; never run (a forward costs the same)."""
@@ -174,28 +196,29 @@ class Rank:
         from diffusers import AutoencoderKLWan
 
         self.recipe, self.dims, self.precision, self.fake, self.sizes = recipe, dims, precision, fake, sizes
-        # cast: diffusers types from_config (behind meta_transformer) as the model or a tuple; it is the model.
-        self.transformer = cast(
-            "WanTransformer3DModel",
-            prepare_on_meta(
-                meta_transformer(spec.transformer),
-                dims,
-                precision,
-                lora_shape(recipe),
-                recipe.parallelism.activation_checkpointing,
-            ),
-        )
+        self.transformer = trained_expert(spec, recipe, dims, precision)
         with torch.device("meta"):
             vae = AutoencoderKLWan(**spec.vae)
         vae.requires_grad_(False).eval()
-        other = frozen_expert(spec, dims, precision) if spec.experts > 1 else None
+        # Two experts: the second trained as the first (lora.experts=both: its weights, gradients, AdamW
+        # state and EMA), else frozen; it never runs here (one expert gathered and running at a time).
+        both = trains_both_experts(spec, recipe)
+        second = trained_expert(spec, recipe, dims, precision) if both else None
+        other = frozen_expert(spec, dims, precision) if spec.experts > 1 and not both else None
         with fake:
             self.transformer.to_empty(device="cpu")
             vae.to_empty(device="cpu")
-            if other is not None:
-                other.to_empty(device="cpu")
+            for expert in (other, second):
+                if expert is not None:
+                    expert.to_empty(device="cpu")
             self.model = image_conditioned(self.transformer, spec, sizes.latent, precision.compute)
-            self.update = PolicyUpdate.adamw(trainable_parameters(self.transformer), recipe.optim)
+            trained = trainable_parameters(self.transformer)
+            if second is not None:  # named as WanExperts names them (each expert its own FSDP2 root)
+                trained = {
+                    **{f"transformer.{n}": p for n, p in trained.items()},
+                    **{f"transformer_2.{n}": p for n, p in trainable_parameters(second).items()},
+                }
+            self.update = PolicyUpdate.adamw(trained, recipe.optim)
             for group in self.update.optimizer.param_groups:  # GPUs take AdamW's foreach path (CPUs: for-loop)
                 group["foreach"] = foreach
             self.ema = EMA(self.update.params, recipe.ema.decay) if recipe.ema.enabled else None
@@ -214,7 +237,7 @@ class Rank:
         }
         if other_weights:
             self.known["other expert"] = storage_bytes(*other_weights)
-        self.tracker = PhaseTracker(self.transformer, self.update.optimizer)
+        self.tracker = PhaseTracker(self.transformer, self.update.optimizer, *([second] if second is not None else []))
         self._resident = (
             *vae.parameters(),
             *vae.buffers(),
@@ -266,16 +289,16 @@ class Rank:
 
     def _velocity(self, x, context, neg):
         sigma = torch.full((x.shape[0],), 0.5)
-        r = self.recipe.rollout
         self.tracker.reset_mod_stats()  # torch's tracker refuses a second root forward otherwise
-        return velocity(self.model, x, sigma, context, neg, r.cfg_scale, self.precision.compute), sigma
+        scale = measured_scale(self.recipe)  # CFG's two passes when any step guides (fgrpo.planner.guidance)
+        return velocity(self.model, x, sigma, context, neg, scale, self.precision.compute), sigma
 
     def _sampling_forwards(self, x, context, neg) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
         """As sample() inside Policy.rollout(): one text input for every step, the text-side
         projections cached (fgrpo.models.wan.cross_attention_cache). The first step's forward
         computes them, later steps' reuse them: FLOPs of both, and the last velocity."""
         sigma = torch.full((x.shape[0],), 0.5)
-        text, scale = text_input(context, neg, self.recipe.rollout.cfg_scale, self.precision.compute)
+        text, scale = text_input(context, neg, measured_scale(self.recipe), self.precision.compute)
         flops = {}
         # diffusers' image cross-attention (Wan2.1 I2V) takes no cached projections (spec.preset_notes)
         with cached_text_projections(self.transformer, enabled=not self.image_attention):

@@ -367,10 +367,11 @@ def rollout_unsharded_note(setting: Setting, gathered: int, rollout: Phase, memo
     return line
 
 
-def rollout_evaluations(recipe: Recipe) -> Fraction:
+def rollout_evaluations(recipe: Recipe, cost: list[int] | None = None) -> Fraction:
     """Model evaluations (forwards, CFG's halves batched as one) per rollout video, averaged over the
     SDE step's draw: what `rollout.sample` makes with the recipe's ode_steps and share_prefix
-    (fgrpo.algorithm.ode_grid counts them for both)."""
+    (fgrpo.algorithm.ode_grid counts them for both). `cost`: each grid step's evaluation weighted
+    (its passes: fgrpo.planner.guidance)."""
     from fgrpo.algorithm.ode_grid import expected_evaluations_per_video
 
     ro, alg, ts = recipe.rollout, recipe.algorithm, recipe.timesteps
@@ -383,6 +384,7 @@ def rollout_evaluations(recipe: Recipe) -> Fraction:
         ro.group_size,
         alg.mode == "flash" and alg.iso_temporal,
         ro.share_prefix,
+        cost,
     )
 
 
@@ -395,26 +397,37 @@ def rollout_note(recipe: Recipe) -> str:
 
 
 def step_flops(recipe: Recipe, s: Sizes, phases: list[Phase]) -> dict[str, int]:
-    """Per rank. Each phase counted one micro-batch; FLOPs are linear in the batch."""
+    """Per rank. Each phase counted one micro-batch; FLOPs are linear in the batch. A forward was
+    measured at `measured_scale` (its passes: 2 with CFG); each step costs it x the step's passes /
+    the measured passes (a step at guidance scale 1 one pass: fgrpo.planner.guidance)."""
+    from .guidance import measured_scale, passes_at, step_passes, transition_passes
+
     by = {p.name: p.flops for p in phases}
-    evals = rollout_evaluations(recipe)
+    measured = passes_at(measured_scale(recipe))
+    rollout_passes = step_passes(recipe, recipe.rollout.steps)
+    passes = rollout_evaluations(recipe, rollout_passes)  # per video, over the draw (x measured when uniform)
+    first = rollout_passes[0]
     train_mb = min(s.micro_batch, s.transitions)
-    out = {
+
+    def forwards(f: dict[str, int], first_passes: int, all_passes) -> Fraction:
         # the first step's forward computes the text-side projections, later steps' reuse them
-        "rollout": int(
-            Fraction((by["rollout"]["first"] + by["rollout"]["later"] * (evals - 1)) * s.videos, s.micro_batch)
-        ),
+        return Fraction(f["first"] * first_passes + f["later"] * (all_passes - first_passes), measured)
+
+    out = {
+        "rollout": int(forwards(by["rollout"], first, passes) * s.videos / s.micro_batch),
         "VAE decode": int(Fraction(by["VAE decode"]["decode"] * s.videos, s.micro_batch)),
         "training": int(
             Fraction((by["training"].get("recompute", 0) + by["training"]["train"]) * s.transitions, train_mb)
+            * transition_passes(recipe)
+            / measured
         ),
         "text encoding (per prompt)": int(Fraction(by["text encoding"]["batch"], _text_batch())),
     }
     if "image encoding" in by:  # once per prompt, as the text's
         out["image encoding (per prompt)"] = sum(by["image encoding"].values())
     if "evaluation" in by:
-        e = by["evaluation"]
-        out["evaluation"] = e["first"] + e["later"] * (recipe.eval.steps - 1) + e["decode"]
+        e, eval_passes = by["evaluation"], step_passes(recipe, recipe.eval.steps)
+        out["evaluation"] = int(forwards(e, eval_passes[0], sum(eval_passes))) + e["decode"]
     return out
 
 

@@ -6,7 +6,8 @@ Wan2.1's VAE, and UMT5-XXL; `tiny` and `tiny-i2v`: the tiny model's own small VA
 `tiny-ti2v`: its small Wan2.2-structured VAE and the same UMT5). `model.path`
 is never read: a plan needs no weights and no model folder. Presets fgrpo cannot train yet are
 planned as they would run (`ModelSpec.notes` says how): Wan2.2 A14B's second expert as frozen
-weights beside the trained one, image-to-video models with their conditioning inputs.
+weights beside the trained one, or trained as it (lora.experts=both), image-to-video models with
+their conditioning inputs.
 `ModelSpec.from_folder` reads the three config.json files of a diffusers folder, for architectures
 no preset names (the benchmark's CPU-sized models).
 
@@ -59,7 +60,7 @@ class ModelSpec:
     text_encoder: dict
     source: str
     experts: int = 1
-    """Transformers of this one architecture (Wan2.2 A14B: 2): one is trained, the others frozen."""
+    """Transformers of this one architecture (Wan2.2 A14B: 2): lora.experts says which are trained."""
     notes: tuple[str, ...] = ()
     """What the plan models beyond a text-to-video forward of one transformer, in words."""
     image_encoder: dict | None = None
@@ -198,10 +199,12 @@ def preset_notes(preset: WanPreset) -> tuple[str, ...]:
     if preset.experts > 1:
         notes.append(
             f"experts: {preset.experts} of one architecture, switched at boundary_ratio {preset.boundary_ratio}; "
-            "one is planned as trained (LoRA or full, AdamW, EMA), the other's frozen weights are resident in "
-            "the compute dtype, sharded as the first ('other expert'); a forward costs one expert's FLOPs "
-            "whichever runs (lora.experts high or low; with both, the second expert's trained weights, "
-            "gradients and optimizer state are not planned)"
+            "lora.experts high or low: one is planned as trained (LoRA or full, AdamW, EMA), the other's frozen "
+            "weights are resident in the compute dtype, sharded as the first ('other expert'); both: each is "
+            "planned as trained, its weights, gradients, AdamW state and EMA resident in every phase, one "
+            "expert gathered and running at a time (its activations); a forward costs one expert's FLOPs "
+            "whichever runs (on several ranks a training micro-batch may also run the other expert on one "
+            "dummy row, fgrpo.models.wan.experts: not modelled)"
         )
     if preset.image_to_video:
         clip = (

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import cast
 
 import torch.distributed as dist
+from torch import nn
 from torch._guards import active_fake_mode
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 from torch.distributed.tensor import DTensor
@@ -66,7 +67,15 @@ def storage_bytes(*tensors) -> int:
 
 
 class PhaseTracker(FSDPMemTracker):
-    """`FSDPMemTracker` with a peak per phase."""
+    """`FSDPMemTracker` with a peak per phase; `others`: more FSDP2 roots tracked as the first (a
+    second trained expert: its sharded weights and gradients counted as the first's)."""
+
+    def __init__(self, mod: nn.Module, optm=None, *others: nn.Module):
+        super().__init__(mod, optm)
+        if others:
+            # torch's tracker takes one root and instruments the FSDP2 modules of `_root_mod.modules()`
+            # (on entering): a container of the roots has them all.
+            self._root_mod = nn.ModuleList([mod, *others])
 
     def start_phase(self) -> None:
         """Forget module stats (a phase calls the root again) and restart the peak from now."""

@@ -21,6 +21,7 @@ ModelPreset = Literal[
     "tiny-ti2v",
     "tiny-i2v",
     "tiny-a14b",
+    "tiny-i2v-a14b",
     "miniature",
     "wan2.1-t2v-1.3b",
     "wan2.1-t2v-14b",
@@ -75,12 +76,12 @@ class ModelConfig:
     its tokens at t = 0; parallelism.sp 1). Wan2.2's two-expert A14B models
     (T2V, I2V): `transformer` for the high-noise steps, `transformer_2` for the low-noise ones,
     switched at the folder's boundary_ratio as WanPipeline does (lora.experts: which train);
-    `tiny-a14b`: their structure at the tiny width. Their numbers and sources:
+    `tiny-a14b`, `tiny-i2v-a14b`: their structure at the tiny width. Their numbers and sources:
     fgrpo/models/wan/presets.py."""
     path: str | None = None
     """Local diffusers-format folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/;
     Wan2.1 I2V also image_encoder/, image_processor/; Wan2.2 A14B also transformer_2/). Required for
-    the Wan presets; for `tiny`, `tiny-ti2v`, `tiny-i2v`, `tiny-a14b` and `miniature`, None builds
+    the Wan presets; for `tiny`, `tiny-ti2v`, `tiny-i2v`, `tiny-a14b`, `tiny-i2v-a14b` and `miniature`, None builds
     (and caches) their folders."""
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
     """Compute dtype (the precision policy, docs/design.md): frozen weights are stored and every
@@ -150,7 +151,13 @@ class RolloutConfig:
     flow_shift: float = within("(0, inf)", 3.0)
     """Flow-matching shift s of the sigma grid (3 for 480p)."""
     cfg_scale: float = within("[0, inf)", 4.5)
-    """Classifier-free guidance scale (negative prompt "")."""
+    """Classifier-free guidance scale (negative prompt ""); two experts (Wan2.2 A14B): the high-noise
+    expert's steps' (diffusers' guidance_scale)."""
+    cfg_scale_2: float | None = within("[0, inf)", None)
+    """Two experts only: the guidance scale of the low-noise expert's steps (transformer_2, below
+    boundary_ratio; diffusers' guidance_scale_2). None: cfg_scale, as in diffusers. Used by rollouts,
+    the training pass's log-probs and evaluation alike; a step at scale 1 takes one forward pass,
+    not two. Refused for a one-transformer model."""
     height: int = within("[16, inf)", 480)
     """Video height in pixels (multiple of 16)."""
     width: int = within("[16, inf)", 832)

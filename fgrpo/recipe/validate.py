@@ -175,11 +175,6 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
         errs.append(f"parallelism.tp: {par.tp} does not divide the FFN width {preset.ffn_dim} of {recipe.model.preset}")
     elif preset and par.tp >= 1 and par.sp >= 1:
         errs += _sequence_parallel_problems(recipe, preset)
-    if preset and preset.image_dim is not None and par.sp > 1:
-        errs.append(
-            f"parallelism.sp: the image cross-attention of {recipe.model.preset} (added_kv_proj_dim) has no "
-            "sequence-parallel layout; use parallelism.sp=1 (parallelism.tp shards it)"
-        )
     if preset and preset.image_dim is not None and recipe.model.max_text_tokens != 512:
         errs.append(
             f"model.max_text_tokens: 512 for {recipe.model.preset} (diffusers' image cross-attention takes the "
@@ -206,6 +201,7 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
         errs.append(f"model.path: preset {recipe.model.preset} needs a local diffusers-format folder (no downloads)")
     errs += unsupported_model_problems(recipe)
     errs += expert_problems(recipe)
+    errs += _guidance_problems(recipe)
     errs += _attention_backend_problems(recipe)
 
     if recipe.algorithm.kl_beta > 0 and not recipe.lora.enabled:
@@ -258,6 +254,20 @@ def unsupported_model_problems(recipe: Recipe) -> list[str]:
     if ro.cache != "none":
         errs.append(f"rollout.cache: {ro.cache!r} is not implemented for the two experts of {name}; use none")
     return errs
+
+
+def _guidance_problems(recipe: Recipe) -> list[str]:
+    """rollout.cfg_scale_2 guides the low-noise expert's steps: a model without one (one transformer,
+    per its preset) has none, as diffusers' pipelines refuse guidance_scale_2 without a boundary_ratio."""
+    from fgrpo.models.wan import PRESETS
+
+    preset = PRESETS.get(recipe.model.preset)
+    if recipe.rollout.cfg_scale_2 is None or preset is None or preset.experts > 1:
+        return []
+    return [
+        f"rollout.cfg_scale_2: the low-noise expert's guidance scale, but {recipe.model.preset} has one "
+        "transformer (no second expert); leave it unset: rollout.cfg_scale guides every step"
+    ]
 
 
 def _gold_reward_problems(recipe: Recipe) -> list[str]:
@@ -378,24 +388,6 @@ def image_to_video_prompt_problems(preset_name: str, prompt_file: str, path: Pat
     return image_prompt_problems(path, lines, width, height)
 
 
-def first_frame_problems(recipe: Recipe, lines) -> list[str]:
-    """Wan2.2-TI2V's text+image mode feeds a timestep per token ([B, seq]); sequence parallelism splits
-    the tokens after the patch embedding but not that timestep's modulation: refused with sp > 1."""
-    from fgrpo.data.image_prompts import IMAGE_FIELD
-    from fgrpo.models.wan import PRESETS
-
-    preset = PRESETS.get(recipe.model.preset)
-    if preset is None or not preset.expand_timesteps or recipe.parallelism.sp == 1:
-        return []
-    if not any(IMAGE_FIELD in r for _, r in lines):
-        return []
-    return [
-        f"parallelism.sp: {recipe.parallelism.sp}, but prompts.file gives images, and {recipe.model.preset}'s "
-        "text+image mode feeds a timestep per token, which sequence parallelism does not split; use "
-        "parallelism.sp=1 (or a prompt file without images: text-to-video)"
-    ]
-
-
 def _prompt_problems(recipe: Recipe) -> list[str]:
     from fgrpo.data.prompts import read_prompt_lines, resolve_prompt_file
 
@@ -417,9 +409,6 @@ def _prompt_problems(recipe: Recipe) -> list[str]:
     images = image_to_video_prompt_problems(recipe.model.preset, pr.file, path, lines, ro.width, ro.height)
     if images:
         return [f"prompts.file: {p}" for p in images]
-    sp = first_frame_problems(recipe, lines)
-    if sp:
-        return sp
     train = n - max(0, pr.heldout)
     if train < 1:
         return [f"prompts.heldout: {pr.heldout} held out of the {n} prompts of {pr.file} leaves none to train on"]

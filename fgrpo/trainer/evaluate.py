@@ -78,7 +78,7 @@ def heldout_frames(policy: Policy, recipe: Recipe, prompts: list[str]) -> tuple[
             sigmas,
             no_sde,
             policy.noise,
-            policy.cfg_scale,
+            policy.guidance(sigmas),  # each expert's steps of the evaluation's grid at its scale
             gens,
             r.rollout.micro_batch,
             policy.compute_dtype,

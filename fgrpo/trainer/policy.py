@@ -31,6 +31,7 @@ from fgrpo.models.wan.experts import (
     folder_boundary_ratio,
     for_each_expert,
     rollout_weights,
+    step_guidance_scales,
     trained_experts,
 )
 from fgrpo.models.wan.first_frame import VideoCondition, expands_timesteps
@@ -43,7 +44,7 @@ from fgrpo.models.wan.text_cache import TextEmbeddingCache, cache_key, default_c
 from fgrpo.models.wan.text_encoder import LazyTextEncoder
 from fgrpo.recipe.config import Recipe
 
-from .rollout import NoiseConfig
+from .rollout import Guidance, NoiseConfig
 
 
 @dataclass
@@ -60,6 +61,8 @@ class Policy:
     rollout_unsharded: Setting = "auto"  # parallelism.rollout_unsharded: FSDP2 weights kept gathered in rollout()
     rollout_attention_backend: str | None = None  # model.rollout_attention_backend, inside rollout(); None: unchanged
     images: ImageConditionCache | None = None  # image-to-video models, TI2V text+image: each prompt's condition
+    cfg_scale_2: float | None = None  # rollout.cfg_scale_2: the low-noise expert's steps' scale (None: cfg_scale)
+    boundary_ratio: float | None = None  # two experts: where they switch (fgrpo.models.wan.experts)
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -70,6 +73,14 @@ class Policy:
     @property
     def compute_dtype(self) -> torch.dtype:
         return self.precision.compute
+
+    def guidance(self, sigmas: torch.Tensor | None = None) -> Guidance:
+        """The guidance scale of each step of the grid `sigmas` (default: the rollout's), each expert's
+        steps at its own (`step_guidance_scales`); one float when every step takes the same."""
+        if self.cfg_scale_2 is None or self.cfg_scale_2 == self.cfg_scale or self.boundary_ratio is None:
+            return self.cfg_scale
+        grid = self.sigmas if sigmas is None else sigmas
+        return step_guidance_scales(grid, self.boundary_ratio, self.cfg_scale, self.cfg_scale_2)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Text encodings [B, L, D] from the cache (a group's G videos share one prompt)."""
@@ -278,4 +289,8 @@ def build_policy(
         recipe.parallelism.rollout_unsharded,
         rollout_attention_backend=recipe.model.rollout_attention_backend,
         images=image_cache,
+        cfg_scale_2=ro.cfg_scale_2,
+        boundary_ratio=components.transformer.boundary_ratio
+        if isinstance(components.transformer, WanExperts)
+        else None,
     )

@@ -6,6 +6,7 @@ full trajectory: every step. One code path serves all three; only the SDE mask d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,75 @@ def guided_velocity(
     out = _forward(transformer, torch.cat([x, x]), torch.cat([t, t]), text, image, dtype).float()
     v_cond, v_uncond = out.chunk(2)
     return v_uncond + cfg_scale * (v_cond - v_uncond)
+
+
+Guidance = float | Sequence[float]
+"""A guidance scale for every step, or one per step of the sigma grid (two experts, each its own:
+fgrpo.models.wan.experts.step_guidance_scales)."""
+
+
+def scale_at(cfg_scale: Guidance, step: int) -> float:
+    """The guidance scale of grid step `step`."""
+    return float(cfg_scale) if isinstance(cfg_scale, (int, float)) else float(cfg_scale[step])
+
+
+def rowwise_velocity(
+    transformer,
+    x,
+    sigma,
+    context,
+    neg_context,
+    scales: Sequence[float],
+    dtype: torch.dtype = torch.float32,
+    image: VideoCondition | None = None,
+) -> torch.Tensor:
+    """`velocity` with row b guided by its own scale s_b (a training micro-batch may hold both
+    experts' transitions, each expert guided by its own scale), in one transformer call: every row's
+    conditional pass, then the unconditional pass of the rows with s_b != 1 (the sampler skips it
+    there too),
+
+        v_b = v_u,b + s_b (v_c,b - v_u,b)   (s_b != 1),        v_b = v_c,b   (s_b = 1).
+
+    One call, so a two-expert model's ranks keep running the same collectives (WanExperts). Every
+    row the same scale: `velocity` itself."""
+    if neg_context is None or len(set(scales)) == 1:
+        return velocity(transformer, x, sigma, context, neg_context, scales[0] if scales else 1.0, dtype, image)
+    n = x.shape[0]
+    guided = torch.tensor([b for b, s in enumerate(scales) if s != 1.0], dtype=torch.long, device=x.device)
+    rows = torch.cat([torch.arange(n, device=x.device), guided])  # conditional passes, then the guided rows'
+    text = torch.cat([context, neg_context[guided]]).to(dtype)
+    t = (sigma * 1000.0).float()
+    out = _forward(transformer, x[rows], t[rows], text, None if image is None else image[rows], dtype).float()
+    v_cond, v_uncond = out[:n], out[n:]
+    s = torch.tensor([scales[b] for b in guided.tolist()], dtype=torch.float32, device=x.device)
+    s = s.view(-1, *([1] * (x.dim() - 1)))
+    return v_cond.index_put((guided,), v_uncond + s * (v_cond[guided] - v_uncond))
+
+
+class _StepInputs:
+    """A micro-batch's text and image inputs for `guided_velocity`, built once per set of active rows
+    and guidance (CFG or not), so every step with the same ones is fed the very same tensors (the
+    text-side projections are cached by the text tensor's identity: cross_attention_cache)."""
+
+    def __init__(self, context, neg, image: VideoCondition | None, dtype: torch.dtype):
+        self.context, self.neg, self.image, self.dtype = context, neg, image, dtype
+        self.built: dict[tuple[tuple[int, ...] | None, bool], tuple] = {}
+
+    def at(self, active: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, float | None, VideoCondition | None]:
+        """(text, scale or None without CFG, image) for the rows `active` (None: all) at `scale`."""
+        key_rows = None if active is None else tuple(active.tolist())
+        guided = self.neg is not None and scale != 1.0
+        key = (key_rows, guided)
+        if key not in self.built:
+            if key_rows is not None:  # rows finished or not yet started: the previous subset is done with
+                self.built = {k: v for k, v in self.built.items() if k[0] is None}
+            ctx = self.context if active is None else self.context[active]
+            neg = None if self.neg is None else (self.neg if active is None else self.neg[active])
+            text, on = text_input(ctx, neg, scale, self.dtype)
+            img = None if self.image is None or active is None else self.image[active]
+            self.built[key] = (text, on is not None, image_input(self.image if active is None else img, on))
+        text, on, img = self.built[key]
+        return text, (scale if on else None), img
 
 
 def _forward(transformer, x, t, text, image: VideoCondition | None, dtype: torch.dtype) -> torch.Tensor:
@@ -180,7 +250,7 @@ def sample(
     sigmas: torch.Tensor,
     sde_mask: torch.Tensor,
     noise: NoiseConfig,
-    cfg_scale: float,
+    cfg_scale: Guidance,
     generators: list[torch.Generator],
     micro_batch: int,
     dtype: torch.dtype = torch.float32,
@@ -206,6 +276,9 @@ def sample(
     `cache` (rollout.cache, fgrpo.trainer.rollout_cache): the deterministic steps may skip blocks;
     a forward holding an SDE step is computed in full; its state is reset per micro-batch.
 
+    `cfg_scale`: one guidance scale, or one per grid step (two experts: each expert's steps its own,
+    fgrpo.models.wan.experts.step_guidance_scales); a step at scale 1 takes the conditional pass alone.
+
     `image` [B] (image-to-video models): each video's image condition, in every forward. Wan2.2-TI2V's
     text+image mode (FirstFrameCondition): the image's latent is the first latent frame at the start
     and after every step, ODE or SDE, and an SDE transition's log-prob leaves that frame out.
@@ -222,11 +295,9 @@ def sample(
         sl = slice(first, first + micro_batch)
         x, mask, st, en = latents[sl].float().clone(), sde_mask[sl], start[sl], end[sl]
         neg = None if neg_context is None else neg_context[sl]
-        text, scale = text_input(context[sl], neg, cfg_scale, dtype)  # one tensor for all steps
         img = None if image is None else image[sl]
+        inputs = _StepInputs(context[sl], neg, img, dtype)  # one text tensor for all steps (per guidance)
         x = impose_first_frame(x, img)  # TI2V text+image: the image is the first frame from the start
-        img_in = image_input(img, scale)
-        active_text, active_img, active_key = text, img_in, None
         plans = [_RowPlan.of(grid, int(st[r]), int(en[r]), mask[r]) for r in range(x.shape[0])]
         solvers: dict[tuple[int, ...], SegmentSolver] = {}  # per segment of nodes, for its rows
         if cache is not None:
@@ -236,18 +307,13 @@ def sample(
             if active.numel() == 0:
                 continue
             whole = active.numel() == x.shape[0]
-            if not whole and active_key != active.tolist():  # rows finished or not yet started
-                active_key = active.tolist()
-                active_text, _ = text_input(context[sl][active], None if neg is None else neg[active], cfg_scale, dtype)
-                active_img = image_input(None if img is None else img[active], scale)
+            text, scale, img_in = inputs.at(None if whole else active, scale_at(cfg_scale, i))
             xa = x if whole else x[active]
             s = sig[i].expand(xa.shape[0])
             s_next = sig[torch.tensor([plans[r].next[i] for r in active.tolist()], device=device)]
             rows = mask[active, i].nonzero().flatten().tolist()  # positions among the active rows
             with step_context(cache, active.tolist(), exact=bool(rows)):  # an SDE step: every block
-                v = guided_velocity(
-                    transformer, xa, s, text if whole else active_text, scale, dtype, img_in if whole else active_img
-                )
+                v = guided_velocity(transformer, xa, s, text, scale, dtype, img_in)
             x_new = ode_step(xa, v, s, s_next)
             if ode.solver != "euler":
                 _solver_steps(solvers, ode.solver, plans, active, i, sig, xa, v, x_new)
@@ -297,11 +363,12 @@ def transition_log_prob(
     neg_context,
     sigmas: torch.Tensor,
     noise: NoiseConfig,
-    cfg_scale: float,
+    cfg_scale: Guidance,
     dtype: torch.dtype = torch.float32,
     image: VideoCondition | None = None,
 ):
     """Recompute log π_θ(x_{i+1} | x_i) for recorded transitions (with gradients); returns the SDEStep.
+    `cfg_scale`: as `sample`'s (each transition guided by its step's scale, `rowwise_velocity`).
     `image`: the videos' image conditions (indexed like `context`, by video). Wan2.2-TI2V's text+image
     mode: the log-density over every latent frame but the first (imposed, not sampled), exactly as
     `sample` recorded it, so an on-policy ratio stays exactly 1:
@@ -311,6 +378,7 @@ def transition_log_prob(
     s, s_next = sig[trans.step], sig[trans.step + 1]
     neg = None if neg_context is None else neg_context[trans.video]
     img = None if image is None else image[trans.video]
-    v = velocity(transformer, trans.x, s, context[trans.video], neg, cfg_scale, dtype, img)
+    scales = [scale_at(cfg_scale, int(k)) for k in trans.step.tolist()]  # each transition's step's
+    v = rowwise_velocity(transformer, trans.x, s, context[trans.video], neg, scales, dtype, img)
     s_t = step_noise_std_scale(sigmas.cpu(), trans.step.cpu(), noise).to(device)
     return sde_step(trans.x, v, s, s_next, s_t, prev_sample=trans.x_next, mask=log_prob_mask(image, trans.x))

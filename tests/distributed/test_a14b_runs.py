@@ -7,7 +7,9 @@ a second (on policy), `fgrpo eval`, `fgrpo export`, and the export loaded by dif
 (the tiny recipe's), `lora.experts=both`: step 1 draws steps (1, 2) (high noise), step 2 (3, 1) (one
 group per expert: on dp_shard=2 each rank's micro-batch needs another expert). And `lora.experts=high`
 with LoRA and a KL term: only the high-noise expert's adapters train, the low-noise expert holds no
-trained weights, no optimizer state, and is exported as it was.
+trained weights, no optimizer state, and is exported as it was. Each expert guided at its own scale
+(rollout.cfg_scale 2, cfg_scale_2 3): rollouts, the training pass (step 2's micro-batches hold both
+experts' transitions) and evaluation.
 
 Suite cost: about 120 CPU-seconds (two launches per layout, one for experts=high; eval and export).
 """
@@ -37,6 +39,8 @@ A14B_ARGS = [
     "bfloat16",
     "--algorithm.clip-range",
     "1e-3",  # the paper's: any on-policy drift would show as clipping
+    "--rollout.cfg-scale-2",
+    "3.0",  # the low-noise expert's steps guided at 3, the high-noise ones at the tiny recipe's 2
 ]
 LAYOUTS = {
     "1": (1, []),

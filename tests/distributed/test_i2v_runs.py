@@ -1,14 +1,16 @@
 """Wan2.1 image-to-video trains end to end in fgrpo (issue 23 point 4), on the tiny I2V architecture
 (fgrpo/models/wan/tiny_i2v.py: 36 input channels, image cross-attention, a CLIP image encoder) in
-bf16, in 1 process, on dp_shard=2 and on dp_shard=2 x tp=2 (tp shards the image attention with the
-text's heads, fgrpo/models/wan/tensor_parallel.py; it has no sp layout): launch one step,
+bf16, in 1 process, on dp_shard=2, on dp_shard=2 x tp=2 (tp shards the image attention with the
+text's heads, fgrpo/models/wan/tensor_parallel.py) and on sp=2 (Ulysses; the image cross-attention
+runs unchanged on each rank's tokens, fgrpo/models/wan/sequence_parallel.py): launch one step,
 stop, resume for a second, the first step on-policy (ratio exactly 1: the recomputed log pi_old sees
 the same image condition as the loss), `fgrpo eval`, `fgrpo export`, and the export loaded by
 diffusers' `WanImageToVideoPipeline.from_pretrained` and sampled with an image. Full fine-tuning
 (the tiny recipe's), so the image embedder and image attention train too.
 
 Suite cost: about 65 CPU-seconds for 1 process and dp_shard=2 (two launches per layout, the second
-resuming; eval and export once); dp_shard=2 x tp=2 (4 processes) adds about 60 s on 2 cores.
+resuming; eval and export once); dp_shard=2 x tp=2 (4 processes) adds about 60 s on 2 cores, sp=2
+(2 processes) about 40 s more (66 s measured on a shared machine at load 5).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ LAYOUTS = {
     "1": (1, []),
     "dp_shard=2": (2, ["--parallelism.dp-shard", "2"]),
     "dp_shard=2,tp=2": (4, ["--parallelism.dp-shard", "2", "--parallelism.tp", "2"]),
+    "sp=2": (2, ["--parallelism.sp", "2"]),  # image cross-attention on each rank's tokens
 }
 # Relative L2 difference of the two-step update between the layouts; bf16, as
 # tests/distributed/test_precision_matrix.py explains (and tests/distributed/test_ti2v_runs.py uses).

@@ -27,8 +27,12 @@ def parity_inputs(preset, frames: int, size: int, text_tokens: int = 16) -> Pari
     return ParityInputs(x0, text, negative)
 
 
-def pipeline_latents(pipe: Any, inputs: ParityInputs, frames: int, size: int, *image) -> torch.Tensor:
-    """The pipeline's final latents for `inputs` (an image first for image-to-video pipelines)."""
+def pipeline_latents(
+    pipe: Any, inputs: ParityInputs, frames: int, size: int, *image, guidance_scale_2: float | None = None
+) -> torch.Tensor:
+    """The pipeline's final latents for `inputs` (an image first for image-to-video pipelines);
+    `guidance_scale_2`: a two-expert pipeline's low-noise expert's scale (None: the pipeline's default, CFG)."""
+    extra = {} if guidance_scale_2 is None else {"guidance_scale_2": guidance_scale_2}
     return pipe(
         *image,
         prompt_embeds=inputs.text,
@@ -41,6 +45,7 @@ def pipeline_latents(pipe: Any, inputs: ParityInputs, frames: int, size: int, *i
         guidance_scale=CFG,
         output_type="latent",
         return_dict=False,
+        **extra,
     )[0]
 
 

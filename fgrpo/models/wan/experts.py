@@ -60,6 +60,21 @@ def step_experts(sigmas: torch.Tensor, boundary_ratio: float | None) -> list[int
     return expert_of_timestep(t, boundary_ratio).tolist()
 
 
+def step_guidance_scales(
+    sigmas: torch.Tensor, boundary_ratio: float | None, cfg_scale: float, cfg_scale_2: float | None
+) -> tuple[float, ...]:
+    """The classifier-free guidance scale of each step i of a sigma grid (its N + 1 sigmas): that of
+    the step's expert (`step_experts`),
+
+        s_i = cfg_scale    if expert(sigma_i) = high noise (`transformer`),
+        s_i = cfg_scale_2  if expert(sigma_i) = low noise (`transformer_2`);  cfg_scale_2 None: cfg_scale,
+
+    as diffusers 0.42's `WanPipeline` and `WanImageToVideoPipeline` pick `current_guidance_scale`
+    (`guidance_scale_2` defaults to `guidance_scale`). No boundary (one transformer): cfg_scale."""
+    scales = (cfg_scale, cfg_scale if cfg_scale_2 is None else cfg_scale_2)
+    return tuple(float(scales[e]) for e in step_experts(sigmas, boundary_ratio))
+
+
 def trained_experts(setting: str) -> tuple[int, ...]:
     """`lora.experts` ("high", "low", "both") -> the expert indices it trains."""
     if setting == "both":

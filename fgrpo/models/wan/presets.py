@@ -181,6 +181,21 @@ PRESETS: dict[str, WanPreset] = {
     "tiny-a14b": WanPreset(
         num_layers=2, num_heads=4, head_dim=16, ffn_dim=128, text_dim=32, freq_dim=32, experts=2, boundary_ratio=0.7
     ),
+    # Wan2.2-I2V-A14B's structure at the tiny width (tests on CPU, fgrpo/models/wan/tiny_i2v_a14b.py): two
+    # experts of the tiny architecture taking 36 input channels (16 noise + 4 mask + 16 image latent), no
+    # image cross-attention and no CLIP encoder, as I2V-A14B. Boundary 0.7 as `tiny-a14b`'s, not
+    # I2V-A14B's 0.9: on the tiny recipe's grid 0.9 would give the high-noise expert step 0 alone.
+    "tiny-i2v-a14b": WanPreset(
+        num_layers=2,
+        num_heads=4,
+        head_dim=16,
+        ffn_dim=128,
+        text_dim=32,
+        freq_dim=32,
+        in_channels=36,
+        experts=2,
+        boundary_ratio=0.7,
+    ),
     # The miniature world's pre-trained model (fgrpo.miniature.pretrain): 1.1M parameters, trainable on a CPU.
     "miniature": WanPreset(num_layers=4, num_heads=4, head_dim=32, ffn_dim=384, text_dim=64, freq_dim=64),
     "wan2.1-t2v-1.3b": WanPreset(num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, text_dim=4096, freq_dim=256),

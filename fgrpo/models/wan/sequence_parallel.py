@@ -9,8 +9,19 @@ the 30 or 40 transformer blocks on 32,760 / sp of them. Per forward:
 2. In every block, self-attention (`attn1`) exchanges tokens for heads with an all-to-all, runs
    the ordinary attention on all tokens of heads/sp heads, and exchanges back
    (`UlyssesWanAttnProcessor`). Projections, q/k RMSNorms (per token), modulation, the FFN and
-   cross-attention (queries are local tokens, keys and values the replicated text) are per token
-   and run unchanged on the local run.
+   cross-attention are per token and run unchanged on the local run: cross-attention's queries
+   are the local tokens, its keys and values the replicated context, text and (Wan2.1 I2V) the
+   CLIP image tokens of `attn2.add_k_proj`, so diffusers' own `WanAttnProcessor` on `attn2`
+   computes exactly the local rows of the whole video's result (no mask, one softmax per query).
+   Image-to-video inputs concatenated along channels (Wan2.1 I2V, Wan2.2 I2V-A14B: mask and image
+   latent) enter through the patch embedding and are split with it.
+   Wan2.2-TI2V's text+image mode gives a timestep per token ([B, S]: the first frame's tokens at
+   t = 0); diffusers then embeds it per token, and every block's modulation and the output norm's
+   shift and scale are [B, S, ...] (`temb.ndim == 3`). A pre-hook on `condition_embedder` keeps
+   this rank's run of those timesteps (the same tokens as the patch embedding's), so the time
+   embedding is computed for the local tokens only: [B, S/sp, 6 x D] modulations, never the whole
+   video's (TI2V-5B at 121 x 704 x 1280: 27,280 tokens x 6 x 3072, 1 GB per video in bf16). One
+   timestep per video ([B], every other model and TI2V text-to-video) passes untouched.
 3. The output projection's result is all-gathered (`gather_tokens`), so the model returns the full
    velocity on every sp rank: the sampler, the SDE step, log-probs and the loss run on the full
    latent, identically on each sp rank, exactly as in one process (the latent is small: 16 x 21 x
@@ -103,6 +114,13 @@ class UlyssesWanAttnProcessor:
         return attn.to_out[1](out)
 
 
+def local_token_timesteps(timestep: torch.Tensor, seq_len: int, sp_mesh: DeviceMesh) -> tuple[torch.Tensor, int]:
+    """This rank's run of per-token timesteps: `timestep` is [B x seq_len] (diffusers' flattened
+    [B, S]), the result [B x S/sp] and S/sp, the tokens `split_tokens` keeps of the video."""
+    local = split_tokens(timestep.unflatten(0, (-1, seq_len)), 1, sp_mesh)
+    return local.flatten(), local.shape[1]
+
+
 def _check_sequence_parallel(transformer: nn.Module, sp: int) -> None:
     for i, block in enumerate(cast("Iterable[WanTransformerBlock]", transformer.blocks)):
         attn = block.attn1
@@ -114,8 +132,10 @@ def _check_sequence_parallel(transformer: nn.Module, sp: int) -> None:
             )
         if getattr(attn, "fused_projections", False):
             raise ValueError(f"blocks.{i}.attn1: unfuse the q/k/v projections before sequence parallelism")
-        if getattr(attn, "add_k_proj", None) is not None or getattr(block.attn2, "add_k_proj", None) is not None:
-            raise NotImplementedError(f"blocks.{i}: image-conditioned (I2V) attention is not supported")
+        # Image keys and values belong to cross-attention (attn2, unchanged under sp); the Ulysses
+        # processor that replaces attn1's computes self-attention only.
+        if getattr(attn, "add_k_proj", None) is not None:
+            raise NotImplementedError(f"blocks.{i}.attn1: added (image) keys and values in self-attention")
     if getattr(transformer, "_fgrpo_sp_mesh", None) is not None:
         raise RuntimeError("sequence parallelism is already applied to this transformer")
 
@@ -125,7 +145,8 @@ def apply_sequence_parallel(transformer: nn.Module, sp_mesh: DeviceMesh) -> None
 
     Hooks: `patch_embedding`'s output keeps this rank's run of tokens, shaped [B, C, 1, 1, S/sp] so
     that Wan's own `flatten(2).transpose(1, 2)` yields the [B, S/sp, C] token matrix; `rope`'s two
-    tables keep the same rows; `proj_out`'s output is all-gathered along the tokens. Each block's
+    tables keep the same rows; so do per-token timesteps entering `condition_embedder` (Wan2.2
+    TI2V's text+image mode); `proj_out`'s output is all-gathered along the tokens. Each block's
     `attn1` gets a `UlyssesWanAttnProcessor`. Apply after tensor parallelism, before activation
     checkpointing and FSDP2. The token count of a video (latent frames x H/16 x W/16) must divide
     by sp (checked on every forward; recipes are checked before launch).
@@ -145,12 +166,23 @@ def apply_sequence_parallel(transformer: nn.Module, sp_mesh: DeviceMesh) -> None
     def split_rope(module, args, out):
         return tuple(split_tokens(t, 1, sp_mesh) for t in out)
 
+    def split_token_timesteps(module, args: tuple, kwargs: dict):
+        # diffusers 0.42 calls condition_embedder(timestep, text, image, timestep_seq_len=S); were S
+        # ever passed positionally, the blocks would fail loudly on [B, S] against [B, S/sp] tokens
+        seq_len = kwargs.get("timestep_seq_len")
+        if seq_len is None:
+            return None  # one timestep per video: replicated, as in text-to-video
+        timestep, *rest = args
+        local, local_len = local_token_timesteps(timestep, seq_len, sp_mesh)
+        return (local, *rest), {**kwargs, "timestep_seq_len": local_len}
+
     def gather_output(module, args, out: torch.Tensor) -> torch.Tensor:
         return gather_tokens(out, 1, sp_mesh)
 
     wan = cast("WanTransformer3DModel", transformer)
     wan.patch_embedding.register_forward_hook(split_patches)
     wan.rope.register_forward_hook(split_rope)
+    wan.condition_embedder.register_forward_pre_hook(split_token_timesteps, with_kwargs=True)
     wan.proj_out.register_forward_hook(gather_output)
     for block in cast("Iterable[WanTransformerBlock]", wan.blocks):
         processor = UlyssesWanAttnProcessor(sp_mesh, getattr(block.attn1.processor, "_attention_backend", None))

@@ -23,12 +23,13 @@ TINY_A14B_MARKER = "FGRPO_TINY_A14B_VERSION"
 SECOND_EXPERT_SEED_OFFSET = 7_001  # the low-noise expert's draw: the other components stay as seeded
 
 
-def build_tiny_a14b_components(seed: int = 0) -> dict:
-    """WanPipeline's components and config of the tiny two-expert model, seeded, float32."""
+def build_tiny_a14b_components(seed: int = 0, preset_name: str = TINY_A14B) -> dict:
+    """WanPipeline's components and config of the tiny two-expert model, seeded, float32.
+    `preset_name`: another two-expert preset of the tiny width (`tiny-i2v-a14b`: tiny_i2v_a14b.py)."""
     from diffusers import WanTransformer3DModel
 
-    preset = PRESETS[TINY_A14B]
-    components = build_components(TINY_A14B, seed, text=TINY_TEXT_ENCODER, dtype=torch.float32, fast_init=False)
+    preset = PRESETS[preset_name]
+    components = build_components(preset_name, seed, text=TINY_TEXT_ENCODER, dtype=torch.float32, fast_init=False)
     torch.manual_seed(seed + SECOND_EXPERT_SEED_OFFSET)
     low_noise = WanTransformer3DModel(**preset.transformer_config())
     for name, p in low_noise.named_parameters():
