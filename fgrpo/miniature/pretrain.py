@@ -146,14 +146,18 @@ def vae_loss(vae: AutoencoderKLWan, x: torch.Tensor) -> torch.Tensor:
     return (weight * ((rec - x).abs() + (rec - x).square())).mean() + 1e-5 * post.mean.square().mean()
 
 
-def train_vae(cfg: PretrainConfig, scenes: list[Scene], progress) -> AutoencoderKLWan:
+def train_vae(
+    cfg: PretrainConfig, scenes: list[Scene], progress, vae_config: dict[str, Any] = VAE_CONFIG
+) -> AutoencoderKLWan:
     """An AutoencoderKLWan trained in two phases, each with its own cosine learning-rate decay:
     single frames first (the causal VAE encodes a first frame alone: a ninth of a video's cost, so
-    many more steps learn the spatial code), then whole videos (the temporal (de)compression)."""
+    many more steps learn the spatial code), then whole videos (the temporal (de)compression).
+    `vae_config`: the released build's unless a benchmark tries another
+    (benchmarks/miniature_vae_variants.py)."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(cfg.seed)
-    vae = AutoencoderKLWan(**VAE_CONFIG)
+    vae = AutoencoderKLWan(**vae_config)
     init_vae_(vae, cfg.seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     rng = random.Random(f"vae:{cfg.seed}")
@@ -295,7 +299,7 @@ def pretrain(path: str | Path, cfg: PretrainConfig = PretrainConfig(), progress:
         return encode_with_lengths(tokenizer, encoder, prompts, MAX_TEXT_TOKENS, torch.float32)[0]
 
     seconds: dict[str, float] = {}
-    with _progress() if progress else _NoProgress() as bar:
+    with _progress() if progress else NoProgress() as bar:
         mark = time.perf_counter()
         vae = train_vae(cfg, sets.pretrain, bar)
         seconds["vae"], mark = time.perf_counter() - mark, time.perf_counter()
@@ -332,7 +336,7 @@ def heldout_quality(path: str | Path, cfg: PretrainConfig = PretrainConfig(), vi
     """Gold faithfulness of a model folder's samples on the held-out prompts, per attribute, loaded
     through `from_pretrained` (fgrpo.models.wan.loading.load_wan). Also the ceiling: the gold of the
     VAE's reconstructions of the ground-truth renders (what a perfect transformer could reach)."""
-    from fgrpo.miniature.scoring import all_correct, gold_scores, mean_score
+    from fgrpo.miniature.scoring import gold_scores
     from fgrpo.models.wan.loading import load_wan
 
     c = load_wan(path, dtype="float32", max_text_tokens=MAX_TEXT_TOKENS)
@@ -351,34 +355,45 @@ def heldout_quality(path: str | Path, cfg: PretrainConfig = PretrainConfig(), vi
         cfg.eval_cfg,
         seed=cfg.seed,
     )
-    with torch.no_grad():
-        latent = vae.encode(_videos(scenes, list(range(len(scenes)))), return_dict=False)[0].mean
-        rec = vae.decode(latent, return_dict=False)[0]
-    rec = (rec.clamp(-1, 1) * 0.5 + 0.5).permute(0, 2, 1, 3, 4)
-    gold, ceiling = gold_scores(frames, prompts), gold_scores(rec, prompts)
-
-    def summary(scores: dict) -> dict:
-        return {
-            "overall": round(float(mean_score(scores).mean()), 4),
-            "all_attributes_right": round(float(all_correct(scores).float().mean()), 4),
-            **{k: round(float(v.float().mean()), 4) for k, v in scores.items()},
-        }
-
     return {
         "heldout_prompts": len(prompt_sets().heldout),
         "videos_per_prompt": videos_per_prompt,
         "sampler": {"steps": cfg.eval_steps, "cfg": cfg.eval_cfg, "shift": cfg.flow_shift},
-        "heldout_gold": summary(gold),
-        "vae_ceiling_gold": summary(ceiling),
+        "heldout_gold": gold_summary(gold_scores(frames, prompts)),
+        "vae_ceiling_gold": vae_ceiling_gold(vae, videos_per_prompt),
     }
+
+
+def gold_summary(scores: dict) -> dict:
+    """Gold scores per video -> their means: overall, all attributes right, and per attribute."""
+    from fgrpo.miniature.scoring import all_correct, mean_score
+
+    return {
+        "overall": round(float(mean_score(scores).mean()), 4),
+        "all_attributes_right": round(float(all_correct(scores).float().mean()), 4),
+        **{k: round(float(v.float().mean()), 4) for k, v in scores.items()},
+    }
+
+
+@torch.no_grad()
+def vae_ceiling_gold(vae, videos_per_prompt: int = 2) -> dict:
+    """The held-out gold of the VAE's reconstructions of the ground-truth renders (render seeds 0,
+    1, ...): what a perfect transformer could reach through this decoder."""
+    from fgrpo.miniature.scoring import gold_scores
+
+    scenes = [s for s in prompt_sets().heldout for _ in range(videos_per_prompt)]
+    latent = vae.encode(_videos(scenes, list(range(len(scenes)))), return_dict=False)[0].mean
+    rec = vae.decode(latent, return_dict=False)[0]
+    rec = (rec.clamp(-1, 1) * 0.5 + 0.5).permute(0, 2, 1, 3, 4)
+    return gold_summary(gold_scores(rec, [s.prompt for s in scenes]))
 
 
 def marker_text(cfg: PretrainConfig) -> str:
     return f"{MINIATURE_VERSION} world={WORLD_VERSION} {json.dumps(asdict(cfg), sort_keys=True)}\n"
 
 
-class _NoProgress:
-    """The progress bar's interface, silent."""
+class NoProgress:
+    """The progress bar's interface, silent (builds without a terminal, benchmarks)."""
 
     def __enter__(self):
         return self
