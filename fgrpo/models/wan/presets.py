@@ -8,7 +8,7 @@ from a local diffusers-format folder. Each preset's numbers say where they come 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 VAE_TEMPORAL_FACTOR = 4  # Wan2.1's VAE; a model folder's own VAE says its factors in its config
@@ -142,18 +142,19 @@ class WanPreset:
         )
 
 
+# 4 heads so that tensor parallel degrees 2 and 4 can be tested on it; the tiny variants below are
+# this architecture with another model's structure (channels, image attention, experts, VAE).
+_TINY = WanPreset(num_layers=2, num_heads=4, head_dim=16, ffn_dim=128, text_dim=32, freq_dim=32)
+# Wan2.1-T2V-14B's transformer: dim 5120 = 40 heads x 128, 40 layers, ffn 13824 (wan/configs/wan_t2v_14B.py);
+# Wan2.1 I2V-14B and both Wan2.2 A14B experts are this architecture (sources at each preset).
+_WAN_14B = WanPreset(num_layers=40, num_heads=40, head_dim=128, ffn_dim=13824, text_dim=4096, freq_dim=256)
+
 PRESETS: dict[str, WanPreset] = {
-    # 4 heads so that tensor parallel degrees 2 and 4 can be tested on it.
-    "tiny": WanPreset(num_layers=2, num_heads=4, head_dim=16, ffn_dim=128, text_dim=32, freq_dim=32),
+    "tiny": _TINY,
     # Wan2.2-TI2V-5B's architecture at the tiny width (tests on CPU): its VAE's structure and factors
     # (VAE_CONFIGS["tiny-wan2.2"]) and its pipeline's per-token timesteps.
-    "tiny-ti2v": WanPreset(
-        num_layers=2,
-        num_heads=4,
-        head_dim=16,
-        ffn_dim=128,
-        text_dim=32,
-        freq_dim=32,
+    "tiny-ti2v": replace(
+        _TINY,
         latent_channels=24,
         vae_spatial_factor=16,
         vae="tiny-wan2.2",
@@ -162,13 +163,8 @@ PRESETS: dict[str, WanPreset] = {
     # Wan2.1-I2V-14B's architecture at the tiny width (tests on CPU, fgrpo/models/wan/tiny_i2v.py): in 36
     # channels (16 noise + 4 mask + 16 image latent), image cross-attention whose key/value input is the
     # width (added_kv_proj_dim = 4 x 16, as 5120 = 40 x 128 for 14B) fed by a tiny CLIP of width 48.
-    "tiny-i2v": WanPreset(
-        num_layers=2,
-        num_heads=4,
-        head_dim=16,
-        ffn_dim=128,
-        text_dim=32,
-        freq_dim=32,
+    "tiny-i2v": replace(
+        _TINY,
         in_channels=36,
         image_dim=48,
         added_kv_proj_dim=64,
@@ -178,20 +174,13 @@ PRESETS: dict[str, WanPreset] = {
     # Boundary 0.7, not A14B's 0.875: on the tiny recipe's grid (8 steps, shift 1: sigma 0.999, 0.874,
     # 0.749, 0.624, ...) steps 0-2 are the high-noise expert's and 3-7 the low-noise one's, so its
     # window (1, 6) trains both and a 2-step evaluation samples with both.
-    "tiny-a14b": WanPreset(
-        num_layers=2, num_heads=4, head_dim=16, ffn_dim=128, text_dim=32, freq_dim=32, experts=2, boundary_ratio=0.7
-    ),
+    "tiny-a14b": replace(_TINY, experts=2, boundary_ratio=0.7),
     # Wan2.2-I2V-A14B's structure at the tiny width (tests on CPU, fgrpo/models/wan/tiny_i2v_a14b.py): two
     # experts of the tiny architecture taking 36 input channels (16 noise + 4 mask + 16 image latent), no
     # image cross-attention and no CLIP encoder, as I2V-A14B. Boundary 0.7 as `tiny-a14b`'s, not
     # I2V-A14B's 0.9: on the tiny recipe's grid 0.9 would give the high-noise expert step 0 alone.
-    "tiny-i2v-a14b": WanPreset(
-        num_layers=2,
-        num_heads=4,
-        head_dim=16,
-        ffn_dim=128,
-        text_dim=32,
-        freq_dim=32,
+    "tiny-i2v-a14b": replace(
+        _TINY,
         in_channels=36,
         experts=2,
         boundary_ratio=0.7,
@@ -199,7 +188,7 @@ PRESETS: dict[str, WanPreset] = {
     # The miniature world's pre-trained model (fgrpo.miniature.pretrain): 1.1M parameters, trainable on a CPU.
     "miniature": WanPreset(num_layers=4, num_heads=4, head_dim=32, ffn_dim=384, text_dim=64, freq_dim=64),
     "wan2.1-t2v-1.3b": WanPreset(num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, text_dim=4096, freq_dim=256),
-    "wan2.1-t2v-14b": WanPreset(num_layers=40, num_heads=40, head_dim=128, ffn_dim=13824, text_dim=4096, freq_dim=256),
+    "wan2.1-t2v-14b": _WAN_14B,
     **{
         # Wan2.1-I2V-14B-480P and -720P: one architecture, two checkpoints sampled at different sizes.
         # Transformer: diffusers' convert_wan_to_diffusers.py (scripts folder) "Wan-I2V-14B-480p"/"-720p"
@@ -209,13 +198,8 @@ PRESETS: dict[str, WanPreset] = {
         # (Wan-Video/Wan2.1@9737cba). VAE: Wan2.1's (vae_stride (4, 8, 8)). Sampling: shared_config
         # (81 frames is generate.py's default, sample_fps 16), generate.py: 40 steps for i2v, shift
         # 3.0 at 832*480 and 5.0 otherwise, guide scale 5.0; sizes (Wan's W*H) 832*480 and 1280*720.
-        f"wan2.1-i2v-14b-{res}p": WanPreset(
-            num_layers=40,
-            num_heads=40,
-            head_dim=128,
-            ffn_dim=13824,
-            text_dim=4096,
-            freq_dim=256,
+        f"wan2.1-i2v-14b-{res}p": replace(
+            _WAN_14B,
             in_channels=36,
             image_dim=1280,
             added_kv_proj_dim=5120,
@@ -247,13 +231,8 @@ PRESETS: dict[str, WanPreset] = {
     # wan/configs/wan_t2v_A14B.py (Wan2.2@42bf4cf): dim 5120, Wan2.1_VAE (4, 8, 8), boundary 0.875,
     # sample_shift 12.0, sample_steps 40, sample_guide_scale (3.0, 4.0); shared_config: frame_num 81,
     # sample_fps 16; generate.py's default size 1280*720 (W*H: 720 x 1280).
-    "wan2.2-t2v-a14b": WanPreset(
-        num_layers=40,
-        num_heads=40,
-        head_dim=128,
-        ffn_dim=13824,
-        text_dim=4096,
-        freq_dim=256,
+    "wan2.2-t2v-a14b": replace(
+        _WAN_14B,
         experts=2,
         boundary_ratio=0.875,
         sampling=Sampling(frames=81, height=720, width=1280, fps=16, flow_shift=12.0, steps=40, guidance=(3.0, 4.0)),
@@ -263,13 +242,8 @@ PRESETS: dict[str, WanPreset] = {
     # experts, boundary_ratio 0.9; wan/configs/wan_i2v_A14B.py (Wan2.2@42bf4cf): boundary 0.900,
     # sample_shift 5.0, sample_steps 40, sample_guide_scale (3.5, 3.5), Wan2.1_VAE; frames, fps and
     # size as T2V-A14B.
-    "wan2.2-i2v-a14b": WanPreset(
-        num_layers=40,
-        num_heads=40,
-        head_dim=128,
-        ffn_dim=13824,
-        text_dim=4096,
-        freq_dim=256,
+    "wan2.2-i2v-a14b": replace(
+        _WAN_14B,
         in_channels=36,
         experts=2,
         boundary_ratio=0.9,
