@@ -23,7 +23,16 @@ import torch
 
 from tests.conftest import run_fgrpo
 from tests.helpers.image_prompts import write_image_prompts
-from tests.helpers.runs import assert_resumed_on_policy, checkpoint_state, runs_by_layout, train_metrics
+from tests.helpers.pipeline_parity import sample_image_to_video
+from tests.helpers.runs import (
+    EXPERTS,
+    assert_resumed_on_policy,
+    assert_update_matches,
+    checkpoint_state,
+    initial_weights,
+    runs_by_layout,
+    train_metrics,
+)
 
 FRAMES, SIZE = 5, 32  # the tiny recipe's videos
 LATENT_CHANNELS = 16  # the patch embedding's input channels past these are the image condition's
@@ -40,10 +49,6 @@ LAYOUTS = {
     # each expert sharded over the tp group on its own (fgrpo.models.wan.experts)
     "dp_shard=2,tp=2": (4, ["--parallelism.dp-shard", "2", "--parallelism.tp", "2"]),
 }
-# Relative L2 difference of the two-step update between the layouts; bf16, as
-# tests/distributed/test_precision_matrix.py explains (the A14B, TI2V and I2V runs use the same bound).
-BF16_LAYOUT_TOLERANCE = 0.15
-EXPERTS = ("transformer", "transformer_2")
 HIGH_NOISE_STEPS = 3  # the tiny recipe's grid at boundary 0.7: steps 0-2 high noise (presets.py)
 
 
@@ -60,25 +65,6 @@ def trained(tiny_i2v_a14b_model_dir, prompts, tmp_path_factory):
     )
 
 
-def base_weights(model_dir: Path, names) -> dict[str, torch.Tensor]:
-    """The folder's weights under the run's names (`transformer.<name>`, `transformer_2.<name>`)."""
-    from safetensors.torch import load_file
-
-    from fgrpo.models.wan.sharded_loading import checkpoint_key
-
-    base = {e: load_file(str(model_dir / e / "diffusion_pytorch_model.safetensors")) for e in EXPERTS}
-    out = {}
-    for n in names:
-        expert, _, rest = n.partition(".")
-        out[n] = base[expert][checkpoint_key(rest)].float()
-    return out
-
-
-def _update(run: Path, start: dict[str, torch.Tensor]) -> torch.Tensor:
-    weights = checkpoint_state(run, 2, "model.")
-    return torch.cat([(weights[f"model.{k}"] - start[k]).flatten() for k in sorted(start)])
-
-
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_launch_stop_resume_trains_both_experts_on_the_image(trained, tiny_i2v_a14b_model_dir, layout):
     run = trained(layout)
@@ -91,7 +77,7 @@ def test_launch_stop_resume_trains_both_experts_on_the_image(trained, tiny_i2v_a
     weights = checkpoint_state(run, 2, "model.")
     assert weights and all(w.dtype == torch.float32 for w in weights.values()), "trained weights are not fp32"
     names = [k.removeprefix("model.") for k in weights]
-    start = base_weights(tiny_i2v_a14b_model_dir, names)
+    start = initial_weights(tiny_i2v_a14b_model_dir, names)
     for expert in EXPERTS:
         mine = [n for n in names if n.split(".", 1)[0] == expert]
         assert len(mine) == len(names) // 2, f"{expert}: not every weight in the checkpoint"
@@ -102,31 +88,7 @@ def test_launch_stop_resume_trains_both_experts_on_the_image(trained, tiny_i2v_a
     ema = checkpoint_state(run, 2, "ema.")
     assert {k.removeprefix("ema.") for k in ema} == set(names)  # an EMA of each trained expert
     if layout != "1":
-        reference = trained("1")
-        ref = _update(reference, start)
-        rel = float((_update(run, start) - ref).norm() / ref.norm())
-        print(f"\nI2V-A14B {layout} bf16: relative difference of the update to one process = {rel:.3g}")
-        assert rel <= BF16_LAYOUT_TOLERANCE
-        assert [m["timestep_indices"] for m in metrics] == [m["timestep_indices"] for m in train_metrics(reference)]
-
-
-def _sample(pipe, image, text, seed: int = 0) -> torch.Tensor:
-    from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
-
-    # Text given as embeddings: diffusers 0.42's I2V prompt cleaning calls ftfy unguarded (not installed).
-    out = pipe(
-        image,
-        prompt_embeds=text[:1],
-        negative_prompt_embeds=text[1:],
-        height=SIZE,
-        width=SIZE,
-        num_frames=FRAMES,
-        num_inference_steps=2,  # sigma 1.0 (high noise), 0.5 (low): both experts
-        output_type="pt",
-        generator=torch.Generator().manual_seed(seed),
-    )
-    assert isinstance(out, WanPipelineOutput)
-    return out.frames
+        assert_update_matches(run, trained("1"), start, f"I2V-A14B {layout}")
 
 
 def _experts_of(folder: Path):
@@ -164,10 +126,10 @@ def test_eval_export_and_the_i2v_pipeline_with_two_experts(trained, tiny_i2v_a14
     text = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(3))  # prompt, negative prompt
     pipe = WanImageToVideoPipeline.from_pretrained(tiny_i2v_a14b_model_dir, transformer=high, transformer_2=low)
     assert pipe.config["boundary_ratio"] == 0.7 and pipe.transformer_2 is low and pipe.image_encoder is None
-    video = _sample(pipe, image, text)
+    video = sample_image_to_video(pipe, image, text, FRAMES, SIZE)
     assert video.shape == (1, FRAMES, 3, SIZE, SIZE) and torch.isfinite(video).all()
     base_high, base_low = _experts_of(tiny_i2v_a14b_model_dir)
     before = WanImageToVideoPipeline.from_pretrained(
         tiny_i2v_a14b_model_dir, transformer=base_high, transformer_2=base_low
     )
-    assert not torch.equal(video, _sample(before, image, text))
+    assert not torch.equal(video, sample_image_to_video(before, image, text, FRAMES, SIZE))

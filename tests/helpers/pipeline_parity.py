@@ -52,3 +52,24 @@ def pipeline_latents(
 def pipeline_sigmas(pipe: Any) -> torch.Tensor:
     """The grid the pipeline just sampled on (its scheduler's sigmas after the call)."""
     return cast(torch.Tensor, pipe.scheduler.sigmas)
+
+
+def sample_image_to_video(pipe: Any, image, text: torch.Tensor, frames: int, size: int, seed: int = 0) -> torch.Tensor:
+    """`WanImageToVideoPipeline` sampled in 2 steps (with two experts: sigma 1.0 high noise, 0.5 low),
+    the text given as embeddings [prompt; negative prompt]: diffusers 0.42's I2V prompt cleaning calls
+    ftfy unguarded (not installed). Returns the frames [1, F, 3, H, W]."""
+    from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
+
+    out = pipe(
+        image,
+        prompt_embeds=text[:1],
+        negative_prompt_embeds=text[1:],
+        height=size,
+        width=size,
+        num_frames=frames,
+        num_inference_steps=2,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(seed),
+    )
+    assert isinstance(out, WanPipelineOutput)
+    return out.frames

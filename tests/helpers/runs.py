@@ -33,6 +33,12 @@ BASE_ARGS = [
 ]
 
 
+# Relative L2 difference of a two-step update between a parallel layout and one process, in bf16:
+# tests/distributed/test_precision_matrix.py explains the size (Wan2.1 tiny: TP layouts 6.4-8.4 %).
+BF16_LAYOUT_TOLERANCE = 0.15
+EXPERTS = ("transformer", "transformer_2")  # a two-expert folder's transformers, high noise first
+
+
 def launch_tiny(tiny_model_dir: Path, runs: Path, procs: int, steps: int, *extra: str, name: str = "run"):
     runs.mkdir(parents=True, exist_ok=True)
     res = run_fgrpo(
@@ -118,12 +124,21 @@ def checkpoint_state(run_dir, step: int, prefix: str) -> dict[str, torch.Tensor]
 
 
 def initial_weights(tiny_model_dir, names) -> dict[str, torch.Tensor]:
+    """The model folder's weights under a run's parameter names, in fp32. A two-expert folder's names
+    are `transformer.<name>` and `transformer_2.<name>` (fgrpo.models.wan.experts.WanExperts)."""
     from safetensors.torch import load_file
 
     from fgrpo.models.wan.sharded_loading import checkpoint_key
 
-    base = load_file(str(tiny_model_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
-    return {n: base[checkpoint_key(n)].float() for n in names if checkpoint_key(n) in base}
+    def load(expert: str) -> dict[str, torch.Tensor]:
+        return load_file(str(tiny_model_dir / expert / "diffusion_pytorch_model.safetensors"))
+
+    if not (tiny_model_dir / "transformer_2").is_dir():
+        base = load("transformer")
+        return {n: base[checkpoint_key(n)].float() for n in names if checkpoint_key(n) in base}
+    experts = {e: load(e) for e in EXPERTS}
+    split = {n: n.partition(".")[::2] for n in names}
+    return {n: experts[e][checkpoint_key(rest)].float() for n, (e, rest) in split.items()}
 
 
 def launch_stop_and_resume(model_dir: Path, runs: Path, procs: int, *extra: str) -> Path:
@@ -158,6 +173,19 @@ def assert_resumed_on_policy(metrics: list[dict]) -> None:
 
 
 def update_since(run: Path, start: dict[str, torch.Tensor], step: int = 2) -> torch.Tensor:
-    """The trained update (checkpoint `step` minus `start`), flattened over `start`'s names."""
+    """The trained update (checkpoint `step`'s `model.<name>` minus `start[name]`), flattened over
+    `start`'s names."""
     weights = checkpoint_state(run, step, "model.")
-    return torch.cat([(weights[k] - start[k]).flatten() for k in sorted(start)])
+    return torch.cat([(weights[f"model.{k}"] - start[k]).flatten() for k in sorted(start)])
+
+
+def assert_update_matches(run: Path, reference: Path, start: dict[str, torch.Tensor], label: str) -> float:
+    """A parallel layout's two-step update against one process's (`reference`), and the same
+    timesteps drawn: within BF16_LAYOUT_TOLERANCE (relative L2). Returns the difference."""
+    ref = update_since(reference, start)
+    rel = float((update_since(run, start) - ref).norm() / ref.norm())
+    print(f"\n{label} bf16: relative difference of the update to one process = {rel:.3g}")
+    assert rel <= BF16_LAYOUT_TOLERANCE
+    timesteps = [m["timestep_indices"] for m in train_metrics(run)]
+    assert timesteps == [m["timestep_indices"] for m in train_metrics(reference)]
+    return rel
