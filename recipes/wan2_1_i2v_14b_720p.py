@@ -8,10 +8,11 @@ The model conditions every video on an image (its VAE latent as the first frame 
 features), so `prompts.file` must be a JSONL file whose records have `prompt` and `image` (a path
 relative to the file's folder, each image exactly 1280 x 720: docs/design.md, "Image-to-video");
 the default text-only file is refused. With FSDP2 alone 720p does not fit 80 GB GPUs (`fgrpo plan
---gpus 8`: training needs 132 GiB per GPU, 110 of them activations); tensor parallelism
-(`--parallelism.tp`) shards the blocks and their activations, image cross-attention included, and
-sequence parallelism (`--parallelism.sp`) splits every video's tokens, the image cross-attention
-running on each rank's tokens. The paths have no defaults:
+--gpus 8 --parallelism.sp 1`: training needs 132 GiB per GPU, most of it activations), so the recipe
+splits every video's tokens over 4 ranks (Ulysses sequence parallelism, as the A14B recipes at the
+same size; the image cross-attention runs on each rank's tokens). Tensor parallelism
+(`--parallelism.tp`) shards the blocks and their activations instead, image cross-attention included.
+The paths have no defaults:
 
     fgrpo plan recipes/wan2_1_i2v_14b_720p.py --gpus 8
     fgrpo launch recipes/wan2_1_i2v_14b_720p.py --model.path /data/Wan2.1-I2V-14B-720P-Diffusers \\
@@ -24,7 +25,8 @@ from fgrpo.recipe.config import *  # noqa: F403
 recipe = Recipe(
     name="wan2_1_i2v_14b_720p",
     model=ModelConfig(preset="wan2.1-i2v-14b-720p", path=None),  # --model.path: the diffusers folder
-    parallelism=ParallelismConfig(compile=True),  # regional torch.compile of the blocks (not the paper's)
+    # Ulysses sp 4: 720p's activations (`fgrpo plan --gpus 8`); compile: regional torch.compile of the blocks.
+    parallelism=ParallelismConfig(sp=4, compile=True),
     rollout=RolloutConfig(steps=12, height=720, width=1280, frames=81, flow_shift=5.0, cfg_scale=5.0, micro_batch=1),
     timesteps=TimestepConfig(window=(0, 6)),  # the high-noise half, as for Wan2.1-T2V-14B
     # The paper's reward. args.model_path (Qwen2-VL-7B-Instruct folder) and args.checkpoint
