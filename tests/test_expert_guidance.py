@@ -48,10 +48,12 @@ def test_policy_guidance_is_per_step_only_when_the_experts_differ():
     sigmas = wan_sigmas(8, 1.0)
 
     def policy(scale_2, boundary):
-        components: Any = SimpleNamespace(transformer=None)
+        # the boundary is the model's: a WanExperts transformer's (here of two stand-in modules)
+        transformer = WanExperts(torch.nn.Identity(), torch.nn.Identity(), boundary) if boundary else None
+        components: Any = SimpleNamespace(transformer=transformer)
         return Policy(
             components, unused, unused, unused, torch.device("cpu"), sigmas, unused, 4.0, (16, 2, 4, 4),
-            cfg_scale_2=scale_2, boundary_ratio=boundary,
+            cfg_scale_2=scale_2,
         )  # fmt: skip
 
     assert policy(None, 0.7).guidance() == 4.0 and policy(4.0, 0.7).guidance() == 4.0

@@ -62,7 +62,6 @@ class Policy:
     rollout_attention_backend: str | None = None  # model.rollout_attention_backend, inside rollout(); None: unchanged
     images: ImageConditionCache | None = None  # image-to-video models, TI2V text+image: each prompt's condition
     cfg_scale_2: float | None = None  # rollout.cfg_scale_2: the low-noise expert's steps' scale (None: cfg_scale)
-    boundary_ratio: float | None = None  # two experts: where they switch (fgrpo.models.wan.experts)
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -77,10 +76,11 @@ class Policy:
     def guidance(self, sigmas: torch.Tensor | None = None) -> Guidance:
         """The guidance scale of each step of the grid `sigmas` (default: the rollout's), each expert's
         steps at its own (`step_guidance_scales`); one float when every step takes the same."""
-        if self.cfg_scale_2 is None or self.cfg_scale_2 == self.cfg_scale or self.boundary_ratio is None:
+        experts = self.components.transformer
+        if self.cfg_scale_2 is None or self.cfg_scale_2 == self.cfg_scale or not isinstance(experts, WanExperts):
             return self.cfg_scale
         grid = self.sigmas if sigmas is None else sigmas
-        return step_guidance_scales(grid, self.boundary_ratio, self.cfg_scale, self.cfg_scale_2)
+        return step_guidance_scales(grid, experts.boundary_ratio, self.cfg_scale, self.cfg_scale_2)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Text encodings [B, L, D] from the cache (a group's G videos share one prompt)."""
@@ -290,7 +290,4 @@ def build_policy(
         rollout_attention_backend=recipe.model.rollout_attention_backend,
         images=image_cache,
         cfg_scale_2=ro.cfg_scale_2,
-        boundary_ratio=components.transformer.boundary_ratio
-        if isinstance(components.transformer, WanExperts)
-        else None,
     )
