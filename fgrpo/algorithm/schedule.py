@@ -13,9 +13,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from fgrpo.algorithm.names import NOISE_SCHEDULES
+
 Scalar = float | Tensor
 
-NOISE_SCHEDULES: tuple[str, ...] = ("wan", "flow-grpo", "dance-grpo")
 
 # Last resort for sqrt(sigma / (1 - sigma)) when the grid's second sigma is itself 1.
 _FLOW_GRPO_EPS = 1e-6

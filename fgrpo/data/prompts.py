@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import torch
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_PROMPTS = REPO_ROOT / "prompts" / "tiny.txt"
 T = TypeVar("T")  # a prompt, or a prompt record
@@ -100,6 +98,8 @@ class PromptSampler:
     index: int = 0
 
     def _order(self) -> list[int]:
+        import torch  # here: the CLI reads prompt files without importing torch
+
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return torch.randperm(len(self.prompts), generator=g).tolist()
 

@@ -21,9 +21,7 @@ def _drawn_steps(recipe: Recipe) -> list[int]:
 
 def expert_problems(recipe: Recipe) -> list[str]:
     """Why `lora.experts` cannot train the recipe's model as set, [] when it can."""
-    from fgrpo.algorithm import wan_sigmas
     from fgrpo.models.wan import PRESETS
-    from fgrpo.models.wan.experts import EXPERT_NAMES, step_experts, trained_experts
 
     setting, ro = recipe.lora.experts, recipe.rollout
     if setting not in ("high", "low", "both"):
@@ -45,6 +43,10 @@ def expert_problems(recipe: Recipe) -> list[str]:
         recipe.timesteps.weights and len(recipe.timesteps.weights) != end - start
     ):
         return []  # the window itself is reported
+    # here, past the one-transformer returns: they import torch
+    from fgrpo.algorithm import wan_sigmas
+    from fgrpo.models.wan.experts import EXPERT_NAMES, step_experts, trained_experts
+
     experts = step_experts(wan_sigmas(ro.steps, ro.flow_shift), preset.boundary_ratio)
     trained, drawn = trained_experts(setting), _drawn_steps(recipe)
     ranges = {e: [k for k, x in enumerate(experts) if x == e] for e in (0, 1)}

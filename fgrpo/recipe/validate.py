@@ -110,7 +110,7 @@ def _cache_problems(recipe: Recipe) -> list[str]:
 
 def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     """Every problem found, each starting with the dotted field name it concerns."""
-    from fgrpo.algorithm import NOISE_SCHEDULES
+    from fgrpo.algorithm.names import NOISE_SCHEDULES
     from fgrpo.models.model_folder import BUILT_PRESETS
     from fgrpo.models.wan import PRESETS, check_model_folder
     from fgrpo.rewards import missing_reward_args, validate_reward_spec

@@ -73,7 +73,16 @@ def guided_velocity(
         return _forward(transformer, x, t, text, image, dtype).float()
     out = _forward(transformer, torch.cat([x, x]), torch.cat([t, t]), text, image, dtype).float()
     v_cond, v_uncond = out.chunk(2)
-    return v_uncond + cfg_scale * (v_cond - v_uncond)
+    return classifier_free_guidance(v_cond, v_uncond, cfg_scale)
+
+
+def classifier_free_guidance(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance of the velocity (Ho & Salimans; diffusers' Wan pipelines):
+
+        v = v_u + s (v_c - v_u)
+
+    `scale` a number, or a tensor broadcasting over the rows (one scale per row)."""
+    return v_uncond + scale * (v_cond - v_uncond)
 
 
 Guidance = float | Sequence[float]
@@ -116,7 +125,7 @@ def rowwise_velocity(
     v_cond, v_uncond = out[:n], out[n:]
     s = torch.tensor([scales[b] for b in guided.tolist()], dtype=torch.float32, device=x.device)
     s = s.view(-1, *([1] * (x.dim() - 1)))
-    return v_cond.index_put((guided,), v_uncond + s * (v_cond[guided] - v_uncond))
+    return v_cond.index_put((guided,), classifier_free_guidance(v_cond[guided], v_uncond, s))
 
 
 class _StepInputs:

@@ -10,18 +10,10 @@ import torch
 
 from fgrpo.distributed.precision import DTYPES
 
+from .folder import check_model_folder
+
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
-
-REQUIRED_SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
-
-
-def check_model_folder(path: str | Path) -> list[str]:
-    """Problems that make `path` unusable as a Wan diffusers folder (empty list = fine)."""
-    path = Path(path)
-    if not path.is_dir():
-        return [f"{path} is not a directory"]
-    return [f"{path / sub} is missing" for sub in REQUIRED_SUBFOLDERS if not (path / sub).is_dir()]
 
 
 @dataclass
