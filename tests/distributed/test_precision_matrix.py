@@ -1,5 +1,5 @@
 """{fp32, bf16} x {5 layouts} x {LoRA, full fine-tune}: the configurations users launch, on CPU
-(16 of the 20 cells: see CELLS).
+(7 of the 20 cells, to keep the suite within 45 minutes: see CELLS).
 
 Each cell trains the tiny recipe for one optimizer step, stops, resumes from its checkpoint and
 trains a second step (so save and resume are exercised on every layout), then checks:
@@ -37,7 +37,6 @@ LAYOUTS = {
     "dp_shard=2,tp=2": (4, ["--parallelism.dp-shard", "2", "--parallelism.tp", "2"]),
     "tp=4": (4, ["--parallelism.dp-shard", "1", "--parallelism.tp", "4"]),
 }
-DTYPES = ("float32", "bfloat16")
 TUNING = {"lora": ["--lora.enabled", "--lora.rank", "4", "--lora.alpha", "8"], "full": ["--lora.no-enabled"]}
 TOLERANCE = {"float32": 1e-4, "bfloat16": 0.15}
 
@@ -63,12 +62,21 @@ def references(tiny_model_dir, tmp_path_factory):
     return get
 
 
-# Every layout in bf16 (the users' dtype) with both tunings, and in fp32 (the strict comparison) with
-# full fine-tuning; fp32 LoRA on the layout that shards it most ways (FSDP and TP at once). The four
-# fp32 LoRA cells left out cost the suite about 4 minutes and never failed alone: LoRA's layout code
-# is the same in both dtypes, and its bf16 cells run on every layout.
-CELLS = [(layout, "bfloat16", tuning) for layout in LAYOUTS for tuning in TUNING]
-CELLS += [(layout, "float32", "full") for layout in LAYOUTS] + [("dp_shard=2,tp=2", "float32", "lora")]
+# 7 of the 20 cells, to keep the suite within 45 minutes: every layout still runs in bf16 (the users'
+# dtype) with save and resume; both tunings on the FSDP2+TP layout; the strict fp32 comparison of a
+# whole run on the layout that shards most ways (FSDP2 and TP at once). A layout bug moves the update
+# by O(1), far above the bf16 tolerance, so the bf16 cells catch it on every layout; a tuning's layout
+# code is the same in both dtypes, and LoRA's tensor-parallel forward and gradients are compared in
+# fp32 directly (tests/distributed/test_tensor_parallel.py::test_lora_forward_and_grads_match_unsharded).
+CELLS = [
+    ("1", "bfloat16", "lora"),
+    ("dp_shard=2", "bfloat16", "full"),
+    ("dp_replicate=2,dp_shard=2", "bfloat16", "lora"),
+    ("dp_shard=2,tp=2", "bfloat16", "lora"),
+    ("dp_shard=2,tp=2", "bfloat16", "full"),
+    ("tp=4", "bfloat16", "full"),
+    ("dp_shard=2,tp=2", "float32", "full"),
+]
 
 
 @pytest.mark.parametrize(("layout", "dtype", "tuning"), CELLS, ids=["-".join(c) for c in CELLS])

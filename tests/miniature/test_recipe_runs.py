@@ -1,23 +1,23 @@
 """recipes/miniature.py runs as users run it (the README's command), in float32 and bfloat16, and
-it learns (the learning regression test, issue 19: over two seeds, in both dtypes): the pre-trained
-model from the cache, the faithfulness reward trained on, the gold metric recorded per held-out
-video beside it (weight 0), samples written, and held-out gold higher after a short run than before
-it. How much it learns over the recipe's full length, and against the paper's other algorithms at
+it learns (the learning regression test, issue 19: one seed per dtype, two seeds in all): the
+pre-trained model from the cache, the faithfulness reward trained on, the gold metric recorded per
+held-out video beside it (weight 0), samples written, and held-out gold higher after a short run than
+before it. How much it learns over the recipe's full length, and against the paper's other algorithms at
 equal FLOPs, is measured in docs/miniature.md (benchmarks/miniature_comparison.py)."""
 
 import json
-import statistics
 
 import pytest
 
 from tests.conftest import REPO, run_fgrpo
 
 # The regression bar, below what these runs measured (docs/miniature.md, "The learning regression
-# test": +0.032 and +0.029 in float32, +0.041 and +0.035 in bfloat16; five seeds at step 30 ranged
-# +0.023 to +0.053): a change that stops the recipe learning fails it, seed noise does not.
+# test": float32 seed 0 +0.032, bfloat16 seed 1 +0.035; five seeds at step 30 ranged +0.023 to
+# +0.053): a change that stops the recipe learning fails it, seed noise does not. One run per dtype,
+# each with its own seed, keeps the suite within 45 minutes and still covers two seeds and both dtypes.
 STEPS = 30
-SEEDS = (0, 1)
-MIN_MEAN_GAIN = 0.015
+RUNS = [("float32", 0), ("bfloat16", 1)]  # (dtype, prompts.seed)
+MIN_GAIN = 0.015
 
 
 def _launch(tmp_path, model_dir, dtype: str, seed: int) -> list[dict]:
@@ -71,8 +71,8 @@ def _check_records(records: list[dict], steps: int, quality: dict) -> float:
     return after - before
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_miniature_recipe_learns(miniature_model_dir, tmp_path, dtype):
+@pytest.mark.parametrize(("dtype", "seed"), RUNS, ids=[f"{dtype}-seed{seed}" for dtype, seed in RUNS])
+def test_miniature_recipe_learns(miniature_model_dir, tmp_path, dtype, seed):
     quality = json.loads((miniature_model_dir / "miniature_quality.json").read_text())
-    gains = [_check_records(_launch(tmp_path, miniature_model_dir, dtype, seed), STEPS, quality) for seed in SEEDS]
-    assert statistics.mean(gains) >= MIN_MEAN_GAIN and min(gains) > 0, gains
+    gain = _check_records(_launch(tmp_path, miniature_model_dir, dtype, seed), STEPS, quality)
+    assert gain >= MIN_GAIN, gain

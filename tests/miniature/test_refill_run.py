@@ -4,7 +4,7 @@ The recipe's own reward (soft faithfulness) almost never gives a group all-equal
 runs train on the strict gold score of one attribute, colour (0 or 1 per video): the pre-trained
 model gets most prompts' colour right in every video, so their groups saturate at 1 (a step of 4
 prompts has 2-3 such groups without refill). With refill the trained batch has none left, keeps its
-size, and the runs are deterministic across a repeat and a resume."""
+size, and a run stopped after step 1 and resumed gives the uninterrupted run's records."""
 
 import json
 
@@ -64,9 +64,9 @@ def test_refill_removes_saturated_groups_deterministically(miniature_model_dir, 
     assert all(r["refill_flops"] > 0 for r in on if r["refill_videos"])
     # (b) the batch keeps its size: one SDE step per trained group, P of them
     assert all(len(r["timestep_indices"]) == P for r in on)
-    # (c) the same seed gives the same records; so does a run stopped after step 1 and resumed
-    again = _launch(tmp_path, miniature_model_dir, "again", 2)
-    assert [_stable(r) for r in again] == [_stable(r) for r in on]
+    # (c) a run stopped after step 1 and resumed gives the uninterrupted run's records; a run that is
+    # not deterministic fails this too, so a plain repeat of the run (dropped to keep the suite within
+    # 45 minutes) would check nothing more
     _launch(tmp_path, miniature_model_dir, "resumed", 1)
     resumed = _launch(tmp_path, miniature_model_dir, "resumed", 2)
     assert [_stable(r) for r in resumed] == [_stable(r) for r in on]
