@@ -32,8 +32,10 @@ trap stop_slurm EXIT
 .venv/bin/ruff check fgrpo launchers benchmarks tests recipes
 .venv/bin/ruff format --check fgrpo launchers benchmarks tests recipes
 .venv/bin/pyright
-# Two workers (pytest-xdist): much of the suite waits (on Slurm's scheduler, on process start-up),
-# and one worker's waiting is the other's compute. Tests that share the local Slurm cluster or need
-# the real 1.3B architecture's memory run one after another (tests/conftest.py, SERIAL_GROUPS).
-# The slowest tests are listed at the end: the suite must stay within 45 minutes on 2 cores.
-.venv/bin/python -m pytest -q -n 2 --dist loadgroup --durations=40 "$@"
+# Three workers (pytest-xdist) on 2 cores: much of the suite waits (on Slurm's scheduler, on a
+# collective's timeout, on process start-up), and one worker's waiting is another's compute (the
+# whole suite at three workers 3573 s, every test passing; 3973 s at two workers the day before,
+# before that day's cuts, docs/design.md "The suite's time"). Tests that share the local Slurm cluster or need the real 1.3B architecture's memory run one
+# after another (tests/conftest.py, SERIAL_GROUPS). The slowest tests are listed at the end: the
+# suite must stay within 45 minutes on 2 cores.
+.venv/bin/python -m pytest -q -n 3 --dist loadgroup --durations=40 "$@"

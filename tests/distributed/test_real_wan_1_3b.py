@@ -21,12 +21,7 @@ from tests.helpers.runs import train_metrics
 PRESET = "wan2.1-t2v-1.3b"
 # The paper recipe with a tiny video, one prompt group, 2 sampling steps and a programmatic reward
 # (HPSv3's 7B weights do not exist here); LoRA r16/a32 on to_q, to_k, to_v, to_out.0 as the paper.
-# Without guidance: CFG's second pass (the negative prompt's batch rows) doubles every forward of a
-# test that spends minutes in them (measured: rollout 91 s, training 197 s with it), and every tiny
-# model's run test trains with it.
 ARGS = [
-    "--rollout.cfg-scale",
-    "1.0",
     "--rollout.frames",
     "5",
     "--rollout.height",
