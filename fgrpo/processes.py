@@ -1,15 +1,20 @@
 """Which process is which. A pid alone is reused by the kernel, so a process is named by
 (host, pid, start time); `status` and `cancel` never act on a stranger that inherited a pid.
-Also: a child that dies with its parent (the local launcher's trainers)."""
+Also: a child that dies with its parent (the local launcher's trainers), and a child forked
+with the parent's imports (the local launcher's ranks on CPU)."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import signal
 import socket
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -129,3 +134,88 @@ def parent_gone() -> bool:
     """True when the launcher that started this process has exited."""
     parent = os.environ.get(PARENT_ENV)
     return bool(parent and parent.isdigit() and os.getppid() != int(parent))
+
+
+class ForkedProcess:
+    """A `subprocess.Popen`-like handle (pid, returncode, poll, wait, send_signal, terminate,
+    kill) on a child made by `fork_call`."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+        self._lock = threading.Lock()  # a console thread polls too: only one may reap the child
+
+    def poll(self) -> int | None:
+        with self._lock:
+            if self.returncode is None:
+                try:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                except ChildProcessError:  # reaped by someone else: its status is lost
+                    self.returncode = 255
+                else:
+                    if pid:
+                        self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                import subprocess
+
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.05)
+        return self.returncode  # type: ignore[return-value]  # set by poll
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def fork_call(target: Callable[[], int], env: dict[str, str], log: os.PathLike | str) -> ForkedProcess:
+    """Run `target()` in a forked copy of this process, as if started afresh with `env` added to
+    its environment and its output appended to `log`; the child exits with target's return value
+    (1 and a traceback in `log` if it raises). The child inherits every module this process has
+    imported, which is the point: the local launcher imports the trainer's modules once, and its
+    ranks start training without importing them again.
+
+    Only for a process that has run no torch operation and initialised no CUDA (neither survives
+    a fork). The child resets the signals a launcher handles to a fresh interpreter's handlers,
+    and leaves by os._exit: the parent's exit handlers are not its own."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return ForkedProcess(pid)
+    code = 1
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        # New streams on fds 1 and 2: the parent's sys.stdout may not write to fd 1 (a capture).
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the child
+        sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s in (signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP):
+            signal.signal(s, signal.SIG_DFL)
+        os.environ.update(env)
+        atexit._clear()  # the launcher's exit handlers are not the child's
+        code = target()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - reported in the child's log and by its exit code
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)

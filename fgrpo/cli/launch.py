@@ -268,21 +268,15 @@ class TrainArgs:
 
 def cmd_train(argv: list[str]) -> int:
     from fgrpo.processes import die_with_parent
-    from fgrpo.trainer.entry import train_run
+    from fgrpo.trainer.entry import rank_main
     from fgrpo.trainer.signals import StopFlag
 
     stop = StopFlag()  # before parsing: a signal during start-up is not lost
-    die_with_parent()  # a local launcher's trainers stop (and save) when it dies, even by kill -9
+    die_with_parent()
     a = tyro.cli(TrainArgs, args=argv, prog="fgrpo train")
     run_dir = Path(a.run_dir)
     recipe = adopt_recipe_file(run_dir, Path(a.recipe_file)) if a.recipe_file else None
-    code = train_run(run_dir, stop, recipe)
-    # Everything is saved and recorded, and the process group is gone. Leave without the
-    # interpreter's teardown of C++ threads (gloo, OpenMP), which can abort a finished process
-    # ("terminate called without an active exception") and turn a completed run's exit code bad.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    rank_main(run_dir, recipe, stop)
 
 
 def adopt_recipe_file(run_dir: Path, recipe_file: Path) -> Recipe:

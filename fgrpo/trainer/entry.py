@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from fgrpo.fileio import env_rank
 from fgrpo.processes import ProcessId, parent_gone
@@ -25,6 +26,53 @@ from . import timeline
 from .signals import EXIT_REQUEUE, StopFlag
 
 EXIT_DONE, EXIT_FAILED, EXIT_BAD_RECIPE, EXIT_LOCKED = 0, 1, 2, 3
+
+# What a rank imports before its first step: about 8 s of one core here (torch, DTensor and
+# distributed checkpoint, diffusers' Wan modules, which import most of diffusers, peft and
+# transformers). A local launcher that forks its ranks imports them once (`import_rank_modules`).
+RANK_MODULES = (
+    "fgrpo.trainer.trainer",
+    "fgrpo.models.wan.loading",
+    "fgrpo.models.wan.random_build",
+    "diffusers.models.transformers.transformer_wan",
+    "diffusers.models.autoencoders.autoencoder_kl_wan",
+    "transformers.models.umt5.modeling_umt5",
+    "av",
+)
+
+
+def import_rank_modules(recipe, runs_dir: Path) -> None:
+    """Import what every rank of `recipe` imports, in a launcher about to fork its ranks. Compiled
+    recipes get their Inductor cache placed first, as `train_run` would (torch._dynamo fixes it on
+    import)."""
+    import importlib
+
+    if recipe.parallelism.compile:
+        from fgrpo.models.wan.parallelize import place_inductor_cache
+
+        place_inductor_cache(runs_dir)
+    for name in RANK_MODULES:
+        importlib.import_module(name)
+
+
+def rank_main(run_dir: Path, recipe=None, stop: StopFlag | None = None) -> NoReturn:
+    """One process of a run, from start to exit (`fgrpo train`, or a local launcher's forked
+    rank): the stop flag first, so a signal during start-up is not lost; bound to the launcher's
+    life; trains; leaves by os._exit."""
+    from fgrpo.processes import die_with_parent
+
+    stop = stop or StopFlag()
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if "torch" in sys.modules and threads.isdigit():  # a forked rank: torch read its threads in the launcher
+        sys.modules["torch"].set_num_threads(int(threads))
+    die_with_parent()  # a local launcher's trainers stop (and save) when it dies, even by kill -9
+    code = train_run(run_dir, stop, recipe)
+    # Everything is saved and recorded, and the process group is gone. Leave without the
+    # interpreter's teardown of C++ threads (gloo, OpenMP), which can abort a finished process
+    # ("terminate called without an active exception") and turn a completed run's exit code bad.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def job_identity() -> dict:
