@@ -1,5 +1,11 @@
-"""Multi-process tests without a launcher: spawn `world` processes on one gloo world and collect
-what each wrote (the parent side of tests/distributed's direct parity tests)."""
+"""Multi-process tests without a launcher: start `world` processes on one gloo world and collect
+what each wrote (the parent side of tests/distributed's direct parity tests).
+
+The processes come from multiprocessing's fork server, which each pytest worker starts once with
+torch, DTensor and diffusers' Wan modules imported: a spawned process would import them again
+(about 8 s of one core each), and forking the pytest worker itself is unsafe (it has threads, and
+earlier tests ran torch in it). The workers set their own environment (MASTER_ADDR, MASTER_PORT):
+a fork server's children inherit the environment it started with, not the test's."""
 
 from __future__ import annotations
 
@@ -14,12 +20,25 @@ import torch.multiprocessing as mp
 
 from launchers.local import free_port
 
+mp.set_forkserver_preload(
+    [
+        "torch",
+        "torch.distributed.tensor",
+        "torch.distributed.checkpoint",
+        "diffusers.models.transformers.transformer_wan",
+        "diffusers.models.autoencoders.autoencoder_kl_wan",
+        "fgrpo.trainer.trainer",
+    ]
+)
+
 
 def spawn_ranks(worker, world: int, out_dir: Path, what: str, timeout_s: float = 300) -> list[dict]:
-    """Run `worker(rank, port, out_dir)` in `world` spawned processes (a free port for their
+    """Run `worker(rank, port, out_dir)` in `world` processes (a free port for their
     rendezvous); each writes `out_dir/rank{rank}.json`. Returns those, rank order. Fails the test
     naming `what` if the processes outlive `timeout_s`; stragglers are terminated."""
-    ctx = mp.start_processes(worker, args=(free_port(), str(out_dir)), nprocs=world, join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        worker, args=(free_port(), str(out_dir)), nprocs=world, join=False, start_method="forkserver"
+    )
     assert ctx is not None  # join=False returns the context
     deadline = time.monotonic() + timeout_s
     try:

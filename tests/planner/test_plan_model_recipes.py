@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from fgrpo.models.wan.presets import PRESETS
-from tests.conftest import run_fgrpo
+from tests.conftest import REPO, run_fgrpo
 from tests.test_wan_presets import counted_params
 
 SMALL = ("--rollout.frames", "5", "--rollout.height", "64", "--rollout.width", "64")
@@ -38,3 +38,11 @@ def test_plan_runs_for_the_i2v_a14b_recipe_on_8_gpus():
     assert any(n.startswith("experts: 2 ") for n in plan["notes"])
     assert frozen <= rollout["weights"]  # frozen shards of the trained expert (+ LoRA masters)
     assert any(n.startswith("image-to-video: ") for n in plan["notes"])
+    # The paper recipes need --model.path and the HPSv3 files to launch, not to plan: this recipe
+    # sets neither (it stands for tests/planner/test_plan_cli.py's Wan2.1 1.3B plan too, dropped to
+    # keep the suite within 45 minutes).
+    recipe_text = (REPO / "recipes" / f"{RECIPE}.py").read_text()
+    assert 'preset="wan2.2-i2v-a14b", path=None' in recipe_text and 'name="hpsv3", frame' in recipe_text
+    hpsv3 = plan["rewards"][0]
+    assert hpsv3["name"] == "hpsv3" and 7.7e9 < hpsv3["params"] < 7.8e9  # Qwen2-VL-7B without lm_head + head
+    assert rollout["reward model"] == hpsv3["bytes"]
