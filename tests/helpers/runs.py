@@ -39,7 +39,9 @@ BF16_LAYOUT_TOLERANCE = 0.15
 EXPERTS = ("transformer", "transformer_2")  # a two-expert folder's transformers, high noise first
 
 
-def launch_tiny(tiny_model_dir: Path, runs: Path, procs: int, steps: int, *extra: str, name: str = "run"):
+def launch_tiny(
+    tiny_model_dir: Path, runs: Path, procs: int, steps: int, *extra: str, name: str = "run", env: dict | None = None
+):
     runs.mkdir(parents=True, exist_ok=True)
     res = run_fgrpo(
         "launch",
@@ -58,6 +60,7 @@ def launch_tiny(tiny_model_dir: Path, runs: Path, procs: int, steps: int, *extra
         *extra,
         cwd=runs.parent,
         timeout=500,
+        env=env,
     )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     return runs / name

@@ -105,34 +105,13 @@ def test_wait_times_out(tmp_path):
 def test_forked_ranks_train_as_rank_processes_do(tiny_model_dir, tmp_path):
     """On this CPU build the launcher forks its ranks; FGRPO_FORK_RANKS=0 starts `fgrpo train`
     processes instead (what GPU ranks always are). Both train the same step bitwise."""
-    from tests.conftest import REPO, run_fgrpo
-    from tests.helpers.runs import BASE_ARGS, train_metrics
+    from tests.helpers.runs import launch_tiny, train_metrics
 
     records = {}
     for fork in ("1", "0"):
-        runs = tmp_path / f"fork{fork}"
-        res = run_fgrpo(
-            "launch",
-            str(REPO / "recipes" / "tiny.py"),
-            "--model.path",
-            str(tiny_model_dir),
-            "--logging.runs-dir",
-            str(runs),
-            "--logging.run-name",
-            "run",
-            "--launch.procs-per-node",
-            "2",
-            "--optim.max-steps",
-            "1",
-            *BASE_ARGS,
-            cwd=tmp_path,
-            env={"FGRPO_FORK_RANKS": fork},
-        )
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-        launch = json.loads((runs / "run" / "launch.json").read_text())
+        run = launch_tiny(tiny_model_dir, tmp_path / f"fork{fork}", 2, 1, env={"FGRPO_FORK_RANKS": fork})
+        launch = json.loads((run / "launch.json").read_text())
         assert launch["ranks"] == ("forked" if fork == "1" else "processes")
-        records[fork] = [
-            {k: v for k, v in r.items() if k in ("reward_mean", "loss", "grad_norm")}
-            for r in train_metrics(runs / "run")
-        ]
+        keep = ("reward_mean", "loss", "grad_norm")
+        records[fork] = [{k: v for k, v in r.items() if k in keep} for r in train_metrics(run)]
     assert records["1"] and records["1"] == records["0"]
