@@ -267,12 +267,10 @@ class TrainArgs:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from fgrpo.processes import die_with_parent
     from fgrpo.trainer.entry import rank_main
     from fgrpo.trainer.signals import StopFlag
 
     stop = StopFlag()  # before parsing: a signal during start-up is not lost
-    die_with_parent()
     a = tyro.cli(TrainArgs, args=argv, prog="fgrpo train")
     run_dir = Path(a.run_dir)
     recipe = adopt_recipe_file(run_dir, Path(a.recipe_file)) if a.recipe_file else None

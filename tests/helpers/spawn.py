@@ -18,18 +18,10 @@ from typing import cast
 import pytest
 import torch.multiprocessing as mp
 
+from fgrpo.trainer.entry import RANK_MODULES
 from launchers.local import free_port
 
-mp.set_forkserver_preload(
-    [
-        "torch",
-        "torch.distributed.tensor",
-        "torch.distributed.checkpoint",
-        "diffusers.models.transformers.transformer_wan",
-        "diffusers.models.autoencoders.autoencoder_kl_wan",
-        "fgrpo.trainer.trainer",
-    ]
-)
+mp.set_forkserver_preload(list(RANK_MODULES))  # what a launched rank imports: the same modules
 
 
 def spawn_ranks(worker, world: int, out_dir: Path, what: str, timeout_s: float = 300) -> list[dict]:
