@@ -2,10 +2,12 @@
 
 The model (`preset miniature`, fgrpo/miniature/pretrain.py) draws coloured shapes moving over a
 plain background; the prompts ask for attribute combinations it never saw in pre-training. It is
-trained on the soft faithfulness reward; the strict gold metric is recorded beside it with weight 0
-(never trained on) and is what "aligned" is judged by: held-out `eval/miniature_gold`.
+trained on the soft faithfulness reward; the strict gold metric scores every evaluation's held-out
+videos (`eval.gold_rewards`, never trained on) and is what "aligned" is judged by:
+`eval/miniature_gold`, and per attribute `eval/miniature_gold.colour`, `eval/miniature_gold.size`...
 """
 
+from fgrpo.miniature.world import ATTRIBUTES
 from fgrpo.recipe.config import *  # noqa: F403
 
 recipe = Recipe(
@@ -38,8 +40,20 @@ recipe = Recipe(
     optim=OptimConfig(lr=1e-4, max_steps=40, weight_decay=0.0),
     lora=LoraConfig(enabled=False),  # full fine-tune: the transformer is 1.1M parameters
     ema=EmaConfig(decay=0.9, interval=1),  # evaluated weights average ~10 updates' noise
-    rewards=(RewardSpec(name="miniature_faithfulness"), RewardSpec(name="miniature_gold", weight=0.0)),
+    rewards=(RewardSpec(name="miniature_faithfulness"),),
     prompts=PromptsConfig(file="prompts/miniature.txt", heldout=24),
-    eval=EvalConfig(interval=10, steps=10, videos_per_prompt=2),
+    # Held-out gold, and each attribute's share of it: which attributes a run learns, which it loses.
+    eval=EvalConfig(
+        interval=10,
+        steps=10,
+        videos_per_prompt=2,
+        gold_rewards=(
+            RewardSpec(name="miniature_gold"),
+            *(
+                RewardSpec(name="miniature_gold", weight=0.0, args={"attribute": a}, label=f"miniature_gold.{a}")
+                for a in ATTRIBUTES
+            ),
+        ),
+    ),
     checkpoint=CheckpointConfig(interval=10, keep_last=2),
 )

@@ -308,6 +308,8 @@ class RewardSpec:
     """Keyword arguments passed to the reward function."""
     frame_aggregation: str = "mean"
     """For per-frame rewards: mean, min, max or topk:P (mean of the top P fraction, paper: topk:0.3)."""
+    label: str | None = None
+    """Name its scores are recorded under (reward/LABEL, eval/LABEL); unset: the name, name#2... if repeated."""
 
 
 @dataclass

@@ -113,7 +113,7 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
     from fgrpo.algorithm.names import NOISE_SCHEDULES
     from fgrpo.models.model_folder import BUILT_PRESETS
     from fgrpo.models.wan import PRESETS, check_model_folder
-    from fgrpo.rewards import missing_reward_args, validate_reward_spec
+    from fgrpo.rewards import duplicate_reward_keys, missing_reward_args, validate_reward_spec
 
     ranged = range_problems(recipe)  # every numeric field against the range declared beside it
     if any(is_type_problem(e) for e in ranged):
@@ -228,6 +228,8 @@ def recipe_problems(recipe: Recipe, world_size: int | None = None) -> list[str]:
                 if isinstance(path, str) and not Path(path).exists():
                     errs.append(f"rewards.{i}.args.{key}: {path} does not exist")
 
+    if repeated := duplicate_reward_keys(recipe.rewards):
+        errs.append(f"rewards: {', '.join(repeated)} would record two rewards under one name; give them labels")
     errs += _reward_server_problems(recipe.reward_server)
     errs += _gold_reward_problems(recipe)
     errs += _prompt_problems(recipe)
@@ -273,13 +275,13 @@ def _guidance_problems(recipe: Recipe) -> list[str]:
 def _gold_reward_problems(recipe: Recipe) -> list[str]:
     """eval.gold_rewards: rewards that resolve, with their required args, never also trained on (a
     gold metric the policy optimises guards nothing), on held-out prompts that exist."""
-    from fgrpo.rewards import WeightedRewards, missing_reward_args, validate_reward_spec
+    from fgrpo.rewards import duplicate_reward_keys, missing_reward_args, validate_reward_spec
 
     gold = recipe.eval.gold_rewards
     if not gold:
         return []
     errs = [] if recipe.prompts.heldout > 0 else ["eval.gold_rewards: needs held-out prompts (prompts.heldout > 0)"]
-    trained = set(WeightedRewards.keys(recipe.rewards))
+    trained = {spec.name for spec in recipe.rewards}
     for i, spec in enumerate(gold):
         try:
             validate_reward_spec(spec)
@@ -295,6 +297,11 @@ def _gold_reward_problems(recipe: Recipe) -> list[str]:
                 f"eval.gold_rewards.{i}.name: {spec.name} is also in rewards (trained on, even at weight 0 "
                 "it is recorded under the same name); a gold metric is never trained on: drop it from rewards"
             )
+    if repeated := duplicate_reward_keys((*recipe.rewards, *gold)):
+        errs.append(
+            f"eval.gold_rewards: {', '.join(repeated)} would record two held-out scores under one name "
+            "(eval/<name>); give them distinct labels"
+        )
     return errs
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -33,6 +34,7 @@ __all__ = [
     "WeightedRewards",
     "aggregate_frames",
     "build_rewards",
+    "duplicate_reward_keys",
     "get_reward",
     "get_reward_info",
     "list_rewards",
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 RewardFn = Callable[..., torch.Tensor]
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")  # a metric name in jsonl, TensorBoard, W&B and reports
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,9 @@ def validate_reward_spec(spec: Any) -> None:
         parse_aggregation(spec_field(spec, "frame_aggregation", "mean"))
     except ValueError as exc:
         raise ValueError(f"reward {name!r}: {exc}") from exc
+    label = spec_field(spec, "label", None)
+    if label is not None and not (isinstance(label, str) and LABEL_PATTERN.fullmatch(label)):
+        raise ValueError(f"reward {name!r}: label must be letters, digits, '_', '.' or '-', got {label!r}")
 
 
 def missing_reward_args(spec: Any) -> dict[str, str]:
@@ -223,6 +229,18 @@ def missing_reward_args(spec: Any) -> dict[str, str]:
     info = get_reward_info(spec_field(spec, "name", None))
     args = spec_field(spec, "args", None) or {}
     return {key: what for key, what in info.required_args if args.get(key) in (None, "")}
+
+
+def duplicate_reward_keys(specs: Any) -> list[str]:
+    """The component keys (:meth:`WeightedRewards.keys`) that more than one of ``specs`` would be
+    recorded under, in order: a label equal to another reward's name or label."""
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for key in WeightedRewards.keys(specs):
+        if key in seen and key not in repeated:
+            repeated.append(key)
+        seen.add(key)
+    return repeated
 
 
 class WeightedRewards:
@@ -240,6 +258,8 @@ class WeightedRewards:
         self.entries: list[tuple[str, RewardInfo, float, dict, str]] = []
         for spec in specs:
             validate_reward_spec(spec)
+        if repeated := duplicate_reward_keys(specs):
+            raise ValueError(f"rewards recorded under the same name: {', '.join(repeated)}; give them distinct labels")
         for key, spec in zip(self.keys(specs), specs):
             name = spec_field(spec, "name", None)
             self.entries.append(
@@ -254,10 +274,15 @@ class WeightedRewards:
 
     @staticmethod
     def keys(specs: Any) -> list[str]:
-        """Component keys of ``specs``: the reward names, ``name#2``... for repeats."""
+        """Component keys of ``specs``: each spec's ``label``, else its reward name (``name#2``... for
+        a repeat). Validation (:func:`duplicate_reward_keys`) refuses specs whose keys repeat."""
         seen: dict[str, int] = {}
         keys = []
         for spec in specs:
+            label = spec_field(spec, "label", None)
+            if label:
+                keys.append(label)
+                continue
             name = spec_field(spec, "name", None)
             seen[name] = seen.get(name, 0) + 1
             keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")

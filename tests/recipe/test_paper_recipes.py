@@ -121,6 +121,7 @@ def test_show_resolves_the_paper_recipe_with_hpsv3(tmp_path, name, paper_files):
             "weight": 1.0,
             "frame_aggregation": "topk:0.3",
             "args": {"model_path": paper_files["model_path"], "checkpoint": paper_files["checkpoint"]},
+            "label": None,
         }
     ]
     assert not (tmp_path / "runs").exists()

@@ -204,6 +204,24 @@ def test_repeated_reward_gets_distinct_keys():
     torch.testing.assert_close(total, comps["colour"] + comps["colour#2"])
 
 
+def test_labels_name_the_components_and_must_not_repeat():
+    frames, prompts = torch.rand(2, 3, 3, 4, 4), ["red", "blue"]
+    blue = {"colours": {"red": [0, 0, 1]}}
+    labelled = SimpleNamespace(**vars(spec("colour", 1.0, blue)), label="colour_as_blue")
+    rewards = R.build_rewards([spec("colour"), labelled, spec("colour")])
+    assert rewards.names == ["colour", "colour_as_blue", "colour#2"]
+    _, comps = rewards(frames, prompts)
+    per_frame = R.get_reward("colour")(frames, prompts, **blue)
+    torch.testing.assert_close(comps["colour_as_blue"], R.aggregate_frames(per_frame, "mean"))
+    clash = SimpleNamespace(**vars(spec("brightness")), label="colour")
+    assert R.duplicate_reward_keys([spec("colour"), clash]) == ["colour"]
+    with pytest.raises(ValueError, match="recorded under the same name: colour;"):
+        R.build_rewards([spec("colour"), clash])
+    for bad in ("", "has space", "a/b"):
+        with pytest.raises(ValueError, match="reward 'colour': label must be"):
+            R.validate_reward_spec(SimpleNamespace(**vars(spec("colour")), label=bad))
+
+
 def test_runs_without_grad(clean_registry):
     seen = []
 

@@ -46,6 +46,24 @@ def test_recipe_checks_name_the_gold_field():
     )
 
 
+def test_gold_per_attribute_needs_distinct_labels():
+    def gold(label=None, **args):
+        return RewardSpec(name="miniature_gold", weight=0.0, args=args, label=label)
+
+    per_attribute = (*GOLD, gold("gold_colour", attribute="colour"), gold("gold_count", attribute="count"))
+    assert _gold_problems(eval=EvalConfig(gold_rewards=per_attribute)) == []
+    # Labelled or not, a gold reward is never trained on.
+    trained = (RewardSpec(name="miniature_proxy"), gold("gold_colour", attribute="colour"))
+    assert _gold_problems(rewards=trained)[0].startswith("eval.gold_rewards.0.name: miniature_gold is also in")
+    # One held-out name per score: a label repeated, or equal to a trained reward's name.
+    repeated = _gold_problems(eval=EvalConfig(gold_rewards=(*GOLD, gold("g", attribute="size"), gold("g"))))
+    assert repeated == [
+        "eval.gold_rewards: g would record two held-out scores under one name (eval/<name>); give them distinct labels"
+    ]
+    clash = _gold_problems(eval=EvalConfig(gold_rewards=(*GOLD, gold("miniature_proxy", attribute="size"))))
+    assert clash and clash[-1].startswith("eval.gold_rewards: miniature_proxy would record two")
+
+
 def _eval(step: int, proxy: float, gold: float | None) -> dict:
     record = {"kind": "eval", "step": step, "tag": f"step-{step:06d}", "eval_reward": proxy}
     return record if gold is None else {**record, "eval_gold": gold}
