@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export FGRPO_CACHE="${FGRPO_CACHE:-$PWD/.cache/fgrpo}"
-# One torch thread per process: two pytest workers already keep both cores busy, and a process with
+# One torch thread per process: the pytest workers already keep both cores busy, and a process with
 # two threads beside another waits at every parallel region for its second thread (measured: a
 # rollout 8.5 s at one thread, 11.6 s at two, under load; docs/design.md, "rollout_peak"). The
 # launchers pass it on to every rank and Slurm job.
