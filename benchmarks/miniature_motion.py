@@ -1,33 +1,37 @@
-"""The miniature model's motion with and without guidance, on the held-out prompts.
+"""The miniature model's motion with and without guidance, on the recipe's held-out prompts.
 
     python benchmarks/miniature_motion.py [--cfg 1] [--videos 4]
 
-Samples every held-out prompt `--videos` times (the trainer's sampler, deterministic ODE, 10 steps,
-fixed seeds) and reads motion back with the world's detectors: per speed class, the gold direction
-(the share of videos whose motion is within cos 0.9 of the prompt's direction), the mean cosine to
-it, the median speed over the prompted one and the gold speed; per direction, the gold direction.
-With `--cfg 1` (the recipe's sampler) against `--cfg 4` (the build's), it shows what guidance adds
-to motion: what the policy gradient would have to learn. Numbers in docs/miniature.md.
+Samples every held-out prompt of `recipes/miniature.py` `--videos` times with the recipe's
+held-out sampler at guidance `--cfg` (the videos a run's "before" evaluation starts from:
+`fgrpo.trainer.probe_samples`, deterministic ODE, fixed seeds) and reads motion back with the world's
+detectors: per speed class, the gold direction (the share of videos whose motion is within cos 0.9
+of the prompt's direction), the mean cosine to it, the median speed over the prompted one and the
+gold speed; per direction, the gold direction. With `--cfg 1` (the recipe's sampler) against
+`--cfg 4` (the build's), it shows what guidance adds to motion: what the policy gradient would have
+to learn. Numbers in docs/miniature.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from fgrpo.algorithm import wan_sigmas  # noqa: E402
+from fgrpo.cli.reward_audit import heldout_prompts  # noqa: E402
 from fgrpo.miniature.detect import detect  # noqa: E402
-from fgrpo.miniature.pretrain import MAX_TEXT_TOKENS, miniature_model_path  # noqa: E402
-from fgrpo.miniature.scoring import gold_scores  # noqa: E402
-from fgrpo.miniature.world import DIRECTIONS, SPEEDS, prompt_sets  # noqa: E402
-from fgrpo.models.wan.loading import load_wan  # noqa: E402
-from fgrpo.trainer.rollout import NoiseConfig, sample, video_generators  # noqa: E402
+from fgrpo.miniature.scoring import gold_scores, parse_prompts  # noqa: E402
+from fgrpo.miniature.world import DIRECTIONS, SPEEDS  # noqa: E402
+from fgrpo.recipe.io import load_recipe_file  # noqa: E402
+from fgrpo.trainer.probe_samples import sample_probe_videos  # noqa: E402
 
 
 @dataclass
@@ -35,35 +39,18 @@ class Args:
     cfg: float = 1.0
     videos: int = 4
     """Videos per held-out prompt."""
-    steps: int = 10
-    shift: float = 3.0
 
 
 @torch.no_grad()
 def main() -> None:
     a = tyro.cli(Args)
-    c = load_wan(miniature_model_path(), dtype="float32", max_text_tokens=MAX_TEXT_TOKENS)
-    scenes = [s for s in prompt_sets().heldout for _ in range(a.videos)]
-    prompts = [s.prompt for s in scenes]
+    recipe = load_recipe_file(REPO / "recipes" / "miniature.py")
+    recipe = dataclasses.replace(recipe, rollout=dataclasses.replace(recipe.rollout, cfg_scale=a.cfg))
+    with tempfile.TemporaryDirectory() as cache:
+        prompts, frames = sample_probe_videos(recipe, heldout_prompts(recipe), a.videos, Path(cache))
+    videos = frames.float() / 255
+    scenes = parse_prompts(prompts)
     b = len(prompts)
-    context = c.encode_prompts(prompts)
-    neg = c.encode_prompts([""] * b) if a.cfg != 1 else None
-    x = torch.stack([torch.randn(16, 3, 8, 8, generator=g) for g in video_generators(list(range(b)))])
-    mask = torch.zeros(b, a.steps, dtype=torch.bool)
-    finals, _ = sample(
-        c.transformer,
-        x,
-        context,
-        neg,
-        wan_sigmas(a.steps, a.shift),
-        mask,
-        NoiseConfig("wan", 0.7),  # unused: no SDE step
-        a.cfg,
-        video_generators(list(range(b))),
-        b,
-        torch.float32,
-    )
-    videos = c.decode(finals)
     det = detect(videos)
     gold = gold_scores(videos, prompts, det)
     unit = torch.tensor([DIRECTIONS[s.direction] for s in scenes])

@@ -297,7 +297,8 @@ def _gold_reward_problems(recipe: Recipe) -> list[str]:
                 f"eval.gold_rewards.{i}.name: {spec.name} is also in rewards (trained on, even at weight 0 "
                 "it is recorded under the same name); a gold metric is never trained on: drop it from rewards"
             )
-    if repeated := duplicate_reward_keys((*recipe.rewards, *gold)):
+    in_rewards = set(duplicate_reward_keys(recipe.rewards))  # reported under `rewards` already
+    if repeated := [k for k in duplicate_reward_keys((*recipe.rewards, *gold)) if k not in in_rewards]:
         errs.append(
             f"eval.gold_rewards: {', '.join(repeated)} would record two held-out scores under one name "
             "(eval/<name>); give them distinct labels"
