@@ -15,8 +15,10 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: caught by name
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
 from fgrpo.distributed import process_group as dist
 from fgrpo.run_folder.checkpoints import checkpoint_path, partial_checkpoint_path, rotated_out, write_manifest
@@ -50,6 +52,28 @@ def describe_save_error(exc: BaseException, where: Path) -> str:
             return f"cannot write {where}: {e.strerror} (a read-only or foreign-owned folder?)"
     first = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {first[0] if first else ''}"
+
+
+def model_and_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The trained weights' and the optimizer's DCP state dicts (frozen weights left out), taken
+    without changing how training goes on.
+
+    For an optimizer that has not stepped yet, torch's `get_state_dict` makes its state by running
+    one step with zero gradients at lr 0: the weights stay, but AdamW's step counter then reads 1,
+    and the first real update's bias correction, sqrt(1 - b2^t) / (1 - b1^t) at t = 2, makes it
+    0.74x as large as in a run that never saved before its first step. So a best-gold checkpoint
+    at step 0, or a stop before the first update, changed the run. The counters are put back to 0:
+    with its moments still zero, the state is then a fresh AdamW's, in the live optimizer and in
+    the saved copy (they share the tensors), so saving changes nothing and resuming from it trains
+    as the run would have gone on."""
+    fresh = not optimizer.state
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=StateDictOptions(ignore_frozen_params=True))
+    if fresh:
+        for param_state in optimizer.state.values():
+            step = param_state.get("step")
+            if isinstance(step, torch.Tensor):
+                step.zero_()
+    return model_sd, optim_sd
 
 
 def save(state: dict, ckpt_dir: Path, step: int, keep_last: int, recipe_fingerprint: str = "") -> Path:

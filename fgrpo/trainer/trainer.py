@@ -139,11 +139,7 @@ class Trainer:
 
     # ----- checkpoint state
     def state(self) -> dict:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        model_sd, optim_sd = get_state_dict(
-            self.policy.transformer, self.update.optimizer, options=StateDictOptions(ignore_frozen_params=True)
-        )
+        model_sd, optim_sd = checkpoint.model_and_optimizer_state(self.policy.transformer, self.update.optimizer)
         state = {
             "model": model_sd,
             "optim": optim_sd,
