@@ -48,11 +48,7 @@ launch: exit code 2, a message naming parallelism.sp, nothing written.
 from __future__ import annotations
 
 import copy
-import json
-import os
-import traceback
-from datetime import timedelta
-from pathlib import Path
+from functools import partial
 
 import pytest
 import torch
@@ -60,7 +56,7 @@ import torch.distributed as dist
 
 from tests.conftest import REPO, run_fgrpo
 from tests.helpers.runs import checkpoint_state, initial_weights, launch_tiny, train_metrics
-from tests.helpers.spawn import spawn_ranks
+from tests.helpers.spawn import run_scenarios, spawn_ranks
 from tests.helpers.wan import wan_blocks
 
 # name: (processes, layout arguments, dtype, resume after step 1). Full fine-tunes: every parameter,
@@ -197,20 +193,9 @@ def _scenario(rep: int, shard: int, tp: int, sp: int, lora: bool) -> dict:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=120))
-    results = {}
-    try:
-        for name, layout in LAYOUTS.items():
-            try:
-                results[name] = _scenario(*layout)
-            except Exception:  # noqa: BLE001 - reported to the parent, which fails the test
-                results[name] = {"error": traceback.format_exc()}
-                break  # the other ranks may be stuck in a collective: leave the world
-    finally:
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
-        dist.destroy_process_group()
+    run_scenarios(
+        rank, port, out_dir, WORLD, lambda: [(n, partial(_scenario, *layout)) for n, layout in LAYOUTS.items()]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -35,17 +35,13 @@ The training run with `--parallelism.sp 2` of an image model: tests/distributed/
 from __future__ import annotations
 
 import copy
-import json
-import os
-import traceback
-from datetime import timedelta
-from pathlib import Path
+from functools import partial
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from tests.helpers.spawn import spawn_ranks
+from tests.helpers.spawn import run_scenarios, spawn_ranks
 from tests.helpers.wan import wan_blocks
 
 WORLD = SP = 2
@@ -176,24 +172,14 @@ def _scenario(preset_name: str, dims) -> dict:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    from fgrpo.distributed.parallel_dims import ParallelDims
+    def scenarios():
+        from fgrpo.distributed.parallel_dims import ParallelDims
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=120))
-    results = {}
-    try:
         dims = ParallelDims.from_config(1, 1, 1, WORLD, sp=SP)
         dims.build_mesh("cpu")
-        for name in MODELS:
-            try:
-                results[name] = _scenario(name, dims)
-            except Exception:  # noqa: BLE001 - reported to the parent, which fails the test
-                results[name] = {"error": traceback.format_exc()}
-                break  # the other rank may be stuck in a collective: leave the world
-    finally:
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
-        dist.destroy_process_group()
+        return [(name, partial(_scenario, name, dims)) for name in MODELS]
+
+    run_scenarios(rank, port, out_dir, WORLD, scenarios)
 
 
 @pytest.fixture(scope="module")

@@ -33,11 +33,13 @@ JOBS = [("plain", 2), ("plain", 4), ("lora", 2), ("lora", 4), ("naive", 2), ("na
 # ---------------------------------------------------------------- run inside the child processes
 
 
-def _tiny_transformer(seed: int = 0):
+def _tiny_transformer(seed: int = 0, **config):
+    """A 2-layer Wan transformer; `config` overrides its diffusers config (the image variant's
+    channels and image attention: test_tensor_parallel_image.py)."""
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
-    model = WanTransformer3DModel(
+    defaults = dict(
         patch_size=(1, 2, 2),
         num_attention_heads=4,
         attention_head_dim=16,
@@ -50,8 +52,9 @@ def _tiny_transformer(seed: int = 0):
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
-    ).float()
-    # Non-trivial norm weights: a q/k norm weight sharded differently from the heads would show.
+    )
+    model = WanTransformer3DModel(**{**defaults, **config}).float()
+    # Non-trivial norm weights: a q/k (or norm_added_k) weight sharded differently from the heads would show.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if ".norm" in name:

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tests.distributed.test_tensor_parallel import _grad_errors, _max_err
+from tests.distributed.test_tensor_parallel import _grad_errors, _max_err, _tiny_transformer
 from tests.helpers.spawn import spawn_ranks
 
 WORLD = TP = 2
@@ -28,31 +28,8 @@ TEXT_TOKENS, IMAGE_TOKENS, IMAGE_DIM = 512, 6, 24  # diffusers' processor takes 
 
 
 def _image_transformer(seed: int = 0):
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    model = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=4,
-        attention_head_dim=16,
-        in_channels=36,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=128,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        image_dim=IMAGE_DIM,
-        added_kv_proj_dim=64,
-        rope_max_seq_len=32,
-    ).float()
-    # Non-trivial norm weights: a norm_added_k weight sharded differently from the heads would show.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".norm" in name:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.5 * torch.randn_like(p))
-    return model
+    """test_tensor_parallel.py's transformer with Wan2.1 I2V's 36 input channels and image attention."""
+    return _tiny_transformer(seed, in_channels=36, image_dim=IMAGE_DIM, added_kv_proj_dim=64)
 
 
 def _inputs(seed: int = 1) -> dict:

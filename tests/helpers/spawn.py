@@ -10,12 +10,18 @@ a fork server's children inherit the environment it started with, not the test's
 from __future__ import annotations
 
 import json
+import os
 import time
+import traceback
+from collections.abc import Callable, Iterable
+from datetime import timedelta
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import cast
 
 import pytest
+import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fgrpo.trainer.entry import RANK_MODULES
@@ -42,3 +48,26 @@ def spawn_ranks(worker, world: int, out_dir: Path, what: str, timeout_s: float =
             if p.is_alive():
                 p.terminate()
     return [json.loads((Path(out_dir) / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def run_scenarios(
+    rank: int, port: int, out_dir: str, world: int, scenarios: Callable[[], Iterable[tuple[str, Callable[[], dict]]]]
+) -> None:
+    """A direct test's rank (the body of the `worker` spawn_ranks starts): join the gloo world of
+    `world` ranks, run the (name, run) pairs `scenarios()` gives, in order, and write their results
+    to `out_dir/rank{rank}.json`. A scenario that raises is recorded as {"error": its traceback} and
+    ends the list: the other ranks may be stuck in one of its collectives."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
+    results = {}
+    try:
+        for name, run in scenarios():
+            try:
+                results[name] = run()
+            except Exception:  # noqa: BLE001 - reported to the parent, which fails the test
+                results[name] = {"error": traceback.format_exc()}
+                break
+    finally:
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+        dist.destroy_process_group()
