@@ -33,6 +33,20 @@ BASE_ARGS = [
 ]
 
 
+def recipe_with_eval(tmp_path: Path, base: str, gold_rewards: str) -> str:
+    """A recipe file in `tmp_path`: `recipes/<base>.py` with its `eval.gold_rewards` set to the
+    Python expression `gold_rewards` (RewardSpec is in scope), launched as users launch a recipe file."""
+    path = tmp_path / f"{base}_gold_changed.py"
+    path.write_text(
+        "import dataclasses\n"
+        "from fgrpo.recipe.config import RewardSpec\n"
+        "from fgrpo.recipe.io import load_recipe_file\n"
+        f"base = load_recipe_file({str(REPO / 'recipes' / f'{base}.py')!r})\n"
+        f"recipe = dataclasses.replace(base, eval=dataclasses.replace(base.eval, gold_rewards={gold_rewards}))\n"
+    )
+    return str(path)
+
+
 # Relative L2 difference of a two-step update between a parallel layout and one process, in bf16:
 # tests/distributed/test_precision_matrix.py explains the size (Wan2.1 tiny: TP layouts 6.4-8.4 %).
 BF16_LAYOUT_TOLERANCE = 0.15

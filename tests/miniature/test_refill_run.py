@@ -8,31 +8,20 @@ size, and a run stopped after step 1 and resumed gives the uninterrupted run's r
 
 import json
 
-from tests.conftest import REPO, run_fgrpo
+from tests.conftest import run_fgrpo
+from tests.helpers.runs import recipe_with_eval
 
 # Per-run quantities that are not the training's: timings, memory, whether a launch resumed.
 UNSTABLE = ("time", "compute/wall_s", "compute/device_s", "peak_memory_per_rank")
 P = 2
 
 
-def _recipe_without_gold(tmp_path) -> str:
-    """The miniature recipe less its held-out gold (eval.gold_rewards): these runs train on a gold
-    score, and a gold metric is never also trained on (the recipe check refuses it)."""
-    path = tmp_path / "miniature_trained_on_gold.py"
-    path.write_text(
-        "import dataclasses\n"
-        "from fgrpo.recipe.io import load_recipe_file\n"
-        f"base = load_recipe_file({str(REPO / 'recipes' / 'miniature.py')!r})\n"
-        "recipe = dataclasses.replace(base, eval=dataclasses.replace(base.eval, gold_rewards=()))\n"
-    )
-    return str(path)
-
-
 def _launch(tmp_path, miniature_model_dir, name: str, steps: int, refill: int = 8) -> list[dict]:
     runs = tmp_path / "runs"
     res = run_fgrpo(
         "launch",
-        _recipe_without_gold(tmp_path),
+        # less its held-out gold: these runs train on a gold score, which a gold metric may not also be
+        recipe_with_eval(tmp_path, "miniature", "()"),
         "--backend",
         "local",
         "--optim.max-steps",

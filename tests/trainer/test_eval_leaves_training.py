@@ -10,24 +10,10 @@ import json
 from pathlib import Path
 
 from tests.conftest import REPO, run_fgrpo
-from tests.helpers.runs import BASE_ARGS, trained_weights
+from tests.helpers.runs import BASE_ARGS, recipe_with_eval, trained_weights
 
 STEPS = 3
 TRAINED = ("reward_mean", "loss", "grad_norm", "adv_std")
-
-
-def _recipe_with_gold(tmp_path) -> str:
-    """The tiny recipe with a held-out gold metric (`contrast`; the recipe trains on brightness)."""
-    path = tmp_path / "tiny_with_gold.py"
-    path.write_text(
-        "import dataclasses\n"
-        "from fgrpo.recipe.config import RewardSpec\n"
-        "from fgrpo.recipe.io import load_recipe_file\n"
-        f"base = load_recipe_file({str(REPO / 'recipes' / 'tiny.py')!r})\n"
-        "gold = (RewardSpec(name='contrast'),)\n"
-        "recipe = dataclasses.replace(base, eval=dataclasses.replace(base.eval, gold_rewards=gold))\n"
-    )
-    return str(path)
 
 
 def _launch(tmp_path, tiny_model_dir, recipe: str, name: str, eval_interval: int) -> tuple[list[dict], Path]:
@@ -61,7 +47,9 @@ def _launch(tmp_path, tiny_model_dir, recipe: str, name: str, eval_interval: int
 
 
 def test_evaluations_and_a_step_zero_checkpoint_leave_training_alone(tiny_model_dir, tmp_path):
-    evaluated, evaluated_dir = _launch(tmp_path, tiny_model_dir, _recipe_with_gold(tmp_path), "evaluated", 1)
+    evaluated, evaluated_dir = _launch(
+        tmp_path, tiny_model_dir, recipe_with_eval(tmp_path, "tiny", "(RewardSpec(name='contrast'),)"), "evaluated", 1
+    )
     plain, plain_dir = _launch(tmp_path, tiny_model_dir, str(REPO / "recipes" / "tiny.py"), "plain", 1000)
 
     evals = [r for r in evaluated if r["kind"] == "eval"]
